@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Every test, from a fresh clone: ./test.sh
+# Makes .venv, installs the package with its dev extras, then checks that the notebooks and
+# the package agree (nbdev_export), runs the notebooks (nbdev_test), checks that they are
+# clean (nbdev_clean), and runs the pytest suite in tests/.
+set -euo pipefail
+cd "$(dirname "$0")"
+source tools/env.sh
+
+must_be_clean() {
+  local dirty; dirty=$(git diff --name-only -- nbs audioset_nb settings.ini; git ls-files --others --exclude-standard -- nbs audioset_nb)
+  if [ -n "$dirty" ]; then
+    echo "$1 changed tracked files; run it, review the diff and commit:" >&2; echo "$dirty" >&2; exit 1
+  fi
+}
+echo "== nbdev_export"; nbdev_export; must_be_clean nbdev_export
+echo "== nbdev_test";   nbdev_test ${NBDEV_TEST_FLAGS:+--flags "$NBDEV_TEST_FLAGS"}
+echo "== nbdev_clean";  nbdev_clean; must_be_clean nbdev_clean
+echo "== pytest";       python -m pytest tests/ -q -p no:cacheprovider "$@"
