@@ -230,7 +230,7 @@ def test_fetch_offline_and_bad_names(tmp_path, server):
 
 def test_fetch_default_url_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('AUDIOSET_NB_CACHE', str(tmp_path/'c'))
-    assert cache_dir() == tmp_path/'c'
+    assert default_cache_dir() == tmp_path/'c'
     seen = []
     monkeypatch.setattr('audioset_nb.models._download', lambda url, part, timeout: seen.append(url) or part.write_bytes(b'x'))
     with pytest.warns(UserWarning, match='No known MD5'): p = fetch_checkpoint('Cnn14_16k_mAP=0.438.pth')
