@@ -76,6 +76,12 @@ def test_handles_stay_open_and_reopen_after_fork(ref_files):
     assert clone._stores == {}
     np.testing.assert_array_equal(clone[3]['waveform'], ds[3]['waveform'])
 
+def test_workers_get_a_small_dataset(tmp_path):
+    ref_waveforms(tmp_path/'a.h5', n=5000, t=10); ref_index(tmp_path/'i.h5', [tmp_path/'a.h5'])
+    ds = AudioSetDataset(tmp_path/'i.h5')
+    assert len(pickle.dumps(ds)) < 100_000          # not the 2.6 MB of targets, not 5000 path strings
+    assert ds[4321]['audio_name'] == 'Yclip0004321.wav' and ds[4321]['target'][4321 % 5] == 1
+
 def test_compressed_store_reads_like_int16(tmp_path):
     wave, target = ref_waveforms(tmp_path/'a.h5', 3)
     with h5py.File(tmp_path/'f.h5', 'w') as hf:
