@@ -106,6 +106,15 @@ def test_compressed_store_is_lossless_and_smaller(clips, tmp_path):
     assert f.path.stat().st_size < a.path.stat().st_size/2
     with pytest.raises(ValueError, match='codec'): pack_waveforms(d/'segs.csv', audios, tmp_path/'x.h5', codec='opus')
 
+def test_thousands_left_out_are_recorded(clips, tmp_path):
+    d, audios, segs = clips
+    many = segs[:1] + [Segment(f'gone{i:07d}', 0., 10., segs[0].labels) for i in range(1500)]
+    write_segments(tmp_path/'s.csv', many)
+    r = pack_waveforms(tmp_path/'s.csv', audios, tmp_path/'w.h5', workers=1, progress=False)
+    assert r.rows == 1 and len(r.skipped) == 1500
+    with h5py.File(r.path, 'r') as f:
+        assert f['skipped'].shape == (1500, 2) and f['skipped'][1499, 0].decode() == 'Ygone0001499.wav'
+
 def test_nothing_readable_writes_nothing(tmp_path):
     (tmp_path/'a').mkdir()
     write_segments(tmp_path/'s.csv', [Segment('nothere____', 0., 10., (load_labels().mids[0],))])
