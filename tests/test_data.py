@@ -58,6 +58,13 @@ def test_reads_reference_layout(ref_files):
     # a waveform file is its own index
     np.testing.assert_array_equal(AudioSetDataset(d/'b.h5')[1]['waveform'], ds[7]['waveform'])
 
+def test_reads_early_reference_float32_files(tmp_path):
+    x = np.random.default_rng(0).uniform(-0.9, 0.9, (2, T)).astype(np.float32)
+    with h5py.File(tmp_path/'w.h5', 'w') as hf:          # the first published packing script stored float32 rows
+        hf['audio_name'] = np.array([b'Ya.wav', b'Yb.wav'], dtype='S20'); hf['waveform'] = x
+        hf['target'] = np.zeros((2, C), bool)
+    np.testing.assert_array_equal(AudioSetDataset(tmp_path/'w.h5')[1]['waveform'], x[1])
+
 def test_relative_paths_resolve_beside_index(tmp_path, monkeypatch):
     (tmp_path/'w').mkdir(); (tmp_path/'i').mkdir()
     wave, _ = ref_waveforms(tmp_path/'w'/'a.h5', 3)
