@@ -13,7 +13,7 @@ Writes benchmarks/results/loader-cpu.json.
 import argparse, datetime, io, json, os, platform, tempfile, time
 from itertools import islice
 from pathlib import Path
-import h5py, numpy as np, soundfile as sf, torch
+import h5py, numpy as np, psutil, soundfile as sf, torch
 from audioset_nb.data import AudioSetDataset, RandomSampler, make_loader
 from audioset_nb.pack import write_index
 from audioset_nb.audio import to_float32
@@ -47,9 +47,11 @@ def make_file(path:Path, n:int, flac:bool=False):
 def clips_per_s(ds, workers:int, batches:int, bs:int=32)->float:
     dl = make_loader(ds, RandomSampler(len(ds), bs, seed=0), num_workers=workers, prefetch_factor=4)
     it = iter(dl); next(it)                                  # start-up (worker spawn, first open) not counted
-    t0 = time.perf_counter()
+    procs = [psutil.Process()] + psutil.Process().children()
+    cpu = lambda: sum(sum(p.cpu_times()[:2]) for p in procs)
+    t0, c0 = time.perf_counter(), cpu()
     for b in islice(it, batches): assert b['waveform'].shape == (bs, T)
-    r = batches*bs/(time.perf_counter() - t0)
+    r = batches*bs/(time.perf_counter() - t0), 1000*(cpu() - c0)/(batches*bs)
     del it, dl
     return r
 
@@ -63,9 +65,9 @@ def main(n, batches):
         for name, ds, workers in [('ours', AudioSetDataset(ix), 0), ('ours', AudioSetDataset(ix), 1), ('ours', AudioSetDataset(ix), 2),
                                   ('reopen', ReopenDataset(ix), 0), ('reopen', ReopenDataset(ix), 2),
                                   ('ours-flac', AudioSetDataset(ixf), 0), ('ours-flac', AudioSetDataset(ixf), 2)]:
-            r = clips_per_s(ds, workers, batches)
-            runs.append(dict(reader=name, workers=workers, clips_per_s=r))
-            print(f'{name:10} workers={workers}: {r:7.0f} clips/s', flush=True)
+            r, ms = clips_per_s(ds, workers, batches)
+            runs.append(dict(reader=name, workers=workers, clips_per_s=r, cpu_ms_per_clip=ms))
+            print(f'{name:10} workers={workers}: {r:7.0f} clips/s {ms:6.2f} CPU ms/clip (all processes)', flush=True)
     base = runs[3]['clips_per_s']
     for r in runs: r['ratio_vs_reopen_0_workers'] = r['clips_per_s']/base
     import audioset_nb

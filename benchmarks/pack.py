@@ -64,14 +64,16 @@ def run_variant(variant, d):
     from audioset_nb.pack import pack_waveforms
     if variant == 'reference': import librosa  # noqa: F401  (imports are not part of the packing time)
     out = d/f'{variant}.h5'
+    r0 = resource.getrusage(resource.RUSAGE_SELF); cpu0 = r0.ru_utime + r0.ru_stime
     t0 = time.perf_counter()
     if variant == 'reference': reference_pack(d/'segs.csv', d/'audios', out)
     else:
         workers = int(variant.split('-w')[1])
         pack_waveforms(d/'segs.csv', d/'audios', out, workers=workers, codec='flac' if 'flac' in variant else None, progress=False)
     dt = time.perf_counter() - t0
-    print(json.dumps(dict(seconds=dt, maxrss_self_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,
-                          maxrss_children_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024,
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps(dict(seconds=dt, cpu_seconds=me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime - cpu0,
+                          maxrss_self_mb=me.ru_maxrss/1024, maxrss_children_mb=kids.ru_maxrss/1024,
                           file_bytes=out.stat().st_size)))
 
 def tree_rss_peak(proc, stop, out):
@@ -96,9 +98,10 @@ def measure(variant, d, n):
     if th: th.join()
     if proc.returncode: raise SystemExit(f'variant {variant} failed')
     r = json.loads(out.strip().splitlines()[-1])
-    r.update(variant=variant, clips=n, clips_per_s=n/r['seconds'], peak_tree_rss_mb=peak[0]/2**20 if peak else None,
-             bytes_per_clip=r['file_bytes']/n)
-    print(f"{variant:12} {r['clips_per_s']:7.1f} clips/s  peak RSS (tree) {r['peak_tree_rss_mb'] or float('nan'):7.0f} MB  "
+    r.update(variant=variant, clips=n, clips_per_s=n/r['seconds'], cpu_ms_per_clip=1000*r['cpu_seconds']/n,
+             peak_tree_rss_mb=peak[0]/2**20 if peak else None, bytes_per_clip=r['file_bytes']/n)
+    print(f"{variant:12} {r['clips_per_s']:7.1f} clips/s {r['cpu_ms_per_clip']:6.1f} CPU ms/clip  "
+          f"peak RSS (tree) {r['peak_tree_rss_mb'] or float('nan'):7.0f} MB  "
           f"{r['bytes_per_clip']/1e3:6.0f} kB/clip", flush=True)
     return r
 
@@ -107,9 +110,9 @@ def decode_speed(path, n_read):
     from audioset_nb.data import AudioSetDataset
     ds = AudioSetDataset(path); ds[0]
     idx = np.random.default_rng(0).permutation(len(ds))[:n_read]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in idx: ds[int(i)]
-    return n_read/(time.perf_counter() - t0)
+    return dict(wall=n_read/(time.perf_counter() - t0), per_cpu_second=n_read/(time.process_time() - c0))
 
 def main(n):
     import h5py, librosa, soundfile, soxr, torch
@@ -125,7 +128,8 @@ def main(n):
         with h5py.File(d/'ours-w2.h5', 'r') as a, h5py.File(d/'reference.h5', 'r') as b:
             same = bool(np.array_equal(a['waveform'][:50], b['waveform'][:50]))
         dec = dict(int16=decode_speed(d/'ours-w2.h5', min(n, 500)), flac=decode_speed(d/'ours-flac-w2.h5', min(n, 500)))
-        print(f"read+decode, one core: int16 {dec['int16']:.0f} clips/s, flac {dec['flac']:.0f} clips/s", flush=True)
+        print(f"read+decode, one process: int16 {dec['int16']['per_cpu_second']:.0f}, flac {dec['flac']['per_cpu_second']:.0f} "
+              f"clips per CPU second (wall: {dec['int16']['wall']:.0f}, {dec['flac']['wall']:.0f} clips/s)", flush=True)
     res = dict(benchmark='pack', device='cpu', cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                versions=dict(python=platform.python_version(), audioset_nb=audioset_nb.__version__, numpy=np.__version__,
