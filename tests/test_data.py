@@ -268,3 +268,13 @@ def test_collate_and_loader_with_workers_match_in_process(ref_files):
     dl = make_loader(ds, EvalSampler(len(ds), 4), num_workers=1)
     assert dl.persistent_workers and dl.prefetch_factor == 4 and dl.pin_memory == torch.cuda.is_available()
     assert sum(len(b['audio_name']) for b in dl) == 10
+
+def test_resume_through_a_prefetching_loader(ref_files):
+    d, _, target = ref_files
+    ds = AudioSetDataset(d/'index.h5')
+    s = BalancedSampler(target, 2, seed=4)
+    it = iter(make_loader(ds, s, num_workers=2, prefetch_factor=2))
+    seen = [next(it)['audio_name'] for _ in range(6)]
+    assert s.batches > 5                                    # the loader asked for batches ahead of the loop
+    t = BalancedSampler(target, 2, seed=4); t.load_state_dict(s.state_dict(batches=5))
+    assert next(iter(make_loader(ds, t, num_workers=0)))['audio_name'] == seen[5]
