@@ -2,7 +2,8 @@
 import logging, os, signal, subprocess, sys, tempfile, textwrap
 from pathlib import Path
 import h5py, numpy as np, pytest, soundfile as sf
-from audioset_nb.download import Segment, clip_name, ffmpeg_exe, load_labels, write_segments
+from audioset_nb.audio import ffmpeg_exe
+from audioset_nb.download import Segment, clip_name, load_labels, write_segments
 from audioset_nb.data import AudioSetDataset
 from audioset_nb.pack import combine_indexes, pack_waveforms, train_index_order, write_index
 
