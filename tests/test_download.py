@@ -242,3 +242,14 @@ def test_fetch_unbalanced_resumes_a_part_file(tmp_path):
         p = fetch_unbalanced(cache, url=m.file_url('u.csv'))
         assert [r['range'] for r in m.requests] == ['bytes=100-']
     assert p.read_text() == text and not (cache/'unbalanced_train_segments.csv.part').exists()
+
+def test_short_section_of_a_long_video_is_a_cut_transfer(sources, tmp_path, monkeypatch):
+    "When yt-dlp knows the video outlasts the segment, a short section is retried, never padded into a clip."
+    import audioset_nb.download as dl
+    real = dl.media_url
+    monkeypatch.setattr(dl, 'media_url', lambda *a, **k: {**real(*a, **k), 'duration': 60})  # the file has 14 s, the page says 60
+    with Mirror(sources) as m:
+        rows = download_clips(segs_of(['mp3Mono4410'], 6., 16.), tmp_path, progress=False, url_template=m.url_template,
+                              retries=1, backoff=0.01)
+    assert (rows[0]['status'], rows[0]['attempts']) == ('other', 2) and 'cut short' in rows[0]['message']
+    assert not (tmp_path/'Ymp3Mono4410.wav').exists()
