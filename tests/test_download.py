@@ -253,3 +253,16 @@ def test_short_section_of_a_long_video_is_a_cut_transfer(sources, tmp_path, monk
                               retries=1, backoff=0.01)
     assert (rows[0]['status'], rows[0]['attempts']) == ('other', 2) and 'cut short' in rows[0]['message']
     assert not (tmp_path/'Ymp3Mono4410.wav').exists()
+
+def test_skip_unavailable_leaves_known_dead_clips_alone(sources, tmp_path):
+    segs = segs_of(['opusStereo1', 'mp3Mono4410'])
+    with Mirror(sources, faults={'opusStereo1': '404', 'mp3Mono4410': Fault('403', times=1)}) as m:
+        first = download_clips(segs, tmp_path, progress=False, url_template=m.url_template)
+        n = len(m.requests)
+        again = {r['ytid']: r for r in download_clips(segs, tmp_path, progress=False, url_template=m.url_template, skip_unavailable=True)}
+        assert len(m.requests) == n                      # neither was asked for again
+        retried = {r['ytid']: r for r in download_clips(segs, tmp_path, progress=False, url_template=m.url_template)}
+    assert summarize(first) == {'unavailable': 1, 'private': 1}
+    assert again['opusStereo1']['status'] == 'unavailable' and again['opusStereo1']['message'].startswith('skipped')
+    assert again['mp3Mono4410']['status'] == 'private'
+    assert (retried['opusStereo1']['status'], retried['mp3Mono4410']['status']) == ('unavailable', 'ok')  # without the flag: tried again
