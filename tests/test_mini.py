@@ -1,8 +1,8 @@
 "The mini AudioSet on disk: determinism, official-format lists, honest events, and source files that decode right."
-import json, os, re, stat
+import os, re, stat, subprocess, sys
 import numpy as np, pytest
 from audioset_nb import mini as M
-from audioset_nb.download import YTID_RE, SAMPLE_RATE, load_labels, read_segments
+from audioset_nb.download import YTID_RE, SAMPLE_RATE, read_segments
 
 LOSSLESS = {'wav', 'flac'}
 
@@ -130,3 +130,19 @@ def test_user_errors_are_one_sentence(tmp_path):
     with pytest.raises(KeyError, match='not a clip'): M.reference_segment(tmp_path/'m', 'AAAAAAAAAAA')
     with pytest.raises(ValueError, match='not a media file'):
         (tmp_path/'x.webm').write_bytes(b'nope'); M.probe_media(tmp_path/'x.webm')
+
+def _cli(*args):
+    return subprocess.run([sys.executable, '-m', 'audioset_nb.mini', *args], capture_output=True, text=True, timeout=120)
+
+def test_cli_writes_the_same_dataset(tmp_path):
+    r = _cli('--root', str(tmp_path/'cli'), '--seed', '2', '--n_train', '4', '--n_eval', '3', '--no_sources')
+    assert r.returncode == 0, r.stderr
+    m = M.make_mini(tmp_path/'lib', seed=2, n_train=4, n_eval=3, sources=False)
+    assert (tmp_path/'cli'/'events.jsonl').read_bytes() == m.events_path.read_bytes()
+    assert not (tmp_path/'cli'/'sources').exists()
+
+def test_cli_bad_input_is_one_sentence(tmp_path):
+    r = _cli('--root', str(tmp_path/'x'), '--n_train', '0')
+    assert r.returncode != 0 and r.stderr.strip().count('\n') == 0 and 'must both be at least 1' in r.stderr
+    r = _cli()
+    assert r.returncode != 0 and '--root' in r.stderr and 'Traceback' not in r.stderr
