@@ -266,3 +266,20 @@ def test_skip_unavailable_leaves_known_dead_clips_alone(sources, tmp_path):
     assert again['opusStereo1']['status'] == 'unavailable' and again['opusStereo1']['message'].startswith('skipped')
     assert again['mp3Mono4410']['status'] == 'private'
     assert (retried['opusStereo1']['status'], retried['mp3Mono4410']['status']) == ('unavailable', 'ok')  # without the flag: tried again
+
+def test_mini_audioset_downloads_to_its_reference(tmp_path):
+    "The mini AudioSet's sources (every container it makes) come back as its exact reference segments."
+    mini = pytest.importorskip('audioset_nb.mini')
+    ms = mini.make_mini(tmp_path/'mini', seed=3, n_train=1, n_eval=len(mini.SOURCE_FORMATS))
+    with Mirror(tmp_path/'mini'/'sources') as m:
+        rows = download(tmp_path/'mini'/'metadata'/'eval_segments.csv', tmp_path/'audios', url_template=m.url_template,
+                        workers=4, progress=False)
+    assert summarize(rows) == {'ok': len(mini.SOURCE_FORMATS)}
+    seen = set()
+    for s in ms.segments['eval']:
+        fmt, x = read_wav(tmp_path/'audios'/f'Y{s.ytid}.wav')
+        assert fmt == (1, 2, SR) and len(x) == round((s.end - s.start)*SR)
+        lag, corr = best_lag(x, mini.reference_segment(ms, s.ytid).astype(float))
+        assert corr > 0.8 and abs(lag) < 0.03, (ms.clips[s.ytid].source, lag, corr)
+        seen.add(ms.clips[s.ytid].source.ext)
+    assert len(seen) >= len(mini.SOURCE_FORMATS) - 1
