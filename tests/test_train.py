@@ -100,8 +100,11 @@ def test_missing_hdf5(tmp_path):
     r = run('train', f'--workspace={tmp_path}', "--data_type=full_train", '--window_size=1024', '--hop_size=320',
             '--mel_bins=64', '--fmin=50', '--fmax=14000', '--model_type=Cnn13_specaug', '--loss_type=clip_bce',
             '--balanced=balanced', '--augmentation=mixup', '--batch_size=32', '--learning_rate=1e-3',
-            '--resume_iteration=0', '--early_stop=1000000')
-    _one_sentence_error(r, 'full_train.h5', 'audioset_pack')
+            '--resume_iteration=0', '--early_stop=1000000', '--cuda')
+    assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) <= 2 and 'full_train.h5' in lines[-1] and 'audioset_pack' in lines[-1], r.stderr
+    assert torch.cuda.is_available() or 'no GPU' in lines[0]
 
 def test_checkpoint_of_another_model(ws, tmp_path):
     cfg = cfg_for(ws, f'--workspace={tmp_path}')
