@@ -8,7 +8,7 @@ configuration (fp32, conv-STFT, NCHW, loss read every step) and ours, in the sam
     python benchmarks/train_throughput.py                # CPU: 1-s clips, small batches, Cnn6 and MobileNetV1
     python benchmarks/train_throughput.py --cuda         # GPU: 10-s clips, Cnn14/Cnn6/MobileNetV1 at batch 32/64/128
 """
-import argparse, datetime, json, os, platform, tempfile, time
+import argparse, datetime, json, os, platform, tempfile
 from pathlib import Path
 import h5py, numpy as np, torch
 import audioset_nb
@@ -55,6 +55,7 @@ def main():
     p.add_argument('--models', nargs='+'); p.add_argument('--batches', nargs='+', type=int)
     p.add_argument('--seconds', type=float); p.add_argument('--steps', type=int)
     p.add_argument('--variants', nargs='+', help=f'reference and any of {", ".join(ABLATIONS)}')
+    p.add_argument('--repeat', type=int, help='runs of each variant, interleaved; the median is reported')
     p.add_argument('--workers', type=int, default=None)
     p.add_argument('--out', default=None)
     a = p.parse_args()
@@ -62,7 +63,7 @@ def main():
     dev = torch.device('cuda' if gpu else 'cpu')
     models = a.models or (['Cnn14', 'Cnn6', 'MobileNetV1'] if gpu else ['Cnn6', 'MobileNetV1'])
     batches = a.batches or ([32, 64, 128] if gpu else [8, 16])
-    seconds, steps = a.seconds or (10. if gpu else 1.), a.steps or (20 if gpu else 3)
+    seconds, steps, repeat = a.seconds or (10. if gpu else 1.), a.steps or (20 if gpu else 4), a.repeat or (1 if gpu else 3)
     # bf16 autocast and compile are GPU speed-ups: on CPU the bf16 switch does nothing and compiling takes minutes
     variants = a.variants or (['reference', *ABLATIONS] if gpu else ['reference', 'ours', 'conv_stft', 'nchw', 'sync_every_step'])
     workers = default_workers() if a.workers is None else a.workers
@@ -71,23 +72,26 @@ def main():
     out = dict(device=torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine(),
                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
                audioset_nb=audioset_nb.__version__, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-               seconds=seconds, sample_rate=sr, steps=steps, loader_workers=workers,
+               seconds=seconds, sample_rate=sr, steps=steps, repeat=repeat, loader_workers=workers,
                note=None if gpu else 'CPU run: 1-s clips; bf16 autocast and channels_last act only on CUDA in the loop '
                                      '(channels_last is still applied to the weights here), compile left out', runs=[])
     with tempfile.TemporaryDirectory() as d:
         ds = AudioSetDataset(synthetic_hdf5(Path(d)/'bench.h5', max(batches)*4, int(seconds*sr), sr), sr)
         for m in models:
             for b in batches:
-                ref = None
-                for name in variants:
-                    v = REFERENCE if name == 'reference' else {**OURS, **ABLATIONS[name]}
-                    t = time.time(); r = run_one(m, b, v, ds, dev, steps, workers, sr)
-                    ref = ref or (r['examples_per_s'] if name == 'reference' else None)
-                    r.update(model=m, batch=b, variant=name, switches=v, wall_s=round(time.time() - t, 1),
-                             vs_reference=r['examples_per_s']/ref if ref else None)
+                got = {name: [] for name in variants}
+                for _ in range(repeat):  # interleaved, so a burst of load elsewhere hits every variant alike
+                    for name in variants:
+                        v = REFERENCE if name == 'reference' else {**OURS, **ABLATIONS[name]}
+                        got[name].append(run_one(m, b, v, ds, dev, steps, workers, sr))
+                ref = float(np.median([r['examples_per_s'] for r in got['reference']])) if 'reference' in got else None
+                for name, rs in got.items():
+                    eps, wait = (float(np.median([r[k] for r in rs])) for k in ('examples_per_s', 'data_wait'))
+                    r = dict(model=m, batch=b, variant=name, switches=REFERENCE if name == 'reference' else {**OURS, **ABLATIONS[name]},
+                             examples_per_s=eps, data_wait=wait, all_examples_per_s=[r['examples_per_s'] for r in rs],
+                             vs_reference=eps/ref if ref else None)
                     out['runs'].append(r)
-                    print(f"{m:12s} batch {b:4d} {name:16s} {r['examples_per_s']:8.1f} ex/s  wait {r['data_wait']:.3f}"
-                          + (f"  x{r['vs_reference']:.2f}" if ref else ''), flush=True)
+                    print(f"{m:12s} batch {b:4d} {name:16s} {eps:8.1f} ex/s  wait {wait:.3f}" + (f"  x{r['vs_reference']:.2f}" if ref else ''), flush=True)
     path = Path(a.out or Path(__file__).parent/'results'/f'train_throughput-{"gpu" if gpu else "cpu"}.json')
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix('.tmp'); tmp.write_text(json.dumps(out, indent=1) + '\n'); tmp.replace(path)
