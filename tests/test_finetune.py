@@ -1,0 +1,136 @@
+"Fine-tuning end to end: a body pretrained on the mini AudioSet, transferred to a new folder of generated sounds."
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+import numpy as np, pytest, torch
+from audioset_nb.audio import write_wav
+from audioset_nb.finetune import (FinetuneConfig, Transfer, finetune, finetune_cli, is_head, load_body, load_finetuned,
+                                  make_sound_folder, read_csv, read_folder, unfreeze_at, write_mini_csv)
+from audioset_nb.models import build_model, load_checkpoint, load_weights
+
+torch.set_num_threads(1)
+MODEL = 'Cnn6'         # the smallest CNN of the zoo; MobileNetV1's BatchNorm statistics lag after so short a pretraining
+FRONT = dict(sample_rate=16000, window_size=512, hop_size=160, mel_bins=32, fmin=50, fmax=8000)
+ACCURACY = 0.75        # the stated accuracy on 12 held-out clips: 4 classes, chance is 0.25
+
+def cfg(data, ws, **kw):
+    return FinetuneConfig(str(data), workspace=str(ws), model_type=MODEL, clip_seconds=1.0, progress=False, **{**FRONT, **kw})
+
+@pytest.fixture(scope='module')
+def tmp(tmp_path_factory): return tmp_path_factory.mktemp('finetune')
+
+@pytest.fixture(scope='module')
+def body(tmp):
+    "A Cnn6 body pretrained (multi-label, BCE) on one-second mini AudioSet clips with the same `finetune`."
+    csv = write_mini_csv(tmp/'mini', n=96)
+    r = finetune(cfg(csv, tmp/'ws', epochs=6, batch_size=16, learning_rate=1e-3))[0]
+    assert r['scores'].mAP > 0.3, r['scores']  # 14 classes: a body that learnt something
+    return r['checkpoint']
+
+@pytest.fixture(scope='module')
+def folder(tmp): return make_sound_folder(tmp/'sounds', per_class=12, seed=1)
+
+BODY = Transfer(MODEL, 4, **FRONT).body_names  # trainable weights outside the classifier
+
+def test_finetune_reaches_accuracy(tmp, body, folder):
+    "Training the whole pretrained model on the new sounds (classes the body never heard) reaches ACCURACY."
+    r = finetune(cfg(folder, tmp/'ws_all', pretrained_checkpoint_path=str(body), epochs=15, batch_size=12,
+                     learning_rate=1e-3, valid_fraction=0.25))[0]
+    assert len(r['scores'].target) == 12 and r['scores'].confusion.sum() == 12
+    assert r['scores'].accuracy >= ACCURACY, r['scores']
+
+def test_frozen_body_keeps_weights(tmp, body, folder):
+    r = finetune(cfg(folder, tmp/'ws_frozen', pretrained_checkpoint_path=str(body), freeze_base=True,
+                     epochs=2, batch_size=12, learning_rate=1e-2, valid_fraction=0.25))[0]
+    ck, pre = load_checkpoint(r['checkpoint']), load_checkpoint(body)
+    assert len(BODY) > 10 and all(torch.equal(pre['model'][k], ck['model'][k]) for k in BODY), 'a frozen body weight changed'
+    assert not torch.equal(pre['model']['bn0.running_mean'], ck['model']['bn0.running_mean'])  # BatchNorm follows the new data
+    assert ck['model']['fc_audioset.weight'].shape == (4, pre['model']['fc_audioset.weight'].shape[1])
+
+def test_labels_round_trip(tmp, body, folder):
+    r = finetune(cfg(folder, tmp/'ws_rt', pretrained_checkpoint_path=str(body), freeze_base=True, epochs=1, batch_size=12))[0]
+    ck = load_checkpoint(r['checkpoint'])
+    assert ck['labels'] == ['drone', 'hiss', 'knock', 'trill'] == read_folder(folder).labels
+    assert ck['model_type'] == MODEL and ck['task'] == 'single'
+    assert {k: ck['config'][k] for k in FRONT} == FRONT
+    zoo = build_model(ck['model_type'], classes_num=len(ck['labels']), **{k: ck['config'][k] for k in FRONT})
+    load_weights(zoo, ck)  # what audioset_tag does: a plain zoo model with len(labels) classes loads it strictly
+    model, labels = load_finetuned(r['checkpoint'])
+    assert labels == ck['labels']
+    x = torch.randn(3, 16000)*0.1
+    with torch.no_grad():
+        p = model(x)['clipwise_output']
+        z = zoo.eval()(x)['clipwise_output']
+    torch.testing.assert_close(p, torch.softmax(torch.logit(z.double(), eps=1e-12), -1).float(), atol=1e-4, rtol=1e-3)
+
+def test_unfreeze_after(tmp, body, folder):
+    m = Transfer(MODEL, 4, freeze_base=True, **FRONT)
+    seen = []
+    for i, _ in enumerate(unfreeze_at(iter(range(5)), m, 2), 1): seen.append((i, m.frozen))
+    assert seen == [(1, True), (2, True), (3, False), (4, False), (5, False)]
+    r = finetune(cfg(folder, tmp/'ws_unfreeze', pretrained_checkpoint_path=str(body), freeze_base=True, unfreeze_after=2,
+                     epochs=1, batch_size=12, valid_fraction=0.25))[0]
+    b0, b1 = load_checkpoint(body)['model'], load_checkpoint(r['checkpoint'])['model']
+    assert sum(not torch.equal(b0[k], b1[k]) for k in BODY) > len(BODY)//2  # trained after the unfreeze
+
+def test_transfer_any_head():
+    for mt in ('Cnn14_DecisionLevelAtt', 'Cnn6'):
+        m = Transfer(mt, 3, **FRONT).eval()
+        with torch.no_grad(): out = m(torch.randn(2, 16000)*0.1)
+        torch.testing.assert_close(out['clipwise_output'].sum(1), torch.ones(2))
+        assert out['logits'].shape == (2, 3) and out['logits'].dtype == torch.float32
+        ml = Transfer(mt, 3, multi_label=True, **FRONT).eval()
+        with torch.no_grad(): p = ml(torch.randn(2, 16000)*0.1)['clipwise_output']
+        assert p.shape == (2, 3) and 'logits' not in ml(torch.randn(2, 16000)*0.1)
+    published_like = build_model('Cnn6', classes_num=527, **FRONT).state_dict()
+    m = load_body(Transfer('Cnn6', 5, **FRONT), {'model': {f'module.{k}': v for k, v in published_like.items()}})
+    assert torch.equal(m.base.conv_block1.conv1.weight, published_like['conv_block1.conv1.weight'])
+
+def test_csv_folds_cli(tmp, folder):
+    "A multi-label CSV with a fold column, cross-validated by the console script over both folds."
+    clips = read_folder(folder)
+    rows = [f'{Path(p).relative_to(folder)},{clips.labels[t.argmax()]}{";hiss" if i % 5 == 0 else ""},{i % 2 + 1}'
+            for i, (p, t) in enumerate(zip(clips.paths, clips.targets))]
+    (tmp/'folds.csv').write_text('path,label,fold\n' + '\n'.join(rows) + '\n')
+    exe = Path(sys.executable).parent/'audioset_finetune'
+    p = subprocess.run([str(exe), '--data', str(tmp/'folds.csv'), '--audios_dir', str(folder), '--workspace', str(tmp/'ws_cli'),
+                        '--model_type', MODEL, *[a for k, v in FRONT.items() for a in (f'--{k}', str(v))], '--clip_seconds', '1',
+                        '--folds', 'all', '--epochs', '1', '--batch_size', '12', '--no_progress'],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(l) for l in p.stdout.splitlines()]
+    assert [l['split'] for l in lines] == ['fold=1', 'fold=2', 'mean']
+    assert all(0 <= l['mAP'] <= 1 for l in lines)
+    ck = load_checkpoint(lines[0]['checkpoint'])
+    assert ck['task'] == 'multi' and ck['labels'] == clips.labels
+    assert read_csv(tmp/'folds.csv', folder).folds.tolist() == [i % 2 + 1 for i in range(len(clips))]
+
+def test_rerun_resumes(tmp, folder):
+    c = cfg(folder, tmp/'ws_resume', epochs=1, batch_size=12)
+    a = finetune(c)[0]
+    w = load_checkpoint(a['checkpoint'])['model']
+    b = finetune(c)[0]  # latest.pth is at the last iteration: nothing more to train
+    assert all(torch.equal(w[k], v) for k, v in load_checkpoint(b['checkpoint'])['model'].items())
+    assert b['scores'].accuracy == a['scores'].accuracy
+
+def _exit_message(**kw):
+    with pytest.raises(SystemExit) as e: finetune_cli(**{'no_progress': True, **kw})
+    msg = str(e.value.code)
+    assert msg.startswith('audioset_finetune: ') and '\n' not in msg and 'Traceback' not in msg
+    return msg
+
+def test_bad_inputs(tmp, folder, body):
+    assert 'does not exist' in _exit_message(data=str(tmp/'nowhere'))
+    (tmp/'one'/'only').mkdir(parents=True); shutil.copy(read_folder(folder).paths[0], tmp/'one'/'only'/'a.wav')
+    assert 'at least two' in _exit_message(data=str(tmp/'one'))
+    (tmp/'nolabel.csv').write_text('a.wav,x\nb.wav\n')
+    assert 'Row 2' in _exit_message(data=str(tmp/'nolabel.csv'))
+    assert 'Unknown --model_type' in _exit_message(data=str(folder), model_type='Cnn99')
+    assert 'fold column' in _exit_message(data=str(folder), folds='all')
+    msg = _exit_message(data=str(folder), model_type='Cnn10', pretrained_checkpoint_path=str(body), workspace=str(tmp/'ws_bad'))
+    assert str(body) in msg and '--model_type' in msg
+    bad = tmp/'bad'; shutil.copytree(folder, bad)
+    (bad/'hiss'/'broken.wav').write_bytes(b'RIFF not really audio')
+    msg = _exit_message(data=str(bad), model_type=MODEL, workspace=str(tmp/'ws_bad2'), epochs=1, batch_size=12, clip_seconds=1.0, **FRONT)
+    assert 'broken.wav' in msg
+    p = subprocess.run([str(Path(sys.executable).parent/'audioset_finetune'), '--data', str(tmp/'nowhere')], capture_output=True, text=True)
+    assert p.returncode != 0 and p.stderr.strip().count('\n') == 0 and 'does not exist' in p.stderr
