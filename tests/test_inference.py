@@ -157,3 +157,16 @@ def test_windows_stream_a_long_file_in_bounded_memory(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()
     assert n == 60
     assert peak < 30e6, peak  # a 30-s block, a window and a little more; the whole file would be 77 MB
+
+@pytest.mark.parametrize('name,make,msg', [
+    ('missing.wav', lambda p: None, 'does not exist'),
+    ('notes.mp3', lambda p: p.write_text('not audio at all'), 'could not be decoded'),
+    ('empty.wav', lambda p: p.write_bytes(b''), 'is empty'),
+])
+def test_a_single_bad_file_is_one_sentence(d, name, make, msg):
+    p = d/'single'/name; p.parent.mkdir(exist_ok=True); p.unlink(missing_ok=True); make(p)
+    r = run('audioset_tag', '--model_type', 'Cnn6', '--checkpoint_path', d/'cnn6.pth', '--audio_path', p)
+    assert r.returncode == 1
+    # libsndfile's mpg123 prints 'Note: ...' lines of its own on a bad .mp3 (from C, in the audio loader); ours is the last
+    err = [l for l in one_sentence(r.stderr).splitlines() if not l.startswith('Note: ')]
+    assert len(err) == 1 and msg in err[0] and name in err[0], err
