@@ -1,7 +1,7 @@
 "A real browser: Voila serves the demo notebook, headless Chromium picks a clip, presses Tag and reads the labels."
 import os, shutil, socket, subprocess, sys, time
 from pathlib import Path
-import pytest, torch
+import numpy as np, pytest, soundfile as sf, torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path('/usr/bin/chromium')
@@ -77,6 +77,9 @@ def browser(pw):
 def test_voila_pick_a_clip_press_tag_see_the_top_label(d, voila_url):
     clips = example_clips(d/'tmp'/'audioset_nb_examples')
     want = tag(load_tagger(d/'ckpts'/'cnn6.pth'), clips['chirp.wav']).top(10)
+    up, t = d/'upload.wav', np.arange(3*22050)/22050
+    sf.write(up, np.stack([np.sin(2*np.pi*300*t), np.sign(np.sin(2*np.pi*5*t))]).T*0.4, 22050)
+    want_up = tag(load_tagger(d/'ckpts'/'cnn6.pth'), up).top(10)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as pw:
         b = browser(pw)
@@ -94,6 +97,14 @@ def test_voila_pick_a_clip_press_tag_see_the_top_label(d, voila_url):
             shown = top.all_inner_texts()
             assert 'chirp.wav' in page.inner_text('body')
             assert shown == [l for l, _ in want], (shown, want)
+            # an uploaded file (22.05 kHz stereo: the kernel resamples it) is added to the clips and tagged
+            with page.expect_file_chooser() as chooser: page.locator('.widget-upload').first.click()
+            chooser.value.set_files(str(up))
+            page.wait_for_function("() => [...document.querySelectorAll('.widget-dropdown select option')].some(o => o.textContent == 'upload.wav')",
+                                   timeout=60_000)
+            button.click()
+            page.wait_for_function("() => document.body.innerText.includes('upload.wav: 3.0 s')", timeout=180_000)
+            assert top.all_inner_texts() == [l for l, _ in want_up]
             # a decision-level checkpoint, typed in: the SED picture appears as well
             page.get_by_placeholder('path/to/checkpoint.pth').fill(str(d/'sed.pth'))
             button.click()
