@@ -1,0 +1,172 @@
+"Inference end to end: the CLIs on real files of many formats, bad input, outputs, streaming memory."
+import csv, json, shutil, subprocess, sys, tracemalloc
+from pathlib import Path
+import numpy as np, pytest, soundfile as sf, torch
+from audioset_nb.audio import load_audio, stream_audio
+from audioset_nb.download import ffmpeg_exe, load_labels
+from audioset_nb.inference import (load_tagger, tag, tag_files, sed, find_events, audio_files, _windows, CheckpointError)
+from audioset_nb.models import build_model, save_checkpoint
+
+SR = 32000
+
+def _cli(name):
+    exe = Path(sys.executable).parent/name
+    fn = {'audioset_tag': 'tag_cli', 'audioset_sed': 'sed_cli'}[name]
+    return [str(exe)] if exe.exists() else [sys.executable, '-c', f'from audioset_nb.inference import {fn}; {fn}()']
+
+def run(name, *args):
+    return subprocess.run([*_cli(name), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+def one_sentence(stderr):
+    assert 'Traceback' not in stderr, stderr
+    return stderr.strip()
+
+def ffmpeg(*args):
+    subprocess.run([ffmpeg_exe(), '-nostdin', '-v', 'error', '-y', *map(str, args)], check=True)
+
+@pytest.fixture(scope='module')
+def d(tmp_path_factory):
+    d = tmp_path_factory.mktemp('inf')
+    torch.manual_seed(0)
+    save_checkpoint(d/'cnn6.pth', build_model('Cnn6'))  # no model_type stored: --model_type must say it
+    save_checkpoint(d/'sed.pth', build_model('Cnn14_DecisionLevelMax'), model_type='Cnn14_DecisionLevelMax')
+    save_checkpoint(d/'dogs.pth', build_model('Cnn6', classes_num=3), model_type='Cnn6', labels=['bark', 'howl', 'quiet'])
+    t = np.arange(2*SR)/SR
+    rng = np.random.default_rng(0)
+    sf.write(d/'tone.wav', 0.5*np.sin(2*np.pi*440*t), SR)
+    noise = (0.3*rng.standard_normal((2, int(1.5*48000)))).T
+    sf.write(d/'noise48k.wav', noise, 48000)  # stereo at another rate
+    return d
+
+@pytest.fixture(scope='module')
+def tagger(d): return load_tagger(d/'cnn6.pth', 'Cnn6')
+
+def test_reference_flags_print_the_api_top_labels(d, tagger):
+    r = run('audioset_tag', '--model_type', 'Cnn6', '--checkpoint_path', d/'cnn6.pth', '--audio_path', d/'tone.wav',
+            '--sample_rate', 32000, '--window_size', 1024, '--hop_size', 320, '--mel_bins', 64, '--fmin', 50, '--fmax', 14000,
+            '--top_k', 5)
+    assert r.returncode == 0, r.stderr
+    want = tag(tagger, d/'tone.wav').top(5)
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith(str(d/'tone.wav'))
+    assert [l.rsplit(': ', 1)[0] for l in lines[1:]] == [l for l, _ in want]
+    assert np.allclose([float(l.rsplit(': ', 1)[1]) for l in lines[1:]], [p for _, p in want], atol=1e-3)
+
+def test_any_format_any_rate_is_resampled_by_the_one_loader(d, tagger):
+    src = d/'tone.wav'
+    ffmpeg('-i', src, d/'tone.flac'); ffmpeg('-i', src, '-ar', 44100, '-ac', 2, d/'tone.mp3')
+    ffmpeg('-i', src, '-c:a', 'libopus', d/'tone.ogg'); ffmpeg('-i', src, '-c:a', 'aac', d/'tone.m4a')
+    ffmpeg('-f', 'lavfi', '-i', 'color=c=black:s=32x32:d=2', '-i', src, '-c:v', 'mpeg4', '-c:a', 'aac', '-shortest', d/'tone.mp4')
+    files = [d/f'tone.{e}' for e in ('flac', 'mp3', 'ogg', 'm4a', 'mp4')] + [d/'noise48k.wav']
+    ok, bad = tag_files(tagger, files, batch_size=4)
+    assert bad == []
+    for t in ok[:5]: assert abs(t.duration - 2.0) < 0.08, (t.path, t.duration)
+    assert abs(ok[5].duration - 1.5) < 0.01
+    # flac is lossless: same scores as the wav; the 48 kHz stereo file is scored like its resampled mono mix
+    np.testing.assert_allclose(ok[0].clipwise, tag(tagger, src).clipwise, atol=1e-5)
+    np.testing.assert_allclose(ok[5].clipwise, tag(tagger, load_audio(d/'noise48k.wav', SR)).clipwise, atol=1e-5)
+
+def test_batch_mode_lists_failures_and_tags_the_rest(d, tagger):
+    (d/'notes.txt').write_text('this is not audio')
+    (d/'empty.wav').write_bytes(b'')
+    sf.write(d/'zero.wav', np.zeros(0), SR)
+    out = d/'tags.csv'
+    r = run('audioset_tag', '--model_type', 'Cnn6', '--checkpoint_path', d/'cnn6.pth', '--output', out, '--batch_size', 3,
+            '--audio_path', d/'tone.wav', d/'notes.txt', d/'missing.wav', d/'empty.wav', d/'zero.wav', d/'noise48k.wav')
+    assert r.returncode == 1
+    err = one_sentence(r.stderr).splitlines()
+    failed = [l for l in err if l.startswith('failed:')]
+    assert len(failed) == 4 and all(any(n in l for l in failed) for n in ('notes.txt', 'missing.wav', 'empty.wav', 'zero.wav'))
+    assert '4 file(s) could not be processed' in err[-1]
+    rows = list(csv.DictReader(open(out)))
+    assert [Path(r['audio_path']).name for r in rows] == ['tone.wav', 'noise48k.wav']
+    assert rows[0]['label_1'] == tag(tagger, d/'tone.wav').top(1)[0][0]
+
+@pytest.mark.parametrize('make,msg', [
+    (lambda p: p.write_text('hello'), 'is not'),
+    (lambda p: torch.save({'epoch': 3}, p), 'is not a checkpoint'),
+    (lambda p: None, 'does not exist'),
+    (lambda p: save_checkpoint(p, build_model('Cnn6')), 'does not fit model_type Cnn14'),
+])
+def test_a_bad_checkpoint_is_one_sentence(d, make, msg):
+    p = d/'bad.pth'; p.unlink(missing_ok=True); make(p)
+    r = run('audioset_tag', '--checkpoint_path', p, '--audio_path', d/'tone.wav')
+    assert r.returncode != 0
+    err = one_sentence(r.stderr)
+    assert msg in err and len(err.splitlines()) == 1, err
+
+def test_jsonl_full_scores_windows_and_embedding(d, tagger):
+    x = np.concatenate([np.sin(2*np.pi*440*np.arange(12*SR)/SR), np.zeros(13*SR)]).astype(np.float32)*0.5
+    sf.write(d/'long.wav', x, SR)
+    out = d/'tags.jsonl'
+    r = run('audioset_tag', '--model_type', 'Cnn6', '--checkpoint_path', d/'cnn6.pth', '--audio_path', d/'long.wav',
+            '--output', out, '--full_scores', '--embedding', '--hop_seconds', 5, '--pooling', 'mean')
+    assert r.returncode == 0, r.stderr
+    [j] = [json.loads(l) for l in open(out)]
+    want = tag(tagger, d/'long.wav', hop_seconds=5, pooling='mean')
+    assert j['window_starts'] == [0, 5, 10, 15] and abs(j['duration'] - 25) < 1e-3
+    np.testing.assert_allclose(j['clipwise'], want.clipwise, atol=1e-5)
+    np.testing.assert_allclose(np.mean(j['windows'], 0), j['clipwise'], atol=1e-5)
+    assert len(j['clipwise']) == 527 and j['labels'] == list(load_labels().names)
+    np.testing.assert_allclose(j['embedding'], want.embedding, atol=1e-4)
+
+def test_folders_globs_and_checkpoint_labels(d):
+    (d/'sub').mkdir(exist_ok=True)
+    shutil.copy(d/'tone.wav', d/'sub'/'a.wav'); shutil.copy(d/'tone.wav', d/'sub'/'b.flac')
+    (d/'sub'/'readme.txt').write_text('skip me')
+    assert [p.name for p in audio_files([d/'sub'])] == ['a.wav', 'b.flac']
+    assert [p.name for p in audio_files(str(d/'sub'/'*.wav'))] == ['a.wav']
+    out = d/'dogs.csv'
+    r = run('audioset_tag', '--checkpoint_path', d/'dogs.pth', '--audio_path', d/'sub', str(d/'sub'/'*.wav'),
+            '--output', out, '--top_k', 3, '--full_scores')
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert [Path(r['audio_path']).name for r in rows] == ['a.wav', 'b.flac']
+    assert {r['label_1'] for r in rows} <= {'bark', 'howl', 'quiet'} and 'howl' in rows[0]
+    r = run('audioset_tag', '--checkpoint_path', d/'dogs.pth', '--audio_path', str(d/'nothing'/'*.wav'))
+    assert r.returncode != 0 and 'No audio files found' in one_sentence(r.stderr)
+
+def test_sed_cli_events_and_figure(d):
+    out, figs = d/'events.csv', d/'figs'
+    r = run('audioset_sed', '--checkpoint_path', d/'sed.pth', '--audio_path', d/'tone.wav', '--threshold', 0.3,
+            '--output', out, '--figure_dir', figs)
+    assert r.returncode == 0, r.stderr
+    t = sed(load_tagger(d/'sed.pth'), d/'tone.wav')
+    assert t.framewise.shape == (201, 527)
+    want = find_events(t, 0.3)
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == len(want) > 0
+    assert [(r['label'], float(r['onset']), float(r['offset'])) for r in rows] == [(e.label, e.onset, e.offset) for e in want]
+    assert all(0 <= float(r['onset']) < float(r['offset']) <= 2.0 for r in rows)
+    assert (figs/'tone.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+def test_sed_with_a_clip_level_model_says_so(d):
+    r = run('audioset_sed', '--model_type', 'Cnn6', '--checkpoint_path', d/'cnn6.pth', '--audio_path', d/'tone.wav')
+    assert r.returncode != 0 and 'gives no framewise output' in one_sentence(r.stderr)
+
+def test_windows_stream_a_long_file_in_bounded_memory(tmp_path):
+    "Ten minutes of audio (77 MB as float32) is cut into windows while holding a few blocks at most."
+    p = tmp_path/'long.wav'
+    with sf.SoundFile(p, 'w', SR, 1, 'PCM_16') as f:
+        for i in range(20): f.write(np.full(30*SR, (i % 7)/10, np.float32))
+    tracemalloc.start()
+    n = 0
+    for s, w, k in _windows(stream_audio(p, SR), 10*SR, 10*SR):
+        assert s == n*10*SR and k == 10*SR and abs(w[0] - ((s//(30*SR)) % 7)/10) < 1e-3
+        n += 1
+    peak = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()
+    assert n == 60
+    assert peak < 30e6, peak  # a 30-s block, a window and a little more; the whole file would be 77 MB
+
+@pytest.mark.parametrize('name,make,msg', [
+    ('missing.wav', lambda p: None, 'does not exist'),
+    ('notes.mp3', lambda p: p.write_text('not audio at all'), 'could not be decoded'),
+    ('empty.wav', lambda p: p.write_bytes(b''), 'is empty'),
+])
+def test_a_single_bad_file_is_one_sentence(d, name, make, msg):
+    p = d/'single'/name; p.parent.mkdir(exist_ok=True); p.unlink(missing_ok=True); make(p)
+    r = run('audioset_tag', '--model_type', 'Cnn6', '--checkpoint_path', d/'cnn6.pth', '--audio_path', p)
+    assert r.returncode == 1
+    # libsndfile's mpg123 prints 'Note: ...' lines of its own on a bad .mp3 (from C, in the audio loader); ours is the last
+    err = [l for l in one_sentence(r.stderr).splitlines() if not l.startswith('Note: ')]
+    assert len(err) == 1 and msg in err[0] and name in err[0], err
