@@ -12,9 +12,12 @@ source .venv/bin/activate
 stamp=.venv/.audioset_nb-installed
 want=$(cat settings.ini setup.py | sha1sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  python -m pip install -q --upgrade pip
-  # The verified torch release; its CPU wheel is used where no CUDA is wanted.
-  python -c 'import torch' 2>/dev/null || python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-  python -m pip install -q -e '.[dev]'
+  echo "Installing audioset_nb and its dependencies into .venv (log: .venv/install.log)..."
+  {
+    python -m pip install -q --upgrade pip &&
+    # The verified torch release; its CPU wheel is used where no CUDA is wanted.
+    { python -c 'import torch' 2>/dev/null || python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"; } &&
+    python -m pip install -q -e '.[dev]'
+  } > .venv/install.log 2>&1 || { tail -20 .venv/install.log >&2; echo "Installing failed; the whole log is in .venv/install.log." >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
