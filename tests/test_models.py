@@ -27,6 +27,14 @@ def test_every_model_runs(name):
     if 'DecisionLevel' in name: assert out['framewise_output'].shape == (2, frames, 7)
     load_weights(m, {'model': m.state_dict()})  # strict, through our name/shape check
 
+@pytest.mark.parametrize('name', ['Wavegram_Logmel_Cnn14', 'Cnn14_DecisionLevelAtt'])
+def test_any_clip_length(name):
+    m = build_model(name, classes_num=3).eval()
+    for n in (33_000, 45_123):
+        with torch.no_grad(): out = m(torch.randn(1, n)*0.1)
+        assert out['clipwise_output'].shape == (1, 3)
+        if 'framewise_output' in out: assert out['framewise_output'].shape == (1, n//320 + 1, 3)
+
 def test_aliases_and_unknown_names():
     assert type(build_model('Cnn13')) is Cnn14 and type(build_model('Cnn13_specaug')) is Cnn14
     with pytest.raises(ValueError, match=r"Unknown model_type 'cnn14'; choose one of: Cnn6, Cnn10, Cnn14,"): build_model('cnn14')
@@ -230,7 +238,7 @@ def test_fetch_offline_and_bad_names(tmp_path, server):
 
 def test_fetch_default_url_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('AUDIOSET_NB_CACHE', str(tmp_path/'c'))
-    assert cache_dir() == tmp_path/'c'
+    assert default_cache_dir() == tmp_path/'c'
     seen = []
     monkeypatch.setattr('audioset_nb.models._download', lambda url, part, timeout: seen.append(url) or part.write_bytes(b'x'))
     with pytest.warns(UserWarning, match='No known MD5'): p = fetch_checkpoint('Cnn14_16k_mAP=0.438.pth')
