@@ -70,7 +70,8 @@ def test_synth_clip_rates_and_generators():
 def test_one_source_per_ytid(ds):
     names = sorted(os.listdir(ds.sources_dir))
     assert names == sorted(f'{y}.{c.source.ext}' for y, c in ds.clips.items())
-    assert {c.source.ext for c in ds.clips.values()} == {f.ext for f in M.SOURCE_FORMATS}
+    assert {c.source.ext for c in ds.clips.values()} == {f.ext for f in M.SOURCE_FORMATS} == set(M.SOURCE_MIME)
+    assert M.SOURCE_MIME['mp4'] == 'video/mp4' and all(m.startswith('audio/') for e, m in M.SOURCE_MIME.items() if e != 'mp4')
 
 def test_sources_decode_as_declared(ds):
     for y, c in ds.clips.items():
