@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The main job.
+#   ./runme.sh          the embedded mini AudioSet end to end on this machine: make it, serve it on loopback,
+#                       download it with yt-dlp, pack, train (GPU if there is one), evaluate, tag and SED one clip
+#   ./runme.sh --full   the seed's real pipeline: AudioSet from YouTube, packing, Cnn14 on a GPU
+# Each step skips what an earlier run finished, so running it again resumes.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+case "${1:-}" in
+  "") MODE=mini ;;
+  --full) MODE=full ;;
+  -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+  *) echo "runme.sh: unknown option '$1'; run it with no option (the mini AudioSet) or with --full." >&2; exit 2 ;;
+esac
+[ "$MODE" = full ] && exec bash tools/full.sh
+source tools/env.sh
+
+W=${WORKSPACE:-workspace/mini}         # everything the job writes
+CUDA=$(python -c 'import torch; print("--cuda" if torch.cuda.is_available() else "")')
+# The mini recipe: a small decision-level CNN on a coarse front end, sized to train in minutes on 2 CPU cores.
+MODEL=${MODEL:-Cnn6_DecisionLevelMax}
+FRONT=(--sample_rate=8000 --window_size=1024 --hop_size=512 --mel_bins=32 --fmin=50 --fmax=4000)
+TRAIN=(--balanced=balanced --augmentation=none --batch_size=16 --learning_rate=1e-3 --early_stop=${ITERATIONS:-1200} --eval_every=400)
+t0=$SECONDS
+step() { printf '\n== %s (%ds)\n' "$1" $((SECONDS - t0)); }
+
+step "1/6 make the mini AudioSet: segment lists and one source video per clip"
+audioset_mini --root "$W/mini" --seed 0
+
+step "2/6 serve the sources on loopback and download every clip with yt-dlp"
+rm -f "$W/mirror.url"
+audioset_mirror --root "$W/mini/sources" --url_file "$W/mirror.url" &
+MIRROR=$!
+trap 'kill $MIRROR 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [ -s "$W/mirror.url" ] && break; sleep 0.1; done
+[ -s "$W/mirror.url" ] || { echo "runme.sh: the loopback mirror did not start." >&2; exit 1; }
+for s in balanced_train eval; do
+  audioset_download --csv_path "$W/mini/metadata/${s}_segments.csv" --audios_dir "$W/audios/$s" \
+    --url_template "$(cat "$W/mirror.url")" --workers 4
+done
+kill $MIRROR 2>/dev/null || true
+
+step "3/6 pack the clips into HDF5"
+for s in balanced_train eval; do
+  [ -f "$W/hdf5s/waveforms/$s.h5" ] ||
+    audioset_pack --csv_path "$W/mini/metadata/${s}_segments.csv" --audios_dir "$W/audios/$s" \
+      --waveforms_hdf5_path "$W/hdf5s/waveforms/$s.h5"
+  audioset_pack --waveforms_hdf5_path "$W/hdf5s/waveforms/$s.h5" --indexes_hdf5_path "$W/hdf5s/indexes/$s.h5"
+done
+
+step "4/6 train $MODEL and evaluate it on the eval set"
+audioset_train train --workspace "$W" --data_type balanced_train --model_type "$MODEL" "${FRONT[@]}" "${TRAIN[@]}" \
+  --resume_latest $CUDA
+run="main/*/data_type=balanced_train/$MODEL/*/*/*/*"
+CKPT=$(ls -t $W/checkpoints/$run/latest.pth | head -1)
+STATS=$(ls -t $W/statistics/$run/statistics.jsonl | head -1)
+
+step "5/6 tag one eval clip and draw its sound-event picture"
+CLIP=$(ls "$W/audios/eval/"Y*.wav | head -1)
+audioset_tag --checkpoint_path "$CKPT" --audio_path "$CLIP" --top_k 5
+audioset_sed --checkpoint_path "$CKPT" --audio_path "$CLIP" --output "$W/sed/events.csv" --figure_dir "$W/sed"
+
+step "6/6 results"
+python - "$STATS" <<'PY'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1]) if 'test_mAP' in l]
+r = recs[-1]
+print(f"eval mAP {r['test_mAP']:.3f} (balanced-train mAP {r['bal_mAP']:.3f}) at iteration {r['iteration']}")
+PY
+cat <<MSG
+Artifacts:
+  mini AudioSet sources and lists  $W/mini
+  downloaded clips and logs        $W/audios/{balanced_train,eval}
+  packed HDF5                      $W/hdf5s/{waveforms,indexes}
+  checkpoint                       $CKPT
+  statistics, curve, per-class AP  $(dirname "$STATS")
+  SED events and figure            $W/sed
+Done in $((SECONDS - t0)) s.
+MSG
