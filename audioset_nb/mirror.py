@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
-from .download import YTID_RE
+from fastcore.script import call_parse
+from .download import YTID_RE, atomic_write_text
 
 # %% auto #0
-__all__ = ['MEDIA_TYPES', 'FAULT_KINDS', 'Fault', 'Mirror']
+__all__ = ['MEDIA_TYPES', 'FAULT_KINDS', 'Fault', 'Mirror', 'mirror_cli']
 
 # %% ../nbs/00c_mirror.ipynb #32440336
 MEDIA_TYPES = {'webm': 'audio/webm', 'weba': 'audio/webm', 'm4a': 'audio/mp4', 'mp4': 'video/mp4', 'mp3': 'audio/mpeg',
@@ -150,3 +151,21 @@ class Mirror:
     def url_template(self)->str: return self.base_url + '/watch?v={ytid}'
     def url(self, ytid:str)->str: return self.url_template.replace('{ytid}', ytid)
     def file_url(self, name:str)->str: return f'{self.base_url}/f/{name}'
+
+# %% ../nbs/00c_mirror.ipynb #b43fdade
+@call_parse
+def mirror_cli(root:str=None, # folder of source videos named `<ytid>.<ext>`
+               url_file:str=None, # write the URL template here once serving
+               delay:float=0.): # seconds added to every request
+    "Serve a folder of source videos on 127.0.0.1 (a free port) until stopped; prints the URL template."
+    import signal, sys
+    if not root: sys.exit('audioset_mirror: give the folder of source videos with --root DIR.')
+    try: m = Mirror(root, delay=delay).start()
+    except FileNotFoundError as e: sys.exit(f'audioset_mirror: {e}')
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(m.url_template, flush=True)
+    if url_file: atomic_write_text(url_file, m.url_template + '\n')
+    try:
+        while True: time.sleep(3600)
+    except KeyboardInterrupt: pass
+    finally: m.stop()
