@@ -5,7 +5,7 @@
 # %% ../nbs/00_download.ipynb #29709706
 from __future__ import annotations
 import collections, concurrent.futures, csv, datetime, functools, http.client, importlib.resources, itertools, json, os, random
-import re, shutil, subprocess, sys, threading, time, urllib.error, urllib.request, warnings, wave
+import re, shutil, subprocess, sys, tempfile, threading, time, urllib.error, urllib.request, warnings, wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -196,8 +196,12 @@ def format_segments(segs:list, comment:str='Segments csv created by audioset_nb'
 def atomic_write_text(path:Path, text:str):
     "Write `text` to `path` through a temporary file renamed into place, so readers never see half a file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text, encoding='utf-8'); tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)  # unique: writers never collide
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as f: f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp): os.remove(tmp)
 
 def write_segments(path:Path, segs:list, comment:str='Segments csv created by audioset_nb'):
     "Write `segs` to `path` in the official AudioSet format, atomically."
