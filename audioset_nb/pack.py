@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py, numpy as np, soundfile as sf
 from fastcore.script import call_parse
 from .audio import SAMPLE_RATE, AudioError, load_audio, pad_or_truncate, to_int16
-from .download import CLIP_SECONDS, NUM_CLASSES, clip_name, read_segments, segments_to_targets
+from .download import CLIP_SECONDS, NUM_CLASSES, clip_name, read_segments, segments_to_targets, take_part
 
 # %% auto #0
 __all__ = ['CODECS', 'encode_clip', 'PackResult', 'pack_waveforms', 'default_pack_workers', 'write_index', 'train_index_order',
@@ -119,12 +119,14 @@ def pack_waveforms(csv_path:Path,               # segment CSV (AudioSet format) 
                    workers:int=None,            # decoding processes; default one per core
                    codec:str=None,              # None: int16 rows (reference layout); 'flac': compressed store
                    chunk:int=64,                # rows written (and resumable) at a time
+                   part:str=None,               # 'i/n': pack only the i-th (from 0) of n slices of the list
                    progress:bool=True)->PackResult:
     "Pack the clips listed in `csv_path` into one HDF5 file, skipping and reporting clips that cannot be read."
     if codec not in CODECS: raise ValueError(f'codec {codec!r} is not one of {CODECS}.')
     audios_dir, out = Path(audios_dir), Path(waveforms_hdf5_path)
     if not audios_dir.is_dir(): raise FileNotFoundError(f'Clip folder {audios_dir} does not exist; check --audios_dir.')
     segs = read_segments(csv_path)
+    if part: segs = take_part(segs, part)
     names, targets = [clip_name(s.ytid) for s in segs], segments_to_targets(segs)
     clip_samples = int(round(sample_rate*clip_seconds))
     settings = _settings(csv_path, audios_dir, names, sample_rate, clip_samples, codec)
@@ -236,6 +238,7 @@ def pack_cli(csv_path:str=None,              # segment CSV listing the clips to 
              clip_seconds:float=CLIP_SECONDS,# length of every row
              workers:int=None,               # decoding processes (default: one per core)
              codec:str=None,                 # 'flac' for the compressed store
+             part:str=None,                  # i/n: pack only the i-th (from 0) of n slices of the CSV
              quiet:bool=False):              # no progress bar
     "Pack clips into a waveform HDF5, write its index, or combine indexes into the full-train index."
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
@@ -248,7 +251,7 @@ def pack_cli(csv_path:str=None,              # segment CSV listing the clips to 
               '--indexes_hdf5_path to index, or --indexes_hdf5s_dir/--full_indexes_hdf5_path to combine.')
     try:
         if pack:
-            r = pack_waveforms(csv_path, audios_dir, waveforms_hdf5_path, sample_rate, clip_seconds, workers, codec, progress=not quiet)
+            r = pack_waveforms(csv_path, audios_dir, waveforms_hdf5_path, sample_rate, clip_seconds, workers, codec, part=part, progress=not quiet)
             print(f'packed {r.rows} clips into {r.path}; {len(r.skipped)} left out')
         if waveforms_hdf5_path and indexes_hdf5_path: print(f'wrote index {write_index(waveforms_hdf5_path, indexes_hdf5_path)}')
         if indexes_hdf5s_dir: print(f'wrote full index {combine_indexes(indexes_hdf5s_dir, full_indexes_hdf5_path)}')

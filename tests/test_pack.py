@@ -213,6 +213,19 @@ def test_cli_end_to_end_with_reference_flags(clips, tmp_path):
     assert p.returncode == 0, p.stderr
     with h5py.File(i.parent/'full_train.h5', 'r') as f: assert len(f['audio_name']) == len(KINDS) + 1
 
+def test_cli_part_packs_its_slice_of_the_list(clips, tmp_path):
+    d, audios, segs = clips
+    names = []
+    for k in range(2):
+        w = tmp_path/f'part{k}.h5'
+        p = cli('--csv_path', str(d/'segs.csv'), '--audios_dir', str(audios), '--waveforms_hdf5_path', str(w), '--part', f'{k}/2', '--quiet')
+        assert p.returncode == 0, p.stderr
+        with h5py.File(w, 'r') as f:  # packed rows plus the clips left out: together, the slice
+            names.append([n.decode() for n in f['audio_name'][:]] + [n.decode() for n in f['skipped'][:, 0]])
+    half = len(segs)//2
+    want = [[clip_name(s.ytid) for s in segs[:half]], [clip_name(s.ytid) for s in segs[half:]]]
+    assert [sorted(n) for n in names] == [sorted(w) for w in want]
+
 @pytest.mark.parametrize('args,msg', [
     ([], 'nothing to do'),
     (['--csv_path', 'x.csv'], 'packing needs'),
