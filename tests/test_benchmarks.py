@@ -1,0 +1,21 @@
+"The GPU throughput benchmark also runs on CPU at tiny sizes, so it cannot rot while no GPU is at hand."
+import json, subprocess, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def test_train_throughput_runs_on_cpu(tmp_path):
+    out = tmp_path/'tt.json'
+    r = subprocess.run([sys.executable, 'benchmarks/train_throughput.py', '--models', 'Cnn6', '--batches', '2',
+                        '--seconds', '1.0', '--steps', '1', '--repeat', '1', '--workers', '0',
+                        '--variants', 'reference', 'ours', 'sync_every_step', '--out', str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res['torch'] and res['date'] and res['device']
+    runs = {x['variant']: x for x in res['runs']}
+    assert set(runs) == {'reference', 'ours', 'sync_every_step'}
+    assert runs['reference']['vs_reference'] == 1.0
+    for x in runs.values():
+        assert x['examples_per_s'] > 0 and 0 <= x['data_wait'] <= 1 and x['model'] == 'Cnn6' and x['batch'] == 2
+    assert runs['ours']['switches'] != runs['reference']['switches']
