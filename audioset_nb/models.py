@@ -278,7 +278,7 @@ class Cnn6_DecisionLevelMax(Cnn14_DecisionLevelMax):
     "Cnn6's body classifying each time step (16× coarser than STFT frames); clipwise output is the max over time."
     emb_dims, channels, block, interpolate_ratio = 512, (64, 128, 256, 512), ConvBlock5x5, 16
 
-# %% ../nbs/03_models.ipynb #5a8380cd
+# %% ../nbs/03_models.ipynb #3f9cdf2a
 class Cnn6_mini(Cnn6):
     "Cnn6 with a quarter of the channels, no SpecAugment and light dropout, for the mini AudioSet on a CPU."
     channels, emb_dims, specaug, block_dropout, head_dropout = (16, 32, 64, 128), 128, False, 0., 0.1
