@@ -450,7 +450,7 @@ def reference_segment(root_or_mini, # a `MiniAudioSet` or the folder `make_mini`
     return mini.reference_segment(ytid)
 
 # %% ../nbs/00b_mini.ipynb #5c72295a
-def plan_mini(seed:int=0, n_train:int=300, n_eval:int=150)->list:
+def plan_mini(seed:int=0, n_train:int=600, n_eval:int=150)->list:
     "The `Clip`s of a mini AudioSet (no audio): ids, events and sources, all from `seed`."
     n = {'balanced_train': n_train, 'eval': n_eval}
     ids = iter(make_ytids(_rng([seed], 100), n_train + n_eval))
@@ -468,7 +468,7 @@ def _segment(c:Clip)->Segment:
 
 def make_mini(root:Path, # folder to write into (created; a rerun resumes)
               seed:int=0, # everything follows from it
-              n_train:int=300, # clips in balanced_train
+              n_train:int=600, # clips in balanced_train
               n_eval:int=150, # clips in eval
               sources:bool=True, # also write one source file per clip in root/sources
               workers:int=None, # parallel ffmpeg encoders (default: number of CPUs)
@@ -532,7 +532,7 @@ def similarity(a:np.ndarray, b:np.ndarray, # two waveforms at `sr`; the shorter 
 @call_parse
 def audioset_mini(root:str=None, # folder to write the mini AudioSet into (required)
                   seed:int=0, # everything follows from it
-                  n_train:int=300, # clips in balanced_train
+                  n_train:int=600, # clips in balanced_train
                   n_eval:int=150, # clips in eval
                   no_sources:store_true=False, # write only the CSVs and events.jsonl
                   workers:int=None): # parallel ffmpeg encoders (default: number of CPUs)

@@ -18,12 +18,13 @@ __all__ = ['MODELS', 'ZENODO_RECORD', 'PUBLISHED', 'init_layer', 'init_bn', 'do_
            'LogmelFrontend', 'demo_signal', 'ConvBlock', 'ConvBlock5x5', 'AttBlock', 'Cnn14', 'Cnn14_no_specaug',
            'Cnn14_no_dropout', 'Cnn14_emb512', 'Cnn14_emb128', 'Cnn14_emb32', 'Cnn14_mel32', 'Cnn14_mel128', 'Cnn10',
            'Cnn6', 'Cnn14_16k', 'Cnn14_8k', 'upsample_frames', 'Cnn14_DecisionLevelMax', 'Cnn14_DecisionLevelAvg',
-           'Cnn14_DecisionLevelAtt', 'ConvPreWavBlock', 'Wavegram_Logmel_Cnn14', 'Wavegram_Logmel128_Cnn14',
-           'Wavegram_Cnn14', 'ResBasicBlock', 'ResBottleneck', 'res_layer', 'ResNetBody', 'ResNet38', 'ResNet22',
-           'ResNet54', 'conv_bn', 'conv_dw', 'MobileNetV1', 'InvertedResidual', 'MobileNetV2', 'LeeNetConvBlock',
-           'LeeNet11', 'LeeNet24', 'DaiNetResBlock', 'DaiNet19', 'ResBasicBlock1d', 'ResNetBody1d', 'Res1dNet31',
-           'Res1dNet51', 'build_model', 'output_shapes', 'count_params', 'count_flops', 'load_checkpoint',
-           'load_weights', 'save_checkpoint', 'default_cache_dir', 'md5sum', 'fetch_checkpoint', 'for_inference']
+           'Cnn14_DecisionLevelAtt', 'Cnn6_DecisionLevelMax', 'Cnn6_mini', 'Cnn6_mini_DecisionLevelMax',
+           'ConvPreWavBlock', 'Wavegram_Logmel_Cnn14', 'Wavegram_Logmel128_Cnn14', 'Wavegram_Cnn14', 'ResBasicBlock',
+           'ResBottleneck', 'res_layer', 'ResNetBody', 'ResNet38', 'ResNet22', 'ResNet54', 'conv_bn', 'conv_dw',
+           'MobileNetV1', 'InvertedResidual', 'MobileNetV2', 'LeeNetConvBlock', 'LeeNet11', 'LeeNet24',
+           'DaiNetResBlock', 'DaiNet19', 'ResBasicBlock1d', 'ResNetBody1d', 'Res1dNet31', 'Res1dNet51', 'build_model',
+           'output_shapes', 'count_params', 'count_flops', 'load_checkpoint', 'load_weights', 'save_checkpoint',
+           'default_cache_dir', 'md5sum', 'fetch_checkpoint', 'for_inference']
 
 # %% ../nbs/03_models.ipynb #ea481057
 def init_layer(layer:nn.Module):
@@ -181,7 +182,7 @@ class AttBlock(nn.Module):
 # %% ../nbs/03_models.ipynb #16b861be
 class Cnn14(LogmelModel):
     "Cnn14: six double-conv blocks over a 64-bin log-mel; the PANNs baseline (mAP 0.431)."
-    emb_dims, block_dropout, specaug, block, channels = 2048, 0.2, True, ConvBlock, (64, 128, 256, 512, 1024, 2048)
+    emb_dims, block_dropout, head_dropout, specaug, block, channels = 2048, 0.2, 0.5, True, ConvBlock, (64, 128, 256, 512, 1024, 2048)
     def build(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num):
         self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax, freq_drop_width=max(mel_bins//8, 1))
         for i, (cin, cout) in enumerate(zip((1,) + self.channels, self.channels), 1):
@@ -196,7 +197,7 @@ class Cnn14(LogmelModel):
         return x.mean(dim=3)
 
     def forward(self, x:torch.Tensor, mixup_lambda:torch.Tensor=None):
-        return self.clip_head(self.cnn(self.spec_input(x, mixup_lambda, self.specaug)))
+        return self.clip_head(self.cnn(self.spec_input(x, mixup_lambda, self.specaug)), self.head_dropout)
 
 class Cnn14_no_specaug(Cnn14):
     "Cnn14 trained without SpecAugment."
@@ -256,9 +257,9 @@ class Cnn14_DecisionLevelMax(Cnn14):
         frames_num = x.shape[2]
         x = self.cnn(x)
         x = F.max_pool1d(x, 3, stride=1, padding=1) + F.avg_pool1d(x, 3, stride=1, padding=1)
-        x = F.relu_(self.fc1(F.dropout(x, p=0.5, training=self.training).transpose(1, 2)))
+        x = F.relu_(self.fc1(F.dropout(x, p=self.head_dropout, training=self.training).transpose(1, 2)))
         emb = x.mean(dim=1)
-        x = F.dropout(x, p=0.5, training=self.training)
+        x = F.dropout(x, p=self.head_dropout, training=self.training)
         if self.pooling == 'att':
             clip, _, seg = self.att_block(x.transpose(1, 2)); seg = seg.transpose(1, 2)
         else:
@@ -273,6 +274,17 @@ class Cnn14_DecisionLevelAvg(Cnn14_DecisionLevelMax):
 class Cnn14_DecisionLevelAtt(Cnn14_DecisionLevelMax):
     "Cnn14 classifying each time step; clipwise output is attention pooling over time."
     pooling = 'att'
+class Cnn6_DecisionLevelMax(Cnn14_DecisionLevelMax):
+    "Cnn6's body classifying each time step (16× coarser than STFT frames); clipwise output is the max over time."
+    emb_dims, channels, block, interpolate_ratio = 512, (64, 128, 256, 512), ConvBlock5x5, 16
+
+# %% ../nbs/03_models.ipynb #3f9cdf2a
+class Cnn6_mini(Cnn6):
+    "Cnn6 with a quarter of the channels, no SpecAugment and light dropout, for the mini AudioSet on a CPU."
+    channels, emb_dims, specaug, block_dropout, head_dropout = (16, 32, 64, 128), 128, False, 0., 0.1
+class Cnn6_mini_DecisionLevelMax(Cnn6_DecisionLevelMax):
+    "`Cnn6_DecisionLevelMax` with `Cnn6_mini`'s channels and dropout: a CPU-sized sound event detector."
+    channels, emb_dims, specaug, block_dropout, head_dropout = (16, 32, 64, 128), 128, False, 0., 0.1
 
 # %% ../nbs/03_models.ipynb #198d7ba5
 class ConvPreWavBlock(nn.Module):
@@ -592,7 +604,8 @@ class Res1dNet51(Res1dNet31): "Res1dNet51: [2, 3, 4, 6, 4, 3, 2] blocks."; layer
 MODELS = {c.__name__: c for c in [Cnn6, Cnn10, Cnn14, Cnn14_16k, Cnn14_8k, Cnn14_mel32, Cnn14_mel128, Cnn14_emb512,
     Cnn14_emb128, Cnn14_emb32, Cnn14_no_specaug, Cnn14_no_dropout, ResNet22, ResNet38, ResNet54, MobileNetV1,
     MobileNetV2, LeeNet11, LeeNet24, DaiNet19, Res1dNet31, Res1dNet51, Wavegram_Cnn14, Wavegram_Logmel_Cnn14,
-    Wavegram_Logmel128_Cnn14, Cnn14_DecisionLevelMax, Cnn14_DecisionLevelAvg, Cnn14_DecisionLevelAtt]}
+    Wavegram_Logmel128_Cnn14, Cnn14_DecisionLevelMax, Cnn14_DecisionLevelAvg, Cnn14_DecisionLevelAtt,
+    Cnn6_DecisionLevelMax, Cnn6_mini, Cnn6_mini_DecisionLevelMax]}
 MODELS.update(Cnn13=Cnn14, Cnn13_specaug=Cnn14)
 
 def build_model(model_type:str, # a name in `MODELS`, e.g. 'Cnn14'

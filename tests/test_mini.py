@@ -43,7 +43,7 @@ def test_labels_and_distribution(tmp_path):
 
 def test_default_sizes_are_balanced():
     clips = M.plan_mini(0)
-    for subset, n, least in [('balanced_train', 300, 35), ('eval', 150, 17)]:
+    for subset, n, least in [('balanced_train', 600, 86), ('eval', 150, 21)]:
         cs = [c for c in clips if c.subset == subset]
         counts = np.bincount([M.MINI_CLASSES.index(e.name) for c in cs for e in c.events], minlength=14)
         assert len(cs) == n and counts.min() >= least, counts
