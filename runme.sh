@@ -18,10 +18,11 @@ source tools/env.sh
 
 W=${WORKSPACE:-workspace/mini}         # everything the job writes
 CUDA=$(python -c 'import torch; print("--cuda" if torch.cuda.is_available() else "")')
-# The mini recipe: a small decision-level CNN on a coarse front end, sized to train in minutes on 2 CPU cores.
-MODEL=${MODEL:-Cnn6_DecisionLevelMax}
+# The mini recipe: a quarter-width decision-level Cnn6 on a coarse 8-kHz front end, sized to train in minutes on
+# 2 CPU cores (eval mAP 0.94 after 1,600 iterations; see nbs/04_train.ipynb).
+MODEL=${MODEL:-Cnn6_mini_DecisionLevelMax}
 FRONT=(--sample_rate=8000 --window_size=1024 --hop_size=512 --mel_bins=32 --fmin=50 --fmax=4000)
-TRAIN=(--balanced=balanced --augmentation=none --batch_size=16 --learning_rate=1e-3 --early_stop=${ITERATIONS:-1200} --eval_every=400)
+TRAIN=(--balanced=balanced --augmentation=none --batch_size=16 --learning_rate=1e-3 --early_stop=${ITERATIONS:-1600} --eval_every=400)
 t0=$SECONDS
 step() { printf '\n== %s (%ds)\n' "$1" $((SECONDS - t0)); }
 
@@ -53,11 +54,11 @@ step "4/6 train $MODEL and evaluate it on the eval set"
 audioset_train train --workspace "$W" --data_type balanced_train --model_type "$MODEL" "${FRONT[@]}" "${TRAIN[@]}" \
   --resume_latest $CUDA
 run="main/*/data_type=balanced_train/$MODEL/*/*/*/*"
-CKPT=$(ls -t $W/checkpoints/$run/latest.pth | head -1)
-STATS=$(ls -t $W/statistics/$run/statistics.jsonl | head -1)
+CKPT=$(ls -t $W/checkpoints/$run/latest.pth | sed -n 1p)  # sed reads it all: no SIGPIPE under pipefail
+STATS=$(ls -t $W/statistics/$run/statistics.jsonl | sed -n 1p)  # sed reads it all: no SIGPIPE under pipefail
 
 step "5/6 tag one eval clip and draw its sound-event picture"
-CLIP=$(ls "$W/audios/eval/"Y*.wav | head -1)
+CLIP=$(ls "$W/audios/eval/"Y*.wav | sed -n 1p)  # sed reads it all: no SIGPIPE under pipefail
 audioset_tag --checkpoint_path "$CKPT" --audio_path "$CLIP" --top_k 5
 audioset_sed --checkpoint_path "$CKPT" --audio_path "$CLIP" --output "$W/sed/events.csv" --figure_dir "$W/sed"
 
