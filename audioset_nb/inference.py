@@ -12,7 +12,7 @@ import numpy as np, torch
 from fastcore.script import call_parse, Param, store_true
 from .download import SAMPLE_RATE, CLIP_SECONDS, load_labels
 from .audio import AudioError, stream_audio, load_audio, pad_or_truncate, write_wav
-from .models import build_model, load_checkpoint, load_weights
+from .models import build_model, for_inference, load_checkpoint, load_weights
 
 # %% auto #0
 __all__ = ['AUDIO_EXTS', 'example_clips', 'CheckpointError', 'Tagger', 'load_tagger', 'Tags', 'Failed', 'iter_tags', 'tag',
@@ -103,7 +103,8 @@ def load_tagger(checkpoint_path:Path, # a .pth file saved by audioset_nb or PANN
     if cuda and not torch.cuda.is_available(): print('No GPU found; running on the CPU.', file=sys.stderr)
     device = 'cuda' if cuda and torch.cuda.is_available() else 'cpu'
     c = {**dict(sample_rate=SAMPLE_RATE, window_size=1024, hop_size=320), **getattr(model, 'config', {})}
-    return Tagger(model.to(device).eval(), labels, model_type, c['sample_rate'], c['hop_size'], c['window_size'], device)
+    model = for_inference(model.to(device))  # eval mode; on the CPU, BatchNorm folded and per-layer fastest convolutions
+    return Tagger(model, labels, model_type, c['sample_rate'], c['hop_size'], c['window_size'], device)
 
 # %% ../nbs/05_inference.ipynb #5442874d
 def _windows(blocks:Iterable[np.ndarray], # consecutive mono blocks

@@ -24,8 +24,8 @@ __all__ = ['MODELS', 'ZENODO_RECORD', 'PUBLISHED', 'init_layer', 'init_bn', 'do_
            'MobileNetV1', 'InvertedResidual', 'MobileNetV2', 'LeeNetConvBlock', 'LeeNet11', 'LeeNet24',
            'DaiNetResBlock', 'DaiNet19', 'ResBasicBlock1d', 'ResNetBody1d', 'Res1dNet31', 'Res1dNet51', 'build_model',
            'output_shapes', 'count_params', 'count_flops', 'load_checkpoint', 'load_weights', 'save_checkpoint',
-           'default_cache_dir', 'md5sum', 'fetch_checkpoint', 'winograd_weight', 'winograd_conv3x3', 'im2col_conv3x3',
-           'conv3x3_algorithm', 'fast_conv_block', 'for_inference']
+           'default_cache_dir', 'md5sum', 'fetch_checkpoint', 'winograd_weight', 'winograd_conv3x3', 'im2col_conv',
+           'conv_algorithm', 'fast_conv_block', 'for_inference']
 
 # %% ../nbs/03_models.ipynb #ea481057
 def init_layer(layer:nn.Module):
@@ -165,7 +165,10 @@ class ConvBlock5x5(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         init_layer(self.conv1); init_bn(self.bn1)
 
+    fast_cpu = False  # as in `ConvBlock`
+
     def forward(self, x, pool_size=(2, 2), pool_type='avg'):
+        if self.fast_cpu and _fast_path_applies(self, x): return fast_conv_block(self, x, pool_size, pool_type)
         return _pool2d(F.relu_(self.bn1(self.conv1(x))), pool_size, pool_type)
 
 class AttBlock(nn.Module):
@@ -828,30 +831,31 @@ def winograd_conv3x3(x:torch.Tensor, # (B, H, W, C) channels-last input
     y = y.view(b, 2*th, 2*tw, k)[:, :h, :w] + shift
     return y.relu_() if relu else y
 
-def im2col_conv3x3(x:torch.Tensor, # (B, H, W, C) channels-last input
-                   weight:torch.Tensor, # (out, C, 3, 3), used as stored
-                   scale:torch.Tensor|None, # (out,) multiplies the result (None: folded into `weight` already)
-                   shift:torch.Tensor, # (out,) added to the result
-                   relu:bool=True):
-    "3×3 convolution, stride 1, padding 1, as one matrix product over the 9 shifted inputs: (B, H, W, out)."
-    b, h, w, c = x.shape; k = weight.shape[0]
-    xp = F.pad(x, (0, 0, 1, 1, 1, 1))
-    shifted = [xp[:, i:i+h, j:j+w] for i in range(3) for j in range(3)]
-    if weight.is_contiguous():   # weight laid out (out, C, 3, 3): columns ordered channel, then offset
-        cols, wt = torch.stack(shifted, dim=-1).view(b*h*w, c*9), weight.view(k, c*9).t()
-    else:                        # channels-last weight, (out, 3, 3, C) in memory: offset, then channel
-        cols, wt = torch.cat(shifted, dim=-1).view(b*h*w, 9*c), weight.permute(0, 2, 3, 1).reshape(k, 9*c).t()
+def im2col_conv(x:torch.Tensor, # (B, H, W, C) channels-last input
+                weight:torch.Tensor, # (out, C, n, n) with n odd, used as stored
+                scale:torch.Tensor|None, # (out,) multiplies the result (None: folded into `weight` already)
+                shift:torch.Tensor, # (out,) added to the result
+                relu:bool=True):
+    "n×n convolution, stride 1, 'same' padding, as one matrix product over the n² shifted inputs: (B, H, W, out)."
+    b, h, w, c = x.shape; k, n = weight.shape[0], weight.shape[-1]; p = n//2
+    xp = F.pad(x, (0, 0, p, p, p, p))
+    shifted = [xp[:, i:i+h, j:j+w] for i in range(n) for j in range(n)]
+    if weight.is_contiguous():   # weight laid out (out, C, n, n): columns ordered channel, then offset
+        cols, wt = torch.stack(shifted, dim=-1).view(b*h*w, c*n*n), weight.view(k, c*n*n).t()
+    else:                        # channels-last weight, (out, n, n, C) in memory: offset, then channel
+        cols, wt = torch.cat(shifted, dim=-1).view(b*h*w, n*n*c), weight.permute(0, 2, 3, 1).reshape(k, n*n*c).t()
     y = torch.addmm(shift, cols, wt) if scale is None else torch.addcmul(shift, cols @ wt, scale)
     return (y.relu_() if relu else y).view(b, h, w, k)
 
-def conv3x3_algorithm(c_in:int, c_out:int, positions:int) -> str:
-    "The fastest exact algorithm for a 3×3 convolution with `positions` = batch × height × width output positions."
+def conv_algorithm(c_in:int, c_out:int, positions:int, kernel_size:int=3) -> str:
+    "The fastest exact algorithm for a convolution with `positions` = batch × height × width output positions."
     if c_in < 8: return 'im2col'
+    if kernel_size != 3: return 'direct'
     if c_in*c_out > 2**20: return 'im2col' if positions <= 256 else 'winograd'
     return 'winograd' if c_in >= 256 and c_out >= 512 else 'direct'
 
 def _prepared(block, i:int, algorithm:str):
-    "Folded weights of `block`'s convolution `i` (1 or 2) for `algorithm`, cached until a parameter changes."
+    "Folded weights of `block`'s convolution `i` for `algorithm`, cached until a parameter changes."
     conv, bn = getattr(block, f'conv{i}'), getattr(block, f'bn{i}')
     tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
     key = tuple((t.data_ptr(), t._version) for t in tensors)
@@ -869,15 +873,15 @@ def _prepared(block, i:int, algorithm:str):
     return prepared[algorithm]
 
 def fast_conv_block(block, x:torch.Tensor, pool_size=(2, 2), pool_type='avg'):
-    "`block.forward` for CPU inference: BatchNorm folded, each convolution by `conv3x3_algorithm`'s choice."
+    "`forward` of a `ConvBlock` or `ConvBlock5x5` for CPU inference: BatchNorm folded, each convolution by `conv_algorithm`'s choice."
     x = x.permute(0, 2, 3, 1).contiguous()                          # NHWC; free if `x` is channels-last already
-    for i in (1, 2):
-        conv = getattr(block, f'conv{i}')
-        alg = conv3x3_algorithm(conv.in_channels, conv.out_channels, x.shape[0]*x.shape[1]*x.shape[2])
+    for i in (1, 2) if hasattr(block, 'conv2') else (1,):
+        conv = getattr(block, f'conv{i}'); n = conv.kernel_size[0]
+        alg = conv_algorithm(conv.in_channels, conv.out_channels, x.shape[0]*x.shape[1]*x.shape[2], n)
         w = _prepared(block, i, alg)
         if alg == 'winograd': x = winograd_conv3x3(x, *w)
-        elif alg == 'im2col': x = im2col_conv3x3(x, *w)
-        else: x = F.conv2d(x.permute(0, 3, 1, 2), *w, padding=1).relu_().permute(0, 2, 3, 1)
+        elif alg == 'im2col': x = im2col_conv(x, *w)
+        else: x = F.conv2d(x.permute(0, 3, 1, 2), *w, padding=n//2).relu_().permute(0, 2, 3, 1)
     x = x.permute(0, 3, 1, 2)                                       # a channels-last (B, C, H, W) view
     return x if tuple(pool_size) == (1, 1) else _pool2d(x, pool_size, pool_type)
 
@@ -887,5 +891,5 @@ def for_inference(model:nn.Module, compile:bool=False) -> nn.Module:
     model.fast_stft = True
     model = model.eval().to(memory_format=torch.channels_last)
     for m in model.modules():
-        if isinstance(m, ConvBlock): m.fast_cpu = not compile
+        if isinstance(m, (ConvBlock, ConvBlock5x5)): m.fast_cpu = not compile
     return torch.compile(model, options={'freezing': True}) if compile else model

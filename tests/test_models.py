@@ -27,6 +27,73 @@ def test_every_model_runs(name):
     if 'DecisionLevel' in name: assert out['framewise_output'].shape == (2, frames, 7)
     load_weights(m, {'model': m.state_dict()})  # strict, through our name/shape check
 
+# ---------------------------------------------------------------- the fast CPU inference path
+def _random_bn_stats(model):
+    "Non-trivial BatchNorm statistics, so that folding them into the convolutions is really tested."
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g)*0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g)*1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5); m.bias.data.copy_(torch.randn(m.bias.shape, generator=g)*0.1)
+    return model.eval()
+
+def _agree(out, ref):
+    for k in ref:
+        tol = 1e-4 if k.endswith('_output') else 1e-4*ref[k].abs().max().item()
+        assert (out[k] - ref[k]).abs().max().item() < tol, k
+
+@pytest.mark.parametrize('name,batch,seconds', [('Cnn14', 5, 10.), ('Cnn14', 1, 10.), ('Cnn10', 2, 3.3), ('Cnn6', 2, 3.3),
+                                                ('Cnn14_DecisionLevelAtt', 1, 2.1), ('Wavegram_Logmel_Cnn14', 2, 1.7),
+                                                ('Cnn14_16k', 1, 1.), ('Cnn6_mini_DecisionLevelMax', 3, 2.)])
+def test_for_inference_agrees_with_the_reference_path(name, batch, seconds):
+    torch.manual_seed(0)
+    ref_model = _random_bn_stats(build_model(name, classes_num=11, fast_stft=False))
+    sr = ref_model.config['sample_rate']
+    x = torch.from_numpy(np.stack([demo_signal(seconds, sr, seed=i) for i in range(batch)]))
+    with torch.no_grad(): ref = ref_model(x)
+    fast = for_inference(build_model(name, classes_num=11)); fast.load_state_dict(ref_model.state_dict())
+    blocks = [m for m in fast.modules() if isinstance(m, (ConvBlock, ConvBlock5x5))]
+    calls = []
+    for b in blocks:
+        for conv in (b.conv1, getattr(b, 'conv2', None)):
+            if conv is not None: conv.register_forward_hook(lambda *a: calls.append(1))
+    with torch.inference_mode(): out = fast(x)
+    _agree(out, ref)
+    assert blocks and not calls  # every block took the fast path, none ran its Conv2d modules
+
+def test_cnn14_fast_path_uses_each_algorithm(monkeypatch):
+    "Block 1 starts with im2col, blocks 4-5 use Winograd, block 6 switches from im2col to Winograd above 256 positions."
+    import audioset_nb.models as M
+    used = []
+    for f in ('winograd_conv3x3', 'im2col_conv'):
+        monkeypatch.setattr(M, f, (lambda g, n: lambda *a, **k: (used.append(n), g(*a, **k))[1])(getattr(M, f), f))
+    m = for_inference(_random_bn_stats(build_model('Cnn14')))
+    counts = []
+    for batch in (1, 5):
+        used.clear()
+        with torch.inference_mode(): m(torch.zeros(batch, 32000*10))
+        counts.append((used.count('im2col_conv'), used.count('winograd_conv3x3')))
+    assert counts == [(3, 4), (1, 6)]  # 62 positions per clip in block 6: 62 ≤ 256 < 310
+
+def test_fast_path_follows_new_weights_and_steps_aside():
+    torch.manual_seed(0)
+    a, b = _random_bn_stats(build_model('Cnn10', classes_num=5)), build_model('Cnn10', classes_num=5).eval()
+    x = torch.from_numpy(demo_signal(2.))[None]
+    fast = for_inference(build_model('Cnn10', classes_num=5)); fast.load_state_dict(a.state_dict())
+    with torch.inference_mode(): fast(x)
+    fast.load_state_dict(b.state_dict())              # weights loaded after the first call are used
+    with torch.no_grad(): ref = b(x)
+    with torch.inference_mode(): _agree(fast(x), ref)
+    with torch.no_grad(): fast.conv_block3.bn2.running_var.mul_(4)  # so are in-place changes to BN statistics
+    plain = build_model('Cnn10', classes_num=5).eval(); plain.load_state_dict(fast.state_dict())
+    with torch.no_grad(): ref = plain(x)
+    with torch.inference_mode(): _agree(fast(x), ref)
+    out = fast(x)                                     # gradients on: the plain modules, differentiable
+    assert out['clipwise_output'].requires_grad
+    out['clipwise_output'].sum().backward()
+    assert fast.conv_block2.conv1.weight.grad is not None
+
 @pytest.mark.parametrize('name', ['Wavegram_Logmel_Cnn14', 'Cnn14_DecisionLevelAtt'])
 def test_any_clip_length(name):
     m = build_model(name, classes_num=3).eval()
