@@ -795,7 +795,7 @@ def fetch_checkpoint(name:str, # published file name, e.g. 'Cnn14_mAP=0.431.pth'
 # %% ../nbs/03_models.ipynb #77d671f0
 def _fast_path_applies(block, x):
     return (not block.training and not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
-            and x.dim() == 4 and not torch.compiler.is_compiling())
+            and x.dim() == 4)
 
 def _fold_bn(bn:nn.BatchNorm2d):
     "BatchNorm in eval mode as y = scale·x + shift."
@@ -887,9 +887,9 @@ def fast_conv_block(block, x:torch.Tensor, pool_size=(2, 2), pool_type='avg'):
 
 # %% ../nbs/03_models.ipynb #f92f6c83
 def for_inference(model:nn.Module, compile:bool=False) -> nn.Module:
-    "Eval mode, fast STFT, channels-last memory and the fast CPU `ConvBlock`s, or (`compile`) `torch.compile` with frozen weights. Use under `torch.inference_mode()`."
+    "Eval mode, fast STFT, channels-last memory and the fast CPU `ConvBlock`s; `compile` adds `torch.compile` with frozen weights. Use under `torch.inference_mode()`."
     model.fast_stft = True
     model = model.eval().to(memory_format=torch.channels_last)
     for m in model.modules():
-        if isinstance(m, (ConvBlock, ConvBlock5x5)): m.fast_cpu = not compile
+        if isinstance(m, (ConvBlock, ConvBlock5x5)): m.fast_cpu = True
     return torch.compile(model, options={'freezing': True}) if compile else model

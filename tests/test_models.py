@@ -62,6 +62,17 @@ def test_for_inference_agrees_with_the_reference_path(name, batch, seconds):
     _agree(out, ref)
     assert blocks and not calls  # every block took the fast path, none ran its Conv2d modules
 
+def test_compiled_fast_path_agrees():
+    "`compile=True` runs the fast blocks under torch.compile (graph breaks around the weight cache) and gives the same outputs."
+    torch.manual_seed(0)
+    ref_model = _random_bn_stats(build_model('Cnn6_mini', classes_num=4, fast_stft=False))
+    x = torch.from_numpy(np.stack([demo_signal(1.5, 8000, seed=i) for i in range(2)]))
+    with torch.no_grad(): ref = ref_model(x)
+    fast = build_model('Cnn6_mini', classes_num=4); fast.load_state_dict(ref_model.state_dict())
+    compiled = for_inference(fast, compile=True)
+    with torch.inference_mode(): _agree(compiled(x), ref)
+    assert all('_fast_cache' in b.__dict__ for b in fast.modules() if isinstance(b, ConvBlock5x5))
+
 def test_cnn14_fast_path_uses_each_algorithm(monkeypatch):
     "Block 1 starts with im2col, blocks 4-5 use Winograd, block 6 switches from im2col to Winograd above 256 positions."
     import audioset_nb.models as M
