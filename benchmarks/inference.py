@@ -24,7 +24,7 @@ def make_clips(d:Path, n:int, seconds:float=10., sr:int=44100):
     return out
 
 def reference_style(model, files):
-    "What PANNs' inference.py does per file: librosa.load at 32 kHz mono, one forward under no_grad."
+    "What PANNs' inference.py does per file: librosa.load at 32 kHz mono, one forward of the plain model under no_grad."
     import librosa
     outs = []
     for f in files:
@@ -39,8 +39,9 @@ def speed(d:Path, n:int, rounds:int):
     files = make_clips(d, n)
     torch.manual_seed(0)
     save_checkpoint(d/'cnn14.pth', build_model('Cnn14'), model_type='Cnn14')
-    tagger = load_tagger(d/'cnn14.pth')
-    model = tagger.model
+    tagger = load_tagger(d/'cnn14.pth')               # ours: `for_inference` (fast STFT, fast CPU conv blocks)
+    model = build_model('Cnn14', fast_stft=False).eval()  # the reference: conv-STFT, plain modules, same weights
+    model.load_state_dict(tagger.model.state_dict())
     reference_style(model, files[:1]); tag_files(tagger, files[:1])  # warm up
     best = {}
     for _ in range(rounds):

@@ -33,6 +33,18 @@ def max_diff(out, ref):
     "Largest difference: absolute for probabilities, relative to the largest magnitude for other outputs."
     return max((out[k] - ref[k]).abs().max().item()/(1 if k.endswith('_output') else ref[k].abs().max().item()) for k in ref)
 
+def prepared_bytes(model):
+    "Bytes of weights that the fast conv blocks prepared, beyond the model's own parameters and buffers."
+    own = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    seen, total = set(), 0
+    for m in model.modules():
+        for _, prepared in m.__dict__.get('_fast_cache', {}).values():
+            for w in prepared.values():
+                for t in w:
+                    if isinstance(t, torch.Tensor) and (p := t.untyped_storage().data_ptr()) not in own | seen:
+                        seen.add(p); total += t.untyped_storage().nbytes()
+    return total
+
 def bench(name, batch, reps, compile):
     "Time the variants of `name` on `batch` clips, interleaving them rep by rep so that machine load hits all alike."
     torch.manual_seed(0)
@@ -50,6 +62,8 @@ def bench(name, batch, reps, compile):
             with ctx.get(v, torch.inference_mode)():
                 t0 = time.perf_counter(); m(x); times[v].append(time.perf_counter() - t0)
     ref = outs['reference']
+    row['model_bytes'] = sum(t.nbytes for t in list(ref_model.parameters()) + list(ref_model.buffers()))
+    row['eager_prepared_weight_bytes'] = prepared_bytes(models['eager'])
     row['reference_output_range'] = [ref['clipwise_output'].min().item(), ref['clipwise_output'].max().item()]
     for v in models:
         t = statistics.median(times[v])
