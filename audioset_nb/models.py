@@ -795,7 +795,7 @@ def fetch_checkpoint(name:str, # published file name, e.g. 'Cnn14_mAP=0.431.pth'
 # %% ../nbs/03_models.ipynb #77d671f0
 def _fast_path_applies(block, x):
     return (not block.training and not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
-            and x.dim() == 4)
+            and x.dim() == 4 and not torch.is_autocast_enabled('cpu'))
 
 def _fold_bn(bn:nn.BatchNorm2d):
     "BatchNorm in eval mode as y = scale·x + shift."
