@@ -795,7 +795,7 @@ def fetch_checkpoint(name:str, # published file name, e.g. 'Cnn14_mAP=0.431.pth'
 # %% ../nbs/03_models.ipynb #77d671f0
 def _fast_path_applies(block, x):
     return (not block.training and not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
-            and x.dim() == 4 and not torch.is_autocast_enabled('cpu'))
+            and not torch.is_autocast_enabled('cpu'))
 
 def _fold_bn(bn:nn.BatchNorm2d):
     "BatchNorm in eval mode as y = scale·x + shift."
@@ -867,7 +867,7 @@ def _prepared(block, i:int, algorithm:str):
         folded = conv.weight*scale[:, None, None, None]
         if algorithm == 'direct': w = (folded.contiguous(memory_format=torch.channels_last), shift)
         elif algorithm == 'winograd': w = (winograd_weight(folded), shift)
-        elif conv.in_channels < 8: w = (folded.contiguous(), None, shift)
+        elif conv.weight.numel() <= 2**20: w = (folded.contiguous(), None, shift)  # small: fold the scale in
         else: w = (conv.weight, scale, shift)  # big weights, used as stored (either layout): scale the small result
         prepared[algorithm] = w
     return prepared[algorithm]

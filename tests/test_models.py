@@ -66,7 +66,7 @@ def test_compiled_fast_path_agrees():
     "`compile=True` runs the fast blocks under torch.compile (graph breaks around the weight cache) and gives the same outputs."
     torch.manual_seed(0)
     ref_model = _random_bn_stats(build_model('Cnn6_mini', classes_num=4, fast_stft=False))
-    x = torch.from_numpy(np.stack([demo_signal(1.5, 8000, seed=i) for i in range(2)]))
+    x = torch.from_numpy(np.stack([demo_signal(1.5, ref_model.config['sample_rate'], seed=i) for i in range(2)]))
     with torch.no_grad(): ref = ref_model(x)
     fast = build_model('Cnn6_mini', classes_num=4); fast.load_state_dict(ref_model.state_dict())
     compiled = for_inference(fast, compile=True)
