@@ -19,7 +19,7 @@ source tools/env.sh
 W=${WORKSPACE:-workspace/mini}         # everything the job writes
 CUDA=$(python -c 'import torch; print("--cuda" if torch.cuda.is_available() else "")')
 # The mini recipe: a quarter-width decision-level Cnn6 on a coarse 8-kHz front end, sized to train in minutes on
-# 2 CPU cores (eval mAP 0.94 after 1,600 iterations; see nbs/04_train.ipynb).
+# 2 CPU cores (eval mAP 0.94 after 1,600 iterations; see nbs/50_train.ipynb).
 MODEL=${MODEL:-Cnn6_mini_DecisionLevelMax}
 FRONT=(--sample_rate=8000 --window_size=1024 --hop_size=512 --mel_bins=32 --fmin=50 --fmax=4000)
 TRAIN=(--balanced=balanced --augmentation=none --batch_size=16 --learning_rate=1e-3 --early_stop=${ITERATIONS:-1600} --eval_every=400)

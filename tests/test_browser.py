@@ -63,11 +63,11 @@ def serve(d, name, cmd):
 
 @pytest.fixture(scope='module')
 def voila_url(d):
-    yield from serve(d, 'voila', [exe('voila'), str(ROOT/'nbs'/'05a_demo.ipynb'), '--Voila.ip=127.0.0.1'])
+    yield from serve(d, 'voila', [exe('voila'), str(ROOT/'nbs'/'61_demo.ipynb'), '--Voila.ip=127.0.0.1'])
 
 @pytest.fixture(scope='module')
 def lab_url(d):
-    shutil.copy(ROOT/'nbs'/'05a_demo.ipynb', d/'05a_demo.ipynb')
+    shutil.copy(ROOT/'nbs'/'61_demo.ipynb', d/'61_demo.ipynb')
     yield from serve(d, 'lab', [exe('jupyter'), 'lab', '--ServerApp.token=', '--ServerApp.password=',
                                 f'--ServerApp.root_dir={d}', '--ServerApp.disable_check_xsrf=True', '--allow-root'])
 
@@ -124,7 +124,7 @@ def test_jupyterlab_run_the_demo_notebook_and_tag(d, lab_url):
         try:
             page = b.new_page(viewport={'width': 1300, 'height': 1400})
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.goto(lab_url + 'lab/tree/05a_demo.ipynb', timeout=120_000)
+            page.goto(lab_url + 'lab/tree/61_demo.ipynb', timeout=120_000)
             page.locator('.jp-Notebook').first.wait_for(timeout=120_000)
             select = page.locator('.jp-Dialog').get_by_role('button', name='Select')  # the notebook names no kernel
             select.wait_for(timeout=60_000); select.click()
