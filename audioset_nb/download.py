@@ -4,22 +4,22 @@
 
 # %% ../nbs/10_download.ipynb #29709706
 from __future__ import annotations
-import collections, concurrent.futures, csv, datetime, functools, http.client, itertools, json, os, random
+import collections, concurrent.futures, csv, dataclasses, datetime, functools, http.client, itertools, json, os, random
 import re, shutil, subprocess, sys, tempfile, threading, time, urllib.error, urllib.request, warnings, wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
-from fastcore.script import call_parse, store_true
+from .config import config_cli
 from tqdm.auto import tqdm
 from .fileio import atomic_path
 from .audio import SAMPLE_RATE, ffmpeg_exe, pad_or_truncate, write_wav
 from .metadata import *
 
 # %% auto #0
-__all__ = ['YOUTUBE_URL', 'STATUSES', 'LOG_FIELDS', 'ClipError', 'classify', 'media_url', 'fetch_section', 'is_finished',
-           'download_clip', 'append_log', 'read_log', 'summarize', 'download_clips', 'format_summary',
-           'default_log_path', 'download', 'download_cli']
+__all__ = ['YOUTUBE_URL', 'STATUSES', 'LOG_FIELDS', 'download_cli', 'ClipError', 'classify', 'media_url', 'fetch_section',
+           'is_finished', 'download_clip', 'append_log', 'read_log', 'summarize', 'download_clips', 'format_summary',
+           'default_log_path', 'DownloadConfig', 'download']
 
 # %% ../nbs/10_download.ipynb #0fa2df8d
 YOUTUBE_URL = 'https://www.youtube.com/watch?v={ytid}'
@@ -237,47 +237,43 @@ def _check_template(url_template):
     if '{ytid}' not in url_template or not re.match(r'https?://', url_template):
         raise ValueError(f'--url_template {url_template!r} must be an http(s) URL containing {{ytid}}.')
 
-def download(csv_path:str,                     # segment CSV (official or plain format), or eval / balanced_train / unbalanced_train
-             audios_dir:str,                   # folder for the Y<ytid>.wav clips
-             url_template:str=YOUTUBE_URL,     # page URL of a video, with {ytid}
-             part:str=None,                    # 'i/n': download only the i-th (from 0) of n slices of the list
-             workers:int=8,                    # clips downloaded at once
-             timeout:float=60.,                # seconds allowed to each step of one try
-             retries:int=3,                    # extra tries after a rate limit or transient error
-             backoff:float=2.,                 # first pause between tries, in seconds (doubles each time)
-             sample_rate:int=SAMPLE_RATE,      # rate of the wav files
-             log_path:str=None,                # CSV log; default <audios_dir>/download_log[_part<i>of<n>].csv
-             cache_dir:str=None,               # where the unbalanced list is cached
-             mini_data:bool=False,             # only the first 10 clips (a quick check)
-             progress:bool=True,               # show a progress bar
-             skip_unavailable:bool=False)->list: # do not try again clips the log already calls unavailable or private
-    "Download the clips of a segment list (or one part of it); the log rows of this run."
-    _check_template(url_template)
-    if workers < 1 or retries < 0 or timeout <= 0: raise ValueError('--workers and --timeout must be positive and --retries at least 0.')
-    segs = _resolve_csv(csv_path, cache_dir)
-    if part: segs = take_part(segs, part)
-    if mini_data: segs = Segments(segs[:10], segs.problems, segs.path)
-    return download_clips(segs, audios_dir, log_path or default_log_path(audios_dir, part), workers, progress, skip_unavailable,
-                          url_template=url_template, timeout=timeout, retries=retries, backoff=backoff, sample_rate=sample_rate)
-
-@call_parse
-def download_cli(csv_path:str=None,            # segment CSV (official or plain format), or eval / balanced_train / unbalanced_train
-                 audios_dir:str=None,          # folder for the Y<ytid>.wav clips
-                 url_template:str=YOUTUBE_URL, # page URL of a video, with {ytid}
-                 part:str=None,                # i/n: download only the i-th (from 0) of n slices of the list
-                 workers:int=8,                # clips downloaded at once
-                 timeout:float=60.,            # seconds allowed to each step of one try
-                 retries:int=3,                # extra tries after a rate limit or transient error
-                 backoff:float=2.,             # first pause between tries, in seconds (doubles each time)
-                 sample_rate:int=SAMPLE_RATE,  # rate of the wav files
-                 log_path:str=None,            # CSV log; default <audios_dir>/download_log[_part<i>of<n>].csv
-                 cache_dir:str=None,           # where the unbalanced list is cached
-                 mini_data:store_true=False,   # only the first 10 clips (a quick check)
-                 skip_unavailable:store_true=False, # do not try again clips the log already calls unavailable or private
-                 quiet:store_true=False):      # no progress bar
+@dataclass
+class DownloadConfig:
     "Download AudioSet clips as mono 16-bit wav files, logging one row per clip."
-    if not csv_path or not audios_dir: sys.exit('audioset_download: give both --csv_path and --audios_dir.')
-    try: rows = download(csv_path, audios_dir, url_template, part, workers, timeout, retries, backoff, sample_rate,
-                         log_path, cache_dir, mini_data, not quiet, skip_unavailable)
-    except (ValueError, OSError) as e: sys.exit(f'audioset_download: {e}')
-    print(f'{format_summary(rows)}; log: {log_path or default_log_path(audios_dir, part)}')
+    csv_path: str                     # segment CSV (official or plain format), or eval / balanced_train / unbalanced_train
+    audios_dir: str                   # folder for the Y<ytid>.wav clips
+    url_template: str = YOUTUBE_URL   # page URL of a video, with {ytid}
+    part: str|None = None             # i/n: download only the i-th (from 0) of n slices of the list
+    workers: int = 8                  # clips downloaded at once
+    timeout: float = 60.              # seconds allowed to each step of one try
+    retries: int = 3                  # extra tries after a rate limit or transient error
+    backoff: float = 2.               # first pause between tries, in seconds (doubles each time)
+    sample_rate: int = SAMPLE_RATE    # rate of the wav files
+    log_path: str|None = None         # CSV log (default: <audios_dir>/download_log[_part<i>of<n>].csv)
+    cache_dir: str|None = None        # where the unbalanced list is cached
+    mini_data: bool = False           # only the first 10 clips (a quick check)
+    skip_unavailable: bool = False    # do not try again clips the log already calls unavailable or private
+    quiet: bool = False               # no progress bar
+
+    def __post_init__(self):
+        _check_template(self.url_template)
+        if self.workers < 1 or self.retries < 0 or self.timeout <= 0 or self.sample_rate < 1:
+            raise ValueError('--workers, --timeout and --sample_rate must be positive and --retries at least 0.')
+        if self.part: parse_part(self.part)
+        self.log_path = self.log_path or str(default_log_path(self.audios_dir, self.part))
+
+def download(*args, **kwargs)->list:
+    "Download the clips of a segment list (or one part of it), as `DownloadConfig(*args, **kwargs)` says; the log rows of this run."
+    cfg = DownloadConfig(*args, **kwargs)
+    segs = _resolve_csv(cfg.csv_path, cfg.cache_dir)
+    if cfg.part: segs = take_part(segs, cfg.part)
+    if cfg.mini_data: segs = Segments(segs[:10], segs.problems, segs.path)
+    return download_clips(segs, cfg.audios_dir, cfg.log_path, cfg.workers, not cfg.quiet, cfg.skip_unavailable,
+                          url_template=cfg.url_template, timeout=cfg.timeout, retries=cfg.retries, backoff=cfg.backoff,
+                          sample_rate=cfg.sample_rate)
+
+def _download_and_print(cfg:DownloadConfig):
+    rows = download(**dataclasses.asdict(cfg))
+    print(f'{format_summary(rows)}; log: {cfg.log_path}')
+
+download_cli = config_cli(DownloadConfig, _download_and_print, 'audioset_download')

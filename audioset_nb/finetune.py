@@ -5,25 +5,25 @@
 # %% ../nbs/70_finetune.ipynb #3b02ece2
 from __future__ import annotations
 import csv, dataclasses, json, sys
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.data import Dataset
 from sklearn import metrics
-from fastcore.script import call_parse, Param, store_true
 from .audio import AudioError, load_audio, pad_or_truncate
-from .data import BalancedSampler, RandomSampler, Mixup, make_loader
+from .data import BalancedSampler, RandomSampler, make_loader
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint
 from .models import MODELS, build_model
-from .train import (autocast, clip_bce, fit, fp32_frontend, load_state, rng_state, score, seed_everything, setup_dist,
+from .config import FrontEnd, config_cli, flat_config
+from .train import (autocast, clip_bce, fit, score, seed_everything, setup_dist, setup_run,
                     statistics_logger, read_statistics)
 
 # %% auto #0
-__all__ = ['AUDIO_EXTS', 'NEW_SOUNDS', 'HEADS', 'Clips', 'read_folder', 'read_csv', 'read_dataset', 'make_sound_folder',
-           'random_crop', 'clip_windows', 'ClipDataset', 'is_head', 'Transfer', 'load_body', 'scale_specaug',
-           'softmax_ce', 'ClassScores', 'class_scores', 'plot_confusion', 'predict_clips', 'evaluate_clips',
-           'FinetuneConfig', 'front_end', 'unfreeze_at', 'holdout', 'splits', 'checkpoint_extras', 'finetune_split',
-           'run_dir', 'finetune', 'load_finetuned', 'write_mini_csv', 'finetune_cli']
+__all__ = ['AUDIO_EXTS', 'NEW_SOUNDS', 'HEADS', 'finetune_cli', 'Clips', 'read_folder', 'read_csv', 'read_dataset',
+           'make_sound_folder', 'random_crop', 'clip_windows', 'ClipDataset', 'is_head', 'Transfer', 'load_body',
+           'scale_specaug', 'softmax_ce', 'ClassScores', 'class_scores', 'plot_confusion', 'predict_clips',
+           'evaluate_clips', 'FinetuneConfig', 'front_end', 'unfreeze_at', 'holdout', 'splits', 'checkpoint_extras',
+           'finetune_split', 'finetune_dir', 'finetune', 'load_finetuned', 'write_mini_csv']
 
 # %% ../nbs/70_finetune.ipynb #68f446f0
 AUDIO_EXTS = {'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.webm', '.mp4', '.aif', '.aiff', '.au', '.wma', '.mkv'}
@@ -184,9 +184,9 @@ class Transfer(nn.Module):
                  classes_num:int, # classes of the new task
                  multi_label:bool=False, # sigmoid outputs (BCE) instead of softmax (cross-entropy)
                  freeze_base:bool=False, # train the classifier only
-                 **front): # sample_rate, window_size, hop_size, mel_bins, fmin, fmax (None: the model's default)
+                 front:FrontEnd=None): # open settings take the model's defaults
         super().__init__()
-        self.base = build_model(model_type, classes_num=classes_num, **front)
+        self.base = build_model(model_type, front, classes_num=classes_num)
         self.model_type, self.multi_label, self._logits = model_type, multi_label, None
         self.body_names = [n for n, p in self.base.named_parameters() if p.requires_grad and not is_head(n)]
         self.body_params = [self.base.get_parameter(n) for n in self.body_names]
@@ -295,34 +295,29 @@ def evaluate_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:i
 # %% ../nbs/70_finetune.ipynb #d2fc9b54
 @dataclass
 class FinetuneConfig:
-    "Everything a fine-tuning run depends on."
-    data: str = ''                  # class folder, or CSV of path,label[;label...] (optionally a fold column)
-    audios_dir: str = None          # where a CSV's relative paths start (default: its folder)
-    workspace: str = 'workspace'
-    sample_rate: int = None         # front end; None: the pretrained checkpoint's, else the model's default
-    window_size: int = None
-    hop_size: int = None
-    mel_bins: int = None
-    fmin: int = None
-    fmax: int = None
-    model_type: str = 'Cnn14'
-    pretrained_checkpoint_path: str = None  # None: train from scratch
-    freeze_base: bool = False
-    unfreeze_after: int = 0         # with freeze_base: unfreeze the body after this many iterations (0: never)
+    "Fine-tune a PANNs model on your labelled sounds (a class folder or a CSV), with its body pretrained."
+    data: str                       # class folder (one sub-folder per class), or CSV of path,label[;label...] rows (optionally a fold column)
+    audios_dir: str|None = None     # where a CSV's relative paths start (default: its folder)
+    workspace: str = 'workspace'    # checkpoints and statistics go to <workspace>/finetune/<data name>/<model_type>/<split>
+    front: FrontEnd = field(default_factory=FrontEnd.unset)  # open settings: the pretrained checkpoint's, else the model's
+    model_type: str = 'Cnn14'       # a model of `audioset_nb.models.MODELS`
+    pretrained_checkpoint_path: str|None = None  # PANNs or audioset_nb checkpoint whose body to start from (default: from scratch)
+    freeze_base: bool = False       # train the new classifier only
+    unfreeze_after: int = 0         # with --freeze_base: train the whole model after this many iterations (0: never)
     task: str = 'auto'              # single | multi | auto (multi if any clip has other than one label)
-    clip_seconds: float = 5.0       # training crop and evaluation window
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    folds: str = ''                 # '' : hold out `valid_fraction`; 'all': k-fold over the fold column; '1,3': those folds
-    valid_fraction: float = 0.2
+    clip_seconds: float = 5.0       # training crop and evaluation window, seconds
+    epochs: int = 10                # passes over the training clips
+    batch_size: int = 32            # clips per step
+    learning_rate: float = 1e-3     # Adam (AMSGrad)
+    folds: str = ''                 # '' holdout; 'all' k-fold over the CSV's fold column; '1,2' those folds
+    valid_fraction: float = 0.2     # held out per class when there are no folds
     balanced: bool = True           # class-balanced sampling
-    mixup: bool = False
-    cuda: bool = False
-    num_workers: int = 0
-    seed: int = 1234
-    amp: bool = True
-    progress: bool = True
+    mixup: bool = False             # mixup augmentation
+    cuda: bool = False              # train on the GPU
+    num_workers: int = 0            # DataLoader workers
+    seed: int = 1234                # seeds the split, sampling, mixup and the new classifier
+    amp: bool = True                # bf16 autocast on the GPU
+    progress: bool = True           # show a progress bar
 
     def __post_init__(self):
         if self.model_type not in MODELS: raise ValueError(f"Unknown --model_type {self.model_type!r}; choose one of: {', '.join(MODELS)}.")
@@ -332,11 +327,9 @@ class FinetuneConfig:
         if self.unfreeze_after and not self.freeze_base: raise ValueError('--unfreeze_after needs --freeze_base (the body is trained from the start otherwise).')
 
 # %% ../nbs/70_finetune.ipynb #6a0d81ec
-def front_end(cfg:FinetuneConfig, pretrained:dict=None)->dict:
-    "Front-end settings: the flags given, else those recorded in the pretrained checkpoint, else the model's defaults."
-    rec = (pretrained or {}).get('config') or {}
-    d = MODELS[cfg.model_type].defaults
-    return {k: getattr(cfg, k) if getattr(cfg, k) is not None else rec.get(k, d[k]) for k in d}
+def front_end(cfg:FinetuneConfig, pretrained:dict=None)->FrontEnd:
+    "The front end: the flags given, else the one recorded in the pretrained checkpoint, else the model's default."
+    return cfg.front.fill(FrontEnd.of((pretrained or {}).get('config')), MODELS[cfg.model_type].front)
 
 def unfreeze_at(batches, # the batch stream `fit` draws from
                 model:Transfer, iteration:int, # unfreeze before this iteration's batch... is drawn after it
@@ -368,47 +361,40 @@ def splits(clips:Clips, cfg:FinetuneConfig)->list:
     return [(f'fold={f}', np.flatnonzero(clips.folds != f), np.flatnonzero(clips.folds == f)) for f in want]
 
 # %% ../nbs/70_finetune.ipynb #4ce982d8
-def checkpoint_extras(cfg:FinetuneConfig, labels:list, front:dict, multi_label:bool)->dict:
+def checkpoint_extras(cfg:FinetuneConfig, labels:list, front:FrontEnd, multi_label:bool)->dict:
     "What a fine-tuned checkpoint records beside its weights: label names, model type, front end and task."
     return dict(labels=list(labels), model_type=cfg.model_type, task='multi' if multi_label else 'single',
-                config={**asdict(cfg), **front, 'classes_num': len(labels)})
+                config={**flat_config(dataclasses.replace(cfg, front=front)), 'classes_num': len(labels)})
 
 def finetune_split(cfg:FinetuneConfig, clips:Clips, train_rows, valid_rows, out_dir:Path, multi_label:bool):
     "Fine-tune on `train_rows`, validating on `valid_rows`; checkpoints and statistics go to `out_dir`."
     dst = setup_dist(cfg.cuda); seed_everything(cfg.seed)
     ck = load_checkpoint(cfg.pretrained_checkpoint_path) if cfg.pretrained_checkpoint_path else None
     front = front_end(cfg, ck)
-    n_clip, per = int(cfg.clip_seconds*front['sample_rate']), cfg.batch_size*(2 if cfg.mixup else 1)
-    model = scale_specaug(Transfer(cfg.model_type, len(clips.labels), multi_label, cfg.freeze_base, **front), n_clip)
+    n_clip, per = front.samples(cfg.clip_seconds), cfg.batch_size*(2 if cfg.mixup else 1)
+    model = scale_specaug(Transfer(cfg.model_type, len(clips.labels), multi_label, cfg.freeze_base, front), n_clip)
     if ck is not None: load_body(model, ck, cfg.pretrained_checkpoint_path)
-    model.to(dst.device)
-    if dst.device.type == 'cuda' and cfg.amp: fp32_frontend(model.base)
-    opt = torch.optim.Adam(model.head_params + model.body_params,
-                           lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0., amsgrad=True)
     tr, va = clips.subset(train_rows), clips.subset(valid_rows)
     sampler = BalancedSampler(tr.targets, per, seed=cfg.seed) if cfg.balanced else RandomSampler(len(tr), per, seed=cfg.seed)
-    loader = make_loader(ClipDataset(tr, front['sample_rate'], n_clip), sampler, cfg.num_workers, pin_memory=dst.device.type == 'cuda')
-    loader.generator = torch.Generator().manual_seed(cfg.seed)
-    mixup = Mixup(1.0, seed=cfg.seed) if cfg.mixup else None
-    extras, epoch = checkpoint_extras(cfg, clips.labels, front, multi_label), -(-len(tr)//cfg.batch_size)
     latest = out_dir/'latest.pth'
-    start = load_state(latest, model.base, opt, sampler, mixup, dst) if latest.is_file() else 0
-    offset = start - sampler.batches  # the loader may have drawn batches ahead of the loop
-    def save(it, keep):
-        save_checkpoint(latest, model.base, optimizer=opt.state_dict(), iteration=it, **extras, ranks=[dict(
-            sampler=sampler.state_dict(batches=it - offset), mixup=mixup.state_dict() if mixup else None, rng=rng_state())])
-    evaluate = lambda m: {'valid': evaluate_clips(m, va, front['sample_rate'], n_clip, multi_label, batch_size=cfg.batch_size,
+    run = setup_run(model, ClipDataset(tr, front.sample_rate, n_clip), sampler, dst, cfg.learning_rate,
+                    params=model.head_params + model.body_params, saved=model.base,
+                    resume=latest if latest.is_file() else None, mixup=cfg.mixup, seed=cfg.seed,
+                    num_workers=cfg.num_workers, amp=cfg.amp)
+    extras, epoch = checkpoint_extras(cfg, clips.labels, front, multi_label), -(-len(tr)//cfg.batch_size)
+    save = lambda it, keep: run.save(it, latest, **extras)
+    evaluate = lambda m: {'valid': evaluate_clips(m, va, front.sample_rate, n_clip, multi_label, batch_size=cfg.batch_size,
                                                   device=dst.device, amp=cfg.amp)}
-    batches = unfreeze_at(loader, model, cfg.unfreeze_after, start) if cfg.unfreeze_after else loader
-    scores = fit(model, opt, batches, clip_bce if multi_label else softmax_ce, evaluate, save,
-                 statistics_logger(out_dir/'statistics.jsonl', start), iterations=cfg.epochs*epoch, start=start,
-                 eval_every=epoch, save_every=epoch, log_every=epoch, mixup=mixup, dst=dst, amp=cfg.amp, progress=cfg.progress)
+    batches = unfreeze_at(run.loader, model, cfg.unfreeze_after, run.start) if cfg.unfreeze_after else run.loader
+    scores = fit(run.model, run.opt, batches, clip_bce if multi_label else softmax_ce, evaluate, save,
+                 statistics_logger(out_dir/'statistics.jsonl', run.start), iterations=cfg.epochs*epoch, start=run.start,
+                 eval_every=epoch, save_every=epoch, log_every=epoch, mixup=run.mixup, dst=dst, amp=cfg.amp, progress=cfg.progress)
     if not scores: scores = evaluate(model)
     save_checkpoint(out_dir/'final.pth', model.base, iteration=cfg.epochs*epoch, **extras)
     return dict(split=out_dir.name, scores=scores['valid'], checkpoint=out_dir/'final.pth', model=model)
 
 # %% ../nbs/70_finetune.ipynb #be9d9f3b
-def run_dir(cfg:FinetuneConfig)->Path:
+def finetune_dir(cfg:FinetuneConfig)->Path:
     "`<workspace>/finetune/<data name>/<model_type>`: a run's splits go below it."
     return Path(cfg.workspace)/'finetune'/Path(cfg.data).stem/cfg.model_type
 
@@ -419,7 +405,7 @@ def finetune(cfg:FinetuneConfig)->list:
     if missing: raise FileNotFoundError(f'{missing}, listed in {cfg.data}, does not exist; fix the path or pass --audios_dir.')
     multi = clips.multi_label if cfg.task == 'auto' else cfg.task == 'multi'
     if not multi and clips.multi_label: raise ValueError(f'{cfg.data} has clips with several labels (or none); use --task multi.')
-    return [finetune_split(cfg, clips, tr, va, run_dir(cfg)/name, multi) for name, tr, va in splits(clips, cfg)]
+    return [finetune_split(cfg, clips, tr, va, finetune_dir(cfg)/name, multi) for name, tr, va in splits(clips, cfg)]
 
 def load_finetuned(path:str|Path)->tuple:
     "(model in eval mode, label names) of a fine-tuned checkpoint."
@@ -427,7 +413,7 @@ def load_finetuned(path:str|Path)->tuple:
     if not isinstance(ck.get('labels'), list) or not isinstance(ck.get('config'), dict):
         raise ValueError(f'{path} is not a fine-tuned checkpoint (no labels or config); pass one written by audioset_finetune.')
     c = ck['config']
-    model = Transfer(ck['model_type'], len(ck['labels']), ck.get('task') == 'multi', **{k: c[k] for k in MODELS[ck['model_type']].defaults})
+    model = Transfer(ck['model_type'], len(ck['labels']), ck.get('task') == 'multi', FrontEnd.of(c))
     load_weights(model.base, ck)
     return model.eval(), ck['labels']
 
@@ -449,35 +435,11 @@ def write_mini_csv(root:str|Path, # folder for the clips and `mini.csv`
 # %% ../nbs/70_finetune.ipynb #9692f1a6
 def _summary(r:dict)->dict: return {'split': r['split'], **r['scores'].summary(), 'checkpoint': str(r['checkpoint'])}
 
-@call_parse
-def finetune_cli(data:str=None, # class folder (one sub-folder per class) or CSV of path,label[;label...] rows
-                 audios_dir:str=None, # where the CSV's relative paths start (default: its folder)
-                 workspace:str='workspace', # checkpoints and statistics go to <workspace>/finetune/<data name>/<model_type>/<split>
-                 sample_rate:int=None, window_size:int=None, hop_size:int=None, mel_bins:int=None,
-                 fmin:int=None, fmax:int=None, # front end (default: the pretrained checkpoint's, else the model's)
-                 model_type:str='Cnn14', # a model of `audioset_nb.models.MODELS`
-                 pretrained_checkpoint_path:str=None, # PANNs or audioset_nb checkpoint whose body to start from
-                 freeze_base:Param('train the new classifier only', store_true)=False,
-                 unfreeze_after:int=0, # with --freeze_base: train the whole model after this many iterations
-                 task:str='auto', # single | multi | auto
-                 clip_seconds:float=5.0, # training crop and evaluation window, seconds
-                 epochs:int=10, batch_size:int=32, learning_rate:float=1e-3,
-                 folds:str='', # '' holdout; 'all' k-fold over the CSV's fold column; '1,2' those folds
-                 valid_fraction:float=0.2, # held out per class when there are no folds
-                 no_balanced:Param('sample clips at random instead of class-balanced', store_true)=False,
-                 mixup:Param('mixup augmentation', store_true)=False,
-                 cuda:Param('train on the GPU', store_true)=False,
-                 num_workers:int=0, seed:int=1234,
-                 no_progress:Param('no progress bar', store_true)=False):
-    "Fine-tune a PANNs model on your labelled sounds (a class folder or a CSV), with its body pretrained."
-    try:
-        if not data: raise ValueError('--data is required: a folder with one sub-folder per class, or a CSV of path,label rows.')
-        args = locals()
-        cfg = FinetuneConfig(**{f.name: args[f.name] for f in dataclasses.fields(FinetuneConfig) if f.name in args},
-                             balanced=not no_balanced, progress=not no_progress)
-        res = finetune(cfg)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e: sys.exit(f'audioset_finetune: {e}')
+def _finetune_and_print(cfg:FinetuneConfig):
+    res = finetune(cfg)
     for r in res: print(json.dumps(_summary(r)))
     if len(res) > 1:
         keys = res[0]['scores'].summary()
         print(json.dumps({'split': 'mean', **{k: float(np.mean([r['scores'].summary()[k] for r in res])) for k in keys}}))
+
+finetune_cli = config_cli(FinetuneConfig, _finetune_and_print, 'audioset_finetune')

@@ -4,8 +4,8 @@
 
 # %% ../nbs/60_inference.ipynb #88878c2b
 from __future__ import annotations
-import csv, glob, io, json, os, sys, tempfile
-from dataclasses import dataclass
+import csv, dataclasses, glob, io, json, os, sys, tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 import numpy as np, torch
@@ -14,6 +14,7 @@ from .fileio import atomic_open, atomic_path
 from .metadata import CLIP_SECONDS, load_labels
 from .audio import SAMPLE_RATE, AudioError, stream_audio, load_audio, pad_or_truncate, write_wav
 from .checkpoints import load_checkpoint, load_weights
+from .config import FrontEnd
 from .models import build_model
 from .fastpath import for_inference
 
@@ -54,12 +55,16 @@ class Tagger:
     model: torch.nn.Module
     labels: tuple        # class display names, in output order
     model_type: str
-    sample_rate: int = SAMPLE_RATE
-    hop_size: int = 320  # STFT hop, samples: framewise outputs have `sample_rate/hop_size` frames per second
-    window_size: int = 1024
+    front: FrontEnd = field(default_factory=FrontEnd)  # framewise outputs have `sample_rate/hop_size` frames per second
     device: str = 'cpu'
     @property
-    def fps(self)->float: return self.sample_rate/self.hop_size
+    def sample_rate(self)->int: return self.front.sample_rate
+    @property
+    def hop_size(self)->int: return self.front.hop_size
+    @property
+    def window_size(self)->int: return self.front.window_size
+    @property
+    def fps(self)->float: return self.front.frames_per_second
 
 def _read_checkpoint(path:Path)->dict:
     path = Path(path)
@@ -84,30 +89,26 @@ def _checkpoint_config(ckpt:dict)->dict:
     cfg = ckpt.get('config') if isinstance(ckpt.get('config'), dict) else {}
     return {**cfg, **({'model_type': ckpt['model_type']} if isinstance(ckpt.get('model_type'), str) else {})}
 
-_FRONT = ('sample_rate', 'window_size', 'hop_size', 'mel_bins', 'fmin', 'fmax')
-
 # %% ../nbs/60_inference.ipynb #6ac84258
 def load_tagger(checkpoint_path:Path, # a .pth file saved by audioset_nb or PANNs
                 model_type:str=None, # e.g. 'Cnn14', 'Cnn14_DecisionLevelMax' (None: from the checkpoint, else Cnn14)
-                sample_rate:int=None, window_size:int=None, hop_size:int=None, mel_bins:int=None,
-                fmin:int=None, fmax:int=None, # front end (None: from the checkpoint, else the model's defaults)
+                front:FrontEnd=None, # open settings: from the checkpoint, else the model's defaults
                 cuda:bool=False, # use the GPU when there is one
+                **settings, # or the front end's settings one by one: `sample_rate=16000, ...`
                )->Tagger:
     "A `Tagger` for the checkpoint at `checkpoint_path`."
     ckpt = _read_checkpoint(checkpoint_path)
     labels, cfg = _checkpoint_labels(ckpt, checkpoint_path), _checkpoint_config(ckpt)
     model_type = model_type or cfg.get('model_type') or 'Cnn14'
-    given = dict(sample_rate=sample_rate, window_size=window_size, hop_size=hop_size, mel_bins=mel_bins, fmin=fmin, fmax=fmax)
-    front = {k: v if v is not None else cfg.get(k) for k, v in given.items()}
-    try: model = build_model(model_type, classes_num=len(labels), **front)
+    front = dataclasses.replace(front or FrontEnd.unset(), **{k: v for k, v in settings.items() if v is not None})
+    try: model = build_model(model_type, front.fill(FrontEnd.of(cfg)), classes_num=len(labels))
     except ValueError as e: raise CheckpointError(str(e)) from None
     try: load_weights(model, ckpt)
     except ValueError as e: raise CheckpointError(f'{checkpoint_path} does not fit model_type {model_type}: {e}') from None
     if cuda and not torch.cuda.is_available(): print('No GPU found; running on the CPU.', file=sys.stderr)
     device = 'cuda' if cuda and torch.cuda.is_available() else 'cpu'
-    c = {**dict(sample_rate=SAMPLE_RATE, window_size=1024, hop_size=320), **getattr(model, 'config', {})}
     model = for_inference(model.to(device))  # eval mode; on the CPU, BatchNorm folded and per-layer fastest convolutions
-    return Tagger(model, labels, model_type, c['sample_rate'], c['hop_size'], c['window_size'], device)
+    return Tagger(model, labels, model_type, model.front, device)
 
 # %% ../nbs/60_inference.ipynb #5442874d
 def _windows(blocks:Iterable[np.ndarray], # consecutive mono blocks
@@ -365,7 +366,7 @@ def plot_sed(t:Tags, # framewise tags from `sed`
 # %% ../nbs/60_inference.ipynb #e66b1c2f
 def _cli_tagger(model_type, checkpoint_path, cuda, sample_rate, window_size, hop_size, mel_bins, fmin, fmax)->Tagger:
     if not checkpoint_path: sys.exit('--checkpoint_path is required: pass a .pth file.')
-    try: return load_tagger(checkpoint_path, model_type, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, cuda)
+    try: return load_tagger(checkpoint_path, model_type, FrontEnd(sample_rate, window_size, hop_size, mel_bins, fmin, fmax), cuda)
     except (CheckpointError, ValueError) as e: sys.exit(str(e))
 
 def _report_failures(failed:list, n_files:int):

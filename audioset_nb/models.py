@@ -4,6 +4,7 @@
 
 # %% ../nbs/41_models.ipynb #8ea66085
 from __future__ import annotations
+import dataclasses
 from pathlib import Path
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torchlibrosa.stft import Spectrogram, LogmelFilterBank
 from torchlibrosa.augmentation import SpecAugmentation
 # checkpoints were part of this module: their names still import from here
+from .config import FrontEnd
 from .checkpoints import PUBLISHED, fetch_checkpoint, load_checkpoint, load_weights, save_checkpoint
 
 # %% auto #0
@@ -55,16 +57,16 @@ def stft_power(spectrogram_extractor:Spectrogram, # torchlibrosa module holding 
 # %% ../nbs/41_models.ipynb #5557cbc5
 class PannsModel(nn.Module):
     "Base of every model: keeps the constructor arguments, the reference's defaults where not given."
-    defaults = dict(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000)
-    def __init__(self, sample_rate:int=None, # Hz; None = `defaults` (the reference's settings for this model)
+    front = FrontEnd()  # this model's default front end (the reference's settings for it)
+    def __init__(self, sample_rate:int=None, # Hz; None = the class's `front` (its default)
                  window_size:int=None, # STFT window and FFT size, samples
                  hop_size:int=None, # STFT hop, samples
                  mel_bins:int=None, fmin:int=None, fmax:int=None, # mel filter bank
                  classes_num:int=527, # outputs of the classifier
                  fast_stft:bool=True): # `torch.stft` front end; False: torchlibrosa's conv-STFT (the reference path)
         super().__init__()
-        given = dict(sample_rate=sample_rate, window_size=window_size, hop_size=hop_size, mel_bins=mel_bins, fmin=fmin, fmax=fmax)
-        self.config = {**self.defaults, **{k: v for k, v in given.items() if v is not None}, 'classes_num': classes_num}
+        self.front = FrontEnd(sample_rate, window_size, hop_size, mel_bins, fmin, fmax).fill(type(self).front)
+        self.config = {**self.front.dict(), 'classes_num': classes_num}
         self.fast_stft = fast_stft
         self.build(**self.config)
 
@@ -92,14 +94,14 @@ def _check_frames(x, spec_augmenter):
 
 class LogmelModel(PannsModel):
     "Base of the spectrogram models: STFT, log-mel, `bn0`, SpecAugment and mixup as the reference names them."
-    def add_frontend(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, freq_drop_width=8, spectrogram=True):
+    def add_frontend(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, spectrogram=True):
         if spectrogram:
             self.spectrogram_extractor = Spectrogram(n_fft=window_size, hop_length=hop_size, win_length=window_size,
                 window='hann', center=True, pad_mode='reflect', freeze_parameters=True)
             self.logmel_extractor = LogmelFilterBank(sr=sample_rate, n_fft=window_size, n_mels=mel_bins, fmin=fmin,
                 fmax=fmax, ref=1.0, amin=1e-10, top_db=None, freeze_parameters=True)
         self.spec_augmenter = SpecAugmentation(time_drop_width=64, time_stripes_num=2,
-                                               freq_drop_width=freq_drop_width, freq_stripes_num=2)
+                                               freq_drop_width=self.front.freq_drop_width, freq_stripes_num=2)
         self.bn0 = nn.BatchNorm2d(mel_bins); init_bn(self.bn0)
 
     def logmel(self, x:torch.Tensor): # (B, samples) waveforms
@@ -194,7 +196,7 @@ class Cnn14(LogmelModel):
     "Cnn14: six double-conv blocks over a 64-bin log-mel; the PANNs baseline (mAP 0.431)."
     emb_dims, block_dropout, head_dropout, specaug, block, channels = 2048, 0.2, 0.5, True, ConvBlock, (64, 128, 256, 512, 1024, 2048)
     def build(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num):
-        self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax, freq_drop_width=max(mel_bins//8, 1))
+        self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax)
         for i, (cin, cout) in enumerate(zip((1,) + self.channels, self.channels), 1):
             setattr(self, f'conv_block{i}', self.block(cin, cout))
         self.add_head(self.channels[-1], self.emb_dims, classes_num)
@@ -222,8 +224,8 @@ class Cnn14_no_dropout(Cnn14):
 class Cnn14_emb512(Cnn14): "Cnn14 with a 512-d embedding."; emb_dims = 512
 class Cnn14_emb128(Cnn14): "Cnn14 with a 128-d embedding."; emb_dims = 128
 class Cnn14_emb32(Cnn14): "Cnn14 with a 32-d embedding."; emb_dims = 32
-class Cnn14_mel32(Cnn14): "Cnn14 on 32 mel bins."; defaults = {**Cnn14.defaults, 'mel_bins': 32}
-class Cnn14_mel128(Cnn14): "Cnn14 on 128 mel bins."; defaults = {**Cnn14.defaults, 'mel_bins': 128}
+class Cnn14_mel32(Cnn14): "Cnn14 on 32 mel bins."; front = FrontEnd(mel_bins=32)
+class Cnn14_mel128(Cnn14): "Cnn14 on 128 mel bins."; front = FrontEnd(mel_bins=128)
 class Cnn10(Cnn14):
     "Cnn10: four double-conv blocks (64 → 512 channels)."
     emb_dims, channels = 512, (64, 128, 256, 512)
@@ -234,16 +236,17 @@ class Cnn6(Cnn10):
 # %% ../nbs/41_models.ipynb #b16d44cf
 class _FixedRate(Cnn14):
     def build(self, **kw):
-        wrong = {k: kw[k] for k in self.defaults if kw[k] != self.defaults[k]}
-        if wrong: raise ValueError(f"{type(self).__name__} was trained with {self.defaults}; got {wrong}, leave them out or use Cnn14.")
+        trained = type(self).front.dict()
+        wrong = {k: kw[k] for k in trained if kw[k] != trained[k]}
+        if wrong: raise ValueError(f"{type(self).__name__} was trained with {trained}; got {wrong}, leave them out or use Cnn14.")
         super().build(**kw)
 
 class Cnn14_16k(_FixedRate):
     "Cnn14 on 16-kHz audio (window 512, hop 160, 50–8000 Hz)."
-    defaults = dict(sample_rate=16000, window_size=512, hop_size=160, mel_bins=64, fmin=50, fmax=8000)
+    front = FrontEnd(sample_rate=16000, window_size=512, hop_size=160, fmax=8000)
 class Cnn14_8k(_FixedRate):
     "Cnn14 on 8-kHz audio (window 256, hop 80, 50–4000 Hz)."
-    defaults = dict(sample_rate=8000, window_size=256, hop_size=80, mel_bins=64, fmin=50, fmax=4000)
+    front = FrontEnd(sample_rate=8000, window_size=256, hop_size=80, fmax=4000)
 
 # %% ../nbs/41_models.ipynb #5e68d867
 def upsample_frames(x:torch.Tensor, # (B, T', classes)
@@ -321,7 +324,7 @@ class Wavegram_Logmel_Cnn14(Cnn14):
         self.pre_block4 = ConvBlock(4, 64)
         init_layer(self.pre_conv0); init_bn(self.pre_bn0)
         self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax,
-                          freq_drop_width=max(mel_bins//8, 1), spectrogram=self.logmel_branch)
+                          spectrogram=self.logmel_branch)
         cin = 128 if self.logmel_branch else 64
         self.conv_block1 = ConvBlock(1, 64)
         for i, (a, b) in enumerate(zip((cin, 128, 256, 512, 1024), self.channels[1:]), 2): setattr(self, f'conv_block{i}', ConvBlock(a, b))
@@ -346,7 +349,7 @@ class Wavegram_Logmel_Cnn14(Cnn14):
 
 class Wavegram_Logmel128_Cnn14(Wavegram_Logmel_Cnn14):
     "Wavegram_Logmel_Cnn14 on 128 mel bins."
-    defaults = {**Cnn14.defaults, 'mel_bins': 128}
+    front = FrontEnd(mel_bins=128)
 
 class Wavegram_Cnn14(Wavegram_Logmel_Cnn14):
     "Cnn14's blocks 2–6 over a Wavegram alone, learned from the waveform (mAP 0.389)."
@@ -418,7 +421,7 @@ class ResNet38(LogmelModel):
     "ResNet38: conv block, ResNet with basic blocks [3, 4, 6, 3], conv block (mAP 0.434)."
     block, layers = ResBasicBlock, (3, 4, 6, 3)
     def build(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num):
-        self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax, freq_drop_width=max(mel_bins//8, 1))
+        self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax)
         self.conv_block1 = ConvBlock(1, 64)
         self.resnet = ResNetBody(self.block, self.layers)
         self.conv_block_after1 = ConvBlock(512*self.block.expansion, 2048)
@@ -453,7 +456,7 @@ def conv_dw(inp, oup, stride):
 class MobileNetV1(LogmelModel):
     "MobileNetV1 over the log-mel (mAP 0.389 at a tenth of Cnn14's cost)."
     def build(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num):
-        self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax, freq_drop_width=max(mel_bins//8, 1))
+        self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax)
         widths = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2)] + \
                  [(512, 512, 1)]*5 + [(512, 1024, 2), (1024, 1024, 1)]
         self.features = nn.Sequential(conv_bn(1, 32, 2), *[conv_dw(*w) for w in widths])
@@ -479,7 +482,7 @@ class MobileNetV2(LogmelModel):
     "MobileNetV2 over the log-mel."
     setting = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 2), (6, 160, 3, 1), (6, 320, 1, 1)]
     def build(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num):
-        self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax, freq_drop_width=max(mel_bins//8, 1))
+        self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax)
         layers, cin = [conv_bn(1, 32, 2, nn.ReLU6)], 32
         for t, c, n, s in self.setting:
             for i in range(n): layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t)); cin = c
@@ -619,15 +622,15 @@ MODELS = {c.__name__: c for c in [Cnn6, Cnn10, Cnn14, Cnn14_16k, Cnn14_8k, Cnn14
 MODELS.update(Cnn13=Cnn14, Cnn13_specaug=Cnn14)
 
 def build_model(model_type:str, # a name in `MODELS`, e.g. 'Cnn14'
-                sample_rate:int=None, window_size:int=None, hop_size:int=None, mel_bins:int=None,
-                fmin:int=None, fmax:int=None, # front end; None = the model's default
+                front:FrontEnd=None, # open settings (None) take the model's defaults
                 classes_num:int=527, # outputs of the classifier
-                **kw) -> nn.Module: # passed to the model, e.g. `fast_stft=False`
+                **kw) -> nn.Module: # `sample_rate=...` and the other front-end settings one by one, or model arguments such as `fast_stft=False`
     "Build the PANNs model called `model_type`."
     if model_type not in MODELS:
         raise ValueError(f"Unknown model_type {model_type!r}; choose one of: {', '.join(MODELS)}.")
-    return MODELS[model_type](sample_rate=sample_rate, window_size=window_size, hop_size=hop_size, mel_bins=mel_bins,
-                              fmin=fmin, fmax=fmax, classes_num=classes_num, **kw)
+    given = {k: kw.pop(k) for k in FrontEnd.keys() if k in kw}
+    front = dataclasses.replace(front or FrontEnd.unset(), **{k: v for k, v in given.items() if v is not None})
+    return MODELS[model_type](**front.dict(), classes_num=classes_num, **kw)
 
 # %% ../nbs/41_models.ipynb #9a8c4f54
 def output_shapes(model:nn.Module, seconds:float=1., batch:int=2):

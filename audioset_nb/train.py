@@ -13,20 +13,20 @@ import torch.distributed as dist
 from scipy import stats
 from sklearn import metrics
 from tqdm.auto import tqdm
-from fastcore.script import call_parse, Param, store_true
 from torch.nn.parallel import DistributedDataParallel as DDP
 from .fileio import atomic_write
 from .metadata import load_labels
 from .data import AudioSetDataset, EvalSampler, Mixup, make_loader, make_sampler, read_index
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint, unwrap
-from .models import build_model, do_mixup
+from .config import FrontEnd, config_cli, config_parser, flat_config, parse_config
+from .models import MODELS, build_model, do_mixup
 
 # %% auto #0
-__all__ = ['LOSSES', 'Scores', 'score', 'clip_bce', 'get_loss_func', 'TrainConfig', 'run_dir', 'checkpoints_dir',
+__all__ = ['LOSSES', 'train_cli', 'Scores', 'score', 'clip_bce', 'get_loss_func', 'TrainConfig', 'run_dir', 'checkpoints_dir',
            'statistics_path', 'checkpoint_path', 'Dist', 'setup_dist', 'autocast', 'fp32_frontend', 'seed_everything',
-           'rng_state', 'set_rng_state', 'gather', 'save_state', 'load_state', 'check_finite', 'fit', 'predict',
-           'evaluate', 'read_statistics', 'statistics_logger', 'plot_statistics', 'ap_table', 'top_confusions', 'build',
-           'train', 'write_report', 'train_cli']
+           'rng_state', 'set_rng_state', 'gather', 'load_state', 'check_finite', 'fit', 'predict', 'evaluate',
+           'read_statistics', 'statistics_logger', 'plot_statistics', 'ap_table', 'top_confusions', 'make_optimizer',
+           'Run', 'setup_run', 'setup_audioset', 'train', 'write_report']
 
 # %% ../nbs/50_train.ipynb #f80ce663
 @dataclass
@@ -81,53 +81,48 @@ def get_loss_func(loss_type:str)->callable:
 # %% ../nbs/50_train.ipynb #a3cfc8be
 @dataclass
 class TrainConfig:
-    "Everything a training run depends on; the reference's flags keep their names and defaults."
-    workspace: str = 'workspace'
+    "Train a PANNs model on the packed AudioSet, as the reference's `main.py train`."
+    workspace: str = 'workspace'        # holds hdf5s/, checkpoints/ and statistics/
     data_type: str = 'balanced_train'   # balanced_train | full_train
-    sample_rate: int = 32000
-    window_size: int = 1024
-    hop_size: int = 320
-    mel_bins: int = 64
-    fmin: int = 50
-    fmax: int = 14000
-    model_type: str = 'Cnn14'
-    loss_type: str = 'clip_bce'
+    front: FrontEnd = field(default_factory=FrontEnd)
+    model_type: str = 'Cnn14'           # a model of `audioset_nb.models.MODELS`
+    loss_type: str = 'clip_bce'         # clip_bce
     balanced: str = 'balanced'          # none | balanced | alternate
     augmentation: str = 'mixup'         # none | mixup
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    resume_iteration: int = 0
-    early_stop: int = 1000000
-    cuda: bool = False
-    resume_latest: bool = False         # resume from `latest.pth` if there is one
-    eval_every: int = 2000
-    save_every: int = 100000
-    log_every: int = 100                # iterations between loss lines (a host sync on GPU)
-    num_workers: int = None             # None: `audioset_nb.data.default_workers()`
-    seed: int = 1234
-    deterministic: bool = False
-    compile: bool = False
-    amp: bool = True                    # bf16 autocast, CUDA only
-    channels_last: bool = True          # CUDA only
-    sync_bn: bool = False
-    max_eval_clips: int = 0             # 0: evaluate every clip
-    eval_batch_size: int = 0            # 0: same as batch_size
-    record_names: str = ''              # append the audio names each rank trains on to `<this>.<rank>`, save its final weights to `<this>.<rank>.pt`
-    progress: bool = True
+    batch_size: int = 32                # clips per step, over all processes
+    learning_rate: float = 1e-3         # Adam (AMSGrad), as the reference
+    resume_iteration: int = 0           # continue from `<N>_iterations.pth`
+    early_stop: int = 1000000           # last iteration
+    cuda: bool = False                  # train on the GPU
+    resume_latest: bool = False         # continue from latest.pth if there is one
+    eval_every: int = 2000              # iterations between evaluations
+    save_every: int = 100000            # iterations between kept checkpoints
+    log_every: int = 100                # iterations between loss records (a host sync on GPU)
+    num_workers: int|None = None        # DataLoader workers (default: one per core but one, at most 8)
+    seed: int = 1234                    # seeds sampling, mixup, SpecAugment and initial weights
+    deterministic: bool = False         # reproducible kernels (exact resume)
+    compile: bool = False               # torch.compile the model
+    amp: bool = True                    # bf16 autocast on the GPU (fp32 otherwise)
+    channels_last: bool = True          # channels-last memory on the GPU
+    sync_bn: bool = False               # SyncBatchNorm under torchrun
+    max_eval_clips: int = 0             # evaluate on the first N clips of each set (0: all)
+    eval_batch_size: int = 0            # 0: --batch_size
+    record_names: str = ''              # append each rank's audio names to `<this>.<rank>`, its final weights to `<this>.<rank>.pt` (checks DDP)
+    progress: bool = True               # show a progress bar
 
     def __post_init__(self):
         for k, ok in dict(data_type=('balanced_train', 'full_train'), balanced=('none', 'balanced', 'alternate'),
-                          augmentation=('none', 'mixup')).items():
+                          augmentation=('none', 'mixup'), loss_type=tuple(LOSSES)).items():
             if getattr(self, k) not in ok: raise ValueError(f'--{k} {getattr(self, k)!r} is not one of {", ".join(ok)}.')
-        if self.batch_size < 1 or self.eval_every < 1 or self.save_every < 1 or self.log_every < 1:
-            raise ValueError('--batch_size, --eval_every, --save_every and --log_every must be positive integers.')
+        if min(self.batch_size, self.eval_every, self.save_every, self.log_every) < 1 or self.learning_rate <= 0:
+            raise ValueError('--batch_size, --eval_every, --save_every, --log_every and --learning_rate must be positive.')
+        if self.model_type not in MODELS: raise ValueError(f"Unknown --model_type {self.model_type!r}; choose one of: {', '.join(MODELS)}.")
 
 # %% ../nbs/50_train.ipynb #25bcd287
 def run_dir(cfg:TrainConfig)->Path:
     "The reference's per-run sub-directory: features, data type, model, loss, sampling, augmentation, batch size."
     c = cfg
-    return (Path(f'sample_rate={c.sample_rate},window_size={c.window_size},hop_size={c.hop_size},'
-                 f'mel_bins={c.mel_bins},fmin={c.fmin},fmax={c.fmax}')/f'data_type={c.data_type}'/c.model_type/
+    return (Path(','.join(f'{k}={v}' for k, v in c.front.dict().items()))/f'data_type={c.data_type}'/c.model_type/
             f'loss_type={c.loss_type}'/f'balanced={c.balanced}'/f'augmentation={c.augmentation}'/f'batch_size={c.batch_size}')
 
 def checkpoints_dir(cfg:TrainConfig)->Path: return Path(cfg.workspace)/'checkpoints'/'main'/run_dir(cfg)
@@ -203,16 +198,6 @@ def gather(obj, dst:Dist)->list:
     return out
 
 # %% ../nbs/50_train.ipynb #f6665f68
-def save_state(path:Path, # `.../latest.pth`
-               model:nn.Module, opt:torch.optim.Optimizer, iteration:int,
-               ranks:list, # per rank: dict(sampler=..., mixup=..., rng=...)
-               config:dict=None,
-               keep:Path=None, # also keep a copy here, e.g. `.../2000_iterations.pth`
-              ):
-    "Atomically write a resumable checkpoint to `path` (and `keep`)."
-    for p in [path] + ([keep] if keep else []):
-        save_checkpoint(p, unwrap(model), optimizer=opt.state_dict(), iteration=iteration, ranks=ranks, config=config)
-
 def load_state(path:Path, model:nn.Module, opt:torch.optim.Optimizer=None, sampler=None, mixup=None, dst:Dist=None)->int:
     "Restore what `save_state` wrote into the objects given; return the iteration to continue from."
     dst = dst or Dist()
@@ -261,12 +246,14 @@ def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in 
     n = seen = 0; wait = 0.; tick = time.perf_counter()
     bar = tqdm(total=iterations, initial=start, unit='it', disable=not (progress and dst.main), dynamic_ncols=True)
     while True:
+        # on schedule: evaluate, log and save; a resumed run does not redo what its checkpoint already did
         fresh = it > start or start == 0
         due_eval = fresh and (it % eval_every == 0 or it == iterations)
         due_save = fresh and (it % save_every == 0 or due_eval)
         if due_eval or due_save or (fresh and it % log_every == 0):
             rec = dict(iteration=it)
             if n:
+                # the only host syncs of the loop: a diverged loss stops the run before anything is saved
                 if dst.world > 1: dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank stops together
                 check_finite(bad)
                 dt = time.perf_counter() - tick
@@ -281,14 +268,19 @@ def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in 
             if due_save: save(it, it % save_every == 0)
             tick = time.perf_counter()
         if it >= iterations: break
+        # the next batch; time spent waiting for it is what `data_wait` reports
         t = time.perf_counter(); batch = next(stream); wait += time.perf_counter() - t
         x, y, lam = _to(batch['waveform'], dev), _to(batch['target'], dev).float(), None
+        # mixup: pairs of clips are mixed inside the model (after the front end), their targets here
         if mixup is not None: lam = _to(mixup(len(x)), dev); y = do_mixup(y, lam)
+        # forward in bf16 autocast on a GPU, the loss in fp32
         model.train()
         with autocast(dev, amp): out = model(x) if lam is None else model(x, lam)
         loss = loss_fn(out, y)
+        # backward and step (DDP averages the gradients across ranks during backward)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         it += 1; n += 1; seen += len(x); bar.update()
+        # keep the loss and the first non-finite iteration on the device: no sync per step
         loss_sum += loss.detach()
         bad = torch.where((bad < 0) & ~torch.isfinite(loss.detach()), it, bad)
     bar.close()
@@ -382,30 +374,81 @@ def _resume_path(cfg:TrainConfig)->Path|None:
     if not p.is_file(): raise FileNotFoundError(f'No checkpoint {p} to resume from; check --resume_iteration and --workspace.')
     return p
 
+# %% ../nbs/50_train.ipynb #1da28400
+def make_optimizer(params, learning_rate:float)->torch.optim.Optimizer:
+    "Adam with AMSGrad and the reference's settings."
+    return torch.optim.Adam(params, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0., amsgrad=True)
+
+@dataclass
+class Run:
+    "A run set up by `setup_run`: what `fit` trains, and how to save it."
+    model: nn.Module             # what `fit` calls: the model, maybe in DDP and compiled
+    saved: nn.Module             # whose weights checkpoints hold
+    opt: torch.optim.Optimizer
+    sampler: object              # the loader's batch sampler (resumable)
+    loader: object
+    mixup: Mixup|None
+    dst: Dist
+    start: int = 0               # the iteration the run resumes from
+    offset: int = 0              # `start` minus the sampler's position: a checkpoint without sampler state restarts it
+
+    def save(self, it:int, path:Path, keep:Path=None, **extra):
+        "Write a resumable checkpoint at iteration `it` to `path` (and `keep`); called on every rank."
+        ranks = gather(dict(sampler=self.sampler.state_dict(batches=it - self.offset),
+                            mixup=self.mixup.state_dict() if self.mixup else None, rng=rng_state()), self.dst)
+        if self.dst.main:
+            for p in [path] + ([keep] if keep else []):
+                save_checkpoint(p, self.saved, optimizer=self.opt.state_dict(), iteration=it, ranks=ranks, **extra)
+        self.dst.barrier()
+
+# %% ../nbs/50_train.ipynb #7c1344f1
+def setup_run(model:nn.Module, # a new model on the CPU
+              dataset, sampler, # the training data and its (resumable) batch sampler
+              dst:Dist, learning_rate:float,
+              params:list=None, # what the optimizer trains (default: all of `model`'s parameters)
+              saved:nn.Module=None, # whose weights checkpoints hold (default: `model`)
+              resume:Path=None, # a checkpoint `Run.save` wrote, to continue from
+              mixup:bool=False, seed:int=0, num_workers:int=None, amp:bool=True, channels_last:bool=True,
+              sync_bn:bool=False, compile:bool=False)->Run:
+    "Model, optimizer, loader and mixup for this rank, resumed from `resume` if given, ready for `fit`."
+    cuda = dst.device.type == 'cuda'
+    model.to(dst.device)
+    if cuda and channels_last: model.to(memory_format=torch.channels_last)
+    if cuda and amp: fp32_frontend(saved or model)
+    if sync_bn and dst.world > 1: model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    opt = make_optimizer(model.parameters() if params is None else params, learning_rate)
+    loader = make_loader(dataset, sampler, num_workers, pin_memory=cuda)
+    loader.generator = torch.Generator().manual_seed(seed + dst.rank)
+    mix = Mixup(1.0, seed=seed + dst.rank) if mixup else None
+    start = load_state(resume, saved or model, opt, sampler, mix, dst) if resume else 0
+    run = Run(model, saved or model, opt, sampler, loader, mix, dst, start, start - sampler.batches)
+    if dst.world > 1: run.model = DDP(run.model, device_ids=[dst.device.index] if cuda else None)
+    if compile: run.model = torch.compile(run.model)
+    return run
+
 # %% ../nbs/50_train.ipynb #978379df
-def build(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->tuple:
-    "Model, optimizer, training sampler and loader, evaluation loaders and mixup for `cfg` on this rank."
+def _eval_loaders(cfg:TrainConfig, data:dict, dst:Dist)->dict:
+    "Loaders over the first `max_eval_clips` of the 'bal' and 'test' sets; they draw nothing from the training's random stream."
+    ebs, pin = cfg.eval_batch_size or cfg.batch_size, dst.device.type == 'cuda'
+    evals = {k: make_loader(data[k], EvalSampler(min(len(data[k]), cfg.max_eval_clips or len(data[k])), ebs),
+                            cfg.num_workers, pin_memory=pin, persistent_workers=False) for k in ('bal', 'test')}
+    for dl in evals.values(): dl.generator = torch.Generator()
+    return evals
+
+def setup_audioset(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->tuple:
+    "(`Run`, evaluation loaders) for `cfg` on this rank."
     paths = _index_paths(cfg)
     per_rank, rest = divmod(cfg.batch_size, dst.world)
     if rest or not per_rank: raise ValueError(f'--batch_size {cfg.batch_size} does not split evenly over {dst.world} processes.')
-    if model is None:
-        model = build_model(cfg.model_type, cfg.sample_rate, cfg.window_size, cfg.hop_size, cfg.mel_bins, cfg.fmin, cfg.fmax, classes_num=527)
-    model.to(dst.device)
-    if dst.device.type == 'cuda' and cfg.channels_last: model.to(memory_format=torch.channels_last)
-    if dst.device.type == 'cuda' and cfg.amp: fp32_frontend(model)
-    if cfg.sync_bn and dst.world > 1: model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0., amsgrad=True)
     mix = cfg.augmentation == 'mixup'
-    data = {k: AudioSetDataset(p, cfg.sample_rate) for k, p in paths.items()}
-    sampler = make_sampler(cfg.balanced, read_index(paths['train']), per_rank*(2 if mix else 1), seed=cfg.seed, rank=dst.rank, world_size=dst.world)
-    pin = dst.device.type == 'cuda'
-    train_dl = make_loader(data['train'], sampler, cfg.num_workers, pin_memory=pin)
-    train_dl.generator = torch.Generator().manual_seed(cfg.seed + dst.rank)
-    ebs = cfg.eval_batch_size or cfg.batch_size
-    evals = {k: make_loader(data[k], EvalSampler(min(len(data[k]), cfg.max_eval_clips or len(data[k])), ebs),
-                            cfg.num_workers, pin_memory=pin, persistent_workers=False) for k in ('bal', 'test')}
-    for dl in evals.values(): dl.generator = torch.Generator()  # evaluating draws nothing from the training's random stream
-    return model, opt, sampler, train_dl, evals, Mixup(1.0, seed=cfg.seed + dst.rank) if mix else None
+    data = {k: AudioSetDataset(p, cfg.front.sample_rate) for k, p in paths.items()}
+    sampler = make_sampler(cfg.balanced, read_index(paths['train']), per_rank*(2 if mix else 1), seed=cfg.seed,
+                           rank=dst.rank, world_size=dst.world)
+    run = setup_run(model if model is not None else build_model(cfg.model_type, cfg.front, classes_num=527), data['train'],
+                    sampler, dst, cfg.learning_rate, resume=_resume_path(cfg), mixup=mix, seed=cfg.seed,
+                    num_workers=cfg.num_workers, amp=cfg.amp, channels_last=cfg.channels_last, sync_bn=cfg.sync_bn,
+                    compile=cfg.compile)
+    return run, _eval_loaders(cfg, data, dst)
 
 # %% ../nbs/50_train.ipynb #872f8809
 def train(cfg:TrainConfig,
@@ -415,28 +458,19 @@ def train(cfg:TrainConfig,
     dst = setup_dist(cfg.cuda)
     try:
         seed_everything(cfg.seed + dst.rank, cfg.deterministic)  # ranks draw different SpecAugment masks; DDP copies rank 0's weights
-        model, opt, sampler, train_dl, evals, mixup = build(cfg, dst, model)
-        resume = _resume_path(cfg)
-        start = load_state(resume, model, opt, sampler, mixup, dst) if resume else 0
-        offset = start - sampler.batches  # a checkpoint without sampler state restarts the sampler
-        if dst.world > 1: model = DDP(model, device_ids=[dst.device.index] if dst.device.type == 'cuda' else None)
-        if cfg.compile: model = torch.compile(model)
-        def save(it, keep):
-            ranks = gather(dict(sampler=sampler.state_dict(batches=it - offset), mixup=mixup.state_dict() if mixup else None,
-                                rng=rng_state()), dst)
-            if dst.main: save_state(checkpoint_path(cfg, 'latest'), model, opt, it, ranks, asdict(cfg),
-                                    keep=checkpoint_path(cfg, it) if keep else None)
-            dst.barrier()
-        log = statistics_logger(statistics_path(cfg), start) if dst.main else None
-        batches = _recorded(train_dl, Path(f'{cfg.record_names}.{dst.rank}')) if cfg.record_names else train_dl
-        scores = fit(model, opt, batches, get_loss_func(cfg.loss_type),
+        run, evals = setup_audioset(cfg, dst, model)
+        save = lambda it, keep: run.save(it, checkpoint_path(cfg, 'latest'), checkpoint_path(cfg, it) if keep else None,
+                                         config=flat_config(cfg))
+        log = statistics_logger(statistics_path(cfg), run.start) if dst.main else None
+        batches = _recorded(run.loader, Path(f'{cfg.record_names}.{dst.rank}')) if cfg.record_names else run.loader
+        scores = fit(run.model, run.opt, batches, get_loss_func(cfg.loss_type),
                      lambda m: {k: evaluate(m, dl, dst.device, cfg.amp) for k, dl in evals.items()}, save, log,
-                     iterations=cfg.early_stop, start=start, eval_every=cfg.eval_every, save_every=cfg.save_every,
-                     log_every=cfg.log_every, mixup=mixup, dst=dst, amp=cfg.amp, progress=cfg.progress)
+                     iterations=cfg.early_stop, start=run.start, eval_every=cfg.eval_every, save_every=cfg.save_every,
+                     log_every=cfg.log_every, mixup=run.mixup, dst=dst, amp=cfg.amp, progress=cfg.progress)
         if dst.world > 1:  # batch-norm statistics last updated by each rank's own batch: take rank 0's, as saved
-            for b in unwrap(model).buffers(): dist.broadcast(b, 0)
+            for b in run.saved.buffers(): dist.broadcast(b, 0)
         if dst.main and scores: write_report(cfg, scores)
-        if cfg.record_names: save_checkpoint(f'{cfg.record_names}.{dst.rank}.pt', unwrap(model))
+        if cfg.record_names: save_checkpoint(f'{cfg.record_names}.{dst.rank}.pt', run.saved)
         return scores
     finally:
         if dst.world > 1 and dist.is_initialized(): dist.destroy_process_group()
@@ -451,38 +485,8 @@ def write_report(cfg:TrainConfig, scores:dict):
     atomic_write(d/'per_class_ap.tsv', 'class\tAP\tAUC\n' + ''.join(f'{n}\t{a:.4f}\t{u:.4f}\n' for n, a, u in rows))
 
 # %% ../nbs/50_train.ipynb #a0e15058
-@call_parse
-def train_cli(mode:Param("the reference's sub-command; only `train`", str, opt=False, nargs='?')='train',
-              workspace:str='workspace', # holds hdf5s/, checkpoints/ and statistics/
-              data_type:str='balanced_train', # balanced_train | full_train
-              sample_rate:int=32000, window_size:int=1024, hop_size:int=320, mel_bins:int=64, fmin:int=50, fmax:int=14000,
-              model_type:str='Cnn14', # a model of `audioset_nb.models.MODELS`
-              loss_type:str='clip_bce',
-              balanced:str='balanced', # none | balanced | alternate
-              augmentation:str='mixup', # none | mixup
-              batch_size:int=32, learning_rate:float=1e-3,
-              resume_iteration:int=0, # continue from `<N>_iterations.pth`
-              early_stop:int=1000000, # last iteration
-              cuda:Param('train on the GPU', store_true)=False,
-              resume_latest:Param('continue from latest.pth if there is one', store_true)=False,
-              eval_every:int=2000, save_every:int=100000, log_every:int=100,
-              num_workers:int=None, # DataLoader workers (default: one per core but one, at most 8)
-              seed:int=1234,
-              deterministic:Param('reproducible kernels (exact resume)', store_true)=False,
-              compile:Param('torch.compile the model', store_true)=False,
-              no_amp:Param('train in fp32 on the GPU instead of bf16 autocast', store_true)=False,
-              sync_bn:Param('SyncBatchNorm under torchrun', store_true)=False,
-              max_eval_clips:int=0, # evaluate on the first N clips of each set (0: all)
-              eval_batch_size:int=0, # 0: --batch_size
-              record_names:str='', # append each rank's audio names to `<this>.<rank>`, its final weights to `<this>.<rank>.pt` (checks DDP)
-              no_progress:Param('no progress bar', store_true)=False,
-             ):
-    "Train a PANNs model on the packed AudioSet, as the reference's `main.py train`."
-    try:
-        if mode != 'train': raise ValueError(f'Unknown sub-command {mode!r}; the only one is `train`.')
-        args = locals()
-        cfg = TrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(TrainConfig) if f.name in args},
-                          amp=not no_amp, progress=not no_progress)
-        scores = train(cfg)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e: sys.exit(f'audioset_train: {e}')
+def _train_and_print(cfg:TrainConfig):
+    scores = train(cfg)
     if scores: print(json.dumps({k: s.summary() for k, s in scores.items()}))
+
+train_cli = config_cli(TrainConfig, _train_and_print, 'audioset_train', subcommand='train')

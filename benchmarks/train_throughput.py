@@ -34,7 +34,7 @@ def synthetic_hdf5(path:Path, n:int, samples:int, sr:int)->Path:
 def run_one(model_type, batch, v, ds, dev, steps, workers, sr):
     "examples/s and data-wait fraction of `steps` timed iterations after as many warm-up iterations."
     torch.manual_seed(0)
-    model = build_model(model_type, sr, fast_stft=v['fast_stft']).to(dev)
+    model = build_model(model_type, sample_rate=sr, fast_stft=v['fast_stft']).to(dev)
     if v['channels_last']: model = model.to(memory_format=torch.channels_last)
     if v['compile']: model = torch.compile(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, amsgrad=True)

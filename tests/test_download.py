@@ -151,7 +151,7 @@ def test_malicious_ids_never_reach_a_path_or_url(sources, tmp_path):
     audios = tmp_path/'deep'/'audios'
     with Mirror(sources) as m, pytest.warns(UserWarning, match='could not be read'):
         tpl = m.url_template
-        rows = download(csv_path, audios, url_template=tpl, progress=False)
+        rows = download(csv_path, audios, url_template=tpl, quiet=True)
         keys = [r['key'] for r in m.requests]
     assert summarize(rows) == {'ok': 1, 'bad-id': len(MALICIOUS)}
     bad = [r for r in rows if r['status'] == 'bad-id']
@@ -202,7 +202,7 @@ def test_killed_run_leaves_no_partial_wav_and_rerun_completes(sources, tmp_path,
 
 @pytest.mark.parametrize('args,says', [
     (['--csv_path', 'nope.csv', '--audios_dir', 'a'], 'does not exist'),
-    (['--audios_dir', 'a'], 'give both --csv_path and --audios_dir'),
+    (['--audios_dir', 'a'], 'the following arguments are required: --csv_path'),
     (['--csv_path', 'eval', '--audios_dir', 'a', '--part', '4/4'], '--part'),
     (['--csv_path', 'eval', '--audios_dir', 'a', '--url_template', 'ftp://x/{ytid}'], '--url_template'),
     (['--csv_path', 'eval', '--audios_dir', 'a', '--url_template', 'https://x/watch'], '--url_template'),
@@ -273,7 +273,7 @@ def test_mini_audioset_downloads_to_its_reference(tmp_path):
     ms = mini.make_mini(tmp_path/'mini', seed=3, n_train=1, n_eval=len(mini.SOURCE_FORMATS))
     with Mirror(tmp_path/'mini'/'sources') as m:
         rows = download(tmp_path/'mini'/'metadata'/'eval_segments.csv', tmp_path/'audios', url_template=m.url_template,
-                        workers=4, progress=False)
+                        workers=4, quiet=True)
     assert summarize(rows) == {'ok': len(mini.SOURCE_FORMATS)}
     seen = set()
     for s in ms.segments['eval']:

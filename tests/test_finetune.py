@@ -5,6 +5,7 @@ import numpy as np, pytest, torch
 from audioset_nb.audio import write_wav
 from audioset_nb.finetune import (FinetuneConfig, Transfer, finetune, finetune_cli, is_head, load_body, load_finetuned,
                                   make_sound_folder, read_csv, read_folder, unfreeze_at, write_mini_csv)
+from audioset_nb.config import FrontEnd
 from audioset_nb.models import build_model, load_checkpoint, load_weights
 
 torch.set_num_threads(1)
@@ -13,7 +14,7 @@ FRONT = dict(sample_rate=16000, window_size=512, hop_size=160, mel_bins=32, fmin
 ACCURACY = 0.75        # the stated accuracy on 12 held-out clips: 4 classes, chance is 0.25
 
 def cfg(data, ws, **kw):
-    return FinetuneConfig(str(data), workspace=str(ws), model_type=MODEL, clip_seconds=1.0, progress=False, **{**FRONT, **kw})
+    return FinetuneConfig(str(data), workspace=str(ws), model_type=MODEL, clip_seconds=1.0, progress=False, front=FrontEnd(**FRONT), **kw)
 
 @pytest.fixture(scope='module')
 def tmp(tmp_path_factory): return tmp_path_factory.mktemp('finetune')
@@ -29,7 +30,7 @@ def body(tmp):
 @pytest.fixture(scope='module')
 def folder(tmp): return make_sound_folder(tmp/'sounds', per_class=12, seed=1)
 
-BODY = Transfer(MODEL, 4, **FRONT).body_names  # trainable weights outside the classifier
+BODY = Transfer(MODEL, 4, front=FrontEnd(**FRONT)).body_names  # trainable weights outside the classifier
 
 def test_finetune_reaches_accuracy(tmp, body, folder):
     "Training the whole pretrained model on the new sounds (classes the body never heard) reaches ACCURACY."
@@ -63,7 +64,7 @@ def test_labels_round_trip(tmp, body, folder):
     torch.testing.assert_close(p, torch.softmax(torch.logit(z.double(), eps=1e-12), -1).float(), atol=1e-4, rtol=1e-3)
 
 def test_unfreeze_after(tmp, body, folder):
-    m = Transfer(MODEL, 4, freeze_base=True, **FRONT)
+    m = Transfer(MODEL, 4, freeze_base=True, front=FrontEnd(**FRONT))
     seen = []
     for i, _ in enumerate(unfreeze_at(iter(range(5)), m, 2), 1): seen.append((i, m.frozen))
     assert seen == [(1, True), (2, True), (3, False), (4, False), (5, False)]
@@ -74,15 +75,15 @@ def test_unfreeze_after(tmp, body, folder):
 
 def test_transfer_any_head():
     for mt in ('Cnn14_DecisionLevelAtt', 'Cnn6'):
-        m = Transfer(mt, 3, **FRONT).eval()
+        m = Transfer(mt, 3, front=FrontEnd(**FRONT)).eval()
         with torch.no_grad(): out = m(torch.randn(2, 16000)*0.1)
         torch.testing.assert_close(out['clipwise_output'].sum(1), torch.ones(2))
         assert out['logits'].shape == (2, 3) and out['logits'].dtype == torch.float32
-        ml = Transfer(mt, 3, multi_label=True, **FRONT).eval()
+        ml = Transfer(mt, 3, multi_label=True, front=FrontEnd(**FRONT)).eval()
         with torch.no_grad(): p = ml(torch.randn(2, 16000)*0.1)['clipwise_output']
         assert p.shape == (2, 3) and 'logits' not in ml(torch.randn(2, 16000)*0.1)
     published_like = build_model('Cnn6', classes_num=527, **FRONT).state_dict()
-    m = load_body(Transfer('Cnn6', 5, **FRONT), {'model': {f'module.{k}': v for k, v in published_like.items()}})
+    m = load_body(Transfer('Cnn6', 5, front=FrontEnd(**FRONT)), {'model': {f'module.{k}': v for k, v in published_like.items()}})
     assert torch.equal(m.base.conv_block1.conv1.weight, published_like['conv_block1.conv1.weight'])
 
 def test_csv_folds_cli(tmp, folder):
@@ -113,7 +114,7 @@ def test_rerun_resumes(tmp, folder):
     assert b['scores'].accuracy == a['scores'].accuracy
 
 def _exit_message(**kw):
-    with pytest.raises(SystemExit) as e: finetune_cli(**{'no_progress': True, **kw})
+    with pytest.raises(SystemExit) as e: finetune_cli(['--no_progress', *[f'--{k}={v}' for k, v in kw.items()]])
     msg = str(e.value.code)
     assert msg.startswith('audioset_finetune: ') and '\n' not in msg and 'Traceback' not in msg
     return msg

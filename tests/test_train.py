@@ -4,6 +4,7 @@ from pathlib import Path
 import h5py, numpy as np, pytest, torch
 from sklearn import metrics
 from audioset_nb.pack import write_index
+from audioset_nb.config import FrontEnd, parse_config
 from audioset_nb.models import build_model, save_checkpoint, load_checkpoint
 from audioset_nb.train import (TrainConfig, Dist, score, fit, clip_bce, checkpoint_path, statistics_path,
                                read_statistics, rng_state)
@@ -15,6 +16,7 @@ FLAGS = ['--sample_rate=16000', '--window_size=512', '--hop_size=160', '--mel_bi
          '--model_type=Cnn6', '--no_progress']
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
 EXE = [sys.executable, '-m', 'audioset_nb.train']
+FRONT = FrontEnd(16000, 512, 160, 32, 50, 8000)
 
 def _clips(n, seed, seconds=1.0):
     rng, t = np.random.default_rng(seed), np.arange(int(SR*seconds))/SR
@@ -44,9 +46,7 @@ def run(*args, **kw): return subprocess.run([*EXE, *args], env=ENV, capture_outp
 
 def cfg_for(ws, *flags)->TrainConfig:
     "The TrainConfig a command line with FLAGS + `flags` gives (for its paths)."
-    kw = dict(a[2:].split('=', 1) for a in [*FLAGS, *flags] if '=' in a)
-    types = {f.name: f.type for f in TrainConfig.__dataclass_fields__.values()}
-    return TrainConfig(**{k: (int(v) if types[k] in ('int', int) else v) for k, v in kw.items()})
+    return parse_config(TrainConfig, [*FLAGS, *flags])
 
 def losses(path): return {r['iteration']: r['loss'] for r in read_statistics(path) if 'loss' in r}
 
@@ -109,7 +109,7 @@ def test_missing_hdf5(tmp_path):
 def test_checkpoint_of_another_model(ws, tmp_path):
     cfg = cfg_for(ws, f'--workspace={tmp_path}')
     (tmp_path/'hdf5s').symlink_to(ws/'hdf5s')
-    other = build_model('MobileNetV1', 16000, 512, 160, 32, 50, 8000)
+    other = build_model('MobileNetV1', FRONT)
     save_checkpoint(checkpoint_path(cfg, 10), other, iteration=10)
     _one_sentence_error(run(f'--workspace={tmp_path}', *FLAGS, '--resume_iteration=10'), '10_iterations.pth', 'does not fit')
 
@@ -177,7 +177,7 @@ def test_ddp_two_processes_disjoint_data_identical_weights(ws, tmp_path):
     assert len(n0) == len(n1) == 32 and not set(n0) & set(n1) and len(set(n0) | set(n1)) == 64
     w0, w1 = (load_checkpoint(f'{rec}.{i}.pt')['model'] for i in (0, 1))
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
-    start = build_model('Cnn6', 16000, 512, 160, 32, 50, 8000).state_dict()
+    start = build_model('Cnn6', FRONT).state_dict()
     assert not torch.equal(w0['fc_audioset.weight'], start['fc_audioset.weight'])
     ck = load_checkpoint(checkpoint_path(cfg_for(tmp_path, f'--workspace={tmp_path}', '--batch_size=8', '--balanced=none'), 4))
     assert len(ck['ranks']) == 2 and ck['ranks'][0]['sampler']['batches'] == ck['ranks'][1]['sampler']['batches'] == 4
