@@ -1,5 +1,6 @@
 "Training end to end: the CLI, kill-and-resume equivalence, DDP on two CPU processes, metrics, NaN and bad input."
 import json, os, random, signal, subprocess, sys, time, warnings
+from functools import partial
 from pathlib import Path
 import h5py, numpy as np, pytest, torch
 from sklearn import metrics
@@ -8,14 +9,14 @@ from audioset_nb.config import FrontEnd, parse_config
 from audioset_nb.models import build_model, save_checkpoint, load_checkpoint
 from audioset_nb.train import (TrainConfig, Dist, score, fit, clip_bce, checkpoint_path, statistics_path,
                                read_statistics, rng_state)
+from conftest import cli, cli_env, cli_popen, one_sentence
 
 # Small enough for 2 shared cores: 1-s clips at 16 kHz, 32 mel bins (101 frames, the least SpecAugment's
 # 64-frame time stripes allow), Cnn6. Five tones in noise, one or two per clip.
 SR, FREQS = 16000, [300, 600, 1200, 2400, 4800]
 FLAGS = ['--sample_rate=16000', '--window_size=512', '--hop_size=160', '--mel_bins=32', '--fmin=50', '--fmax=8000',
          '--model_type=Cnn6', '--no_progress']
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
-EXE = [sys.executable, '-m', 'audioset_nb.train']
+THREADS = {'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
 FRONT = FrontEnd(16000, 512, 160, 32, 50, 8000)
 
 def _clips(n, seed, seconds=1.0):
@@ -42,7 +43,7 @@ def make_workspace(root:Path, n_train:int=64, n_eval:int=16)->Path:
 @pytest.fixture(scope='module')
 def ws(tmp_path_factory): return make_workspace(tmp_path_factory.mktemp('ws'))
 
-def run(*args, **kw): return subprocess.run([*EXE, *args], env=ENV, capture_output=True, text=True, **kw)
+run = partial(cli, 'audioset_train', env=THREADS)
 
 def cfg_for(ws, *flags)->TrainConfig:
     "The TrainConfig a command line with FLAGS + `flags` gives (for its paths)."
@@ -88,9 +89,7 @@ def test_nan_loss_stops_naming_iteration_and_never_saves_it():
 # ---------------------------------------------------------------------------------------------------- CLI errors
 def _one_sentence_error(r, *words):
     assert r.returncode != 0
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr
-    for w in words: assert w in lines[0], lines[0]
+    one_sentence(r.stderr, *words)
 
 def test_bad_model_type(ws):
     _one_sentence_error(run(f'--workspace={ws}', *FLAGS, '--model_type=Cnn99'), 'Cnn99', 'model_type')
@@ -132,7 +131,8 @@ def test_sigkill_and_resume_logs_the_same_losses(ws, tmp_path):
     latest, stats, seed = checkpoint_path(cfg, 'latest'), statistics_path(cfg), random.randrange(10**6)
     rng = random.Random(seed)
     after = rng.randint(4, 11)  # kill during iteration `after`+1 or so, at a random point of it
-    p = subprocess.Popen([*EXE, f'--workspace={b}', *FLAGS, *RESUME], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = cli_popen('audioset_train', f'--workspace={b}', *FLAGS, *RESUME, env=THREADS,
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
     while p.poll() is None and time.time() - t0 < 300 and not (stats.exists() and stats.read_text().count('"loss"') >= after):
         time.sleep(0.01)
@@ -171,7 +171,7 @@ def test_ddp_two_processes_disjoint_data_identical_weights(ws, tmp_path):
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m', 'audioset_nb.train',
                         f'--workspace={tmp_path}', *FLAGS, '--batch_size=8', '--balanced=none', '--early_stop=4', '--eval_every=1000',
                         '--save_every=4', '--max_eval_clips=8', '--num_workers=0', f'--record_names={rec}'],
-                       env=ENV, capture_output=True, text=True, timeout=600)
+                       env=cli_env(THREADS), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     n0, n1 = (Path(f'{rec}.{i}').read_text().split() for i in (0, 1))
     assert len(n0) == len(n1) == 32 and not set(n0) & set(n1) and len(set(n0) | set(n1)) == 64
@@ -195,10 +195,10 @@ def test_mini_audioset_learns(tmp_path):
     for s in SUBSETS:
         p = pack_waveforms(mini.csv_path(s), tmp_path/'audios'/s, ws/'hdf5s'/'waveforms'/f'{s}.h5', sample_rate=8000, progress=False).path
         write_index(p, ws/'hdf5s'/'indexes'/f'{s}.h5')
-    r = subprocess.run([*EXE, 'train', f'--workspace={ws}', '--sample_rate=8000', '--window_size=1024', '--hop_size=512',
-                        '--mel_bins=32', '--fmin=50', '--fmax=4000', '--model_type=Cnn6_mini_DecisionLevelMax',
-                        '--augmentation=none', '--batch_size=16', '--early_stop=1600', '--eval_every=400', '--num_workers=0',
-                        '--no_progress'], capture_output=True, text=True, env=ENV)
+    r = run('train', f'--workspace={ws}', '--sample_rate=8000', '--window_size=1024', '--hop_size=512',
+            '--mel_bins=32', '--fmin=50', '--fmax=4000', '--model_type=Cnn6_mini_DecisionLevelMax',
+            '--augmentation=none', '--batch_size=16', '--early_stop=1600', '--eval_every=400', '--num_workers=0',
+            '--no_progress')
     assert r.returncode == 0, r.stderr[-2000:]
     scores = json.loads(r.stdout.splitlines()[-1])
     assert scores['test']['mAP'] >= 0.9, scores
