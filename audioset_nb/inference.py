@@ -9,19 +9,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 import numpy as np, torch
-from fastcore.script import call_parse, Param, store_true
 from .fileio import atomic_open, atomic_path
 from .metadata import CLIP_SECONDS, load_labels
 from .audio import SAMPLE_RATE, AudioError, stream_audio, load_audio, pad_or_truncate, write_wav
 from .checkpoints import load_checkpoint, load_weights
-from .config import FrontEnd
+from .config import FrontEnd, config_cli
 from .models import build_model
 from .fastpath import for_inference
 
 # %% auto #0
-__all__ = ['AUDIO_EXTS', 'example_clips', 'CheckpointError', 'Tagger', 'load_tagger', 'Tags', 'Failed', 'iter_tags', 'tag',
-           'tag_files', 'audio_files', 'tags_row', 'write_tags', 'sed', 'Event', 'find_events', 'write_events',
-           'log_spectrogram', 'plot_sed', 'tag_cli', 'sed_cli', 'demo']
+__all__ = ['AUDIO_EXTS', 'tag_cli', 'sed_cli', 'example_clips', 'CheckpointError', 'Tagger', 'load_tagger', 'Tags', 'Failed',
+           'iter_tags', 'tag', 'tag_files', 'audio_files', 'tags_row', 'write_tags', 'sed', 'Event', 'find_events',
+           'write_events', 'log_spectrogram', 'plot_sed', 'TaggingConfig', 'TagConfig', 'SedConfig', 'demo']
 
 # %% ../nbs/60_inference.ipynb #38218e6c
 def _examples(sr:int=SAMPLE_RATE)->dict:
@@ -364,9 +363,41 @@ def plot_sed(t:Tags, # framewise tags from `sed`
     return fig
 
 # %% ../nbs/60_inference.ipynb #e66b1c2f
-def _cli_tagger(model_type, checkpoint_path, cuda, sample_rate, window_size, hop_size, mel_bins, fmin, fmax)->Tagger:
-    if not checkpoint_path: sys.exit('--checkpoint_path is required: pass a .pth file.')
-    try: return load_tagger(checkpoint_path, model_type, FrontEnd(sample_rate, window_size, hop_size, mel_bins, fmin, fmax), cuda)
+@dataclass
+class TaggingConfig:
+    "What `audioset_tag` and `audioset_sed` share: the checkpoint, the files, and how they are cut into windows."
+    checkpoint_path: str = None       # .pth checkpoint
+    audio_path: list[str] = field(default_factory=list)  # audio files, folders or glob patterns
+    model_type: str|None = None       # e.g. Cnn14 or Cnn14_DecisionLevelMax (default: from the checkpoint, else Cnn14)
+    front: FrontEnd = field(default_factory=FrontEnd.unset)  # default: from the checkpoint, else the model's
+    cuda: bool = False                # use the GPU when there is one
+    output: str|None = None           # .csv or .jsonl file for the results (default: print them)
+    batch_size: int = 8               # windows per forward pass
+    window_seconds: float = 10.       # files are tagged in windows of this length
+    hop_seconds: float|None = None    # step between windows (default: window_seconds)
+
+    def __post_init__(self):
+        if not self.checkpoint_path: raise ValueError('--checkpoint_path is required: pass a .pth file.')
+        if self.output: _is_jsonl(self.output)
+
+@dataclass
+class TagConfig(TaggingConfig):
+    "Tag audio files with a PANNs checkpoint (AudioSet tags, or the checkpoint's own labels)."
+    top_k: int = 10                   # labels to report per file
+    pooling: str = 'max'              # how window scores become file scores: max or mean
+    full_scores: bool = False         # also write every class's score
+    embedding: bool = False           # also write the embedding
+
+@dataclass
+class SedConfig(TaggingConfig):
+    "Detect sound events with a decision-level PANNs checkpoint: events to CSV/JSON lines, figures to PNG."
+    threshold: float = 0.5            # framewise score at which a class counts as sounding
+    min_duration: float = 0.          # drop events shorter than this, seconds
+    figure_dir: str|None = None       # write the SED figure of each file here as <name>.png
+    figure_seconds: float = 600.      # draw at most this many seconds of a file
+
+def _cli_tagger(cfg:TaggingConfig)->Tagger:
+    try: return load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda)
     except (CheckpointError, ValueError) as e: sys.exit(str(e))
 
 def _report_failures(failed:list, n_files:int):
@@ -387,72 +418,40 @@ def _run_cli(tagger, audio_path, each, **kwargs)->tuple:
     return failed, len(paths)
 
 # %% ../nbs/60_inference.ipynb #668abdbb
-@call_parse
-def tag_cli(model_type:str=None, # e.g. Cnn14 (default: from the checkpoint, else Cnn14)
-            checkpoint_path:str=None, # .pth checkpoint
-            audio_path:Param('audio files, folders or glob patterns', str, nargs='+')=None,
-            cuda:store_true=False, # use the GPU when there is one
-            sample_rate:int=None, window_size:int=None, hop_size:int=None, mel_bins:int=None, fmin:int=None,
-            fmax:int=None, # front end (default: from the checkpoint, else the model's: 32000 1024 320 64 50 14000 for Cnn14)
-            top_k:int=10, # labels to report per file
-            output:str=None, # .csv or .jsonl file for the results (default: print them)
-            batch_size:int=8, # windows per forward pass
-            window_seconds:float=10., # files are tagged in windows of this length
-            hop_seconds:float=None, # step between windows (default: window_seconds)
-            pooling:str='max', # how window scores become file scores: max or mean
-            full_scores:store_true=False, # also write every class's score
-            embedding:store_true=False, # also write the embedding
-           ):
-    "Tag audio files with a PANNs checkpoint (AudioSet tags, or the checkpoint's own labels)."
-    tagger = _cli_tagger(model_type, checkpoint_path, cuda, sample_rate, window_size, hop_size, mel_bins, fmin, fmax)
-    kw = dict(window_seconds=window_seconds, hop_seconds=hop_seconds, batch_size=batch_size, pooling=pooling)
-    if output:
-        try: _is_jsonl(output)
-        except ValueError as e: sys.exit(str(e))
-        rows, jsonl = [], _is_jsonl(output)
-        failed = _run_cli(tagger, audio_path, lambda t: rows.append(tags_row(t, top_k, full_scores, embedding, jsonl)), **kw)
-        _write_rows(output, rows); print(f'Wrote {len(rows)} file(s) to {output}')
+def _tag(cfg:TagConfig):
+    tagger = _cli_tagger(cfg)
+    kw = dict(window_seconds=cfg.window_seconds, hop_seconds=cfg.hop_seconds, batch_size=cfg.batch_size, pooling=cfg.pooling)
+    if cfg.output:
+        rows, jsonl = [], _is_jsonl(cfg.output)
+        failed = _run_cli(tagger, cfg.audio_path, lambda t: rows.append(tags_row(t, cfg.top_k, cfg.full_scores, cfg.embedding, jsonl)), **kw)
+        _write_rows(cfg.output, rows); print(f'Wrote {len(rows)} file(s) to {cfg.output}')
     else:
         def show(t):
             print(f'{t.path} ({t.duration:.2f} s)')
-            for l, p in t.top(top_k): print(f'{l}: {p:.3f}')
-            if embedding: print(f'embedding: {t.embedding.shape}')
-        failed = _run_cli(tagger, audio_path, show, **kw)
+            for l, p in t.top(cfg.top_k): print(f'{l}: {p:.3f}')
+            if cfg.embedding: print(f'embedding: {t.embedding.shape}')
+        failed = _run_cli(tagger, cfg.audio_path, show, **kw)
     _report_failures(*failed)
 
+tag_cli = config_cli(TagConfig, _tag, 'audioset_tag')
+
 # %% ../nbs/60_inference.ipynb #602e7fe0
-@call_parse
-def sed_cli(model_type:str=None, # a decision-level model, e.g. Cnn14_DecisionLevelMax (default: from the checkpoint)
-            checkpoint_path:str=None, # .pth checkpoint
-            audio_path:Param('audio files, folders or glob patterns', str, nargs='+')=None,
-            cuda:store_true=False, # use the GPU when there is one
-            sample_rate:int=None, window_size:int=None, hop_size:int=None, mel_bins:int=None, fmin:int=None,
-            fmax:int=None, # front end (default: from the checkpoint, else the model's: 32000 1024 320 64 50 14000 for Cnn14)
-            threshold:float=0.5, # framewise score at which a class counts as sounding
-            min_duration:float=0., # drop events shorter than this, seconds
-            output:str=None, # .csv or .jsonl file for the events (default: print them)
-            figure_dir:str=None, # write the SED figure of each file here as <name>.png
-            figure_seconds:float=600., # draw at most this many seconds of a file
-            batch_size:int=8, window_seconds:float=10., hop_seconds:float=None,
-           ):
-    "Detect sound events with a decision-level PANNs checkpoint: events to CSV/JSON lines, figures to PNG."
-    tagger = _cli_tagger(model_type or None, checkpoint_path, cuda, sample_rate, window_size, hop_size, mel_bins, fmin, fmax)
-    if output:
-        try: _is_jsonl(output)
-        except ValueError as e: sys.exit(str(e))
-    events = []
+def _sed(cfg:SedConfig):
+    tagger, events = _cli_tagger(cfg), []
     def each(t):
         if t.framewise is None: sys.exit(f'{tagger.model_type} gives no framewise output; use a decision-level model such as Cnn14_DecisionLevelMax.')
-        evs = find_events(t, threshold, min_duration)
+        evs = find_events(t, cfg.threshold, cfg.min_duration)
         events.extend((t.path, e) for e in evs)
-        if not output:
+        if not cfg.output:
             print(f'{t.path} ({t.duration:.2f} s): {len(evs)} event(s)')
             for e in evs: print(f'{e.label}: {e.onset:.2f}-{e.offset:.2f} s, peak {e.peak:.3f}')
-        if figure_dir: _save_figure(t, Path(figure_dir), figure_seconds, tagger.window_size, tagger.hop_size)
-    failed = _run_cli(tagger, audio_path, each, window_seconds=window_seconds, hop_seconds=hop_seconds,
-                      batch_size=batch_size, framewise=True)
-    if output: n = write_events(events, output); print(f'Wrote {n} event(s) to {output}')
+        if cfg.figure_dir: _save_figure(t, Path(cfg.figure_dir), cfg.figure_seconds, tagger.window_size, tagger.hop_size)
+    failed = _run_cli(tagger, cfg.audio_path, each, window_seconds=cfg.window_seconds, hop_seconds=cfg.hop_seconds,
+                      batch_size=cfg.batch_size, framewise=True)
+    if cfg.output: n = write_events(events, cfg.output); print(f'Wrote {n} event(s) to {cfg.output}')
     _report_failures(*failed)
+
+sed_cli = config_cli(SedConfig, _sed, 'audioset_sed')
 
 def _save_figure(t:Tags, folder:Path, seconds:float, window_size:int, hop_size:int):
     import matplotlib; matplotlib.use('Agg')

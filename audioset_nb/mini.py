@@ -19,10 +19,10 @@ from .metadata import (CLIP_SECONDS, Segment, check_ytid, load_labels, load_onto
 
 # %% auto #0
 __all__ = ['MINI_CLASSES', 'MINI_MIDS', 'LEVELS', 'FLOOR_DB', 'N_EVENTS', 'SUBSETS', 'SOURCE_FORMATS', 'SOURCE_MIME',
-           'RIGHT_GAIN', 'MiniClass', 'class_table', 'Event', 'draw_events', 'render_event', 'synth_clip', 'make_ytids',
-           'deal_classes', 'SourceFormat', 'Source', 'plan_source', 'Clip', 'source_audio', 'write_source',
-           'MiniAudioSet', 'load_mini', 'reference_segment', 'plan_mini', 'make_mini', 'write_sources', 'decode_audio',
-           'probe_media', 'similarity', 'audioset_mini']
+           'RIGHT_GAIN', 'MiniClass', 'class_table', 'SynthEvent', 'draw_events', 'render_event', 'synth_clip',
+           'make_ytids', 'deal_classes', 'SourceFormat', 'Source', 'plan_source', 'Clip', 'source_audio',
+           'write_source', 'MiniAudioSet', 'load_mini', 'reference_segment', 'plan_mini', 'make_mini', 'write_sources',
+           'decode_audio', 'probe_media', 'similarity', 'audioset_mini']
 
 # %% ../nbs/90_mini.ipynb #180808b3
 def _fade(x:np.ndarray, sr:int, ms:float=5.)->np.ndarray:
@@ -217,7 +217,7 @@ def class_table(classes=MINI_CLASSES)->str:
     return '\n'.join(rows)
 
 # %% ../nbs/90_mini.ipynb #084ee287
-class Event(NamedTuple):
+class SynthEvent(NamedTuple):
     "One sound event of a clip: the ground truth for tagging and for sound event detection."
     name: str      # class display name, one of `MINI_CLASSES`
     onset: float   # seconds from the start of the clip
@@ -236,7 +236,7 @@ def draw_events(rng:np.random.Generator, names, seconds:float=10.)->list:
         d = min(rng.uniform(*c.durations), seconds)
         if c.cadence: d = max(np.floor(d/c.cadence - 0.5), 0)*c.cadence + c.cadence/2
         on = round(float(rng.uniform(0, seconds-d)), 3)
-        evs.append(Event(name, on, round(min(on+float(d), seconds), 3), round(float(rng.uniform(*LEVELS)), 1)))
+        evs.append(SynthEvent(name, on, round(min(on+float(d), seconds), 3), round(float(rng.uniform(*LEVELS)), 1)))
     return sorted(evs, key=lambda e: (e.onset, e.name))
 
 # %% ../nbs/90_mini.ipynb #dfdf57d0
@@ -245,10 +245,10 @@ def _entropy(seed_or_rng)->list:
     if isinstance(seed_or_rng, np.random.Generator): return seed_or_rng.integers(2**63, size=4).tolist()
     return [int(s) for s in np.atleast_1d(seed_or_rng)]
 
-def _rng(entropy:list, *key)->np.random.Generator:
+def _spawn_rng(entropy:list, *key)->np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=key))
 
-def render_event(ev:Event, rng:np.random.Generator, sr:int=32000)->np.ndarray:
+def render_event(ev:SynthEvent, rng:np.random.Generator, sr:int=32000)->np.ndarray:
     "The waveform of `ev` alone, `ev.offset-ev.onset` seconds long, peaking at `ev.level` dBFS."
     if ev.name not in _CLASSES: raise ValueError(f'{ev.name!r} is not a mini AudioSet class; use one of MINI_CLASSES.')
     x = _CLASSES[ev.name].render(rng, int(round(ev.offset*sr)) - int(round(ev.onset*sr)), sr)
@@ -256,22 +256,22 @@ def render_event(ev:Event, rng:np.random.Generator, sr:int=32000)->np.ndarray:
     return x*(10**(ev.level/20)/peak) if peak > 0 else x
 
 def synth_clip(seed_or_rng, # an int (or list of ints) seed, or a `np.random.Generator`
-               events:list=None, # `Event`s (or (name, onset, offset, level) tuples); None: 1-3 random ones
+               events:list=None, # `SynthEvent`s (or (name, onset, offset, level) tuples); None: 1-3 random ones
                sr:int=32000, # sample rate of the waveform
                seconds:float=10.)->tuple:
     "A clip: (float32 waveform, events). The same seed and events always give the same waveform."
     ent = _entropy(seed_or_rng)
     if events is None:
-        r = _rng(ent, 0)
+        r = _spawn_rng(ent, 0)
         events = draw_events(r, r.choice(MINI_CLASSES, r.integers(N_EVENTS[0], N_EVENTS[1]+1), replace=False).tolist(), seconds)
-    events = [Event(*e) for e in events]
-    n, fr = int(round(seconds*sr)), _rng(ent, 1)
+    events = [SynthEvent(*e) for e in events]
+    n, fr = int(round(seconds*sr)), _spawn_rng(ent, 1)
     x = fr.standard_normal(n) * 10**(fr.uniform(*FLOOR_DB)/20)
     for j, ev in enumerate(events):
         if not 0 <= ev.onset < ev.offset <= seconds:
-            raise ValueError(f'Event {ev} does not fit in a {seconds}-s clip; onset and offset must lie within it.')
+            raise ValueError(f'SynthEvent {ev} does not fit in a {seconds}-s clip; onset and offset must lie within it.')
         i = int(round(ev.onset*sr))
-        y = render_event(ev, _rng(ent, 2+j), sr)
+        y = render_event(ev, _spawn_rng(ent, 2+j), sr)
         x[i:i+len(y)] += y
     return x.astype(np.float32), events
 
@@ -361,7 +361,7 @@ class Clip(NamedTuple):
     ytid: str
     subset: str     # 'balanced_train' or 'eval'
     seed: list      # the `synth_clip` seed of its segment
-    events: list    # its `Event`s, times relative to the segment
+    events: list    # its `SynthEvent`s, times relative to the segment
     source: Source
 
 RIGHT_GAIN = 0.7   # a stereo source's right channel is the left one times this
@@ -433,7 +433,7 @@ def _clip_to_json(c:Clip)->str:
 
 def _clip_from_json(line:str)->Clip:
     d = json.loads(line)
-    return Clip(check_ytid(d['ytid']), d['subset'], d['seed'], [Event(*e) for e in d['events']], Source(**d['source']))
+    return Clip(check_ytid(d['ytid']), d['subset'], d['seed'], [SynthEvent(*e) for e in d['events']], Source(**d['source']))
 
 def load_mini(root:Path)->MiniAudioSet:
     "Open the mini AudioSet that `make_mini` wrote in `root`."
@@ -454,13 +454,13 @@ def reference_segment(root_or_mini, # a `MiniAudioSet` or the folder `make_mini`
 def plan_mini(seed:int=0, n_train:int=600, n_eval:int=150)->list:
     "The `Clip`s of a mini AudioSet (no audio): ids, events and sources, all from `seed`."
     n = {'balanced_train': n_train, 'eval': n_eval}
-    ids = iter(make_ytids(_rng([seed], 100), n_train + n_eval))
+    ids = iter(make_ytids(_spawn_rng([seed], 100), n_train + n_eval))
     clips = []
     for k, subset in enumerate(SUBSETS):
-        for i, names in enumerate(deal_classes(_rng([seed, k], 101), n[subset])):
+        for i, names in enumerate(deal_classes(_spawn_rng([seed, k], 101), n[subset])):
             cs = [seed, k, i]
             ytid = next(ids)
-            clips.append(Clip(ytid, subset, cs, draw_events(_rng(cs, 0), names), plan_source(_rng(cs, 3), ytid, i)))
+            clips.append(Clip(ytid, subset, cs, draw_events(_spawn_rng(cs, 0), names), plan_source(_spawn_rng(cs, 3), ytid, i)))
     return clips
 
 def _segment(c:Clip)->Segment:

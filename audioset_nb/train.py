@@ -374,7 +374,7 @@ def _resume_path(cfg:TrainConfig)->Path|None:
     if not p.is_file(): raise FileNotFoundError(f'No checkpoint {p} to resume from; check --resume_iteration and --workspace.')
     return p
 
-# %% ../nbs/50_train.ipynb #1da28400
+# %% ../nbs/50_train.ipynb #661f201f
 def make_optimizer(params, learning_rate:float)->torch.optim.Optimizer:
     "Adam with AMSGrad and the reference's settings."
     return torch.optim.Adam(params, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0., amsgrad=True)
@@ -401,7 +401,7 @@ class Run:
                 save_checkpoint(p, self.saved, optimizer=self.opt.state_dict(), iteration=it, ranks=ranks, **extra)
         self.dst.barrier()
 
-# %% ../nbs/50_train.ipynb #7c1344f1
+# %% ../nbs/50_train.ipynb #f2f453d0
 def setup_run(model:nn.Module, # a new model on the CPU
               dataset, sampler, # the training data and its (resumable) batch sampler
               dst:Dist, learning_rate:float,
