@@ -413,7 +413,7 @@ def load_finetuned(path:str|Path)->tuple:
     if not isinstance(ck.get('labels'), list) or not isinstance(ck.get('config'), dict):
         raise ValueError(f'{path} is not a fine-tuned checkpoint (no labels or config); pass one written by audioset_finetune.')
     c = ck['config']
-    model = Transfer(ck['model_type'], len(ck['labels']), ck.get('task') == 'multi', FrontEnd.of(c))
+    model = Transfer(ck['model_type'], len(ck['labels']), ck.get('task') == 'multi', front=FrontEnd.of(c))
     load_weights(model.base, ck)
     return model.eval(), ck['labels']
 
