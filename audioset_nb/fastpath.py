@@ -7,21 +7,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from .models import ConvBlock, ConvBlock5x5, _pool2d
 
 # %% auto #0
-__all__ = ['winograd_weight', 'winograd_conv3x3', 'im2col_conv', 'conv_algorithm', 'fast_conv_block', 'for_inference']
+__all__ = ['winograd_weight', 'winograd_conv3x3', 'im2col_conv', 'conv_algorithm', 'FusedConvBlock', 'for_inference']
 
 # %% ../nbs/42_fastpath.ipynb #77d671f0
-def _fast_path_applies(block, x):
-    return (not block.training and not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
-            and not torch.is_autocast_enabled('cpu'))
-
-def _fold_bn(bn:nn.BatchNorm2d):
-    "BatchNorm in eval mode as y = scale·x + shift."
-    scale = bn.weight/torch.sqrt(bn.running_var + bn.eps)
-    return scale, bn.bias - bn.running_mean*scale
-
 _WINOGRAD_G = torch.tensor([[1., 0., 0.], [.5, .5, .5], [.5, -.5, .5], [0., 0., 1.]])
 
 def winograd_weight(w:torch.Tensor): # (out, in, 3, 3) convolution weight
@@ -74,42 +66,81 @@ def conv_algorithm(c_in:int, c_out:int, positions:int, kernel_size:int=3) -> str
     if c_in*c_out > 2**20: return 'im2col' if positions <= 256 else 'winograd'
     return 'winograd' if c_in >= 256 and c_out >= 512 else 'direct'
 
-def _prepared(block, i:int, algorithm:str):
-    "Folded weights of `block`'s convolution `i` for `algorithm`, cached until a parameter changes."
-    conv, bn = getattr(block, f'conv{i}'), getattr(block, f'bn{i}')
-    tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-    key = tuple((t.data_ptr(), t._version) for t in tensors)
-    cache = block.__dict__.setdefault('_fast_cache', {})
-    if cache.get(i, (None,))[0] != key: cache[i] = (key, {})
-    prepared = cache[i][1]
-    if algorithm not in prepared:
-        scale, shift = _fold_bn(bn)
-        folded = conv.weight*scale[:, None, None, None]
-        if algorithm == 'direct': w = (folded.contiguous(memory_format=torch.channels_last), shift)
-        elif algorithm == 'winograd': w = (winograd_weight(folded), shift)
-        elif conv.weight.numel() <= 2**20: w = (folded.contiguous(), None, shift)  # small: fold the scale in
-        else: w = (conv.weight, scale, shift)  # big weights, used as stored (either layout): scale the small result
-        prepared[algorithm] = w
-    return prepared[algorithm]
-
-def fast_conv_block(block, x:torch.Tensor, pool_size=(2, 2), pool_type='avg'):
-    "`forward` of a `ConvBlock` or `ConvBlock5x5` for CPU inference: BatchNorm folded, each convolution by `conv_algorithm`'s choice."
-    x = x.permute(0, 2, 3, 1).contiguous()                          # NHWC; free if `x` is channels-last already
-    for i in (1, 2) if hasattr(block, 'conv2') else (1,):
-        conv = getattr(block, f'conv{i}'); n = conv.kernel_size[0]
-        alg = conv_algorithm(conv.in_channels, conv.out_channels, x.shape[0]*x.shape[1]*x.shape[2], n)
-        w = _prepared(block, i, alg)
-        if alg == 'winograd': x = winograd_conv3x3(x, *w)
-        elif alg == 'im2col': x = im2col_conv(x, *w)
-        else: x = F.conv2d(x.permute(0, 3, 1, 2), *w, padding=n//2).relu_().permute(0, 2, 3, 1)
-    x = x.permute(0, 3, 1, 2)                                       # a channels-last (B, C, H, W) view
-    return x if tuple(pool_size) == (1, 1) else _pool2d(x, pool_size, pool_type)
-
 # %% ../nbs/42_fastpath.ipynb #f92f6c83
+def _fold(conv:nn.Conv2d, bn:nn.BatchNorm2d, weight:torch.Tensor|None=None):
+    "`weight` (default: `conv.weight`) with eval-mode `bn` folded in, and the shift after it."
+    w, b = fuse_conv_bn_weights((conv.weight if weight is None else weight).detach(), conv.bias, bn.running_mean,
+                                bn.running_var, bn.eps, bn.weight, bn.bias)
+    return w.detach(), b.detach()  # plain tensors: prepared weights are no parameters
+
+def _prepare(conv:nn.Conv2d, bn:nn.BatchNorm2d, algorithm:str):
+    "The weights `algorithm` takes for `conv` followed by eval-mode `bn`."
+    w = conv.weight.detach()
+    if algorithm == 'im2col' and w.numel() > 2**20:  # big weights: used as stored (either layout), no folded copy
+        scale, shift = _fold(conv, bn, w.new_ones(len(w), 1, 1, 1))  # BN's scale, to multiply the small result
+        return w, scale.view(-1), shift
+    folded, shift = _fold(conv, bn)
+    if algorithm == 'direct': return folded.contiguous(memory_format=torch.channels_last), shift
+    if algorithm == 'winograd': return winograd_weight(folded), shift
+    return folded.contiguous(), None, shift  # small im2col weights: the scale folded in
+
+def _fast_path_applies(block:nn.Module, x:torch.Tensor):
+    return (not block.training and not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
+            and not torch.is_autocast_enabled('cpu'))
+
+class FusedConvBlock(nn.Module):
+    "A `ConvBlock` or `ConvBlock5x5` for CPU inference, on the same modules: BatchNorm folded, each convolution by `conv_algorithm`'s choice."
+    def __init__(self, block:ConvBlock|ConvBlock5x5):
+        super().__init__()
+        self.prepared = {}  # (convolution, algorithm) -> its weights, built on first use
+        self.plain = type(block)  # whose `forward` runs where the fast path does not apply
+        self.convs = tuple(i for i in (1, 2) if hasattr(block, f'conv{i}'))
+        for name, mod in block.named_children(): setattr(self, name, mod)  # its own modules, names and order: same state dict
+        self.train(block.training)
+
+    def extra_repr(self): return f'from {self.plain.__name__}'
+
+    def refresh(self):
+        "Drop the prepared weights, so that the next call prepares them from the current ones (after in-place changes)."
+        self.prepared.clear()
+
+    def weights(self, i:int, algorithm:str):
+        "The prepared weights of convolution `i` for `algorithm`."
+        if (i, algorithm) not in self.prepared:
+            self.prepared[i, algorithm] = _prepare(getattr(self, f'conv{i}'), getattr(self, f'bn{i}'), algorithm)
+        return self.prepared[i, algorithm]
+
+    # Whatever may change the weights drops the prepared ones.
+    def _load_from_state_dict(self, *args, **kwargs): self.refresh(); super()._load_from_state_dict(*args, **kwargs)
+    def _apply(self, fn, *args, **kwargs): self.refresh(); return super()._apply(fn, *args, **kwargs)
+    def train(self, mode:bool=True):
+        if mode: self.refresh()
+        return super().train(mode)
+
+    def forward(self, x, pool_size=(2, 2), pool_type='avg'):
+        if not _fast_path_applies(self, x): return self.plain.forward(self, x, pool_size, pool_type)
+        x = x.permute(0, 2, 3, 1).contiguous()                          # NHWC; free if `x` is channels-last already
+        for i in self.convs:
+            conv = getattr(self, f'conv{i}'); n = conv.kernel_size[0]
+            alg = conv_algorithm(conv.in_channels, conv.out_channels, x.shape[0]*x.shape[1]*x.shape[2], n)
+            w = self.weights(i, alg)
+            if alg == 'winograd': x = winograd_conv3x3(x, *w)
+            elif alg == 'im2col': x = im2col_conv(x, *w)
+            else: x = F.conv2d(x.permute(0, 3, 1, 2), *w, padding=n//2).relu_().permute(0, 2, 3, 1)
+        x = x.permute(0, 3, 1, 2)                                       # a channels-last (B, C, H, W) view
+        return x if tuple(pool_size) == (1, 1) else _pool2d(x, pool_size, pool_type)
+
+# %% ../nbs/42_fastpath.ipynb #dc210104
+def _fuse_blocks(m:nn.Module) -> nn.Module:
+    "`m` with every `ConvBlock`/`ConvBlock5x5` in it replaced by its `FusedConvBlock`; fused ones are refreshed."
+    if isinstance(m, FusedConvBlock): m.refresh(); return m
+    if isinstance(m, (ConvBlock, ConvBlock5x5)): return FusedConvBlock(m)
+    for name, child in m.named_children():
+        if (fused := _fuse_blocks(child)) is not child: setattr(m, name, fused)
+    return m
+
 def for_inference(model:nn.Module, compile:bool=False) -> nn.Module:
-    "Eval mode, fast STFT, channels-last memory and the fast CPU `ConvBlock`s; `compile` adds `torch.compile` with frozen weights. Use under `torch.inference_mode()`."
+    "Eval mode, fast STFT, channels-last memory and `FusedConvBlock`s; `compile` adds `torch.compile` with frozen weights. Use under `torch.inference_mode()`."
     model.fast_stft = True
-    model = model.eval().to(memory_format=torch.channels_last)
-    for m in model.modules():
-        if isinstance(m, (ConvBlock, ConvBlock5x5)): m.fast_cpu = True
+    model = _fuse_blocks(model.eval().to(memory_format=torch.channels_last))
     return torch.compile(model, options={'freezing': True}) if compile else model

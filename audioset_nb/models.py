@@ -151,12 +151,7 @@ class ConvBlock(nn.Module):
         for l in (self.conv1, self.conv2): init_layer(l)
         for b in (self.bn1, self.bn2): init_bn(b)
 
-    fast_cpu = False  # `for_inference` turns on the CPU inference path (see "Speed" below)
-
     def forward(self, x, pool_size=(2, 2), pool_type='avg'):
-        if self.fast_cpu:
-            from audioset_nb.fastpath import _fast_path_applies, fast_conv_block
-            if _fast_path_applies(self, x): return fast_conv_block(self, x, pool_size, pool_type)
         x = F.relu_(self.bn2(self.conv2(F.relu_(self.bn1(self.conv1(x))))))
         return _pool2d(x, pool_size, pool_type)
 
@@ -168,12 +163,7 @@ class ConvBlock5x5(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         init_layer(self.conv1); init_bn(self.bn1)
 
-    fast_cpu = False  # as in `ConvBlock`
-
     def forward(self, x, pool_size=(2, 2), pool_type='avg'):
-        if self.fast_cpu:
-            from audioset_nb.fastpath import _fast_path_applies, fast_conv_block
-            if _fast_path_applies(self, x): return fast_conv_block(self, x, pool_size, pool_type)
         return _pool2d(F.relu_(self.bn1(self.conv1(x))), pool_size, pool_type)
 
 class AttBlock(nn.Module):

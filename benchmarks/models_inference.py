@@ -14,7 +14,8 @@ import argparse, copy, datetime, json, os, platform, statistics, time
 from pathlib import Path
 import numpy as np, torch
 import audioset_nb
-from audioset_nb.models import build_model, demo_signal, for_inference
+from audioset_nb.models import build_model, demo_signal
+from audioset_nb.fastpath import FusedConvBlock, for_inference
 
 def clips(batch, seconds=10., sr=32000, noise_floor=1e-3):
     "A batch of different 10-s test signals, with a -60 dB noise floor as in any recording (0: digital silence in the gap)."
@@ -34,15 +35,13 @@ def max_diff(out, ref):
     return max((out[k] - ref[k]).abs().max().item()/(1 if k.endswith('_output') else ref[k].abs().max().item()) for k in ref)
 
 def prepared_bytes(model):
-    "Bytes of weights that the fast conv blocks prepared, beyond the model's own parameters and buffers."
+    "Bytes of weights that the fused conv blocks prepared, beyond the model's own parameters and buffers."
     own = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
     seen, total = set(), 0
-    for m in model.modules():
-        for _, prepared in m.__dict__.get('_fast_cache', {}).values():
-            for w in prepared.values():
-                for t in w:
-                    if isinstance(t, torch.Tensor) and (p := t.untyped_storage().data_ptr()) not in own | seen:
-                        seen.add(p); total += t.untyped_storage().nbytes()
+    blocks = [m for m in model.modules() if isinstance(m, FusedConvBlock)]
+    for t in (t for b in blocks for w in b.prepared.values() for t in w):
+        if isinstance(t, torch.Tensor) and (p := t.untyped_storage().data_ptr()) not in own | seen:
+            seen.add(p); total += t.untyped_storage().nbytes()
     return total
 
 def bench(name, batch, reps, compile):

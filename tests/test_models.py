@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from audioset_nb.models import *
+from audioset_nb.fastpath import FusedConvBlock, for_inference
 
 SNAPSHOT = Path(__file__).parent/'snapshots'/'models_state_dict.json'
 PAPER = {'Cnn6': (4_837_455, 21.99e9), 'Cnn10': (5_219_279, 28.17e9), 'Cnn14': (80_753_615, 42.22e9),
@@ -53,7 +54,8 @@ def test_for_inference_agrees_with_the_reference_path(name, batch, seconds):
     x = torch.from_numpy(np.stack([demo_signal(seconds, sr, seed=i) for i in range(batch)]))
     with torch.no_grad(): ref = ref_model(x)
     fast = for_inference(build_model(name, classes_num=11)); fast.load_state_dict(ref_model.state_dict())
-    blocks = [m for m in fast.modules() if isinstance(m, (ConvBlock, ConvBlock5x5))]
+    assert not any(isinstance(m, (ConvBlock, ConvBlock5x5)) for m in fast.modules())  # every block was swapped
+    blocks = [m for m in fast.modules() if isinstance(m, FusedConvBlock)]
     calls = []
     for b in blocks:
         for conv in (b.conv1, getattr(b, 'conv2', None)):
@@ -61,9 +63,10 @@ def test_for_inference_agrees_with_the_reference_path(name, batch, seconds):
     with torch.inference_mode(): out = fast(x)
     _agree(out, ref)
     assert blocks and not calls  # every block took the fast path, none ran its Conv2d modules
+    assert all(b.prepared for b in blocks)
 
 def test_compiled_fast_path_agrees():
-    "`compile=True` runs the fast blocks under torch.compile (graph breaks around the weight cache) and gives the same outputs."
+    "`compile=True` runs the fused blocks under torch.compile and gives the same outputs."
     torch.manual_seed(0)
     ref_model = _random_bn_stats(build_model('Cnn6_mini', classes_num=4, fast_stft=False))
     x = torch.from_numpy(np.stack([demo_signal(1.5, ref_model.config['sample_rate'], seed=i) for i in range(2)]))
@@ -71,11 +74,12 @@ def test_compiled_fast_path_agrees():
     fast = build_model('Cnn6_mini', classes_num=4); fast.load_state_dict(ref_model.state_dict())
     compiled = for_inference(fast, compile=True)
     with torch.inference_mode(): _agree(compiled(x), ref)
-    assert all('_fast_cache' in b.__dict__ for b in fast.modules() if isinstance(b, ConvBlock5x5))
+    blocks = [b for b in fast.modules() if isinstance(b, FusedConvBlock)]
+    assert blocks and all(b.prepared for b in blocks)  # the fast path ran, preparing its weights
 
 def test_cnn14_fast_path_uses_each_algorithm(monkeypatch):
     "Block 1 starts with im2col, blocks 4-5 use Winograd, block 6 switches from im2col to Winograd above 256 positions."
-    import audioset_nb.models as M
+    import audioset_nb.fastpath as M
     used = []
     for f in ('winograd_conv3x3', 'im2col_conv'):
         monkeypatch.setattr(M, f, (lambda g, n: lambda *a, **k: (used.append(n), g(*a, **k))[1])(getattr(M, f), f))
@@ -96,7 +100,8 @@ def test_fast_path_follows_new_weights_and_steps_aside():
     fast.load_state_dict(b.state_dict())              # weights loaded after the first call are used
     with torch.no_grad(): ref = b(x)
     with torch.inference_mode(): _agree(fast(x), ref)
-    with torch.no_grad(): fast.conv_block3.bn2.running_var.mul_(4)  # so are in-place changes to BN statistics
+    with torch.no_grad(): fast.conv_block3.bn2.running_var.mul_(4)  # in-place changes, once the blocks are refreshed
+    for_inference(fast)
     plain = build_model('Cnn10', classes_num=5).eval(); plain.load_state_dict(fast.state_dict())
     with torch.no_grad(): ref = plain(x)
     with torch.inference_mode(): _agree(fast(x), ref)
@@ -104,6 +109,27 @@ def test_fast_path_follows_new_weights_and_steps_aside():
     assert out['clipwise_output'].requires_grad
     out['clipwise_output'].sum().backward()
     assert fast.conv_block2.conv1.weight.grad is not None
+    fast.train()                                      # training: the plain block, batch statistics and all
+    plain.train().to(memory_format=torch.channels_last); plain.load_state_dict(fast.state_dict())  # same layouts, same dropout masks
+    with torch.no_grad(): a = (torch.manual_seed(0), fast(x))[1]; _agree(a, (torch.manual_seed(0), plain(x))[1])
+    assert not any(b.prepared for b in fast.modules() if isinstance(b, FusedConvBlock))
+
+def test_training_blocks_have_no_fast_path_state_and_names_stay():
+    "The fast path lives in its fused blocks: a ConvBlock has no trace of it, and `for_inference` keeps the published state dict."
+    blocks = [ConvBlock(1, 8), ConvBlock5x5(1, 8)]
+    fresh = [set(vars(b)) for b in blocks]
+    for b in blocks:
+        b(torch.randn(2, 1, 4, 4))
+        with torch.inference_mode(): b.eval()(torch.randn(1, 1, 4, 4))
+    assert [set(vars(b)) for b in blocks] == fresh and not any(hasattr(b, 'fast_cpu') for b in blocks)
+    for name in ('Cnn14', 'Cnn6'):
+        ref = build_model(name)
+        fast = for_inference(for_inference(build_model(name)))  # twice: idempotent
+        assert type(fast.conv_block1) is FusedConvBlock and list(fast.state_dict()) == list(ref.state_dict())
+        assert key_shapes(fast) == key_shapes(ref)
+        fast.load_state_dict(ref.state_dict())  # strict, in the published format
+        from audioset_nb.checkpoints import load_weights
+        load_weights(fast, {'model': ref.state_dict()})  # and through its name/shape check
 
 @pytest.mark.parametrize('name', ['Wavegram_Logmel_Cnn14', 'Cnn14_DecisionLevelAtt'])
 def test_any_clip_length(name):
