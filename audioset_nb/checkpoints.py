@@ -102,7 +102,8 @@ def fetch_checkpoint(name:str, # published file name, e.g. 'Cnn14_mAP=0.431.pth'
                      cache_dir:str|Path=None, # default `default_cache_dir()`
                      url:str=None, # default: the file in Zenodo record 3987831
                      md5:str=None, # expected MD5; default: the published one
-                     timeout:float=60.) -> Path:
+                     timeout:float=60., # seconds without data before a try gives up
+                     tries:int=5) -> Path: # connections to make, each resuming the last
     "Download checkpoint `name` to the cache (resumable, MD5-verified, atomic) and return its path."
     if not re.fullmatch(r'[\w.=+-]+\.pth?', name) or name.startswith('.'):
         raise ValueError(f'{name!r} is not a checkpoint file name such as {next(iter(PUBLISHED))!r}.')
@@ -112,4 +113,4 @@ def fetch_checkpoint(name:str, # published file name, e.g. 'Cnn14_mAP=0.431.pth'
         if md5 and (got := md5sum(part)) != md5:
             raise ValueError(f'{name} downloaded from {url} has MD5 {got}, not {md5}; it was deleted, try again.')
     url = url or f'{ZENODO_RECORD}/{urllib.parse.quote(name)}?download=1'
-    return fetch(url, Path(cache_dir or default_cache_dir())/name, verified if md5 else None, timeout)
+    return fetch(url, Path(cache_dir or default_cache_dir())/name, verified if md5 else None, timeout, tries)
