@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_audio.ipynb #ea3d1dc3
 from __future__ import annotations
-import functools, os, shutil, struct, subprocess, tempfile
+import functools, shutil, struct, subprocess, tempfile
 from pathlib import Path
 from typing import Iterator
 import numpy as np, soundfile as sf, soxr

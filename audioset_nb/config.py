@@ -43,8 +43,6 @@ class FrontEnd:
         for o in others: d = {k: o.dict()[k] if v is None and o is not None else v for k, v in d.items()}
         return FrontEnd(**d)
     @property
-    def complete(self)->bool: return None not in self.dict().values()
-    @property
     def freq_drop_width(self)->int: return max(self.mel_bins//8, 1)  # SpecAugment's widest frequency stripe
     @property
     def frames_per_second(self)->float: return self.sample_rate/self.hop_size
@@ -129,7 +127,6 @@ def config_cli(cls, # the config dataclass
                subcommand:str=None): # an optional first word the command accepts
     "A console-script entry point that parses the command line into `cls` and calls `run` with it."
     def main(argv:list=None):
-        cfg = None
         try:
             cfg = parse_config(cls, argv, prog, subcommand)
             return run(cfg)

@@ -4,15 +4,13 @@
 
 # %% ../nbs/10_download.ipynb #29709706
 from __future__ import annotations
-import collections, concurrent.futures, csv, dataclasses, datetime, functools, http.client, itertools, json, os, random
-import re, shutil, subprocess, sys, tempfile, threading, time, urllib.error, urllib.request, warnings, wave
+import collections, concurrent.futures, csv, dataclasses, datetime, itertools, os, random
+import re, subprocess, threading, time, urllib.error, wave
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 import numpy as np
 from .config import config_cli
 from tqdm.auto import tqdm
-from .fileio import atomic_path
 from .audio import SAMPLE_RATE, ffmpeg_exe, pad_or_truncate, write_wav
 from .metadata import *
 

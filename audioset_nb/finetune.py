@@ -4,19 +4,19 @@
 
 # %% ../nbs/70_finetune.ipynb #3b02ece2
 from __future__ import annotations
-import csv, dataclasses, json, sys
+import csv, dataclasses, json
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.data import Dataset
 from sklearn import metrics
-from .audio import AudioError, load_audio, pad_or_truncate
-from .data import BalancedSampler, RandomSampler, make_loader
+from .audio import load_audio, pad_or_truncate
+from .data import BalancedSampler, RandomSampler
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint
 from .models import MODELS, build_model
 from .config import FrontEnd, config_cli, flat_config
 from .train import (autocast, clip_bce, fit, score, seed_everything, setup_dist, setup_run,
-                    statistics_logger, read_statistics)
+                    statistics_logger)
 
 # %% auto #0
 __all__ = ['AUDIO_EXTS', 'NEW_SOUNDS', 'HEADS', 'finetune_cli', 'Clips', 'read_folder', 'read_csv', 'read_dataset',

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_metadata.ipynb #05692786
 from __future__ import annotations
-import csv, functools, importlib.resources, io, json, os, re, warnings
+import csv, functools, importlib.resources, json, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple

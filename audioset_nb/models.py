@@ -5,7 +5,6 @@
 # %% ../nbs/41_models.ipynb #8ea66085
 from __future__ import annotations
 import dataclasses
-from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn

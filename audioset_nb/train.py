@@ -4,9 +4,9 @@
 
 # %% ../nbs/50_train.ipynb #6d8edd93
 from __future__ import annotations
-import dataclasses, json, math, os, random, sys, time
+import json, os, random, sys, time
 from contextlib import nullcontext
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import torch.distributed as dist
