@@ -4,11 +4,11 @@
 
 # %% ../nbs/00_fileio.ipynb #1aa62b15
 from __future__ import annotations
-import contextlib, hashlib, http.client, os, re, shutil, tempfile, urllib.error, urllib.request
+import contextlib, fcntl, hashlib, http.client, os, re, shutil, tempfile, urllib.error, urllib.request
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['atomic_path', 'atomic_open', 'atomic_write', 'default_cache_dir', 'md5sum', 'fetch']
+__all__ = ['atomic_path', 'atomic_open', 'atomic_write', 'OutputBusy', 'output_lock', 'default_cache_dir', 'md5sum', 'fetch']
 
 # %% ../nbs/00_fileio.ipynb #fc41948e
 def _umask()->int:
@@ -42,6 +42,26 @@ def atomic_write(path:str|Path, data:str|bytes)->Path:
     "Write `data` (text or bytes) to `path` atomically; returns `path`."
     with atomic_open(path, 'wb' if isinstance(data, bytes) else 'w') as f: f.write(data)
     return Path(path)
+
+# %% ../nbs/00_fileio.ipynb #ffe7a997
+class OutputBusy(BlockingIOError):
+    "Another live process is writing the output."
+
+@contextlib.contextmanager
+def output_lock(path:str|Path, # the output file, or folder, this process is about to write
+                what:str='output'): # what it is, for the message ("packed file", "training run")
+    "Hold an exclusive OS lock on `path` for the block; raise `OutputBusy` if another process holds it."
+    path = Path(path); lock = path.with_name(f'.{path.name}.lock'); lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors='replace').strip() or '?'
+            raise OutputBusy(f'The {what} {path} is being written by another process (pid {pid}); wait for it to '
+                             f'finish, or stop it, or choose another output.') from None
+        os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield path
+    finally: os.close(fd)
 
 # %% ../nbs/00_fileio.ipynb #1e0b2c62
 def default_cache_dir()->Path:
