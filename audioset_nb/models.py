@@ -245,6 +245,7 @@ def upsample_frames(x:torch.Tensor, # (B, T', classes)
     x = x.repeat_interleave(ratio, dim=1)[:, :frames_num]
     return torch.cat([x, x[:, -1:].expand(-1, frames_num - x.shape[1], -1)], dim=1)
 
+# %% ../nbs/41_models.ipynb #53836d05
 class Cnn14_DecisionLevelMax(Cnn14):
     "Cnn14 classifying each time step; clipwise output is the max over time."
     interpolate_ratio, pooling = 32, 'max'
@@ -406,6 +407,7 @@ class ResNetBody(nn.Module):
         for i in range(1, 5): x = getattr(self, f'layer{i}')(x)
         return x
 
+# %% ../nbs/41_models.ipynb #d8c0bc46
 class ResNet38(LogmelModel):
     "ResNet38: conv block, ResNet with basic blocks [3, 4, 6, 3], conv block (mAP 0.434)."
     block, layers = ResBasicBlock, (3, 4, 6, 3)
@@ -454,6 +456,7 @@ class MobileNetV1(LogmelModel):
     def forward(self, x:torch.Tensor, mixup_lambda:torch.Tensor=None):
         return self.clip_head(self.features(self.spec_input(x, mixup_lambda)).mean(dim=3))
 
+# %% ../nbs/41_models.ipynb #10b33ad6
 class InvertedResidual(nn.Module):
     "MobileNetV2 block: (1×1 expand,) depthwise 3×3 + pooling, 1×1 project; residual when shapes allow."
     def __init__(self, inp, oup, stride, expand_ratio):
@@ -522,6 +525,7 @@ class LeeNet24(LeeNet11):
     widths, n_convs, dropout, emb = (64, 96, 128, 128, 256, 256, 512, 512, 1024), 2, 0.1, 1024
     pools = (1, 3, 3, 3, 3, 3, 3, 3, 1)
 
+# %% ../nbs/41_models.ipynb #9f6476fa
 class DaiNetResBlock(nn.Module):
     "Four 3-tap convolutions with BatchNorm (ReLU between), plus a (projected) shortcut, ReLU."
     def __init__(self, in_channels, out_channels, kernel_size):
@@ -559,6 +563,7 @@ class DaiNet19(PannsModel):
             if i < 4: x = F.max_pool1d(x, kernel_size=4)
         return self.clip_head(x)
 
+# %% ../nbs/41_models.ipynb #cb49e497
 class ResBasicBlock1d(nn.Module):
     "1-D basic residual block: (max pool,) 3-tap conv, BN, ReLU, dropout, dilated 3-tap conv, BN, + shortcut, ReLU."
     expansion = 1
