@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Keep the notebooks' outputs: run them, count their examples, check their figures.
-  python tools/notebooks.py run [NB ...]      run notebooks top to bottom (as nbdev_test does) and save their outputs
+  python tools/notebooks.py run [--slow] [NB ...]   run notebooks top to bottom (as nbdev_test does) and save their outputs
   python tools/notebooks.py stats [NB ...]    lines of example or test per exported line, per notebook
   python tools/notebooks.py check [NB ...]    fail if a cell that draws a figure was committed without it
-Cells flagged `#| slow`, `#| gpu` or `#| eval: false` are not run by `run`: they keep the outputs of their last real run."""
+Cells flagged `#| slow`, `#| gpu` or `#| eval: false` are not run by `run` (`--slow` runs the slow ones too): they keep
+the outputs of their last real run."""
 import json, os, re, sys
 from pathlib import Path
 
 NBS = Path(__file__).resolve().parents[1]/'nbs'
-SKIP = re.compile(r'^#\|\s*(slow|gpu|eval:\s*false)\b', re.M)
+def skipped(slow=False): return re.compile(rf'^#\|\s*({"" if slow else "slow|"}gpu|eval:\s*false)\b', re.M)
 DRAWS = re.compile(r'\bplt\.|\.plot\(|\bimshow\(|\bspecshow\(|\bsubplots\(')
 
 def notebooks(names): return [Path(n) for n in names] if names else sorted(NBS.glob('*.ipynb'))
@@ -43,16 +44,16 @@ def figures(nb)->int:
     "Images a reader of `nb`'s page sees (hidden cells left out)."
     return sum(len(images(c)) for c in json.loads(Path(nb).read_text())['cells'] if 'hide' not in directives(source(c)))
 
-def run(nb):
+def run(nb, slow=False):
     "Execute `nb` as nbdev_test does (its folder as cwd, IN_TEST set, flagged cells skipped) and save the outputs."
     from execnb.nbio import read_nb, write_nb
     from execnb.shell import CaptureShell
-    nb = Path(nb).resolve(); book = read_nb(nb)
+    nb, skip = Path(nb).resolve(), skipped(slow); book = read_nb(nb)
     os.environ['IN_TEST'] = '1'
     cwd = os.getcwd(); os.chdir(nb.parent)
     try:
         shell = CaptureShell(path=nb.parent, mpl_format='png')
-        ok = shell.run_all(book, exc_stop=True, preproc=lambda c: c.cell_type == 'code' and bool(SKIP.search(c.source)))
+        ok = shell.run_all(book, exc_stop=True, preproc=lambda c: c.cell_type == 'code' and bool(skip.search(c.source)))
     finally: os.chdir(cwd)
     for c in book.cells:
         c.pop('execution_count', None)
@@ -61,9 +62,10 @@ def run(nb):
     return ok
 
 def main(cmd='stats', *names):
-    nbs = notebooks(names)
+    slow = '--slow' in names
+    nbs = notebooks([n for n in names if n != '--slow'])
     if cmd == 'run':
-        for nb in nbs: print(f'running {nb.name}', flush=True); run(nb)
+        for nb in nbs: print(f'running {nb.name}', flush=True); run(nb, slow)
     elif cmd == 'stats':
         for nb in nbs:
             e, x = stats(nb)
