@@ -10,7 +10,7 @@ from pathlib import Path
 
 NBS = Path(__file__).resolve().parents[1]/'nbs'
 def skipped(slow=False): return re.compile(rf'^#\|\s*({"" if slow else "slow|"}gpu|eval:\s*false)\b', re.M)
-DRAWS = re.compile(r'\bplt\.|\.plot\(|\bimshow\(|\bspecshow\(|\bsubplots\(')
+DRAWS = re.compile(r'\bplot_\w+\(|\bplt\.|\.plot\(|\bimshow\(|\bspecshow\(|\bsubplots\(')
 
 def notebooks(names): return [Path(n) for n in names] if names else sorted(NBS.glob('*.ipynb'))
 def source(cell): return ''.join(cell['source']) if isinstance(cell['source'], list) else cell['source']
