@@ -73,6 +73,7 @@ def _fold(conv:nn.Conv2d, bn:nn.BatchNorm2d, weight:torch.Tensor|None=None):
                                 bn.running_var, bn.eps, bn.weight, bn.bias)
     return w.detach(), b.detach()  # plain tensors: prepared weights are no parameters
 
+# %% ../nbs/42_fastpath.ipynb #ceade8ec
 def _prepare(conv:nn.Conv2d, bn:nn.BatchNorm2d, algorithm:str):
     "The weights `algorithm` takes for `conv` followed by eval-mode `bn`."
     w = conv.weight.detach()
