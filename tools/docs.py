@@ -35,7 +35,7 @@ def for_reader(book):
         ds = directives(c.source) if c.cell_type == 'code' else set()
         if ds & {'hide', 'default_exp'}: continue
         if c.cell_type == 'code': c.source = '\n'.join(l for l in c.source.splitlines() if not l.lstrip().startswith('#|'))
-        else: c.source = re.sub(r'\]\((?:\./|\.\./)?([\w.]+)\.(ipynb|md)(#[^)]*)?\)',
+        else: c.source = re.sub(r'\]\((?:\./|\.\./|nbs/)?([\w.]+)\.(ipynb|md)(#[^)]*)?\)',
                                 lambda m: f']({page_name(Path(m[1]))}{m[3] or ""})', c.source)
         cells.append(c)
     book.cells = cells
