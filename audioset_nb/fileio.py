@@ -61,7 +61,7 @@ def output_lock(path:str|Path, # the output file, or folder, this process is abo
             pid = os.pread(fd, 32, 0).decode(errors='replace').strip() or '?'
             raise OutputBusy(f'The {what} {path} is being written by another process (pid {pid}); wait for it to '
                              f'finish, or stop it, or choose another output.') from None
-        os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)
+        with contextlib.suppress(OSError): os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)  # for the message only: a full disk may refuse it
         yield path
     finally: os.close(fd)
 

@@ -138,7 +138,17 @@ def pack_waveforms(csv_path:Path,               # segment CSV (AudioSet format) 
     with output_lock(out, 'packed file'):
         remove_stale_temps(out)
         try: return _pack_locked(out, settings, names, targets, audios_dir, csv_path, sample_rate, clip_samples, codec, workers, chunk, progress)
-        except OSError as e: raise cannot_write(out, e) from None
+        except OSError as e:
+            _drop_empty_partial(out)
+            raise cannot_write(out, e) from None
+
+def _drop_empty_partial(out:Path):
+    "Remove a partial file that holds no clips (nothing to resume from), after a failure."
+    tmp = out.with_name(f'.{out.name}.partial')
+    try:
+        with h5py.File(tmp, 'r') as f: empty = _progress_of(f)['rows'] == 0
+    except Exception: empty = tmp.exists() and tmp.stat().st_size < (1 << 20)
+    if empty: tmp.unlink(missing_ok=True)
 
 def _pack_locked(out, settings, names, targets, audios_dir, csv_path, sample_rate, clip_samples, codec, workers, chunk, progress):
     "`pack_waveforms`, once it holds the output's lock."
