@@ -4,11 +4,11 @@
 
 # %% ../nbs/01_audio.ipynb #ea3d1dc3
 from __future__ import annotations
-import ctypes, functools, os, shutil, signal, stat, struct, subprocess, tempfile
+import ctypes, functools, io, os, shutil, signal, stat, struct, subprocess, tempfile
 from pathlib import Path
 from typing import Iterator
 import numpy as np, soundfile as sf, soxr
-from .fileio import atomic_path
+from .fileio import atomic_open, atomic_path
 
 # %% auto #0
 __all__ = ['SAMPLE_RATE', 'FFMPEG_ENV', 'ffmpeg_exe', 'die_with_parent', 'AudioError', 'ffmpeg_input', 'resample', 'stream_audio',
@@ -174,4 +174,5 @@ def to_float32(x:np.ndarray)->np.ndarray:
 # %% ../nbs/01_audio.ipynb #14c2d7e8
 def write_wav(path:Path, x:np.ndarray, sr:int=SAMPLE_RATE):
     "Write float audio `x` ((n,) or (channels, n)) to `path` as 16-bit PCM WAV, atomically."
-    with atomic_path(path) as tmp: sf.write(tmp, np.asarray(x).T, sr, subtype='PCM_16', format='WAV')
+    buf = io.BytesIO(); sf.write(buf, np.asarray(x).T, sr, subtype='PCM_16', format='WAV')
+    with atomic_open(path, 'wb') as f: f.write(buf.getvalue())  # a full disk is an OSError here, not libsndfile's "System error"

@@ -153,3 +153,12 @@ def test_long_rows_and_nan_clips_are_left_out_by_name(six):
     assert 'Ysix00000002.wav' in r.stderr and 'NaN' in r.stderr               # the NaN clip named, not packed as silence
     names, _ = rows_of(six/'w.h5')
     assert b'Ysix00000002.wav' not in list(names)
+
+def test_packed_files_follow_the_umask_and_stale_temps_go(six):
+    (six/'.w.h5.abc123.tmp').write_bytes(b'left by a killed save')
+    old = os.umask(0o022)
+    try: r = cli('audioset_pack', *six_args(six, six/'w.h5'), '--indexes_hdf5_path', six/'i.h5', timeout=120)
+    finally: os.umask(old)
+    assert r.returncode == 0, r.stderr
+    assert oct((six/'w.h5').stat().st_mode & 0o777) == oct(0o644) and oct((six/'i.h5').stat().st_mode & 0o777) == oct(0o644)
+    assert not (six/'.w.h5.abc123.tmp').exists()
