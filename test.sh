@@ -14,6 +14,14 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
     echo "Could not install chromium; the browser tests will be skipped." >&2
 fi
 
+# Decoding is checked with two ffmpeg builds: Debian's (5.1 on Debian 12), installed here where we may and used from
+# PATH, and the one imageio-ffmpeg bundles ($AUDIOSET_NB_FFMPEG=bundled); they differ in how they seek and trim.
+if ! command -v ffmpeg >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== installing Debian's ffmpeg for the decoding tests"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg; } >/dev/null 2>&1 ||
+    echo "Could not install ffmpeg; the decoding tests run with imageio-ffmpeg's only." >&2
+fi
+
 must_be_clean() {
   local dirty; dirty=$(git diff --name-only -- nbs audioset_nb settings.ini; git ls-files --others --exclude-standard -- nbs audioset_nb)
   if [ -n "$dirty" ]; then
@@ -24,3 +32,8 @@ echo "== nbdev_export"; nbdev_export; must_be_clean nbdev_export
 echo "== nbdev_test";   nbdev_test ${NBDEV_TEST_FLAGS:+--flags "$NBDEV_TEST_FLAGS"}
 echo "== nbdev_clean";  nbdev_clean; must_be_clean nbdev_clean
 echo "== pytest";       python -m pytest tests/ -q -p no:cacheprovider "$@"
+if command -v ffmpeg >/dev/null; then
+  echo "== decoding again with imageio-ffmpeg's ffmpeg (the above used $(command -v ffmpeg))"
+  for nb in nbs/01_audio.ipynb nbs/90_mini.ipynb; do AUDIOSET_NB_FFMPEG=bundled nbdev_test --path "$nb"; done
+  AUDIOSET_NB_FFMPEG=bundled python -m pytest tests/test_mini.py tests/test_download.py -q -p no:cacheprovider
+fi

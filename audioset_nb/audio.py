@@ -4,24 +4,30 @@
 
 # %% ../nbs/01_audio.ipynb #ea3d1dc3
 from __future__ import annotations
-import functools, shutil, struct, subprocess, tempfile
+import ctypes, functools, io, os, shutil, signal, stat, struct, subprocess, tempfile
 from pathlib import Path
 from typing import Iterator
 import numpy as np, soundfile as sf, soxr
-from .fileio import atomic_path
+from .fileio import atomic_open, atomic_path
 
 # %% auto #0
-__all__ = ['SAMPLE_RATE', 'ffmpeg_exe', 'AudioError', 'resample', 'stream_audio', 'load_audio', 'pad_or_truncate', 'to_int16',
-           'to_float32', 'write_wav']
+__all__ = ['SAMPLE_RATE', 'FFMPEG_ENV', 'ffmpeg_exe', 'die_with_parent', 'AudioError', 'ffmpeg_input', 'resample', 'stream_audio',
+           'load_audio', 'pad_or_truncate', 'to_int16', 'to_float32', 'write_wav']
 
 # %% ../nbs/01_audio.ipynb #34fd4d3f
 SAMPLE_RATE = 32000   # the rate PANNs stores and trains at
 
 # %% ../nbs/01_audio.ipynb #2ba98372
+FFMPEG_ENV = 'AUDIOSET_NB_FFMPEG'  # names the ffmpeg to use: a path, a program on PATH, or `bundled`
+
 @functools.lru_cache(None)
 def ffmpeg_exe()->str:
-    "Path of the ffmpeg binary: the one on PATH, else imageio-ffmpeg's."
-    exe = shutil.which('ffmpeg')
+    "Path of the ffmpeg binary: `$AUDIOSET_NB_FFMPEG`'s, else the one on PATH, else imageio-ffmpeg's."
+    want = os.environ.get(FFMPEG_ENV, '')
+    if want and want != 'bundled':
+        if exe := shutil.which(want): return exe
+        raise RuntimeError(f'${FFMPEG_ENV}={want} is not an ffmpeg program; give its path, or `bundled` for imageio-ffmpeg\'s.')
+    exe = None if want else shutil.which('ffmpeg')
     if exe: return exe
     try:
         import imageio_ffmpeg
@@ -29,14 +35,35 @@ def ffmpeg_exe()->str:
     except Exception as e:
         raise RuntimeError('No ffmpeg found: install it (apt-get install ffmpeg) or `pip install imageio-ffmpeg`.') from e
 
+# %% ../nbs/01_audio.ipynb #13c5012d
+try: _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork: the child only calls it
+except (OSError, AttributeError): _prctl = None
+
+def die_with_parent(parent:int=None): # pid the caller expects as its parent; if it is gone already, exit now
+    "Make this process get SIGKILL when its parent dies (Linux); a `preexec_fn` or pool initializer."
+    if _prctl is not None: _prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if parent is not None and os.getppid() != parent: os._exit(1)  # the parent died before we asked
+
 # %% ../nbs/01_audio.ipynb #250486d1
 class AudioError(ValueError):
     "A file that cannot be used as audio; the message says which file and why."
 
+_KINDS = {stat.S_IFIFO: 'a FIFO (named pipe)', stat.S_IFSOCK: 'a socket', stat.S_IFCHR: 'a character device',
+          stat.S_IFBLK: 'a block device'}
+
 def _check_file(path:Path)->Path:
+    "`path` if it is a readable, non-empty regular file (or a link to one); else an `AudioError` saying what it is."
     path = Path(path)
-    if not path.is_file(): raise AudioError(f'Audio file {path} does not exist; check the path.')
-    if path.stat().st_size == 0: raise AudioError(f'Audio file {path} is empty (0 bytes); re-download or remove it.')
+    try: st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink(): raise AudioError(f'Audio file {path} is a broken link (to {os.readlink(path)}); fix or remove the link.') from None
+        raise AudioError(f'Audio file {path} does not exist; check the path.') from None
+    except OSError as e: raise AudioError(f'Audio file {path} cannot be looked at ({e.strerror}); check the permissions of its folders.') from None
+    if stat.S_ISDIR(st.st_mode): raise AudioError(f'{path} is a folder, not an audio file; give a file in it.')
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioError(f'{path} is {_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")}, not an audio file; give a regular file.')
+    if not os.access(path, os.R_OK): raise AudioError(f'Audio file {path} cannot be read (permission denied); check its permissions.')
+    if st.st_size == 0: raise AudioError(f'Audio file {path} is empty (0 bytes); re-download or remove it.')
     return path
 
 # %% ../nbs/01_audio.ipynb #2d6b7dbd
@@ -66,18 +93,26 @@ def _wav_format(stream):
         body = _read_exact(stream, size + (size & 1))
         if cid == b'fmt ': ch, sr = struct.unpack('<HI', body[2:8])
 
+def ffmpeg_input(path:Path)->list:
+    "ffmpeg arguments that open the local file `path` as a file, whatever its name looks like."
+    return ['-protocol_whitelist', 'file', '-i', 'file:' + str(Path(path).absolute())]
+
 def _ffmpeg_blocks(path, offset, duration, block_frames):
-    cmd = [ffmpeg_exe(), '-nostdin', '-v', 'error', '-ss', str(offset), '-i', str(path), *(['-t', str(duration)] if duration else []),
+    cmd = [ffmpeg_exe(), '-nostdin', '-v', 'error', *ffmpeg_input(path),
            '-vn', '-map', '0:a:0', '-map_metadata', '-1', '-fflags', '+bitexact', '-f', 'wav', '-acodec', 'pcm_f32le', '-']
-    with tempfile.TemporaryFile() as err, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err) as p:
+    with tempfile.TemporaryFile() as err, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, preexec_fn=die_with_parent) as p:
         try:
             try: sr, ch = _wav_format(p.stdout)
             except EOFError:
                 p.wait(); err.seek(0); msg = err.read().decode(errors='replace').strip().splitlines()
                 raise AudioError(f'{path} could not be decoded as audio ({msg[-1] if msg else "no audio stream"}); '
                                  'check that it is a sound or video file.') from None
-            while b := p.stdout.read(block_frames*ch*4):
-                yield sr, np.frombuffer(b[:len(b)//(4*ch)*4*ch], np.float32).reshape(-1, ch)
+            skip, left = int(round(offset*sr)), None if duration is None else int(round(duration*sr))
+            while (left is None or left > 0) and (b := p.stdout.read(block_frames*ch*4)):
+                b = np.frombuffer(b[:len(b)//(4*ch)*4*ch], np.float32).reshape(-1, ch)
+                b, skip = b[skip:], max(0, skip - len(b))
+                if left is not None: b, left = b[:left], left - min(left, len(b))
+                if len(b): yield sr, b
         finally: p.kill()
 
 # %% ../nbs/01_audio.ipynb #750fdcab
@@ -139,4 +174,5 @@ def to_float32(x:np.ndarray)->np.ndarray:
 # %% ../nbs/01_audio.ipynb #14c2d7e8
 def write_wav(path:Path, x:np.ndarray, sr:int=SAMPLE_RATE):
     "Write float audio `x` ((n,) or (channels, n)) to `path` as 16-bit PCM WAV, atomically."
-    with atomic_path(path) as tmp: sf.write(tmp, np.asarray(x).T, sr, subtype='PCM_16', format='WAV')
+    buf = io.BytesIO(); sf.write(buf, np.asarray(x).T, sr, subtype='PCM_16', format='WAV')
+    with atomic_open(path, 'wb') as f: f.write(buf.getvalue())  # a full disk is an OSError here, not libsndfile's "System error"

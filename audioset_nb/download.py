@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from .config import config_cli
 from tqdm.auto import tqdm
-from .audio import SAMPLE_RATE, ffmpeg_exe, pad_or_truncate, write_wav
+from .audio import SAMPLE_RATE, die_with_parent, ffmpeg_exe, pad_or_truncate, write_wav
+from .fileio import cannot_write, output_lock
 from .metadata import *
 
 # %% auto #0
@@ -81,7 +82,7 @@ def fetch_section(media:dict, start:float, end:float, sample_rate:int=SAMPLE_RAT
     if media.get('headers'): cmd += ['-headers', ''.join(f'{k}: {v}\r\n' for k, v in media['headers'].items())]
     cmd += ['-ss', f'{start:.3f}', '-t', f'{end - start:.3f}', '-i', media['url'],
             '-vn', '-ac', '1', '-ar', str(sample_rate), '-f', 's16le', '-acodec', 'pcm_s16le', 'pipe:1']
-    try: r = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    try: r = subprocess.run(cmd, capture_output=True, timeout=timeout, preexec_fn=die_with_parent)  # no ffmpeg outlives us
     except subprocess.TimeoutExpired: raise ClipError('timeout', f'ffmpeg got no complete section within {timeout:g} s', True) from None
     if r.returncode:
         err = r.stderr.decode(errors='replace').strip().splitlines()
@@ -92,11 +93,12 @@ def fetch_section(media:dict, start:float, end:float, sample_rate:int=SAMPLE_RAT
 
 # %% ../nbs/10_download.ipynb #09ab6833
 def is_finished(path:Path, n:int, sample_rate:int=SAMPLE_RATE)->bool:
-    "Whether `path` is a finished clip: a mono 16-bit wav of `n` samples at `sample_rate`."
+    "Whether `path` is a finished clip: a mono 16-bit wav of `n` samples at `sample_rate`, all of them there."
     try:
         with wave.open(str(path), 'rb') as w:
-            return (w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()) == (1, 2, sample_rate, n)
-    except (FileNotFoundError, wave.Error, EOFError): return False
+            head = (w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()) == (1, 2, sample_rate, n)
+            return head and len(w.readframes(n)) == 2*n  # a file cut short keeps its header's count
+    except (OSError, wave.Error, EOFError): return False
 
 # %% ../nbs/10_download.ipynb #3af87917
 def _row(seg, status, message='', attempts=0, samples=0, t0=None):
@@ -128,7 +130,8 @@ def download_clip(seg:Segment,                   # the segment to fetch (`ytid`,
             media = media_url(url_template.replace('{ytid}', seg.ytid), timeout, seg.ytid)
             x = fetch_section(media, seg.start, seg.end, sample_rate, timeout)
             _check_complete(x, n, seg, media.get('duration'), sample_rate)
-            write_wav(path, pad_or_truncate(x, n), sample_rate)  # int16 in, int16 out: no rescaling
+            try: write_wav(path, pad_or_truncate(x, n), sample_rate)  # int16 in, int16 out: no rescaling
+            except OSError as e: raise cannot_write(path, e) from None  # a full disk stops the run, not just this clip
             pad = f'padded with {(n - len(x))/sample_rate:.3f} s of silence' if n - len(x) > sample_rate//10 else ''
             return _row(seg, 'ok', pad, attempt + 1, len(x), t0)
         except ClipError as e:
@@ -203,8 +206,17 @@ def download_clips(segs:list,                      # `Segments` (their `.problem
                    skip_unavailable:bool=False,   # do not try again clips the log already calls unavailable or private
                    **kwargs)->list:               # passed to `download_clip` (url_template, timeout, retries, ...)
     "Download every segment of `segs` into `audios_dir` with `workers` threads; the log rows of this run."
-    audios_dir = Path(audios_dir); audios_dir.mkdir(parents=True, exist_ok=True)
+    audios_dir = Path(audios_dir)
+    if audios_dir.exists() and not audios_dir.is_dir(): raise ValueError(f'Clip folder {audios_dir} is a file, not a folder; check --audios_dir.')
+    try: audios_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise cannot_write(audios_dir, e) from None
     log_path = Path(log_path or audios_dir/'download_log.csv')
+    with output_lock(log_path, 'download log'):
+        try: return _download_locked(segs, audios_dir, log_path, workers, progress, skip_unavailable, **kwargs)
+        except OSError as e: raise cannot_write(getattr(e, 'filename', None) or log_path, e) from None
+
+def _download_locked(segs, audios_dir, log_path, workers, progress, skip_unavailable, **kwargs):
+    "`download_clips`, once it holds the log's lock: one run writes a log (and the clips of its part)."
     todo, rows = _dedupe(segs)
     if skip_unavailable: skipped, todo = _known_gone(log_path, todo); rows += skipped
     rows = _problem_rows(getattr(segs, 'problems', ())) + rows

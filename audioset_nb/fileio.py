@@ -4,11 +4,12 @@
 
 # %% ../nbs/00_fileio.ipynb #1aa62b15
 from __future__ import annotations
-import contextlib, fcntl, hashlib, http.client, os, re, shutil, tempfile, urllib.error, urllib.request
+import contextlib, errno, fcntl, glob, hashlib, http.client, os, re, shutil, tempfile, urllib.error, urllib.request
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['atomic_path', 'atomic_open', 'atomic_write', 'OutputBusy', 'output_lock', 'default_cache_dir', 'md5sum', 'fetch']
+__all__ = ['atomic_path', 'atomic_open', 'atomic_write', 'OutputBusy', 'output_lock', 'CannotWrite', 'cannot_write',
+           'remove_stale_temps', 'default_cache_dir', 'md5sum', 'fetch']
 
 # %% ../nbs/00_fileio.ipynb #fc41948e
 def _umask()->int:
@@ -51,17 +52,40 @@ class OutputBusy(BlockingIOError):
 def output_lock(path:str|Path, # the output file, or folder, this process is about to write
                 what:str='output'): # what it is, for the message ("packed file", "training run")
     "Hold an exclusive OS lock on `path` for the block; raise `OutputBusy` if another process holds it."
-    path = Path(path); lock = path.with_name(f'.{path.name}.lock'); lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    path = Path(path); lock = path.with_name(f'.{path.name}.lock')
+    try: lock.parent.mkdir(parents=True, exist_ok=True); fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e: raise cannot_write(path, e) from None
     try:
         try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             pid = os.pread(fd, 32, 0).decode(errors='replace').strip() or '?'
             raise OutputBusy(f'The {what} {path} is being written by another process (pid {pid}); wait for it to '
                              f'finish, or stop it, or choose another output.') from None
-        os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)
+        with contextlib.suppress(OSError): os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)  # for the message only: a full disk may refuse it
         yield path
     finally: os.close(fd)
+
+# %% ../nbs/00_fileio.ipynb #d55b033e
+class CannotWrite(OSError):
+    "An output that cannot be written; the message names the path, why, and what to do."
+
+_WHY = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is used up', errno.EROFS: 'the file system is read-only',
+        errno.EACCES: 'permission denied', errno.EPERM: 'permission denied'}
+
+def cannot_write(path:str|Path, e:OSError)->CannotWrite:
+    "The one-sentence `CannotWrite` for an `OSError` `e` met while writing `path`."
+    if isinstance(e, CannotWrite): return e
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    fix = 'free some space there or choose another place' if full else 'choose a folder you may write to, or fix its permissions'
+    err = CannotWrite(f'Cannot write {path}: {_WHY.get(e.errno, e.strerror or str(e))}; {fix}.')
+    err.errno = e.errno
+    return err
+
+def remove_stale_temps(path:str|Path)->list:
+    "Remove the temporary files that killed `atomic_path` blocks left for `path`; the paths removed."
+    path = Path(path); gone = sorted(path.parent.glob(f'.{glob.escape(path.name)}.*.tmp'))
+    for p in gone: p.unlink(missing_ok=True)
+    return gone
 
 # %% ../nbs/00_fileio.ipynb #1e0b2c62
 def default_cache_dir()->Path:

@@ -142,6 +142,8 @@ def _parse_row(fields:list, labels:Labels)->Segment:
     try: start, end = float(start), float(end)
     except ValueError: raise ValueError(f'start/end {start!r}, {end!r} are not numbers') from None
     if not 0 <= start < end: raise ValueError(f'start {start} and end {end} do not make a segment')
+    if end - start > CLIP_SECONDS + 1e-3:  # would be fetched, padded and packed as minutes of audio
+        raise ValueError(f'segment {start}-{end} is {end - start:g} s long, more than the {CLIP_SECONDS} s of an AudioSet segment')
     mids = tuple(m.strip() for m in mids.split(',') if m.strip())
     if not mids: raise ValueError('no labels')
     unknown = [m for m in mids if m not in labels.ix_of_mid]
@@ -153,15 +155,21 @@ def read_segments(path:Path, # segment CSV, official (three `#` lines, `, ` sepa
                   labels:Labels=None)->Segments:
     "Read an AudioSet segment list; rows that cannot be read are reported with their line numbers."
     path, labels = Path(path), labels or load_labels()
-    if not path.is_file(): raise FileNotFoundError(f'Segment list {path} does not exist; check --csv_path.')
+    if not path.is_file():
+        raise FileNotFoundError(f'Segment list {path} {"is a folder, not a file" if path.is_dir() else "does not exist"}; check --csv_path.')
     rows, problems = [], []
     with open(path, newline='', encoding='utf-8') as f:
-        for i, fields in enumerate(csv.reader(f, skipinitialspace=True), 1):
-            if not fields or fields[0].lstrip().startswith('#') or fields[0] == 'YTID': continue
-            try: rows.append(_parse_row(fields, labels))
-            except ValueError as e:
-                if strict: raise ValueError(f'{path}, line {i}: {e}.') from None
-                problems.append((i, str(e)))
+        reader = csv.reader(f, skipinitialspace=True)
+        try:
+            for i, fields in enumerate(reader, 1):
+                if not fields or fields[0].lstrip().startswith('#') or fields[0] == 'YTID': continue
+                try: rows.append(_parse_row(fields, labels))
+                except ValueError as e:
+                    if strict: raise ValueError(f'{path}, line {i}: {e}.') from None
+                    problems.append((i, str(e)))
+        except UnicodeDecodeError as e:
+            raise ValueError(f'Segment list {path} is not UTF-8 text (byte {e.object[e.start:e.start+1]!r} after line {reader.line_num}); '
+                             'save it as UTF-8.') from None
     if problems:
         warnings.warn(f'{path}: {len(problems)} rows could not be read and were skipped '
                       f'(first: line {problems[0][0]}: {problems[0][1]}); see `.problems`.')

@@ -13,14 +13,14 @@ from fastcore.script import call_parse, store_true
 import numpy as np
 from tqdm.auto import tqdm
 from .fileio import atomic_write
-from .audio import SAMPLE_RATE, ffmpeg_exe
+from .audio import SAMPLE_RATE, ffmpeg_exe, ffmpeg_input
 from .metadata import (CLIP_SECONDS, Segment, check_ytid, load_labels, load_ontology, load_segments, read_segments,
                                   write_segments)
 
 # %% auto #0
 __all__ = ['MINI_CLASSES', 'MINI_MIDS', 'LEVELS', 'FLOOR_DB', 'N_EVENTS', 'SUBSETS', 'SOURCE_FORMATS', 'SOURCE_MIME',
-           'RIGHT_GAIN', 'MiniClass', 'class_table', 'SynthEvent', 'draw_events', 'render_event', 'synth_clip',
-           'make_ytids', 'deal_classes', 'SourceFormat', 'Source', 'plan_source', 'Clip', 'source_audio',
+           'AAC_PADDING_S', 'RIGHT_GAIN', 'MiniClass', 'class_table', 'SynthEvent', 'draw_events', 'render_event',
+           'synth_clip', 'make_ytids', 'deal_classes', 'SourceFormat', 'Source', 'plan_source', 'Clip', 'source_audio',
            'write_source', 'MiniAudioSet', 'load_mini', 'reference_segment', 'plan_mini', 'make_mini', 'write_sources',
            'decode_audio', 'probe_media', 'similarity', 'audioset_mini']
 
@@ -332,6 +332,9 @@ SOURCE_FORMATS = (
 _FORMATS = {f.ext: f for f in SOURCE_FORMATS}
 
 SOURCE_MIME = {f.ext: f.mime for f in SOURCE_FORMATS}   # for a server of `sources/`
+# How much longer than planned a source may decode: ffmpeg 5.1 keeps the encoder's padding of the last AAC frame
+# (at most 1024 samples, 23.2 ms at 44.1 kHz, the lowest AAC rate here) where ffmpeg 9 trims it; other codecs are exact.
+AAC_PADDING_S = 1024/44100 + 1/SAMPLE_RATE
 
 class Source(NamedTuple):
     "The source \"video\" of one clip: the segment sits at [start, end] s inside `duration` s of audio."
@@ -502,17 +505,18 @@ def write_sources(clips:list, folder:Path, workers:int=None, progress:bool=False
 # %% ../nbs/90_mini.ipynb #a46d03fe
 def decode_audio(path:Path, sr:int=SAMPLE_RATE, start:float=None, end:float=None, mono:bool=True)->np.ndarray:
     "Decode `path` with ffmpeg to float32 at `sr` (mono, or (samples, channels)), optionally only [start, end] s."
-    cut = (['-ss', f'{start:.3f}'] if start is not None else []) + (['-to', f'{end:.3f}'] if end is not None else [])
-    args = [ffmpeg_exe(), '-hide_banner', '-loglevel', 'error', '-nostdin', '-i', str(path), *cut, '-vn',
+    args = [ffmpeg_exe(), '-hide_banner', '-loglevel', 'error', '-nostdin', *ffmpeg_input(path), '-vn',
             '-ar', str(sr), *(['-ac', '1'] if mono else []), '-f', 'f32le', 'pipe:1']
     r = subprocess.run(args, capture_output=True)
     if r.returncode: raise RuntimeError(f'ffmpeg could not decode {path}: {r.stderr.decode(errors="replace").strip()[-300:]}')
     x = np.frombuffer(r.stdout, '<f4')
-    return x if mono else x.reshape(-1, probe_media(path)['channels'])
+    x = x if mono else x.reshape(-1, probe_media(path)['channels'])
+    # cut by counting samples, not with -ss: builds disagree on where a seek lands in primed codecs (Opus, AAC)
+    return x[int(round((start or 0)*sr)):None if end is None else int(round(end*sr))]
 
 def probe_media(path:Path)->dict:
     "Container, codecs, sample rate, channels and duration of a media file, as `ffmpeg -i` reports them."
-    err = subprocess.run([ffmpeg_exe(), '-hide_banner', '-nostdin', '-i', str(path)], capture_output=True).stderr.decode(errors='replace')
+    err = subprocess.run([ffmpeg_exe(), '-hide_banner', '-nostdin', *ffmpeg_input(path)], capture_output=True).stderr.decode(errors='replace')
     inp, dur = re.search(r'Input #0, ([^ ]+), from', err), re.search(r'Duration: (\d+):(\d+):([\d.]+)', err)
     aud = re.search(r'Stream #0:\d+\S*: Audio: (\w+).*?, (\d+) Hz, (mono|stereo|\d+ channels)', err)
     vid = re.search(r'Stream #0:\d+\S*: Video: (\w+)', err)

@@ -4,19 +4,20 @@
 
 # %% ../nbs/20_pack.ipynb #ba562113
 from __future__ import annotations
-import io, json, logging, os, re, sys
+import errno, io, json, logging, os, re, shutil, sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 import h5py, numpy as np, soundfile as sf
-from fastcore.script import call_parse
-from .audio import SAMPLE_RATE, AudioError, load_audio, pad_or_truncate, to_int16
-from .metadata import CLIP_SECONDS, NUM_CLASSES, clip_name, read_segments, segments_to_targets, take_part
+from .audio import SAMPLE_RATE, AudioError, die_with_parent, load_audio, pad_or_truncate, to_int16
+from .config import config_cli
+from .fileio import CannotWrite, atomic_path, cannot_write, output_lock, remove_stale_temps
+from .metadata import CLIP_SECONDS, NUM_CLASSES, clip_name, parse_part, read_segments, segments_to_targets, take_part
 
 # %% auto #0
-__all__ = ['CODECS', 'encode_clip', 'PackResult', 'pack_waveforms', 'default_pack_workers', 'write_index', 'train_index_order',
-           'combine_indexes', 'pack_cli']
+__all__ = ['CODECS', 'pack_cli', 'encode_clip', 'PackResult', 'pack_waveforms', 'check_pack_settings', 'default_pack_workers',
+           'write_index', 'train_index_order', 'combine_indexes', 'PackConfig', 'pack']
 
 # %% ../nbs/20_pack.ipynb #a1ac8a1a
 CODECS = (None, 'flac')
@@ -26,7 +27,10 @@ def encode_clip(path:Path,                     # clip file, any format ffmpeg re
                 clip_samples:int=SAMPLE_RATE*CLIP_SECONDS, # samples per row
                 codec:str=None)->np.ndarray:   # None: int16 row; 'flac': the row as FLAC bytes (uint8)
     "One clip file as one packed row."
-    x = to_int16(pad_or_truncate(load_audio(path, sr=sample_rate), clip_samples))
+    x = pad_or_truncate(load_audio(path, sr=sample_rate), clip_samples)
+    if not np.isfinite(x).all():  # int16 would turn NaN into silence without a word
+        raise AudioError(f'{path} holds {np.count_nonzero(~np.isfinite(x))} NaN or infinite samples; re-download or fix it.')
+    x = to_int16(x)
     if codec is None: return x
     buf = io.BytesIO()
     sf.write(buf, x, sample_rate, format='FLAC', subtype='PCM_16')
@@ -42,7 +46,8 @@ def _encode_job(args)->tuple:
 def _imap(fn, items:list, workers:int, window:int):
     "`fn` over `items` in `workers` processes, in order, with at most `window` results pending."
     if workers <= 1: yield from map(fn, items); return
-    with ProcessPoolExecutor(workers) as ex:
+    # a worker dies with us: forked, it shares our output lock, which must not outlive a killed packer
+    with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as ex:
         pending = deque()
         for it in items:
             pending.append(ex.submit(fn, it))
@@ -122,16 +127,33 @@ def pack_waveforms(csv_path:Path,               # segment CSV (AudioSet format) 
                    part:str=None,               # 'i/n': pack only the i-th (from 0) of n slices of the list
                    progress:bool=True)->PackResult:
     "Pack the clips listed in `csv_path` into one HDF5 file, skipping and reporting clips that cannot be read."
-    if codec not in CODECS: raise ValueError(f'codec {codec!r} is not one of {CODECS}.')
+    check_pack_settings(sample_rate, clip_seconds, workers, codec, chunk)
     audios_dir, out = Path(audios_dir), Path(waveforms_hdf5_path)
-    if not audios_dir.is_dir(): raise FileNotFoundError(f'Clip folder {audios_dir} does not exist; check --audios_dir.')
+    _check_folder(audios_dir)
     segs = read_segments(csv_path)
     if part: segs = take_part(segs, part)
     names, targets = [clip_name(s.ytid) for s in segs], segments_to_targets(segs)
     clip_samples = int(round(sample_rate*clip_seconds))
     settings = _settings(csv_path, audios_dir, names, sample_rate, clip_samples, codec)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out, 'packed file'):
+        remove_stale_temps(out)
+        try: return _pack_locked(out, settings, names, targets, audios_dir, csv_path, sample_rate, clip_samples, codec, workers, chunk, progress)
+        except OSError as e:
+            _drop_empty_partial(out)
+            raise cannot_write(out, e) from None
+
+def _drop_empty_partial(out:Path):
+    "Remove a partial file that holds no clips (nothing to resume from), after a failure."
     tmp = out.with_name(f'.{out.name}.partial')
+    try:
+        with h5py.File(tmp, 'r') as f: empty = _progress_of(f)['rows'] == 0
+    except Exception: empty = tmp.exists() and tmp.stat().st_size < (1 << 20)
+    if empty: tmp.unlink(missing_ok=True)
+
+def _pack_locked(out, settings, names, targets, audios_dir, csv_path, sample_rate, clip_samples, codec, workers, chunk, progress):
+    "`pack_waveforms`, once it holds the output's lock."
+    tmp = out.with_name(f'.{out.name}.partial')
+    _need_space(out, 1 << 20)
     f = _reopen(tmp, settings) or _create(tmp, settings, clip_samples, codec)
     with f:
         start, skipped = _progress_of(f)['items_done'], [tuple(s.decode() for s in r) for r in f['skipped'][:]]
@@ -143,7 +165,9 @@ def pack_waveforms(csv_path:Path,               # segment CSV (AudioSet format) 
             if row is None:
                 skipped.append((names[i], why)); logging.getLogger(__name__).warning(f'{names[i]} left out: {why}')
             else: buf.append((i, row))
-            if (i + 1) % chunk == 0 or i + 1 == len(names): _commit(f, buf, names, targets, i + 1, skipped); buf = []
+            if (i + 1) % chunk == 0 or i + 1 == len(names):
+                _need_space(out, sum(r.nbytes for _, r in buf) + (1 << 20), _progress_of(f)['rows'])
+                _commit(f, buf, names, targets, i + 1, skipped); buf = []
         rows = _progress_of(f)['rows']
     if rows == 0:
         tmp.unlink()
@@ -165,19 +189,43 @@ def _commit(f, buf, names, targets, items_done, skipped):
     f.attrs['pack_progress'] = json.dumps(dict(rows=f['audio_name'].shape[0], items_done=items_done, skipped=len(skipped)))
     f.flush()
 
+def _need_space(out:Path, nbytes:int, rows:int=0):
+    "Refuse to write `nbytes` more beside `out` where the disk lacks them: HDF5 cannot recover from a failed write."
+    free = shutil.disk_usage(out.parent).free
+    if free < nbytes:
+        kept = f'; the {rows} clips packed so far are kept in .{out.name}.partial and a rerun resumes from them' if rows else ''
+        e = CannotWrite(f'Cannot write {out}: the disk is full ({free/1e6:.1f} MB free, {nbytes/1e6:.1f} MB needed); '
+                        f'free some space there or choose another place{kept}.')
+        e.errno = errno.ENOSPC; raise e
+
+def _check_folder(d:Path, what:str='Clip folder', flag:str='--audios_dir'):
+    if d.is_dir(): return
+    raise FileNotFoundError(f'{what} {d} {"is a file, not a folder" if d.exists() else "does not exist"}; check {flag}.')
+
+def check_pack_settings(sample_rate:int, clip_seconds:float, workers:int=None, codec:str=None, chunk:int=64):
+    "Raise `ValueError` in one sentence for a setting packing cannot use."
+    if codec not in CODECS: raise ValueError(f'--codec {codec!r} is not one of {CODECS}.')
+    if isinstance(sample_rate, bool) or sample_rate != int(sample_rate) or not 1000 <= sample_rate <= 192000:
+        raise ValueError(f'--sample_rate {sample_rate!r} must be a whole number of Hz from 1000 to 192000.')
+    if not 0 < clip_seconds <= CLIP_SECONDS:
+        raise ValueError(f'--clip_seconds {clip_seconds!r} must be above 0 and at most {CLIP_SECONDS} (AudioSet segments are {CLIP_SECONDS} s).')
+    if workers is not None and not 1 <= workers <= 1024: raise ValueError(f'--workers {workers!r} must be from 1 to 1024.')
+    if not chunk >= 1: raise ValueError(f'chunk {chunk!r} must be at least 1.')
+
 def default_pack_workers()->int:
     "Decoding processes for packing: one per core."
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1))
 
 # %% ../nbs/20_pack.ipynb #b008d7ad
-def _write_h5(path:Path, fill):
-    "Write an HDF5 file through a temporary name: `fill(f)` writes the content, then it is renamed into place."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    try:
-        with h5py.File(tmp, 'w') as f: fill(f)
-        tmp.replace(path)
-    finally: tmp.unlink(missing_ok=True)
+def _write_h5(path:Path, fill, nbytes:int):
+    "Write an HDF5 file of about `nbytes` through a temporary name (one writer, disk checked first): `fill(f)` writes it."
+    path = Path(path)
+    with output_lock(path, 'index file'):
+        remove_stale_temps(path)
+        try:
+            _need_space(path, nbytes + (1 << 20))
+            with atomic_path(path) as tmp, h5py.File(tmp, 'w') as f: fill(f)
+        except OSError as e: raise cannot_write(path, e) from None
     return path
 
 def _index_datasets(f:h5py.File, n:int=0, resizable:bool=False):
@@ -200,7 +248,7 @@ def write_index(waveforms_hdf5_path:Path, # a packed waveform HDF5
         f['audio_name'][:], f['target'][:] = names, target
         f['hdf5_path'][:] = np.array([str(src).encode()]*len(names), dtype='S200')
         f['index_in_hdf5'][:] = np.arange(len(names), dtype=np.int32)
-    return _write_h5(indexes_hdf5_path, fill)
+    return _write_h5(indexes_hdf5_path, fill, len(names)*(20 + NUM_CLASSES + 200 + 4))
 
 # %% ../nbs/20_pack.ipynb #acb2d676
 def _natural(name:str)->list: return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', name)]
@@ -213,46 +261,65 @@ def combine_indexes(indexes_hdf5s_dir:Path,      # folder of per-subset index fi
                     full_indexes_hdf5_path:Path)->Path:
     "Join every `*train*` index of a folder into one full-train index, in `train_index_order`."
     d, out = Path(indexes_hdf5s_dir), Path(full_indexes_hdf5_path)
+    if not d.is_dir(): _check_folder(d, 'Index folder', '--indexes_hdf5s_dir')
     parts = [p for p in d.glob('*.h5') if 'train' in p.name and 'full_train' not in p.name and p.resolve() != out.resolve()]
     if not parts: raise FileNotFoundError(f'No *train*.h5 index files in {d}; write them with --indexes_hdf5_path first.')
+    for p in parts: _check_index(p)
     def fill(f):
         _index_datasets(f, resizable=True)
         for p in train_index_order(parts):
             with h5py.File(p, 'r') as src:
                 n, m = f['audio_name'].shape[0], src['audio_name'].shape[0]
                 for k in ('audio_name', 'target', 'hdf5_path', 'index_in_hdf5'): f[k].resize(n + m, axis=0); f[k][n:] = src[k][:]
-    return _write_h5(out, fill)
+    return _write_h5(out, fill, sum(p.stat().st_size for p in parts))
+
+def _check_index(path:Path):
+    "Refuse an index whose rows point past the end of a waveform file here, naming both files."
+    with h5py.File(path, 'r') as ix: where, at = ix['hdf5_path'][:], ix['index_in_hdf5'][:]
+    for w in np.unique(where):
+        wp, last = Path(w.decode()), int(at[where == w].max(initial=-1))
+        if not wp.is_file(): continue  # packed elsewhere, perhaps: the training data loader says so if it stays missing
+        with h5py.File(wp, 'r') as wf: n = wf['audio_name'].shape[0]
+        if last >= n or int(at[where == w].min(initial=0)) < 0:
+            raise ValueError(f'Index {path} points at row {last} of {wp}, which has {n} rows; write the index again from that file.')
 
 # %% ../nbs/20_pack.ipynb #bc337de9
-def _fail(msg:str):
-    print(f'audioset_pack: {msg}', file=sys.stderr); sys.exit(1)
-
-@call_parse
-def pack_cli(csv_path:str=None,              # segment CSV listing the clips to pack
-             audios_dir:str=None,            # folder of Y<ytid>.wav clips
-             waveforms_hdf5_path:str=None,   # waveform HDF5 to write (or to index)
-             indexes_hdf5_path:str=None,     # index HDF5 to write for --waveforms_hdf5_path
-             indexes_hdf5s_dir:str=None,     # folder of index files to combine
-             full_indexes_hdf5_path:str=None,# combined full-train index to write
-             sample_rate:int=SAMPLE_RATE,    # rate of the packed rows
-             clip_seconds:float=CLIP_SECONDS,# length of every row
-             workers:int=None,               # decoding processes (default: one per core)
-             codec:str=None,                 # 'flac' for the compressed store
-             part:str=None,                  # i/n: pack only the i-th (from 0) of n slices of the CSV
-             quiet:bool=False):              # no progress bar
+@dataclass
+class PackConfig:
     "Pack clips into a waveform HDF5, write its index, or combine indexes into the full-train index."
+    csv_path: str|None = None               # segment CSV listing the clips to pack
+    audios_dir: str|None = None             # folder of Y<ytid>.wav clips
+    waveforms_hdf5_path: str|None = None    # waveform HDF5 to write (or to index)
+    indexes_hdf5_path: str|None = None      # index HDF5 to write for --waveforms_hdf5_path
+    indexes_hdf5s_dir: str|None = None      # folder of index files to combine
+    full_indexes_hdf5_path: str|None = None # combined full-train index to write
+    sample_rate: int = SAMPLE_RATE          # rate of the packed rows, Hz
+    clip_seconds: float = CLIP_SECONDS      # length of every row, seconds (at most 10, an AudioSet segment)
+    workers: int|None = None                # decoding processes (default: one per core)
+    codec: str|None = None                  # 'flac' for the compressed store
+    part: str|None = None                   # i/n: pack only the i-th (from 0) of n slices of the CSV
+    quiet: bool = False                     # no progress bar
+
+    def __post_init__(self):
+        pack = self.csv_path or self.audios_dir
+        if pack and not (self.csv_path and self.audios_dir and self.waveforms_hdf5_path):
+            raise ValueError('packing needs --csv_path, --audios_dir and --waveforms_hdf5_path together.')
+        if bool(self.indexes_hdf5s_dir) != bool(self.full_indexes_hdf5_path):
+            raise ValueError('combining needs both --indexes_hdf5s_dir and --full_indexes_hdf5_path.')
+        if not (pack or (self.waveforms_hdf5_path and self.indexes_hdf5_path) or self.indexes_hdf5s_dir):
+            raise ValueError('nothing to do: give --csv_path/--audios_dir/--waveforms_hdf5_path to pack, --waveforms_hdf5_path/'
+                             '--indexes_hdf5_path to index, or --indexes_hdf5s_dir/--full_indexes_hdf5_path to combine.')
+        check_pack_settings(self.sample_rate, self.clip_seconds, self.workers, self.codec)
+        if self.part: parse_part(self.part)
+
+def pack(cfg:PackConfig):
+    "Do what `cfg` asks (pack, index, combine), printing a line for each file written."
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
-    pack = csv_path or audios_dir
-    if pack and not (csv_path and audios_dir and waveforms_hdf5_path):
-        _fail('packing needs --csv_path, --audios_dir and --waveforms_hdf5_path together.')
-    if bool(indexes_hdf5s_dir) != bool(full_indexes_hdf5_path): _fail('combining needs both --indexes_hdf5s_dir and --full_indexes_hdf5_path.')
-    if not (pack or (waveforms_hdf5_path and indexes_hdf5_path) or indexes_hdf5s_dir):
-        _fail('nothing to do: give --csv_path/--audios_dir/--waveforms_hdf5_path to pack, --waveforms_hdf5_path/'
-              '--indexes_hdf5_path to index, or --indexes_hdf5s_dir/--full_indexes_hdf5_path to combine.')
-    try:
-        if pack:
-            r = pack_waveforms(csv_path, audios_dir, waveforms_hdf5_path, sample_rate, clip_seconds, workers, codec, part=part, progress=not quiet)
-            print(f'packed {r.rows} clips into {r.path}; {len(r.skipped)} left out')
-        if waveforms_hdf5_path and indexes_hdf5_path: print(f'wrote index {write_index(waveforms_hdf5_path, indexes_hdf5_path)}')
-        if indexes_hdf5s_dir: print(f'wrote full index {combine_indexes(indexes_hdf5s_dir, full_indexes_hdf5_path)}')
-    except (FileNotFoundError, ValueError) as e: _fail(str(e))
+    if cfg.csv_path:
+        r = pack_waveforms(cfg.csv_path, cfg.audios_dir, cfg.waveforms_hdf5_path, cfg.sample_rate, cfg.clip_seconds, cfg.workers,
+                           cfg.codec, part=cfg.part, progress=not cfg.quiet)
+        print(f'packed {r.rows} clips into {r.path}; {len(r.skipped)} left out')
+    if cfg.waveforms_hdf5_path and cfg.indexes_hdf5_path: print(f'wrote index {write_index(cfg.waveforms_hdf5_path, cfg.indexes_hdf5_path)}')
+    if cfg.indexes_hdf5s_dir: print(f'wrote full index {combine_indexes(cfg.indexes_hdf5s_dir, cfg.full_indexes_hdf5_path)}')
+
+pack_cli = config_cli(PackConfig, pack, 'audioset_pack')

@@ -116,7 +116,7 @@ def test_nothing_readable_writes_nothing(tmp_path):
     write_segments(tmp_path/'s.csv', [Segment('nothere____', 0., 10., (load_labels().mids[0],))])
     with pytest.raises(ValueError, match='None of the 1 clips'):
         pack_waveforms(tmp_path/'s.csv', tmp_path/'a', tmp_path/'w.h5', workers=1, progress=False)
-    assert list(tmp_path.glob('*.h5')) == [] and list(tmp_path.glob('.*')) == []
+    assert list(tmp_path.glob('*.h5')) == [] and list(tmp_path.glob('.*')) == [tmp_path/'.w.h5.lock']  # the lock file stays
     with pytest.raises(FileNotFoundError, match='--audios_dir'):
         pack_waveforms(tmp_path/'s.csv', tmp_path/'nodir', tmp_path/'w.h5', progress=False)
 
@@ -184,6 +184,8 @@ def test_full_index_order_is_fixed(tmp_path):
         assert f['index_in_hdf5'].dtype == np.int32 and len(f['audio_name']) == 12
     assert srcs == ['balanced_train', 'unbalanced_train_part00', 'unbalanced_train_part2', 'unbalanced_train_part10']
     assert train_index_order(['b/unb_part1.h5', 'a/balanced_train.h5']) == ['a/balanced_train.h5', 'b/unb_part1.h5']
+    with pytest.raises(FileNotFoundError, match='does not exist; check --indexes_hdf5s_dir'): combine_indexes(tmp_path/'none', tmp_path/'f.h5')
+    (tmp_path/'empty').mkdir()
     with pytest.raises(FileNotFoundError, match='--indexes_hdf5_path'): combine_indexes(tmp_path/'empty', tmp_path/'f.h5')
 
 # ---- command line ----
