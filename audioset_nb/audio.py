@@ -11,8 +11,8 @@ import numpy as np, soundfile as sf, soxr
 from .fileio import atomic_path
 
 # %% auto #0
-__all__ = ['SAMPLE_RATE', 'ffmpeg_exe', 'AudioError', 'resample', 'stream_audio', 'load_audio', 'pad_or_truncate', 'to_int16',
-           'to_float32', 'write_wav']
+__all__ = ['SAMPLE_RATE', 'ffmpeg_exe', 'AudioError', 'resample', 'stream_audio', 'load_audio', 'audio_source', 'pad_or_truncate',
+           'to_int16', 'to_float32', 'write_wav']
 
 # %% ../nbs/01_audio.ipynb #34fd4d3f
 SAMPLE_RATE = 32000   # the rate PANNs stores and trains at
@@ -121,6 +121,18 @@ def load_audio(path:Path, # any file ffmpeg can decode
               )->np.ndarray:
     "The audio of `path` as float32 at `sr`: (n,) if `mono` else (channels, n)."
     return np.concatenate(list(stream_audio(path, sr, mono, offset, duration)), axis=-1)
+
+# %% ../nbs/01_audio.ipynb #01a4372a
+import contextlib
+
+@contextlib.contextmanager
+def audio_source(src): # a path, a whole audio file's bytes, or a binary file object
+    "A path `load_audio` can open: a path as it is; bytes or a file object spilled to a temporary file."
+    if isinstance(src, (str, Path)): yield Path(src); return
+    data = src if isinstance(src, (bytes, bytearray, memoryview)) else src.read()
+    with tempfile.NamedTemporaryFile(prefix='.audioset_nb.', suffix='.audio') as f:
+        f.write(data); f.flush()
+        yield Path(f.name)
 
 # %% ../nbs/01_audio.ipynb #7baa3a3c
 def pad_or_truncate(x:np.ndarray, n:int)->np.ndarray:
