@@ -266,7 +266,7 @@ def _official_counts(segs)->np.ndarray:
 
 def _ytid_of_name(name:str)->str: return name[1:12] if re.fullmatch(r'Y.{11}\.wav', name) else name
 
-# %% ../nbs/15_import.ipynb #38f9fd6d
+# %% ../nbs/15_import.ipynb #1aeed4e8
 def check_coverage(waveforms_hdf5_path:Path, # an imported (or packed) waveform HDF5
                    official:dict=None,       # subset -> segments; default `official_segments()`
                    block:int=65536)->Coverage: # rows read at a time
@@ -293,7 +293,8 @@ def check_coverage(waveforms_hdf5_path:Path, # an imported (or packed) waveform 
         gone = [s for s in segs if s.ytid not in seen]
         summary[sub]['absent'] = len(gone); problems += [(s.ytid, sub, 'absent', '', ' '.join(s.labels)) for s in gone]
     return Coverage(summary, sum(1 for p in problems if p[2] == 'unlisted'), problems,
-                    {sub: (counts[sub], _official_counts(segs)) for sub, segs in official.items()})
+                    {**{sub: (counts[sub], _official_counts(segs)) for sub, segs in official.items()},
+                     'unlisted': (counts['unlisted'], np.zeros(NUM_CLASSES, int))})
 
 # %% ../nbs/15_import.ipynb #368eae5a
 def format_coverage(cov:Coverage)->str:
