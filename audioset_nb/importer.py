@@ -19,9 +19,9 @@ from .pack import (CODECS, PackResult, _commit, _create, _encode_job, _imap, _pr
                               default_pack_workers, write_index)
 
 # %% auto #0
-__all__ = ['NOT_AUDIO', 'AUDIO_EXTS', 'import_cli', 'Piece', 'open_source', 'ytid_of', 'find_pieces', 'Clip', 'read_clips',
-           'official_segments', 'known_labels', 'clip_target', 'import_clips', 'Coverage', 'check_coverage',
-           'format_coverage', 'write_coverage', 'ImportConfig', 'import_and_report']
+__all__ = ['NOT_AUDIO', 'AUDIO_EXTS', 'SUBSET_DIRS', 'import_cli', 'Piece', 'open_source', 'ytid_of', 'find_pieces', 'Clip',
+           'read_clips', 'official_segments', 'known_labels', 'clip_target', 'import_clips', 'Coverage',
+           'check_coverage', 'format_coverage', 'write_coverage', 'copy_subsets', 'ImportConfig', 'import_and_report']
 
 # %% ../nbs/15_import.ipynb #75af9d4f
 class Piece(NamedTuple):
@@ -315,6 +315,21 @@ def write_coverage(cov:Coverage, path:Path)->Path:
     with atomic_open(path, 'w', newline='') as f:
         w = csv.writer(f); w.writerow(['ytid', 'subset', 'problem', 'source_labels', 'official_labels_or_reason']); w.writerows(cov.problems)
     return Path(path)
+
+# %% ../nbs/15_import.ipynb #f1464958
+SUBSET_DIRS = {'eval': ('eval',), 'balanced_train': ('bal_train', 'balanced_train'), 'unbalanced_train': ('unbal_train', 'unbalanced_train')}
+
+def copy_subsets(root:Path)->dict:
+    "subset -> folder of a local copy of AudioSet laid out by subset (in `root`, `root/data` or `root/audios`)."
+    root = Path(root)
+    if not root.is_dir(): raise FileNotFoundError(f'--source {root} is not a folder; give the folder of a local copy of AudioSet.')
+    find_pieces([root])  # raises, in one sentence, when it holds none of the formats
+    found = {s: next((root/b/n for n in names for b in ('.', 'data', 'audios') if (root/b/n).is_dir()), None)
+             for s, names in SUBSET_DIRS.items()}
+    if not found['eval'] or not (found['balanced_train'] or found['unbalanced_train']):
+        raise ValueError(f'{root} has no eval/ and bal_train/ or unbal_train/ folders (as data/ of the Hugging Face copy has); '
+                         'put each subset in its own folder.')
+    return {s: p for s, p in found.items() if p}
 
 # %% ../nbs/15_import.ipynb #5ffcf286
 @dataclass
