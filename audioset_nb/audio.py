@@ -11,8 +11,8 @@ import numpy as np, soundfile as sf, soxr
 from .fileio import atomic_path
 
 # %% auto #0
-__all__ = ['SAMPLE_RATE', 'ffmpeg_exe', 'AudioError', 'resample', 'stream_audio', 'load_audio', 'audio_source', 'pad_or_truncate',
-           'to_int16', 'to_float32', 'write_wav']
+__all__ = ['SAMPLE_RATE', 'STORES', 'ffmpeg_exe', 'AudioError', 'resample', 'stream_audio', 'load_audio', 'audio_source',
+           'pad_or_truncate', 'to_int16', 'to_float32', 'write_wav', 'encode_row', 'decode_row']
 
 # %% ../nbs/01_audio.ipynb #34fd4d3f
 SAMPLE_RATE = 32000   # the rate PANNs stores and trains at
@@ -152,3 +152,22 @@ def to_float32(x:np.ndarray)->np.ndarray:
 def write_wav(path:Path, x:np.ndarray, sr:int=SAMPLE_RATE):
     "Write float audio `x` ((n,) or (channels, n)) to `path` as 16-bit PCM WAV, atomically."
     with atomic_path(path) as tmp: sf.write(tmp, np.asarray(x).T, sr, subtype='PCM_16', format='WAV')
+
+# %% ../nbs/01_audio.ipynb #650b34b9
+import io
+
+STORES = {  # store: (HDF5 dataset of the rows, soundfile format, subtype, encoder settings)
+    'flac': ('waveform_flac', 'FLAC', 'PCM_16', {}),
+    'mp3': ('waveform_mp3', 'MP3', 'MPEG_LAYER_III', dict(bitrate_mode='CONSTANT', compression_level=0.7)),  # ~112 kb/s at 32 kHz
+}
+
+def encode_row(x:np.ndarray, sr:int, store:str)->np.ndarray:
+    "An int16 row as the bytes (uint8) of compressed store `store`."
+    _, fmt, subtype, kw = STORES[store]
+    buf = io.BytesIO(); sf.write(buf, x, sr, format=fmt, subtype=subtype, **kw)
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+def decode_row(b:np.ndarray, n:int=None)->np.ndarray:
+    "The int16 row held in a compressed store's bytes `b`, `n` samples long where given."
+    x = sf.read(io.BytesIO(np.asarray(b).tobytes()), dtype='int16')[0]
+    return x if n is None else pad_or_truncate(x, n)

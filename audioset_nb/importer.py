@@ -214,7 +214,7 @@ def _fill(f:h5py.File, pieces:list, csv_path, sample_rate:int, clip_samples:int,
     commit()
     return _progress_of(f)['rows'], skipped
 
-# %% ../nbs/15_import.ipynb #f3b58c6c
+# %% ../nbs/15_import.ipynb #4cc213c2
 def _settings(pieces, csv_path, part, sample_rate, clip_samples, codec)->dict:
     "What a partial file must have been started with to be resumed."
     digest = hashlib.sha1(json.dumps([list(p) for p in pieces]).encode()).hexdigest()
@@ -227,7 +227,7 @@ def import_clips(sources:list,                 # parquet files, tar shards, fold
                  sample_rate:int=SAMPLE_RATE,  # rate of the packed rows
                  clip_seconds:float=CLIP_SECONDS, # length of every row
                  workers:int=None,             # decoding processes; default one per core
-                 codec:str=None,               # None: int16 rows (reference layout); 'flac': compressed store
+                 codec:str=None,               # None: int16 rows (reference layout); 'flac' or 'mp3': compressed store
                  chunk:int=64,                 # rows written (and resumable) at a time
                  part:str=None,                # 'i/n': only the i-th (from 0) of n slices of the pieces
                  progress:bool=True)->PackResult:
@@ -331,7 +331,7 @@ def copy_subsets(root:Path)->dict:
                          'put each subset in its own folder.')
     return {s: p for s, p in found.items() if p}
 
-# %% ../nbs/15_import.ipynb #5ffcf286
+# %% ../nbs/15_import.ipynb #5261439e
 @dataclass
 class ImportConfig:
     "Import AudioSet from a copy (Hugging Face parquet files, WebDataset tar shards, a folder of clips) into a waveform HDF5, its index and a coverage report."
@@ -342,7 +342,7 @@ class ImportConfig:
     coverage_path: str|None = None      # coverage report CSV (default: <waveforms_hdf5_path without .h5>_coverage.csv)
     sample_rate: int = SAMPLE_RATE      # rate of the packed rows
     clip_seconds: float = CLIP_SECONDS  # length of every row
-    codec: str|None = None              # 'flac' for the compressed store
+    codec: str|None = None              # a compressed store: 'flac' (lossless) or 'mp3' (lossy); default int16 rows
     part: str|None = None               # i/n: import only the i-th (from 0) of n slices of the row groups, shards and clip files
     workers: int|None = None            # decoding processes (default: one per core)
     quiet: bool = False                 # no progress bar

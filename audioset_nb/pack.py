@@ -4,14 +4,14 @@
 
 # %% ../nbs/20_pack.ipynb #ba562113
 from __future__ import annotations
-import io, json, logging, os, re, sys
+import json, logging, os, re, sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-import h5py, numpy as np, soundfile as sf
+import h5py, numpy as np
 from fastcore.script import call_parse
-from .audio import SAMPLE_RATE, AudioError, load_audio, pad_or_truncate, to_int16
+from .audio import SAMPLE_RATE, STORES, AudioError, encode_row, load_audio, pad_or_truncate, to_int16
 from .metadata import CLIP_SECONDS, NUM_CLASSES, clip_name, read_segments, segments_to_targets, take_part
 
 # %% auto #0
@@ -19,18 +19,15 @@ __all__ = ['CODECS', 'encode_clip', 'PackResult', 'pack_waveforms', 'default_pac
            'combine_indexes', 'pack_cli']
 
 # %% ../nbs/20_pack.ipynb #a1ac8a1a
-CODECS = (None, 'flac')
+CODECS = (None, *STORES)  # None: int16 rows; else a compressed store of `audio.STORES`
 
 def encode_clip(path:Path,                     # clip file, any format ffmpeg reads
                 sample_rate:int=SAMPLE_RATE,   # rate of the packed rows
                 clip_samples:int=SAMPLE_RATE*CLIP_SECONDS, # samples per row
-                codec:str=None)->np.ndarray:   # None: int16 row; 'flac': the row as FLAC bytes (uint8)
+                codec:str=None)->np.ndarray:   # None: int16 row; 'flac', 'mp3': the row as that store's bytes (uint8)
     "One clip file as one packed row."
     x = to_int16(pad_or_truncate(load_audio(path, sr=sample_rate), clip_samples))
-    if codec is None: return x
-    buf = io.BytesIO()
-    sf.write(buf, x, sample_rate, format='FLAC', subtype='PCM_16')
-    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+    return x if codec is None else encode_row(x, sample_rate, codec)
 
 def _encode_job(args)->tuple:
     "(row, None) or (None, why the clip was left out); runs in a worker process."
@@ -55,7 +52,7 @@ def _create(path:Path, settings:dict, clip_samples:int, codec:str)->h5py.File:
     f = h5py.File(path, 'w')
     f.create_dataset('audio_name', (0,), 'S20', maxshape=(None,), chunks=(1024,))
     if codec is None: f.create_dataset('waveform', (0, clip_samples), np.int16, maxshape=(None, clip_samples), chunks=(1, clip_samples))
-    else: f.create_dataset('waveform_flac', (0,), h5py.vlen_dtype(np.uint8), maxshape=(None,), chunks=(64,))
+    else: f.create_dataset(STORES[codec][0], (0,), h5py.vlen_dtype(np.uint8), maxshape=(None,), chunks=(64,))
     f.create_dataset('target', (0, NUM_CLASSES), bool, maxshape=(None, NUM_CLASSES), chunks=(1024, NUM_CLASSES))
     f.create_dataset('skipped', (0, 2), h5py.string_dtype(), maxshape=(None, 2), chunks=(256, 2))
     f.attrs.create('sample_rate', settings['sample_rate'], dtype=np.int32)
@@ -90,8 +87,8 @@ def _append(f:h5py.File, names:list, rows:list, targets:np.ndarray):
     n, m = f['audio_name'].shape[0], len(names)
     for k in _row_keys(f): f[k].resize(n + m, axis=0)
     f['audio_name'][n:] = np.array(names, dtype='S20')
-    wave = f['waveform'] if 'waveform' in f else f['waveform_flac']
-    if 'waveform' in f: wave[n:] = np.stack(rows)
+    wave = f[next(k for k in f if k.startswith('waveform'))]
+    if wave.dtype == np.int16: wave[n:] = np.stack(rows)
     else:
         for j, r in enumerate(rows): wave[n + j] = r
     f['target'][n:] = targets
@@ -237,7 +234,7 @@ def pack_cli(csv_path:str=None,              # segment CSV listing the clips to 
              sample_rate:int=SAMPLE_RATE,    # rate of the packed rows
              clip_seconds:float=CLIP_SECONDS,# length of every row
              workers:int=None,               # decoding processes (default: one per core)
-             codec:str=None,                 # 'flac' for the compressed store
+             codec:str=None,                 # a compressed store: 'flac' (lossless) or 'mp3' (lossy)
              part:str=None,                  # i/n: pack only the i-th (from 0) of n slices of the CSV
              quiet:bool=False):              # no progress bar
     "Pack clips into a waveform HDF5, write its index, or combine indexes into the full-train index."
