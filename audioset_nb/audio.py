@@ -153,7 +153,7 @@ def write_wav(path:Path, x:np.ndarray, sr:int=SAMPLE_RATE):
     "Write float audio `x` ((n,) or (channels, n)) to `path` as 16-bit PCM WAV, atomically."
     with atomic_path(path) as tmp: sf.write(tmp, np.asarray(x).T, sr, subtype='PCM_16', format='WAV')
 
-# %% ../nbs/01_audio.ipynb #650b34b9
+# %% ../nbs/01_audio.ipynb #309b33c2
 import io
 
 STORES = {  # store: (HDF5 dataset of the rows, soundfile format, subtype, encoder settings)
@@ -167,7 +167,9 @@ def encode_row(x:np.ndarray, sr:int, store:str)->np.ndarray:
     buf = io.BytesIO(); sf.write(buf, x, sr, format=fmt, subtype=subtype, **kw)
     return np.frombuffer(buf.getvalue(), dtype=np.uint8)
 
-def decode_row(b:np.ndarray, n:int=None)->np.ndarray:
-    "The int16 row held in a compressed store's bytes `b`, `n` samples long where given."
-    x = sf.read(io.BytesIO(np.asarray(b).tobytes()), dtype='int16')[0]
+def decode_row(b:np.ndarray, store:str, n:int=None)->np.ndarray:
+    "A row of compressed store `store` as float32 in [-1, 1], scaled as `to_float32` scales int16; `n` samples long where given."
+    f = io.BytesIO(np.asarray(b).tobytes())
+    if STORES[store][2].startswith('PCM'): x = to_float32(sf.read(f, dtype='int16')[0])  # lossless: exactly the int16 row
+    else: x = sf.read(f, dtype='float32')[0]*np.float32(32768/32767)  # lossy: decoding to float is a fifth faster
     return x if n is None else pad_or_truncate(x, n)

@@ -76,7 +76,7 @@ class _Store:
         self.wave, self.sample_rate = self.f[self.key], int(self.f.attrs.get('sample_rate', SAMPLE_RATE))
     def waveform(self, i:int)->np.ndarray:
         "Row `i` as float32 in [-1, 1], at the stored rate."
-        if self.key != 'waveform': return to_float32(decode_row(self.wave[i], self.f.attrs.get('clip_samples')))
+        if self.key != 'waveform': return decode_row(self.wave[i], self.key.removeprefix('waveform_'), self.f.attrs.get('clip_samples'))
         x = self.wave[i]
         return x.astype(np.float32) if x.dtype.kind == 'f' else to_float32(x)   # early reference files hold float32
     def name(self, i:int)->str: return self.f['audio_name'][i].decode()
