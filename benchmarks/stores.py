@@ -78,7 +78,7 @@ def model_effect(d:Path, iterations:int, seed:int)->dict:
         print(f"{store or 'int16':6} eval mAP {out[store or 'int16']['eval_mAP']:.3f} after {iterations} iterations", flush=True)
     return out
 
-def main(n:int, iterations:int, seed:int):
+def main(n:int, iterations:int, seed:int, out:Path):
     import h5py, soundfile, torch
     import audioset_nb
     res = dict(benchmark='stores', device='cpu', cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
@@ -93,12 +93,13 @@ def main(n:int, iterations:int, seed:int):
         with tempfile.TemporaryDirectory(dir=os.environ.get('BENCH_TMP')) as d:
             res.update(mini_iterations=iterations, seed=seed, mini_eval_mAP=model_effect(Path(d), iterations, seed))
     res['loadavg_at_end'] = os.getloadavg()
-    (HERE/'results').mkdir(exist_ok=True)
-    (HERE/'results'/'stores-cpu.json').write_text(json.dumps(res, indent=1))
-    print(f"wrote {HERE/'results'/'stores-cpu.json'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(f'wrote {out}')
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser()
     ap.add_argument('--n', type=int, default=200); ap.add_argument('--iterations', type=int, default=800); ap.add_argument('--seed', type=int, default=1234)
+    ap.add_argument('--out', type=Path, default=HERE/'results'/'stores-cpu.json')
     a = ap.parse_args()
-    main(a.n, a.iterations, a.seed)
+    main(a.n, a.iterations, a.seed, a.out)
