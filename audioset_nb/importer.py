@@ -96,7 +96,7 @@ def find_pieces(sources:list)->list:
         pieces += found
     return pieces
 
-# %% ../nbs/15_import.ipynb #8d2c6c75
+# %% ../nbs/15_import.ipynb #9542726b
 class Clip(NamedTuple):
     "One clip as a source holds it."
     ytid: str           # the YouTube id the source gives (checked before use)
@@ -107,7 +107,7 @@ class Clip(NamedTuple):
 def _parquet_clips(p:Piece, batch_rows:int=16)->Iterator[Clip]:
     import pyarrow.parquet as pq
     with open_source(p.path) as f:
-        pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)  # pages streamed, not the row group at once
+        pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)  # column chunks read through a buffer, not whole
         cols = [c for c in ('video_id', 'audio', 'labels') if c in pf.schema_arrow.names]
         k = sum(pf.metadata.row_group(g).num_rows for g in range(p.group))
         for b in pf.iter_batches(batch_size=batch_rows, row_groups=[p.group], columns=cols):
