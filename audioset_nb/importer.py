@@ -214,10 +214,11 @@ def _fill(f:h5py.File, pieces:list, csv_path, sample_rate:int, clip_samples:int,
     commit()
     return _progress_of(f)['rows'], skipped
 
-# %% ../nbs/15_import.ipynb #4cc213c2
+# %% ../nbs/15_import.ipynb #a345d9cc
 def _settings(pieces, csv_path, part, sample_rate, clip_samples, codec)->dict:
     "What a partial file must have been started with to be resumed."
-    digest = hashlib.sha1(json.dumps([list(p) for p in pieces]).encode()).hexdigest()
+    size = lambda p: -1 if _is_url(p.path) else Path(p.path).stat().st_size  # a changed file is not resumed into
+    digest = hashlib.sha1(json.dumps([[*p, size(p)] for p in pieces]).encode()).hexdigest()
     return dict(pieces=len(pieces), digest=digest, csv=str(Path(csv_path).resolve()) if csv_path else None, part=part,
                 sample_rate=sample_rate, clip_samples=clip_samples, codec=codec)
 
@@ -296,7 +297,7 @@ def check_coverage(waveforms_hdf5_path:Path, # an imported (or packed) waveform 
                     {**{sub: (counts[sub], _official_counts(segs)) for sub, segs in official.items()},
                      'unlisted': (counts['unlisted'], np.zeros(NUM_CLASSES, int))})
 
-# %% ../nbs/15_import.ipynb #368eae5a
+# %% ../nbs/15_import.ipynb #7d22a066
 def format_coverage(cov:Coverage)->str:
     "A one-screen summary: a line per subset the import touches, and the clips in no official list."
     lines = []
@@ -308,6 +309,9 @@ def format_coverage(cov:Coverage)->str:
         worst = np.argsort(got/np.maximum(want, 1) + (want == 0))[:3]
         lines.append('  least covered classes: ' + ', '.join(f'{load_labels()[i]} {got[i]}/{want[i]}' for i in worst))
     lines.append(f'not in any official list: {cov.unlisted:,} imported clips')
+    if cov.unlisted and 'unbalanced_train' not in cov.summary:
+        lines.append('  (the unbalanced_train list is not cached, so its clips count here; fetch it once with '
+                     '`python -c "from audioset_nb.metadata import fetch_unbalanced; fetch_unbalanced()"`)')
     return '\n'.join(lines)
 
 def write_coverage(cov:Coverage, path:Path)->Path:

@@ -7,7 +7,7 @@
    `import_clips` into int16 and into each store, then the mini recipe of runme.sh trained on each with the same
    seed and iterations; eval mAP per store. Writes benchmarks/results/stores-cpu.json.
 
-    python benchmarks/stores.py                     # 200 clips; mini mAP after 800 iterations per store
+    python benchmarks/stores.py                     # 200 clips; mini mAP after 400 iterations per store (about 25 min on 2 busy cores)
     python benchmarks/stores.py --n 20 --iterations 0   # sizes and speed only
 """
 import argparse, datetime, io, json, os, platform, subprocess, sys, tempfile, time
@@ -99,7 +99,7 @@ def main(n:int, iterations:int, seed:int, out:Path):
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser()
-    ap.add_argument('--n', type=int, default=200); ap.add_argument('--iterations', type=int, default=800); ap.add_argument('--seed', type=int, default=1234)
+    ap.add_argument('--n', type=int, default=200); ap.add_argument('--iterations', type=int, default=400); ap.add_argument('--seed', type=int, default=1234)
     ap.add_argument('--out', type=Path, default=HERE/'results'/'stores-cpu.json')
     a = ap.parse_args()
     main(a.n, a.iterations, a.seed, a.out)
