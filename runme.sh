@@ -3,6 +3,7 @@
 #   ./runme.sh          the embedded mini AudioSet end to end on this machine: make it, serve it on loopback,
 #                       download it with yt-dlp, pack, train (GPU if there is one), evaluate, tag and SED one clip
 #   ./runme.sh --full   the seed's real pipeline: AudioSet from YouTube, packing, Cnn14 on a GPU
+#   ./runme.sh --full --source DIR   the same from a local copy (Hugging Face parquet, WebDataset shards, folders of clips)
 # Each step skips what an earlier run finished, so running it again resumes.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,10 +11,18 @@ cd "$(dirname "$0")"
 case "${1:-}" in
   "") MODE=mini ;;
   --full) MODE=full ;;
-  -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
   *) echo "runme.sh: unknown option '$1'; run it with no option (the mini AudioSet) or with --full." >&2; exit 2 ;;
 esac
-[ "$MODE" = full ] && exec bash tools/full.sh
+if [ "$MODE" = full ]; then
+  case "${2:-}" in
+    "") ;;
+    --source) [ -n "${3:-}" ] || { echo "runme.sh: --source needs the folder of a local copy of AudioSet: ./runme.sh --full --source DIR." >&2; exit 2; }
+              export SOURCE=$3 ;;
+    *) echo "runme.sh: unknown option '$2' after --full; the only one is --source DIR." >&2; exit 2 ;;
+  esac
+  exec bash tools/full.sh
+fi
 source tools/env.sh
 
 W=${WORKSPACE:-workspace/mini}         # everything the job writes

@@ -11,8 +11,9 @@ import numpy as np, soundfile as sf, soxr
 from .fileio import atomic_open, atomic_path
 
 # %% auto #0
-__all__ = ['SAMPLE_RATE', 'FFMPEG_ENV', 'ffmpeg_exe', 'die_with_parent', 'AudioError', 'ffmpeg_input', 'resample', 'stream_audio',
-           'load_audio', 'pad_or_truncate', 'to_int16', 'to_float32', 'write_wav']
+__all__ = ['SAMPLE_RATE', 'FFMPEG_ENV', 'STORES', 'ffmpeg_exe', 'die_with_parent', 'AudioError', 'ffmpeg_input', 'resample',
+           'stream_audio', 'load_audio', 'audio_source', 'pad_or_truncate', 'to_int16', 'to_float32', 'write_wav',
+           'encode_row', 'decode_row']
 
 # %% ../nbs/01_audio.ipynb #34fd4d3f
 SAMPLE_RATE = 32000   # the rate PANNs stores and trains at
@@ -157,6 +158,18 @@ def load_audio(path:Path, # any file ffmpeg can decode
     "The audio of `path` as float32 at `sr`: (n,) if `mono` else (channels, n)."
     return np.concatenate(list(stream_audio(path, sr, mono, offset, duration)), axis=-1)
 
+# %% ../nbs/01_audio.ipynb #01a4372a
+import contextlib
+
+@contextlib.contextmanager
+def audio_source(src): # a path, a whole audio file's bytes, or a binary file object
+    "A path `load_audio` can open: a path as it is; bytes or a file object spilled to a temporary file."
+    if isinstance(src, (str, Path)): yield Path(src); return
+    data = src if isinstance(src, (bytes, bytearray, memoryview)) else src.read()
+    with tempfile.NamedTemporaryFile(prefix='.audioset_nb.', suffix='.audio') as f:
+        f.write(data); f.flush()
+        yield Path(f.name)
+
 # %% ../nbs/01_audio.ipynb #7baa3a3c
 def pad_or_truncate(x:np.ndarray, n:int)->np.ndarray:
     "`x` cut or zero-padded along its last axis to exactly `n` samples."
@@ -176,3 +189,24 @@ def write_wav(path:Path, x:np.ndarray, sr:int=SAMPLE_RATE):
     "Write float audio `x` ((n,) or (channels, n)) to `path` as 16-bit PCM WAV, atomically."
     buf = io.BytesIO(); sf.write(buf, np.asarray(x).T, sr, subtype='PCM_16', format='WAV')
     with atomic_open(path, 'wb') as f: f.write(buf.getvalue())  # a full disk is an OSError here, not libsndfile's "System error"
+
+# %% ../nbs/01_audio.ipynb #309b33c2
+import io
+
+STORES = {  # store: (HDF5 dataset of the rows, soundfile format, subtype, encoder settings)
+    'flac': ('waveform_flac', 'FLAC', 'PCM_16', {}),
+    'mp3': ('waveform_mp3', 'MP3', 'MPEG_LAYER_III', dict(bitrate_mode='CONSTANT', compression_level=0.7)),  # ~112 kb/s at 32 kHz
+}
+
+def encode_row(x:np.ndarray, sr:int, store:str)->np.ndarray:
+    "An int16 row as the bytes (uint8) of compressed store `store`."
+    _, fmt, subtype, kw = STORES[store]
+    buf = io.BytesIO(); sf.write(buf, x, sr, format=fmt, subtype=subtype, **kw)
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+def decode_row(b:np.ndarray, store:str, n:int=None)->np.ndarray:
+    "A row of compressed store `store` as float32 in [-1, 1], scaled as `to_float32` scales int16; `n` samples long where given."
+    f = io.BytesIO(np.asarray(b).tobytes())
+    if STORES[store][2].startswith('PCM'): x = to_float32(sf.read(f, dtype='int16')[0])  # lossless: exactly the int16 row
+    else: x = sf.read(f, dtype='float32')[0]*np.float32(32768/32767)  # lossy: decoding to float is a fifth faster
+    return x if n is None else pad_or_truncate(x, n)

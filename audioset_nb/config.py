@@ -97,6 +97,8 @@ def config_parser(cls, # a config dataclass
         typ, default = _base_type(hints[f.name]), _default(f)
         if typ is FrontEnd:
             for g in fields(FrontEnd): _add_flag(p, g.name, int, getattr(default, g.name), front_helps[g.name])
+        elif f.metadata.get('positional'):  # `field(metadata={'positional': True})`: words before the flags, as `cp SOURCE...`
+            p.add_argument(f.name, type=typing.get_args(typ)[0], nargs='+', metavar=f.name.upper(), help=helps.get(f.name, ''))
         else: _add_flag(p, f.name, typ, default, helps.get(f.name, ''), required=f.default is MISSING and f.default_factory is MISSING)
     return p
 

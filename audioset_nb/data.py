@@ -4,12 +4,12 @@
 
 # %% ../nbs/30_data.ipynb #8bb219f4
 from __future__ import annotations
-import collections, io, os
+import collections, os
 from dataclasses import dataclass
 from pathlib import Path
-import h5py, numpy as np, soundfile as sf, torch
+import h5py, numpy as np, torch
 from torch.utils.data import DataLoader, Dataset
-from .audio import SAMPLE_RATE, resample, to_float32
+from .audio import SAMPLE_RATE, STORES, decode_row, resample, to_float32
 
 # %% auto #0
 __all__ = ['WAVEFORM_KEYS', 'INDEX_KEYS', 'SAMPLERS', 'Index', 'read_index', 'AudioSetDataset', 'TrainSampler', 'RandomSampler',
@@ -31,7 +31,7 @@ class Index:
     def hdf5_path(self)->np.ndarray: return np.array(self.files, dtype=object)[self.file_of]
 
 # %% ../nbs/30_data.ipynb #2f0b4428
-WAVEFORM_KEYS = ('waveform', 'waveform_flac')  # int16 rows (reference) or FLAC bytes (compressed store)
+WAVEFORM_KEYS = ('waveform', *(s[0] for s in STORES.values()))  # int16 rows (reference), or a compressed store's bytes
 INDEX_KEYS = ('audio_name', 'target', 'hdf5_path', 'index_in_hdf5')
 
 def _resolve(p:str, base:Path)->str:
@@ -76,7 +76,7 @@ class _Store:
         self.wave, self.sample_rate = self.f[self.key], int(self.f.attrs.get('sample_rate', SAMPLE_RATE))
     def waveform(self, i:int)->np.ndarray:
         "Row `i` as float32 in [-1, 1], at the stored rate."
-        if self.key == 'waveform_flac': return to_float32(sf.read(io.BytesIO(self.wave[i].tobytes()), dtype='int16')[0])
+        if self.key != 'waveform': return decode_row(self.wave[i], self.key.removeprefix('waveform_'), self.f.attrs.get('clip_samples'))
         x = self.wave[i]
         return x.astype(np.float32) if x.dtype.kind == 'f' else to_float32(x)   # early reference files hold float32
     def name(self, i:int)->str: return self.f['audio_name'][i].decode()

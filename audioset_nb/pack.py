@@ -4,13 +4,13 @@
 
 # %% ../nbs/20_pack.ipynb #ba562113
 from __future__ import annotations
-import errno, io, json, logging, os, re, shutil, sys
+import errno, json, logging, os, re, shutil, sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-import h5py, numpy as np, soundfile as sf
-from .audio import SAMPLE_RATE, AudioError, die_with_parent, load_audio, pad_or_truncate, to_int16
+import h5py, numpy as np
+from .audio import SAMPLE_RATE, STORES, AudioError, die_with_parent, encode_row, load_audio, pad_or_truncate, to_int16
 from .config import config_cli
 from .fileio import CannotWrite, atomic_path, cannot_write, output_lock, remove_stale_temps
 from .metadata import CLIP_SECONDS, NUM_CLASSES, clip_name, parse_part, read_segments, segments_to_targets, take_part
@@ -20,21 +20,18 @@ __all__ = ['CODECS', 'pack_cli', 'encode_clip', 'PackResult', 'pack_waveforms', 
            'write_index', 'train_index_order', 'combine_indexes', 'PackConfig', 'pack']
 
 # %% ../nbs/20_pack.ipynb #a1ac8a1a
-CODECS = (None, 'flac')
+CODECS = (None, *STORES)  # None: int16 rows; else a compressed store of `audio.STORES`
 
 def encode_clip(path:Path,                     # clip file, any format ffmpeg reads
                 sample_rate:int=SAMPLE_RATE,   # rate of the packed rows
                 clip_samples:int=SAMPLE_RATE*CLIP_SECONDS, # samples per row
-                codec:str=None)->np.ndarray:   # None: int16 row; 'flac': the row as FLAC bytes (uint8)
+                codec:str=None)->np.ndarray:   # None: int16 row; 'flac', 'mp3': the row as that store's bytes (uint8)
     "One clip file as one packed row."
     x = pad_or_truncate(load_audio(path, sr=sample_rate), clip_samples)
     if not np.isfinite(x).all():  # int16 would turn NaN into silence without a word
         raise AudioError(f'{path} holds {np.count_nonzero(~np.isfinite(x))} NaN or infinite samples; re-download or fix it.')
     x = to_int16(x)
-    if codec is None: return x
-    buf = io.BytesIO()
-    sf.write(buf, x, sample_rate, format='FLAC', subtype='PCM_16')
-    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+    return x if codec is None else encode_row(x, sample_rate, codec)
 
 def _encode_job(args)->tuple:
     "(row, None) or (None, why the clip was left out); runs in a worker process."
@@ -60,7 +57,7 @@ def _create(path:Path, settings:dict, clip_samples:int, codec:str)->h5py.File:
     f = h5py.File(path, 'w')
     f.create_dataset('audio_name', (0,), 'S20', maxshape=(None,), chunks=(1024,))
     if codec is None: f.create_dataset('waveform', (0, clip_samples), np.int16, maxshape=(None, clip_samples), chunks=(1, clip_samples))
-    else: f.create_dataset('waveform_flac', (0,), h5py.vlen_dtype(np.uint8), maxshape=(None,), chunks=(64,))
+    else: f.create_dataset(STORES[codec][0], (0,), h5py.vlen_dtype(np.uint8), maxshape=(None,), chunks=(64,))
     f.create_dataset('target', (0, NUM_CLASSES), bool, maxshape=(None, NUM_CLASSES), chunks=(1024, NUM_CLASSES))
     f.create_dataset('skipped', (0, 2), h5py.string_dtype(), maxshape=(None, 2), chunks=(256, 2))
     f.attrs.create('sample_rate', settings['sample_rate'], dtype=np.int32)
@@ -95,8 +92,8 @@ def _append(f:h5py.File, names:list, rows:list, targets:np.ndarray):
     n, m = f['audio_name'].shape[0], len(names)
     for k in _row_keys(f): f[k].resize(n + m, axis=0)
     f['audio_name'][n:] = np.array(names, dtype='S20')
-    wave = f['waveform'] if 'waveform' in f else f['waveform_flac']
-    if 'waveform' in f: wave[n:] = np.stack(rows)
+    wave = f[next(k for k in f if k.startswith('waveform'))]
+    if wave.dtype == np.int16: wave[n:] = np.stack(rows)
     else:
         for j, r in enumerate(rows): wave[n + j] = r
     f['target'][n:] = targets
@@ -122,7 +119,7 @@ def pack_waveforms(csv_path:Path,               # segment CSV (AudioSet format) 
                    sample_rate:int=SAMPLE_RATE, # rate of the packed rows
                    clip_seconds:float=CLIP_SECONDS, # length of every row
                    workers:int=None,            # decoding processes; default one per core
-                   codec:str=None,              # None: int16 rows (reference layout); 'flac': compressed store
+                   codec:str=None,              # None: int16 rows (reference layout); 'flac' or 'mp3': a compressed store
                    chunk:int=64,                # rows written (and resumable) at a time
                    part:str=None,               # 'i/n': pack only the i-th (from 0) of n slices of the list
                    progress:bool=True)->PackResult:
@@ -296,7 +293,7 @@ class PackConfig:
     sample_rate: int = SAMPLE_RATE          # rate of the packed rows, Hz
     clip_seconds: float = CLIP_SECONDS      # length of every row, seconds (at most 10, an AudioSet segment)
     workers: int|None = None                # decoding processes (default: one per core)
-    codec: str|None = None                  # 'flac' for the compressed store
+    codec: str|None = None                  # a compressed store: 'flac' (lossless) or 'mp3' (lossy)
     part: str|None = None                   # i/n: pack only the i-th (from 0) of n slices of the CSV
     quiet: bool = False                     # no progress bar
 

@@ -31,3 +31,20 @@ def test_models_inference_runs_and_checks_agreement(tmp_path):
     assert row['model'] == 'Cnn6' and row['batch'] == 1 and row['reference_speedup'] == 1.0
     assert 0 < row['eager_max_diff'] < 1e-4  # the fast path was measured, and it is not the reference itself
     assert 0 < row['eager_prepared_weight_bytes'] < row['model_bytes']
+
+def test_import_benchmark_runs(tmp_path):
+    out = tmp_path/'imp.json'
+    r = subprocess.run([sys.executable, 'benchmarks/import.py', '--ns', '4', '--out', str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res['date'] and res['versions']['pyarrow'] and [x['variant'] for x in res['runs']] == ['baseline', 'ours-w1', 'ours-w2']
+    assert all(x['rows_identical_to_baseline'] and x['peak_tree_rss_mb'] > 0 for x in res['runs'])
+
+def test_stores_benchmark_runs(tmp_path):
+    out = tmp_path/'stores.json'
+    r = subprocess.run([sys.executable, 'benchmarks/stores.py', '--n', '3', '--iterations', '0', '--out', str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert set(res['size_and_decode']) == {'int16', 'flac', 'mp3'} and res['size_and_decode']['int16']['bytes_per_clip'] == 640000
+    assert res['size_and_decode']['mp3']['bytes_per_clip'] < res['size_and_decode']['flac']['bytes_per_clip'] < 640000
