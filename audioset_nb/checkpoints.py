@@ -37,9 +37,11 @@ def load_checkpoint(path:str|Path) -> dict:
     except pickle.UnpicklingError as e:
         # torch's own text advises `weights_only=False`, the unsafe fix: it is never passed on
         what = re.search(r'GLOBAL ([\w.]+)', str(e))
-        need = f'it needs {what.group(1)} to load' if what else 'its pickle holds more than tensors and plain data'
-        raise ValueError(f"Refusing to load {path}: it is not a plain checkpoint ({need}, which could run code); "
-                         "use a checkpoint saved as a state dict from a source you trust.") from None
+        if what or 'Weights only' in str(e):
+            need = f'it needs {what.group(1)} to load' if what else 'its pickle holds more than tensors and plain data'
+            raise ValueError(f"Refusing to load {path}: it is not a plain checkpoint ({need}, which could run code); "
+                             "use a checkpoint saved as a state dict from a source you trust.") from None
+        raise ValueError(f'{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0]}); re-download or re-save it.') from None
     except (RuntimeError, EOFError) as e:
         raise ValueError(f'{path} is not a readable PyTorch checkpoint ({e}); re-download or re-save it.') from None
 
