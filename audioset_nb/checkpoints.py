@@ -4,7 +4,7 @@
 
 # %% ../nbs/40_checkpoints.ipynb #30f3faf3
 from __future__ import annotations
-import errno, os, pickle, re, urllib.parse, warnings
+import errno, os, pickle, pickletools, re, urllib.parse, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -26,6 +26,12 @@ def _numpy_globals():
         out += [(_reconstruct, f'{mod}._reconstruct'), (scalar, f'{mod}.scalar')]
     return out
 
+def _starts_as_pickle(path)->bool:
+    "Whether the file's first pickle opcode is a real one (junk bytes are not a pickle at all)."
+    with open(path, 'rb') as f:
+        try: next(pickletools.genops(f)); return True
+        except (ValueError, StopIteration): return False
+
 def load_checkpoint(path:str|Path) -> dict:
     "Load a checkpoint (published PANNs format or a bare state dict) onto the CPU, without running code."
     path = Path(path)
@@ -37,11 +43,11 @@ def load_checkpoint(path:str|Path) -> dict:
     except pickle.UnpicklingError as e:
         # torch's own text advises `weights_only=False`, the unsafe fix: it is never passed on
         what = re.search(r'GLOBAL ([\w.]+)', str(e))
-        if what or 'Weights only' in str(e):
+        if what or ('Weights only' in str(e) and _starts_as_pickle(path)):
             need = f'it needs {what.group(1)} to load' if what else 'its pickle holds more than tensors and plain data'
             raise ValueError(f"Refusing to load {path}: it is not a plain checkpoint ({need}, which could run code); "
                              "use a checkpoint saved as a state dict from a source you trust.") from None
-        raise ValueError(f'{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0]}); re-download or re-save it.') from None
+        raise ValueError(f'{path} is not a readable PyTorch checkpoint (not a pickle nor a torch zip file); re-download or re-save it.') from None
     except (RuntimeError, EOFError) as e:
         raise ValueError(f'{path} is not a readable PyTorch checkpoint ({e}); re-download or re-save it.') from None
 
