@@ -471,7 +471,7 @@ def setup_audioset(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->tuple:
     per_rank, rest = divmod(cfg.batch_size, dst.world)
     if rest or not per_rank: raise ValueError(f'--batch_size {cfg.batch_size} does not split evenly over {dst.world} processes.')
     mix = cfg.augmentation == 'mixup'
-    data = {k: AudioSetDataset(p, cfg.front.sample_rate) for k, p in paths.items()}
+    data = {k: AudioSetDataset(p, cfg.front.sample_rate, 'training' if k == 'train' else 'evaluation') for k, p in paths.items()}
     sampler = make_sampler(cfg.balanced, read_index(paths['train']), per_rank*(2 if mix else 1), seed=cfg.seed,
                            rank=dst.rank, world_size=dst.world)
     run = setup_run(model if model is not None else build_model(cfg.model_type, cfg.front, classes_num=527), data['train'],

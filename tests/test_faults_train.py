@@ -154,3 +154,36 @@ def test_statistics_are_strict_json_and_outputs_follow_the_umask(ws, tmp_path):
     for f in (checkpoint_path(cfg, 'latest'), checkpoint_path(cfg, 2), statistics_path(cfg),
               statistics_path(cfg).parent/'per_class_ap.tsv', statistics_path(cfg).parent/'curve.png'):
         assert f.stat().st_mode & 0o777 == 0o640, (f, oct(f.stat().st_mode))
+
+# ---------------------------------------------------------------------------------------------------- bad data
+def _copy_workspace(ws, d:Path)->Path:
+    "A workspace of its own (the HDF5s copied, not linked) to damage."
+    shutil.copytree(ws/'hdf5s', d/'hdf5s')
+    for p in (d/'hdf5s'/'indexes').glob('*.h5'):  # point the indexes at the copies
+        with h5py.File(p, 'a') as f: f['hdf5_path'][:] = [s.replace(str(ws).encode(), str(d).encode()) for s in f['hdf5_path'][:]]
+    return d
+
+def test_nan_samples_in_training_and_evaluation_clips_are_replaced_with_a_warning(ws, tmp_path):
+    "Today: the loss became NaN in training, and evaluation stopped with sklearn's 'Input contains NaN.' naming no file."
+    d = _copy_workspace(ws, tmp_path/'w')
+    for sub, row in [('balanced_train', 5), ('eval', 2)]:  # early reference files hold float32 rows
+        with h5py.File(d/'hdf5s'/'waveforms'/f'{sub}.h5', 'a') as f:
+            x = f['waveform'][:].astype(np.float32)/32767; x[row, 100:200] = np.nan; x[row, 300] = np.inf
+            del f['waveform']; f['waveform'] = x
+    # one epoch of 32 clips without class balancing: row 5 is drawn for sure
+    r = run(f'--workspace={d}', *FLAGS, *SHORT, '--balanced=none', '--early_stop=4', '--save_every=4', '--eval_every=4')
+    assert r.returncode == 0, r.stderr[-3000:]
+    warned = [l for l in r.stderr.splitlines() if l.startswith('warning:')]
+    assert any('balanced_train.h5 row 5 holds 101 NaN or infinite samples' in l for l in warned), r.stderr
+    assert any('eval.h5 row 2 holds 101 NaN or infinite samples' in l for l in warned), r.stderr
+    recs = [x for x in read_statistics(statistics_path(cfg_for(d, f'--workspace={d}', '--batch_size=4', '--balanced=none')))]
+    assert all(np.isfinite(x['loss']) for x in recs if 'loss' in x)
+    assert all(x['test_mAP'] is not None and 0 < x['test_mAP'] <= 1 for x in recs if 'test_mAP' in x)
+
+def test_an_index_row_past_the_end_of_its_waveform_file_names_the_file(ws, tmp_path):
+    "Today: an IndexError traceback from h5py, wrapped in the DataLoader worker's."
+    d = _copy_workspace(ws, tmp_path/'w')
+    with h5py.File(d/'hdf5s'/'indexes'/'eval.h5', 'a') as f: f['index_in_hdf5'][0] = 1000
+    r = run(f'--workspace={d}', *FLAGS, *SHORT[:-1], '--num_workers=1', '--early_stop=2', '--save_every=2')
+    assert r.returncode != 0
+    one_sentence(r.stderr, str(d/'hdf5s'/'waveforms'/'eval.h5'), 'row 1000', 'which holds 8 clips', 'rebuild the index')
