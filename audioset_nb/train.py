@@ -55,6 +55,9 @@ def score(target:np.ndarray, # (clips, classes) 0/1 targets
     "Per-class AP, AUC and d-prime as scikit-learn computes them; classes without both outcomes are skipped."
     target, output = np.asarray(target) > 0.5, np.asarray(output, dtype=np.float64)
     if target.shape != output.shape: raise ValueError(f'targets {target.shape} and outputs {output.shape} differ in shape.')
+    if not (fin := np.isfinite(output).all(1)).all():  # sklearn would say only "Input contains NaN."
+        raise FloatingPointError(f'The model scored {int((~fin).sum())} of {len(fin)} evaluation clips NaN or infinite; '
+                                 'the weights have diverged: resume from an earlier checkpoint with a lower --learning_rate.')
     k = target.shape[1]
     ap, auc = np.full(k, np.nan), np.full(k, np.nan)
     pos = target.sum(0)
