@@ -109,6 +109,15 @@ class AudioSetDataset(Dataset):
         ix = read_index(path)
         self.files, self.file_of, self.row = ix.files, ix.file_of, ix.index_in_hdf5   # 12 bytes a clip go to each worker
         self._stores, self._pid = {}, None
+        self._check_rows()
+    def _past_end(self, hdf5_path, i:int, n:int)->ValueError:
+        return ValueError(f'{self.path} points at row {i} of {hdf5_path}, which holds {n} clips; '
+                          'rebuild the index from that file (`write_index`) or re-pack it.')
+    def _check_rows(self):
+        "Refuse at once an index whose rows point past the end of their waveform files, not when such a row is drawn."
+        last = np.full(len(self.files), -1, np.int64); np.maximum.at(last, self.file_of, self.row)
+        for f, i in zip(self.files, last):
+            if i >= (n := len(_Store(f))): raise self._past_end(f, int(i), n)
     def __len__(self): return len(self.row)
     def __repr__(self): return f'AudioSetDataset({self.path}, {len(self)} clips, {self.sample_rate} Hz)'
     def __getstate__(self): return {**self.__dict__, '_stores': {}, '_pid': None}
@@ -120,8 +129,7 @@ class AudioSetDataset(Dataset):
     def read(self, hdf5_path:str, i:int)->dict:
         "Row `i` of waveform file `hdf5_path`."
         s, i = self.store(str(hdf5_path)), int(i)
-        if not 0 <= i < len(s): raise ValueError(f'{self.path} points at row {i} of {hdf5_path}, which holds {len(s)} clips; '
-                                                 'rebuild the index from that file (`write_index`) or re-pack it.')
+        if not 0 <= i < len(s): raise self._past_end(hdf5_path, i, len(s))
         x = finite_audio(s.waveform(i), f'{hdf5_path} row {i}', self.use)
         if s.sample_rate != self.sample_rate: x = resample(x, s.sample_rate, self.sample_rate)
         return dict(audio_name=s.name(i), waveform=x, target=s.target(i).astype(np.float32))
