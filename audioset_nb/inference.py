@@ -277,14 +277,16 @@ def _is_jsonl(path)->bool:
 def _write_rows(path:Path, rows:Iterable[dict]):
     "Write dicts to `path` as CSV or JSON lines (by suffix), atomically; returns the number of rows."
     jsonl, n = _is_jsonl(path), 0
-    with atomic_open(path, 'w', newline='', encoding='utf-8') as f:
-        w = None
-        for r in rows:
-            if jsonl: f.write(json.dumps(r) + '\n')
-            else:
-                if w is None: w = csv.DictWriter(f, list(r)); w.writeheader()
-                w.writerow(r)
-            n += 1
+    try:
+        with atomic_open(path, 'w', newline='', encoding='utf-8') as f:
+            w = None
+            for r in rows:
+                if jsonl: f.write(json.dumps(r) + '\n')
+                else:
+                    if w is None: w = csv.DictWriter(f, list(r)); w.writeheader()
+                    w.writerow(r)
+                n += 1
+    except OSError as e: raise write_error(path, e, 'output file') from None
     return n
 
 # %% ../nbs/60_inference.ipynb #c6f15fec

@@ -1,11 +1,12 @@
 "Inference under faults, through the CLIs: code-running pickles, non-finite audio, one bad file among good ones."
-import csv, json, os, pickle
+import csv, json, os, pickle, subprocess
 from functools import partial
 from pathlib import Path
 import numpy as np, pytest, soundfile as sf, torch
 from audioset_nb.inference import load_tagger, sed, find_events
 from audioset_nb.models import build_model, save_checkpoint
 from conftest import cli, one_sentence, tone
+from test_faults_train import tmpfs  # small tmpfs mounts, unmounted after the test
 
 SR = 32000
 run = partial(cli, timeout=300)
@@ -88,3 +89,11 @@ def test_a_figure_that_cannot_be_written_costs_only_its_own_file(d, tmp_path):
     assert len(err) == 2 and err[0].startswith(f'failed: Could not write the SED figure {figs/"a.png"}'), err
     assert sorted(p.name for p in figs.iterdir() if p.is_file()) == ['b.png', 'c.png'] and list(figs.glob('.*.tmp')) == []
     assert {json.loads(l)['audio_path'] for l in open(out)} >= {str(folder/'b.wav'), str(folder/'c.wav')}
+
+def test_an_output_that_cannot_be_written_is_one_sentence(d, tmp_path, tmpfs):
+    "Today: '[Errno 30] Read-only file system' naming a temporary file, not the output, and no fix."
+    ro = tmpfs(tmp_path/'ro', 1 << 20)
+    subprocess.run(['mount', '-o', 'remount,ro', str(ro)], check=True)
+    r = run('audioset_tag', '--checkpoint_path', d/'cnn6.pth', '--audio_path', d/'tone.wav', '--output', ro/'tags.csv')
+    assert r.returncode != 0
+    one_sentence(r.stderr, f'Could not write the output file {ro/"tags.csv"}', 'read-only', 'choose a writable folder')
