@@ -448,7 +448,8 @@ def setup_run(model:nn.Module, # a new model on the CPU
 # %% ../nbs/50_train.ipynb #2f65d623
 @contextlib.contextmanager
 def run_folder(path:Path, # the folder a run writes its checkpoints to
-               main:bool=True): # only the main process holds it (under torchrun, rank 0)
+               main:bool=True, # only the main process holds it (under torchrun, rank 0)
+               also:tuple=()): # other folders only this run writes (its statistics), tidied too
     "Hold run folder `path` for the block: created, locked against a second run, cleared of a killed save's temporary files."
     path = Path(path)
     if not main: yield path; return
@@ -456,7 +457,8 @@ def run_folder(path:Path, # the folder a run writes its checkpoints to
         with writing(path, 'training run folder'):
             path.mkdir(parents=True, exist_ok=True)
             held.enter_context(output_lock(path, 'training run folder'))
-            for t in path.glob('.*.tmp'): t.unlink()  # `atomic_path`'s names; only a writer that died leaves one
+            for d in (path, *map(Path, also)):
+                for t in d.glob('.*.tmp'): t.unlink()  # `atomic_path`'s names; only a writer that died leaves one
         yield path
 
 # %% ../nbs/50_train.ipynb #978379df
@@ -490,7 +492,7 @@ def train(cfg:TrainConfig,
     "Train `cfg.model_type` on the packed AudioSet in `cfg.workspace`; return the final {'bal', 'test'} scores."
     dst = setup_dist(cfg.cuda)
     try:
-        with run_folder(checkpoints_dir(cfg), dst.main): return _train(cfg, dst, model)
+        with run_folder(checkpoints_dir(cfg), dst.main, also=[statistics_path(cfg).parent]): return _train(cfg, dst, model)
     finally:
         if dst.world > 1 and dist.is_initialized(): dist.destroy_process_group()
 

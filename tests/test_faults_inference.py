@@ -20,7 +20,7 @@ def d(tmp_path_factory):
     d = tmp_path_factory.mktemp('faults')
     torch.manual_seed(0)
     save_checkpoint(d/'cnn6.pth', build_model('Cnn6'), model_type='Cnn6')
-    save_checkpoint(d/'sed.pth', build_model('Cnn14_DecisionLevelMax'), model_type='Cnn14_DecisionLevelMax')
+    save_checkpoint(d/'sed.pth', build_model('Cnn6_mini_DecisionLevelMax'), model_type='Cnn6_mini_DecisionLevelMax')  # small and fast
     sf.write(d/'tone.wav', tone(440, 2, SR), SR)
     return d
 

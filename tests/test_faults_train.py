@@ -127,13 +127,14 @@ def test_sigkill_with_workers_leaves_no_worker_and_the_rerun_resumes(ws, tmp_pat
     k = load_checkpoint(checkpoint_path(cfg, 'latest'))['iteration']
     stale = checkpoints_dir(cfg)/'.latest.pth.killed01.tmp'  # what a save killed half-way leaves
     stale.write_bytes(b'\0'*1000)
+    (stats.parent/'.statistics.jsonl.killed02.tmp').write_text('{"iteration": 1')
     # at once, while the orphaned workers may still live: they do not hold the run folder's lock
     r = run(f'--workspace={d}', *flags, '--resume_latest')
     assert r.returncode == 0, r.stderr
     _wait_for(lambda: not any(map(_alive, workers)), timeout=30)  # they watch their parent and exit
     assert [r['iteration'] for r in read_statistics(stats) if 'loss' in r] == list(range(1, 13))
     assert load_checkpoint(checkpoint_path(cfg, 'latest'))['iteration'] == 12 and k >= 3
-    assert _temporaries(d/'checkpoints') == []
+    assert _temporaries(d/'checkpoints') == [] and _temporaries(d/'statistics') == []
 
 # ---------------------------------------------------------------------------------------------------- outputs
 def _strict(line:str):
