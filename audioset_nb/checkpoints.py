@@ -4,7 +4,7 @@
 
 # %% ../nbs/40_checkpoints.ipynb #30f3faf3
 from __future__ import annotations
-import pickle, re, urllib.parse, warnings
+import errno, os, pickle, pickletools, re, urllib.parse, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -12,7 +12,8 @@ import torch.nn as nn
 from .fileio import atomic_open, default_cache_dir, fetch, md5sum
 
 # %% auto #0
-__all__ = ['ZENODO_RECORD', 'PUBLISHED', 'load_checkpoint', 'unwrap', 'load_weights', 'save_checkpoint', 'fetch_checkpoint']
+__all__ = ['ZENODO_RECORD', 'PUBLISHED', 'load_checkpoint', 'unwrap', 'load_weights', 'write_error', 'save_checkpoint',
+           'fetch_checkpoint']
 
 # %% ../nbs/40_checkpoints.ipynb #73c281ad
 def _numpy_globals():
@@ -25,6 +26,12 @@ def _numpy_globals():
         out += [(_reconstruct, f'{mod}._reconstruct'), (scalar, f'{mod}.scalar')]
     return out
 
+def _starts_as_pickle(path)->bool:
+    "Whether the file's first pickle opcode is a real one (junk bytes are not a pickle at all)."
+    with open(path, 'rb') as f:
+        try: next(pickletools.genops(f)); return True
+        except (ValueError, StopIteration): return False
+
 def load_checkpoint(path:str|Path) -> dict:
     "Load a checkpoint (published PANNs format or a bare state dict) onto the CPU, without running code."
     path = Path(path)
@@ -34,10 +41,13 @@ def load_checkpoint(path:str|Path) -> dict:
             warnings.simplefilter('ignore', DeprecationWarning)
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        if what := re.search(r'GLOBAL ([\w.]+)', str(e)):
-            raise ValueError(f"Refusing to load {path}: it is not a plain checkpoint (it needs {what.group(1)} to load, "
-                             f"which could run code).") from None
-        raise ValueError(f'{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0]}); re-download or re-save it.') from None
+        # torch's own text advises `weights_only=False`, the unsafe fix: it is never passed on
+        what = re.search(r'GLOBAL ([\w.]+)', str(e))
+        if what or ('Weights only' in str(e) and _starts_as_pickle(path)):
+            need = f'it needs {what.group(1)} to load' if what else 'its pickle holds more than tensors and plain data'
+            raise ValueError(f"Refusing to load {path}: it is not a plain checkpoint ({need}, which could run code); "
+                             "use a checkpoint saved as a state dict from a source you trust.") from None
+        raise ValueError(f'{path} is not a readable PyTorch checkpoint (not a pickle nor a torch zip file); re-download or re-save it.') from None
     except (RuntimeError, EOFError) as e:
         raise ValueError(f'{path} is not a readable PyTorch checkpoint ({e}); re-download or re-save it.') from None
 
@@ -77,12 +87,32 @@ def load_weights(model:nn.Module, # the model to fill
     target.load_state_dict(sd, strict=True)
     return model
 
+# %% ../nbs/40_checkpoints.ipynb #7ebb63f0
+_FIXES = {errno.ENOSPC: 'the disk is full; free some space or choose another folder',
+          errno.EDQUOT: 'your disk quota is used up; free some space or choose another folder',
+          errno.EROFS: 'its folder is on a read-only file system; choose a writable folder',
+          errno.EACCES: 'you may not write to its folder; change its permissions or choose another folder',
+          errno.EPERM: 'you may not write to its folder; change its permissions or choose another folder'}
+
+def write_error(path:str|Path, # the file that was being written
+                e:BaseException, # what writing it raised (an `OSError`, or torch's `RuntimeError` around one)
+                what:str='file')->OSError:
+    "An `OSError` that says in one sentence which file could not be written, why, and what to do."
+    while not isinstance(e, OSError) and (e.__cause__ or e.__context__): e = e.__cause__ or e.__context__
+    code = getattr(e, 'errno', None)
+    why = _FIXES.get(code) or f'{getattr(e, "strerror", None) or e}; check the disk and the folder'
+    err = OSError(f'Could not write the {what} {path}: {why}.')
+    err.errno = code  # kept for callers that test it; not in the message, which stays one sentence
+    return err
+
 # %% ../nbs/40_checkpoints.ipynb #8821fa4a
 def save_checkpoint(path:str|Path, # where to write
                     model:nn.Module, # its state dict goes under 'model'
                     **extra): # other entries: iteration, optimizer, sampler, config...
     "Atomically save `{'model': state_dict, **extra}` to `path`."
-    with atomic_open(path, 'wb') as f: torch.save({'model': unwrap(model).state_dict(), **extra}, f)
+    try:
+        with atomic_open(path, 'wb') as f: torch.save({'model': unwrap(model).state_dict(), **extra}, f)
+    except (OSError, RuntimeError) as e: raise write_error(path, e, 'checkpoint') from None
     return path
 
 # %% ../nbs/40_checkpoints.ipynb #bec91979

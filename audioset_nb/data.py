@@ -4,17 +4,18 @@
 
 # %% ../nbs/30_data.ipynb #8bb219f4
 from __future__ import annotations
-import collections, os
+import collections, os, sys
 from dataclasses import dataclass
 from pathlib import Path
 import h5py, numpy as np, torch
 from torch.utils.data import DataLoader, Dataset
-from .audio import SAMPLE_RATE, STORES, decode_row, resample, to_float32
+from .audio import SAMPLE_RATE, STORES, AudioError, decode_row, resample, to_float32
+from .config import USER_ERRORS
 
 # %% auto #0
-__all__ = ['WAVEFORM_KEYS', 'INDEX_KEYS', 'SAMPLERS', 'Index', 'read_index', 'AudioSetDataset', 'TrainSampler', 'RandomSampler',
-           'BalancedSampler', 'AlternateSampler', 'clip_weights', 'WeightedSampler', 'EvalSampler', 'make_sampler',
-           'Mixup', 'collate', 'default_workers', 'make_loader']
+__all__ = ['WAVEFORM_KEYS', 'INDEX_KEYS', 'NONFINITE', 'SAMPLERS', 'Index', 'read_index', 'finite_audio', 'AudioSetDataset',
+           'TrainSampler', 'RandomSampler', 'BalancedSampler', 'AlternateSampler', 'clip_weights', 'WeightedSampler',
+           'EvalSampler', 'make_sampler', 'Mixup', 'collate', 'Loader', 'default_workers', 'make_loader']
 
 # %% ../nbs/30_data.ipynb #4e9cc847
 @dataclass
@@ -63,6 +64,21 @@ def read_index(path:Path)->Index:
         files = [_resolve(p.decode(), path.parent) for p in files]
         return Index(names, files, file_of, f['index_in_hdf5'][:].astype(np.int64), target.astype(bool))
 
+# %% ../nbs/30_data.ipynb #8f01e7b8
+NONFINITE = dict(training='replace', evaluation='replace', inference='refuse')  # what each place does with NaN/Inf samples
+
+def finite_audio(x:np.ndarray, # audio samples
+                 name:str, # the file (and row) they came from, for the message
+                 use:str='training', # a key of `NONFINITE`: decides whether to replace or refuse
+                )->np.ndarray:
+    "`x` if all its samples are finite; else refused (`AudioError`) or zeroed where not finite, with a warning, as `NONFINITE[use]` says."
+    bad = ~np.isfinite(x)
+    if not bad.any(): return x
+    msg = f'{name} holds {int(bad.sum())} NaN or infinite samples'
+    if NONFINITE[use] == 'refuse': raise AudioError(f'{msg}; it was not used: repair or re-encode it.')
+    print(f'warning: {msg}; they were replaced by silence: repair or re-pack it.', file=sys.stderr)
+    return np.where(bad, np.float32(0), x).astype(x.dtype)
+
 # %% ../nbs/30_data.ipynb #c0bb33eb
 class _Store:
     "One open waveform HDF5 file."
@@ -79,6 +95,7 @@ class _Store:
         if self.key != 'waveform': return decode_row(self.wave[i], self.key.removeprefix('waveform_'), self.f.attrs.get('clip_samples'))
         x = self.wave[i]
         return x.astype(np.float32) if x.dtype.kind == 'f' else to_float32(x)   # early reference files hold float32
+    def __len__(self): return len(self.wave)
     def name(self, i:int)->str: return self.f['audio_name'][i].decode()
     def target(self, i:int)->np.ndarray: return self.f['target'][i]
 
@@ -86,11 +103,21 @@ class _Store:
 class AudioSetDataset(Dataset):
     "Clips by row of an index (or waveform) HDF5, as dict(audio_name, waveform float32, target float32)."
     def __init__(self, path:Path,                 # index HDF5, or a waveform HDF5
-                 sample_rate:int=SAMPLE_RATE):    # rate the model wants; other than the stored one -> resampled
-        self.path, self.sample_rate = Path(path), sample_rate
+                 sample_rate:int=SAMPLE_RATE,     # rate the model wants; other than the stored one -> resampled
+                 use:str='training'):             # what the clips are for: a key of `NONFINITE`
+        self.path, self.sample_rate, self.use = Path(path), sample_rate, use
         ix = read_index(path)
         self.files, self.file_of, self.row = ix.files, ix.file_of, ix.index_in_hdf5   # 12 bytes a clip go to each worker
         self._stores, self._pid = {}, None
+        self._check_rows()
+    def _past_end(self, hdf5_path, i:int, n:int)->ValueError:
+        return ValueError(f'{self.path} points at row {i} of {hdf5_path}, which holds {n} clips; '
+                          'rebuild the index from that file (`write_index`) or re-pack it.')
+    def _check_rows(self):
+        "Refuse at once an index whose rows point past the end of their waveform files, not when such a row is drawn."
+        last = np.full(len(self.files), -1, np.int64); np.maximum.at(last, self.file_of, self.row)
+        for f, i in zip(self.files, last):
+            if i >= (n := len(_Store(f))): raise self._past_end(f, int(i), n)
     def __len__(self): return len(self.row)
     def __repr__(self): return f'AudioSetDataset({self.path}, {len(self)} clips, {self.sample_rate} Hz)'
     def __getstate__(self): return {**self.__dict__, '_stores': {}, '_pid': None}
@@ -102,7 +129,8 @@ class AudioSetDataset(Dataset):
     def read(self, hdf5_path:str, i:int)->dict:
         "Row `i` of waveform file `hdf5_path`."
         s, i = self.store(str(hdf5_path)), int(i)
-        x = s.waveform(i)
+        if not 0 <= i < len(s): raise self._past_end(hdf5_path, i, len(s))
+        x = finite_audio(s.waveform(i), f'{hdf5_path} row {i}', self.use)
         if s.sample_rate != self.sample_rate: x = resample(x, s.sample_rate, self.sample_rate)
         return dict(audio_name=s.name(i), waveform=x, target=s.target(i).astype(np.float32))
     def __getitem__(self, key):
@@ -291,6 +319,23 @@ def collate(items:list)->dict:
                 waveform=torch.from_numpy(np.stack([d['waveform'] for d in items])),
                 target=torch.from_numpy(np.stack([d['target'] for d in items])))
 
+def _worker_sentence(e:BaseException)->BaseException:
+    "A worker's error as raised in the worker: PyTorch re-raises it wrapped in the worker's traceback."
+    msg = str(e)
+    if 'Original Traceback' not in msg: return e
+    kind, _, said = msg.rstrip().splitlines()[-1].partition(': ')
+    return type(e)(said) if kind.split('.')[-1] == type(e).__name__ and said else e
+
+class Loader(DataLoader):
+    "A `DataLoader` whose workers' user errors (a bad file, a bad row) arrive as their one sentence, not a worker's traceback."
+    def __iter__(self):
+        it = super().__iter__()
+        while True:
+            try: b = next(it)
+            except StopIteration: return
+            except USER_ERRORS as e: raise _worker_sentence(e) from None
+            yield b
+
 def default_workers()->int:
     "DataLoader workers: one per core this process may use, but one, at most 8."
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
@@ -305,5 +350,5 @@ def make_loader(dataset:Dataset, batch_sampler, # a `TrainSampler`, `EvalSampler
     num_workers = default_workers() if num_workers is None else num_workers
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     kw = dict(prefetch_factor=prefetch_factor, persistent_workers=persistent_workers) if num_workers else {}
-    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=num_workers,
-                      pin_memory=pin_memory, **kw)
+    return Loader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=num_workers,
+                  pin_memory=pin_memory, **kw)

@@ -48,6 +48,13 @@ def atomic_write(path:str|Path, data:str|bytes)->Path:
 class OutputBusy(BlockingIOError):
     "Another live process is writing the output."
 
+_HELD = set()  # descriptors of the locks this process holds
+def _close_held():
+    "In a forked child: close the inherited lock descriptors, so that the lock dies with the process that took it."
+    for fd in _HELD: os.close(fd)
+    _HELD.clear()
+os.register_at_fork(after_in_child=_close_held)
+
 @contextlib.contextmanager
 def output_lock(path:str|Path, # the output file, or folder, this process is about to write
                 what:str='output'): # what it is, for the message ("packed file", "training run")
@@ -55,6 +62,7 @@ def output_lock(path:str|Path, # the output file, or folder, this process is abo
     path = Path(path); lock = path.with_name(f'.{path.name}.lock')
     try: lock.parent.mkdir(parents=True, exist_ok=True); fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e: raise cannot_write(path, e) from None
+    _HELD.add(fd)
     try:
         try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -63,7 +71,8 @@ def output_lock(path:str|Path, # the output file, or folder, this process is abo
                              f'finish, or stop it, or choose another output.') from None
         with contextlib.suppress(OSError): os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)  # for the message only: a full disk may refuse it
         yield path
-    finally: os.close(fd)
+    finally:
+        if fd in _HELD: _HELD.discard(fd); os.close(fd)  # not in a forked child, which closed it already
 
 # %% ../nbs/00_fileio.ipynb #d55b033e
 class CannotWrite(OSError):

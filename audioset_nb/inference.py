@@ -12,8 +12,9 @@ import numpy as np, torch
 from .fileio import atomic_open, atomic_path
 from .metadata import CLIP_SECONDS, load_labels
 from .audio import SAMPLE_RATE, AudioError, stream_audio, load_audio, pad_or_truncate, write_wav
-from .checkpoints import load_checkpoint, load_weights
-from .config import FrontEnd, config_cli
+from .checkpoints import load_checkpoint, load_weights, write_error
+from .config import USER_ERRORS, FrontEnd, config_cli
+from .data import finite_audio
 from .models import build_model
 from .fastpath import for_inference
 
@@ -173,8 +174,10 @@ def _forward(tagger:Tagger, batch:np.ndarray)->dict:
     return {k: out[k].float().cpu().numpy() for k in _KEYS if k in out}
 
 def _blocks(tagger:Tagger, src):
-    if isinstance(src, np.ndarray): return [np.asarray(src, np.float32)]
-    return stream_audio(src, tagger.sample_rate)
+    "The audio of `src` in blocks; one with NaN or infinite samples is refused (`data.NONFINITE`), naming the file."
+    name = '<array>' if isinstance(src, np.ndarray) else str(src)
+    blocks = [np.asarray(src, np.float32)] if isinstance(src, np.ndarray) else stream_audio(src, tagger.sample_rate)
+    return (finite_audio(b, name, 'inference') for b in blocks)
 
 def _file_windows(tagger, srcs, win, hop, failed):
     "(file index, start, window, n_real) for every window of every file; (i, None, ...) ends file i."
@@ -274,14 +277,16 @@ def _is_jsonl(path)->bool:
 def _write_rows(path:Path, rows:Iterable[dict]):
     "Write dicts to `path` as CSV or JSON lines (by suffix), atomically; returns the number of rows."
     jsonl, n = _is_jsonl(path), 0
-    with atomic_open(path, 'w', newline='', encoding='utf-8') as f:
-        w = None
-        for r in rows:
-            if jsonl: f.write(json.dumps(r) + '\n')
-            else:
-                if w is None: w = csv.DictWriter(f, list(r)); w.writeheader()
-                w.writerow(r)
-            n += 1
+    try:
+        with atomic_open(path, 'w', newline='', encoding='utf-8') as f:
+            w = None
+            for r in rows:
+                if jsonl: f.write(json.dumps(r) + '\n')
+                else:
+                    if w is None: w = csv.DictWriter(f, list(r)); w.writeheader()
+                    w.writerow(r)
+                n += 1
+    except OSError as e: raise write_error(path, e, 'output file') from None
     return n
 
 # %% ../nbs/60_inference.ipynb #c6f15fec
@@ -338,8 +343,9 @@ def write_events(events:Iterable, path:Path)->int:
 # %% ../nbs/60_inference.ipynb #08e8381f
 def log_spectrogram(x:np.ndarray, window_size:int=1024, hop_size:int=320)->np.ndarray:
     "(frames, window_size//2+1) natural log of the STFT magnitude (Hann window, centred frames)."
+    # zero padding at the ends (not reflection, which needs more than half a window): a 10-ms clip has a spectrogram too
     s = torch.stft(torch.from_numpy(np.asarray(x, np.float32)), window_size, hop_size, window=torch.hann_window(window_size),
-                   center=True, return_complex=True).abs()
+                   center=True, pad_mode='constant', return_complex=True).abs()
     return np.log(s.T.numpy() + 1e-8)
 
 def plot_sed(t:Tags, # framewise tags from `sed`
@@ -412,8 +418,11 @@ def _run_cli(tagger, audio_path, each, **kwargs)->tuple:
     failed = []
     try:
         for r in iter_tags(tagger, paths, **kwargs):
-            if isinstance(r, Failed): failed.append(r)
-            else: each(r)
+            if isinstance(r, Failed): failed.append(r); continue
+            try: each(r)
+            except Exception as e:  # one file's output that cannot be made (a figure, say) never costs the other files theirs
+                failed.append(Failed(r.path, str(e) if isinstance(e, USER_ERRORS) else
+                                     f'{r.path} could not be processed ({type(e).__name__}: {e}).'))
     except ValueError as e: sys.exit(str(e))
     return failed, len(paths)
 
@@ -456,9 +465,11 @@ sed_cli = config_cli(SedConfig, _sed, 'audioset_sed')
 def _save_figure(t:Tags, folder:Path, seconds:float, window_size:int, hop_size:int):
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig = plot_sed(t, duration=min(seconds, t.duration), window_size=window_size, hop_size=hop_size)
-    with atomic_path(folder/f'{Path(t.path).stem}.png', suffix='.png') as tmp: fig.savefig(tmp)
-    plt.close(fig)
+    fig, png = plot_sed(t, duration=min(seconds, t.duration), window_size=window_size, hop_size=hop_size), folder/f'{Path(t.path).stem}.png'
+    try:
+        with atomic_path(png, suffix='.png') as tmp: fig.savefig(tmp)
+    except OSError as e: raise write_error(png, e, 'SED figure') from None
+    finally: plt.close(fig)
 
 # %% ../nbs/60_inference.ipynb #1c514391
 def _checkpoint_options(checkpoints)->list:

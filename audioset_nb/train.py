@@ -4,7 +4,7 @@
 
 # %% ../nbs/50_train.ipynb #6d8edd93
 from __future__ import annotations
-import json, os, random, sys, time
+import contextlib, json, math, os, random, sys, time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +14,10 @@ from scipy import stats
 from sklearn import metrics
 from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel as DDP
-from .fileio import atomic_write
+from .fileio import OutputBusy, atomic_path, atomic_write, output_lock
 from .metadata import load_labels
 from .data import AudioSetDataset, EvalSampler, Mixup, make_loader, make_sampler, read_index
-from .checkpoints import load_checkpoint, load_weights, save_checkpoint, unwrap
+from .checkpoints import load_checkpoint, load_weights, save_checkpoint, unwrap, write_error
 from .config import FrontEnd, config_cli, config_parser, flat_config, parse_config
 from .models import MODELS, build_model, do_mixup
 
@@ -25,8 +25,9 @@ from .models import MODELS, build_model, do_mixup
 __all__ = ['LOSSES', 'train_cli', 'Scores', 'score', 'clip_bce', 'get_loss_func', 'TrainConfig', 'run_dir', 'checkpoints_dir',
            'statistics_path', 'checkpoint_path', 'Dist', 'setup_dist', 'autocast', 'fp32_frontend', 'seed_everything',
            'rng_state', 'set_rng_state', 'gather', 'load_state', 'check_finite', 'fit', 'predict', 'evaluate',
-           'read_statistics', 'statistics_logger', 'plot_statistics', 'ap_table', 'top_confusions', 'make_optimizer',
-           'Run', 'setup_run', 'setup_audioset', 'train', 'write_report']
+           'json_line', 'writing', 'read_statistics', 'statistics_logger', 'plot_statistics', 'ap_table',
+           'top_confusions', 'make_optimizer', 'Run', 'setup_run', 'run_folder', 'setup_audioset', 'train',
+           'write_report']
 
 # %% ../nbs/50_train.ipynb #f80ce663
 @dataclass
@@ -54,6 +55,9 @@ def score(target:np.ndarray, # (clips, classes) 0/1 targets
     "Per-class AP, AUC and d-prime as scikit-learn computes them; classes without both outcomes are skipped."
     target, output = np.asarray(target) > 0.5, np.asarray(output, dtype=np.float64)
     if target.shape != output.shape: raise ValueError(f'targets {target.shape} and outputs {output.shape} differ in shape.')
+    if not (fin := np.isfinite(output).all(1)).all():  # sklearn would say only "Input contains NaN."
+        raise FloatingPointError(f'The model scored {int((~fin).sum())} of {len(fin)} evaluation clips NaN or infinite; '
+                                 'the weights have diverged: resume from an earlier checkpoint with a lower --learning_rate.')
     k = target.shape[1]
     ap, auc = np.full(k, np.nan), np.full(k, np.nan)
     pos = target.sum(0)
@@ -304,6 +308,19 @@ def evaluate(model:nn.Module, loader, device:torch.device=torch.device('cpu'), a
     return score(tgt, out)
 
 # %% ../nbs/50_train.ipynb #78e3e8ae
+def json_line(rec:dict)->str:
+    "`rec` as one line of strict JSON: an undefined score (NaN, infinite) is `null`, which every JSON reader accepts."
+    fix = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v
+    return json.dumps({k: fix(v) for k, v in rec.items()}, allow_nan=False) + '\n'
+
+@contextlib.contextmanager
+def writing(path:Path, what:str='file'):
+    "Turn a failure to write `path` inside the block (full disk, read-only, permission) into one sentence."
+    try: yield
+    except OSError as e:
+        if isinstance(e, OutputBusy): raise
+        raise write_error(path, e, what) from None
+
 def read_statistics(path:Path)->list:
     "The records of a statistics JSON-lines file."
     return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
@@ -312,11 +329,13 @@ def statistics_logger(path:Path, # statistics JSON lines
                       start:int=0, # records after this iteration are dropped (resume); 0: start afresh
                      )->callable:
     "A function appending one record per call to `path`, flushed at once."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
     old = [r for r in read_statistics(path) if r['iteration'] <= start] if start and path.exists() else []
-    atomic_write(path, ''.join(json.dumps(r) + '\n' for r in old))
+    with writing(path, 'statistics file'):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, ''.join(json_line(r) for r in old))
     def log(rec:dict):
-        with open(path, 'a') as f: f.write(json.dumps(rec) + '\n')
+        with writing(path, 'statistics file'), open(path, 'a') as f: f.write(json_line(rec))
     return log
 
 # %% ../nbs/50_train.ipynb #0ef7c96f
@@ -326,7 +345,7 @@ def plot_statistics(records:list, ax=None):
     if ax is None: _, ax = plt.subplots(figsize=(6, 4))
     ev = [r for r in records if 'test_mAP' in r]
     for k, style in [('bal', '--'), ('test', '-')]:
-        ax.plot([r['iteration'] for r in ev], [r[f'{k}_mAP'] for r in ev], style, label=k)
+        ax.plot([r['iteration'] for r in ev], [np.nan if r[f'{k}_mAP'] is None else r[f'{k}_mAP'] for r in ev], style, label=k)
     ax.set(xlabel='iterations', ylabel='mAP', ylim=(0, 1)); ax.grid(alpha=.3); ax.legend()
     return ax
 
@@ -426,6 +445,22 @@ def setup_run(model:nn.Module, # a new model on the CPU
     if compile: run.model = torch.compile(run.model)
     return run
 
+# %% ../nbs/50_train.ipynb #2f65d623
+@contextlib.contextmanager
+def run_folder(path:Path, # the folder a run writes its checkpoints to
+               main:bool=True, # only the main process holds it (under torchrun, rank 0)
+               also:tuple=()): # other folders only this run writes (its statistics), tidied too
+    "Hold run folder `path` for the block: created, locked against a second run, cleared of a killed save's temporary files."
+    path = Path(path)
+    if not main: yield path; return
+    with contextlib.ExitStack() as held:
+        with writing(path, 'training run folder'):
+            path.mkdir(parents=True, exist_ok=True)
+            held.enter_context(output_lock(path, 'training run folder'))
+            for d in (path, *map(Path, also)):
+                for t in d.glob('.*.tmp'): t.unlink()  # `atomic_path`'s names; only a writer that died leaves one
+        yield path
+
 # %% ../nbs/50_train.ipynb #978379df
 def _eval_loaders(cfg:TrainConfig, data:dict, dst:Dist)->dict:
     "Loaders over the first `max_eval_clips` of the 'bal' and 'test' sets; they draw nothing from the training's random stream."
@@ -441,7 +476,7 @@ def setup_audioset(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->tuple:
     per_rank, rest = divmod(cfg.batch_size, dst.world)
     if rest or not per_rank: raise ValueError(f'--batch_size {cfg.batch_size} does not split evenly over {dst.world} processes.')
     mix = cfg.augmentation == 'mixup'
-    data = {k: AudioSetDataset(p, cfg.front.sample_rate) for k, p in paths.items()}
+    data = {k: AudioSetDataset(p, cfg.front.sample_rate, 'training' if k == 'train' else 'evaluation') for k, p in paths.items()}
     sampler = make_sampler(cfg.balanced, read_index(paths['train']), per_rank*(2 if mix else 1), seed=cfg.seed,
                            rank=dst.rank, world_size=dst.world)
     run = setup_run(model if model is not None else build_model(cfg.model_type, cfg.front, classes_num=527), data['train'],
@@ -457,32 +492,37 @@ def train(cfg:TrainConfig,
     "Train `cfg.model_type` on the packed AudioSet in `cfg.workspace`; return the final {'bal', 'test'} scores."
     dst = setup_dist(cfg.cuda)
     try:
-        seed_everything(cfg.seed + dst.rank, cfg.deterministic)  # ranks draw different SpecAugment masks; DDP copies rank 0's weights
-        run, evals = setup_audioset(cfg, dst, model)
-        save = lambda it, keep: run.save(it, checkpoint_path(cfg, 'latest'), checkpoint_path(cfg, it) if keep else None,
-                                         config=flat_config(cfg))
-        log = statistics_logger(statistics_path(cfg), run.start) if dst.main else None
-        batches = _recorded(run.loader, Path(f'{cfg.record_names}.{dst.rank}')) if cfg.record_names else run.loader
-        scores = fit(run.model, run.opt, batches, get_loss_func(cfg.loss_type),
-                     lambda m: {k: evaluate(m, dl, dst.device, cfg.amp) for k, dl in evals.items()}, save, log,
-                     iterations=cfg.early_stop, start=run.start, eval_every=cfg.eval_every, save_every=cfg.save_every,
-                     log_every=cfg.log_every, mixup=run.mixup, dst=dst, amp=cfg.amp, progress=cfg.progress)
-        if dst.world > 1:  # batch-norm statistics last updated by each rank's own batch: take rank 0's, as saved
-            for b in run.saved.buffers(): dist.broadcast(b, 0)
-        if dst.main and scores: write_report(cfg, scores)
-        if cfg.record_names: save_checkpoint(f'{cfg.record_names}.{dst.rank}.pt', run.saved)
-        return scores
+        with run_folder(checkpoints_dir(cfg), dst.main, also=[statistics_path(cfg).parent]): return _train(cfg, dst, model)
     finally:
         if dst.world > 1 and dist.is_initialized(): dist.destroy_process_group()
+
+def _train(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->dict:
+    seed_everything(cfg.seed + dst.rank, cfg.deterministic)  # ranks draw different SpecAugment masks; DDP copies rank 0's weights
+    run, evals = setup_audioset(cfg, dst, model)
+    save = lambda it, keep: run.save(it, checkpoint_path(cfg, 'latest'), checkpoint_path(cfg, it) if keep else None,
+                                     config=flat_config(cfg))
+    log = statistics_logger(statistics_path(cfg), run.start) if dst.main else None
+    batches = _recorded(run.loader, Path(f'{cfg.record_names}.{dst.rank}')) if cfg.record_names else run.loader
+    scores = fit(run.model, run.opt, batches, get_loss_func(cfg.loss_type),
+                 lambda m: {k: evaluate(m, dl, dst.device, cfg.amp) for k, dl in evals.items()}, save, log,
+                 iterations=cfg.early_stop, start=run.start, eval_every=cfg.eval_every, save_every=cfg.save_every,
+                 log_every=cfg.log_every, mixup=run.mixup, dst=dst, amp=cfg.amp, progress=cfg.progress)
+    if dst.world > 1:  # batch-norm statistics last updated by each rank's own batch: take rank 0's, as saved
+        for b in run.saved.buffers(): dist.broadcast(b, 0)
+    if dst.main and scores: write_report(cfg, scores)
+    if cfg.record_names: save_checkpoint(f'{cfg.record_names}.{dst.rank}.pt', run.saved)
+    return scores
 
 def write_report(cfg:TrainConfig, scores:dict):
     "The training curve (`curve.png`) and the per-class AP table (`per_class_ap.tsv`) beside the statistics."
     from matplotlib.figure import Figure
     d = statistics_path(cfg).parent
     ax = plot_statistics(read_statistics(statistics_path(cfg)), Figure(figsize=(6, 4)).subplots()); ax.set_title(cfg.model_type)
-    ax.figure.savefig(d/'curve.png', dpi=100, bbox_inches='tight')
+    with writing(d/'curve.png', 'training curve'), atomic_path(d/'curve.png', suffix='.png') as tmp:
+        ax.figure.savefig(tmp, dpi=100, bbox_inches='tight')
     rows = ap_table(scores['test'])
-    atomic_write(d/'per_class_ap.tsv', 'class\tAP\tAUC\n' + ''.join(f'{n}\t{a:.4f}\t{u:.4f}\n' for n, a, u in rows))
+    table = 'class\tAP\tAUC\n' + ''.join(f'{n}\t{a:.4f}\t{u:.4f}\n' for n, a, u in rows)
+    with writing(d/'per_class_ap.tsv', 'per-class AP table'): atomic_write(d/'per_class_ap.tsv', table)
 
 # %% ../nbs/50_train.ipynb #a0e15058
 def _train_and_print(cfg:TrainConfig):
