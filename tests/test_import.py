@@ -194,3 +194,15 @@ def test_compressed_stores_import_and_load_like_int16(copies, tmp_path, codec):
         else:
             err = np.sum((x[3200:-3200] - y[3200:-3200])**2)/np.sum(x[3200:-3200]**2)
             assert err < 0.01, (i, err)      # SNR above 20 dB, sample-aligned
+
+def test_a_changed_source_is_not_resumed_into(copies, tmp_path):
+    d, _ = copies
+    src = tmp_path/'x.parquet'; write_parquet(src, ROWS)
+    p = subprocess.run([sys.executable, '-c', KILLER, str(src), str(tmp_path/'out.h5')], cwd=ROOT)
+    assert p.returncode == -signal.SIGKILL and (tmp_path/'.out.h5.partial').exists()
+    changed = [(y, flac(tone(300, 10, 48000), 48000), m) for y, _, m in ROWS]   # same ids and row groups, other audio
+    write_parquet(src, changed)
+    r = import_clips([src], tmp_path/'out.h5', workers=1, chunk=2, progress=False)
+    clean = import_clips([src], tmp_path/'clean.h5', workers=1, chunk=2, progress=False)
+    assert r.rows == clean.rows == len(ROWS)
+    with h5py.File(r.path, 'r') as a, h5py.File(clean.path, 'r') as b: np.testing.assert_array_equal(a['waveform'][:], b['waveform'][:])
