@@ -13,8 +13,8 @@ from .audio import ffmpeg_exe
 from .config import config_cli
 
 # %% auto #0
-__all__ = ['URL_SCHEMES', 'CAPTURE_FORMATS', 'stream_cli', 'ffmpeg_input', 'ffmpeg_blocks', 'Hysteresis', 'stream_events',
-           'StreamConfig', 'TorchRunner']
+__all__ = ['URL_SCHEMES', 'CAPTURE_FORMATS', 'LOW_DELAY', 'stream_cli', 'ffmpeg_input', 'ffmpeg_blocks', 'Hysteresis',
+           'stream_events', 'StreamConfig', 'TorchRunner']
 
 # %% ../nbs/64_stream.ipynb #5fb214f7
 URL_SCHEMES = ('http', 'https', 'rtsp', 'rtsps', 'rtmp', 'rtmps', 'srt', 'udp', 'rtp', 'tcp')
@@ -39,14 +39,17 @@ def ffmpeg_input(source:str, # '-' (stdin), a URL, a capture device (with `input
     if not path.is_file(): raise ValueError(f'--stream {source} is not a file, a URL or -; check the path.')
     return ['-i', f'file:{path}']  # `file:` so that a name with a colon is not taken for a protocol
 
-# %% ../nbs/64_stream.ipynb #42f09580
+# %% ../nbs/64_stream.ipynb #d70d90a0
+# ffmpeg's defaults probe up to 5 MB and 5 s of input before decoding, minutes of a live 16-bit stream
+LOW_DELAY = ['-probesize', '32768', '-analyzeduration', '500000']
+
 def ffmpeg_blocks(source:str, sr:int, # the source and the rate to deliver it at
                   block:int, # samples per block (the last may be shorter)
                   realtime:bool=False, # play a file in real time (`-re`)
                   input_format:str=None)->Iterator[np.ndarray]:
     "Mono float32 blocks of `source` at `sr`, decoded by ffmpeg as they arrive."
     args = [ffmpeg_exe(), '-hide_banner', '-nostats', '-loglevel', 'error', *(['-re'] if realtime else []),
-            *ffmpeg_input(source, input_format), '-vn', '-ac', '1', '-ar', str(sr), '-f', 'f32le', 'pipe:1']
+            *LOW_DELAY, *ffmpeg_input(source, input_format), '-vn', '-ac', '1', '-ar', str(sr), '-f', 'f32le', '-flush_packets', '1', 'pipe:1']
     proc = subprocess.Popen(args, stdin=None if source == '-' else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     n = 0
     try:

@@ -83,3 +83,15 @@ def test_onnx_tag_without_torch(tmp_path):
     r = subprocess.run([sys.executable, '-c', TAG, '--onnx', tmp_path/'cnn6.pth', '--audio_path', tmp_path/'a.wav'],
                        env=cli_env(), capture_output=True, text=True)
     assert r.returncode == 1 and one_sentence(r.stderr, 'cnn6.pth', 'is not an ONNX model')
+
+def test_export_benchmark_runs(tmp_path):
+    "benchmarks/export.py at a tiny size, so that it cannot rot; no timing is asserted."
+    from conftest import ROOT
+    out = tmp_path/'ex.json'
+    r = subprocess.run([sys.executable, 'benchmarks/export.py', '--models', 'Cnn6', '--batches', '1', '--reps', '1', '--seconds', '2',
+                        '--out', out], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res['versions']['onnxruntime'] and res['date'] and res['device']
+    (row,) = res['results']
+    assert row['model'] == 'Cnn6' and 0 < row['onnx_max_diff_vs_fast'] < 1e-4 and row['onnx_vs_fast'] > 0

@@ -88,3 +88,14 @@ def test_stream_bad_input(loud, args, words):
     r = _tag(*args, '--onnx', loud/'loud.onnx')
     assert r.returncode == 1
     one_sentence(r.stderr.decode(), *words)
+
+def test_stream_benchmark_runs(tmp_path):
+    "benchmarks/stream.py at a tiny size, so that it cannot rot; no timing is asserted, only that events were timed."
+    from conftest import ROOT
+    out = tmp_path/'st.json'
+    r = subprocess.run([sys.executable, 'benchmarks/stream.py', '--models', 'Cnn6_DecisionLevelMax', '--seconds', '3', '--tones', '1', '2',
+                        '--startup', '3', '--out', out], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = json.loads(out.read_text())['results']
+    assert max(map(abs, row['event_time_error_s'])) <= 0.02  # onset and offset placed on the right frame
+    assert all(l > 0 for l in row['start_latency_s'] + row['end_latency_s']) and row['cpu_cores_busy'] > 0
