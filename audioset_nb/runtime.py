@@ -15,7 +15,7 @@ from .fileio import atomic_open
 from .metadata import CLIP_SECONDS
 
 # %% auto #0
-__all__ = ['OnnxTagger', 'OnnxTags', 'tag_onnx', 'OnnxTagConfig', 'tag_main']
+__all__ = ['MORE', 'OnnxTagger', 'OnnxTags', 'tag_onnx', 'OnnxTagConfig', 'tag_main']
 
 # %% ../nbs/63_runtime.ipynb #7856602d
 class OnnxTagger:
@@ -83,7 +83,7 @@ def tag_onnx(tagger:OnnxTagger, src, # an audio file any ffmpeg decodes
     s, e = np.concatenate(scores), np.concatenate(embs)
     return OnnxTags(str(src), tagger.labels, s.max(0) if pooling == 'max' else s.mean(0), e.mean(0), n/tagger.sample_rate)
 
-# %% ../nbs/63_runtime.ipynb #c454d248
+# %% ../nbs/63_runtime.ipynb #75e563ec
 @dataclass
 class OnnxTagConfig:
     "Tag audio files with an exported ONNX model (audioset_export) through ONNX Runtime, without torch."
@@ -117,6 +117,9 @@ def _tag_onnx(cfg:OnnxTagConfig):
     for e in failed: print(f'failed: {e}', file=sys.stderr)
     if failed: sys.exit(f'{len(failed)} file(s) could not be processed; see above.')
 
+MORE = ('Also: audioset_tag --onnx MODEL.onnx --audio_path FILES tags through ONNX Runtime without torch, and '
+        'audioset_tag --stream SOURCE (--onnx MODEL.onnx | --checkpoint_path CK) tags a live stream; add --help to either for its flags.')
+
 def tag_main(argv:list=None):
     "`audioset_tag`: `--stream` streams, `--onnx` tags through ONNX Runtime, else the torch tagger (`inference.tag_cli`)."
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -125,6 +128,7 @@ def tag_main(argv:list=None):
         from audioset_nb.stream import stream_cli
         return stream_cli(argv)
     if not flag('--onnx'):
+        if flag('--help') or flag('-h'): print(MORE)
         from audioset_nb.inference import tag_cli  # torch is imported here, and only here
         return tag_cli(argv)
     try: return _tag_onnx(parse_config(OnnxTagConfig, argv, 'audioset_tag'))
