@@ -63,6 +63,15 @@ def test_stream_realtime_lines_as_they_happen(loud):
     assert t_start >= 2.2 and t_end >= 6.  # -re: the tone cannot be heard before it is played, nor the file end early
     assert t_start < t_end - 1.  # the start line came out while the file was still playing (it ends 2.3 s later)
 
+def test_stream_reader_gone(loud):
+    "`audioset_tag --stream ... | head -1`: when the reader goes, the stream stops quietly, exit 0."
+    p = subprocess.Popen([sys.executable, '-c', TAG, '--stream', str(loud/'tone.wav'), '--realtime', '--onnx', str(loud/'loud.onnx')],
+                         env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert json.loads(p.stdout.readline())['event'] == 'start'
+    p.stdout.close()  # the end line (1.5 s later) has nowhere to go
+    assert p.wait(timeout=60) == 0
+    assert p.stderr.read() == ''
+
 def test_stream_torch_checkpoint(tmp_path, loud):
     "A .pth checkpoint streams through torch; --labels limits the classes."
     torch.manual_seed(0)
