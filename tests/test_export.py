@@ -58,6 +58,10 @@ def test_export_cli(tmp_path):
     assert r.returncode == 1 and one_sentence(r.stderr, '.onnx')
     r = cli('audioset_export', '--checkpoint_path', tmp_path/'sed.pth', '--model_type', 'Cnn14', '--output', tmp_path/'y.onnx')
     assert r.returncode == 1 and one_sentence(r.stderr, 'does not fit model_type Cnn14')
+    # the check compares ONNX Runtime with torch before anything is written: with no tolerance for rounding it refuses
+    r = cli('audioset_export', '--checkpoint_path', tmp_path/'sed.pth', '--output', tmp_path/'keep.onnx', '--tolerance', '0')
+    assert r.returncode == 1 and one_sentence(r.stderr, 'differs from torch', 'nothing was written')
+    assert (tmp_path/'keep.onnx').read_text() == 'a file the user has'
     assert not (tmp_path/'y.onnx').exists() and not list(tmp_path.glob('*.tmp*'))
 
 TAG = 'import sys; from audioset_nb.runtime import tag_main; tag_main(); assert "torch" not in sys.modules, "torch imported"'
