@@ -634,11 +634,14 @@ def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_di
     dst = dst or Dist(); seed_everything(cfg.seed)
     ck = load_checkpoint(cfg.pretrained_checkpoint_path) if cfg.pretrained_checkpoint_path else None
     front = front_end(cfg, ck)
-    n_clip, per = front.samples(cfg.clip_seconds), cfg.batch_size*(2 if cfg.mixup else 1)
+    per_rank, rest = divmod(cfg.batch_size, dst.world)
+    if rest or not per_rank: raise ValueError(f'--batch_size {cfg.batch_size} does not split evenly over {dst.world} processes.')
+    n_clip, per = front.samples(cfg.clip_seconds), per_rank*(2 if cfg.mixup else 1)
     model = scale_specaug(Transfer(cfg.model_type, len(data.clips.labels), multi_label, cfg.freeze_base, front), n_clip)
     if ck is not None: load_body(model, ck, cfg.pretrained_checkpoint_path)
     tr, va = data.subset(train_rows), data.subset(valid_rows)
-    sampler = BalancedSampler(tr.clips.targets, per, seed=cfg.seed) if cfg.balanced else RandomSampler(len(tr), per, seed=cfg.seed)
+    where = dict(seed=cfg.seed, rank=dst.rank, world_size=dst.world)  # each rank draws its own share of every batch
+    sampler = BalancedSampler(tr.clips.targets, per, **where) if cfg.balanced else RandomSampler(len(tr), per, **where)
     latest, best = out_dir/'latest.pth', out_dir/'best.pth'
     prior = load_checkpoint(latest) if latest.is_file() else None
     run = setup_run(model, ClipDataset(tr.clips, front.sample_rate, n_clip, tr.audio), sampler, dst, cfg.learning_rate,
