@@ -15,7 +15,7 @@ import numpy as np, soundfile as sf, torch
 import audioset_nb
 from audioset_nb.audio import ffmpeg_exe
 from audioset_nb.config import FrontEnd
-from audioset_nb.finetune import FinetuneConfig, finetune
+from audioset_nb.finetune import FinetuneConfig, finetune, finetune_dir
 
 CLASSES = ('speech', 'music', 'call', 'knock')
 FORMATS = [('wav', 16000, 1), ('flac', 44100, 2), ('mp3', 22050, 1), ('ogg', 48000, 2), ('wav', 8000, 1), ('mp3', 32000, 2)]
@@ -108,15 +108,19 @@ def main():
     try:
         train = make_set(tmp/'train', a.per_class, 100, ('brown', 'pink', 'hum'))
         test = make_set(tmp/'test', a.per_class//2, 200, ('white', 'crackle', 'pink'))
-        rows = {}
+        rows, decoded = {}, None
         for name in a.recipes:
             runs = []
             for seed in a.seeds:
                 t = time.perf_counter()
                 cfg = FinetuneConfig(str(train), workspace=str(tmp/f'ws_{len(rows)}_{seed}'), model_type='Cnn6_mini', clip_seconds=3.0,
                                      front=FrontEnd(16000, 512, 160, 64, 50, 8000), epochs=a.epochs, batch_size=16, seed=seed,
-                                     test_data=str(test), progress=False, **RECIPES[name])
+                                     test_data=str(test), progress=False, max_memory_mb=0, **RECIPES[name])
+                if decoded:  # the files the first run decoded, reused
+                    finetune_dir(cfg).mkdir(parents=True)
+                    for f in decoded.glob('*decoded_*.h5'): shutil.copy(f, finetune_dir(cfg)/f.name)
                 r = finetune(cfg)[0]
+                decoded = decoded or finetune_dir(cfg)
                 runs.append(dict(seed=seed, valid=r['scores'].accuracy, test=r['test'].accuracy, baseline_test=r['baseline_test'].accuracy,
                                  best_iteration=r['best_iteration'], seconds=time.perf_counter() - t))
                 print(name, runs[-1], flush=True)

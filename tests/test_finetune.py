@@ -7,7 +7,7 @@ from audioset_nb.finetune import (FinetuneConfig, Transfer, finetune, finetune_c
                                   make_sound_folder, read_csv, read_folder, unfreeze_at, write_mini_csv)
 from audioset_nb.config import FrontEnd
 from audioset_nb.models import build_model, load_checkpoint, load_weights
-from audioset_nb.finetune import Clips, ClipDataset, decode_clips, predict_clips, load_data
+from audioset_nb.finetune import ClipDataset, decode_clips, predict_clips
 from audioset_nb.inference import load_tagger, tag
 from audioset_nb.train import read_statistics
 import audioset_nb.finetune as ft
@@ -141,7 +141,7 @@ def test_bad_inputs(tmp, folder, body):
 # ---------------------------------------------------------------------------------------------------- issue 16 / 14
 def test_single_label_checkpoint_tags_with_softmax(tmp, folder):
     "audioset_tag's loader scores a single-label fine-tuned checkpoint with probabilities that sum to one (sigmoid before)."
-    r = finetune(cfg(folder, tmp/'ws_soft', epochs=1, batch_size=12, baseline=False))[0]
+    r = finetune(cfg(folder, tmp/'ws_soft', epochs=1, batch_size=12))[0]
     t = load_tagger(r['checkpoint'])
     x = np.random.default_rng(0).standard_normal(16000).astype(np.float32)*0.1
     s = tag(t, x, window_seconds=1.0).clipwise
