@@ -7,7 +7,7 @@ generator seeds and other backgrounds than training and validation. Each recipe 
 scratch, 16-kHz front end); final.pth is scored on the test split, and the log-mel statistics + logistic regression
 baseline on the same split.
 
-    python benchmarks/finetune_recipes.py     # writes benchmarks/results/finetune_recipes-cpu.json
+    python benchmarks/finetune_recipes.py     # writes benchmarks/results/finetune_recipes-cpu.json (after each recipe)
 """
 import argparse, datetime, json, os, platform, shutil, subprocess, tempfile, time
 from pathlib import Path
@@ -97,12 +97,35 @@ RECIPES = {'old (constant lr, last epoch)': OLD,
            'warm-up + cosine, best, EMA 0.99': dict(ema=0.99),
            'warm-up + cosine, best, mixup': dict(ema=0.0, mixup=True)}
 
+def summarise(runs:list)->dict:
+    return dict(runs=runs, test_mean=float(np.mean([r['test'] for r in runs])), test_std=float(np.std([r['test'] for r in runs])),
+                baseline_test=float(np.mean([r['baseline_test'] for r in runs])))
+
+def write(rows:dict, a, **extra):
+    out = dict(device=platform.processor() or platform.machine(), cores=len(os.sched_getaffinity(0)), load_avg=os.getloadavg(),
+               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), python=platform.python_version(),
+               torch=torch.__version__, audioset_nb=audioset_nb.__version__, per_class=a.per_class, epochs=a.epochs, recipes=rows, **extra)
+    path = Path(a.out or Path(__file__).parent/'results'/'finetune_recipes-cpu.json')
+    tmpf = path.with_suffix('.tmp'); tmpf.write_text(json.dumps(out, indent=1) + '\n'); tmpf.replace(path)
+
+def from_log(log:Path, a):
+    "The JSON of an interrupted run, from the per-run lines it printed (`<recipe> {run dict}`)."
+    import ast
+    rows = {}
+    for line in log.read_text().splitlines():
+        name = next((n for n in RECIPES if line.startswith(n + ' {')), None)
+        if name: rows.setdefault(name, []).append(ast.literal_eval(line[len(name) + 1:]))
+    write({k: summarise(v) for k, v in rows.items()}, a, from_log=True,
+          note='stopped before every recipe had run: recipes missing here were not measured')
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--per_class', type=int, default=24); p.add_argument('--epochs', type=int, default=12)
+    p.add_argument('--per_class', type=int, default=24); p.add_argument('--epochs', type=int, default=10)
     p.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3]); p.add_argument('--recipes', nargs='+', default=list(RECIPES))
     p.add_argument('--out', default=None)
+    p.add_argument('--from_log', help="write the JSON from a log of this script's per-run lines (a run that was stopped early)")
     a = p.parse_args()
+    if a.from_log: return from_log(Path(a.from_log), a)
     tmp = Path(tempfile.mkdtemp(prefix='bench_recipes_'))
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     try:
@@ -124,13 +147,8 @@ def main():
                 runs.append(dict(seed=seed, valid=r['scores'].accuracy, test=r['test'].accuracy, baseline_test=r['baseline_test'].accuracy,
                                  best_iteration=r['best_iteration'], seconds=time.perf_counter() - t))
                 print(name, runs[-1], flush=True)
-            rows[name] = dict(runs=runs, test_mean=float(np.mean([r['test'] for r in runs])), test_std=float(np.std([r['test'] for r in runs])),
-                              baseline_test=float(np.mean([r['baseline_test'] for r in runs])))
-        out = dict(device=platform.processor() or platform.machine(), cores=len(os.sched_getaffinity(0)), load_avg=os.getloadavg(),
-                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), python=platform.python_version(),
-                   torch=torch.__version__, audioset_nb=audioset_nb.__version__, per_class=a.per_class, epochs=a.epochs, recipes=rows)
-        path = Path(a.out or Path(__file__).parent/'results'/'finetune_recipes-cpu.json')
-        tmpf = path.with_suffix('.tmp'); tmpf.write_text(json.dumps(out, indent=1) + '\n'); tmpf.replace(path)
+            rows[name] = summarise(runs)
+            write(rows, a)  # after each recipe: an interrupted run keeps what it measured
         for k, v in rows.items(): print(f"{k}: test {v['test_mean']:.3f} ± {v['test_std']:.3f}, baseline {v['baseline_test']:.3f}")
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
