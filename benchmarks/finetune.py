@@ -61,10 +61,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--files', type=int, default=24); p.add_argument('--epochs', type=int, default=4)
     p.add_argument('--batch', type=int, default=8); p.add_argument('--out', default=None)
+    p.add_argument('--seconds', type=float, nargs=2, default=[60, 200], help='range of file lengths')
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix='bench_finetune_'))
     try:
-        data = long_files(tmp/'long', a.files)
+        data = long_files(tmp/'long', a.files, tuple(a.seconds))
         before = run(data, tmp/'ws_before', a.epochs, a.batch, decode_once=False, num_workers=0, baseline=False)
         after = run(data, tmp/'ws_after', a.epochs, a.batch, baseline=False)
         loader = loader_only(data)

@@ -233,3 +233,23 @@ def test_torchrun_two_processes(tmp):
     assert len(ck['ranks']) == 2 and ck['iteration'] == 2*3  # 12 training clips, 4 a step over both ranks: 3 steps an epoch
     its = [s['iteration'] for s in read_statistics(d/'statistics.jsonl') if 'loss' in s]
     assert its == sorted(set(its))  # one writer: every record once
+
+def test_benchmarks_run_tiny(tmp_path):
+    "The fine-tuning benchmarks run at tiny sizes, so that they cannot rot; no timing is asserted."
+    import subprocess, sys
+    from conftest import cli_env
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path/'ft.json'
+    r = subprocess.run([sys.executable, 'benchmarks/finetune.py', '--files', '8', '--seconds', '2', '3', '--epochs', '2',
+                        '--batch', '4', '--out', str(out)], cwd=root, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res['torch'] and res['date'] and res['device']
+    assert res['after']['data_wait'] <= 1 and res['before']['examples_per_s'] > 0 and res['loader']['new_crops_per_s'] > 0
+    out = tmp_path/'rc.json'
+    r = subprocess.run([sys.executable, 'benchmarks/finetune_recipes.py', '--per_class', '4', '--epochs', '1', '--seeds', '1',
+                        '--recipes', 'old (constant lr, last epoch)', '--out', str(out)], cwd=root, env=cli_env(), capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = json.loads(out.read_text())['recipes'].values()
+    assert len(row['runs']) == 1 and 0 <= row['test_mean'] <= 1 and 0 <= row['baseline_test'] <= 1
