@@ -4,26 +4,32 @@
 
 # %% ../nbs/70_finetune.ipynb #3b02ece2
 from __future__ import annotations
-import csv, dataclasses, json
+import csv, dataclasses, json, logging, math, os
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.data import Dataset
 from sklearn import metrics
-from .audio import load_audio, pad_or_truncate
-from .data import BalancedSampler, RandomSampler
+import h5py
+import torch.distributed as dist
+from .audio import AudioError, load_audio, pad_or_truncate, to_float32, to_int16
+from .data import BalancedSampler, RandomSampler, default_workers
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint
-from .models import MODELS, build_model
+from .models import MODELS, LogmelFrontend, build_model
 from .config import FrontEnd, config_cli, flat_config
-from .train import (autocast, clip_bce, fit, score, seed_everything, setup_dist, setup_run,
+from .inference import HEADS, SingleLabel
+from .train import (Dist, autocast, clip_bce, fit, score, seed_everything, setup_dist, setup_run,
                     statistics_logger)
 
 # %% auto #0
-__all__ = ['AUDIO_EXTS', 'NEW_SOUNDS', 'HEADS', 'finetune_cli', 'Clips', 'read_folder', 'read_csv', 'read_dataset',
-           'make_sound_folder', 'random_crop', 'clip_windows', 'ClipDataset', 'is_head', 'Transfer', 'load_body',
-           'scale_specaug', 'softmax_ce', 'ClassScores', 'class_scores', 'plot_confusion', 'predict_clips',
-           'evaluate_clips', 'FinetuneConfig', 'front_end', 'unfreeze_at', 'holdout', 'splits', 'checkpoint_extras',
-           'finetune_split', 'finetune_dir', 'finetune', 'load_finetuned', 'write_mini_csv']
+__all__ = ['AUDIO_EXTS', 'NEW_SOUNDS', 'finetune_cli', 'Clips', 'read_folder', 'read_csv', 'read_dataset', 'make_sound_folder',
+           'Decoded', 'decode_clips', 'crop_at', 'random_crop', 'clip_windows', 'ClipDataset', 'is_head', 'Transfer',
+           'load_body', 'scale_specaug', 'softmax_ce', 'ClassScores', 'class_scores', 'plot_confusion', 'predict_clips',
+           'evaluate_clips', 'lr_factor', 'schedule_lr', 'EMA', 'selection_key', 'Keeper', 'EarlyStop', 'stop_early',
+           'logmel_stats', 'baseline_scores', 'Data', 'FinetuneConfig', 'front_end', 'unfreeze_at', 'holdout', 'splits',
+           'checkpoint_extras', 'finetune_split', 'finetune_dir', 'load_data', 'finetune', 'load_finetuned',
+           'write_mini_csv']
 
 # %% ../nbs/70_finetune.ipynb #68f446f0
 AUDIO_EXTS = {'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.webm', '.mp4', '.aif', '.aiff', '.au', '.wma', '.mkv'}
@@ -146,12 +152,105 @@ def make_sound_folder(root:str|Path, # folder to write `root/<class>/<i>.<ext>` 
             write_wav(root/name/f'{i:03d}.wav', x.astype(np.float32), sr)
     return root
 
+# %% ../nbs/70_finetune.ipynb #f5e80175
+class Decoded:
+    "Files decoded once: mono int16 samples end to end, in memory or in an HDF5 file, read back as float32."
+    def __init__(self, samples, # int16 array, or the path of an HDF5 file with a `samples` dataset
+                 starts:np.ndarray, ends:np.ndarray, # where each file's samples start and end
+                 sample_rate:int):
+        self.samples, self.sample_rate = samples, sample_rate
+        self.starts, self.ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+        self._h5 = self._pid = None
+    def __len__(self): return len(self.starts)
+    def __repr__(self): return f'Decoded({len(self)} files, {self.ends.sum() - self.starts.sum()} samples at {self.sample_rate} Hz{", on disk" if self.on_disk else ""})'
+    def __getstate__(self): return {**self.__dict__, '_h5': None, '_pid': None}  # each worker opens the file itself
+    @property
+    def on_disk(self)->bool: return isinstance(self.samples, (str, Path))
+    def _data(self):
+        if not self.on_disk: return self.samples
+        if self._pid != os.getpid(): self._h5, self._pid = h5py.File(self.samples, 'r'), os.getpid()
+        return self._h5['samples']
+    def length(self, i:int)->int: return int(self.ends[i] - self.starts[i])
+    def read(self, i:int, start:int=0, n:int=None)->np.ndarray:
+        "`n` samples of file `i` from `start` (all of it by default), float32."
+        s = self.starts[i] + start
+        return to_float32(self._data()[s:self.ends[i] if n is None else min(self.ends[i], s + n)])
+    def subset(self, rows)->Decoded:
+        "The files at `rows`."
+        return Decoded(self.samples, self.starts[rows], self.ends[rows], self.sample_rate)
+
+# %% ../nbs/70_finetune.ipynb #40029ed5
+_log = logging.getLogger(__name__)
+
+def _decode_job(args)->tuple:
+    "(int16 samples or None, a warning or None); runs in a worker process."
+    path, sr = args
+    try: x = load_audio(path, sr)
+    except AudioError as e: return None, f'{e} It was left out.'
+    except Exception as e: return None, f'{path} could not be decoded ({type(e).__name__}: {e}); it was left out.'
+    bad = ~np.isfinite(x)
+    if bad.any(): return to_int16(np.where(bad, 0, x)), f'{path} holds {int(bad.sum())} NaN or infinite samples; they were replaced with silence.'
+    return to_int16(x), None
+
+def _file_key(paths, sr)->str:
+    "What a decoded file must have been made from to be reused: the files (path, size, time) and the rate."
+    return json.dumps([sr] + [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths])
+
+def _spill(path:Path, parts:list, key:str)->h5py.File:
+    "A new HDF5 file holding `parts` end to end in a growable `samples` dataset."
+    f = h5py.File(path, 'w')
+    f.create_dataset('samples', (0,), np.int16, maxshape=(None,), chunks=(1 << 16,))
+    f.attrs['key'] = key
+    for x in parts: _append_samples(f, x)
+    return f
+
+def _append_samples(f, x):
+    d = f['samples']; n = len(d); d.resize(n + len(x), axis=0); d[n:] = x
+
+def _reuse(cache:Path, key:str):
+    "(starts, ends, rows) of a decoded file made from the same files, or None."
+    try:
+        with h5py.File(cache, 'r') as f:
+            if f.attrs['key'] == key: return f['starts'][:], f['ends'][:], f['rows'][:]
+    except Exception: return None
+
+def decode_clips(clips:Clips, sample_rate:int,
+                 cache:str|Path, # HDF5 file the samples go to if they outgrow `max_mb`
+                 max_mb:float=2048, # decoded audio kept in memory up to this many MB
+                 workers:int=None)->tuple: # decoding processes (default: one per core)
+    "(`Decoded` of the files that could be read, their rows in `clips`); warnings name the files left out or mended."
+    from audioset_nb.pack import _imap, default_pack_workers
+    cache, key = Path(cache), _file_key(clips.paths, sample_rate)
+    if cache.is_file() and (old := _reuse(cache, key)) is not None: return Decoded(str(cache), *old[:2], sample_rate), old[2]
+    workers, parts, starts, ends, rows, n, f = workers or default_pack_workers(), [], [], [], [], 0, None
+    tmp = cache.with_name(f'.{cache.name}.partial')  # a killed run's leftover is started afresh
+    for i, (x, note) in enumerate(_imap(_decode_job, [(p, sample_rate) for p in clips.paths], workers, 4*workers)):
+        if note: _log.warning(note)
+        if x is None: continue
+        rows.append(i); starts.append(n); n += len(x); ends.append(n)
+        if f is not None: _append_samples(f, x)
+        else: parts.append(x)
+        if f is None and 2*n > max_mb*2**20: cache.parent.mkdir(parents=True, exist_ok=True); f = _spill(tmp, parts, key); parts = []
+    if f is None: return Decoded(np.concatenate(parts or [np.zeros(0, np.int16)]), starts, ends, sample_rate), np.array(rows, int)
+    with f: f['starts'], f['ends'], f['rows'] = starts, ends, rows
+    tmp.replace(cache)
+    return Decoded(str(cache), starts, ends, sample_rate), np.array(rows, int)
+
 # %% ../nbs/70_finetune.ipynb #f7c6f351
+def _draw(k:int, gen:torch.Generator=None)->int: return int(torch.randint(k + 1, (1,), generator=gen)) if k > 0 else 0
+
+def crop_at(length:int, n:int, gen:torch.Generator=None)->tuple:
+    "(start in the source, start in the output) of a random `n`-sample window of a `length`-sample source."
+    return (_draw(length - n, gen), 0) if length >= n else (0, _draw(n - length, gen))
+
 def random_crop(x:np.ndarray, n:int, gen:torch.Generator=None)->np.ndarray:
     "A random `n`-sample window of `x`, or `x` zero-padded to `n` at a random place."
-    r = lambda k: int(torch.randint(k + 1, (1,), generator=gen)) if k > 0 else 0
-    if len(x) >= n: s = r(len(x) - n); return x[s:s+n]
-    out = np.zeros(n, x.dtype); s = r(n - len(x)); out[s:s+len(x)] = x
+    s, o = crop_at(len(x), n, gen)
+    return _place(x[s:s+n], n, o)
+
+def _place(x, n, o):
+    if len(x) == n: return x
+    out = np.zeros(n, x.dtype); out[o:o+len(x)] = x
     return out
 
 def clip_windows(x:np.ndarray, n:int)->np.ndarray:
@@ -161,19 +260,22 @@ def clip_windows(x:np.ndarray, n:int)->np.ndarray:
 
 class ClipDataset(Dataset):
     "Random `clip_samples` crops of labelled files, as dict(audio_name, waveform, target) for `collate`."
-    def __init__(self, clips:Clips, sample_rate:int, clip_samples:int):
-        self.clips, self.sample_rate, self.clip_samples = clips, sample_rate, clip_samples
+    def __init__(self, clips:Clips, sample_rate:int, clip_samples:int,
+                 audio:Decoded=None): # the files decoded once (see below); None: decode the file at every draw
+        self.clips, self.sample_rate, self.clip_samples, self.audio = clips, sample_rate, clip_samples, audio
     def __len__(self): return len(self.clips)
     def load(self, i:int)->np.ndarray:
         "The whole of file `i`, mono float32 at `sample_rate`."
-        return load_audio(self.clips.paths[i], self.sample_rate)
+        return self.audio.read(i) if self.audio is not None else load_audio(self.clips.paths[i], self.sample_rate)
+    def crop(self, i:int)->np.ndarray:
+        "A random window of file `i`; decoded files are read only where the window falls."
+        if self.audio is None: return random_crop(self.load(i), self.clip_samples)
+        s, o = crop_at(self.audio.length(i), self.clip_samples)
+        return _place(self.audio.read(i, s, self.clip_samples), self.clip_samples, o)
     def __getitem__(self, i:int)->dict:
-        return dict(audio_name=self.clips.paths[i], waveform=random_crop(self.load(i), self.clip_samples),
-                    target=self.clips.targets[i].astype(np.float32))
+        return dict(audio_name=self.clips.paths[i], waveform=self.crop(i), target=self.clips.targets[i].astype(np.float32))
 
 # %% ../nbs/70_finetune.ipynb #d43434f7
-HEADS = ('fc_audioset', 'att_block')  # the zoo's classifier layers
-
 def is_head(name:str)->bool:
     "Whether parameter or buffer `name` belongs to a classifier layer."
     return name.split('.')[0] in HEADS
@@ -187,14 +289,13 @@ class Transfer(nn.Module):
                  front:FrontEnd=None): # open settings take the model's defaults
         super().__init__()
         self.base = build_model(model_type, front, classes_num=classes_num)
-        self.model_type, self.multi_label, self._logits = model_type, multi_label, None
+        self.model_type, self.multi_label = model_type, multi_label
         self.body_names = [n for n, p in self.base.named_parameters() if p.requires_grad and not is_head(n)]
         self.body_params = [self.base.get_parameter(n) for n in self.body_names]
         self.head_params = [p for n, p in self.base.named_parameters() if is_head(n)]
-        next(getattr(self.base, h) for h in HEADS if hasattr(self.base, h)).register_forward_hook(self._keep)
+        # the softmax view of `base` is not registered as a module: `base` alone holds (and saves) the weights
+        object.__setattr__(self, 'net', self.base if multi_label else SingleLabel(self.base))
         self.freeze(freeze_base)
-
-    def _keep(self, mod, inp, out): self._logits = out if torch.is_tensor(out) and out.dim() == 2 else None
 
     def freeze(self, frozen:bool=True):
         "Freeze (or unfreeze) the body's weights: no gradients reach them."
@@ -203,11 +304,7 @@ class Transfer(nn.Module):
         return self
 
     def forward(self, x:torch.Tensor, mixup_lambda:torch.Tensor=None)->dict:
-        out = dict(self.base(x) if mixup_lambda is None else self.base(x, mixup_lambda))
-        if not self.multi_label:
-            z = self._logits if self._logits is not None else torch.logit(out['clipwise_output'].float(), eps=1e-6)
-            out['logits'] = z.float(); out['clipwise_output'] = out['logits'].softmax(-1)
-        return out
+        return dict(self.net(x) if mixup_lambda is None else self.net(x, mixup_lambda))
 
 # %% ../nbs/70_finetune.ipynb #120f0fe5
 def load_body(model:Transfer, checkpoint:str|Path|dict, # a path, or a checkpoint already loaded
@@ -237,9 +334,11 @@ def scale_specaug(model:nn.Module, # a zoo model (or `Transfer`) with a `spec_au
 
 # %% ../nbs/70_finetune.ipynb #f2430629
 def softmax_ce(output:dict, # model output with `logits` (batch, classes)
-               target:torch.Tensor)->torch.Tensor: # (batch, classes) class probabilities (one-hot, or mixed)
+               target:torch.Tensor, # (batch, classes) class probabilities (one-hot, or mixed)
+               weight:torch.Tensor=None)->torch.Tensor: # (classes,) weight of each class's examples (None: all 1)
     "Softmax cross-entropy between logits and target distributions, in fp32."
-    return -(target.float()*F.log_softmax(output['logits'].float(), -1)).sum(-1).mean()
+    t = target.float() if weight is None else target.float()*weight.to(target.device)
+    return -(t*F.log_softmax(output['logits'].float(), -1)).sum(-1).mean()
 
 @dataclass
 class ClassScores:
@@ -247,6 +346,7 @@ class ClassScores:
     target: np.ndarray  # (clips,) true class index
     pred: np.ndarray    # (clips,) predicted class index
     labels: list        # class names
+    loss: float = float('nan')  # mean cross-entropy of the predicted probabilities (NaN: not known)
     @property
     def accuracy(self)->float: return float((self.target == self.pred).mean())
     @property
@@ -254,12 +354,14 @@ class ClassScores:
         return float(metrics.f1_score(self.target, self.pred, labels=range(len(self.labels)), average='macro', zero_division=0))
     @property
     def confusion(self)->np.ndarray: return metrics.confusion_matrix(self.target, self.pred, labels=range(len(self.labels)))
-    def summary(self)->dict: return dict(accuracy=self.accuracy, macro_f1=self.macro_f1)
+    def summary(self)->dict: return dict(accuracy=self.accuracy, macro_f1=self.macro_f1, loss=self.loss)
     def __repr__(self): return f'ClassScores(accuracy={self.accuracy:.4f}, macro_f1={self.macro_f1:.4f}, {len(self.target)} clips)'
 
 def class_scores(target:np.ndarray, output:np.ndarray, labels:list)->ClassScores:
-    "`ClassScores` of (clips, classes) outputs against (clips, classes) one-hot targets."
-    return ClassScores(np.asarray(target).argmax(1), np.asarray(output).argmax(1), list(labels))
+    "`ClassScores` of (clips, classes) outputs (probabilities) against (clips, classes) one-hot targets."
+    t, o = np.asarray(target).argmax(1), np.asarray(output, dtype=np.float64)
+    p = o[np.arange(len(t)), t]/np.maximum(o.sum(1), 1e-12)
+    return ClassScores(t, o.argmax(1), list(labels), float(-np.log(np.clip(p, 1e-7, 1)).mean()))
 
 def plot_confusion(s:ClassScores, ax=None):
     "The confusion matrix, rows true classes, columns predictions, counts in the cells."
@@ -273,24 +375,150 @@ def plot_confusion(s:ClassScores, ax=None):
     return ax
 
 # %% ../nbs/70_finetune.ipynb #fd2f6d01
+def _windows_of(clips:Clips, sample_rate:int, clip_samples:int, audio:Decoded=None):
+    "(clip, window) for each window of each file, one file decoded at a time."
+    for i, p in enumerate(clips.paths):
+        for w in clip_windows(audio.read(i) if audio is not None else load_audio(p, sample_rate), clip_samples): yield i, w
+
 @torch.no_grad()
 def predict_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:int, batch_size:int=32,
-                  device:torch.device=torch.device('cpu'), amp:bool=True)->np.ndarray:
+                  device:torch.device=torch.device('cpu'), amp:bool=True,
+                  audio:Decoded=None)->np.ndarray: # `clips` decoded once (None: decode each file here)
     "(clips, classes) scores: the mean of `model`'s clipwise outputs over each file's windows."
     was = model.training; model.eval()
-    wins = [clip_windows(load_audio(p, sample_rate), clip_samples) for p in clips.paths]
-    flat = torch.from_numpy(np.concatenate(wins))
-    outs = []
-    for i in range(0, len(flat), batch_size):
-        with autocast(device, amp): outs.append(model(flat[i:i+batch_size].to(device))['clipwise_output'].float().cpu())
+    total, count, batch = None, np.zeros(len(clips)), []
+    def run():
+        nonlocal total
+        with autocast(device, amp): out = model(torch.from_numpy(np.stack([w for _, w in batch])).to(device))['clipwise_output'].float().cpu().numpy()
+        if total is None: total = np.zeros((len(clips), out.shape[1]))
+        for (i, _), o in zip(batch, out): total[i] += o; count[i] += 1
+        batch.clear()
+    # windows stream through the model a batch at a time: memory holds one batch, not every window of every file
+    for i, w in _windows_of(clips, sample_rate, clip_samples, audio):
+        batch.append((i, w))
+        if len(batch) == batch_size: run()
+    if batch: run()
     model.train(was)
-    out, ends = torch.cat(outs).numpy(), np.cumsum([len(w) for w in wins])
-    return np.stack([out[e-len(w):e].mean(0) for w, e in zip(wins, ends)])
+    return total/count[:, None]
 
 def evaluate_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:int, multi_label:bool=False, **kw):
     "`ClassScores` (single-label) or `Scores` with mAP (multi-label) of `model` on whole clips."
     out = predict_clips(model, clips, sample_rate, clip_samples, **kw)
     return score(clips.targets, out) if multi_label else class_scores(clips.targets, out, clips.labels)
+
+# %% ../nbs/70_finetune.ipynb #47846ba8
+def lr_factor(steps:int, # optimizer steps done
+              total:int, warmup:int, # steps in the run, and in its warm-up
+              schedule:str='cosine')->float: # cosine | constant (after the warm-up)
+    "The learning rate's multiplier: a linear warm-up, then a half cosine to zero at `total` (or constant)."
+    if steps < warmup: return (steps + 1)/(warmup + 1)
+    if schedule == 'constant': return 1.0
+    return 0.5*(1 + math.cos(math.pi*min(1.0, (steps - warmup)/max(1, total - warmup))))
+
+def schedule_lr(opt:torch.optim.Optimizer, base_lr:float, factor:callable, # steps done -> multiplier of `base_lr`
+                start:int=0)->torch.optim.lr_scheduler.LambdaLR: # steps already done (resume)
+    "Set `opt`'s learning rate to `base_lr × factor(steps done)` before every step, by a step hook."
+    for g in opt.param_groups: g['initial_lr'] = base_lr
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor, last_epoch=start - 1)
+    opt.register_step_post_hook(lambda *_: sched.step())
+    return sched
+
+# %% ../nbs/70_finetune.ipynb #2e29df43
+class EMA:
+    "An exponential moving average of a model's floating-point weights and buffers, updated after every optimizer step."
+    def __init__(self, model:nn.Module, decay:float=0.99):
+        self.model, self.decay, self.steps = model, decay, 0
+        self.avg = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    def hook(self, opt:torch.optim.Optimizer)->EMA:
+        "Update after each of `opt`'s steps."
+        opt.register_step_post_hook(lambda *_: self.update()); return self
+    @torch.no_grad()
+    def update(self):
+        # early on the average would still be mostly the starting weights: the decay grows to `decay` over the first steps
+        self.steps += 1; d = min(self.decay, (1 + self.steps)/(10 + self.steps))
+        for k, v in self.model.state_dict().items():
+            if v.dtype.is_floating_point: self.avg[k].lerp_(v.detach(), 1 - d)
+            else: self.avg[k].copy_(v)
+    def state_dict(self)->dict: return self.avg
+    @contextmanager
+    def applied(self):
+        "The averaged weights in the model for the block, its own weights back after it."
+        own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.avg)
+        try: yield self.model
+        finally: self.model.load_state_dict(own)
+
+# %% ../nbs/70_finetune.ipynb #9cdadc16
+def selection_key(s)->tuple:
+    "How good a validation result is, for keeping the best: (accuracy, -loss) single-label, (mAP,) multi-label."
+    if isinstance(s, ClassScores): return (s.accuracy, -s.loss if np.isfinite(s.loss) else -np.inf)
+    return (s.mAP if np.isfinite(s.mAP) else -np.inf,)
+
+class Keeper:
+    "Keeps the best validation result's weights by calling `save(iteration)`, and counts evaluations since it."
+    def __init__(self, save:callable, patience:int=0, best:tuple=None):
+        self.save, self.patience, self.best, self.best_iteration, self.since = save, patience, best, None, 0
+    def __call__(self, iteration:int, scores)->bool:
+        "Record `scores` of `iteration`; whether it is the best so far."
+        k = selection_key(scores)
+        if self.best is None or k > tuple(self.best):
+            self.best, self.best_iteration, self.since = k, iteration, 0; self.save(iteration); return True
+        self.since += 1; return False
+    @property
+    def stop(self)->bool: return bool(self.patience) and self.since >= self.patience
+
+class EarlyStop(Exception):
+    "Raised from the batch stream to end `fit` when the validation score stopped improving."
+
+def stop_early(batches, # the batch stream `fit` draws from
+               keeper:Keeper, every:int, # evaluations happen every `every` iterations
+               start:int=0, dst:Dist=None): # iteration the run starts from; every rank follows rank 0's decision
+    "Pass `batches` through; raise `EarlyStop` before the batch after an evaluation that made `keeper` stop."
+    dst = dst or Dist()
+    for it, b in enumerate(batches, start):  # `it` iterations are done when this batch is drawn
+        if it > start and it % every == 0:
+            flag = torch.tensor(float(keeper.stop))
+            if dst.world > 1: dist.broadcast(flag, 0)
+            if flag: raise EarlyStop(it)
+        yield b
+
+# %% ../nbs/70_finetune.ipynb #7801797a
+@torch.no_grad()
+def logmel_stats(audio:Decoded, front:FrontEnd)->np.ndarray:
+    "(files, 2 × mel_bins): the mean and standard deviation over time of each mel band of each file's log-mel."
+    fe, out = LogmelFrontend(**front.dict()).eval(), []
+    for i in range(len(audio)):
+        m = fe(torch.from_numpy(pad_or_truncate(audio.read(i), max(audio.length(i), front.window_size)))[None])[0, 0].double()
+        out.append(torch.cat([m.mean(0), m.std(0, correction=0)]).numpy())
+    return np.stack(out)
+
+def baseline_scores(feats:np.ndarray, targets:np.ndarray, # features and targets of the training files
+                    eval_feats:np.ndarray, eval_clips:Clips, multi_label:bool=False):
+    "`ClassScores` (or `Scores`) on `eval_clips` of a logistic regression fitted on standardised `feats`."
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    lr = LogisticRegression(max_iter=5000)
+    clf = make_pipeline(StandardScaler(), OneVsRestClassifier(lr) if multi_label else lr)
+    clf.fit(feats, targets.astype(int) if multi_label else targets.argmax(1))
+    p = clf.predict_proba(eval_feats)
+    if multi_label: return score(eval_clips.targets, p)
+    out = np.zeros((len(p), targets.shape[1])); out[:, clf.classes_] = p  # classes absent from training score 0
+    return class_scores(eval_clips.targets, out, eval_clips.labels)
+
+# %% ../nbs/70_finetune.ipynb #0a9090e1
+@dataclass
+class Data:
+    "Clips with their decoded audio (or None) and baseline features (or None), cut by rows together."
+    clips: Clips
+    audio: Decoded = None
+    feats: np.ndarray = None
+    def __len__(self): return len(self.clips)
+    def subset(self, rows)->Data:
+        rows = np.asarray(rows, dtype=int)
+        return Data(self.clips.subset(rows), None if self.audio is None else self.audio.subset(rows),
+                    None if self.feats is None else self.feats[rows])
 
 # %% ../nbs/70_finetune.ipynb #d2fc9b54
 @dataclass
@@ -314,10 +542,20 @@ class FinetuneConfig:
     balanced: bool = True           # class-balanced sampling
     mixup: bool = False             # mixup augmentation
     cuda: bool = False              # train on the GPU
-    num_workers: int = 0            # DataLoader workers
+    num_workers: int|None = None    # DataLoader workers (default: one per core but one, at most 8)
     seed: int = 1234                # seeds the split, sampling, mixup and the new classifier
     amp: bool = True                # bf16 autocast on the GPU
     progress: bool = True           # show a progress bar
+    decode_once: bool = True        # decode every file once before training (else at every draw)
+    max_memory_mb: float = 2048     # decoded audio kept in memory up to this; beyond it, in <run folder>/decoded.h5
+    warmup_epochs: float = 1.0      # the learning rate rises linearly over these epochs
+    schedule: str = 'cosine'        # cosine | constant: the learning rate after the warm-up
+    ema: float = 0.0                # decay of the weights' moving average used for evaluation and checkpoints (0: none)
+    keep: str = 'best'              # best | last: final.pth holds the weights of the best validation score, or the last
+    patience: int = 0               # stop after this many evaluations (epochs) without a better validation score (0: never)
+    class_weights: bool = False     # weight the single-label loss by inverse class frequency
+    baseline: bool = True           # also fit log-mel statistics + logistic regression on the same split
+    test_data: str|None = None      # class folder or CSV scored once with the final weights (never used for choosing)
 
     def __post_init__(self):
         if self.model_type not in MODELS: raise ValueError(f"Unknown --model_type {self.model_type!r}; choose one of: {', '.join(MODELS)}.")
@@ -325,6 +563,11 @@ class FinetuneConfig:
         if min(self.epochs, self.batch_size) < 1 or self.clip_seconds <= 0 or self.learning_rate <= 0:
             raise ValueError('--epochs, --batch_size, --clip_seconds and --learning_rate must be positive.')
         if self.unfreeze_after and not self.freeze_base: raise ValueError('--unfreeze_after needs --freeze_base (the body is trained from the start otherwise).')
+        if self.schedule not in ('cosine', 'constant'): raise ValueError(f'--schedule {self.schedule!r} is not one of cosine, constant.')
+        if self.keep not in ('best', 'last'): raise ValueError(f'--keep {self.keep!r} is not one of best, last.')
+        if not 0 <= self.ema < 1: raise ValueError(f'--ema {self.ema} must be at least 0 and below 1 (0.99: a moving average over ~100 steps).')
+        if self.warmup_epochs < 0 or self.patience < 0 or self.max_memory_mb < 0 or (self.num_workers or 0) < 0:
+            raise ValueError('--warmup_epochs, --patience, --max_memory_mb and --num_workers must be 0 or more.')
 
 # %% ../nbs/70_finetune.ipynb #6a0d81ec
 def front_end(cfg:FinetuneConfig, pretrained:dict=None)->FrontEnd:
@@ -346,6 +589,8 @@ def holdout(clips:Clips, fraction:float=0.2, seed:int=0)->tuple:
     for c in range(len(clips.labels)):
         rows = rng.permutation(np.flatnonzero(first == c))
         if len(rows) > 1: valid += rows[:max(1, round(fraction*len(rows)))].tolist()
+    if not valid: raise ValueError(f'Every class has a single file, so none can be held out for validation; '
+                                   'add a second file to some classes, or give a CSV with a fold column and --folds.')
     valid = np.sort(valid)
     return np.setdiff1d(np.arange(len(clips)), valid), valid
 
@@ -366,46 +611,127 @@ def checkpoint_extras(cfg:FinetuneConfig, labels:list, front:FrontEnd, multi_lab
     return dict(labels=list(labels), model_type=cfg.model_type, task='multi' if multi_label else 'single',
                 config={**flat_config(dataclasses.replace(cfg, front=front)), 'classes_num': len(labels)})
 
-def finetune_split(cfg:FinetuneConfig, clips:Clips, train_rows, valid_rows, out_dir:Path, multi_label:bool):
+def _scores(r:dict, prefix:str='')->dict:
+    "The scores of a split's result, flat: the CNN's on validation (and test), the baseline's beside them."
+    out = {f'{prefix}{m}': v for m, v in r['scores'].summary().items()}
+    for k in ('baseline', 'test', 'baseline_test'):
+        if k in r: out.update({f'{k}_{m}': v for m, v in r[k].summary().items()})
+    return out
+
+def _summary(r:dict)->dict: return {'split': r['split'], **_scores(r), 'checkpoint': str(r['checkpoint'])}
+
+def _weights(targets:np.ndarray)->torch.Tensor:
+    "Inverse class frequency, scaled so that the mean weight of a training example is 1."
+    n = targets.sum(0).astype(float); w = np.where(n > 0, len(targets)/np.maximum(n, 1)/len(n), 0)
+    return torch.tensor(w, dtype=torch.float32)
+
+def _prior_best(best:Path, resuming:bool):
+    return load_checkpoint(best).get('selection') if resuming and best.is_file() else None
+
+def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_dir:Path, multi_label:bool,
+                   dst:Dist=None, test:Data=None): # test: scored once with the final weights
     "Fine-tune on `train_rows`, validating on `valid_rows`; checkpoints and statistics go to `out_dir`."
-    dst = setup_dist(cfg.cuda); seed_everything(cfg.seed)
+    dst = dst or Dist(); seed_everything(cfg.seed)
     ck = load_checkpoint(cfg.pretrained_checkpoint_path) if cfg.pretrained_checkpoint_path else None
     front = front_end(cfg, ck)
-    n_clip, per = front.samples(cfg.clip_seconds), cfg.batch_size*(2 if cfg.mixup else 1)
-    model = scale_specaug(Transfer(cfg.model_type, len(clips.labels), multi_label, cfg.freeze_base, front), n_clip)
+    per_rank, rest = divmod(cfg.batch_size, dst.world)
+    if rest or not per_rank: raise ValueError(f'--batch_size {cfg.batch_size} does not split evenly over {dst.world} processes.')
+    n_clip, per = front.samples(cfg.clip_seconds), per_rank*(2 if cfg.mixup else 1)
+    model = scale_specaug(Transfer(cfg.model_type, len(data.clips.labels), multi_label, cfg.freeze_base, front), n_clip)
     if ck is not None: load_body(model, ck, cfg.pretrained_checkpoint_path)
-    tr, va = clips.subset(train_rows), clips.subset(valid_rows)
-    sampler = BalancedSampler(tr.targets, per, seed=cfg.seed) if cfg.balanced else RandomSampler(len(tr), per, seed=cfg.seed)
-    latest = out_dir/'latest.pth'
-    run = setup_run(model, ClipDataset(tr, front.sample_rate, n_clip), sampler, dst, cfg.learning_rate,
-                    params=model.head_params + model.body_params, saved=model.base,
-                    resume=latest if latest.is_file() else None, mixup=cfg.mixup, seed=cfg.seed,
-                    num_workers=cfg.num_workers, amp=cfg.amp)
-    extras, epoch = checkpoint_extras(cfg, clips.labels, front, multi_label), -(-len(tr)//cfg.batch_size)
-    save = lambda it, keep: run.save(it, latest, **extras)
-    evaluate = lambda m: {'valid': evaluate_clips(m, va, front.sample_rate, n_clip, multi_label, batch_size=cfg.batch_size,
-                                                  device=dst.device, amp=cfg.amp)}
+    tr, va = data.subset(train_rows), data.subset(valid_rows)
+    where = dict(seed=cfg.seed, rank=dst.rank, world_size=dst.world)  # each rank draws its own share of every batch
+    sampler = BalancedSampler(tr.clips.targets, per, **where) if cfg.balanced else RandomSampler(len(tr), per, **where)
+    latest, best = out_dir/'latest.pth', out_dir/'best.pth'
+    prior = load_checkpoint(latest) if latest.is_file() else None
+    run = setup_run(model, ClipDataset(tr.clips, front.sample_rate, n_clip, tr.audio), sampler, dst, cfg.learning_rate,
+                    params=model.head_params + model.body_params, saved=model.base, resume=latest if prior else None,
+                    mixup=cfg.mixup, seed=cfg.seed, num_workers=cfg.num_workers, amp=cfg.amp)
+    extras, epoch = checkpoint_extras(cfg, data.clips.labels, front, multi_label), -(-len(tr)//cfg.batch_size)
+    total = run.start if prior and prior.get('stopped') else cfg.epochs*epoch  # an early-stopped run stays stopped
+    sched = schedule_lr(run.opt, cfg.learning_rate, lambda s: lr_factor(s, cfg.epochs*epoch, round(cfg.warmup_epochs*epoch), cfg.schedule), run.start)
+    ema = EMA(model.base, cfg.ema).hook(run.opt) if cfg.ema else None
+    weights = ema.applied if ema else nullcontext
+    keeper = Keeper(lambda it: save_checkpoint(best, model.base, iteration=it, selection=list(keeper.best), **extras),
+                    cfg.patience, _prior_best(best, run.start > 0))
+    valid = lambda: evaluate_clips(model, va.clips, front.sample_rate, n_clip, multi_label, batch_size=cfg.batch_size,
+                                   device=dst.device, amp=cfg.amp, audio=va.audio)
+    def evaluate(m):
+        with weights():  # the averaged weights, if any, are evaluated and kept
+            s = valid(); keeper(sched.last_epoch, s)
+        return {'valid': s}
     batches = unfreeze_at(run.loader, model, cfg.unfreeze_after, run.start) if cfg.unfreeze_after else run.loader
-    scores = fit(run.model, run.opt, batches, clip_bce if multi_label else softmax_ce, evaluate, save,
-                 statistics_logger(out_dir/'statistics.jsonl', run.start), iterations=cfg.epochs*epoch, start=run.start,
-                 eval_every=epoch, save_every=epoch, log_every=epoch, mixup=run.mixup, dst=dst, amp=cfg.amp, progress=cfg.progress)
-    if not scores: scores = evaluate(model)
-    save_checkpoint(out_dir/'final.pth', model.base, iteration=cfg.epochs*epoch, **extras)
-    return dict(split=out_dir.name, scores=scores['valid'], checkpoint=out_dir/'final.pth', model=model)
+    if cfg.patience: batches = stop_early(batches, keeper, epoch, run.start, dst)
+    w = _weights(tr.clips.targets) if cfg.class_weights and not multi_label else None
+    loss = clip_bce if multi_label else (lambda out, y: softmax_ce(out, y, w))
+    log = statistics_logger(out_dir/'statistics.jsonl', run.start) if dst.main else (lambda rec: None)
+    try:
+        fit(run.model, run.opt, batches, loss, evaluate, lambda it, keep: run.save(it, latest, **extras), log,
+            iterations=total, start=run.start, eval_every=epoch, save_every=epoch, log_every=epoch, mixup=run.mixup,
+            dst=dst, amp=cfg.amp, progress=cfg.progress)
+    except EarlyStop as e: run.save(e.args[0], latest, stopped=True, **extras); total = e.args[0]
+    if dst.world > 1:  # batch-norm statistics last updated by each rank's own batch: take rank 0's, as saved
+        for b in model.base.buffers(): dist.broadcast(b, 0)
+    if not dst.main: return None
+    if cfg.keep == 'best' and best.is_file(): load_weights(model.base, load_checkpoint(best))
+    elif ema: model.base.load_state_dict(ema.state_dict())
+    save_checkpoint(out_dir/'final.pth', model.base, iteration=total, **extras)
+    res = dict(split=out_dir.name, scores=valid(), checkpoint=out_dir/'final.pth', model=model, iteration=total,
+               best_iteration=keeper.best_iteration)
+    if test is not None:
+        res['test'] = evaluate_clips(model, test.clips, front.sample_rate, n_clip, multi_label, batch_size=cfg.batch_size,
+                                     device=dst.device, amp=cfg.amp, audio=test.audio)
+    if data.feats is not None:
+        res['baseline'] = baseline_scores(tr.feats, tr.clips.targets, va.feats, va.clips, multi_label)
+        if test is not None: res['baseline_test'] = baseline_scores(tr.feats, tr.clips.targets, test.feats, test.clips, multi_label)
+    log({'iteration': total, 'final': True, **_scores(res, 'valid_')})
+    return res
 
 # %% ../nbs/70_finetune.ipynb #be9d9f3b
 def finetune_dir(cfg:FinetuneConfig)->Path:
     "`<workspace>/finetune/<data name>/<model_type>`: a run's splits go below it."
     return Path(cfg.workspace)/'finetune'/Path(cfg.data).stem/cfg.model_type
 
-def finetune(cfg:FinetuneConfig)->list:
-    "Fine-tune `cfg.model_type` on `cfg.data`; one dict(split, scores, checkpoint, model) per split."
-    clips = read_dataset(cfg.data, cfg.audios_dir)
+def _read_files(data:str, audios_dir:str=None)->Clips:
+    clips = read_dataset(data, audios_dir)
     missing = next((p for p in clips.paths if not Path(p).is_file()), None)
-    if missing: raise FileNotFoundError(f'{missing}, listed in {cfg.data}, does not exist; fix the path or pass --audios_dir.')
+    if missing: raise FileNotFoundError(f'{missing}, listed in {data}, does not exist; fix the path or pass --audios_dir.')
+    return clips
+
+def _align(clips:Clips, labels:list, where:str)->Clips:
+    "`clips` with target columns in the order of `labels` (the training data's classes)."
+    extra = sorted(set(clips.labels) - set(labels))
+    if extra: raise ValueError(f'{where} has classes the training data has not ({", ".join(extra[:3])}); give it only classes of --data.')
+    t = np.zeros((len(clips), len(labels)), bool); t[:, [labels.index(l) for l in clips.labels]] = clips.targets
+    return Clips(clips.paths, list(labels), t, clips.folds)
+
+def load_data(cfg:FinetuneConfig, clips:Clips, front:FrontEnd, cache:Path, dst:Dist=None)->Data:
+    "`clips` decoded once (files that cannot be read left out, with a warning) and their baseline features."
+    dst = dst or Dist()
+    if not (cfg.decode_once or cfg.baseline): return Data(clips)
+    for turn in range(dst.world):  # rank 0 first: if the audio goes to disk, the other ranks reuse its file
+        if turn == dst.rank: audio, rows = decode_clips(clips, front.sample_rate, cache, cfg.max_memory_mb)
+        dst.barrier()
+    lost = [l for l, n in zip(clips.labels, clips.targets[rows].sum(0)) if n == 0]
+    if lost: raise ValueError(f'No file of class {lost[0]!r} in {cache.parent.name} could be read (see the warnings above); fix or replace its files.')
+    return Data(clips.subset(rows), audio, logmel_stats(audio, front) if cfg.baseline and dst.main else None)
+
+def finetune(cfg:FinetuneConfig)->list:
+    "Fine-tune `cfg.model_type` on `cfg.data`; one dict(split, scores, checkpoint, model, ...) per split (on rank 0)."
+    clips = _read_files(cfg.data, cfg.audios_dir)
+    test = _align(_read_files(cfg.test_data), clips.labels, cfg.test_data) if cfg.test_data else None
     multi = clips.multi_label if cfg.task == 'auto' else cfg.task == 'multi'
     if not multi and clips.multi_label: raise ValueError(f'{cfg.data} has clips with several labels (or none); use --task multi.')
-    return [finetune_split(cfg, clips, tr, va, finetune_dir(cfg)/name, multi) for name, tr, va in splits(clips, cfg)]
+    dst = setup_dist(cfg.cuda)
+    try:
+        ck = load_checkpoint(cfg.pretrained_checkpoint_path) if cfg.pretrained_checkpoint_path else None
+        front, d = front_end(cfg, ck), finetune_dir(cfg)
+        data = load_data(cfg, clips, front, d/f'decoded_{front.sample_rate}.h5', dst)
+        if test is not None: test = load_data(cfg, test, front, d/f'test_decoded_{front.sample_rate}.h5', dst)
+        res = [finetune_split(cfg, data, tr, va, d/name, multi, dst, test) for name, tr, va in splits(data.clips, cfg)]
+        return [r for r in res if r is not None]
+    finally:
+        if dst.world > 1 and dist.is_initialized(): dist.destroy_process_group()
 
 def load_finetuned(path:str|Path)->tuple:
     "(model in eval mode, label names) of a fine-tuned checkpoint."
@@ -433,13 +759,11 @@ def write_mini_csv(root:str|Path, # folder for the clips and `mini.csv`
     return root/'mini.csv'
 
 # %% ../nbs/70_finetune.ipynb #9692f1a6
-def _summary(r:dict)->dict: return {'split': r['split'], **r['scores'].summary(), 'checkpoint': str(r['checkpoint'])}
-
 def _finetune_and_print(cfg:FinetuneConfig):
     res = finetune(cfg)
     for r in res: print(json.dumps(_summary(r)))
     if len(res) > 1:
-        keys = res[0]['scores'].summary()
-        print(json.dumps({'split': 'mean', **{k: float(np.mean([r['scores'].summary()[k] for r in res])) for k in keys}}))
+        rows = [_summary(r) for r in res]
+        print(json.dumps({'split': 'mean', **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ('split', 'checkpoint')}}))
 
 finetune_cli = config_cli(FinetuneConfig, _finetune_and_print, 'audioset_finetune')

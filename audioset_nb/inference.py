@@ -19,9 +19,10 @@ from .models import build_model
 from .fastpath import for_inference
 
 # %% auto #0
-__all__ = ['AUDIO_EXTS', 'tag_cli', 'sed_cli', 'example_clips', 'CheckpointError', 'Tagger', 'load_tagger', 'Tags', 'Failed',
-           'iter_tags', 'tag', 'tag_files', 'audio_files', 'tags_row', 'write_tags', 'sed', 'Event', 'find_events',
-           'write_events', 'log_spectrogram', 'plot_sed', 'TaggingConfig', 'TagConfig', 'SedConfig', 'demo']
+__all__ = ['HEADS', 'AUDIO_EXTS', 'tag_cli', 'sed_cli', 'example_clips', 'CheckpointError', 'Tagger', 'SingleLabel',
+           'load_tagger', 'Tags', 'Failed', 'iter_tags', 'tag', 'tag_files', 'audio_files', 'tags_row', 'write_tags',
+           'sed', 'Event', 'find_events', 'write_events', 'log_spectrogram', 'plot_sed', 'TaggingConfig', 'TagConfig',
+           'SedConfig', 'demo']
 
 # %% ../nbs/60_inference.ipynb #38218e6c
 def _examples(sr:int=SAMPLE_RATE)->dict:
@@ -89,6 +90,25 @@ def _checkpoint_config(ckpt:dict)->dict:
     cfg = ckpt.get('config') if isinstance(ckpt.get('config'), dict) else {}
     return {**cfg, **({'model_type': ckpt['model_type']} if isinstance(ckpt.get('model_type'), str) else {})}
 
+# %% ../nbs/60_inference.ipynb #9fb21302
+HEADS = ('fc_audioset', 'att_block')  # the zoo's classifier layers
+
+class SingleLabel(torch.nn.Module):
+    "A zoo model whose clipwise output is the softmax of its classifier's logits (also returned, as `logits`)."
+    def __init__(self, model:torch.nn.Module):
+        super().__init__()
+        self.model, self._logits = model, None
+        next(getattr(model, h) for h in HEADS if hasattr(model, h)).register_forward_hook(self._keep)
+    def _keep(self, mod, inp, out): self._logits = out if torch.is_tensor(out) and out.dim() == 2 else None
+    @property
+    def front(self)->FrontEnd: return self.model.front
+    def forward(self, x:torch.Tensor, *args)->dict:
+        out = dict(self.model(x, *args))
+        # decision-level heads pool sigmoid frames: their clip logits are the logits of the pooled probabilities
+        z = self._logits if self._logits is not None else torch.logit(out['clipwise_output'].float(), eps=1e-6)
+        out['logits'] = z.float(); out['clipwise_output'] = out['logits'].softmax(-1)
+        return out
+
 # %% ../nbs/60_inference.ipynb #6ac84258
 def load_tagger(checkpoint_path:Path, # a .pth file saved by audioset_nb or PANNs
                 model_type:str=None, # e.g. 'Cnn14', 'Cnn14_DecisionLevelMax' (None: from the checkpoint, else Cnn14)
@@ -108,6 +128,7 @@ def load_tagger(checkpoint_path:Path, # a .pth file saved by audioset_nb or PANN
     if cuda and not torch.cuda.is_available(): print('No GPU found; running on the CPU.', file=sys.stderr)
     device = 'cuda' if cuda and torch.cuda.is_available() else 'cpu'
     model = for_inference(model.to(device))  # eval mode; on the CPU, BatchNorm folded and per-layer fastest convolutions
+    if ckpt.get('task') == 'single': model = SingleLabel(model)  # fine-tuned on one class per clip: softmax scores
     return Tagger(model, labels, model_type, model.front, device)
 
 # %% ../nbs/60_inference.ipynb #5442874d

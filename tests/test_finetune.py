@@ -7,6 +7,11 @@ from audioset_nb.finetune import (FinetuneConfig, Transfer, finetune, finetune_c
                                   make_sound_folder, read_csv, read_folder, unfreeze_at, write_mini_csv)
 from audioset_nb.config import FrontEnd
 from audioset_nb.models import build_model, load_checkpoint, load_weights
+from audioset_nb.finetune import ClipDataset, decode_clips, predict_clips
+from audioset_nb.inference import load_tagger, tag
+from audioset_nb.train import read_statistics
+import audioset_nb.finetune as ft
+import soundfile as sf
 from conftest import cli, one_sentence
 
 torch.set_num_threads(1)
@@ -128,10 +133,123 @@ def test_bad_inputs(tmp, folder, body):
     assert 'fold column' in _exit_message(data=str(folder), folds='all')
     msg = _exit_message(data=str(folder), model_type='Cnn10', pretrained_checkpoint_path=str(body), workspace=str(tmp/'ws_bad'))
     assert str(body) in msg and '--model_type' in msg
-    bad = tmp/'bad'; shutil.copytree(folder, bad)
-    (bad/'hiss'/'broken.wav').write_bytes(b'RIFF not really audio')
-    msg = _exit_message(data=str(bad), model_type=MODEL, workspace=str(tmp/'ws_bad2'), epochs=1, batch_size=12, clip_seconds=1.0, **FRONT)
-    assert 'broken.wav' in msg
     p = cli('audioset_finetune', '--data', tmp/'nowhere')
     assert p.returncode != 0
     one_sentence(p.stderr, 'does not exist')
+
+
+# ---------------------------------------------------------------------------------------------------- issue 16 / 14
+def test_single_label_checkpoint_tags_with_softmax(tmp, folder):
+    "audioset_tag's loader scores a single-label fine-tuned checkpoint with probabilities that sum to one (sigmoid before)."
+    r = finetune(cfg(folder, tmp/'ws_soft', epochs=1, batch_size=12))[0]
+    t = load_tagger(r['checkpoint'])
+    x = np.random.default_rng(0).standard_normal(16000).astype(np.float32)*0.1
+    s = tag(t, x, window_seconds=1.0).clipwise
+    assert abs(s.sum() - 1) < 1e-4, s
+    with torch.no_grad(): ref = r['model'].eval()(torch.from_numpy(x)[None])['clipwise_output'][0].numpy()
+    np.testing.assert_allclose(s, ref, atol=1e-4)
+
+def test_training_reads_samples_not_codecs(tmp, folder, monkeypatch):
+    "After the decode pass, drawing training crops decodes nothing."
+    clips = read_folder(folder)
+    audio, rows = decode_clips(clips, 16000, tmp/'dec_once.h5', workers=1)
+    spilled, _ = decode_clips(clips, 16000, tmp/'dec_once2.h5', max_mb=0.05, workers=1)
+    assert spilled.on_disk and (tmp/'dec_once2.h5').is_file()
+    assert np.array_equal(spilled.read(3), audio.read(3))
+    calls = []
+    monkeypatch.setattr(ft, 'load_audio', lambda *a, **k: calls.append(a) or np.zeros(16000, np.float32))
+    ds = ClipDataset(clips, 16000, 16000, audio)
+    for i in range(len(ds)): assert ds[i]['waveform'].shape == (16000,)
+    assert calls == []
+    for i in range(len(ds)): assert ClipDataset(clips, 16000, 16000, spilled)[i]['waveform'].shape == (16000,)
+
+def test_evaluation_streams_windows(folder, monkeypatch):
+    "Windows go through the model a batch at a time: the first batch is scored before the third file is read."
+    clips = read_folder(folder).subset(range(6))
+    read, seen = [], []
+    real = ft.load_audio
+    monkeypatch.setattr(ft, 'load_audio', lambda p, sr: read.append(p) or real(p, sr)[:8000])  # one window each
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append((len(x), len(read))); return {'clipwise_output': torch.ones(len(x), 4)/4}
+    out = predict_clips(Spy(), clips, 16000, 16000, batch_size=2)
+    assert out.shape == (6, 4) and seen[0] == (2, 2) and max(n for n, _ in seen) <= 2
+
+def test_bad_files_cost_only_themselves(tmp, folder):
+    "A broken file and a NaN file with --num_workers 1: the run finishes, each named in one warning, no worker traceback."
+    bad = tmp/'bad_files'; shutil.copytree(folder, bad)
+    (bad/'hiss'/'broken.wav').write_bytes(b'RIFF not really audio')
+    x = np.random.default_rng(0).standard_normal(16000).astype(np.float32)*0.1; x[100:200] = np.nan
+    sf.write(bad/'knock'/'nan.wav', x, 16000, subtype='FLOAT')
+    p = cli('audioset_finetune', '--data', bad, '--workspace', tmp/'ws_badfiles', '--model_type', MODEL,
+            *[a for k, v in FRONT.items() for a in (f'--{k}', v)], '--clip_seconds', 1, '--epochs', 1, '--batch_size', 12,
+            '--num_workers', 1, '--no_progress', timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert 'Traceback' not in p.stderr
+    assert 'broken.wav' in p.stderr and 'left out' in p.stderr
+    assert 'nan.wav' in p.stderr and 'NaN' in p.stderr
+    line = json.loads(p.stdout.splitlines()[-1])
+    assert 0 <= line['accuracy'] <= 1 and 0 <= line['baseline_accuracy'] <= 1
+
+def test_one_file_per_class_is_one_sentence(tmp, folder):
+    one = tmp/'one_each'
+    for l, p in zip(*zip(*[(c, read_folder(folder).paths[i*12]) for i, c in enumerate(['drone', 'hiss', 'knock', 'trill'])])):
+        (one/l).mkdir(parents=True, exist_ok=True); shutil.copy(p, one/l/'a.wav')
+    msg = _exit_message(data=str(one), model_type=MODEL, workspace=str(tmp/'ws_one'), epochs=1, batch_size=4, clip_seconds=1.0, **FRONT)
+    assert 'single file' in msg and 'concatenate' not in msg
+
+def test_best_checkpoint_baseline_and_early_stop(tmp, folder):
+    "final.pth holds the best validation score's weights; the statistics end with the CNN's and the baseline's scores."
+    r = finetune(cfg(folder, tmp/'ws_best', epochs=6, batch_size=12, patience=1, ema=0.9))[0]
+    d = r['checkpoint'].parent
+    best, final = load_checkpoint(d/'best.pth'), load_checkpoint(d/'final.pth')
+    assert all(torch.equal(best['model'][k], final['model'][k]) for k in best['model'])
+    stats = read_statistics(d/'statistics.jsonl')
+    evals = [s for s in stats if 'valid_accuracy' in s and not s.get('final')]
+    accs = [s['valid_accuracy'] for s in evals]
+    assert r['scores'].accuracy == max(accs) and best['iteration'] == r['best_iteration']
+    last = stats[-1]
+    assert last['final'] and last['valid_accuracy'] == r['scores'].accuracy and 'baseline_accuracy' in last
+    assert r['baseline'].accuracy == last['baseline_accuracy']
+    if r['iteration'] < 6*3:  # stopped early: one evaluation without improvement after the best
+        assert evals[-1]['iteration'] == r['iteration'] and accs[-1] <= accs[-2]
+        assert load_checkpoint(d/'latest.pth')['stopped']
+
+def test_torchrun_two_processes(tmp):
+    "Fine-tuning under torchrun (2 CPU processes, gloo): each rank trains on its share, rank 0 evaluates and writes final.pth."
+    import subprocess, sys
+    from conftest import cli_env
+    data = make_sound_folder(tmp/'ddp_sounds', per_class=4, seed=3)
+    ws = tmp/'ws_ddp'
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m', 'audioset_nb.finetune',
+                        f'--data={data}', f'--workspace={ws}', f'--model_type={MODEL}', *[f'--{k}={v}' for k, v in FRONT.items()],
+                        '--clip_seconds=1', '--epochs=2', '--batch_size=4', '--num_workers=0', '--no_progress'],
+                       env=cli_env({'OMP_NUM_THREADS': '1'}), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(l) for l in r.stdout.splitlines() if l.startswith('{')]
+    assert len(lines) == 1 and 0 <= lines[0]['accuracy'] <= 1  # rank 0 alone reports
+    d = Path(lines[0]['checkpoint']).parent
+    ck = load_checkpoint(d/'latest.pth')
+    assert len(ck['ranks']) == 2 and ck['iteration'] == 2*3  # 12 training clips, 4 a step over both ranks: 3 steps an epoch
+    its = [s['iteration'] for s in read_statistics(d/'statistics.jsonl') if 'loss' in s]
+    assert its == sorted(set(its))  # one writer: every record once
+
+def test_benchmarks_run_tiny(tmp_path):
+    "The fine-tuning benchmarks run at tiny sizes, so that they cannot rot; no timing is asserted."
+    import subprocess, sys
+    from conftest import cli_env
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path/'ft.json'
+    r = subprocess.run([sys.executable, 'benchmarks/finetune.py', '--files', '8', '--seconds', '2', '3', '--epochs', '2',
+                        '--batch', '4', '--out', str(out)], cwd=root, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res['torch'] and res['date'] and res['device']
+    assert res['after']['data_wait'] <= 1 and res['before']['examples_per_s'] > 0 and res['loader']['new_crops_per_s'] > 0
+    out = tmp_path/'rc.json'
+    r = subprocess.run([sys.executable, 'benchmarks/finetune_recipes.py', '--per_class', '4', '--epochs', '1', '--seeds', '1',
+                        '--recipes', 'old (constant lr, last epoch)', '--out', str(out)], cwd=root, env=cli_env(), capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = json.loads(out.read_text())['recipes'].values()
+    assert len(row['runs']) == 1 and 0 <= row['test_mean'] <= 1 and 0 <= row['baseline_test'] <= 1
