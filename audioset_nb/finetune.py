@@ -19,7 +19,7 @@ from .checkpoints import load_checkpoint, load_weights, save_checkpoint
 from .models import MODELS, LogmelFrontend, build_model
 from .config import FrontEnd, config_cli, flat_config
 from .inference import HEADS, SingleLabel
-from .train import (Dist, autocast, clip_bce, fit, score, seed_everything, setup_dist, setup_run,
+from .train import (Dist, autocast, clip_bce, fit, run_folder, score, seed_everything, setup_dist, setup_run,
                     statistics_logger)
 
 # %% auto #0
@@ -726,9 +726,10 @@ def finetune(cfg:FinetuneConfig)->list:
     try:
         ck = load_checkpoint(cfg.pretrained_checkpoint_path) if cfg.pretrained_checkpoint_path else None
         front, d = front_end(cfg, ck), finetune_dir(cfg)
-        data = load_data(cfg, clips, front, d/f'decoded_{front.sample_rate}.h5', dst)
-        if test is not None: test = load_data(cfg, test, front, d/f'test_decoded_{front.sample_rate}.h5', dst)
-        res = [finetune_split(cfg, data, tr, va, d/name, multi, dst, test) for name, tr, va in splits(data.clips, cfg)]
+        with run_folder(d, dst.main):  # one writer: a second fine-tuning into the same folder is refused at once
+            data = load_data(cfg, clips, front, d/f'decoded_{front.sample_rate}.h5', dst)
+            if test is not None: test = load_data(cfg, test, front, d/f'test_decoded_{front.sample_rate}.h5', dst)
+            res = [finetune_split(cfg, data, tr, va, d/name, multi, dst, test) for name, tr, va in splits(data.clips, cfg)]
         return [r for r in res if r is not None]
     finally:
         if dst.world > 1 and dist.is_initialized(): dist.destroy_process_group()

@@ -253,3 +253,19 @@ def test_benchmarks_run_tiny(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     (row,) = json.loads(out.read_text())['recipes'].values()
     assert len(row['runs']) == 1 and 0 <= row['test_mean'] <= 1 and 0 <= row['baseline_test'] <= 1
+
+def test_a_second_finetuning_into_the_same_run_folder_refuses(tmp, folder):
+    "One writer per fine-tuning run folder: while another process holds it, the console script stops at once in one sentence."
+    import subprocess, sys
+    ws = tmp/'ws_busy'; run = ws/'finetune'/folder.stem/MODEL
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from audioset_nb.fileio import output_lock\n'
+                               'with output_lock(sys.argv[1]): print("held", flush=True); time.sleep(120)', str(run)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        p = cli('audioset_finetune', '--data', folder, '--workspace', ws, '--model_type', MODEL,
+                *[a for k, v in FRONT.items() for a in (f'--{k}', v)], '--clip_seconds', 1, '--epochs', 1, '--no_progress', timeout=300)
+    finally: holder.kill(); holder.wait()
+    assert p.returncode != 0
+    one_sentence(p.stderr, str(run), f'pid {holder.pid}')
+    assert not list(run.rglob('*.pth'))  # nothing written beside the other run's files
