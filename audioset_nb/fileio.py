@@ -48,31 +48,33 @@ def atomic_write(path:str|Path, data:str|bytes)->Path:
 class OutputBusy(BlockingIOError):
     "Another live process is writing the output."
 
-_HELD = set()  # descriptors of the locks this process holds
-def _close_held():
-    "In a forked child: close the inherited lock descriptors, so that the lock dies with the process that took it."
-    for fd in _HELD: os.close(fd)
+_HELD = {}  # lock file -> descriptor, for the locks this process holds
+def _forget_held():
+    "In a forked child: the locks are the parent's (POSIX locks are not inherited); drop the inherited descriptors."
+    for fd in _HELD.values(): os.close(fd)
     _HELD.clear()
-os.register_at_fork(after_in_child=_close_held)
+os.register_at_fork(after_in_child=_forget_held)
 
 @contextlib.contextmanager
 def output_lock(path:str|Path, # the output file, or folder, this process is about to write
                 what:str='output'): # what it is, for the message ("packed file", "training run")
     "Hold an exclusive OS lock on `path` for the block; raise `OutputBusy` if another process holds it."
-    path = Path(path); lock = path.with_name(f'.{path.name}.lock')
+    path = Path(path); lock = path.with_name(f'.{path.name}.lock').absolute()
+    if lock in _HELD: yield path; return  # already ours: re-entered
     try: lock.parent.mkdir(parents=True, exist_ok=True); fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e: raise cannot_write(path, e) from None
-    _HELD.add(fd)
     try:
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        try: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN): raise cannot_write(path, e) from None
             pid = os.pread(fd, 32, 0).decode(errors='replace').strip() or '?'
             raise OutputBusy(f'The {what} {path} is being written by another process (pid {pid}); wait for it to '
                              f'finish, or stop it, or choose another output.') from None
+        _HELD[lock] = fd
         with contextlib.suppress(OSError): os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)  # for the message only: a full disk may refuse it
-        yield path
-    finally:
-        if fd in _HELD: _HELD.discard(fd); os.close(fd)  # not in a forked child, which closed it already
+        try: yield path
+        finally: del _HELD[lock]
+    finally: os.close(fd)
 
 # %% ../nbs/00_fileio.ipynb #d55b033e
 class CannotWrite(OSError):
