@@ -1,0 +1,60 @@
+"The documentation site: built without Quarto, every page opened in headless Chromium; figures render, no console errors, links resolve."
+import functools, http.server, importlib.util, re, sys, threading
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path('/usr/bin/chromium')
+spec = importlib.util.spec_from_file_location('docs', ROOT/'tools'/'docs.py'); docs = importlib.util.module_from_spec(spec); spec.loader.exec_module(docs)
+spec = importlib.util.spec_from_file_location('notebooks', ROOT/'tools'/'notebooks.py'); notebooks = importlib.util.module_from_spec(spec); spec.loader.exec_module(notebooks)
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    out = tmp_path_factory.mktemp('site')/'_docs'
+    pages = docs.build(out)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
+    handler.log_message = lambda *a: None
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield out, pages, f'http://127.0.0.1:{srv.server_address[1]}/'
+    srv.shutdown()
+
+def test_pages_in_reading_order(site):
+    out, pages, _ = site
+    assert sorted(p.stem for p in pages) == sorted([p.stem for p in (ROOT/'nbs').glob('*.ipynb')] + ['BENCHMARKS'])
+    assert pages[0].name == 'index.html'
+    nav = re.findall(r'<a href="([^"]+)"', (out/'20_pack.html').read_text().split('</nav>')[0])
+    assert nav == [p.name for p in pages]  # every page, in the notebooks' order
+    text = (out/'20_pack.html').read_text()
+    assert '#| export' not in text and 'default_exp' not in text  # directives and hidden cells are not shown
+
+def test_figures_committed():
+    bad = {nb.name: notebooks.missing_figures(nb) for nb in notebooks.notebooks([])}
+    assert not {k: v for k, v in bad.items() if v}, 'cells draw figures but were committed without them: run tools/notebooks.py run'
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason='Debian chromium is not installed (/usr/bin/chromium); apt-get install chromium')
+@pytest.mark.timeout(600)
+def test_every_page_in_a_browser(site):
+    sync_api = pytest.importorskip('playwright.sync_api', reason='playwright is not installed (pip install playwright)')
+    out, pages, base = site
+    figures = 0
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=['--no-sandbox'])
+        page = browser.new_page(); errors = []
+        page.on('console', lambda m: errors.append(f'{page.url}: {m.text}') if m.type == 'error' else None)
+        page.on('pageerror', lambda e: errors.append(f'{page.url}: {e}'))
+        for f in pages:
+            resp = page.goto(base + f.name); assert resp.status == 200, f
+            widths = page.eval_on_selector_all('main img', 'imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)')
+            assert all(w > 0 for w in widths), (f.name, widths)
+            figures += len(widths)
+            for href in page.eval_on_selector_all('a[href]', 'as => as.map(a => a.href)'):
+                u = urlparse(href)
+                if u.netloc != urlparse(base).netloc: continue
+                assert (out/(u.path.lstrip('/') or 'index.html')).exists(), (f.name, href)
+                if u.fragment and u.path.endswith(f.name):
+                    assert page.locator(f'[id="{u.fragment}"]').count(), (f.name, href)
+        browser.close()
+    assert not errors, errors
+    assert figures == sum(notebooks.figures(nb) for nb in notebooks.notebooks([]))  # every committed figure is on a page
