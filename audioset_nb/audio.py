@@ -12,8 +12,8 @@ from .fileio import atomic_open, atomic_path
 
 # %% auto #0
 __all__ = ['SAMPLE_RATE', 'FFMPEG_ENV', 'STORES', 'ffmpeg_exe', 'die_with_parent', 'AudioError', 'ffmpeg_input', 'resample',
-           'stream_audio', 'load_audio', 'audio_source', 'pad_or_truncate', 'to_int16', 'to_float32', 'write_wav',
-           'encode_row', 'decode_row']
+           'stream_audio', 'load_audio', 'audio_source', 'pad_or_truncate', 'to_int16', 'to_float32', 'sliding_windows',
+           'write_wav', 'encode_row', 'decode_row']
 
 # %% ../nbs/01_audio.ipynb #34fd4d3f
 SAMPLE_RATE = 32000   # the rate PANNs stores and trains at
@@ -183,6 +183,19 @@ def to_int16(x:np.ndarray)->np.ndarray:
 def to_float32(x:np.ndarray)->np.ndarray:
     "int16 audio back to float32 in [-1, 1]."
     return (np.asarray(x)/32767.).astype(np.float32)
+
+# %% ../nbs/01_audio.ipynb #5442874d
+def sliding_windows(blocks, # consecutive mono blocks
+                    win:int, hop:int, # window length and step, samples
+                   )->Iterator[tuple]:
+    "Yield (start, window, n_real) for windows of `win` samples every `hop`; the last one is zero-padded."
+    buf, start, done = np.zeros(0, np.float32), 0, 0
+    for b in blocks:
+        buf = np.concatenate([buf, b])
+        while len(buf) >= win:
+            yield start, buf[:win], win
+            buf, start, done = buf[hop:], start + hop, start + win
+    if start + len(buf) > done: yield start, pad_or_truncate(buf, win), len(buf)
 
 # %% ../nbs/01_audio.ipynb #14c2d7e8
 def write_wav(path:Path, x:np.ndarray, sr:int=SAMPLE_RATE):

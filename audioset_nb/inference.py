@@ -11,7 +11,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np, torch
 from .fileio import atomic_open, atomic_path
 from .metadata import CLIP_SECONDS, load_labels
-from .audio import SAMPLE_RATE, AudioError, stream_audio, load_audio, pad_or_truncate, write_wav
+from .audio import SAMPLE_RATE, AudioError, stream_audio, load_audio, pad_or_truncate, sliding_windows, write_wav
 from .checkpoints import load_checkpoint, load_weights, write_error
 from .config import USER_ERRORS, FrontEnd, config_cli
 from .data import finite_audio
@@ -131,19 +131,6 @@ def load_tagger(checkpoint_path:Path, # a .pth file saved by audioset_nb or PANN
     if ckpt.get('task') == 'single': model = SingleLabel(model)  # fine-tuned on one class per clip: softmax scores
     return Tagger(model, labels, model_type, model.front, device)
 
-# %% ../nbs/60_inference.ipynb #5442874d
-def _windows(blocks:Iterable[np.ndarray], # consecutive mono blocks
-             win:int, hop:int, # window length and step, samples
-            )->Iterator[tuple]:
-    "Yield (start, window, n_real) for windows of `win` samples every `hop`; the last one is zero-padded."
-    buf, start, done = np.zeros(0, np.float32), 0, 0
-    for b in blocks:
-        buf = np.concatenate([buf, b])
-        while len(buf) >= win:
-            yield start, buf[:win], win
-            buf, start, done = buf[hop:], start + hop, start + win
-    if start + len(buf) > done: yield start, pad_or_truncate(buf, win), len(buf)
-
 # %% ../nbs/60_inference.ipynb #0809cb14
 class _Stitch:
     "Framewise scores of windows added at frame offsets, averaged where they overlap."
@@ -204,7 +191,7 @@ def _file_windows(tagger, srcs, win, hop, failed):
     "(file index, start, window, n_real) for every window of every file; (i, None, ...) ends file i."
     for i, src in enumerate(srcs):
         try:
-            for s, w, n in _windows(_blocks(tagger, src), win, hop): yield i, s, w, n
+            for s, w, n in sliding_windows(_blocks(tagger, src), win, hop): yield i, s, w, n
         except AudioError as e: failed[i] = str(e)
         except Exception as e: failed[i] = f'{src} could not be read ({type(e).__name__}: {e}); check that it is an audio file.'
         yield i, None, None, None

@@ -75,20 +75,19 @@ class Ontology:
     def parents(self, mid:str)->list: return list(self._parents[self._node(mid)['id']])
     def restrictions(self, mid:str)->list: return list(self._node(mid)['restrictions'])
     def roots(self)->list: return [m for m, p in self._parents.items() if not p]
+    def _walk(self, mid, step)->list:
+        "Nodes reached from `mid` by repeating `step` (parents or children), nearest first, each once."
+        out, todo = [], step(mid)
+        while todo:
+            m = todo.pop(0)
+            if m not in out: out.append(m); todo += step(m)
+        return out
     def ancestors(self, mid:str)->list:
         "Every node above `mid`, nearest first, each once (a node can have several parents)."
-        out, todo = [], self.parents(mid)
-        while todo:
-            m = todo.pop(0)
-            if m not in out: out.append(m); todo += self.parents(m)
-        return out
+        return self._walk(mid, self.parents)
     def descendants(self, mid:str)->list:
         "Every node below `mid`, each once."
-        out, todo = [], self.children(mid)
-        while todo:
-            m = todo.pop(0)
-            if m not in out: out.append(m); todo += self.children(m)
-        return out
+        return self._walk(mid, self.children)
 
 @functools.lru_cache(None)
 def load_ontology()->Ontology:

@@ -7,9 +7,8 @@ from __future__ import annotations
 import json, sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 import numpy as np
-from .audio import AudioError, stream_audio, pad_or_truncate
+from .audio import AudioError, sliding_windows, stream_audio
 from .config import USER_ERRORS, parse_config
 from .fileio import atomic_open
 from .metadata import CLIP_SECONDS
@@ -43,16 +42,6 @@ class OnnxTagger:
         return dict(zip(self.outputs, self.session.run(None, {'waveform': np.ascontiguousarray(batch, np.float32)})))
 
 # %% ../nbs/63_runtime.ipynb #482de0b1
-def _file_windows(src, sr:int, win:int, hop:int)->Iterator[tuple]:
-    "(start, window, n_real) for windows of `win` samples every `hop` of the audio file `src`; the last one is zero-padded."
-    buf, start, done = np.zeros(0, np.float32), 0, 0
-    for b in stream_audio(src, sr):
-        buf = np.concatenate([buf, b])
-        while len(buf) >= win:
-            yield start, buf[:win], win
-            buf, start, done = buf[hop:], start + hop, start + win
-    if start + len(buf) > done: yield start, pad_or_truncate(buf, win), len(buf)
-
 @dataclass
 class OnnxTags:
     "Tagging one file through ONNX Runtime: pooled scores and mean embedding."
@@ -76,7 +65,7 @@ def tag_onnx(tagger:OnnxTagger, src, # an audio file any ffmpeg decodes
     def run():
         out = tagger.forward(np.stack(batch)); batch.clear()
         scores.append(out['clipwise_output']); embs.append(out['embedding'])
-    for start, w, k in _file_windows(src, tagger.sample_rate, win, hop):
+    for start, w, k in sliding_windows(stream_audio(src, tagger.sample_rate), win, hop):
         batch.append(w); n = start + k
         if len(batch) == batch_size: run()
     if batch: run()

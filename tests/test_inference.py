@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np, pytest, soundfile as sf, torch
 from audioset_nb.audio import load_audio, stream_audio
 from audioset_nb.download import load_labels
-from audioset_nb.inference import (load_tagger, tag, tag_files, sed, find_events, audio_files, _windows, CheckpointError)
+from audioset_nb.inference import (load_tagger, tag, tag_files, sed, find_events, audio_files, CheckpointError)
+from audioset_nb.audio import sliding_windows
 from audioset_nb.models import build_model, save_checkpoint
 from conftest import cli, ffmpeg, one_sentence, tone
 
@@ -140,7 +141,7 @@ def test_windows_stream_a_long_file_in_bounded_memory(tmp_path):
         for i in range(20): f.write(np.full(30*SR, (i % 7)/10, np.float32))
     tracemalloc.start()
     n = 0
-    for s, w, k in _windows(stream_audio(p, SR), 10*SR, 10*SR):
+    for s, w, k in sliding_windows(stream_audio(p, SR), 10*SR, 10*SR):
         assert s == n*10*SR and k == 10*SR and abs(w[0] - ((s//(30*SR)) % 7)/10) < 1e-3
         n += 1
     peak = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()
