@@ -53,6 +53,7 @@ def _decision_level(t)->torch.nn.Module:
     m.load_state_dict(t.model.state_dict())
     return m
 
+# %% ../nbs/65_panns.ipynb #6d8a6c20
 class _Inference:
     "A PANNs model loaded as panns_inference loads it, run under `torch.inference_mode`."
     published, sed = 'Cnn14_mAP=0.431.pth', False
@@ -78,6 +79,7 @@ class _Inference:
         with torch.inference_mode(): out = self.model(x.to(self.device))
         return {k: v.float().cpu().numpy() for k, v in out.items()}
 
+# %% ../nbs/65_panns.ipynb #4bac4dcf
 class AudioTagging(_Inference):
     "panns_inference's audio tagger: `inference(audio)` gives (clipwise_output (B, classes), embedding (B, D))."
     def inference(self, audio): # (B, samples) float audio at 32 kHz, numpy or torch
@@ -85,6 +87,7 @@ class AudioTagging(_Inference):
         out = self._run(audio)
         return out['clipwise_output'], out['embedding']
 
+# %% ../nbs/65_panns.ipynb #82f9bdd5
 class SoundEventDetection(_Inference):
     "panns_inference's sound event detector: `inference(audio)` gives framewise_output (B, frames, classes)."
     published, sed = 'Cnn14_DecisionLevelMax_mAP=0.385.pth', True
