@@ -28,6 +28,7 @@ class HearModel(nn.Module):
         self.sample_rate = self.model_rate if self.model_rate in HEAR_RATES else 48000
         self.scene_embedding_size = self.timestamp_embedding_size = model.fc1.out_features
 
+# %% ../nbs/66_hear.ipynb #16ae486a
 def load_model(model_file_path:str='', # .pth checkpoint (default: the published Cnn14, from the package's cache)
                model_type:str=None)->HearModel: # default: from the checkpoint, else Cnn14
     "HEAR's `load_model`: a `HearModel` for the checkpoint."
@@ -45,6 +46,7 @@ def _model_input(audio:torch.Tensor, model:HearModel)->tuple:
 
 def _batches(x:torch.Tensor, size:int=8): return [x[i:i+size] for i in range(0, len(x), size)]
 
+# %% ../nbs/66_hear.ipynb #1b56d08c
 def get_scene_embeddings(audio:torch.Tensor, # (n_sounds, n_samples) at `model.sample_rate`
                          model:HearModel)->torch.Tensor:
     "(n_sounds, scene_embedding_size): the model's clip embedding of each sound."
@@ -60,6 +62,7 @@ def _step_embeddings(model:HearModel, x:torch.Tensor)->torch.Tensor:
     h = F.max_pool1d(h, 3, stride=1, padding=1) + F.avg_pool1d(h, 3, stride=1, padding=1)
     return F.relu(m.fc1(h.transpose(1, 2)))
 
+# %% ../nbs/66_hear.ipynb #58af5a7a
 def _interpolate(e:torch.Tensor, # (B, steps, D) at step centres
                  step:float, # ms per step
                  ts:torch.Tensor)->torch.Tensor: # (n,) timestamps, ms
@@ -68,6 +71,7 @@ def _interpolate(e:torch.Tensor, # (B, steps, D) at step centres
     lo = p.floor().long(); hi = (lo + 1).clamp(max=e.shape[1] - 1); w = (p - lo)[None, :, None].to(e)
     return e[:, lo]*(1 - w) + e[:, hi]*w
 
+# %% ../nbs/66_hear.ipynb #39c3cb4d
 def get_timestamp_embeddings(audio:torch.Tensor, # (n_sounds, n_samples) at `model.sample_rate`
                              model:HearModel)->tuple:
     "((n_sounds, n_timestamps, D) embeddings, (n_sounds, n_timestamps) timestamps in ms, every 50 ms)."
