@@ -54,6 +54,7 @@ class OnnxTags:
         "The `k` best (label, score) pairs."
         return [(self.labels[i], float(self.clipwise[i])) for i in np.argsort(-self.clipwise, kind='stable')[:k]]
 
+# %% ../nbs/63_runtime.ipynb #8c676284
 def tag_onnx(tagger:OnnxTagger, src, # an audio file any ffmpeg decodes
              window_seconds:float=CLIP_SECONDS, hop_seconds:float=None, # windows and their step, seconds
              batch_size:int=8, pooling:str='max')->OnnxTags:
@@ -90,6 +91,7 @@ class OnnxTagConfig:
         if not self.audio_path: raise ValueError('No audio files given: pass --audio_path with one or more files.')
         if self.output and not str(self.output).endswith('.jsonl'): raise ValueError(f'--output must be a .jsonl file, not {self.output!r}.')
 
+# %% ../nbs/63_runtime.ipynb #add41398
 def _tag_onnx(cfg:OnnxTagConfig):
     tagger, rows, failed = OnnxTagger(cfg.onnx, cfg.threads), [], []
     for p in cfg.audio_path:
@@ -106,6 +108,7 @@ def _tag_onnx(cfg:OnnxTagConfig):
     for e in failed: print(f'failed: {e}', file=sys.stderr)
     if failed: sys.exit(f'{len(failed)} file(s) could not be processed; see above.')
 
+# %% ../nbs/63_runtime.ipynb #936af6b8
 MORE = ('Also: audioset_tag --onnx MODEL.onnx --audio_path FILES tags through ONNX Runtime without torch, and '
         'audioset_tag --stream SOURCE (--onnx MODEL.onnx | --checkpoint_path CK) tags a live stream; add --help to either for its flags.')
 
