@@ -26,12 +26,14 @@ def _numpy_globals():
         out += [(_reconstruct, f'{mod}._reconstruct'), (scalar, f'{mod}.scalar')]
     return out
 
+# %% ../nbs/40_checkpoints.ipynb #7b9a0997
 def _starts_as_pickle(path)->bool:
     "Whether the file's first pickle opcode is a real one (junk bytes are not a pickle at all)."
     with open(path, 'rb') as f:
         try: next(pickletools.genops(f)); return True
         except (ValueError, StopIteration): return False
 
+# %% ../nbs/40_checkpoints.ipynb #3c000496
 def load_checkpoint(path:str|Path) -> dict:
     "Load a checkpoint (published PANNs format or a bare state dict) onto the CPU, without running code."
     path = Path(path)
@@ -54,16 +56,16 @@ def load_checkpoint(path:str|Path) -> dict:
 # %% ../nbs/40_checkpoints.ipynb #495207eb
 def unwrap(model:nn.Module)->nn.Module:
     "The model inside any `DistributedDataParallel` and `torch.compile` wrappers."
-    while True:
-        inner = getattr(model, 'module', None) or getattr(model, '_orig_mod', None)
-        if not isinstance(inner, nn.Module): return model
-        model = inner
+    for a in ('module', '_orig_mod'):  # tested with isinstance, not truth: a wrapped module may define __len__
+        if isinstance(inner := getattr(model, a, None), nn.Module): return unwrap(inner)
+    return model
 
 def _strip_prefixes(sd):
     for p in ('module.', '_orig_mod.'):
         if sd and all(k.startswith(p) for k in sd): sd = {k[len(p):]: v for k, v in sd.items()}
     return sd
 
+# %% ../nbs/40_checkpoints.ipynb #6bfcb875
 def _mismatches(model_sd, ckpt_sd):
     "Human-readable differences in names and shapes between two state dicts."
     diffs = [f'{k} is {tuple(v.shape)} in the checkpoint but {tuple(model_sd[k].shape)} in the model'
@@ -73,6 +75,7 @@ def _mismatches(model_sd, ckpt_sd):
     if extra: diffs.append(f'{len(extra)} checkpoint weights are not in the model (e.g. {extra[0]})')
     return diffs
 
+# %% ../nbs/40_checkpoints.ipynb #6fc6cacd
 def load_weights(model:nn.Module, # the model to fill
                  checkpoint:str|Path|dict): # path, `{'model': state_dict, ...}` or a bare state dict
     "Load `checkpoint`'s weights into `model` (strictly), with a one-sentence error when they do not fit."
