@@ -105,6 +105,7 @@ def _step(tagger, h:Hysteresis, buf:np.ndarray, t:int, k:int, cols)->list:
     else: events += h.step((t - k)/sr, out['clipwise_output'][0][cols], end_time=max(t0, 0)/sr)
     return events
 
+# %% ../nbs/64_stream.ipynb #5306f670
 def stream_events(tagger, # has `labels`, `sample_rate`, `hop_size`, `forward`
                   blocks:Iterable[np.ndarray], # mono float32 audio at `tagger.sample_rate`, as it arrives
                   window_seconds:float=2., hop_seconds:float=0.5, # the model sees `window_seconds` every `hop_seconds`
@@ -152,6 +153,7 @@ class StreamConfig:
         Hysteresis([], self.on_threshold, self.off_threshold)  # checks the thresholds
         ffmpeg_input(self.stream, self.input_format)  # checks the source
 
+# %% ../nbs/64_stream.ipynb #3a44cd52
 class TorchRunner:
     "A torch `inference.Tagger` with the `forward(batch)` that `stream_events` calls."
     def __init__(self, tagger):
@@ -160,6 +162,7 @@ class TorchRunner:
         from audioset_nb.inference import _forward
         return _forward(self.tagger, batch)
 
+# %% ../nbs/64_stream.ipynb #faee11a8
 def _stream_tagger(cfg:StreamConfig):
     if cfg.onnx:
         from audioset_nb.runtime import OnnxTagger
@@ -171,6 +174,7 @@ def _stream_tagger(cfg:StreamConfig):
         raise ValueError(f'--labels {unknown[0]!r} is not a class of this model; use names such as {tagger.labels[0]!r}.')
     return tagger
 
+# %% ../nbs/64_stream.ipynb #1f6cf162
 def _stream(cfg:StreamConfig):
     tagger = _stream_tagger(cfg)
     blocks = ffmpeg_blocks(cfg.stream, tagger.sample_rate, max(1, int(cfg.hop_seconds*tagger.sample_rate)), cfg.realtime, cfg.input_format)
