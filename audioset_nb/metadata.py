@@ -52,6 +52,7 @@ def read_labels(path:Path)->Labels:
         if int(r['index']) != i: raise ValueError(f'{path}: row {i+2} has index {r["index"]}, expected {i}; the file is out of order.')
     return Labels(tuple(r['mid'] for r in rows), tuple(r['display_name'] for r in rows))
 
+# %% ../nbs/02_metadata.ipynb #b1da41bb
 @functools.lru_cache(None)
 def load_labels()->Labels:
     "The 527 AudioSet classes shipped with the package."
@@ -89,6 +90,7 @@ class Ontology:
         "Every node below `mid`, each once."
         return self._walk(mid, self.children)
 
+# %% ../nbs/02_metadata.ipynb #1b1d3144
 @functools.lru_cache(None)
 def load_ontology()->Ontology:
     "The AudioSet ontology shipped with the package."
@@ -149,6 +151,7 @@ def _parse_row(fields:list, labels:Labels)->Segment:
     if unknown: raise ValueError(f'unknown label mids {unknown}')
     return Segment(ytid, start, end, mids)
 
+# %% ../nbs/02_metadata.ipynb #2837577d
 def read_segments(path:Path, # segment CSV, official (three `#` lines, `, ` separators) or plain
                   strict:bool=False, # raise on the first bad row instead of reporting it
                   labels:Labels=None)->Segments:
@@ -174,6 +177,7 @@ def read_segments(path:Path, # segment CSV, official (three `#` lines, `, ` sepa
                       f'(first: line {problems[0][0]}: {problems[0][1]}); see `.problems`.')
     return Segments(rows, problems, path)
 
+# %% ../nbs/02_metadata.ipynb #4c394505
 @functools.lru_cache(None)
 def _shipped(subset): return read_segments(DATA_DIR/f'{subset}_segments.csv', strict=True)
 
@@ -194,6 +198,7 @@ def format_segments(segs:list, comment:str='Segments csv created by audioset_nb'
     rows = [f'{check_ytid(s.ytid)}, {s.start:.3f}, {s.end:.3f}, "{",".join(s.labels)}"' for s in segs]
     return '\n'.join(head + rows) + '\n'
 
+# %% ../nbs/02_metadata.ipynb #32b956c9
 def write_segments(path:Path, segs:list, comment:str='Segments csv created by audioset_nb'):
     "Write `segs` to `path` in the official AudioSet format, atomically."
     atomic_write(path, format_segments(segs, comment))
@@ -246,6 +251,7 @@ def write_parts(segs:list, out_dir:Path, prefix:str='unbalanced_train_segments',
         paths.append(Path(out_dir)/f'{prefix}_part{k:02d}.csv'); write_segments(paths[-1], p)
     return paths
 
+# %% ../nbs/02_metadata.ipynb #ccc01122
 def parse_part(part:str)->tuple:
     "`'i/n'` as `(i, n)`, checking 0 <= i < n."
     m = re.fullmatch(r'\s*(\d+)\s*/\s*(\d+)\s*', str(part))
