@@ -92,6 +92,7 @@ def cannot_write(path:str|Path, e:OSError)->CannotWrite:
     err.errno = e.errno
     return err
 
+# %% ../nbs/00_fileio.ipynb #1dd3b87e
 def remove_stale_temps(path:str|Path)->list:
     "Remove the temporary files that killed `atomic_path` blocks left for `path`; the paths removed."
     path = Path(path); gone = sorted(path.parent.glob(f'.{glob.escape(path.name)}.*.tmp'))
