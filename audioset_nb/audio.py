@@ -79,6 +79,7 @@ def _sf_blocks(path, offset, duration, block_frames):
             left -= len(b)
             yield sr, b
 
+# %% ../nbs/01_audio.ipynb #84c8092a
 def _read_exact(stream, n):
     b = stream.read(n)
     if len(b) < n: raise EOFError
@@ -94,10 +95,12 @@ def _wav_format(stream):
         body = _read_exact(stream, size + (size & 1))
         if cid == b'fmt ': ch, sr = struct.unpack('<HI', body[2:8])
 
+# %% ../nbs/01_audio.ipynb #f7e2c4fc
 def ffmpeg_input(path:Path)->list:
     "ffmpeg arguments that open the local file `path` as a file, whatever its name looks like."
     return ['-protocol_whitelist', 'file', '-i', 'file:' + str(Path(path).absolute())]
 
+# %% ../nbs/01_audio.ipynb #d7abbbab
 def _ffmpeg_blocks(path, offset, duration, block_frames):
     cmd = [ffmpeg_exe(), '-nostdin', '-v', 'error', *ffmpeg_input(path),
            '-vn', '-map', '0:a:0', '-map_metadata', '-1', '-fflags', '+bitexact', '-f', 'wav', '-acodec', 'pcm_f32le', '-']
