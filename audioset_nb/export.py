@@ -84,6 +84,7 @@ class ExportConfig:
             raise ValueError(f'--output must name a .onnx file, not {self.output!r}.')
         if self.opset < 11: raise ValueError(f'--opset {self.opset} is too old: reflect padding needs opset 11 or newer.')
 
+# %% ../nbs/62_export.ipynb #b66ea1c5
 def onnx_difference(model:nn.Module, # the torch model
                     path:Path, # its export
                     seconds:float=2.5)->float:
