@@ -49,6 +49,8 @@ def run(nb, slow=False):
     from execnb.nbio import read_nb, write_nb
     from execnb.shell import CaptureShell
     nb, skip = Path(nb).resolve(), skipped(slow); book = read_nb(nb)
+    for c in book.cells:  # execnb leaves a cell's old outputs in place when it now prints nothing
+        if c.cell_type == 'code' and not skip.search(c.source): c['outputs'] = []
     os.environ['IN_TEST'] = '1'
     cwd = os.getcwd(); os.chdir(nb.parent)
     try:
