@@ -319,7 +319,6 @@ def format_coverage(cov:Coverage)->str:
                      '`python -c "from audioset_nb.metadata import fetch_unbalanced; fetch_unbalanced()"`)')
     return '\n'.join(lines)
 
-# %% ../nbs/15_import.ipynb #5455fcc7
 def write_coverage(cov:Coverage, path:Path)->Path:
     "The coverage report as CSV, one row per clip that is absent, left out, unlisted or labelled otherwise; atomically."
     with atomic_open(path, 'w', newline='') as f:
