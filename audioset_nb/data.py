@@ -47,6 +47,7 @@ def _factorize(values)->tuple:
     of = np.fromiter((codes.setdefault(v, len(codes)) for v in values), np.int32, len(values))
     return list(codes), of
 
+# %% ../nbs/30_data.ipynb #8a6a50bf
 def read_index(path:Path)->Index:
     "Read an index HDF5 (reference layout), or a waveform HDF5 as an index of its own rows."
     path = Path(path)
@@ -251,6 +252,7 @@ def clip_weights(targets:np.ndarray)->np.ndarray:
     targets = np.asarray(targets, dtype=bool)
     return targets.astype(np.float64) @ (1000.0/(targets.sum(0) + 100))
 
+# %% ../nbs/30_data.ipynb #d1130e0e
 class WeightedSampler(TrainSampler):
     "Clips drawn in proportion to `clip_weights`, each epoch without replacement from an urn of expected counts."
     _counters = ('epoch', 'pointer')
@@ -319,6 +321,7 @@ def collate(items:list)->dict:
                 waveform=torch.from_numpy(np.stack([d['waveform'] for d in items])),
                 target=torch.from_numpy(np.stack([d['target'] for d in items])))
 
+# %% ../nbs/30_data.ipynb #8f3e8cc2
 def _worker_sentence(e:BaseException)->BaseException:
     "A worker's error as raised in the worker: PyTorch re-raises it wrapped in the worker's traceback."
     msg = str(e)
@@ -336,6 +339,7 @@ class Loader(DataLoader):
             except USER_ERRORS as e: raise _worker_sentence(e) from None
             yield b
 
+# %% ../nbs/30_data.ipynb #7342388b
 def default_workers()->int:
     "DataLoader workers: one per core this process may use, but one, at most 8."
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)

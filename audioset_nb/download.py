@@ -17,7 +17,7 @@ from .metadata import *
 
 # %% auto #0
 __all__ = ['YOUTUBE_URL', 'STATUSES', 'LOG_FIELDS', 'download_cli', 'ClipError', 'classify', 'media_url', 'fetch_section',
-           'is_finished', 'download_clip', 'append_log', 'read_log', 'summarize', 'download_clips', 'format_summary',
+           'is_finished', 'download_clip', 'append_log', 'read_log', 'summarize', 'format_summary', 'download_clips',
            'default_log_path', 'DownloadConfig', 'download']
 
 # %% ../nbs/10_download.ipynb #0fa2df8d
@@ -74,6 +74,7 @@ def media_url(url:str,           # a video's page URL
     if cookie: headers['Cookie'] = cookie
     return dict(url=fmt['url'], headers=headers, protocol=fmt.get('protocol'), duration=info.get('duration'))
 
+# %% ../nbs/10_download.ipynb #5a5356b0
 def fetch_section(media:dict, start:float, end:float, sample_rate:int=SAMPLE_RATE, timeout:float=60.)->np.ndarray:
     "Samples (int16, mono, at `sample_rate`) of `[start, end]` of the stream `media`, decoded by ffmpeg."
     if not re.match(r'https?://', media['url']): raise ClipError('other', f'not an http(s) media URL: {media["url"][:80]}')
@@ -112,6 +113,7 @@ def _check_complete(x, n, seg, duration, sample_rate):
         raise ClipError('other', f'only {len(x)/sample_rate:.2f} s of [{seg.start}, {seg.end}] arrived from a '
                                  f'{duration:g}-s video; the transfer was cut short', retry=True)
 
+# %% ../nbs/10_download.ipynb #b80ebbf4
 def download_clip(seg:Segment,                   # the segment to fetch (`ytid`, `start`, `end`)
                   audios_dir:Path,              # where `Y<ytid>.wav` goes
                   url_template:str=YOUTUBE_URL, # page URL of a video, `{ytid}` replaced by its id
@@ -160,10 +162,15 @@ def read_log(path:Path)->list:
     latest = {r['ytid']: r for r in rows if YTID_RE.fullmatch(r['ytid'])}
     return [r for r in rows if not YTID_RE.fullmatch(r['ytid'])] + list(latest.values())
 
+# %% ../nbs/10_download.ipynb #16356828
 def summarize(rows:list)->dict:
     "Clips per status, in the order of `STATUSES`."
     c = collections.Counter(r['status'] for r in rows)
     return {s: c[s] for s in STATUSES if c[s]}
+
+def format_summary(rows:list)->str:
+    "One line: how many clips ended how."
+    return f'{len(rows)} clips: ' + ', '.join(f'{n} {s}' for s, n in summarize(rows).items())
 
 # %% ../nbs/10_download.ipynb #a871546c
 def _dedupe(segs):
@@ -174,12 +181,14 @@ def _dedupe(segs):
         else: seen.add(s.ytid); keep.append(s)
     return keep, dups
 
+# %% ../nbs/10_download.ipynb #78bc5066
 def _clean_temps(audios_dir, segs):
     "Remove temporary files that a killed run left for these clips (`write_wav` names them `.Y<ytid>.*.wav.tmp`)."
     names = {f'Y{s.ytid}' for s in segs if YTID_RE.fullmatch(s.ytid)}
     for p in Path(audios_dir).glob('.Y*.wav.tmp'):
         if p.name[1:].split('.')[0] in names: p.unlink(missing_ok=True)
 
+# %% ../nbs/10_download.ipynb #3dfc60e0
 def _as_completed(fn, items, workers):
     "`fn(item)` for every item on `workers` threads, yielded as they finish; at most `4*workers` queued at once."
     it = iter(items); pool = concurrent.futures.ThreadPoolExecutor(workers)
@@ -191,6 +200,7 @@ def _as_completed(fn, items, workers):
             yield from (f.result() for f in done)
     finally: pool.shutdown(wait=False, cancel_futures=True)  # on Ctrl-C, do not wait for the queue
 
+# %% ../nbs/10_download.ipynb #7a411967
 def _known_gone(log_path, segs):
     "Log rows for the clips of `segs` that an earlier run found unavailable or private, and the rest of `segs`."
     last = {r['ytid']: r for r in read_log(log_path)} if Path(log_path).exists() else {}
@@ -198,6 +208,7 @@ def _known_gone(log_path, segs):
     said = lambda r: 'skipped, as in an earlier run: ' + r['message'].removeprefix('skipped, as in an earlier run: ')
     return [_row(s, gone[s.ytid]['status'], said(gone[s.ytid])) for s in segs if s.ytid in gone], [s for s in segs if s.ytid not in gone]
 
+# %% ../nbs/10_download.ipynb #a3cd2452
 def download_clips(segs:list,                      # `Segments` (their `.problems` are logged too) or a list of `Segment`
                    audios_dir:Path,               # where `Y<ytid>.wav` files go
                    log_path:Path=None,            # CSV log, appended; default `<audios_dir>/download_log.csv`
@@ -228,10 +239,6 @@ def _download_locked(segs, audios_dir, log_path, workers, progress, skip_unavail
             bar.update(); bar.set_postfix(summarize(rows), refresh=False)
     return rows
 
-def format_summary(rows:list)->str:
-    "One line: how many clips ended how."
-    return f'{len(rows)} clips: ' + ', '.join(f'{n} {s}' for s, n in summarize(rows).items())
-
 # %% ../nbs/10_download.ipynb #0f160532
 def _resolve_csv(csv_path, cache_dir):
     csv_path = str(csv_path)
@@ -243,6 +250,7 @@ def default_log_path(audios_dir:Path, part:str=None)->Path:
     "`<audios_dir>/download_log.csv`, or `download_log_part<i>of<n>.csv` for a part, so machines sharing a folder do not share a log."
     return Path(audios_dir)/('download_log.csv' if not part else 'download_log_part{}of{}.csv'.format(*parse_part(part)))
 
+# %% ../nbs/10_download.ipynb #191ea8c9
 def _check_template(url_template):
     if '{ytid}' not in url_template or not re.match(r'https?://', url_template):
         raise ValueError(f'--url_template {url_template!r} must be an http(s) URL containing {{ytid}}.')
@@ -272,6 +280,7 @@ class DownloadConfig:
         if self.part: parse_part(self.part)
         self.log_path = self.log_path or str(default_log_path(self.audios_dir, self.part))
 
+# %% ../nbs/10_download.ipynb #e02b9913
 def download(*args, **kwargs)->list:
     "Download the clips of a segment list (or one part of it), as `DownloadConfig(*args, **kwargs)` says; the log rows of this run."
     cfg = DownloadConfig(*args, **kwargs)

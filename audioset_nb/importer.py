@@ -71,6 +71,7 @@ def _listing(src:str)->list:
     if not hits: raise FileNotFoundError(f'Source {src} does not exist; give a parquet file, a tar shard, a folder of clips or a glob of them.')
     return sorted(str(f) for h in map(Path, hits) for f in (h.rglob('*') if h.is_dir() else [h]) if f.is_file())
 
+# %% ../nbs/15_import.ipynb #6c41ea27
 def _parquet_pieces(path:str)->list:
     "One piece per row group of an AudioSet parquet file, read from its footer."
     import pyarrow.parquet as pq
@@ -132,6 +133,7 @@ def _tar_clip(key:str, audio:bytes, meta:bytes, path:str)->Clip:
     labels = next((info[k] for k in ('labels', 'mids', 'tag', 'tags', 'human_labels') if info.get(k)), None)
     return Clip(ytid, audio, labels, f'{path}:{key}')
 
+# %% ../nbs/15_import.ipynb #eae64d12
 def _tar_clips(p:Piece)->Iterator[Clip]:
     key = audio = meta = None
     try:
@@ -177,6 +179,7 @@ def known_labels(csv_path:str=None)->dict:
     segs = read_segments(csv_path) if csv_path else [s for ss in official_segments().values() for s in ss]
     return {s.ytid: s.labels for s in segs}
 
+# %% ../nbs/15_import.ipynb #c810704d
 def clip_target(c:Clip, csv_path:str=None)->tuple:
     "(audio_name, target, why it is left out or None) of a clip, its labels from the source or else from `csv_path`."
     labels = load_labels()
@@ -197,6 +200,7 @@ def _import_job(args)->tuple:
     with audio_source(audio) as p: row, why = _encode_job((p, sample_rate, clip_samples, codec))
     return name, target, row, why and why.replace(str(p), where)
 
+# %% ../nbs/15_import.ipynb #a4013326
 def _fill(f:h5py.File, pieces:list, csv_path, sample_rate:int, clip_samples:int, codec, workers:int, chunk:int, progress:bool)->tuple:
     "Append to `f` every clip of `pieces` after those it holds, committing every `chunk` clips; (rows, left out)."
     done = _progress_of(f)['items_done']
@@ -222,6 +226,7 @@ def _settings(pieces, csv_path, part, sample_rate, clip_samples, codec)->dict:
     return dict(pieces=len(pieces), digest=digest, csv=str(Path(csv_path).resolve()) if csv_path else None, part=part,
                 sample_rate=sample_rate, clip_samples=clip_samples, codec=codec)
 
+# %% ../nbs/15_import.ipynb #b69fb4b4
 def import_clips(sources:list,                 # parquet files, tar shards, folders of clips, or globs of them
                  waveforms_hdf5_path:Path,     # the waveform HDF5 to write
                  csv_path:Path=None,           # labels of clips whose source has none (default: the official lists)
@@ -358,6 +363,7 @@ class ImportConfig:
             raise ValueError('--workers, --sample_rate and --clip_seconds must be above 0.')
         self.coverage_path = self.coverage_path or str(Path(self.waveforms_hdf5_path).with_suffix(''))+'_coverage.csv'
 
+# %% ../nbs/15_import.ipynb #392e6d15
 def import_and_report(cfg:ImportConfig):
     "Import as `cfg` says, write the index and coverage report, and print what was done."
     logging.basicConfig(level=logging.WARNING, format='%(message)s')

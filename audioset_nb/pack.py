@@ -16,7 +16,7 @@ from .fileio import CannotWrite, atomic_path, cannot_write, output_lock, remove_
 from .metadata import CLIP_SECONDS, NUM_CLASSES, clip_name, parse_part, read_segments, segments_to_targets, take_part
 
 # %% auto #0
-__all__ = ['CODECS', 'pack_cli', 'encode_clip', 'PackResult', 'pack_waveforms', 'check_pack_settings', 'default_pack_workers',
+__all__ = ['CODECS', 'pack_cli', 'encode_clip', 'PackResult', 'check_pack_settings', 'default_pack_workers', 'pack_waveforms',
            'write_index', 'train_index_order', 'combine_indexes', 'PackConfig', 'pack']
 
 # %% ../nbs/20_pack.ipynb #a1ac8a1a
@@ -33,6 +33,7 @@ def encode_clip(path:Path,                     # clip file, any format ffmpeg re
     x = to_int16(x)
     return x if codec is None else encode_row(x, sample_rate, codec)
 
+# %% ../nbs/20_pack.ipynb #b0fc6ad9
 def _encode_job(args)->tuple:
     "(row, None) or (None, why the clip was left out); runs in a worker process."
     try: return encode_clip(*args), None
@@ -71,6 +72,27 @@ def _progress_of(f:h5py.File)->dict:
 
 def _row_keys(f:h5py.File)->list: return [k for k in f if k != 'skipped']
 
+# %% ../nbs/20_pack.ipynb #e5819072
+def _append(f:h5py.File, names:list, rows:list, targets:np.ndarray):
+    "Append rows to every dataset of `f`."
+    n, m = f['audio_name'].shape[0], len(names)
+    for k in _row_keys(f): f[k].resize(n + m, axis=0)
+    f['audio_name'][n:] = np.array(names, dtype='S20')
+    wave = f[next(k for k in f if k.startswith('waveform'))]
+    if wave.dtype == np.int16: wave[n:] = np.stack(rows)
+    else:
+        for j, r in enumerate(rows): wave[n + j] = r
+    f['target'][n:] = targets
+
+def _commit(f, buf, names, targets, items_done, skipped):
+    "Write buffered rows, the clips left out and the resume point, then flush."
+    if buf: _append(f, [names[i] for i, _ in buf], [r for _, r in buf], targets[[i for i, _ in buf]])
+    s = f['skipped']
+    if len(skipped) > len(s): n = len(s); s.resize(len(skipped), axis=0); s[n:] = np.array(skipped[n:], dtype=object)
+    f.attrs['pack_progress'] = json.dumps(dict(rows=f['audio_name'].shape[0], items_done=items_done, skipped=len(skipped)))
+    f.flush()
+
+# %% ../nbs/20_pack.ipynb #91ce8cee
 def _reopen(path:Path, settings:dict)->h5py.File|None:
     "The partial file at `path` if it can be resumed with `settings`, cut back to its last complete chunk."
     if not path.exists(): return None
@@ -87,17 +109,6 @@ def _reopen(path:Path, settings:dict)->h5py.File|None:
         logging.getLogger(__name__).warning(f'{path} is an unreadable leftover of a killed run ({e.__class__.__name__}); packing again.')
         return None
 
-def _append(f:h5py.File, names:list, rows:list, targets:np.ndarray):
-    "Append rows to every dataset of `f`."
-    n, m = f['audio_name'].shape[0], len(names)
-    for k in _row_keys(f): f[k].resize(n + m, axis=0)
-    f['audio_name'][n:] = np.array(names, dtype='S20')
-    wave = f[next(k for k in f if k.startswith('waveform'))]
-    if wave.dtype == np.int16: wave[n:] = np.stack(rows)
-    else:
-        for j, r in enumerate(rows): wave[n + j] = r
-    f['target'][n:] = targets
-
 # %% ../nbs/20_pack.ipynb #ab0aa89a
 @dataclass
 class PackResult:
@@ -111,6 +122,34 @@ def _progress(it, total:int, show:bool):
     if not show: return it
     from tqdm.auto import tqdm
     return tqdm(it, total=total, unit='clip')
+
+# %% ../nbs/20_pack.ipynb #df1cf9a3
+def _need_space(out:Path, nbytes:int, rows:int=0):
+    "Refuse to write `nbytes` more beside `out` where the disk lacks them: HDF5 cannot recover from a failed write."
+    free = shutil.disk_usage(out.parent).free
+    if free < nbytes:
+        kept = f'; the {rows} clips packed so far are kept in .{out.name}.partial and a rerun resumes from them' if rows else ''
+        e = CannotWrite(f'Cannot write {out}: the disk is full ({free/1e6:.1f} MB free, {nbytes/1e6:.1f} MB needed); '
+                        f'free some space there or choose another place{kept}.')
+        e.errno = errno.ENOSPC; raise e
+
+def _check_folder(d:Path, what:str='Clip folder', flag:str='--audios_dir'):
+    if d.is_dir(): return
+    raise FileNotFoundError(f'{what} {d} {"is a file, not a folder" if d.exists() else "does not exist"}; check {flag}.')
+
+def check_pack_settings(sample_rate:int, clip_seconds:float, workers:int=None, codec:str=None, chunk:int=64):
+    "Raise `ValueError` in one sentence for a setting packing cannot use."
+    if codec not in CODECS: raise ValueError(f'--codec {codec!r} is not one of {CODECS}.')
+    if isinstance(sample_rate, bool) or sample_rate != int(sample_rate) or not 1000 <= sample_rate <= 192000:
+        raise ValueError(f'--sample_rate {sample_rate!r} must be a whole number of Hz from 1000 to 192000.')
+    if not 0 < clip_seconds <= CLIP_SECONDS:
+        raise ValueError(f'--clip_seconds {clip_seconds!r} must be above 0 and at most {CLIP_SECONDS} (AudioSet segments are {CLIP_SECONDS} s).')
+    if workers is not None and not 1 <= workers <= 1024: raise ValueError(f'--workers {workers!r} must be from 1 to 1024.')
+    if not chunk >= 1: raise ValueError(f'chunk {chunk!r} must be at least 1.')
+
+def default_pack_workers()->int:
+    "Decoding processes for packing: one per core."
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1))
 
 # %% ../nbs/20_pack.ipynb #5bb2328b
 def pack_waveforms(csv_path:Path,               # segment CSV (AudioSet format) listing the clips
@@ -178,41 +217,6 @@ def _settings(csv_path, audios_dir, names, sample_rate, clip_samples, codec)->di
     return dict(csv=str(Path(csv_path).resolve()), names=len(names), first=names[:1], last=names[-1:],
                 audios_dir=str(Path(audios_dir).resolve()), sample_rate=sample_rate, clip_samples=clip_samples, codec=codec)
 
-def _commit(f, buf, names, targets, items_done, skipped):
-    "Write buffered rows, the clips left out and the resume point, then flush."
-    if buf: _append(f, [names[i] for i, _ in buf], [r for _, r in buf], targets[[i for i, _ in buf]])
-    s = f['skipped']
-    if len(skipped) > len(s): n = len(s); s.resize(len(skipped), axis=0); s[n:] = np.array(skipped[n:], dtype=object)
-    f.attrs['pack_progress'] = json.dumps(dict(rows=f['audio_name'].shape[0], items_done=items_done, skipped=len(skipped)))
-    f.flush()
-
-def _need_space(out:Path, nbytes:int, rows:int=0):
-    "Refuse to write `nbytes` more beside `out` where the disk lacks them: HDF5 cannot recover from a failed write."
-    free = shutil.disk_usage(out.parent).free
-    if free < nbytes:
-        kept = f'; the {rows} clips packed so far are kept in .{out.name}.partial and a rerun resumes from them' if rows else ''
-        e = CannotWrite(f'Cannot write {out}: the disk is full ({free/1e6:.1f} MB free, {nbytes/1e6:.1f} MB needed); '
-                        f'free some space there or choose another place{kept}.')
-        e.errno = errno.ENOSPC; raise e
-
-def _check_folder(d:Path, what:str='Clip folder', flag:str='--audios_dir'):
-    if d.is_dir(): return
-    raise FileNotFoundError(f'{what} {d} {"is a file, not a folder" if d.exists() else "does not exist"}; check {flag}.')
-
-def check_pack_settings(sample_rate:int, clip_seconds:float, workers:int=None, codec:str=None, chunk:int=64):
-    "Raise `ValueError` in one sentence for a setting packing cannot use."
-    if codec not in CODECS: raise ValueError(f'--codec {codec!r} is not one of {CODECS}.')
-    if isinstance(sample_rate, bool) or sample_rate != int(sample_rate) or not 1000 <= sample_rate <= 192000:
-        raise ValueError(f'--sample_rate {sample_rate!r} must be a whole number of Hz from 1000 to 192000.')
-    if not 0 < clip_seconds <= CLIP_SECONDS:
-        raise ValueError(f'--clip_seconds {clip_seconds!r} must be above 0 and at most {CLIP_SECONDS} (AudioSet segments are {CLIP_SECONDS} s).')
-    if workers is not None and not 1 <= workers <= 1024: raise ValueError(f'--workers {workers!r} must be from 1 to 1024.')
-    if not chunk >= 1: raise ValueError(f'chunk {chunk!r} must be at least 1.')
-
-def default_pack_workers()->int:
-    "Decoding processes for packing: one per core."
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1))
-
 # %% ../nbs/20_pack.ipynb #b008d7ad
 def _write_h5(path:Path, fill, nbytes:int):
     "Write an HDF5 file of about `nbytes` through a temporary name (one writer, disk checked first): `fill(f)` writes it."
@@ -254,6 +258,7 @@ def train_index_order(paths:list)->list:
     "Index files in the full-train order: `balanced_train*` first, then by name, numbers compared as numbers."
     return sorted(paths, key=lambda p: (not Path(p).name.startswith('balanced'), _natural(Path(p).name)))
 
+# %% ../nbs/20_pack.ipynb #ef21a97b
 def combine_indexes(indexes_hdf5s_dir:Path,      # folder of per-subset index files
                     full_indexes_hdf5_path:Path)->Path:
     "Join every `*train*` index of a folder into one full-train index, in `train_index_order`."
@@ -309,6 +314,7 @@ class PackConfig:
         check_pack_settings(self.sample_rate, self.clip_seconds, self.workers, self.codec)
         if self.part: parse_part(self.part)
 
+# %% ../nbs/20_pack.ipynb #de8a2791
 def pack(cfg:PackConfig):
     "Do what `cfg` asks (pack, index, combine), printing a line for each file written."
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
