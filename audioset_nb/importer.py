@@ -311,8 +311,9 @@ def format_coverage(cov:Coverage)->str:
         lines.append(f"{sub}: {c['imported']:,} of {c['official']:,} official clips imported ({100*c['imported']/max(c['official'], 1):.1f}%), "
                      f"{c['left_out']:,} left out, {c['absent']:,} absent from the source, {c['differ']:,} with other labels")
         got, want = cov.class_counts[sub]
-        worst = np.argsort(got/np.maximum(want, 1) + (want == 0))[:3]
-        lines.append('  least covered classes: ' + ', '.join(f'{load_labels()[i]} {got[i]}/{want[i]}' for i in worst))
+        listed = np.flatnonzero(want)  # a class with no official clip is neither covered nor missing
+        worst = listed[np.argsort(got[listed]/want[listed], kind='stable')[:3]]
+        if len(worst): lines.append('  least covered classes: ' + ', '.join(f'{load_labels()[i]} {got[i]}/{want[i]}' for i in worst))
     lines.append(f'not in any official list: {cov.unlisted:,} imported clips')
     if cov.unlisted and 'unbalanced_train' not in cov.summary:
         lines.append('  (the unbalanced_train list is not cached, so its clips count here; fetch it once with '
