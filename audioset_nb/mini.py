@@ -21,8 +21,8 @@ from .metadata import (CLIP_SECONDS, Segment, check_ytid, load_labels, load_onto
 __all__ = ['MINI_CLASSES', 'MINI_MIDS', 'LEVELS', 'FLOOR_DB', 'N_EVENTS', 'SUBSETS', 'SOURCE_FORMATS', 'SOURCE_MIME',
            'AAC_PADDING_S', 'RIGHT_GAIN', 'MiniClass', 'class_table', 'SynthEvent', 'draw_events', 'render_event',
            'synth_clip', 'make_ytids', 'deal_classes', 'SourceFormat', 'Source', 'plan_source', 'Clip', 'source_audio',
-           'write_source', 'MiniAudioSet', 'load_mini', 'reference_segment', 'plan_mini', 'make_mini', 'write_sources',
-           'decode_audio', 'probe_media', 'similarity', 'audioset_mini']
+           'write_source', 'similarity', 'probe_media', 'decode_audio', 'MiniAudioSet', 'plan_mini', 'load_mini',
+           'reference_segment', 'make_mini', 'write_sources', 'audioset_mini']
 
 # %% ../nbs/90_mini.ipynb #180808b3
 def _fade(x:np.ndarray, sr:int, ms:float=5.)->np.ndarray:
@@ -39,6 +39,7 @@ def _tone(freqs, n:int, sr:int, amps=None)->np.ndarray:
     amps = np.ones(len(freqs)) if amps is None else amps
     return sum(a*np.sin(2*np.pi*f*t) for f, a in zip(freqs, amps))
 
+# %% ../nbs/90_mini.ipynb #e8a99991
 def _sweep(f, sr:int, harmonics=(1.,), n:int=None)->np.ndarray:
     "A tone at instantaneous frequency `f` (Hz: one value per sample, or a constant for `n` samples) with `harmonics` amplitudes."
     ph = 2*np.pi*np.cumsum(f)/sr if n is None else 2*np.pi*f*np.arange(n)/sr
@@ -49,6 +50,7 @@ def _sweep(f, sr:int, harmonics=(1.,), n:int=None)->np.ndarray:
         x += a*s1
     return x
 
+# %% ../nbs/90_mini.ipynb #124d7ea9
 def _gate(n:int, sr:int, on:float, off:float)->np.ndarray:
     "1 during `on` s, 0 during `off` s, repeating from the first sample (with 5-ms edges)."
     t = np.arange(n)/sr % (on+off)
@@ -82,6 +84,14 @@ def _beep(rng, n, sr):
     b = d*rng.uniform(0.35, 0.65)/m; g = (d - m*b)/(m-1)
     return _tone([f], n, sr)*_gate(n, sr, b, g)
 
+def _tuning_fork(rng, n, sr):
+    f = rng.choice([256., 384., 440., 512.])*rng.uniform(0.998, 1.002)
+    t = np.arange(n)/sr
+    body = np.sin(2*np.pi*f*t)*np.exp(-t*rng.uniform(2, 4)/t[-1])   # 17-35 dB down at the offset: audible throughout
+    clang = 0.3*np.sin(2*np.pi*6.27*f*t)*np.exp(-t/rng.uniform(0.03, 0.1)) if 6.27*f < sr/2 else 0
+    return _fade(body + clang, sr, 2)
+
+# %% ../nbs/90_mini.ipynb #6ed5c196
 def _dtmf(rng, n, sr):
     rows, cols = (697, 770, 852, 941), (1209, 1336, 1477)
     on, off = rng.uniform(0.06, 0.12), rng.uniform(0.06, 0.12)
@@ -95,6 +105,7 @@ def _dtmf(rng, n, sr):
 def _dial_tone(rng, n, sr): return _fade(_tone([350, 440], n, sr), sr, 10)
 def _busy_signal(rng, n, sr): return _tone([480, 620], n, sr)*_gate(n, sr, 0.5, 0.5)
 
+# %% ../nbs/90_mini.ipynb #bfa818b9
 def _siren(rng, n, sr):
     lo, hi, period = rng.uniform(450, 750), rng.uniform(1100, 1700), rng.uniform(0.8, 3)
     t = np.arange(n)/sr
@@ -106,13 +117,14 @@ def _buzzer(rng, n, sr):
     ks = np.arange(1, int(min(12000, sr/2-500)//f0)+1)
     return _fade(_sweep(f0, sr, np.abs(np.sin(np.pi*ks*duty))/ks, n), sr)
 
-def _tuning_fork(rng, n, sr):
-    f = rng.choice([256., 384., 440., 512.])*rng.uniform(0.998, 1.002)
-    t = np.arange(n)/sr
-    body = np.sin(2*np.pi*f*t)*np.exp(-t*rng.uniform(2, 4)/t[-1])   # 17-35 dB down at the offset: audible throughout
-    clang = 0.3*np.sin(2*np.pi*6.27*f*t)*np.exp(-t/rng.uniform(0.03, 0.1)) if 6.27*f < sr/2 else 0
-    return _fade(body + clang, sr, 2)
+def _mains_hum(rng, n, sr):
+    f0 = rng.choice([50., 60.])*rng.uniform(0.997, 1.003)
+    ks = np.arange(1, 16)
+    amps = rng.uniform(0.2, 1, len(ks))/ks**0.7
+    amps[1] = 1.   # a transformer's magnetostriction hum is strongest at twice the mains frequency
+    return _fade(_sweep(f0, sr, amps, n), sr, 20)
 
+# %% ../nbs/90_mini.ipynb #64d20cec
 def _click(rng, sr, f=None, ms=1.):
     "One click: decaying white noise (`f` None) or a decaying resonance at `f` Hz."
     t = np.arange(int(sr*ms*8/1000))/sr
@@ -131,13 +143,7 @@ def _clicking(rng, n, sr):
     times = np.concatenate([[0.], np.sort(rng.uniform(0, d - 0.01, rng.poisson(rng.uniform(3, 12)*d)))])
     return sum(_pulses(n, sr, [t], _click(rng, sr, None, rng.uniform(0.5, 2)), [rng.uniform(0.5, 1)]) for t in times)
 
-def _mains_hum(rng, n, sr):
-    f0 = rng.choice([50., 60.])*rng.uniform(0.997, 1.003)
-    ks = np.arange(1, 16)
-    amps = rng.uniform(0.2, 1, len(ks))/ks**0.7
-    amps[1] = 1.   # a transformer's magnetostriction hum is strongest at twice the mains frequency
-    return _fade(_sweep(f0, sr, amps, n), sr, 20)
-
+# %% ../nbs/90_mini.ipynb #e7718a73
 def _white_noise(rng, n, sr): return _fade(rng.standard_normal(n), sr, 20)
 
 def _pink_noise(rng, n, sr):
@@ -248,6 +254,7 @@ def _entropy(seed_or_rng)->list:
 def _spawn_rng(entropy:list, *key)->np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=key))
 
+# %% ../nbs/90_mini.ipynb #c7de5ab9
 def render_event(ev:SynthEvent, rng:np.random.Generator, sr:int=32000)->np.ndarray:
     "The waveform of `ev` alone, `ev.offset-ev.onset` seconds long, peaking at `ev.level` dBFS."
     if ev.name not in _CLASSES: raise ValueError(f'{ev.name!r} is not a mini AudioSet class; use one of MINI_CLASSES.')
@@ -255,6 +262,7 @@ def render_event(ev:SynthEvent, rng:np.random.Generator, sr:int=32000)->np.ndarr
     peak = np.abs(x).max() if len(x) else 0
     return x*(10**(ev.level/20)/peak) if peak > 0 else x
 
+# %% ../nbs/90_mini.ipynb #e68c31d5
 def synth_clip(seed_or_rng, # an int (or list of ints) seed, or a `np.random.Generator`
                events:list=None, # `SynthEvent`s (or (name, onset, offset, level) tuples); None: 1-3 random ones
                sr:int=32000, # sample rate of the waveform
@@ -292,6 +300,7 @@ def make_ytids(rng:np.random.Generator, n:int)->list:
         if y not in taken: taken.add(y); out.append(y)
     return out
 
+# %% ../nbs/90_mini.ipynb #3948179d
 def deal_classes(rng:np.random.Generator, n:int, classes=MINI_CLASSES)->list:
     "Class names for `n` clips, 1-3 each, dealt from reshuffled decks so classes are balanced and all appear when n*3 >= len(classes)."
     ks = rng.integers(N_EVENTS[0], N_EVENTS[1]+1, n)
@@ -336,6 +345,7 @@ SOURCE_MIME = {f.ext: f.mime for f in SOURCE_FORMATS}   # for a server of `sourc
 # (at most 1024 samples, 23.2 ms at 44.1 kHz, the lowest AAC rate here) where ffmpeg 9 trims it; other codecs are exact.
 AAC_PADDING_S = 1024/44100 + 1/SAMPLE_RATE
 
+# %% ../nbs/90_mini.ipynb #3aaac60a
 class Source(NamedTuple):
     "The source \"video\" of one clip: the segment sits at [start, end] s inside `duration` s of audio."
     ytid: str
@@ -378,6 +388,7 @@ def source_audio(clip:Clip)->np.ndarray:
     x = np.concatenate([pre, seg, post])[:, None]
     return np.concatenate([x, RIGHT_GAIN*x], 1) if s.channels == 2 else x
 
+# %% ../nbs/90_mini.ipynb #7bebc7fd
 def write_source(clip:Clip, folder:Path)->Path:
     "Encode the source of `clip` into `folder/<ytid>.<ext>` with ffmpeg, atomically."
     s, folder = clip.source, Path(folder)
@@ -397,6 +408,39 @@ def write_source(clip:Clip, folder:Path)->Path:
         raise RuntimeError(f'ffmpeg could not write {dest}: {r.stderr.decode(errors="replace").strip()[-300:]}')
     tmp.replace(dest)
     return dest
+
+# %% ../nbs/90_mini.ipynb #a0633544
+def similarity(a:np.ndarray, b:np.ndarray, # two waveforms at `sr`; the shorter one sets the length
+               sr:int=SAMPLE_RATE, fmax:float=None)->float: # compare only below `fmax` Hz (lossy codecs, resamplers)
+    "Cosine similarity of two waveforms, 1 when they have the same shape up to a gain."
+    n = min(len(a), len(b))
+    A, B = np.fft.rfft(np.asarray(a[:n], np.float64)), np.fft.rfft(np.asarray(b[:n], np.float64))
+    if fmax is not None: A, B = A[:int(fmax*n/sr)], B[:int(fmax*n/sr)]
+    return float(np.real(np.vdot(A, B)) / (np.linalg.norm(A)*np.linalg.norm(B) + 1e-30))
+
+# %% ../nbs/90_mini.ipynb #2e726b3c
+def probe_media(path:Path)->dict:
+    "Container, codecs, sample rate, channels and duration of a media file, as `ffmpeg -i` reports them."
+    err = subprocess.run([ffmpeg_exe(), '-hide_banner', '-nostdin', *ffmpeg_input(path)], capture_output=True).stderr.decode(errors='replace')
+    inp, dur = re.search(r'Input #0, ([^ ]+), from', err), re.search(r'Duration: (\d+):(\d+):([\d.]+)', err)
+    aud = re.search(r'Stream #0:\d+\S*: Audio: (\w+).*?, (\d+) Hz, (mono|stereo|\d+ channels)', err)
+    vid = re.search(r'Stream #0:\d+\S*: Video: (\w+)', err)
+    if not (inp and dur and aud): raise ValueError(f'{path} is not a media file with an audio track that ffmpeg can read.')
+    ch = {'mono': 1, 'stereo': 2}.get(aud[3]) or int(aud[3].split()[0])
+    return dict(container=inp[1].rstrip(','), audio_codec=aud[1], sample_rate=int(aud[2]), channels=ch,
+                duration=int(dur[1])*3600 + int(dur[2])*60 + float(dur[3]), video_codec=vid[1] if vid else None)
+
+# %% ../nbs/90_mini.ipynb #a46d03fe
+def decode_audio(path:Path, sr:int=SAMPLE_RATE, start:float=None, end:float=None, mono:bool=True)->np.ndarray:
+    "Decode `path` with ffmpeg to float32 at `sr` (mono, or (samples, channels)), optionally only [start, end] s."
+    args = [ffmpeg_exe(), '-hide_banner', '-loglevel', 'error', '-nostdin', *ffmpeg_input(path), '-vn',
+            '-ar', str(sr), *(['-ac', '1'] if mono else []), '-f', 'f32le', 'pipe:1']
+    r = subprocess.run(args, capture_output=True)
+    if r.returncode: raise RuntimeError(f'ffmpeg could not decode {path}: {r.stderr.decode(errors="replace").strip()[-300:]}')
+    x = np.frombuffer(r.stdout, '<f4')
+    x = x if mono else x.reshape(-1, probe_media(path)['channels'])
+    # cut by counting samples, not with -ss: builds disagree on where a seek lands in primed codecs (Opus, AAC)
+    return x[int(round((start or 0)*sr)):None if end is None else int(round(end*sr))]
 
 # %% ../nbs/90_mini.ipynb #68e6cbc6
 @dataclass
@@ -429,30 +473,6 @@ class MiniAudioSet:
         "Multi-hot targets of `subset` over `MINI_CLASSES`, bool (clips, classes)."
         return np.array([[c in {e.name for e in self.clips[s.ytid].events} for c in self.classes] for s in self.segments[subset]])
 
-# %% ../nbs/90_mini.ipynb #6415ab41
-def _clip_to_json(c:Clip)->str:
-    return json.dumps(dict(ytid=c.ytid, subset=c.subset, seed=c.seed, events=[list(e) for e in c.events],
-                           source=c.source._asdict()))
-
-def _clip_from_json(line:str)->Clip:
-    d = json.loads(line)
-    return Clip(check_ytid(d['ytid']), d['subset'], d['seed'], [SynthEvent(*e) for e in d['events']], Source(**d['source']))
-
-def load_mini(root:Path)->MiniAudioSet:
-    "Open the mini AudioSet that `make_mini` wrote in `root`."
-    root = Path(root)
-    if not (root/'mini.json').is_file(): raise FileNotFoundError(f'{root} holds no mini AudioSet (no mini.json); make one with `make_mini`.')
-    seed = json.loads((root/'mini.json').read_text())['seed']
-    clips = [_clip_from_json(l) for l in (root/'events.jsonl').read_text().splitlines() if l.strip()]
-    segs = {s: read_segments(root/'metadata'/f'{s}_segments.csv', strict=True) for s in SUBSETS}
-    return MiniAudioSet(root, seed, {c.ytid: c for c in clips}, segs)
-
-def reference_segment(root_or_mini, # a `MiniAudioSet` or the folder `make_mini` wrote
-                      ytid:str)->np.ndarray:
-    "The exact 10-s segment of clip `ytid`, float32 at 32 kHz."
-    mini = root_or_mini if isinstance(root_or_mini, MiniAudioSet) else load_mini(root_or_mini)
-    return mini.reference_segment(ytid)
-
 # %% ../nbs/90_mini.ipynb #5c72295a
 def plan_mini(seed:int=0, n_train:int=600, n_eval:int=150)->list:
     "The `Clip`s of a mini AudioSet (no audio): ids, events and sources, all from `seed`."
@@ -470,6 +490,32 @@ def _segment(c:Clip)->Segment:
     mids = sorted({load_labels().mid(e.name) for e in c.events}, key=load_labels().index)
     return Segment(c.ytid, c.source.start, c.source.end, tuple(mids))
 
+# %% ../nbs/90_mini.ipynb #6415ab41
+def _clip_to_json(c:Clip)->str:
+    return json.dumps(dict(ytid=c.ytid, subset=c.subset, seed=c.seed, events=[list(e) for e in c.events],
+                           source=c.source._asdict()))
+
+def _clip_from_json(line:str)->Clip:
+    d = json.loads(line)
+    return Clip(check_ytid(d['ytid']), d['subset'], d['seed'], [SynthEvent(*e) for e in d['events']], Source(**d['source']))
+
+# %% ../nbs/90_mini.ipynb #639a6f6c
+def load_mini(root:Path)->MiniAudioSet:
+    "Open the mini AudioSet that `make_mini` wrote in `root`."
+    root = Path(root)
+    if not (root/'mini.json').is_file(): raise FileNotFoundError(f'{root} holds no mini AudioSet (no mini.json); make one with `make_mini`.')
+    seed = json.loads((root/'mini.json').read_text())['seed']
+    clips = [_clip_from_json(l) for l in (root/'events.jsonl').read_text().splitlines() if l.strip()]
+    segs = {s: read_segments(root/'metadata'/f'{s}_segments.csv', strict=True) for s in SUBSETS}
+    return MiniAudioSet(root, seed, {c.ytid: c for c in clips}, segs)
+
+def reference_segment(root_or_mini, # a `MiniAudioSet` or the folder `make_mini` wrote
+                      ytid:str)->np.ndarray:
+    "The exact 10-s segment of clip `ytid`, float32 at 32 kHz."
+    mini = root_or_mini if isinstance(root_or_mini, MiniAudioSet) else load_mini(root_or_mini)
+    return mini.reference_segment(ytid)
+
+# %% ../nbs/90_mini.ipynb #f6499b9a
 def make_mini(root:Path, # folder to write into (created; a rerun resumes)
               seed:int=0, # everything follows from it
               n_train:int=600, # clips in balanced_train
@@ -493,6 +539,7 @@ def make_mini(root:Path, # folder to write into (created; a rerun resumes)
     if sources: write_sources(clips, root/'sources', workers, progress)
     return load_mini(root)
 
+# %% ../nbs/90_mini.ipynb #75e23b06
 def write_sources(clips:list, folder:Path, workers:int=None, progress:bool=False):
     "Write the source files of `clips` that `folder` does not hold yet, `workers` at a time."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
@@ -501,37 +548,6 @@ def write_sources(clips:list, folder:Path, workers:int=None, progress:bool=False
     with ThreadPoolExecutor(workers or os.cpu_count()) as ex:
         for _ in tqdm(ex.map(lambda c: write_source(c, folder), todo), total=len(todo), unit='source',
                       desc='mini AudioSet sources', disable=not progress): pass
-
-# %% ../nbs/90_mini.ipynb #a46d03fe
-def decode_audio(path:Path, sr:int=SAMPLE_RATE, start:float=None, end:float=None, mono:bool=True)->np.ndarray:
-    "Decode `path` with ffmpeg to float32 at `sr` (mono, or (samples, channels)), optionally only [start, end] s."
-    args = [ffmpeg_exe(), '-hide_banner', '-loglevel', 'error', '-nostdin', *ffmpeg_input(path), '-vn',
-            '-ar', str(sr), *(['-ac', '1'] if mono else []), '-f', 'f32le', 'pipe:1']
-    r = subprocess.run(args, capture_output=True)
-    if r.returncode: raise RuntimeError(f'ffmpeg could not decode {path}: {r.stderr.decode(errors="replace").strip()[-300:]}')
-    x = np.frombuffer(r.stdout, '<f4')
-    x = x if mono else x.reshape(-1, probe_media(path)['channels'])
-    # cut by counting samples, not with -ss: builds disagree on where a seek lands in primed codecs (Opus, AAC)
-    return x[int(round((start or 0)*sr)):None if end is None else int(round(end*sr))]
-
-def probe_media(path:Path)->dict:
-    "Container, codecs, sample rate, channels and duration of a media file, as `ffmpeg -i` reports them."
-    err = subprocess.run([ffmpeg_exe(), '-hide_banner', '-nostdin', *ffmpeg_input(path)], capture_output=True).stderr.decode(errors='replace')
-    inp, dur = re.search(r'Input #0, ([^ ]+), from', err), re.search(r'Duration: (\d+):(\d+):([\d.]+)', err)
-    aud = re.search(r'Stream #0:\d+\S*: Audio: (\w+).*?, (\d+) Hz, (mono|stereo|\d+ channels)', err)
-    vid = re.search(r'Stream #0:\d+\S*: Video: (\w+)', err)
-    if not (inp and dur and aud): raise ValueError(f'{path} is not a media file with an audio track that ffmpeg can read.')
-    ch = {'mono': 1, 'stereo': 2}.get(aud[3]) or int(aud[3].split()[0])
-    return dict(container=inp[1].rstrip(','), audio_codec=aud[1], sample_rate=int(aud[2]), channels=ch,
-                duration=int(dur[1])*3600 + int(dur[2])*60 + float(dur[3]), video_codec=vid[1] if vid else None)
-
-def similarity(a:np.ndarray, b:np.ndarray, # two waveforms at `sr`; the shorter one sets the length
-               sr:int=SAMPLE_RATE, fmax:float=None)->float: # compare only below `fmax` Hz (lossy codecs, resamplers)
-    "Cosine similarity of two waveforms, 1 when they have the same shape up to a gain."
-    n = min(len(a), len(b))
-    A, B = np.fft.rfft(np.asarray(a[:n], np.float64)), np.fft.rfft(np.asarray(b[:n], np.float64))
-    if fmax is not None: A, B = A[:int(fmax*n/sr)], B[:int(fmax*n/sr)]
-    return float(np.real(np.vdot(A, B)) / (np.linalg.norm(A)*np.linalg.norm(B) + 1e-30))
 
 # %% ../nbs/90_mini.ipynb #2d354782
 @call_parse

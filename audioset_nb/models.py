@@ -644,13 +644,14 @@ def _macs(m, inp, out):
 
 def count_flops(model:nn.Module, seconds:float=10., sr:int=32000) -> int:
     "Operations (multiply-add = 2) of convolutions and linear layers, STFT included, for one clip of `seconds`."
-    macs, fast = [], getattr(model, 'fast_stft', False)
+    macs, fast, training = [], getattr(model, 'fast_stft', None), model.training
     hooks = [m.register_forward_hook(lambda m, i, o: macs.append(_macs(m, i, o)))
              for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
     try:
-        model.fast_stft, training = False, model.training
+        if fast is not None: model.fast_stft = False   # count the conv-STFT, as the paper does
         with torch.no_grad(): model.eval()(torch.zeros(1, int(seconds*sr)))
     finally:
         for h in hooks: h.remove()
-        model.fast_stft = fast; model.train(training)
+        if fast is not None: model.fast_stft = fast
+        model.train(training)
     return 2*sum(macs)
