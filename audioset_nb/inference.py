@@ -30,21 +30,16 @@ def _examples(sr:int=SAMPLE_RATE)->dict:
     bursts = rng.standard_normal(len(t))*((t % 1.0) < 0.25)
     return {'tone_440hz.wav': (0.5*np.sin(2*np.pi*440*t), sr),
             'chirp.wav': (0.5*np.sin(2*np.pi*(100*t + 400*t**2)), sr),
-            'noise_bursts.wav': (0.3*bursts, sr)}
+            'noise_bursts.wav': (0.3*bursts, sr),
+            'stereo_44k.wav': (0.4*np.sin(2*np.pi*np.array([[1000], [1500]])*np.arange(3*44100)/44100), 44100)}
 
 def example_clips(dest:Path=None, # folder to write them to (default: a cache folder in the temp dir)
                  )->dict:
     "Names of the example clips mapped to their paths, written (once) to `dest`."
     dest = Path(dest or Path(tempfile.gettempdir())/'audioset_nb_examples')
-    out = {}
     for name, (x, sr) in _examples().items():
         if not (dest/name).is_file(): write_wav(dest/name, x.astype(np.float32), sr)
-        out[name] = dest/name
-    t = np.arange(3*44100)/44100
-    st = np.stack([0.4*np.sin(2*np.pi*1000*t), 0.4*np.sin(2*np.pi*1500*t)]).astype(np.float32)
-    if not (dest/'stereo_44k.wav').is_file(): write_wav(dest/'stereo_44k.wav', st, 44100)
-    out['stereo_44k.wav'] = dest/'stereo_44k.wav'
-    return out
+    return {name: dest/name for name in _examples()}
 
 # %% ../nbs/60_inference.ipynb #005f08fa
 class CheckpointError(ValueError):
@@ -67,6 +62,7 @@ class Tagger:
     @property
     def fps(self)->float: return self.front.frames_per_second
 
+# %% ../nbs/60_inference.ipynb #3db6f075
 def _read_checkpoint(path:Path)->dict:
     path = Path(path)
     if not path.is_file(): raise CheckpointError(f'Checkpoint {path} does not exist; check --checkpoint_path.')
@@ -78,10 +74,11 @@ def _read_checkpoint(path:Path)->dict:
         raise CheckpointError(f"{path} is not a checkpoint (a torch file holding a 'model' state_dict); pass one saved by audioset_nb or PANNs.")
     return ckpt
 
+# %% ../nbs/60_inference.ipynb #0fab779a
 def _checkpoint_labels(ckpt:dict, path)->tuple:
     names = ckpt.get('labels')
     if names is None: return load_labels().names
-    if not all(isinstance(n, str) for n in names) or not len(names):
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names) or not len(names):
         raise CheckpointError(f"{path} has a 'labels' entry that is not a list of class names; re-save it with labels=[names].")
     return tuple(names)
 
@@ -171,9 +168,10 @@ class Failed(NamedTuple):
     path: str
     error: str
 
-# %% ../nbs/60_inference.ipynb #5b606c14
+# %% ../nbs/60_inference.ipynb #45e25341
 _KEYS = ('clipwise_output', 'embedding', 'framewise_output')
 
+# %% ../nbs/60_inference.ipynb #5b606c14
 def _forward(tagger:Tagger, batch:np.ndarray)->dict:
     "Model outputs for a (B, n) batch, as float32 numpy arrays."
     x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(tagger.device)
@@ -181,12 +179,14 @@ def _forward(tagger:Tagger, batch:np.ndarray)->dict:
         out = tagger.model(x)
     return {k: out[k].float().cpu().numpy() for k in _KEYS if k in out}
 
+# %% ../nbs/60_inference.ipynb #f02331df
 def _blocks(tagger:Tagger, src):
     "The audio of `src` in blocks; one with NaN or infinite samples is refused (`data.NONFINITE`), naming the file."
     name = '<array>' if isinstance(src, np.ndarray) else str(src)
     blocks = [np.asarray(src, np.float32)] if isinstance(src, np.ndarray) else stream_audio(src, tagger.sample_rate)
     return (finite_audio(b, name, 'inference') for b in blocks)
 
+# %% ../nbs/60_inference.ipynb #0f607bb0
 def _file_windows(tagger, srcs, win, hop, failed):
     "(file index, start, window, n_real) for every window of every file; (i, None, ...) ends file i."
     for i, src in enumerate(srcs):
@@ -282,6 +282,7 @@ def _is_jsonl(path)->bool:
     if sfx not in ('.csv', '.jsonl', '.json'): raise ValueError(f'Output file {path} must end in .csv or .jsonl.')
     return sfx != '.csv'
 
+# %% ../nbs/60_inference.ipynb #a7c5400c
 def _write_rows(path:Path, rows:Iterable[dict]):
     "Write dicts to `path` as CSV or JSON lines (by suffix), atomically; returns the number of rows."
     jsonl, n = _is_jsonl(path), 0
@@ -310,6 +311,7 @@ def tags_row(t:Tags, top_k:int=10, full:bool=False, embedding:bool=False, jsonl:
     if embedding: r['embedding'] = t.embedding.round(6).tolist() if jsonl else ' '.join(f'{v:.6g}' for v in t.embedding)
     return r
 
+# %% ../nbs/60_inference.ipynb #071af3a7
 def write_tags(results:Iterable[Tags], path:Path, top_k:int=10, full:bool=False, embedding:bool=False)->int:
     "Write `results` to `path` (.csv or .jsonl) atomically; returns the number of files written."
     jsonl = _is_jsonl(path)
@@ -323,6 +325,7 @@ def sed(tagger:Tagger, src, **kwargs)->Tags:
         raise ValueError(f'{tagger.model_type} gives no framewise output; use a decision-level model such as Cnn14_DecisionLevelMax for SED.')
     return t
 
+# %% ../nbs/60_inference.ipynb #fd27b941
 class Event(NamedTuple):
     "A run of frames where one class scores at or above the threshold."
     label: str
@@ -339,11 +342,12 @@ def find_events(t:Tags, # framewise tags from `sed`
     edges = np.diff(np.pad(on, ((1, 1), (0, 0))).astype(np.int8), axis=0)
     evs = []
     for c in np.flatnonzero(on.any(0)):
-        for a, b in zip(np.flatnonzero(edges[:, c] == 1), np.flatnonzero(edges[:, c] == -1)):
+        for a, b in zip(np.flatnonzero(edges[:, c] == 1).tolist(), np.flatnonzero(edges[:, c] == -1).tolist()):
             if (b - a)/t.fps >= min_duration:
                 evs.append(Event(t.labels[c], round(a/t.fps, 3), round(min(b/t.fps, t.duration), 3), float(t.framewise[a:b, c].max())))
     return sorted(evs, key=lambda e: (e.onset, e.label))
 
+# %% ../nbs/60_inference.ipynb #d2aece09
 def write_events(events:Iterable, path:Path)->int:
     "Write (audio_path, `Event`) pairs to `path` (.csv or .jsonl) atomically; returns the number of events."
     return _write_rows(path, ({'audio_path': p, **e._asdict()} for p, e in events))
@@ -356,23 +360,30 @@ def log_spectrogram(x:np.ndarray, window_size:int=1024, hop_size:int=320)->np.nd
                    center=True, pad_mode='constant', return_complex=True).abs()
     return np.log(s.T.numpy() + 1e-8)
 
+# %% ../nbs/60_inference.ipynb #2c22e915
 def plot_sed(t:Tags, # framewise tags from `sed`
              x:np.ndarray=None, # its waveform at the model rate (None: read from `t.path`)
-             top:int=10, start:float=0., duration:float=None, window_size:int=1024, hop_size:int=320):
+             top:int=10, start:float=0., duration:float=None, window_size:int=1024, hop_size:int=320,
+             truth:list=None, # true events as (label, onset, offset, ...): their classes come first, outlined where they sound
+            ):
     "The SED figure: log spectrogram above the framewise scores of the `top` classes."
     import matplotlib.pyplot as plt
     sr = round(t.fps*hop_size)
     if x is None: x = load_audio(t.path, sr, offset=start, duration=duration)
     else: x = x[int(start*sr):None if duration is None else int((start + duration)*sr)]
     f0 = int(round(start*t.fps)); fw = t.framewise[f0:f0 + len(x)//hop_size + 1]
-    ix = np.argsort(-fw.max(0), kind='stable')[:top]
+    true = list(dict.fromkeys(t.labels.index(e[0]) for e in truth or ()))
+    ix = list(dict.fromkeys([*true, *np.argsort(-fw.max(0), kind='stable')]))[:max(top, len(true))]
     fig, (a0, a1) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     a0.imshow(log_spectrogram(x, window_size, hop_size).T, origin='lower', aspect='auto', cmap='jet')
     a0.set_ylabel('Frequency bin'); a0.set_title('Log spectrogram')
     a1.imshow(fw[:, ix].T, aspect='auto', cmap='jet', vmin=0, vmax=1, interpolation='nearest')
     a1.set_yticks(range(len(ix)), [t.labels[i] for i in ix]); a1.set_title(f'Framewise scores, top {len(ix)} classes')
-    ticks = np.arange(0, len(fw), max(1, int(t.fps)*max(1, round(len(fw)/t.fps/10))))
-    a1.set_xticks(ticks, [f'{start + k/t.fps:g}' for k in ticks]); a1.set_xlabel('Seconds')
+    for lab, on, off, *_ in truth or ():
+        a1.add_patch(plt.Rectangle(((on - start)*t.fps - .5, ix.index(t.labels.index(lab)) - .5), (off - on)*t.fps, 1, fill=False, ec='w', lw=2))
+    for l in a1.get_yticklabels()[:len(true)]: l.set_fontweight('bold')
+    secs = np.arange(0, len(fw)/t.fps, max(1, round(len(fw)/t.fps/10)))  # about ten ticks, on whole seconds
+    a1.set_xticks(secs*t.fps, [f'{start + s:g}' for s in secs]); a1.set_xlabel('Seconds')
     fig.tight_layout()
     return fig
 
@@ -410,6 +421,7 @@ class SedConfig(TaggingConfig):
     figure_dir: str|None = None       # write the SED figure of each file here as <name>.png
     figure_seconds: float = 600.      # draw at most this many seconds of a file
 
+# %% ../nbs/60_inference.ipynb #a16bf810
 def _cli_tagger(cfg:TaggingConfig)->Tagger:
     try: return load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda)
     except (CheckpointError, ValueError) as e: sys.exit(str(e))
@@ -470,6 +482,7 @@ def _sed(cfg:SedConfig):
 
 sed_cli = config_cli(SedConfig, _sed, 'audioset_sed')
 
+# %% ../nbs/60_inference.ipynb #fd14c8d8
 def _save_figure(t:Tags, folder:Path, seconds:float, window_size:int, hop_size:int):
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -487,6 +500,7 @@ def _checkpoint_options(checkpoints)->list:
         return [str(f) for f in sorted(p.rglob('*.pth'))[:200]] if p.is_dir() else [str(p)] if p.is_file() else []
     return [str(c) for c in checkpoints]
 
+# %% ../nbs/60_inference.ipynb #e503852c
 def _wav_bytes(x:np.ndarray, sr:int)->bytes:
     import soundfile as sf
     b = io.BytesIO(); sf.write(b, x, sr, format='WAV', subtype='PCM_16'); return b.getvalue()

@@ -25,7 +25,7 @@ from .models import MODELS, build_model, do_mixup
 __all__ = ['LOSSES', 'train_cli', 'Scores', 'score', 'clip_bce', 'get_loss_func', 'TrainConfig', 'run_dir', 'checkpoints_dir',
            'statistics_path', 'checkpoint_path', 'Dist', 'setup_dist', 'autocast', 'fp32_frontend', 'seed_everything',
            'rng_state', 'set_rng_state', 'gather', 'load_state', 'check_finite', 'fit', 'predict', 'evaluate',
-           'json_line', 'writing', 'read_statistics', 'statistics_logger', 'plot_statistics', 'ap_table',
+           'json_line', 'writing', 'read_statistics', 'statistics_logger', 'plot_statistics', 'ap_table', 'plot_ap',
            'top_confusions', 'make_optimizer', 'Run', 'setup_run', 'run_folder', 'setup_audioset', 'train',
            'write_report']
 
@@ -75,6 +75,7 @@ def clip_bce(output:dict, # model output with `clipwise_output` (batch, classes)
     p = output['clipwise_output'].float()
     return F.binary_cross_entropy(torch.nan_to_num(p), target.float()) + 0*p.sum()
 
+# %% ../nbs/50_train.ipynb #98b4fecb
 LOSSES = dict(clip_bce=clip_bce)
 
 def get_loss_func(loss_type:str)->callable:
@@ -156,6 +157,7 @@ def setup_dist(cuda:bool=False)->Dist:
     if world > 1 and not dist.is_initialized(): dist.init_process_group('nccl' if cuda else 'gloo')
     return Dist(rank, world, torch.device('cuda', local) if cuda else torch.device('cpu'))
 
+# %% ../nbs/50_train.ipynb #b62adf13
 def autocast(device:torch.device, amp:bool=True):
     "bf16 autocast on CUDA when `amp`; nothing on CPU."
     return torch.autocast('cuda', dtype=torch.bfloat16) if amp and device.type == 'cuda' else nullcontext()
@@ -170,13 +172,12 @@ def fp32_frontend(model:nn.Module)->nn.Module:
     model.logmel = logmel
     return model
 
+# %% ../nbs/50_train.ipynb #18b3a52e
 def seed_everything(seed:int, deterministic:bool=False):
     "Seed Python, NumPy and torch; with `deterministic`, ask torch for reproducible kernels."
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else: torch.backends.cudnn.benchmark = True
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
 
 # %% ../nbs/50_train.ipynb #a5cffb08
 def rng_state()->dict:
@@ -313,6 +314,7 @@ def json_line(rec:dict)->str:
     fix = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v
     return json.dumps({k: fix(v) for k, v in rec.items()}, allow_nan=False) + '\n'
 
+# %% ../nbs/50_train.ipynb #83f8c015
 @contextlib.contextmanager
 def writing(path:Path, what:str='file'):
     "Turn a failure to write `path` inside the block (full disk, read-only, permission) into one sentence."
@@ -321,6 +323,7 @@ def writing(path:Path, what:str='file'):
         if isinstance(e, OutputBusy): raise
         raise write_error(path, e, what) from None
 
+# %% ../nbs/50_train.ipynb #eaecba87
 def read_statistics(path:Path)->list:
     "The records of a statistics JSON-lines file."
     return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
@@ -349,12 +352,23 @@ def plot_statistics(records:list, ax=None):
     ax.set(xlabel='iterations', ylabel='mAP', ylim=(0, 1)); ax.grid(alpha=.3); ax.legend()
     return ax
 
+# %% ../nbs/50_train.ipynb #91b9b452
 def ap_table(scores:Scores, names:list=None, top:int=None)->list:
     "(class, AP, AUC) rows, best AP first, skipping classes without positives."
     names = names or load_labels().names
     rows = sorted(((names[c], float(scores.ap[c]), float(scores.auc[c])) for c in range(len(scores.ap)) if c not in set(scores.skipped)),
                   key=lambda r: -r[1])
     return rows[:top] if top else rows
+
+def plot_ap(scores:Scores, names:list=None, ax=None):
+    "Per-class AP as horizontal bars, best at the top, with the mAP as a dashed line."
+    import matplotlib.pyplot as plt
+    rows = ap_table(scores, names)[::-1]
+    if ax is None: _, ax = plt.subplots(figsize=(6, 0.22*len(rows) + 1))
+    ax.barh([r[0] for r in rows], [r[1] for r in rows])
+    ax.axvline(scores.mAP, ls='--', c='k', label=f'mAP {scores.mAP:.3f}')
+    ax.set(xlabel='average precision', xlim=(0, 1)); ax.legend(loc='lower right')
+    return ax
 
 # %% ../nbs/50_train.ipynb #bd9e9e3f
 def top_confusions(target:np.ndarray, # (clips, classes) 0/1 targets
@@ -398,6 +412,7 @@ def make_optimizer(params, learning_rate:float)->torch.optim.Optimizer:
     "Adam with AMSGrad and the reference's settings."
     return torch.optim.Adam(params, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0., amsgrad=True)
 
+# %% ../nbs/50_train.ipynb #149c4ff1
 @dataclass
 class Run:
     "A run set up by `setup_run`: what `fit` trains, and how to save it."
@@ -470,6 +485,7 @@ def _eval_loaders(cfg:TrainConfig, data:dict, dst:Dist)->dict:
     for dl in evals.values(): dl.generator = torch.Generator()
     return evals
 
+# %% ../nbs/50_train.ipynb #48466f4b
 def setup_audioset(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->tuple:
     "(`Run`, evaluation loaders) for `cfg` on this rank."
     paths = _index_paths(cfg)
@@ -513,6 +529,7 @@ def _train(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->dict:
     if cfg.record_names: save_checkpoint(f'{cfg.record_names}.{dst.rank}.pt', run.saved)
     return scores
 
+# %% ../nbs/50_train.ipynb #a50d24fb
 def write_report(cfg:TrainConfig, scores:dict):
     "The training curve (`curve.png`) and the per-class AP table (`per_class_ap.tsv`) beside the statistics."
     from matplotlib.figure import Figure
