@@ -105,6 +105,7 @@ def read_csv(csv_path:str|Path, # rows `path,label[;label...]`, or a header nami
     except ValueError: raise ValueError(f'The fold column of {csv_path} holds a value that is not a whole number; folds are 1, 2, ...') from None
     return Clips([str(base/r[p].strip()) for r in rows], labels, _targets(names, labels), folds)
 
+# %% ../nbs/70_finetune.ipynb #fcb2dd74
 def read_dataset(data:str|Path, audios_dir:str|Path=None)->Clips:
     "A class folder or a CSV, whichever `data` is."
     data = Path(data)
@@ -193,6 +194,7 @@ def _decode_job(args)->tuple:
     note = f'{path} holds {int(bad.sum())} NaN or infinite samples; they were replaced with silence.' if bad.any() else None
     return to_int16(np.where(bad, 0, x)) if keep else np.zeros(0, np.int16), note
 
+# %% ../nbs/70_finetune.ipynb #5203e928
 def _file_key(paths, sr)->str:
     "What a decoded file must have been made from to be reused: the files (path, size, time) and the rate."
     return json.dumps([sr] + [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths])
@@ -612,6 +614,7 @@ def front_end(cfg:FinetuneConfig, pretrained:dict=None)->FrontEnd:
     "The front end: the flags given, else the one recorded in the pretrained checkpoint, else the model's default."
     return cfg.front.fill(FrontEnd.of((pretrained or {}).get('config')), MODELS[cfg.model_type].front)
 
+# %% ../nbs/70_finetune.ipynb #87b9c016
 def unfreeze_at(batches, # the batch stream `fit` draws from
                 model:Transfer, iteration:int, # unfreeze before this iteration's batch... is drawn after it
                 start:int=0): # iteration the run starts from (resume)
@@ -620,6 +623,7 @@ def unfreeze_at(batches, # the batch stream `fit` draws from
         if model.frozen and it > iteration: model.freeze(False)
         yield b
 
+# %% ../nbs/70_finetune.ipynb #9eeb0930
 def holdout(clips:Clips, fraction:float=0.2, seed:int=0)->tuple:
     "(train, valid) row indices: `fraction` of each class's clips (at least one) held out."
     rng, valid = np.random.default_rng(seed), []
@@ -663,6 +667,7 @@ def _weights(targets:np.ndarray)->torch.Tensor:
     n = targets.sum(0).astype(float); w = np.where(n > 0, len(targets)/np.maximum(n, 1)/len(n), 0)
     return torch.tensor(w, dtype=torch.float32)
 
+# %% ../nbs/70_finetune.ipynb #57dff667
 def _prior_best(best:Path, resuming:bool):
     return load_checkpoint(best).get('selection') if resuming and best.is_file() else None
 
@@ -746,6 +751,7 @@ def _align(clips:Clips, labels:list, where:str)->Clips:
     t = np.zeros((len(clips), len(labels)), bool); t[:, [labels.index(l) for l in clips.labels]] = clips.targets
     return Clips(clips.paths, list(labels), t, clips.folds)
 
+# %% ../nbs/70_finetune.ipynb #22e264d2
 def load_data(cfg:FinetuneConfig, clips:Clips, front:FrontEnd, cache:Path, dst:Dist=None)->Data:
     "`clips` decoded once (files that cannot be read left out, with a warning) and their baseline features."
     dst = dst or Dist()
@@ -820,6 +826,7 @@ def _harmonics(f0:np.ndarray, sr:int, gain:callable, # harmonic number and (n,) 
         if a.any(): out += a*np.sin(h*ph + h)
     return out
 
+# %% ../nbs/70_finetune.ipynb #9a1c64dc
 def _speech(rng, n, sr):
     "A talker: voiced syllables at 3-7 a second with gliding formants, a falling-rising pitch, fricatives and pauses."
     fr = 100  # control frames per second
@@ -904,7 +911,6 @@ def _animal(rng, n, sr):
         out[pos:pos+m] += call*am*np.hanning(m)**0.3
         pos += m + int(gap*rng.uniform(0.5, 1.5)*sr)
     return out
-
 def _fast(n:int)->int:
     "A length at least `n` whose FFT is quick (a length with a large prime factor can take seconds)."
     from scipy.fft import next_fast_len
@@ -944,6 +950,7 @@ def _everyday(rng, n, sr):
 
 SCENE_SOUNDS = dict(speech=_speech, music=_music, animal=_animal, other=_everyday)
 
+# %% ../nbs/70_finetune.ipynb #6d962c70
 def _background(rng, n:int, sr:int, kind:str)->np.ndarray:
     "A background of unit power: coloured noise, mains hum, babble-like, rain-like, wind or traffic."
     L = _fast(n); w = rng.standard_normal(L); f = np.fft.rfftfreq(L, 1/sr); f[0] = f[1]
@@ -960,6 +967,7 @@ def _background(rng, n:int, sr:int, kind:str)->np.ndarray:
     else: x = shaped(1.0)*slow(0.3) + 0.3*shaped(0.5)  # traffic: low rumble swelling and fading
     return x/np.sqrt(np.mean(x**2) + 1e-12)
 
+# %% ../nbs/70_finetune.ipynb #ca7a4e8f
 def _channel(rng, x:np.ndarray, sr:int, kind:str)->np.ndarray:
     "`x` through a random recording channel: microphone/room EQ, a phone's band, a room's reverberation, or clipping."
     n, L = len(x), _fast(len(x)); f = np.fft.rfftfreq(L, 1/sr); X = np.fft.rfft(x, L)
@@ -977,6 +985,7 @@ def _channel(rng, x:np.ndarray, sr:int, kind:str)->np.ndarray:
     if kind == 'clip': y = np.tanh(rng.uniform(2, 6)*y/np.abs(y).max())
     return y
 
+# %% ../nbs/70_finetune.ipynb #a8f2a454
 SCENE_FORMATS = [('wav', 16000, 1), ('flac', 44100, 2), ('mp3', 22050, 1), ('ogg', 48000, 2), ('wav', 8000, 1), ('mp3', 32000, 2)]
 TRAIN_CONDITIONS = dict(backgrounds=('pink', 'hum', 'babble', 'wind'), channels=('eq', 'room', 'lowpass'))
 TEST_CONDITIONS = dict(backgrounds=('white', 'brown', 'rain', 'traffic'), channels=('phone', 'far', 'clip'))

@@ -105,9 +105,9 @@ RECIPES = {'old (constant lr, last epoch)': OLD,
            'warm-up + cosine, best, mixup': dict(ema=0.0, mixup=True)}
 NO_AUG = dict(gain_db=0.0, eq_db=0.0, mixup=False, ema=0.0)
 SCENE_RECIPES = {'warm-up + cosine, best (no augmentation)': NO_AUG,
-                 '+ mixup': {**NO_AUG, 'mixup': True},
                  '+ random gain and EQ': {**NO_AUG, 'gain_db': 12.0, 'eq_db': 9.0},
-                 '+ random gain and EQ + mixup': {**NO_AUG, 'gain_db': 12.0, 'eq_db': 9.0, 'mixup': True}}
+                 '+ random gain and EQ + mixup': {**NO_AUG, 'gain_db': 12.0, 'eq_db': 9.0, 'mixup': True},
+                 '+ mixup': {**NO_AUG, 'mixup': True}}
 SETS = dict(old=dict(recipes=RECIPES, front=FrontEnd(16000, 512, 160, 64, 50, 8000), out='finetune_recipes-cpu.json'),
             scenes=dict(recipes=SCENE_RECIPES, front=FrontEnd(8000, 256, 80, 64, 50, 4000), out='finetune_recipes_scenes-cpu.json'))
 
@@ -138,25 +138,27 @@ def main():
     p.add_argument('--set', choices=list(SETS), default='scenes')
     p.add_argument('--per_class', type=int, default=None, help='training files per class (default: 80 scenes, 24 old)')
     p.add_argument('--test_per_class', type=int, default=None, help='test files per class (default: 30 scenes, half of per_class old)')
-    p.add_argument('--epochs', type=int, default=None, help='default: 20 scenes, 10 old')
+    p.add_argument('--epochs', type=int, default=None, help='default: 12 scenes, 10 old')
     p.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3]); p.add_argument('--recipes', nargs='+', default=None)
     p.add_argument('--out', default=None)
+    p.add_argument('--data_dir', help='where the set is written (train/, test/), or read from if it is there already')
     p.add_argument('--from_log', help="write the JSON from a log of this script's per-run lines (a run that was stopped early)")
     a = p.parse_args()
     S, scenes = SETS[a.set], a.set == 'scenes'
     a.per_class = a.per_class or (80 if scenes else 24); a.test_per_class = a.test_per_class or (30 if scenes else a.per_class//2)
-    a.epochs, a.recipes = a.epochs or (20 if scenes else 10), a.recipes or list(S['recipes'])
+    a.epochs, a.recipes = a.epochs or (12 if scenes else 10), a.recipes or list(S['recipes'])
     if a.from_log: return from_log(Path(a.from_log), a)
     tmp = Path(tempfile.mkdtemp(prefix='bench_recipes_'))
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     try:
-        t = time.perf_counter()
-        if scenes:
-            train = make_scene_set(tmp/'train', a.per_class, seed=100)
-            test = make_scene_set(tmp/'test', a.test_per_class, seed=200, conditions=TEST_CONDITIONS)
+        t, base = time.perf_counter(), Path(a.data_dir) if a.data_dir else tmp
+        if (base/'train').is_dir() and (base/'test').is_dir(): train, test = base/'train', base/'test'
+        elif scenes:
+            train = make_scene_set(base/'train', a.per_class, seed=100)
+            test = make_scene_set(base/'test', a.test_per_class, seed=200, conditions=TEST_CONDITIONS)
         else:
-            train = make_set(tmp/'train', a.per_class, 100, ('brown', 'pink', 'hum'))
-            test = make_set(tmp/'test', a.test_per_class, 200, ('white', 'crackle', 'pink'))
+            train = make_set(base/'train', a.per_class, 100, ('brown', 'pink', 'hum'))
+            test = make_set(base/'test', a.test_per_class, 200, ('white', 'crackle', 'pink'))
         print(f'set written in {time.perf_counter() - t:.0f} s', flush=True)
         rows, decoded = {}, None
         for name in a.recipes:

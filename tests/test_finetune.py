@@ -246,10 +246,11 @@ def test_benchmarks_run_tiny(tmp_path):
     res = json.loads(out.read_text())
     assert res['torch'] and res['date'] and res['device']
     assert res['after']['data_wait'] <= 1 and res['before']['examples_per_s'] > 0 and res['loader']['new_crops_per_s'] > 0
+    assert res['before']['examples_per_cpu_s'] > 0 and res['cpu_speedup'] > 0
     out = tmp_path/'rc.json'
-    r = subprocess.run([sys.executable, 'benchmarks/finetune_recipes.py', '--per_class', '4', '--epochs', '1', '--seeds', '1',
-                        '--recipes', 'old (constant lr, last epoch)', '--out', str(out)], cwd=root, env=cli_env(), capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run([sys.executable, 'benchmarks/finetune_recipes.py', '--per_class', '3', '--test_per_class', '2', '--epochs', '1',
+                        '--seeds', '1', '--recipes', '+ random gain and EQ', '--out', str(out)], cwd=root, env=cli_env(),
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     (row,) = json.loads(out.read_text())['recipes'].values()
     assert len(row['runs']) == 1 and 0 <= row['test_mean'] <= 1 and 0 <= row['baseline_test'] <= 1
