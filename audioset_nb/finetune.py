@@ -270,6 +270,7 @@ def clip_windows(x:np.ndarray, n:int)->np.ndarray:
     k = max(1, -(-len(x)//n))
     return pad_or_truncate(x, k*n).reshape(k, n)
 
+# %% ../nbs/70_finetune.ipynb #4516d68d
 class ClipDataset(Dataset):
     "Random `clip_samples` crops of labelled files, as dict(audio_name, waveform, target) for `collate`."
     def __init__(self, clips:Clips, sample_rate:int, clip_samples:int,
@@ -373,6 +374,7 @@ def softmax_ce(output:dict, # model output with `logits` (batch, classes)
     t = target.float() if weight is None else target.float()*weight.to(target.device)
     return -(t*F.log_softmax(output['logits'].float(), -1)).sum(-1).mean()
 
+# %% ../nbs/70_finetune.ipynb #a144aef0
 @dataclass
 class ClassScores:
     "Single-label results: true and predicted classes, with accuracy, macro-F1 and the confusion matrix."
@@ -396,6 +398,7 @@ def class_scores(target:np.ndarray, output:np.ndarray, labels:list)->ClassScores
     p = o[np.arange(len(t)), t]/np.maximum(o.sum(1), 1e-12)
     return ClassScores(t, o.argmax(1), list(labels), float(-np.log(np.clip(p, 1e-7, 1)).mean()))
 
+# %% ../nbs/70_finetune.ipynb #9d7240c9
 def plot_confusion(s:ClassScores, ax=None):
     "The confusion matrix, rows true classes, columns predictions, counts in the cells."
     import matplotlib.pyplot as plt
@@ -434,6 +437,7 @@ def predict_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:in
     model.train(was)
     return total/count[:, None]
 
+# %% ../nbs/70_finetune.ipynb #da34d4b5
 def evaluate_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:int, multi_label:bool=False, **kw):
     "`ClassScores` (single-label) or `Scores` with mAP (multi-label) of `model` on whole clips."
     out = predict_clips(model, clips, sample_rate, clip_samples, **kw)
@@ -579,8 +583,8 @@ class FinetuneConfig:
     valid_fraction: float = 0.2     # held out per class when there are no folds
     balanced: bool = True           # class-balanced sampling
     mixup: bool = False             # mixup augmentation
-    gain_db: float = 0.0            # training crops at a random level, up to ± this many dB
-    eq_db: float = 0.0              # training crops through a random smooth EQ, up to ± this many dB an octave apart
+    gain_db: float = 0.0            # training crops at a random level, up to ± this many dB (12: as measured below)
+    eq_db: float = 0.0              # training crops through a random smooth EQ, up to ± this many dB an octave apart (9: as measured below)
     cuda: bool = False              # train on the GPU
     num_workers: int|None = None    # DataLoader workers (default: one per core but one, at most 8)
     seed: int = 1234                # seeds the split, sampling, mixup and the new classifier
@@ -764,6 +768,7 @@ def load_data(cfg:FinetuneConfig, clips:Clips, front:FrontEnd, cache:Path, dst:D
     feats = logmel_stats(audio, front) if cfg.baseline and dst.main else None
     return Data(clips.subset(rows), audio if cfg.decode_once else None, feats)  # --no_decode_once: decoded at every draw
 
+# %% ../nbs/70_finetune.ipynb #0db826a2
 def finetune(cfg:FinetuneConfig)->list:
     "Fine-tune `cfg.model_type` on `cfg.data`; one dict(split, scores, checkpoint, model, ...) per split (on rank 0)."
     clips = _read_files(cfg.data, cfg.audios_dir)
