@@ -583,8 +583,8 @@ class FinetuneConfig:
     valid_fraction: float = 0.2     # held out per class when there are no folds
     balanced: bool = True           # class-balanced sampling
     mixup: bool = False             # mixup augmentation
-    gain_db: float = 0.0            # training crops at a random level, up to ± this many dB (12: as measured below)
-    eq_db: float = 0.0              # training crops through a random smooth EQ, up to ± this many dB an octave apart (9: as measured below)
+    gain_db: float = 0.0            # training crops at a random level, up to ± this many dB (0: off)
+    eq_db: float = 0.0              # training crops through a random smooth EQ, up to ± this many dB an octave apart (0: off)
     cuda: bool = False              # train on the GPU
     num_workers: int|None = None    # DataLoader workers (default: one per core but one, at most 8)
     seed: int = 1234                # seeds the split, sampling, mixup and the new classifier
