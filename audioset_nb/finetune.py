@@ -590,7 +590,7 @@ class FinetuneConfig:
     seed: int = 1234                # seeds the split, sampling, mixup and the new classifier
     amp: bool = True                # bf16 autocast on the GPU
     progress: bool = True           # show a progress bar
-    decode_once: bool = True        # decode every file once before training (else at every draw)
+    decode_once: bool = True        # decode every file once before training (else at every draw, after checking that each decodes)
     max_memory_mb: float = 2048     # decoded audio kept in memory up to this; beyond it, in <run folder>/decoded.h5
     warmup_epochs: float = 1.0      # the learning rate rises linearly over these epochs
     schedule: str = 'cosine'        # cosine | constant: the learning rate after the warm-up

@@ -3,7 +3,7 @@
 Long files (60-200 s, mp3/ogg/flac/wav at 22.05-48 kHz, mono and stereo) are synthesised with ffmpeg; the same
 `audioset_finetune` run (Cnn6_mini from scratch, 5-s crops at 16 kHz) trains on them twice in this script:
 'before' decodes and resamples the whole file at every draw in the main process (`decode_once=False`, no workers:
-the old way), 'after' uses the defaults (decode pass first, loader workers). examples/s and data_wait are read from
+the old way, after a pass that checks that every file decodes), 'after' uses the defaults (decode pass first, loader workers). examples/s and data_wait are read from
 the run's statistics.jsonl (`fit` writes them per epoch); the first epoch of each run (worker start-up) is left out,
 and the decode pass's wall time is reported beside them. The loop can only gain what it waited for (at most
 1/(1 - data_wait before)), so the script also times the dataset alone: crops drawn per second with and without
