@@ -23,13 +23,14 @@ from .train import (Dist, autocast, clip_bce, fit, run_folder, score, seed_every
                     statistics_logger)
 
 # %% auto #0
-__all__ = ['AUDIO_EXTS', 'NEW_SOUNDS', 'finetune_cli', 'Clips', 'read_folder', 'read_csv', 'read_dataset', 'make_sound_folder',
-           'Decoded', 'decode_clips', 'crop_at', 'random_crop', 'clip_windows', 'ClipDataset', 'is_head', 'Transfer',
-           'load_body', 'scale_specaug', 'softmax_ce', 'ClassScores', 'class_scores', 'plot_confusion', 'predict_clips',
-           'evaluate_clips', 'lr_factor', 'schedule_lr', 'EMA', 'selection_key', 'Keeper', 'EarlyStop', 'stop_early',
-           'logmel_stats', 'baseline_scores', 'Data', 'FinetuneConfig', 'front_end', 'unfreeze_at', 'holdout', 'splits',
-           'checkpoint_extras', 'finetune_split', 'finetune_dir', 'load_data', 'finetune', 'load_finetuned',
-           'write_mini_csv']
+__all__ = ['AUDIO_EXTS', 'NEW_SOUNDS', 'SCENE_SOUNDS', 'SCENE_FORMATS', 'TRAIN_CONDITIONS', 'TEST_CONDITIONS', 'finetune_cli',
+           'Clips', 'read_folder', 'read_csv', 'read_dataset', 'make_sound_folder', 'Decoded', 'decode_clips',
+           'load_finite', 'crop_at', 'random_crop', 'clip_windows', 'ClipDataset', 'is_head', 'Transfer', 'load_body',
+           'scale_specaug', 'random_gain_eq', 'augmented', 'softmax_ce', 'ClassScores', 'class_scores',
+           'plot_confusion', 'predict_clips', 'evaluate_clips', 'lr_factor', 'schedule_lr', 'EMA', 'selection_key',
+           'Keeper', 'EarlyStop', 'stop_early', 'logmel_stats', 'baseline_scores', 'Data', 'FinetuneConfig',
+           'front_end', 'unfreeze_at', 'holdout', 'splits', 'checkpoint_extras', 'finetune_split', 'finetune_dir',
+           'load_data', 'finetune', 'load_finetuned', 'write_mini_csv', 'scene_clip', 'make_scene_set']
 
 # %% ../nbs/70_finetune.ipynb #68f446f0
 AUDIO_EXTS = {'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.webm', '.mp4', '.aif', '.aiff', '.au', '.wma', '.mkv'}
@@ -104,6 +105,7 @@ def read_csv(csv_path:str|Path, # rows `path,label[;label...]`, or a header nami
     except ValueError: raise ValueError(f'The fold column of {csv_path} holds a value that is not a whole number; folds are 1, 2, ...') from None
     return Clips([str(base/r[p].strip()) for r in rows], labels, _targets(names, labels), folds)
 
+# %% ../nbs/70_finetune.ipynb #fcb2dd74
 def read_dataset(data:str|Path, audios_dir:str|Path=None)->Clips:
     "A class folder or a CSV, whichever `data` is."
     data = Path(data)
@@ -183,15 +185,16 @@ class Decoded:
 _log = logging.getLogger(__name__)
 
 def _decode_job(args)->tuple:
-    "(int16 samples or None, a warning or None); runs in a worker process."
-    path, sr = args
+    "(int16 samples (empty unless `keep`) or None, a warning or None); runs in a worker process."
+    path, sr, keep = args
     try: x = load_audio(path, sr)
     except AudioError as e: return None, f'{e} It was left out.'
     except Exception as e: return None, f'{path} could not be decoded ({type(e).__name__}: {e}); it was left out.'
     bad = ~np.isfinite(x)
-    if bad.any(): return to_int16(np.where(bad, 0, x)), f'{path} holds {int(bad.sum())} NaN or infinite samples; they were replaced with silence.'
-    return to_int16(x), None
+    note = f'{path} holds {int(bad.sum())} NaN or infinite samples; they were replaced with silence.' if bad.any() else None
+    return to_int16(np.where(bad, 0, x)) if keep else np.zeros(0, np.int16), note
 
+# %% ../nbs/70_finetune.ipynb #5203e928
 def _file_key(paths, sr)->str:
     "What a decoded file must have been made from to be reused: the files (path, size, time) and the rate."
     return json.dumps([sr] + [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths])
@@ -217,26 +220,35 @@ def _reuse(cache:Path, key:str):
 def decode_clips(clips:Clips, sample_rate:int,
                  cache:str|Path, # HDF5 file the samples go to if they outgrow `max_mb`
                  max_mb:float=2048, # decoded audio kept in memory up to this many MB
-                 workers:int=None)->tuple: # decoding processes (default: one per core)
+                 workers:int=None, # decoding processes (default: one per core)
+                 keep:bool=True)->tuple: # keep the samples (False: only find the files that cannot be read; `Decoded` is None)
     "(`Decoded` of the files that could be read, their rows in `clips`); warnings name the files left out or mended."
     from audioset_nb.pack import _imap, default_pack_workers
     cache, key = Path(cache), _file_key(clips.paths, sample_rate)
-    if cache.is_file() and (old := _reuse(cache, key)) is not None: return Decoded(str(cache), *old[:2], sample_rate), old[2]
+    if keep and cache.is_file() and (old := _reuse(cache, key)) is not None: return Decoded(str(cache), *old[:2], sample_rate), old[2]
     workers, parts, starts, ends, rows, n, f = workers or default_pack_workers(), [], [], [], [], 0, None
     tmp = cache.with_name(f'.{cache.name}.partial')  # a killed run's leftover is started afresh
-    for i, (x, note) in enumerate(_imap(_decode_job, [(p, sample_rate) for p in clips.paths], workers, 4*workers)):
+    for i, (x, note) in enumerate(_imap(_decode_job, [(p, sample_rate, keep) for p in clips.paths], workers, 4*workers)):
         if note: _log.warning(note)
         if x is None: continue
-        rows.append(i); starts.append(n); n += len(x); ends.append(n)
+        rows.append(i)
+        if not keep: continue
+        starts.append(n); n += len(x); ends.append(n)
         if f is not None: _append_samples(f, x)
         else: parts.append(x)
         if f is None and 2*n > max_mb*2**20: cache.parent.mkdir(parents=True, exist_ok=True); f = _spill(tmp, parts, key); parts = []
+    if not keep: return None, np.array(rows, int)
     if f is None: return Decoded(np.concatenate(parts or [np.zeros(0, np.int16)]), starts, ends, sample_rate), np.array(rows, int)
     with f: f['starts'], f['ends'], f['rows'] = starts, ends, rows
     tmp.replace(cache)
     return Decoded(str(cache), starts, ends, sample_rate), np.array(rows, int)
 
 # %% ../nbs/70_finetune.ipynb #f7c6f351
+def load_finite(path:str, sample_rate:int)->np.ndarray:
+    "`load_audio`, with NaN or infinite samples silenced (as `decode_clips` does; it has named such files already)."
+    x = load_audio(path, sample_rate)
+    return x if np.isfinite(x).all() else np.where(np.isfinite(x), x, 0).astype(x.dtype)
+
 def _draw(k:int, gen:torch.Generator=None)->int: return int(torch.randint(k + 1, (1,), generator=gen)) if k > 0 else 0
 
 def crop_at(length:int, n:int, gen:torch.Generator=None)->tuple:
@@ -258,6 +270,7 @@ def clip_windows(x:np.ndarray, n:int)->np.ndarray:
     k = max(1, -(-len(x)//n))
     return pad_or_truncate(x, k*n).reshape(k, n)
 
+# %% ../nbs/70_finetune.ipynb #4516d68d
 class ClipDataset(Dataset):
     "Random `clip_samples` crops of labelled files, as dict(audio_name, waveform, target) for `collate`."
     def __init__(self, clips:Clips, sample_rate:int, clip_samples:int,
@@ -266,7 +279,7 @@ class ClipDataset(Dataset):
     def __len__(self): return len(self.clips)
     def load(self, i:int)->np.ndarray:
         "The whole of file `i`, mono float32 at `sample_rate`."
-        return self.audio.read(i) if self.audio is not None else load_audio(self.clips.paths[i], self.sample_rate)
+        return self.audio.read(i) if self.audio is not None else load_finite(self.clips.paths[i], self.sample_rate)
     def crop(self, i:int)->np.ndarray:
         "A random window of file `i`; decoded files are read only where the window falls."
         if self.audio is None: return random_crop(self.load(i), self.clip_samples)
@@ -332,6 +345,27 @@ def scale_specaug(model:nn.Module, # a zoo model (or `Transfer`) with a `spec_au
     aug.freq_dropper.drop_width = max(1, round(8*c['mel_bins']/64))
     return model
 
+# %% ../nbs/70_finetune.ipynb #20e08584
+def random_gain_eq(x:torch.Tensor, # (batch, samples) waveforms
+                   gen:torch.Generator, gain_db:float=0., eq_db:float=0., octaves:int=6)->torch.Tensor:
+    "Each row of `x` at a random level (± `gain_db`) through a random smooth EQ (± `eq_db` at points an octave apart)."
+    b, n = x.shape
+    if eq_db:
+        X = torch.fft.rfft(x.float()); k = X.shape[1]
+        oct_ = (torch.log2(torch.arange(k).clamp(min=1)/(k - 1)) + octaves).clamp(0, octaves)  # 0 .. octaves (Nyquist)
+        pts = (torch.rand(b, octaves + 1, generator=gen)*2 - 1)*eq_db
+        lo = oct_.floor().long().clamp(max=octaves - 1); w = oct_ - lo
+        x = torch.fft.irfft(X*10**((pts[:, lo]*(1 - w) + pts[:, lo + 1]*w)/20), n).to(x.dtype)
+    return x*10**((torch.rand(b, 1, generator=gen)*2 - 1)*gain_db/20).to(x.dtype) if gain_db else x
+
+# %% ../nbs/70_finetune.ipynb #1c0e603c
+def augmented(batches, gain_db:float, eq_db:float, seed:int=0, start:int=0, rank:int=0):
+    "Pass `batches` through with `random_gain_eq` applied to their waveforms; iteration `start + i` always draws the same."
+    gen = torch.Generator()
+    for it, b in enumerate(batches, start):
+        gen.manual_seed(seed*1_000_003 + it*101 + rank)
+        yield {**b, 'waveform': random_gain_eq(b['waveform'], gen, gain_db, eq_db)}
+
 # %% ../nbs/70_finetune.ipynb #f2430629
 def softmax_ce(output:dict, # model output with `logits` (batch, classes)
                target:torch.Tensor, # (batch, classes) class probabilities (one-hot, or mixed)
@@ -340,6 +374,7 @@ def softmax_ce(output:dict, # model output with `logits` (batch, classes)
     t = target.float() if weight is None else target.float()*weight.to(target.device)
     return -(t*F.log_softmax(output['logits'].float(), -1)).sum(-1).mean()
 
+# %% ../nbs/70_finetune.ipynb #a144aef0
 @dataclass
 class ClassScores:
     "Single-label results: true and predicted classes, with accuracy, macro-F1 and the confusion matrix."
@@ -363,6 +398,7 @@ def class_scores(target:np.ndarray, output:np.ndarray, labels:list)->ClassScores
     p = o[np.arange(len(t)), t]/np.maximum(o.sum(1), 1e-12)
     return ClassScores(t, o.argmax(1), list(labels), float(-np.log(np.clip(p, 1e-7, 1)).mean()))
 
+# %% ../nbs/70_finetune.ipynb #9d7240c9
 def plot_confusion(s:ClassScores, ax=None):
     "The confusion matrix, rows true classes, columns predictions, counts in the cells."
     import matplotlib.pyplot as plt
@@ -378,7 +414,7 @@ def plot_confusion(s:ClassScores, ax=None):
 def _windows_of(clips:Clips, sample_rate:int, clip_samples:int, audio:Decoded=None):
     "(clip, window) for each window of each file, one file decoded at a time."
     for i, p in enumerate(clips.paths):
-        for w in clip_windows(audio.read(i) if audio is not None else load_audio(p, sample_rate), clip_samples): yield i, w
+        for w in clip_windows(audio.read(i) if audio is not None else load_finite(p, sample_rate), clip_samples): yield i, w
 
 @torch.no_grad()
 def predict_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:int, batch_size:int=32,
@@ -401,6 +437,7 @@ def predict_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:in
     model.train(was)
     return total/count[:, None]
 
+# %% ../nbs/70_finetune.ipynb #da34d4b5
 def evaluate_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:int, multi_label:bool=False, **kw):
     "`ClassScores` (single-label) or `Scores` with mAP (multi-label) of `model` on whole clips."
     out = predict_clips(model, clips, sample_rate, clip_samples, **kw)
@@ -440,6 +477,11 @@ class EMA:
             if v.dtype.is_floating_point: self.avg[k].lerp_(v.detach(), 1 - d)
             else: self.avg[k].copy_(v)
     def state_dict(self)->dict: return self.avg
+    def save_state(self)->dict:
+        "What a resumed run needs to continue the average exactly: the average and the steps taken."
+        return dict(avg=self.avg, steps=self.steps)
+    def load_state(self, state:dict):
+        self.avg = {k: v.to(self.avg[k].device) for k, v in state['avg'].items()}; self.steps = int(state['steps'])
     @contextmanager
     def applied(self):
         "The averaged weights in the model for the block, its own weights back after it."
@@ -541,12 +583,14 @@ class FinetuneConfig:
     valid_fraction: float = 0.2     # held out per class when there are no folds
     balanced: bool = True           # class-balanced sampling
     mixup: bool = False             # mixup augmentation
+    gain_db: float = 0.0            # training crops at a random level, up to ± this many dB (0: off)
+    eq_db: float = 0.0              # training crops through a random smooth EQ, up to ± this many dB an octave apart (0: off)
     cuda: bool = False              # train on the GPU
     num_workers: int|None = None    # DataLoader workers (default: one per core but one, at most 8)
     seed: int = 1234                # seeds the split, sampling, mixup and the new classifier
     amp: bool = True                # bf16 autocast on the GPU
     progress: bool = True           # show a progress bar
-    decode_once: bool = True        # decode every file once before training (else at every draw)
+    decode_once: bool = True        # decode every file once before training (else at every draw, after checking that each decodes)
     max_memory_mb: float = 2048     # decoded audio kept in memory up to this; beyond it, in <run folder>/decoded.h5
     warmup_epochs: float = 1.0      # the learning rate rises linearly over these epochs
     schedule: str = 'cosine'        # cosine | constant: the learning rate after the warm-up
@@ -566,14 +610,15 @@ class FinetuneConfig:
         if self.schedule not in ('cosine', 'constant'): raise ValueError(f'--schedule {self.schedule!r} is not one of cosine, constant.')
         if self.keep not in ('best', 'last'): raise ValueError(f'--keep {self.keep!r} is not one of best, last.')
         if not 0 <= self.ema < 1: raise ValueError(f'--ema {self.ema} must be at least 0 and below 1 (0.99: a moving average over ~100 steps).')
-        if self.warmup_epochs < 0 or self.patience < 0 or self.max_memory_mb < 0 or (self.num_workers or 0) < 0:
-            raise ValueError('--warmup_epochs, --patience, --max_memory_mb and --num_workers must be 0 or more.')
+        if min(self.warmup_epochs, self.patience, self.max_memory_mb, self.num_workers or 0, self.gain_db, self.eq_db) < 0:
+            raise ValueError('--warmup_epochs, --patience, --max_memory_mb, --num_workers, --gain_db and --eq_db must be 0 or more.')
 
 # %% ../nbs/70_finetune.ipynb #6a0d81ec
 def front_end(cfg:FinetuneConfig, pretrained:dict=None)->FrontEnd:
     "The front end: the flags given, else the one recorded in the pretrained checkpoint, else the model's default."
     return cfg.front.fill(FrontEnd.of((pretrained or {}).get('config')), MODELS[cfg.model_type].front)
 
+# %% ../nbs/70_finetune.ipynb #87b9c016
 def unfreeze_at(batches, # the batch stream `fit` draws from
                 model:Transfer, iteration:int, # unfreeze before this iteration's batch... is drawn after it
                 start:int=0): # iteration the run starts from (resume)
@@ -582,6 +627,7 @@ def unfreeze_at(batches, # the batch stream `fit` draws from
         if model.frozen and it > iteration: model.freeze(False)
         yield b
 
+# %% ../nbs/70_finetune.ipynb #9eeb0930
 def holdout(clips:Clips, fraction:float=0.2, seed:int=0)->tuple:
     "(train, valid) row indices: `fraction` of each class's clips (at least one) held out."
     rng, valid = np.random.default_rng(seed), []
@@ -625,6 +671,7 @@ def _weights(targets:np.ndarray)->torch.Tensor:
     n = targets.sum(0).astype(float); w = np.where(n > 0, len(targets)/np.maximum(n, 1)/len(n), 0)
     return torch.tensor(w, dtype=torch.float32)
 
+# %% ../nbs/70_finetune.ipynb #57dff667
 def _prior_best(best:Path, resuming:bool):
     return load_checkpoint(best).get('selection') if resuming and best.is_file() else None
 
@@ -651,6 +698,8 @@ def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_di
     total = run.start if prior and prior.get('stopped') else cfg.epochs*epoch  # an early-stopped run stays stopped
     sched = schedule_lr(run.opt, cfg.learning_rate, lambda s: lr_factor(s, cfg.epochs*epoch, round(cfg.warmup_epochs*epoch), cfg.schedule), run.start)
     ema = EMA(model.base, cfg.ema).hook(run.opt) if cfg.ema else None
+    if ema and prior and prior.get('ema'): ema.load_state(prior['ema'])  # the average continues where it stopped
+    save = lambda it, **kw: run.save(it, latest, **extras, **kw, **({'ema': ema.save_state()} if ema else {}))
     weights = ema.applied if ema else nullcontext
     keeper = Keeper(lambda it: save_checkpoint(best, model.base, iteration=it, selection=list(keeper.best), **extras),
                     cfg.patience, _prior_best(best, run.start > 0))
@@ -661,15 +710,16 @@ def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_di
             s = valid(); keeper(sched.last_epoch, s)
         return {'valid': s}
     batches = unfreeze_at(run.loader, model, cfg.unfreeze_after, run.start) if cfg.unfreeze_after else run.loader
+    if cfg.gain_db or cfg.eq_db: batches = augmented(batches, cfg.gain_db, cfg.eq_db, cfg.seed, run.start, dst.rank)
     if cfg.patience: batches = stop_early(batches, keeper, epoch, run.start, dst)
     w = _weights(tr.clips.targets) if cfg.class_weights and not multi_label else None
     loss = clip_bce if multi_label else (lambda out, y: softmax_ce(out, y, w))
     log = statistics_logger(out_dir/'statistics.jsonl', run.start) if dst.main else (lambda rec: None)
     try:
-        fit(run.model, run.opt, batches, loss, evaluate, lambda it, keep: run.save(it, latest, **extras), log,
+        fit(run.model, run.opt, batches, loss, evaluate, lambda it, keep: save(it), log,
             iterations=total, start=run.start, eval_every=epoch, save_every=epoch, log_every=epoch, mixup=run.mixup,
             dst=dst, amp=cfg.amp, progress=cfg.progress)
-    except EarlyStop as e: run.save(e.args[0], latest, stopped=True, **extras); total = e.args[0]
+    except EarlyStop as e: save(e.args[0], stopped=True); total = e.args[0]
     if dst.world > 1:  # batch-norm statistics last updated by each rank's own batch: take rank 0's, as saved
         for b in model.base.buffers(): dist.broadcast(b, 0)
     if not dst.main: return None
@@ -705,17 +755,20 @@ def _align(clips:Clips, labels:list, where:str)->Clips:
     t = np.zeros((len(clips), len(labels)), bool); t[:, [labels.index(l) for l in clips.labels]] = clips.targets
     return Clips(clips.paths, list(labels), t, clips.folds)
 
+# %% ../nbs/70_finetune.ipynb #22e264d2
 def load_data(cfg:FinetuneConfig, clips:Clips, front:FrontEnd, cache:Path, dst:Dist=None)->Data:
     "`clips` decoded once (files that cannot be read left out, with a warning) and their baseline features."
     dst = dst or Dist()
-    if not (cfg.decode_once or cfg.baseline): return Data(clips)
+    keep = cfg.decode_once or cfg.baseline  # without either, every file is still decoded once, to leave out those that cannot be
     for turn in range(dst.world):  # rank 0 first: if the audio goes to disk, the other ranks reuse its file
-        if turn == dst.rank: audio, rows = decode_clips(clips, front.sample_rate, cache, cfg.max_memory_mb)
+        if turn == dst.rank: audio, rows = decode_clips(clips, front.sample_rate, cache, cfg.max_memory_mb, keep=keep)
         dst.barrier()
     lost = [l for l, n in zip(clips.labels, clips.targets[rows].sum(0)) if n == 0]
     if lost: raise ValueError(f'No file of class {lost[0]!r} in {cache.parent.name} could be read (see the warnings above); fix or replace its files.')
-    return Data(clips.subset(rows), audio, logmel_stats(audio, front) if cfg.baseline and dst.main else None)
+    feats = logmel_stats(audio, front) if cfg.baseline and dst.main else None
+    return Data(clips.subset(rows), audio if cfg.decode_once else None, feats)  # --no_decode_once: decoded at every draw
 
+# %% ../nbs/70_finetune.ipynb #0db826a2
 def finetune(cfg:FinetuneConfig)->list:
     "Fine-tune `cfg.model_type` on `cfg.data`; one dict(split, scores, checkpoint, model, ...) per split (on rank 0)."
     clips = _read_files(cfg.data, cfg.audios_dir)
@@ -758,6 +811,220 @@ def write_mini_csv(root:str|Path, # folder for the clips and `mini.csv`
         rows.append(f'{i:03d}.wav,{";".join(names)}\n')
     (root/'mini.csv').write_text(''.join(rows))
     return root/'mini.csv'
+
+# %% ../nbs/70_finetune.ipynb #d6e80850
+def _env(n:int, sr:int, attack:float, decay:float)->np.ndarray:
+    "An attack-decay envelope of `n` samples: a linear rise over `attack` s, then exponential decay (time constant `decay` s)."
+    t = np.arange(n)/sr
+    return np.minimum(1, t/max(attack, 1e-4))*np.exp(-np.maximum(0, t - attack)/max(decay, 1e-4))
+
+def _frames_to_samples(v:np.ndarray, n:int)->np.ndarray:
+    "Frame-rate values `v` linearly interpolated to `n` samples."
+    return np.interp(np.linspace(0, len(v) - 1, n), np.arange(len(v)), v)
+
+def _harmonics(f0:np.ndarray, sr:int, gain:callable, # harmonic number and (n,) frequencies -> (n,) amplitudes
+               top:float=None)->np.ndarray:
+    "Additive synthesis: harmonics of the time-varying `f0` (n,) below `top` Hz, each with its amplitude curve."
+    top, out, ph = min(top or sr/2, 0.45*sr), np.zeros(len(f0)), 2*np.pi*np.cumsum(f0)/sr
+    for h in range(1, int(top/max(f0.min(), 20)) + 1):
+        fh = h*f0; a = gain(h, fh)*(fh < top)
+        if a.any(): out += a*np.sin(h*ph + h)
+    return out
+
+# %% ../nbs/70_finetune.ipynb #9a1c64dc
+def _speech(rng, n, sr):
+    "A talker: voiced syllables at 3-7 a second with gliding formants, a falling-rising pitch, fricatives and pauses."
+    fr = 100  # control frames per second
+    k = max(2, int(n/sr*fr) + 2)
+    base = rng.choice([rng.uniform(85, 140), rng.uniform(165, 260), rng.uniform(250, 380)])  # men, women, children
+    f0 = base*2**(rng.uniform(0.05, 0.3)*np.cumsum(rng.standard_normal(k))/np.sqrt(fr*0.5)*0.3 + rng.uniform(-0.2, 0.1)*np.linspace(0, 1, k))
+    f0 = np.clip(f0, 60, 500)
+    vowels = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480], [570, 840, 2410], [440, 1020, 2240], [660, 1720, 2410]])
+    scale = base/130*0.25 + 0.8  # shorter vocal tracts: higher formants
+    F, voiced, amp, t, fric = np.zeros((k, 3)), np.zeros(k), np.zeros(k), 0, np.zeros(k)
+    rate = rng.uniform(3, 7)
+    while t < k:
+        if rng.random() < 0.12:  # a pause between phrases
+            t += int(rng.uniform(0.2, 0.7)*fr); continue
+        d = max(4, int(fr/rate*rng.uniform(0.6, 1.4)))
+        a, b = vowels[rng.integers(len(vowels))]*scale*rng.uniform(0.9, 1.1, 3), vowels[rng.integers(len(vowels))]*scale*rng.uniform(0.9, 1.1, 3)
+        s = slice(t, min(k, t + d)); m = s.stop - s.start
+        F[s] = a + (b - a)*np.linspace(0, 1, m)[:, None]  # formant transition through the syllable
+        amp[s] = np.sin(np.pi*np.linspace(0, 1, m))**0.7*rng.uniform(0.4, 1)
+        voiced[s] = 1
+        if rng.random() < 0.35: fric[s.start:s.start + max(2, m//3)] = rng.uniform(0.2, 0.6)  # a consonant's hiss
+        t += d
+    bw = np.array([80, 100, 150])*rng.uniform(0.8, 1.5)
+    Fs, ampS = [_frames_to_samples(F[:, i], n) for i in range(3)], _frames_to_samples(amp*voiced, n)
+    f0s = _frames_to_samples(f0, n)
+    gain = lambda h, fh: ampS*sum(1/(1 + ((fh - Fi)/bw[i])**2)*(0.6**i) for i, Fi in enumerate(Fs))/h**0.3
+    x = _harmonics(f0s, sr, gain, top=5000)
+    hiss = np.diff(rng.standard_normal(n + 1))*_frames_to_samples(fric, n)*rng.uniform(0.1, 0.4)
+    return x/max(np.abs(x).max(), 1e-9) + hiss
+
+def _music(rng, n, sr):
+    "An instrument or ensemble: notes and chords of a key on a beat grid, with one timbre, optional vibrato and drums."
+    beat = 60/rng.uniform(60, 170)
+    root = 440*2**(rng.integers(-33, 10)/12)  # registers from ~65 Hz to ~780 Hz
+    scale = [[0, 2, 4, 5, 7, 9, 11], [0, 2, 3, 5, 7, 8, 10], [0, 2, 4, 7, 9]][rng.integers(3)]
+    roll, odd, inharm = rng.uniform(0.6, 2.0), rng.random() < 0.3, rng.choice([0, 0, 1e-4, 5e-4])
+    plucked = rng.random() < 0.5
+    attack, decay = (0.005, rng.uniform(0.2, 1.0)) if plucked else (rng.uniform(0.03, 0.15), rng.uniform(1.0, 4.0))
+    vib = rng.uniform(0, 0.006) if not plucked else 0
+    poly, drums = rng.integers(1, 5), rng.random() < 0.35
+    out, pos = np.zeros(n), 0
+    while pos < n:
+        d = int(beat*rng.choice([0.5, 1, 1, 2])*sr); m = min(n - pos, int(d*(1.0 if plucked else rng.uniform(0.8, 1.05))) + 1)
+        t = np.arange(m)/sr
+        for step in rng.choice(len(scale), poly, replace=False):
+            f = root*2**((scale[step] + 12*rng.integers(0, 2))/12)
+            f0 = f*(1 + vib*np.sin(2*np.pi*5.5*t))
+            g = lambda h, fh: (0 if odd and h % 2 == 0 else 1)/h**roll*np.ones(m)
+            if not inharm: note = _harmonics(f0, sr, g, top=6000)
+            else: note = sum(np.sin(2*np.pi*f*h*np.sqrt(1 + inharm*h*h)*t)/h**roll for h in range(1, 12) if f*h < min(6000, 0.45*sr))
+            out[pos:pos+m] += note*_env(m, sr, attack, decay)
+        if drums:
+            kick = np.sin(2*np.pi*60*np.arange(int(0.15*sr))/sr*np.exp(-np.arange(int(0.15*sr))/sr*8))*_env(int(0.15*sr), sr, 0.002, 0.06)
+            k = min(len(kick), n - pos); out[pos:pos+k] += 2*kick[:k]
+        pos += d
+    return out
+
+def _animal(rng, n, sr):
+    "An animal calling: one species' call (frequency sweeps, trills, chirps or pulsed croaks) repeated with pauses."
+    kind = rng.choice(['sweep', 'trill', 'chirps', 'croak', 'insect'])
+    top = 0.45*sr
+    lo = {'sweep': rng.uniform(600, 4000), 'trill': rng.uniform(1500, 5000), 'chirps': rng.uniform(1500, 6000),
+          'croak': rng.uniform(150, 600), 'insect': rng.uniform(3000, 7000)}[kind]
+    lo = min(lo, 0.35*sr)
+    call_len, gap = rng.uniform(0.1, 1.2), rng.uniform(0.1, 1.5)
+    out, pos = np.zeros(n), int(rng.uniform(0, 0.3)*sr)
+    span, direction, harm = rng.uniform(0.2, 1.0), rng.choice([-1, 1]), rng.integers(1, 4)
+    while pos < n:
+        m = min(int(call_len*rng.uniform(0.8, 1.2)*sr), n - pos); t = np.arange(m)/sr
+        if m < 8: break
+        u = t/max(t[-1], 1e-3)
+        if kind == 'sweep': f = lo*2**(direction*span*(u if rng.random() < 0.7 else np.sin(np.pi*u)))
+        elif kind == 'trill': f = lo*2**(span*0.5*(np.sin(2*np.pi*rng.uniform(10, 30)*t) > 0))
+        elif kind == 'chirps': f = lo*2**(direction*span*((t*rng.uniform(6, 15)) % 1))
+        elif kind == 'croak': f = lo*(1 + 0.1*u)
+        else: f = lo*np.ones(m)
+        am = np.ones(m)
+        if kind in ('croak', 'insect'): am = (np.sin(2*np.pi*rng.uniform(15, 60)*t) > 0.2)*1.0  # pulses
+        if kind == 'chirps': am = np.sin(np.pi*((t*rng.uniform(6, 15)) % 1))**2
+        f = np.minimum(f, top/harm)
+        call = sum(np.sin(2*np.pi*h*np.cumsum(f)/sr)/h**1.5 for h in range(1, harm + 1))
+        out[pos:pos+m] += call*am*np.hanning(m)**0.3
+        pos += m + int(gap*rng.uniform(0.5, 1.5)*sr)
+    return out
+def _fast(n:int)->int:
+    "A length at least `n` whose FFT is quick (a length with a large prime factor can take seconds)."
+    from scipy.fft import next_fast_len
+    return next_fast_len(n, real=True)
+
+def _bandnoise(rng, n, sr, lo, hi):
+    "White noise kept between `lo` and `hi` Hz."
+    L = _fast(n); X = np.fft.rfft(rng.standard_normal(L)); f = np.fft.rfftfreq(L, 1/sr)
+    return np.fft.irfft(X*((f >= lo) & (f <= hi)), L)[:n]
+
+def _everyday(rng, n, sr):
+    "Everyday sounds: impacts, footsteps, scraping, water or typing: transient and broadband."
+    kind = rng.choice(['impacts', 'footsteps', 'scrape', 'water', 'typing'])
+    out = np.zeros(n)
+    def hit(m_s, modes, decay, noise):
+        m = int(m_s*sr); t = np.arange(m)/sr
+        x = sum(np.sin(2*np.pi*f*t)*np.exp(-t/decay*rng.uniform(0.5, 1.5)) for f in modes)
+        return x + noise*_bandnoise(rng, m, sr, 200, 0.45*sr)*np.exp(-t/0.01)
+    if kind in ('impacts', 'footsteps', 'typing'):
+        period = {'impacts': rng.uniform(0.3, 2.0), 'footsteps': rng.uniform(0.4, 0.7), 'typing': rng.uniform(0.08, 0.25)}[kind]
+        modes = rng.uniform({'impacts': 150, 'footsteps': 60, 'typing': 1500}[kind], {'impacts': 3000, 'footsteps': 400, 'typing': 5000}[kind], rng.integers(2, 6))
+        pos = 0
+        while pos < n:
+            h = hit(0.25, modes*rng.uniform(0.95, 1.05), {'impacts': 0.06, 'footsteps': 0.03, 'typing': 0.01}[kind], rng.uniform(0.5, 3))
+            k = min(len(h), n - pos); out[pos:pos+k] += h[:k]*rng.uniform(0.5, 1)
+            pos += int(period*rng.uniform(0.7, 1.3)*sr) if kind != 'impacts' else int(period*rng.exponential()*sr) + 1
+    elif kind == 'scrape':
+        fr = _frames_to_samples(np.abs(rng.standard_normal(max(2, int(n/sr*8)))), n)
+        out = _bandnoise(rng, n, sr, rng.uniform(200, 1500), rng.uniform(3000, 0.45*sr))*fr
+    else:  # water: a stream of bubbles (short rising resonances) over splashing noise
+        for s in rng.integers(0, n, int(n/sr*rng.uniform(20, 80))):
+            m = int(rng.uniform(0.01, 0.05)*sr); t = np.arange(min(m, n - s))/sr
+            f = rng.uniform(400, 3000)*(1 + 3*t)
+            out[s:s+len(t)] += np.sin(2*np.pi*np.cumsum(f)/sr)*np.exp(-t/0.01)
+        out += 0.3*_bandnoise(rng, n, sr, 500, 0.45*sr)*_frames_to_samples(np.abs(rng.standard_normal(max(2, int(n/sr*4)))), n)
+    return out
+
+SCENE_SOUNDS = dict(speech=_speech, music=_music, animal=_animal, other=_everyday)
+
+# %% ../nbs/70_finetune.ipynb #6d962c70
+def _background(rng, n:int, sr:int, kind:str)->np.ndarray:
+    "A background of unit power: coloured noise, mains hum, babble-like, rain-like, wind or traffic."
+    L = _fast(n); w = rng.standard_normal(L); f = np.fft.rfftfreq(L, 1/sr); f[0] = f[1]
+    shaped = lambda p: np.fft.irfft(np.fft.rfft(w)/f**p, L)[:n]
+    slow = lambda rate: _frames_to_samples(np.abs(rng.standard_normal(max(2, int(n/sr*rate)))) + 0.3, n)
+    if kind == 'white': x = w[:n]
+    elif kind == 'pink': x = shaped(0.5)
+    elif kind == 'brown': x = shaped(1.0)
+    elif kind == 'hum': t = np.arange(n)/sr; x = sum(np.sin(2*np.pi*rng.choice([50, 60])*h*t)/h for h in range(1, 9)) + 0.2*shaped(0.5)
+    elif kind == 'babble':  # speech-shaped noise with a crowd's irregular syllabic fluctuation
+        x = np.fft.irfft(np.fft.rfft(w)*np.exp(-((np.log2(f/500))**2)/2), L)[:n]*slow(8)
+    elif kind == 'rain': x = 0.3*shaped(0.3) + w[:n]*(rng.random(n) < 0.003)*8
+    elif kind == 'wind': x = np.fft.irfft(np.fft.rfft(w)/(1 + (f/300)**2), L)[:n]*slow(1)
+    else: x = shaped(1.0)*slow(0.3) + 0.3*shaped(0.5)  # traffic: low rumble swelling and fading
+    return x/np.sqrt(np.mean(x**2) + 1e-12)
+
+# %% ../nbs/70_finetune.ipynb #ca7a4e8f
+def _channel(rng, x:np.ndarray, sr:int, kind:str)->np.ndarray:
+    "`x` through a random recording channel: microphone/room EQ, a phone's band, a room's reverberation, or clipping."
+    n, L = len(x), _fast(len(x)); f = np.fft.rfftfreq(L, 1/sr); X = np.fft.rfft(x, L)
+    lf = np.log2(np.maximum(f, 20)/1000)
+    eq = rng.uniform(-6, 6)*lf/4 + sum(rng.uniform(-10, 10)*np.exp(-((lf - c)**2)/(2*0.3**2)) for c in rng.uniform(-3, 3, 3))
+    X = X*10**(eq/20)  # every source has its own microphone
+    if kind == 'phone': X = X*((f > 300) & (f < 3400))
+    if kind == 'lowpass': X = X/(1 + (f/rng.uniform(2000, 5000))**4)
+    y = np.fft.irfft(X, L)[:n]
+    if kind in ('room', 'phone', 'far'):
+        rt = rng.uniform(0.2, 0.9) if kind == 'far' else rng.uniform(0.05, 0.4)
+        ir = rng.standard_normal(int(rt*sr))*np.exp(-6.9*np.arange(int(rt*sr))/(rt*sr)); ir[0] = 1/rng.uniform(0.2, 1.0)
+        L = 1 << int(np.ceil(np.log2(n + len(ir))))
+        y = np.fft.irfft(np.fft.rfft(y, L)*np.fft.rfft(ir, L), L)[:n]
+    if kind == 'clip': y = np.tanh(rng.uniform(2, 6)*y/np.abs(y).max())
+    return y
+
+# %% ../nbs/70_finetune.ipynb #a8f2a454
+SCENE_FORMATS = [('wav', 16000, 1), ('flac', 44100, 2), ('mp3', 22050, 1), ('ogg', 48000, 2), ('wav', 8000, 1), ('mp3', 32000, 2)]
+TRAIN_CONDITIONS = dict(backgrounds=('pink', 'hum', 'babble', 'wind'), channels=('eq', 'room', 'lowpass'))
+TEST_CONDITIONS = dict(backgrounds=('white', 'brown', 'rain', 'traffic'), channels=('phone', 'far', 'clip'))
+
+def scene_clip(rng, cls:str, sr:int, seconds:float, backgrounds:tuple, channels:tuple)->np.ndarray:
+    "One recording of class `cls`: its sound over part of the file, a background at -5..20 dB SNR, a random channel and level."
+    n = int(seconds*sr); m = int(n*rng.uniform(0.5, 1.0)); s = rng.integers(0, n - m + 1)
+    ev = np.zeros(n); ev[s:s+m] = SCENE_SOUNDS[cls](rng, m, sr)
+    ev /= np.sqrt(np.mean(ev[s:s+m]**2) + 1e-12)
+    x = ev*10**(rng.uniform(-5, 20)/20) + _background(rng, n, sr, rng.choice(backgrounds))
+    x = _channel(rng, x, sr, rng.choice(channels))
+    return x/np.abs(x).max()*10**(rng.uniform(-30, -1)/20)  # peak level from -30 to -1 dBFS
+
+def make_scene_set(root:str|Path, # folder to write `root/<class>/<i>.<ext>` into
+                   per_class:int=10, seed:int=0,
+                   seconds:tuple=(1.0, 30.0), # range of file lengths
+                   conditions:dict=None, # backgrounds and channels to draw from (default `TRAIN_CONDITIONS`)
+                   formats:list=None)->Path: # (extension, rate, channels) to draw from (default `SCENE_FORMATS`)
+    "Write real-looking recordings of speech, music, animal calls and other everyday sounds, in mixed formats and rates."
+    from audioset_nb.audio import ffmpeg_exe, write_wav
+    import subprocess, soxr
+    root, rng, cond = Path(root), np.random.default_rng(seed), conditions or TRAIN_CONDITIONS
+    for c in SCENE_SOUNDS:
+        for i in range(per_class):
+            ext, sr, ch = (formats or SCENE_FORMATS)[rng.integers(len(formats or SCENE_FORMATS))]
+            x = scene_clip(rng, c, min(sr, 16000), rng.uniform(*seconds), **cond)  # made at 16 kHz at most: quicker
+            x = soxr.resample(x, min(sr, 16000), sr).astype(np.float32) if sr > 16000 else x.astype(np.float32)
+            x = np.stack([x, x*rng.uniform(0.6, 1.0)]) if ch == 2 else x
+            d = root/c; wav = d/f'{i:03d}.{"wav" if ext == "wav" else "tmp.wav"}'
+            write_wav(wav, x, sr)
+            if ext != 'wav':  # the codecs' own encoders, through ffmpeg
+                subprocess.run([ffmpeg_exe(), '-nostdin', '-v', 'error', '-y', '-i', str(wav), str(d/f'{i:03d}.{ext}')], check=True)
+                wav.unlink()
+    return root
 
 # %% ../nbs/70_finetune.ipynb #9692f1a6
 def _finetune_and_print(cfg:FinetuneConfig):

@@ -3,15 +3,17 @@
 Long files (60-200 s, mp3/ogg/flac/wav at 22.05-48 kHz, mono and stereo) are synthesised with ffmpeg; the same
 `audioset_finetune` run (Cnn6_mini from scratch, 5-s crops at 16 kHz) trains on them twice in this script:
 'before' decodes and resamples the whole file at every draw in the main process (`decode_once=False`, no workers:
-the old way), 'after' uses the defaults (decode pass first, loader workers). examples/s and data_wait are read from
+the old way, after a pass that checks that every file decodes), 'after' uses the defaults (decode pass first, loader workers). examples/s and data_wait are read from
 the run's statistics.jsonl (`fit` writes them per epoch); the first epoch of each run (worker start-up) is left out,
 and the decode pass's wall time is reported beside them. The loop can only gain what it waited for (at most
 1/(1 - data_wait before)), so the script also times the dataset alone: crops drawn per second with and without
-the decode pass, which is the part this change speeds up whatever the model costs.
+the decode pass, which is the part this change speeds up whatever the model costs. On a shared machine wall time
+depends on the other jobs; examples per CPU-second (getrusage of this process and its ended children: the loader
+workers and decoding processes, over the whole run) is the steadier comparison.
 
     python benchmarks/finetune.py            # 24 files, 4 epochs of batch 8
 """
-import argparse, datetime, json, os, platform, shutil, subprocess, tempfile, time
+import argparse, datetime, gc, json, os, platform, resource, shutil, subprocess, tempfile, time
 from pathlib import Path
 import numpy as np, soundfile as sf, torch
 import audioset_nb
@@ -38,13 +40,18 @@ def long_files(root:Path, n:int, seconds=(60, 200), seed=0)->Path:
         wav.unlink()
     return root
 
+def cpu_seconds()->float:
+    "CPU time (user + system) of this process and of its children that have ended (loader workers, decoding processes)."
+    return sum(getattr(resource.getrusage(w), k) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for k in ('ru_utime', 'ru_stime'))
+
 def run(data:Path, ws:Path, epochs:int, batch:int, **kw)->dict:
     cfg = FinetuneConfig(str(data), workspace=str(ws), model_type='Cnn6_mini', clip_seconds=5.0, epochs=epochs, batch_size=batch,
                          front=FrontEnd(8000, 256, 80, 64, 50, 4000), progress=False, valid_fraction=0.15, **kw)
-    t = time.perf_counter(); r = finetune(cfg)[0]; wall = time.perf_counter() - t
+    c, t = cpu_seconds(), time.perf_counter(); r = finetune(cfg)[0]; gc.collect(); wall = time.perf_counter() - t
+    cpu = cpu_seconds() - c  # the whole run: decode pass, training, evaluation, its worker processes
     recs = [s for s in read_statistics(r['checkpoint'].parent/'statistics.jsonl') if 'examples_per_s' in s][1:]
     return dict(examples_per_s=float(np.mean([s['examples_per_s'] for s in recs])), data_wait=float(np.mean([s['data_wait'] for s in recs])),
-                wall_s=wall, epochs=epochs, records=recs)
+                wall_s=wall, cpu_s=cpu, examples=r['iteration']*batch, examples_per_cpu_s=r['iteration']*batch/cpu, epochs=epochs, records=recs)
 
 def loader_only(data:Path, n_old:int=16, n_new:int=2000)->dict:
     "Crops drawn per second by the dataset alone (no model): decoding at every draw against reading decoded samples."
@@ -72,7 +79,8 @@ def main():
         out = dict(device=platform.processor() or platform.machine(), cores=len(os.sched_getaffinity(0)), load_avg=os.getloadavg(),
                    date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), python=platform.python_version(),
                    torch=torch.__version__, audioset_nb=audioset_nb.__version__, files=a.files, batch=a.batch,
-                   before=before, after=after, speedup=after['examples_per_s']/before['examples_per_s'], loader=loader)
+                   before=before, after=after, speedup=after['examples_per_s']/before['examples_per_s'],
+                   cpu_speedup=after['examples_per_cpu_s']/before['examples_per_cpu_s'], loader=loader)
         print(json.dumps({k: v for k, v in out.items() if k not in ('before', 'after')}))
         print('loader', loader)
         for k in ('before', 'after'): print(k, {m: round(v, 3) for m, v in out[k].items() if m != 'records'})

@@ -1,13 +1,20 @@
 """Fine-tuning recipes on a real-looking set: held-out test accuracy (mean ± std over 3 seeds) per recipe, and the baseline.
 
-The set is synthesised here: four event classes (speech-like formant bursts, music notes and chords, animal-like
+Two sets. `--set scenes` (the default): `audioset_nb.finetune.make_scene_set`, four coarse classes (speech, music,
+animal calls, other everyday sounds) with wide variation inside each class (talkers, instruments and registers,
+species, backgrounds at -5..20 dB SNR, a random microphone EQ and channel per recording, levels), 1-30 s, mixed
+formats and rates; the test files come from other seeds and other backgrounds and channels (`TEST_CONDITIONS`).
+Cnn6_mini from scratch on the 8-kHz front end, 3-s crops. Writes results/finetune_recipes_scenes-cpu.json.
+
+`--set old`: the first set, synthesised here: four event classes (speech-like formant bursts, music notes and chords, animal-like
 frequency-swept calls, impulsive knocks) mixed into backgrounds (coloured noise, hum, rain-like crackle) at SNRs from
 -5 to 20 dB, 1-30 s long, written as wav/flac/mp3/ogg at 8-48 kHz, mono and stereo. The test split comes from other
 generator seeds and other backgrounds than training and validation. Each recipe is one `finetune` call (Cnn6_mini from
 scratch, 16-kHz front end); final.pth is scored on the test split, and the log-mel statistics + logistic regression
 baseline on the same split.
 
-    python benchmarks/finetune_recipes.py     # writes benchmarks/results/finetune_recipes-cpu.json (after each recipe)
+    python benchmarks/finetune_recipes.py              # the scenes set (results written after each recipe)
+    python benchmarks/finetune_recipes.py --set old    # the first set: results/finetune_recipes-cpu.json
 """
 import argparse, datetime, json, os, platform, shutil, subprocess, tempfile, time
 from pathlib import Path
@@ -15,7 +22,7 @@ import numpy as np, soundfile as sf, torch
 import audioset_nb
 from audioset_nb.audio import ffmpeg_exe
 from audioset_nb.config import FrontEnd
-from audioset_nb.finetune import FinetuneConfig, finetune, finetune_dir
+from audioset_nb.finetune import FinetuneConfig, finetune, finetune_dir, make_scene_set, TEST_CONDITIONS
 
 CLASSES = ('speech', 'music', 'call', 'knock')
 FORMATS = [('wav', 16000, 1), ('flac', 44100, 2), ('mp3', 22050, 1), ('ogg', 48000, 2), ('wav', 8000, 1), ('mp3', 32000, 2)]
@@ -96,6 +103,13 @@ RECIPES = {'old (constant lr, last epoch)': OLD,
            'warm-up + cosine, best': dict(ema=0.0),
            'warm-up + cosine, best, EMA 0.99': dict(ema=0.99),
            'warm-up + cosine, best, mixup': dict(ema=0.0, mixup=True)}
+NO_AUG = dict(gain_db=0.0, eq_db=0.0, mixup=False, ema=0.0)
+SCENE_RECIPES = {'warm-up + cosine, best (no augmentation)': NO_AUG,
+                 '+ random gain and EQ': {**NO_AUG, 'gain_db': 12.0, 'eq_db': 9.0},
+                 '+ random gain and EQ + mixup': {**NO_AUG, 'gain_db': 12.0, 'eq_db': 9.0, 'mixup': True},
+                 '+ mixup': {**NO_AUG, 'mixup': True}}
+SETS = dict(old=dict(recipes=RECIPES, front=FrontEnd(16000, 512, 160, 64, 50, 8000), out='finetune_recipes-cpu.json'),
+            scenes=dict(recipes=SCENE_RECIPES, front=FrontEnd(8000, 256, 80, 64, 50, 4000), out='finetune_recipes_scenes-cpu.json'))
 
 def summarise(runs:list)->dict:
     return dict(runs=runs, test_mean=float(np.mean([r['test'] for r in runs])), test_std=float(np.std([r['test'] for r in runs])),
@@ -104,8 +118,9 @@ def summarise(runs:list)->dict:
 def write(rows:dict, a, **extra):
     out = dict(device=platform.processor() or platform.machine(), cores=len(os.sched_getaffinity(0)), load_avg=os.getloadavg(),
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), python=platform.python_version(),
-               torch=torch.__version__, audioset_nb=audioset_nb.__version__, per_class=a.per_class, epochs=a.epochs, recipes=rows, **extra)
-    path = Path(a.out or Path(__file__).parent/'results'/'finetune_recipes-cpu.json')
+               torch=torch.__version__, audioset_nb=audioset_nb.__version__, set=a.set, per_class=a.per_class, test_per_class=a.test_per_class,
+               epochs=a.epochs, recipes=rows, **extra)
+    path = Path(a.out or Path(__file__).parent/'results'/SETS[a.set]['out'])
     tmpf = path.with_suffix('.tmp'); tmpf.write_text(json.dumps(out, indent=1) + '\n'); tmpf.replace(path)
 
 def from_log(log:Path, a):
@@ -113,39 +128,53 @@ def from_log(log:Path, a):
     import ast
     rows = {}
     for line in log.read_text().splitlines():
-        name = next((n for n in RECIPES if line.startswith(n + ' {')), None)
+        name = next((n for n in SETS[a.set]['recipes'] if line.startswith(n + ' {')), None)
         if name: rows.setdefault(name, []).append(ast.literal_eval(line[len(name) + 1:]))
     write({k: summarise(v) for k, v in rows.items()}, a, from_log=True,
           note='stopped before every recipe had run: recipes missing here were not measured')
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--per_class', type=int, default=24); p.add_argument('--epochs', type=int, default=10)
-    p.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3]); p.add_argument('--recipes', nargs='+', default=list(RECIPES))
+    p.add_argument('--set', choices=list(SETS), default='scenes')
+    p.add_argument('--per_class', type=int, default=None, help='training files per class (default: 80 scenes, 24 old)')
+    p.add_argument('--test_per_class', type=int, default=None, help='test files per class (default: 30 scenes, half of per_class old)')
+    p.add_argument('--epochs', type=int, default=None, help='default: 12 scenes, 10 old')
+    p.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3]); p.add_argument('--recipes', nargs='+', default=None)
     p.add_argument('--out', default=None)
+    p.add_argument('--data_dir', help='where the set is written (train/, test/), or read from if it is there already')
     p.add_argument('--from_log', help="write the JSON from a log of this script's per-run lines (a run that was stopped early)")
     a = p.parse_args()
+    S, scenes = SETS[a.set], a.set == 'scenes'
+    a.per_class = a.per_class or (80 if scenes else 24); a.test_per_class = a.test_per_class or (30 if scenes else a.per_class//2)
+    a.epochs, a.recipes = a.epochs or (12 if scenes else 10), a.recipes or list(S['recipes'])
     if a.from_log: return from_log(Path(a.from_log), a)
     tmp = Path(tempfile.mkdtemp(prefix='bench_recipes_'))
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     try:
-        train = make_set(tmp/'train', a.per_class, 100, ('brown', 'pink', 'hum'))
-        test = make_set(tmp/'test', a.per_class//2, 200, ('white', 'crackle', 'pink'))
+        t, base = time.perf_counter(), Path(a.data_dir) if a.data_dir else tmp
+        if (base/'train').is_dir() and (base/'test').is_dir(): train, test = base/'train', base/'test'
+        elif scenes:
+            train = make_scene_set(base/'train', a.per_class, seed=100)
+            test = make_scene_set(base/'test', a.test_per_class, seed=200, conditions=TEST_CONDITIONS)
+        else:
+            train = make_set(base/'train', a.per_class, 100, ('brown', 'pink', 'hum'))
+            test = make_set(base/'test', a.test_per_class, 200, ('white', 'crackle', 'pink'))
+        print(f'set written in {time.perf_counter() - t:.0f} s', flush=True)
         rows, decoded = {}, None
         for name in a.recipes:
             runs = []
             for seed in a.seeds:
                 t = time.perf_counter()
                 cfg = FinetuneConfig(str(train), workspace=str(tmp/f'ws_{len(rows)}_{seed}'), model_type='Cnn6_mini', clip_seconds=3.0,
-                                     front=FrontEnd(16000, 512, 160, 64, 50, 8000), epochs=a.epochs, batch_size=16, seed=seed,
-                                     test_data=str(test), progress=False, max_memory_mb=0, **RECIPES[name])
+                                     front=S['front'], epochs=a.epochs, batch_size=16, seed=seed,
+                                     test_data=str(test), progress=False, max_memory_mb=0, **S['recipes'][name])
                 if decoded:  # the files the first run decoded, reused
                     finetune_dir(cfg).mkdir(parents=True)
                     for f in decoded.glob('*decoded_*.h5'): shutil.copy(f, finetune_dir(cfg)/f.name)
                 r = finetune(cfg)[0]
                 decoded = decoded or finetune_dir(cfg)
                 runs.append(dict(seed=seed, valid=r['scores'].accuracy, test=r['test'].accuracy, baseline_test=r['baseline_test'].accuracy,
-                                 best_iteration=r['best_iteration'], seconds=time.perf_counter() - t))
+                                 baseline_valid=r['baseline'].accuracy, best_iteration=r['best_iteration'], seconds=time.perf_counter() - t))
                 print(name, runs[-1], flush=True)
             rows[name] = summarise(runs)
             write(rows, a)  # after each recipe: an interrupted run keeps what it measured

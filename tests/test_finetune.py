@@ -246,10 +246,11 @@ def test_benchmarks_run_tiny(tmp_path):
     res = json.loads(out.read_text())
     assert res['torch'] and res['date'] and res['device']
     assert res['after']['data_wait'] <= 1 and res['before']['examples_per_s'] > 0 and res['loader']['new_crops_per_s'] > 0
+    assert res['before']['examples_per_cpu_s'] > 0 and res['cpu_speedup'] > 0
     out = tmp_path/'rc.json'
-    r = subprocess.run([sys.executable, 'benchmarks/finetune_recipes.py', '--per_class', '4', '--epochs', '1', '--seeds', '1',
-                        '--recipes', 'old (constant lr, last epoch)', '--out', str(out)], cwd=root, env=cli_env(), capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run([sys.executable, 'benchmarks/finetune_recipes.py', '--per_class', '3', '--test_per_class', '2', '--epochs', '1',
+                        '--seeds', '1', '--recipes', '+ random gain and EQ', '--out', str(out)], cwd=root, env=cli_env(),
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     (row,) = json.loads(out.read_text())['recipes'].values()
     assert len(row['runs']) == 1 and 0 <= row['test_mean'] <= 1 and 0 <= row['baseline_test'] <= 1
@@ -269,3 +270,33 @@ def test_a_second_finetuning_into_the_same_run_folder_refuses(tmp, folder):
     assert p.returncode != 0
     one_sentence(p.stderr, str(run), f'pid {holder.pid}')
     assert not list(run.rglob('*.pth'))  # nothing written beside the other run's files
+
+def test_bad_file_without_decode_once_is_left_out(tmp, folder):
+    "--no_decode_once with a loader worker: a broken file is named in one warning and left out, as with decode once."
+    bad = tmp/'bad_no_decode'; shutil.copytree(folder, bad)
+    (bad/'hiss'/'broken.wav').write_bytes(b'RIFF not really audio')
+    p = cli('audioset_finetune', '--data', bad, '--workspace', tmp/'ws_bad_no_decode', '--model_type', MODEL,
+            *[a for k, v in FRONT.items() for a in (f'--{k}', v)], '--clip_seconds', 1, '--epochs', 1, '--batch_size', 12,
+            '--num_workers', 1, '--no_decode_once', '--no_baseline', '--no_progress', timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert 'Traceback' not in p.stderr
+    warned = [l for l in p.stderr.splitlines() if 'broken.wav' in l]
+    assert len(warned) == 1 and 'left out' in warned[0], p.stderr
+    assert 0 <= json.loads(p.stdout.splitlines()[-1])['accuracy'] <= 1
+
+def test_resume_with_ema_continues_exactly(tmp, folder, monkeypatch):
+    "A run with --ema stopped after its first epoch and rerun ends with the same weights as one never stopped."
+    c = lambda ws: cfg(folder, tmp/ws, epochs=2, batch_size=12, ema=0.9, keep='last', num_workers=0, baseline=False)
+    whole = load_checkpoint(finetune(c('ws_ema_whole'))[0]['checkpoint'])['model']
+    import audioset_nb.train as train
+    original = train.Run.save
+    def save_then_die(self, it, *a, **kw):  # `fit` saves at iteration 0 too: die after the first epoch's save
+        original(self, it, *a, **kw)
+        if it > 0: raise KeyboardInterrupt('killed after the first epoch')
+    monkeypatch.setattr(train.Run, 'save', save_then_die)
+    with pytest.raises(KeyboardInterrupt): finetune(c('ws_ema_resumed'))
+    monkeypatch.setattr(train.Run, 'save', original)
+    assert load_checkpoint(tmp/'ws_ema_resumed'/'finetune'/folder.name/MODEL/'holdout'/'latest.pth')['iteration'] > 0
+    resumed = load_checkpoint(finetune(c('ws_ema_resumed'))[0]['checkpoint'])['model']
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole), [k for k in whole if not torch.equal(whole[k], resumed[k])][:3]
