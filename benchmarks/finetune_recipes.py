@@ -1,6 +1,6 @@
 """Fine-tuning recipes on a real-looking set: held-out test accuracy (mean ± std over 3 seeds) per recipe, and the baseline.
 
-Two sets. `--set scenes` (the default): `audioset_nb.finetune.make_scene_set`, four coarse classes (speech, music,
+Two sets. `--set scenes` (the default): `audioset_nb.scenes.make_scene_set`, four coarse classes (speech, music,
 animal calls, other everyday sounds) with wide variation inside each class (talkers, instruments and registers,
 species, backgrounds at -5..20 dB SNR, a random microphone EQ and channel per recording, levels), 1-30 s, mixed
 formats and rates; the test files come from other seeds and other backgrounds and channels (`TEST_CONDITIONS`).
@@ -22,7 +22,8 @@ import numpy as np, soundfile as sf, torch
 import audioset_nb
 from audioset_nb.audio import ffmpeg_exe
 from audioset_nb.config import FrontEnd
-from audioset_nb.finetune import FinetuneConfig, finetune, finetune_dir, make_scene_set, TEST_CONDITIONS
+from audioset_nb.finetune import FinetuneConfig, finetune, finetune_dir
+from audioset_nb.scenes import make_scene_set, TEST_CONDITIONS
 
 CLASSES = ('speech', 'music', 'call', 'knock')
 FORMATS = [('wav', 16000, 1), ('flac', 44100, 2), ('mp3', 22050, 1), ('ogg', 48000, 2), ('wav', 8000, 1), ('mp3', 32000, 2)]
