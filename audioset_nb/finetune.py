@@ -802,13 +802,14 @@ def write_mini_csv(root:str|Path, # folder for the clips and `mini.csv`
     "Write `n` clips of one or two mini AudioSet classes (`synth_clip`) and their multi-label `mini.csv`; return its path."
     from audioset_nb.audio import write_wav
     from audioset_nb.mini import synth_clip, MINI_CLASSES
-    root, rng, rows = Path(root), np.random.default_rng(seed), []
+    import io
+    root, rng, rows = Path(root), np.random.default_rng(seed), io.StringIO()
     for i in range(n):
         names = rng.choice(MINI_CLASSES, rng.integers(1, 3), replace=False).tolist()
         x, _ = synth_clip([seed, i], [(c, 0.0, seconds, -12.0) for c in names], sr=sr, seconds=seconds)
         write_wav(root/f'{i:03d}.wav', x, sr)
-        rows.append(f'{i:03d}.wav,{";".join(names)}\n')
-    (root/'mini.csv').write_text(''.join(rows))
+        csv.writer(rows, lineterminator='\n').writerow([f'{i:03d}.wav', ';'.join(names)])  # quoted: class names hold commas
+    (root/'mini.csv').write_text(rows.getvalue())
     return root/'mini.csv'
 
 # %% ../nbs/70_finetune.ipynb #9692f1a6
