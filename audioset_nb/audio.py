@@ -108,7 +108,9 @@ def _ffmpeg_blocks(path, offset, duration, block_frames):
         try:
             try: sr, ch = _wav_format(p.stdout)
             except EOFError:
-                p.wait(); err.seek(0); msg = err.read().decode(errors='replace').strip().splitlines()
+                p.wait()
+                err.seek(0)
+                msg = err.read().decode(errors='replace').strip().splitlines()
                 raise AudioError(f'{path} could not be decoded as audio ({msg[-1] if msg else "no audio stream"}); '
                                  'check that it is a sound or video file.') from None
             skip, left = int(round(offset*sr)), None if duration is None else int(round(duration*sr))
@@ -138,17 +140,23 @@ def stream_audio(path:Path, # any file ffmpeg can decode
                 )->Iterator[np.ndarray]:
     "Yield consecutive float32 blocks of `path`, (n,) if `mono` else (channels, n), at `sr`."
     path = _check_file(path)
-    try: sf.info(str(path)); blocks = _sf_blocks
+    try:
+        sf.info(str(path))
+        blocks = _sf_blocks
     except (sf.LibsndfileError, RuntimeError, TypeError): blocks = _ffmpeg_blocks
     rs, n = None, 0
     for sr_in, b in blocks(path, offset, duration, max(1, int(block_seconds*48000))):
         if mono: b = b.mean(1, keepdims=True)
         if rs is None and sr_in != sr: rs, nch = soxr.ResampleStream(sr_in, sr, b.shape[1], dtype='float32', quality='HQ'), b.shape[1]
         if rs is not None: b = rs.resample_chunk(np.ascontiguousarray(b))
-        if len(b): n += len(b); yield (b[:, 0] if mono else b.T).copy()
+        if len(b):
+            n += len(b)
+            yield (b[:, 0] if mono else b.T).copy()
     if rs is not None:
         b = rs.resample_chunk(np.zeros((0, nch), np.float32), last=True)
-        if len(b): n += len(b); yield (b[:, 0] if mono else b.T).copy()
+        if len(b):
+            n += len(b)
+            yield (b[:, 0] if mono else b.T).copy()
     if not n: raise AudioError(f'{path} holds no audio samples; re-download or remove it.')
 
 # %% ../nbs/01_audio.ipynb #2b48bd98
@@ -167,10 +175,13 @@ import contextlib
 @contextlib.contextmanager
 def audio_source(src): # a path, a whole audio file's bytes, or a binary file object
     "A path `load_audio` can open: a path as it is; bytes or a file object spilled to a temporary file."
-    if isinstance(src, (str, Path)): yield Path(src); return
+    if isinstance(src, (str, Path)):
+        yield Path(src)
+        return
     data = src if isinstance(src, (bytes, bytearray, memoryview)) else src.read()
     with tempfile.NamedTemporaryFile(prefix='.audioset_nb.', suffix='.audio') as f:
-        f.write(data); f.flush()
+        f.write(data)
+        f.flush()
         yield Path(f.name)
 
 # %% ../nbs/01_audio.ipynb #7baa3a3c
@@ -203,7 +214,8 @@ def sliding_windows(blocks, # consecutive mono blocks
 # %% ../nbs/01_audio.ipynb #14c2d7e8
 def write_wav(path:Path, x:np.ndarray, sr:int=SAMPLE_RATE):
     "Write float audio `x` ((n,) or (channels, n)) to `path` as 16-bit PCM WAV, atomically."
-    buf = io.BytesIO(); sf.write(buf, np.asarray(x).T, sr, subtype='PCM_16', format='WAV')
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(x).T, sr, subtype='PCM_16', format='WAV')
     with atomic_open(path, 'wb') as f: f.write(buf.getvalue())  # a full disk is an OSError here, not libsndfile's "System error"
 
 # %% ../nbs/01_audio.ipynb #309b33c2
@@ -217,7 +229,8 @@ STORES = {  # store: (HDF5 dataset of the rows, soundfile format, subtype, encod
 def encode_row(x:np.ndarray, sr:int, store:str)->np.ndarray:
     "An int16 row as the bytes (uint8) of compressed store `store`."
     _, fmt, subtype, kw = STORES[store]
-    buf = io.BytesIO(); sf.write(buf, x, sr, format=fmt, subtype=subtype, **kw)
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format=fmt, subtype=subtype, **kw)
     return np.frombuffer(buf.getvalue(), dtype=np.uint8)
 
 def decode_row(b:np.ndarray, store:str, n:int=None)->np.ndarray:

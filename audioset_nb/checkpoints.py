@@ -30,7 +30,9 @@ def _numpy_globals():
 def _starts_as_pickle(path)->bool:
     "Whether the file's first pickle opcode is a real one (junk bytes are not a pickle at all)."
     with open(path, 'rb') as f:
-        try: next(pickletools.genops(f)); return True
+        try:
+            next(pickletools.genops(f))
+            return True
         except (ValueError, StopIteration): return False
 
 # %% ../nbs/40_checkpoints.ipynb #3c000496

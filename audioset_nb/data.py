@@ -116,7 +116,8 @@ class AudioSetDataset(Dataset):
                           'rebuild the index from that file (`write_index`) or re-pack it.')
     def _check_rows(self):
         "Refuse at once an index whose rows point past the end of their waveform files, not when such a row is drawn."
-        last = np.full(len(self.files), -1, np.int64); np.maximum.at(last, self.file_of, self.row)
+        last = np.full(len(self.files), -1, np.int64)
+        np.maximum.at(last, self.file_of, self.row)
         for f, i in zip(self.files, last):
             if i >= (n := len(_Store(f))): raise self._past_end(f, int(i), n)
     def __len__(self): return len(self.row)
@@ -180,7 +181,8 @@ class TrainSampler:
                              f'not of this {type(self).__name__} with seed {self.seed}.')
         for k in self._counters: setattr(self, k, list(state[k]) if isinstance(state[k], list) else state[k])
         self.batches = state['batches']
-        self._history.clear(); self._history.append((self.batches, self._state()))
+        self._history.clear()
+        self._history.append((self.batches, self._state()))
 
 # %% ../nbs/30_data.ipynb #4c69c285
 class RandomSampler(TrainSampler):
@@ -312,7 +314,9 @@ class Mixup:
         lam = self.rng.beta(self.alpha, self.alpha, batch_size//2)
         return np.stack([lam, 1 - lam], 1).reshape(-1).astype(np.float32)
     def state_dict(self)->dict: return dict(alpha=self.alpha, rng=self.rng.bit_generator.state)
-    def load_state_dict(self, state:dict): self.alpha = state['alpha']; self.rng.bit_generator.state = state['rng']
+    def load_state_dict(self, state:dict):
+        self.alpha = state['alpha']
+        self.rng.bit_generator.state = state['rng']
 
 # %% ../nbs/30_data.ipynb #b479c52c
 def collate(items:list)->dict:

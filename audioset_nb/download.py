@@ -34,7 +34,8 @@ _PATTERNS = [  # (status, worth retrying, pattern), first match wins
 class ClipError(Exception):
     "Why one clip could not be downloaded: a status from `STATUSES`, a message, and whether to try again."
     def __init__(self, status:str, message:str, retry:bool=False):
-        super().__init__(message); self.status, self.retry = status, retry
+        super().__init__(message)
+        self.status, self.retry = status, retry
 
 def classify(message:str, ytid:str='')->ClipError:
     "The `ClipError` that a yt-dlp or ffmpeg error message stands for."
@@ -150,11 +151,14 @@ def _problem_rows(problems):
 
 def append_log(path:Path, rows:list):
     "Append `rows` to the CSV log at `path` (header written once), flushed to disk."
-    path = Path(path); new = not path.exists() or path.stat().st_size == 0
+    path = Path(path)
+    new = not path.exists() or path.stat().st_size == 0
     with open(path, 'a', newline='', encoding='utf-8') as f:
         w = csv.DictWriter(f, LOG_FIELDS)
         if new: w.writeheader()
-        w.writerows(rows); f.flush(); os.fsync(f.fileno())
+        w.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
 
 def read_log(path:Path)->list:
     "Rows of a download log, the latest one per clip (rows without a valid id kept as they are)."
@@ -178,7 +182,9 @@ def _dedupe(segs):
     seen, keep, dups = set(), [], []
     for s in segs:
         if s.ytid in seen: dups.append(_row(s, 'other', 'repeated id: the first row of it is downloaded'))
-        else: seen.add(s.ytid); keep.append(s)
+        else:
+            seen.add(s.ytid)
+            keep.append(s)
     return keep, dups
 
 # %% ../nbs/10_download.ipynb #78bc5066
@@ -191,7 +197,8 @@ def _clean_temps(audios_dir, segs):
 # %% ../nbs/10_download.ipynb #3dfc60e0
 def _as_completed(fn, items, workers):
     "`fn(item)` for every item on `workers` threads, yielded as they finish; at most `4*workers` queued at once."
-    it = iter(items); pool = concurrent.futures.ThreadPoolExecutor(workers)
+    it = iter(items)
+    pool = concurrent.futures.ThreadPoolExecutor(workers)
     try:
         pending = {pool.submit(fn, x) for x in itertools.islice(it, 4*workers)}
         while pending:
@@ -229,14 +236,18 @@ def download_clips(segs:list,                      # `Segments` (their `.problem
 def _download_locked(segs, audios_dir, log_path, workers, progress, skip_unavailable, **kwargs):
     "`download_clips`, once it holds the log's lock: one run writes a log (and the clips of its part)."
     todo, rows = _dedupe(segs)
-    if skip_unavailable: skipped, todo = _known_gone(log_path, todo); rows += skipped
+    if skip_unavailable:
+        skipped, todo = _known_gone(log_path, todo)
+        rows += skipped
     rows = _problem_rows(getattr(segs, 'problems', ())) + rows
     if rows: append_log(log_path, rows)
     _clean_temps(audios_dir, todo)
     with tqdm(total=len(todo), desc='clips', unit='clip', disable=not progress) as bar:
         for row in _as_completed(lambda s: download_clip(s, audios_dir, **kwargs), todo, max(1, workers)):
-            rows.append(row); append_log(log_path, [row])
-            bar.update(); bar.set_postfix(summarize(rows), refresh=False)
+            rows.append(row)
+            append_log(log_path, [row])
+            bar.update()
+            bar.set_postfix(summarize(rows), refresh=False)
     return rows
 
 # %% ../nbs/10_download.ipynb #0f160532

@@ -41,7 +41,8 @@ def export_onnx(model:nn.Module, # a zoo model (plain or prepared by `for_infere
         labels = load_labels().names
     x, fast, training = _example_input(model), getattr(model, 'fast_stft', None), model.training
     try:
-        model.eval(); model.fast_stft = False  # the conv-STFT: plain Conv1d, no FFT operator
+        model.eval()
+        model.fast_stft = False  # the conv-STFT: plain Conv1d, no FFT operator
         with torch.enable_grad(), warnings.catch_warnings():  # gradients on: fused blocks trace their plain forward
             warnings.simplefilter('ignore')
             names = list(model(x))
@@ -50,7 +51,9 @@ def export_onnx(model:nn.Module, # a zoo model (plain or prepared by `for_infere
             buf = io.BytesIO()
             torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, input_names=['waveform'],
                               output_names=names, dynamic_axes=axes, do_constant_folding=True)
-    finally: model.fast_stft = fast; model.train(training)
+    finally:
+        model.fast_stft = fast
+        model.train(training)
     proto = onnx.load_from_string(buf.getvalue())
     onnx.helper.set_model_props(proto, onnx_metadata(labels, model_type, model.front))
     with atomic_path(path, suffix='.onnx') as tmp: onnx.save(proto, str(tmp))
@@ -61,7 +64,9 @@ def calibrated(model:nn.Module, # a zoo model
                x:torch.Tensor)->nn.Module: # (B, samples) audio whose statistics the BatchNorms take
     "`model` with each BatchNorm's running statistics computed from `x` (in place), in eval mode."
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in bns: m.reset_running_stats(); m.momentum = None  # cumulative: one pass gives the batch statistics
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative: one pass gives the batch statistics
     with torch.no_grad(): model.train()(x)
     for m in bns: m.momentum = 0.1
     return model.eval()

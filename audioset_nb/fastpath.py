@@ -26,20 +26,24 @@ def winograd_conv3x3(x:torch.Tensor, # (B, H, W, C) channels-last input
                      shift:torch.Tensor, # (out,) added to the result
                      relu:bool=True):
     "3×3 convolution, stride 1, padding 1, by Winograd F(2×2, 3×3): (B, H, W, out)."
-    b, h, w, c = x.shape; k, th, tw = u.shape[2], (h+1)//2, (w+1)//2
+    b, h, w, c = x.shape
+    k, th, tw = u.shape[2], (h+1)//2, (w+1)//2
     xp = F.pad(x, (0, 0, 1, 2*tw+1-w, 1, 2*th+1-h))                # (B, 2th+2, 2tw+2, C): tiles overlap by 2
     r = [xp[:, i:i+2*th:2] for i in range(4)]                       # row i of every tile
     rows = (r[0]-r[2], r[1]+r[2], r[2]-r[1], r[1]-r[3])             # Bᵀ·d
     v = x.new_empty(16, b, th, tw, c)
     for a, t in enumerate(rows):                                    # (Bᵀ·d)·B
         col = [t[:, :, j:j+2*tw:2] for j in range(4)]
-        torch.sub(col[0], col[2], out=v[4*a]); torch.add(col[1], col[2], out=v[4*a+1])
-        torch.sub(col[2], col[1], out=v[4*a+2]); torch.sub(col[1], col[3], out=v[4*a+3])
+        torch.sub(col[0], col[2], out=v[4*a])
+        torch.add(col[1], col[2], out=v[4*a+1])
+        torch.sub(col[2], col[1], out=v[4*a+2])
+        torch.sub(col[1], col[3], out=v[4*a+3])
     m = torch.bmm(v.view(16, -1, c), u).view(4, 4, b, th, tw, k)    # 16 matrix products
     s = (m[0]+m[1]+m[2], m[1]-m[2]-m[3])                             # Aᵀ·m
     y = x.new_empty(b, th, 2, tw, 2, k)
     for a in range(2):                                              # (Aᵀ·m)·A, written into the 2×2 output tiles
-        torch.add(s[a][0]+s[a][1], s[a][2], out=y[:, :, a, :, 0]); torch.sub(s[a][1]-s[a][2], s[a][3], out=y[:, :, a, :, 1])
+        torch.add(s[a][0]+s[a][1], s[a][2], out=y[:, :, a, :, 0])
+        torch.sub(s[a][1]-s[a][2], s[a][3], out=y[:, :, a, :, 1])
     y = y.view(b, 2*th, 2*tw, k)[:, :h, :w] + shift
     return y.relu_() if relu else y
 
@@ -49,7 +53,9 @@ def im2col_conv(x:torch.Tensor, # (B, H, W, C) channels-last input
                 shift:torch.Tensor, # (out,) added to the result
                 relu:bool=True):
     "n×n convolution, stride 1, 'same' padding, as one matrix product over the n² shifted inputs: (B, H, W, out)."
-    b, h, w, c = x.shape; k, n = weight.shape[0], weight.shape[-1]; p = n//2
+    b, h, w, c = x.shape
+    k, n = weight.shape[0], weight.shape[-1]
+    p = n//2
     xp = F.pad(x, (0, 0, p, p, p, p))
     shifted = [xp[:, i:i+h, j:j+w] for i in range(n) for j in range(n)]
     if weight.is_contiguous():   # weight laid out (out, C, n, n): columns ordered channel, then offset
@@ -112,8 +118,12 @@ class FusedConvBlock(nn.Module):
         return self.prepared[i, algorithm]
 
     # Whatever may change the weights drops the prepared ones.
-    def _load_from_state_dict(self, *args, **kwargs): self.refresh(); super()._load_from_state_dict(*args, **kwargs)
-    def _apply(self, fn, *args, **kwargs): self.refresh(); return super()._apply(fn, *args, **kwargs)
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.refresh()
+        super()._load_from_state_dict(*args, **kwargs)
+    def _apply(self, fn, *args, **kwargs):
+        self.refresh()
+        return super()._apply(fn, *args, **kwargs)
     def train(self, mode:bool=True):
         if mode: self.refresh()
         return super().train(mode)
@@ -122,7 +132,8 @@ class FusedConvBlock(nn.Module):
         if not _fast_path_applies(self, x): return self.plain.forward(self, x, pool_size, pool_type)
         x = x.permute(0, 2, 3, 1).contiguous()                          # NHWC; free if `x` is channels-last already
         for i in self.convs:
-            conv = getattr(self, f'conv{i}'); n = conv.kernel_size[0]
+            conv = getattr(self, f'conv{i}')
+            n = conv.kernel_size[0]
             alg = conv_algorithm(conv.in_channels, conv.out_channels, x.shape[0]*x.shape[1]*x.shape[2], n)
             w = self.weights(i, alg)
             if alg == 'winograd': x = winograd_conv3x3(x, *w)
@@ -134,7 +145,9 @@ class FusedConvBlock(nn.Module):
 # %% ../nbs/42_fastpath.ipynb #dc210104
 def _fuse_blocks(m:nn.Module) -> nn.Module:
     "`m` with every `ConvBlock`/`ConvBlock5x5` in it replaced by its `FusedConvBlock`; fused ones are refreshed."
-    if isinstance(m, FusedConvBlock): m.refresh(); return m
+    if isinstance(m, FusedConvBlock):
+        m.refresh()
+        return m
     if isinstance(m, (ConvBlock, ConvBlock5x5)): return FusedConvBlock(m)
     for name, child in m.named_children():
         if (fused := _fuse_blocks(child)) is not child: setattr(m, name, fused)

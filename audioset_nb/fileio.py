@@ -13,22 +13,26 @@ __all__ = ['atomic_path', 'atomic_open', 'atomic_write', 'OutputBusy', 'output_l
 
 # %% ../nbs/00_fileio.ipynb #fc41948e
 def _umask()->int:
-    m = os.umask(0); os.umask(m)
+    m = os.umask(0)
+    os.umask(m)
     return m
 
 @contextlib.contextmanager
 def atomic_path(path:str|Path, # the file to write
                 suffix:str='.tmp'): # of the temporary name, for tools that pick a format by it (ffmpeg, savefig)
     "A unique temporary path beside `path`, moved onto `path` if the block succeeds and removed if it fails."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=suffix, dir=path.parent)
-    os.close(fd); tmp = Path(tmp)
+    os.close(fd)
+    tmp = Path(tmp)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True); raise
+        tmp.unlink(missing_ok=True)
+        raise
 
 # %% ../nbs/00_fileio.ipynb #62148613
 @contextlib.contextmanager
@@ -37,7 +41,8 @@ def atomic_open(path:str|Path, mode:str='w', **kwargs):
     with atomic_path(path) as tmp:
         with open(tmp, mode, **kwargs) as f:
             yield f
-            f.flush(); os.fsync(f.fileno())
+            f.flush()
+            os.fsync(f.fileno())
 
 def atomic_write(path:str|Path, data:str|bytes)->Path:
     "Write `data` (text or bytes) to `path` atomically; returns `path`."
@@ -59,9 +64,14 @@ os.register_at_fork(after_in_child=_forget_held)
 def output_lock(path:str|Path, # the output file, or folder, this process is about to write
                 what:str='output'): # what it is, for the message ("packed file", "training run")
     "Hold an exclusive OS lock on `path` for the block; raise `OutputBusy` if another process holds it."
-    path = Path(path); lock = path.with_name(f'.{path.name}.lock').absolute()
-    if lock in _HELD: yield path; return  # already ours: re-entered
-    try: lock.parent.mkdir(parents=True, exist_ok=True); fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    path = Path(path)
+    lock = path.with_name(f'.{path.name}.lock').absolute()
+    if lock in _HELD:
+        yield path
+        return  # already ours: re-entered
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e: raise cannot_write(path, e) from None
     try:
         try: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -71,7 +81,9 @@ def output_lock(path:str|Path, # the output file, or folder, this process is abo
             raise OutputBusy(f'The {what} {path} is being written by another process (pid {pid}); wait for it to '
                              f'finish, or stop it, or choose another output.') from None
         _HELD[lock] = fd
-        with contextlib.suppress(OSError): os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)  # for the message only: a full disk may refuse it
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)  # for the message only: a full disk may refuse it
         try: yield path
         finally: del _HELD[lock]
     finally: os.close(fd)
@@ -95,7 +107,8 @@ def cannot_write(path:str|Path, e:OSError)->CannotWrite:
 # %% ../nbs/00_fileio.ipynb #1dd3b87e
 def remove_stale_temps(path:str|Path)->list:
     "Remove the temporary files that killed `atomic_path` blocks left for `path`; the paths removed."
-    path = Path(path); gone = sorted(path.parent.glob(f'.{glob.escape(path.name)}.*.tmp'))
+    path = Path(path)
+    gone = sorted(path.parent.glob(f'.{glob.escape(path.name)}.*.tmp'))
     for p in gone: p.unlink(missing_ok=True)
     return gone
 
@@ -147,6 +160,8 @@ def fetch(url:str, # where the file is
     else: raise ConnectionError(f'The download of {url} kept breaking off; run again to resume from {part}.')
     if check:
         try: check(part)
-        except ValueError: part.unlink(); raise
+        except ValueError:
+            part.unlink()
+            raise
     os.replace(part, dest)
     return dest

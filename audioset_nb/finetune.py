@@ -115,19 +115,22 @@ def read_dataset(data:str|Path, audios_dir:str|Path=None)->Clips:
 # %% ../nbs/70_finetune.ipynb #a37dffaf
 def _drone(rng, n, sr):
     "A low harmonic drone with a slow tremolo."
-    t = np.arange(n)/sr; f = rng.uniform(80, 160)
+    t = np.arange(n)/sr
+    f = rng.uniform(80, 160)
     return sum(np.sin(2*np.pi*k*f*t)/k for k in range(1, 6))*(1 + 0.5*np.sin(2*np.pi*rng.uniform(2, 5)*t))
 
 def _knock(rng, n, sr):
     "Irregular knocks: short low resonances at random times."
-    x = np.zeros(n); t = np.arange(int(0.08*sr))/sr
+    x = np.zeros(n)
+    t = np.arange(int(0.08*sr))/sr
     for s in rng.integers(0, max(1, n - len(t)), rng.integers(3, 8)):
         x[s:s+len(t)] += np.sin(2*np.pi*rng.uniform(150, 400)*t)*np.exp(-t*rng.uniform(40, 80))
     return x
 
 def _trill(rng, n, sr):
     "A bird-like trill: a high tone whose pitch jumps between two notes 8–15 times a second."
-    t = np.arange(n)/sr; f = rng.uniform(2500, 5000)
+    t = np.arange(n)/sr
+    f = rng.uniform(2500, 5000)
     f_t = f*np.where(np.sin(2*np.pi*rng.uniform(8, 15)*t) > 0, 1.0, rng.uniform(1.15, 1.3))
     return np.sin(2*np.pi*np.cumsum(f_t)/sr)
 
@@ -207,7 +210,10 @@ def _spill(path:Path, parts:list, key:str)->h5py.File:
     return f
 
 def _append_samples(f, x):
-    d = f['samples']; n = len(d); d.resize(n + len(x), axis=0); d[n:] = x
+    d = f['samples']
+    n = len(d)
+    d.resize(n + len(x), axis=0)
+    d[n:] = x
 
 def _reuse(cache:Path, key:str):
     "(starts, ends, rows) of a decoded file made from the same files, or None."
@@ -232,10 +238,15 @@ def decode_clips(clips:Clips, sample_rate:int,
         if x is None: continue
         rows.append(i)
         if not keep: continue
-        starts.append(n); n += len(x); ends.append(n)
+        starts.append(n)
+        n += len(x)
+        ends.append(n)
         if f is not None: _append_samples(f, x)
         else: parts.append(x)
-        if f is None and 2*n > max_mb*2**20: cache.parent.mkdir(parents=True, exist_ok=True); f = _spill(tmp, parts, key); parts = []
+        if f is None and 2*n > max_mb*2**20:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            f = _spill(tmp, parts, key)
+            parts = []
     if not keep: return None, np.array(rows, int)
     if f is None: return Decoded(np.concatenate(parts or [np.zeros(0, np.int16)]), starts, ends, sample_rate), np.array(rows, int)
     with f: f['starts'], f['ends'], f['rows'] = starts, ends, rows
@@ -261,7 +272,8 @@ def random_crop(x:np.ndarray, n:int, gen:torch.Generator=None)->np.ndarray:
 
 def _place(x, n, o):
     if len(x) == n: return x
-    out = np.zeros(n, x.dtype); out[o:o+len(x)] = x
+    out = np.zeros(n, x.dtype)
+    out[o:o+len(x)] = x
     return out
 
 def clip_windows(x:np.ndarray, n:int)->np.ndarray:
@@ -337,7 +349,8 @@ def load_body(model:Transfer, checkpoint:str|Path|dict, # a path, or a checkpoin
 def scale_specaug(model:nn.Module, # a zoo model (or `Transfer`) with a `spec_augmenter`
                   clip_samples:int)->nn.Module:
     "Size SpecAugment's stripes for `clip_samples`-sample crops as the reference sizes them for 10-s clips at 64 mel bins."
-    base = getattr(model, 'base', model); aug = getattr(base, 'spec_augmenter', None)
+    base = getattr(model, 'base', model)
+    aug = getattr(base, 'spec_augmenter', None)
     if aug is None: return model
     c = base.config
     aug.time_dropper.drop_width = max(1, round(64*(clip_samples//c['hop_size'] + 1)/1001))
@@ -350,10 +363,12 @@ def random_gain_eq(x:torch.Tensor, # (batch, samples) waveforms
     "Each row of `x` at a random level (± `gain_db`) through a random smooth EQ (± `eq_db` at points an octave apart)."
     b, n = x.shape
     if eq_db:
-        X = torch.fft.rfft(x.float()); k = X.shape[1]
+        X = torch.fft.rfft(x.float())
+        k = X.shape[1]
         oct_ = (torch.log2(torch.arange(k).clamp(min=1)/(k - 1)) + octaves).clamp(0, octaves)  # 0 .. octaves (Nyquist)
         pts = (torch.rand(b, octaves + 1, generator=gen)*2 - 1)*eq_db
-        lo = oct_.floor().long().clamp(max=octaves - 1); w = oct_ - lo
+        lo = oct_.floor().long().clamp(max=octaves - 1)
+        w = oct_ - lo
         x = torch.fft.irfft(X*10**((pts[:, lo]*(1 - w) + pts[:, lo + 1]*w)/20), n).to(x.dtype)
     return x*10**((torch.rand(b, 1, generator=gen)*2 - 1)*gain_db/20).to(x.dtype) if gain_db else x
 
@@ -405,7 +420,8 @@ def plot_confusion(s:ClassScores, ax=None):
     c = s.confusion
     ax.imshow(c, cmap='Blues')
     for (i, j), v in np.ndenumerate(c): ax.text(j, i, v, ha='center', va='center', color='white' if v > c.max()/2 else 'black')
-    ax.set_xticks(range(len(s.labels)), s.labels, rotation=45, ha='right'); ax.set_yticks(range(len(s.labels)), s.labels)
+    ax.set_xticks(range(len(s.labels)), s.labels, rotation=45, ha='right')
+    ax.set_yticks(range(len(s.labels)), s.labels)
     ax.set(xlabel='predicted', ylabel='true', title=f'accuracy {s.accuracy:.3f}, macro-F1 {s.macro_f1:.3f}')
     return ax
 
@@ -420,13 +436,16 @@ def predict_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:in
                   device:torch.device=torch.device('cpu'), amp:bool=True,
                   audio:Decoded=None)->np.ndarray: # `clips` decoded once (None: decode each file here)
     "(clips, classes) scores: the mean of `model`'s clipwise outputs over each file's windows."
-    was = model.training; model.eval()
+    was = model.training
+    model.eval()
     total, count, batch = None, np.zeros(len(clips)), []
     def run():
         nonlocal total
         with autocast(device, amp): out = model(torch.from_numpy(np.stack([w for _, w in batch])).to(device))['clipwise_output'].float().cpu().numpy()
         if total is None: total = np.zeros((len(clips), out.shape[1]))
-        for (i, _), o in zip(batch, out): total[i] += o; count[i] += 1
+        for (i, _), o in zip(batch, out):
+            total[i] += o
+            count[i] += 1
         batch.clear()
     # windows stream through the model a batch at a time: memory holds one batch, not every window of every file
     for i, w in _windows_of(clips, sample_rate, clip_samples, audio):
@@ -467,11 +486,13 @@ class EMA:
         self.avg = {k: v.detach().clone() for k, v in model.state_dict().items()}
     def hook(self, opt:torch.optim.Optimizer)->EMA:
         "Update after each of `opt`'s steps."
-        opt.register_step_post_hook(lambda *_: self.update()); return self
+        opt.register_step_post_hook(lambda *_: self.update())
+        return self
     @torch.no_grad()
     def update(self):
         # early on the average would still be mostly the starting weights: the decay grows to `decay` over the first steps
-        self.steps += 1; d = min(self.decay, (1 + self.steps)/(10 + self.steps))
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps)/(10 + self.steps))
         for k, v in self.model.state_dict().items():
             if v.dtype.is_floating_point: self.avg[k].lerp_(v.detach(), 1 - d)
             else: self.avg[k].copy_(v)
@@ -480,7 +501,8 @@ class EMA:
         "What a resumed run needs to continue the average exactly: the average and the steps taken."
         return dict(avg=self.avg, steps=self.steps)
     def load_state(self, state:dict):
-        self.avg = {k: v.to(self.avg[k].device) for k, v in state['avg'].items()}; self.steps = int(state['steps'])
+        self.avg = {k: v.to(self.avg[k].device) for k, v in state['avg'].items()}
+        self.steps = int(state['steps'])
     @contextmanager
     def applied(self):
         "The averaged weights in the model for the block, its own weights back after it."
@@ -503,8 +525,11 @@ class Keeper:
         "Record `scores` of `iteration`; whether it is the best so far."
         k = selection_key(scores)
         if self.best is None or k > tuple(self.best):
-            self.best, self.best_iteration, self.since = k, iteration, 0; self.save(iteration); return True
-        self.since += 1; return False
+            self.best, self.best_iteration, self.since = k, iteration, 0
+            self.save(iteration)
+            return True
+        self.since += 1
+        return False
     @property
     def stop(self)->bool: return bool(self.patience) and self.since >= self.patience
 
@@ -545,7 +570,8 @@ def baseline_scores(feats:np.ndarray, targets:np.ndarray, # features and targets
     clf.fit(feats, targets.astype(int) if multi_label else targets.argmax(1))
     p = clf.predict_proba(eval_feats)
     if multi_label: return score(eval_clips.targets, p)
-    out = np.zeros((len(p), targets.shape[1])); out[:, clf.classes_] = p  # classes absent from training score 0
+    out = np.zeros((len(p), targets.shape[1]))
+    out[:, clf.classes_] = p  # classes absent from training score 0
     return class_scores(eval_clips.targets, out, eval_clips.labels)
 
 # %% ../nbs/70_finetune.ipynb #0a9090e1
@@ -667,7 +693,8 @@ def _summary(r:dict)->dict: return {'split': r['split'], **_scores(r), 'checkpoi
 
 def _weights(targets:np.ndarray)->torch.Tensor:
     "Inverse class frequency, scaled so that the mean weight of a training example is 1."
-    n = targets.sum(0).astype(float); w = np.where(n > 0, len(targets)/np.maximum(n, 1)/len(n), 0)
+    n = targets.sum(0).astype(float)
+    w = np.where(n > 0, len(targets)/np.maximum(n, 1)/len(n), 0)
     return torch.tensor(w, dtype=torch.float32)
 
 # %% ../nbs/70_finetune.ipynb #57dff667
@@ -677,7 +704,8 @@ def _prior_best(best:Path, resuming:bool):
 def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_dir:Path, multi_label:bool,
                    dst:Dist=None, test:Data=None): # test: scored once with the final weights
     "Fine-tune on `train_rows`, validating on `valid_rows`; checkpoints and statistics go to `out_dir`."
-    dst = dst or Dist(); seed_everything(cfg.seed)
+    dst = dst or Dist()
+    seed_everything(cfg.seed)
     ck = load_checkpoint(cfg.pretrained_checkpoint_path) if cfg.pretrained_checkpoint_path else None
     front = front_end(cfg, ck)
     per_rank, rest = divmod(cfg.batch_size, dst.world)
@@ -706,7 +734,8 @@ def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_di
                                    device=dst.device, amp=cfg.amp, audio=va.audio)
     def evaluate(m):
         with weights():  # the averaged weights, if any, are evaluated and kept
-            s = valid(); keeper(sched.last_epoch, s)
+            s = valid()
+            keeper(sched.last_epoch, s)
         return {'valid': s}
     batches = unfreeze_at(run.loader, model, cfg.unfreeze_after, run.start) if cfg.unfreeze_after else run.loader
     if cfg.gain_db or cfg.eq_db: batches = augmented(batches, cfg.gain_db, cfg.eq_db, cfg.seed, run.start, dst.rank)
@@ -718,7 +747,9 @@ def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_di
         fit(run.model, run.opt, batches, loss, evaluate, lambda it, keep: save(it), log,
             iterations=total, start=run.start, eval_every=epoch, save_every=epoch, log_every=epoch, mixup=run.mixup,
             dst=dst, amp=cfg.amp, progress=cfg.progress)
-    except EarlyStop as e: save(e.args[0], stopped=True); total = e.args[0]
+    except EarlyStop as e:
+        save(e.args[0], stopped=True)
+        total = e.args[0]
     if dst.world > 1:  # batch-norm statistics last updated by each rank's own batch: take rank 0's, as saved
         for b in model.base.buffers(): dist.broadcast(b, 0)
     if not dst.main: return None
@@ -751,7 +782,8 @@ def _align(clips:Clips, labels:list, where:str)->Clips:
     "`clips` with target columns in the order of `labels` (the training data's classes)."
     extra = sorted(set(clips.labels) - set(labels))
     if extra: raise ValueError(f'{where} has classes the training data has not ({", ".join(extra[:3])}); give it only classes of --data.')
-    t = np.zeros((len(clips), len(labels)), bool); t[:, [labels.index(l) for l in clips.labels]] = clips.targets
+    t = np.zeros((len(clips), len(labels)), bool)
+    t[:, [labels.index(l) for l in clips.labels]] = clips.targets
     return Clips(clips.paths, list(labels), t, clips.folds)
 
 # %% ../nbs/70_finetune.ipynb #22e264d2

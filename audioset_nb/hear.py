@@ -68,7 +68,9 @@ def _interpolate(e:torch.Tensor, # (B, steps, D) at step centres
                  ts:torch.Tensor)->torch.Tensor: # (n,) timestamps, ms
     "Linear interpolation of step embeddings at the timestamps `ts` (held constant beyond the first and last centre)."
     p = (ts/step - 0.5).clamp(0, e.shape[1] - 1)
-    lo = p.floor().long(); hi = (lo + 1).clamp(max=e.shape[1] - 1); w = (p - lo)[None, :, None].to(e)
+    lo = p.floor().long()
+    hi = (lo + 1).clamp(max=e.shape[1] - 1)
+    w = (p - lo)[None, :, None].to(e)
     return e[:, lo]*(1 - w) + e[:, hi]*w
 
 # %% ../nbs/66_hear.ipynb #39c3cb4d

@@ -113,7 +113,8 @@ def _parquet_clips(p:Piece, batch_rows:int=16)->Iterator[Clip]:
         k = sum(pf.metadata.row_group(g).num_rows for g in range(p.group))
         for b in pf.iter_batches(batch_size=batch_rows, row_groups=[p.group], columns=cols):
             for r in b.to_pylist():
-                yield Clip(r['video_id'], (r['audio'] or {}).get('bytes'), r.get('labels'), f'{p.path} row {k}'); k += 1
+                yield Clip(r['video_id'], (r['audio'] or {}).get('bytes'), r.get('labels'), f'{p.path} row {k}')
+                k += 1
 
 # %% ../nbs/15_import.ipynb #0f70c754
 AUDIO_EXTS = {'flac', 'wav', 'mp3', 'ogg', 'opus', 'm4a', 'aac', 'webm', 'mkv', 'mp4', 'aiff', 'au', 'wma'}
@@ -160,7 +161,9 @@ def read_clips(pieces:list, # from `find_pieces`
                skip:int=0)->Iterator[Clip]: # clips to pass over first (done by an earlier run)
     "The clips of `pieces` in order, after the first `skip`; whole pieces of known size are passed over unread."
     for p in pieces:
-        if 0 <= p.rows <= skip: skip -= p.rows; continue
+        if 0 <= p.rows <= skip:
+            skip -= p.rows
+            continue
         for c in {'parquet': _parquet_clips, 'tar': _tar_clips, 'file': _file_clips}[p.kind](p):
             if skip: skip -= 1
             else: yield c
@@ -188,7 +191,8 @@ def clip_target(c:Clip, csv_path:str=None)->tuple:
     given = c.labels.split(',') if isinstance(c.labels, str) else c.labels
     ix = [labels.ix_of_mid.get(str(l).strip(), labels.ix_of_name.get(str(l).strip())) for l in given or known_labels(csv_path).get(c.ytid, ())]
     if not any(i is not None for i in ix): return name, None, f'{c.where}: no AudioSet label for {c.ytid} in the source, the segment list or the official lists'
-    y = np.zeros(len(labels), bool); y[[i for i in ix if i is not None]] = True
+    y = np.zeros(len(labels), bool)
+    y[[i for i in ix if i is not None]] = True
     return name, y, None
 
 # %% ../nbs/15_import.ipynb #4fc6738e
@@ -212,9 +216,16 @@ def _fill(f:h5py.File, pieces:list, csv_path, sample_rate:int, clip_samples:int,
     def commit(): _commit(f, list(enumerate(rows)), names, np.array(targets, bool).reshape(-1, NUM_CLASSES), done, skipped)
     for name, target, row, why in _progress(_imap(_import_job, jobs, workers, 4*workers), total, progress):
         done += 1
-        if row is None: skipped.append((name, why)); logging.getLogger(__name__).warning(f'{name} left out: {why}')
-        else: names.append(name); rows.append(row); targets.append(target)
-        if done % chunk == 0: commit(); names, rows, targets = [], [], []
+        if row is None:
+            skipped.append((name, why))
+            logging.getLogger(__name__).warning(f'{name} left out: {why}')
+        else:
+            names.append(name)
+            rows.append(row)
+            targets.append(target)
+        if done % chunk == 0:
+            commit()
+            names, rows, targets = [], [], []
     commit()
     return _progress_of(f)['rows'], skipped
 
@@ -284,20 +295,29 @@ def check_coverage(waveforms_hdf5_path:Path, # an imported (or packed) waveform 
     with h5py.File(waveforms_hdf5_path, 'r') as f:
         for lo in range(0, f['audio_name'].shape[0], block):
             for name, y in zip(f['audio_name'][lo:lo+block], f['target'][lo:lo+block]):
-                ytid = _ytid_of_name(name.decode()); seen.add(ytid)
-                sub, want = where.get(ytid, ('unlisted', None)); counts[sub] += y
+                ytid = _ytid_of_name(name.decode())
+                seen.add(ytid)
+                sub, want = where.get(ytid, ('unlisted', None))
+                counts[sub] += y
                 got = tuple(mids[i] for i in np.flatnonzero(y))
-                if want is None: problems.append((ytid, '', 'unlisted', ' '.join(got), '')); continue
+                if want is None:
+                    problems.append((ytid, '', 'unlisted', ' '.join(got), ''))
+                    continue
                 summary[sub]['imported'] += 1
-                if set(got) != set(want): summary[sub]['differ'] += 1; problems.append((ytid, sub, 'labels differ', ' '.join(got), ' '.join(want)))
+                if set(got) != set(want):
+                    summary[sub]['differ'] += 1
+                    problems.append((ytid, sub, 'labels differ', ' '.join(got), ' '.join(want)))
         for name, why in (tuple(s.decode() for s in r) for r in f['skipped'][:]):
-            ytid = _ytid_of_name(name); seen.add(ytid); sub = where.get(ytid, ('unlisted',))[0]
+            ytid = _ytid_of_name(name)
+            seen.add(ytid)
+            sub = where.get(ytid, ('unlisted',))[0]
             if sub != 'unlisted': summary[sub]['left_out'] += 1
             problems.append((ytid, '' if sub == 'unlisted' else sub, 'left out', '', why))
     for sub, segs in official.items():
         if not (summary[sub]['imported'] or summary[sub]['left_out']): continue  # a subset this copy does not hold
         gone = [s for s in segs if s.ytid not in seen]
-        summary[sub]['absent'] = len(gone); problems += [(s.ytid, sub, 'absent', '', ' '.join(s.labels)) for s in gone]
+        summary[sub]['absent'] = len(gone)
+        problems += [(s.ytid, sub, 'absent', '', ' '.join(s.labels)) for s in gone]
     return Coverage(summary, sum(1 for p in problems if p[2] == 'unlisted'), problems,
                     {**{sub: (counts[sub], _official_counts(segs)) for sub, segs in official.items()},
                      'unlisted': (counts['unlisted'], np.zeros(NUM_CLASSES, int))})
@@ -323,7 +343,9 @@ def format_coverage(cov:Coverage)->str:
 def write_coverage(cov:Coverage, path:Path)->Path:
     "The coverage report as CSV, one row per clip that is absent, left out, unlisted or labelled otherwise; atomically."
     with atomic_open(path, 'w', newline='') as f:
-        w = csv.writer(f); w.writerow(['ytid', 'subset', 'problem', 'source_labels', 'official_labels_or_reason']); w.writerows(cov.problems)
+        w = csv.writer(f)
+        w.writerow(['ytid', 'subset', 'problem', 'source_labels', 'official_labels_or_reason'])
+        w.writerows(cov.problems)
     return Path(path)
 
 # %% ../nbs/15_import.ipynb #f1464958
@@ -373,6 +395,7 @@ def import_and_report(cfg:ImportConfig):
     print(f'imported {r.rows} clips into {r.path}; {len(r.skipped)} left out')
     if cfg.indexes_hdf5_path: print(f'wrote index {write_index(r.path, cfg.indexes_hdf5_path)}')
     cov = check_coverage(r.path)
-    print(format_coverage(cov)); print(f'coverage report: {write_coverage(cov, cfg.coverage_path)}')
+    print(format_coverage(cov))
+    print(f'coverage report: {write_coverage(cov, cfg.coverage_path)}')
 
 import_cli = config_cli(ImportConfig, import_and_report, 'audioset_import')

@@ -103,7 +103,8 @@ class SingleLabel(torch.nn.Module):
         out = dict(self.model(x, *args))
         # decision-level heads pool sigmoid frames: their clip logits are the logits of the pooled probabilities
         z = self._logits if self._logits is not None else torch.logit(out['clipwise_output'].float(), eps=1e-6)
-        out['logits'] = z.float(); out['clipwise_output'] = out['logits'].softmax(-1)
+        out['logits'] = z.float()
+        out['clipwise_output'] = out['logits'].softmax(-1)
         return out
 
 # %% ../nbs/60_inference.ipynb #6ac84258
@@ -139,7 +140,8 @@ class _Stitch:
             n = max(end, 2*len(self.cnt))
             self.sum = np.concatenate([self.sum, np.zeros((n - len(self.sum), fw.shape[1]), np.float32)])
             self.cnt = np.concatenate([self.cnt, np.zeros(n - len(self.cnt), np.float32)])
-        self.sum[f0:end] += fw; self.cnt[f0:end] += 1
+        self.sum[f0:end] += fw
+        self.cnt[f0:end] += 1
     def result(self, n:int)->np.ndarray:
         return self.sum[:n]/np.maximum(self.cnt[:n], 1)[:, None]
 
@@ -203,8 +205,10 @@ class _File:
         self.src, self.rows, self.embs, self.starts, self.n = src, [], [], [], 0
         self.fw = _Stitch() if framewise else None
     def add(self, tagger, start, n_real, out):
-        self.rows.append(out['clipwise_output']); self.embs.append(out['embedding'])
-        self.starts.append(start); self.n = max(self.n, start + n_real)
+        self.rows.append(out['clipwise_output'])
+        self.embs.append(out['embedding'])
+        self.starts.append(start)
+        self.n = max(self.n, start + n_real)
         if self.fw is not None and 'framewise_output' in out: self.fw.add(start//tagger.hop_size, out['framewise_output'])
     def tags(self, tagger, pooling)->Tags:
         rows = np.stack(self.rows)
@@ -239,10 +243,14 @@ def iter_tags(tagger:Tagger,
             files.pop(i, None)
         ended.clear()
     for i, s, w, n in _file_windows(tagger, srcs, win, hop, failed):
-        if s is None: ended.append(i); continue
+        if s is None:
+            ended.append(i)
+            continue
         if i not in files: files[i] = _File(srcs[i], framewise)
         pending.append((i, s, w, n))
-        if len(pending) == batch_size: run(); yield from finish()
+        if len(pending) == batch_size:
+            run()
+            yield from finish()
     if pending: run()
     yield from finish()
 
@@ -292,7 +300,9 @@ def _write_rows(path:Path, rows:Iterable[dict]):
             for r in rows:
                 if jsonl: f.write(json.dumps(r) + '\n')
                 else:
-                    if w is None: w = csv.DictWriter(f, list(r)); w.writeheader()
+                    if w is None:
+                        w = csv.DictWriter(f, list(r))
+                        w.writeheader()
                     w.writerow(r)
                 n += 1
     except OSError as e: raise write_error(path, e, 'output file') from None
@@ -371,19 +381,23 @@ def plot_sed(t:Tags, # framewise tags from `sed`
     sr = round(t.fps*hop_size)
     if x is None: x = load_audio(t.path, sr, offset=start, duration=duration)
     else: x = x[int(start*sr):None if duration is None else int((start + duration)*sr)]
-    f0 = int(round(start*t.fps)); fw = t.framewise[f0:f0 + len(x)//hop_size + 1]
+    f0 = int(round(start*t.fps))
+    fw = t.framewise[f0:f0 + len(x)//hop_size + 1]
     true = list(dict.fromkeys(t.labels.index(e[0]) for e in truth or ()))
     ix = list(dict.fromkeys([*true, *np.argsort(-fw.max(0), kind='stable')]))[:max(top, len(true))]
     fig, (a0, a1) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     a0.imshow(log_spectrogram(x, window_size, hop_size).T, origin='lower', aspect='auto', cmap='jet')
-    a0.set_ylabel('Frequency bin'); a0.set_title('Log spectrogram')
+    a0.set_ylabel('Frequency bin')
+    a0.set_title('Log spectrogram')
     a1.imshow(fw[:, ix].T, aspect='auto', cmap='jet', vmin=0, vmax=1, interpolation='nearest')
-    a1.set_yticks(range(len(ix)), [t.labels[i] for i in ix]); a1.set_title(f'Framewise scores, top {len(ix)} classes')
+    a1.set_yticks(range(len(ix)), [t.labels[i] for i in ix])
+    a1.set_title(f'Framewise scores, top {len(ix)} classes')
     for lab, on, off, *_ in truth or ():
         a1.add_patch(plt.Rectangle(((on - start)*t.fps - .5, ix.index(t.labels.index(lab)) - .5), (off - on)*t.fps, 1, fill=False, ec='w', lw=2))
     for l in a1.get_yticklabels()[:len(true)]: l.set_fontweight('bold')
     secs = np.arange(0, len(fw)/t.fps, max(1, round(len(fw)/t.fps/10)))  # about ten ticks, on whole seconds
-    a1.set_xticks(secs*t.fps, [f'{start + s:g}' for s in secs]); a1.set_xlabel('Seconds')
+    a1.set_xticks(secs*t.fps, [f'{start + s:g}' for s in secs])
+    a1.set_xlabel('Seconds')
     fig.tight_layout()
     return fig
 
@@ -438,7 +452,9 @@ def _run_cli(tagger, audio_path, each, **kwargs)->tuple:
     failed = []
     try:
         for r in iter_tags(tagger, paths, **kwargs):
-            if isinstance(r, Failed): failed.append(r); continue
+            if isinstance(r, Failed):
+                failed.append(r)
+                continue
             try: each(r)
             except Exception as e:  # one file's output that cannot be made (a figure, say) never costs the other files theirs
                 failed.append(Failed(r.path, str(e) if isinstance(e, USER_ERRORS) else
@@ -453,7 +469,8 @@ def _tag(cfg:TagConfig):
     if cfg.output:
         rows, jsonl = [], _is_jsonl(cfg.output)
         failed = _run_cli(tagger, cfg.audio_path, lambda t: rows.append(tags_row(t, cfg.top_k, cfg.full_scores, cfg.embedding, jsonl)), **kw)
-        _write_rows(cfg.output, rows); print(f'Wrote {len(rows)} file(s) to {cfg.output}')
+        _write_rows(cfg.output, rows)
+        print(f'Wrote {len(rows)} file(s) to {cfg.output}')
     else:
         def show(t):
             print(f'{t.path} ({t.duration:.2f} s)')
@@ -477,14 +494,17 @@ def _sed(cfg:SedConfig):
         if cfg.figure_dir: _save_figure(t, Path(cfg.figure_dir), cfg.figure_seconds, tagger.window_size, tagger.hop_size)
     failed = _run_cli(tagger, cfg.audio_path, each, window_seconds=cfg.window_seconds, hop_seconds=cfg.hop_seconds,
                       batch_size=cfg.batch_size, framewise=True)
-    if cfg.output: n = write_events(events, cfg.output); print(f'Wrote {n} event(s) to {cfg.output}')
+    if cfg.output:
+        n = write_events(events, cfg.output)
+        print(f'Wrote {n} event(s) to {cfg.output}')
     _report_failures(*failed)
 
 sed_cli = config_cli(SedConfig, _sed, 'audioset_sed')
 
 # %% ../nbs/60_inference.ipynb #fd14c8d8
 def _save_figure(t:Tags, folder:Path, seconds:float, window_size:int, hop_size:int):
-    import matplotlib; matplotlib.use('Agg')
+    import matplotlib
+    matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, png = plot_sed(t, duration=min(seconds, t.duration), window_size=window_size, hop_size=hop_size), folder/f'{Path(t.path).stem}.png'
     try:
@@ -503,18 +523,25 @@ def _checkpoint_options(checkpoints)->list:
 # %% ../nbs/60_inference.ipynb #e503852c
 def _wav_bytes(x:np.ndarray, sr:int)->bytes:
     import soundfile as sf
-    b = io.BytesIO(); sf.write(b, x, sr, format='WAV', subtype='PCM_16'); return b.getvalue()
+    b = io.BytesIO()
+    sf.write(b, x, sr, format='WAV', subtype='PCM_16')
+    return b.getvalue()
 
 def _png(fig)->bytes:
     "`fig` as PNG bytes (closed afterwards), so the picture shows whatever the kernel's matplotlib backend."
     import matplotlib.pyplot as plt
-    b = io.BytesIO(); fig.savefig(b, format='png', dpi=90); plt.close(fig); return b.getvalue()
+    b = io.BytesIO()
+    fig.savefig(b, format='png', dpi=90)
+    plt.close(fig)
+    return b.getvalue()
 
 def _bar_chart(t:Tags, k:int=10):
     import matplotlib.pyplot as plt
     top = t.top(k)[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.35*len(top) + 0.8))
-    ax.barh([l for l, _ in top], [p for _, p in top]); ax.set_xlim(0, 1); ax.set_xlabel('Score')
+    ax.barh([l for l, _ in top], [p for _, p in top])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel('Score')
     fig.tight_layout()
     return fig
 
@@ -538,18 +565,24 @@ def demo(checkpoints=None, # a folder searched for .pth files, or a list of path
     player, labels = W.Output(), W.HTML(layout=W.Layout(min_width='320px'))
     chart = W.Image(format='png', layout=W.Layout(width='560px', display='none'))
     sedfig = W.Image(format='png', layout=W.Layout(width='800px', display='none'))
-    labels.add_class('audioset-labels'); chart.add_class('audioset-chart'); sedfig.add_class('audioset-sed')
+    labels.add_class('audioset-labels')
+    chart.add_class('audioset-chart')
+    sedfig.add_class('audioset-sed')
     cache = {}
     def on_upload(change):
         for f in change['new']:
             d = Path(tempfile.mkdtemp(prefix='audioset_nb_upload_'))
-            p = d/Path(f['name']).name; p.write_bytes(bytes(f['content']))
+            p = d/Path(f['name']).name
+            p.write_bytes(bytes(f['content']))
             clips[p.name] = p
-        clip.options = list(clips); clip.value = p.name
+        clip.options = list(clips)
+        clip.value = p.name
     upload.observe(on_upload, names='value')
     def tagger_for(path, mt):
         key = (path, mt, os.path.getmtime(path) if os.path.exists(path) else None)
-        if key not in cache: cache.clear(); cache[key] = load_tagger(path, mt or None)
+        if key not in cache:
+            cache.clear()
+            cache[key] = load_tagger(path, mt or None)
         return cache[key]
     def on_tag(_):
         player.clear_output()
@@ -559,7 +592,8 @@ def demo(checkpoints=None, # a folder searched for .pth files, or a list of path
             x = load_audio(clips[clip.value], tg.sample_rate)
             t = tag(tg, x, framewise=True)
         except Exception as e:
-            status.value = f'<span style="color:#b00">{escape(f"{type(e).__name__}: {e}")}</span>'; return
+            status.value = f'<span style="color:#b00">{escape(f"{type(e).__name__}: {e}")}</span>'
+            return
         with player: display(W.Audio(value=_wav_bytes(x[:60*tg.sample_rate], tg.sample_rate), format='wav', autoplay=False))
         labels.value = '<ol class="audioset-top">' + ''.join(f'<li><span class="label">{escape(l)}</span> {p:.3f}</li>' for l, p in t.top(10)) + '</ol>'
         chart.value, chart.layout.display = _png(_bar_chart(t)), ''

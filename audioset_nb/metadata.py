@@ -81,7 +81,9 @@ class Ontology:
         out, todo = [], step(mid)
         while todo:
             m = todo.pop(0)
-            if m not in out: out.append(m); todo += step(m)
+            if m not in out:
+                out.append(m)
+                todo += step(m)
         return out
     def ancestors(self, mid:str)->list:
         "Every node above `mid`, nearest first, each once (a node can have several parents)."
@@ -130,7 +132,8 @@ class Segment(NamedTuple):
 class Segments(list):
     "A list of `Segment`s that also keeps the rows that could not be read, as `(line_number, reason)`."
     def __init__(self, rows=(), problems=(), path=None):
-        super().__init__(rows); self.problems, self.path = list(problems), path
+        super().__init__(rows)
+        self.problems, self.path = list(problems), path
     def __repr__(self): return f'Segments({len(self)} rows, {len(self.problems)} problems, from {self.path})'
     @property
     def ytids(self): return [s.ytid for s in self]
@@ -248,7 +251,8 @@ def write_parts(segs:list, out_dir:Path, prefix:str='unbalanced_train_segments',
     "Write `segs` as `<prefix>_partNN.csv` files of `part_size` rows, as the reference does; their paths."
     paths = []
     for k, p in enumerate(split_parts(segs, part_size)):
-        paths.append(Path(out_dir)/f'{prefix}_part{k:02d}.csv'); write_segments(paths[-1], p)
+        paths.append(Path(out_dir)/f'{prefix}_part{k:02d}.csv')
+        write_segments(paths[-1], p)
     return paths
 
 # %% ../nbs/02_metadata.ipynb #ccc01122

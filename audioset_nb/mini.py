@@ -30,7 +30,8 @@ def _fade(x:np.ndarray, sr:int, ms:float=5.)->np.ndarray:
     k = min(int(sr*ms/1000), len(x)//2)
     if k > 0:
         w = 0.5 - 0.5*np.cos(np.pi*np.arange(k)/k)
-        x[:k] *= w; x[len(x)-k:] *= w[::-1]
+        x[:k] *= w
+        x[len(x)-k:] *= w[::-1]
     return x
 
 def _tone(freqs, n:int, sr:int, amps=None)->np.ndarray:
@@ -63,7 +64,8 @@ def _pulses(n:int, sr:int, times, pulse:np.ndarray, gains=None)->np.ndarray:
     x = np.zeros(n)
     gains = np.ones(len(times)) if gains is None else gains
     for t, g in zip(times, gains):
-        i = int(round(t*sr)); m = min(len(pulse), n-i)
+        i = int(round(t*sr))
+        m = min(len(pulse), n-i)
         if m > 0: x[i:i+m] += g*pulse[:m]
     return x
 
@@ -79,9 +81,11 @@ def _chirp_tone(rng, n, sr):
 def _beep(rng, n, sr):
     d = n/sr
     ms = [m for m in (1, 2, 3, 4) if d/m <= 0.6 and (m == 1 or d/m >= 0.12)] or [int(np.ceil(d/0.6))]
-    m = int(rng.choice(ms)); f = rng.uniform(1000, 4000)
+    m = int(rng.choice(ms))
+    f = rng.uniform(1000, 4000)
     if m == 1: return _fade(_tone([f], n, sr), sr)
-    b = d*rng.uniform(0.35, 0.65)/m; g = (d - m*b)/(m-1)
+    b = d*rng.uniform(0.35, 0.65)/m
+    g = (d - m*b)/(m-1)
     return _tone([f], n, sr)*_gate(n, sr, b, g)
 
 def _tuning_fork(rng, n, sr):
@@ -133,7 +137,8 @@ def _click(rng, sr, f=None, ms=1.):
 
 def _tick_tock(rng, n, sr):
     period = rng.choice([0.5, 1.])*rng.uniform(0.99, 1.01)
-    ft = rng.uniform(2500, 4000); fk = ft*rng.uniform(0.55, 0.8)
+    ft = rng.uniform(2500, 4000)
+    fk = ft*rng.uniform(0.55, 0.8)
     times = np.arange(0, n/sr - 0.04, period)
     tick, tock = _click(rng, sr, ft, 4), _click(rng, sr, fk, 6)
     return _pulses(n, sr, times[::2], tick) + _pulses(n, sr, times[1::2], tock)
@@ -218,7 +223,8 @@ def class_table(classes=MINI_CLASSES)->str:
     onto, labels = load_ontology(), load_labels()
     rows = ['| class | mid | AudioSet description | synthesis | why the label is honest |', '|---|---|---|---|---|']
     for c in classes:
-        k = _CLASSES[c]; m = labels.mid(c)
+        k = _CLASSES[c]
+        m = labels.mid(c)
         rows.append(f'| {c} | `{m}` | {onto.nodes[m]["description"]} | {k.how} | {k.why} |')
     return '\n'.join(rows)
 
@@ -297,7 +303,9 @@ def make_ytids(rng:np.random.Generator, n:int)->list:
         elif k == 1: c[rng.integers(1, 11)] = '_'
         elif k == 2: c[rng.integers(1, 11)] = '-'
         y = ''.join(c)
-        if y not in taken: taken.add(y); out.append(y)
+        if y not in taken:
+            taken.add(y)
+            out.append(y)
     return out
 
 # %% ../nbs/90_mini.ipynb #3948179d
@@ -312,7 +320,9 @@ def deal_classes(rng:np.random.Generator, n:int, classes=MINI_CLASSES)->list:
         clip = []
         while len(clip) < k:
             free = [j for j, c in enumerate(deck) if c not in clip]
-            if not free: deck += rng.permutation(classes).tolist(); continue
+            if not free:
+                deck += rng.permutation(classes).tolist()
+                continue
             clip.append(deck.pop(free[0]))
         out.append(sorted(clip, key=classes.index))
     return out
@@ -542,7 +552,8 @@ def make_mini(root:Path, # folder to write into (created; a rerun resumes)
 # %% ../nbs/90_mini.ipynb #75e23b06
 def write_sources(clips:list, folder:Path, workers:int=None, progress:bool=False):
     "Write the source files of `clips` that `folder` does not hold yet, `workers` at a time."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     for p in folder.glob('.*.tmp'): p.unlink()   # left by a killed run
     todo = [c for c in clips if not (folder/c.source.file).exists()]
     with ThreadPoolExecutor(workers or os.cpu_count()) as ex:

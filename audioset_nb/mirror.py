@@ -32,7 +32,9 @@ class Fault:
     def take(self)->bool:
         "Whether this request is hit, counting it."
         if self.times is None: return True
-        if self.times > 0: self.times -= 1; return True
+        if self.times > 0:
+            self.times -= 1
+            return True
         return False
 
 # %% ../nbs/91_mirror.ipynb #1bc2b901
@@ -92,7 +94,8 @@ class _Handler(BaseHTTPRequestHandler):
             with open(path, 'rb') as f:
                 f.seek(first)
                 while n > 0 and (chunk := f.read(min(1 << 16, n))):
-                    self.wfile.write(chunk); n -= len(chunk)
+                    self.wfile.write(chunk)
+                    n -= len(chunk)
             if fault == 'stall': self.server.mirror._closing.wait(self.server.mirror.stall_s)
         except (BrokenPipeError, ConnectionResetError): pass  # the client hung up, as ffmpeg does after seeking
 
@@ -139,7 +142,10 @@ class Mirror:
     def stop(self):
         "Stop serving, releasing stalled connections."
         self._closing.set()
-        if self.server: self.server.shutdown(); self.server.server_close(); self.server = None
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
 
     __enter__ = start
     def __exit__(self, *exc): self.stop()

@@ -35,7 +35,8 @@ def init_layer(layer:nn.Module):
 
 def init_bn(bn:nn.Module, weight:float=1.):
     "BatchNorm with constant `weight` and zero bias."
-    nn.init.constant_(bn.weight, weight); nn.init.zeros_(bn.bias)
+    nn.init.constant_(bn.weight, weight)
+    nn.init.zeros_(bn.bias)
 
 def do_mixup(x:torch.Tensor, # (B, ...) batch; examples 2i and 2i+1 are mixed
              mixup_lambda:torch.Tensor): # (B,) mixing weights, λ[2i] + λ[2i+1] = 1
@@ -74,7 +75,8 @@ class PannsModel(nn.Module):
     def add_head(self, n_in, n_emb, classes_num):
         "The reference's `fc1` (embedding) and `fc_audioset` (classifier) layers."
         self.fc1, self.fc_audioset = nn.Linear(n_in, n_emb), nn.Linear(n_emb, classes_num)
-        init_layer(self.fc1); init_layer(self.fc_audioset)
+        init_layer(self.fc1)
+        init_layer(self.fc_audioset)
 
     def clip_head(self, x, dropout=0.5):
         "Pool (B, C, T) over time (max + mean), then `fc1` and the sigmoid classifier."
@@ -101,7 +103,8 @@ class LogmelModel(PannsModel):
                 fmax=fmax, ref=1.0, amin=1e-10, top_db=None, freeze_parameters=True)
         self.spec_augmenter = SpecAugmentation(time_drop_width=64, time_stripes_num=2,
                                                freq_drop_width=self.front.freq_drop_width, freq_stripes_num=2)
-        self.bn0 = nn.BatchNorm2d(mel_bins); init_bn(self.bn0)
+        self.bn0 = nn.BatchNorm2d(mel_bins)
+        init_bn(self.bn0)
 
     def logmel(self, x:torch.Tensor): # (B, samples) waveforms
         "Log-mel spectrogram (B, 1, T, mel_bins), by `torch.stft` if `self.fast_stft` else by torchlibrosa's conv-STFT."
@@ -160,7 +163,8 @@ class ConvBlock5x5(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 5, padding=2, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
-        init_layer(self.conv1); init_bn(self.bn1)
+        init_layer(self.conv1)
+        init_bn(self.bn1)
 
     def forward(self, x, pool_size=(2, 2), pool_type='avg'):
         return _pool2d(F.relu_(self.bn1(self.conv1(x))), pool_size, pool_type)
@@ -173,7 +177,9 @@ class AttBlock(nn.Module):
         self.att = nn.Conv1d(n_in, n_out, 1)
         self.cla = nn.Conv1d(n_in, n_out, 1)
         self.bn_att = nn.BatchNorm1d(n_out)  # unused, kept for the published state dict
-        init_layer(self.att); init_layer(self.cla); init_bn(self.bn_att)
+        init_layer(self.att)
+        init_layer(self.cla)
+        init_bn(self.bn_att)
 
     def forward(self, x): # (B, n_in, T)
         norm_att = torch.softmax(torch.clamp(self.att(x), -10, 10), dim=-1)
@@ -204,17 +210,28 @@ class Cnn14_no_specaug(Cnn14):
     "Cnn14 trained without SpecAugment."
     specaug = False
     def add_frontend(self, *args, **kwargs):
-        super().add_frontend(*args, **kwargs); del self.spec_augmenter
+        super().add_frontend(*args, **kwargs)
+        del self.spec_augmenter
 
 class Cnn14_no_dropout(Cnn14):
     "Cnn14 without dropout between the conv blocks."
     block_dropout = 0.
 
-class Cnn14_emb512(Cnn14): "Cnn14 with a 512-d embedding."; emb_dims = 512
-class Cnn14_emb128(Cnn14): "Cnn14 with a 128-d embedding."; emb_dims = 128
-class Cnn14_emb32(Cnn14): "Cnn14 with a 32-d embedding."; emb_dims = 32
-class Cnn14_mel32(Cnn14): "Cnn14 on 32 mel bins."; front = FrontEnd(mel_bins=32)
-class Cnn14_mel128(Cnn14): "Cnn14 on 128 mel bins."; front = FrontEnd(mel_bins=128)
+class Cnn14_emb512(Cnn14):
+    "Cnn14 with a 512-d embedding."
+    emb_dims = 512
+class Cnn14_emb128(Cnn14):
+    "Cnn14 with a 128-d embedding."
+    emb_dims = 128
+class Cnn14_emb32(Cnn14):
+    "Cnn14 with a 32-d embedding."
+    emb_dims = 32
+class Cnn14_mel32(Cnn14):
+    "Cnn14 on 32 mel bins."
+    front = FrontEnd(mel_bins=32)
+class Cnn14_mel128(Cnn14):
+    "Cnn14 on 128 mel bins."
+    front = FrontEnd(mel_bins=128)
 class Cnn10(Cnn14):
     "Cnn10: four double-conv blocks (64 → 512 channels)."
     emb_dims, channels = 512, (64, 128, 256, 512)
@@ -264,7 +281,8 @@ class Cnn14_DecisionLevelMax(Cnn14):
         emb = x.mean(dim=1)
         x = F.dropout(x, p=self.head_dropout, training=self.training)
         if self.pooling == 'att':
-            clip, _, seg = self.att_block(x.transpose(1, 2)); seg = seg.transpose(1, 2)
+            clip, _, seg = self.att_block(x.transpose(1, 2))
+            seg = seg.transpose(1, 2)
         else:
             seg = torch.sigmoid(self.fc_audioset(x))
             clip = seg.max(dim=1)[0] if self.pooling == 'max' else seg.mean(dim=1)
@@ -312,7 +330,8 @@ class Wavegram_Logmel_Cnn14(Cnn14):
         self.pre_block1, self.pre_block2 = ConvPreWavBlock(64, 64), ConvPreWavBlock(64, 128)
         self.pre_block3 = ConvPreWavBlock(128, 2*mel_bins)
         self.pre_block4 = ConvBlock(4, 64)
-        init_layer(self.pre_conv0); init_bn(self.pre_bn0)
+        init_layer(self.pre_conv0)
+        init_bn(self.pre_bn0)
         self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax,
                           spectrogram=self.logmel_branch)
         cin = 128 if self.logmel_branch else 64
@@ -352,7 +371,8 @@ def _downsample(cin, cout, stride, dim=2):
     "Shortcut projection: (average pooling by `stride`,) 1×1 convolution, BatchNorm."
     Conv, BN, Pool = _conv_bn_pool(dim)
     layers = ([Pool(stride)] if stride != 1 else []) + [Conv(cin, cout, 1, bias=False), BN(cout)]
-    init_layer(layers[-2]); init_bn(layers[-1])
+    init_layer(layers[-2])
+    init_bn(layers[-1])
     return nn.Sequential(*layers)
 
 class ResBasicBlock(nn.Module):
@@ -361,9 +381,14 @@ class ResBasicBlock(nn.Module):
     def __init__(self, inplanes, planes, stride=1, downsample=None):
         super().__init__()
         self.stride, self.downsample = stride, downsample
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, padding=1, bias=False); self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False); self.bn2 = nn.BatchNorm2d(planes)
-        init_layer(self.conv1); init_layer(self.conv2); init_bn(self.bn1); init_bn(self.bn2, 0.)
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        init_layer(self.conv1)
+        init_layer(self.conv2)
+        init_bn(self.bn1)
+        init_bn(self.bn2, 0.)
 
     def forward(self, x):
         out = F.avg_pool2d(x, 2) if self.stride == 2 else x
@@ -377,11 +402,16 @@ class ResBottleneck(nn.Module):
     def __init__(self, inplanes, planes, stride=1, downsample=None):
         super().__init__()
         self.stride, self.downsample = stride, downsample
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False); self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False); self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes*4, 1, bias=False); self.bn3 = nn.BatchNorm2d(planes*4)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes*4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes*4)
         for l in (self.conv1, self.conv2, self.conv3): init_layer(l)
-        init_bn(self.bn1); init_bn(self.bn2); init_bn(self.bn3, 0.)
+        init_bn(self.bn1)
+        init_bn(self.bn2)
+        init_bn(self.bn3, 0.)
 
     def forward(self, x):
         out = F.avg_pool2d(x, 2) if self.stride == 2 else x
@@ -402,7 +432,8 @@ class ResNetBody(nn.Module):
         super().__init__()
         cin = 64
         for i, (planes, n, stride) in enumerate(zip((64, 128, 256, 512), layers, (1, 2, 2, 2)), 1):
-            setattr(self, f'layer{i}', res_layer(block, cin, planes, n, stride)); cin = planes*block.expansion
+            setattr(self, f'layer{i}', res_layer(block, cin, planes, n, stride))
+            cin = planes*block.expansion
     def forward(self, x):
         for i in range(1, 5): x = getattr(self, f'layer{i}')(x)
         return x
@@ -424,8 +455,12 @@ class ResNet38(LogmelModel):
         x = F.dropout(self.conv_block_after1(x, pool_size=(1, 1)), p=0.2, training=self.training)
         return self.clip_head(x.mean(dim=3))
 
-class ResNet22(ResNet38): "ResNet22: basic blocks [2, 2, 2, 2]."; layers = (2, 2, 2, 2)
-class ResNet54(ResNet38): "ResNet54: bottleneck blocks [3, 4, 6, 3]."; block = ResBottleneck
+class ResNet22(ResNet38):
+    "ResNet22: basic blocks [2, 2, 2, 2]."
+    layers = (2, 2, 2, 2)
+class ResNet54(ResNet38):
+    "ResNet54: bottleneck blocks [3, 4, 6, 3]."
+    block = ResBottleneck
 
 # %% ../nbs/41_models.ipynb #d4fd3377
 def _seq(*layers):
@@ -477,7 +512,9 @@ class MobileNetV2(LogmelModel):
         self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax)
         layers, cin = [conv_bn(1, 32, 2, nn.ReLU6)], 32
         for t, c, n, s in self.setting:
-            for i in range(n): layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t)); cin = c
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
         layers.append(_seq(nn.Conv2d(cin, 1280, 1, 1, 0, bias=False), nn.BatchNorm2d(1280), nn.ReLU6(inplace=True)))
         self.features = nn.Sequential(*layers)
         self.add_head(1280, 1024, classes_num)
@@ -492,11 +529,13 @@ class LeeNetConvBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding=kernel_size//2, bias=False)
         self.bn1 = nn.BatchNorm1d(out_channels)
-        init_layer(self.conv1); init_bn(self.bn1)
+        init_layer(self.conv1)
+        init_bn(self.bn1)
         if n_convs == 2:
             self.conv2 = nn.Conv1d(out_channels, out_channels, kernel_size, 1, padding=kernel_size//2, bias=False)
             self.bn2 = nn.BatchNorm1d(out_channels)
-            init_layer(self.conv2); init_bn(self.bn2)
+            init_layer(self.conv2)
+            init_bn(self.bn2)
 
     def forward(self, x, pool_size=1):
         x = F.relu_(self.bn1(self.conv1(x)))
@@ -534,10 +573,12 @@ class DaiNetResBlock(nn.Module):
             setattr(self, f'conv{i}', nn.Conv1d(in_channels if i == 1 else out_channels, out_channels, kernel_size,
                                                 padding=kernel_size//2, bias=False))
             setattr(self, f'bn{i}', nn.BatchNorm1d(out_channels))
-            init_layer(getattr(self, f'conv{i}')); init_bn(getattr(self, f'bn{i}'), 0. if i == 4 else 1.)
+            init_layer(getattr(self, f'conv{i}'))
+            init_bn(getattr(self, f'bn{i}'), 0. if i == 4 else 1.)
         self.downsample = nn.Conv1d(in_channels, out_channels, 1, bias=False)
         self.bn_downsample = nn.BatchNorm1d(out_channels)
-        init_layer(self.downsample); init_bn(self.bn_downsample)
+        init_layer(self.downsample)
+        init_bn(self.bn_downsample)
 
     def forward(self, input):
         x = input
@@ -548,8 +589,10 @@ class DaiNetResBlock(nn.Module):
 class DaiNet19(PannsModel):
     "DaiNet19: an 80-tap strided convolution, then four residual 1-D blocks with max pooling by 4."
     def build(self, classes_num, **_):
-        self.conv0 = nn.Conv1d(1, 64, 80, stride=4, bias=False); self.bn0 = nn.BatchNorm1d(64)
-        init_layer(self.conv0); init_bn(self.bn0)
+        self.conv0 = nn.Conv1d(1, 64, 80, stride=4, bias=False)
+        self.bn0 = nn.BatchNorm1d(64)
+        init_layer(self.conv0)
+        init_bn(self.bn0)
         for i, (cin, cout) in enumerate([(64, 64), (64, 128), (128, 256), (256, 512)], 1):
             setattr(self, f'conv_block{i}', DaiNetResBlock(cin, cout, 3))
         self.add_head(512, 512, classes_num)
@@ -570,9 +613,14 @@ class ResBasicBlock1d(nn.Module):
     def __init__(self, inplanes, planes, stride=1, downsample=None):
         super().__init__()
         self.stride, self.downsample = stride, downsample
-        self.conv1 = nn.Conv1d(inplanes, planes, 3, padding=1, bias=False); self.bn1 = nn.BatchNorm1d(planes)
-        self.conv2 = nn.Conv1d(planes, planes, 3, padding=2, dilation=2, bias=False); self.bn2 = nn.BatchNorm1d(planes)
-        init_layer(self.conv1); init_layer(self.conv2); init_bn(self.bn1); init_bn(self.bn2, 0.)
+        self.conv1 = nn.Conv1d(inplanes, planes, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm1d(planes)
+        self.conv2 = nn.Conv1d(planes, planes, 3, padding=2, dilation=2, bias=False)
+        self.bn2 = nn.BatchNorm1d(planes)
+        init_layer(self.conv1)
+        init_layer(self.conv2)
+        init_bn(self.bn1)
+        init_bn(self.bn2, 0.)
 
     def forward(self, x):
         out = F.max_pool1d(x, kernel_size=self.stride) if self.stride != 1 else x
@@ -586,7 +634,8 @@ class ResNetBody1d(nn.Module):
         super().__init__()
         cin = 64
         for i, (planes, n) in enumerate(zip((64, 128, 256, 512, 1024, 1024, 2048), layers), 1):
-            setattr(self, f'layer{i}', res_layer(ResBasicBlock1d, cin, planes, n, 1 if i == 1 else 4, dim=1)); cin = planes
+            setattr(self, f'layer{i}', res_layer(ResBasicBlock1d, cin, planes, n, 1 if i == 1 else 4, dim=1))
+            cin = planes
     def forward(self, x):
         for i in range(1, 8): x = getattr(self, f'layer{i}')(x)
         return x
@@ -595,8 +644,10 @@ class Res1dNet31(PannsModel):
     "Res1dNet31: the Wavegram's strided convolution, then a 1-D ResNet with [2]*7 blocks."
     layers = (2, 2, 2, 2, 2, 2, 2)
     def build(self, classes_num, **_):
-        self.conv0 = nn.Conv1d(1, 64, 11, stride=5, padding=5, bias=False); self.bn0 = nn.BatchNorm1d(64)
-        init_layer(self.conv0); init_bn(self.bn0)
+        self.conv0 = nn.Conv1d(1, 64, 11, stride=5, padding=5, bias=False)
+        self.bn0 = nn.BatchNorm1d(64)
+        init_layer(self.conv0)
+        init_bn(self.bn0)
         self.resnet = ResNetBody1d(self.layers)
         self.add_head(2048, 2048, classes_num)
 
@@ -605,7 +656,9 @@ class Res1dNet31(PannsModel):
         if self.training and mixup_lambda is not None: x = do_mixup(x, mixup_lambda)
         return self.clip_head(self.resnet(self.bn0(self.conv0(x))))
 
-class Res1dNet51(Res1dNet31): "Res1dNet51: [2, 3, 4, 6, 4, 3, 2] blocks."; layers = (2, 3, 4, 6, 4, 3, 2)
+class Res1dNet51(Res1dNet31):
+    "Res1dNet51: [2, 3, 4, 6, 4, 3, 2] blocks."
+    layers = (2, 3, 4, 6, 4, 3, 2)
 
 # %% ../nbs/41_models.ipynb #e2bed790
 MODELS = {c.__name__: c for c in [Cnn6, Cnn10, Cnn14, Cnn14_16k, Cnn14_8k, Cnn14_mel32, Cnn14_mel128, Cnn14_emb512,

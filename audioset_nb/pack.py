@@ -43,7 +43,9 @@ def _encode_job(args)->tuple:
 # %% ../nbs/20_pack.ipynb #b770dfc5
 def _imap(fn, items:list, workers:int, window:int):
     "`fn` over `items` in `workers` processes, in order, with at most `window` results pending."
-    if workers <= 1: yield from map(fn, items); return
+    if workers <= 1:
+        yield from map(fn, items)
+        return
     # a worker dies with us: forked, it shares our output lock, which must not outlive a killed packer
     with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as ex:
         pending = deque()
@@ -88,7 +90,10 @@ def _commit(f, buf, names, targets, items_done, skipped):
     "Write buffered rows, the clips left out and the resume point, then flush."
     if buf: _append(f, [names[i] for i, _ in buf], [r for _, r in buf], targets[[i for i, _ in buf]])
     s = f['skipped']
-    if len(skipped) > len(s): n = len(s); s.resize(len(skipped), axis=0); s[n:] = np.array(skipped[n:], dtype=object)
+    if len(skipped) > len(s):
+        n = len(s)
+        s.resize(len(skipped), axis=0)
+        s[n:] = np.array(skipped[n:], dtype=object)
     f.attrs['pack_progress'] = json.dumps(dict(rows=f['audio_name'].shape[0], items_done=items_done, skipped=len(skipped)))
     f.flush()
 
@@ -99,7 +104,9 @@ def _reopen(path:Path, settings:dict)->h5py.File|None:
     f = None
     try:
         f = h5py.File(path, 'a')
-        if json.loads(f.attrs['pack_settings']) != settings: f.close(); return None
+        if json.loads(f.attrs['pack_settings']) != settings:
+            f.close()
+            return None
         p = _progress_of(f)
         for k in _row_keys(f): f[k].resize(p['rows'], axis=0)
         f['skipped'].resize(p['skipped'], axis=0)
@@ -131,7 +138,8 @@ def _need_space(out:Path, nbytes:int, rows:int=0):
         kept = f'; the {rows} clips packed so far are kept in .{out.name}.partial and a rerun resumes from them' if rows else ''
         e = CannotWrite(f'Cannot write {out}: the disk is full ({free/1e6:.1f} MB free, {nbytes/1e6:.1f} MB needed); '
                         f'free some space there or choose another place{kept}.')
-        e.errno = errno.ENOSPC; raise e
+        e.errno = errno.ENOSPC
+        raise e
 
 def _check_folder(d:Path, what:str='Clip folder', flag:str='--audios_dir'):
     if d.is_dir(): return
@@ -199,11 +207,13 @@ def _pack_locked(out, settings, names, targets, audios_dir, csv_path, sample_rat
         buf = []
         for i, (row, why) in enumerate(_progress(_imap(_encode_job, jobs, workers, 4*workers), len(jobs), progress), start):
             if row is None:
-                skipped.append((names[i], why)); logging.getLogger(__name__).warning(f'{names[i]} left out: {why}')
+                skipped.append((names[i], why))
+                logging.getLogger(__name__).warning(f'{names[i]} left out: {why}')
             else: buf.append((i, row))
             if (i + 1) % chunk == 0 or i + 1 == len(names):
                 _need_space(out, sum(r.nbytes for _, r in buf) + (1 << 20), _progress_of(f)['rows'])
-                _commit(f, buf, names, targets, i + 1, skipped); buf = []
+                _commit(f, buf, names, targets, i + 1, skipped)
+                buf = []
         rows = _progress_of(f)['rows']
     if rows == 0:
         tmp.unlink()
@@ -272,7 +282,9 @@ def combine_indexes(indexes_hdf5s_dir:Path,      # folder of per-subset index fi
         for p in train_index_order(parts):
             with h5py.File(p, 'r') as src:
                 n, m = f['audio_name'].shape[0], src['audio_name'].shape[0]
-                for k in ('audio_name', 'target', 'hdf5_path', 'index_in_hdf5'): f[k].resize(n + m, axis=0); f[k][n:] = src[k][:]
+                for k in ('audio_name', 'target', 'hdf5_path', 'index_in_hdf5'):
+                    f[k].resize(n + m, axis=0)
+                    f[k][n:] = src[k][:]
     return _write_h5(out, fill, sum(p.stat().st_size for p in parts))
 
 def _check_index(path:Path):

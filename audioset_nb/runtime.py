@@ -24,7 +24,8 @@ class OnnxTagger:
         import onnxruntime as ort
         self.path = Path(path)
         if not self.path.is_file(): raise ValueError(f'ONNX model {path} does not exist; check --onnx.')
-        opts = ort.SessionOptions(); opts.intra_op_num_threads = threads
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
         try: self.session = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
         except Exception: raise ValueError(f'{path} is not an ONNX model; export one with audioset_export.') from None
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -60,14 +61,18 @@ def tag_onnx(tagger:OnnxTagger, src, # an audio file any ffmpeg decodes
              batch_size:int=8, pooling:str='max')->OnnxTags:
     "Tag the file `src` with `tagger`; raises `AudioError` if it cannot be read."
     if pooling not in ('max', 'mean'): raise ValueError(f"pooling must be 'max' or 'mean', not {pooling!r}.")
-    win = int(round(window_seconds*tagger.sample_rate)); hop = int(round((hop_seconds or window_seconds)*tagger.sample_rate))
+    win = int(round(window_seconds*tagger.sample_rate))
+    hop = int(round((hop_seconds or window_seconds)*tagger.sample_rate))
     if not 0 < hop <= win: raise ValueError('hop_seconds must be above 0 and at most window_seconds.')
     scores, embs, n, batch = [], [], 0, []
     def run():
-        out = tagger.forward(np.stack(batch)); batch.clear()
-        scores.append(out['clipwise_output']); embs.append(out['embedding'])
+        out = tagger.forward(np.stack(batch))
+        batch.clear()
+        scores.append(out['clipwise_output'])
+        embs.append(out['embedding'])
     for start, w, k in sliding_windows(stream_audio(src, tagger.sample_rate), win, hop):
-        batch.append(w); n = start + k
+        batch.append(w)
+        n = start + k
         if len(batch) == batch_size: run()
     if batch: run()
     s, e = np.concatenate(scores), np.concatenate(embs)
@@ -96,7 +101,9 @@ def _tag_onnx(cfg:OnnxTagConfig):
     tagger, rows, failed = OnnxTagger(cfg.onnx, cfg.threads), [], []
     for p in cfg.audio_path:
         try: t = tag_onnx(tagger, p, cfg.window_seconds, cfg.hop_seconds, cfg.batch_size, cfg.pooling)
-        except AudioError as e: failed.append(str(e)); continue
+        except AudioError as e:
+            failed.append(str(e))
+            continue
         if cfg.output: rows.append({'path': t.path, 'duration': t.duration, 'top': t.top(cfg.top_k)})
         else:
             print(f'{t.path} ({t.duration:.2f} s)')

@@ -28,7 +28,8 @@ def _harmonics(f0:np.ndarray, sr:int, gain:callable, # harmonic number and (n,) 
     "Additive synthesis: harmonics of the time-varying `f0` (n,) below `top` Hz, each with its amplitude curve."
     top, out, ph = min(top or sr/2, 0.45*sr), np.zeros(len(f0)), 2*np.pi*np.cumsum(f0)/sr
     for h in range(1, int(top/max(f0.min(), 20)) + 1):
-        fh = h*f0; a = gain(h, fh)*(fh < top)
+        fh = h*f0
+        a = gain(h, fh)*(fh < top)
         if a.any(): out += a*np.sin(h*ph + h)
     return out
 
@@ -46,10 +47,12 @@ def _speech(rng, n, sr):
     rate = rng.uniform(3, 7)
     while t < k:
         if rng.random() < 0.12:  # a pause between phrases
-            t += int(rng.uniform(0.2, 0.7)*fr); continue
+            t += int(rng.uniform(0.2, 0.7)*fr)
+            continue
         d = max(4, int(fr/rate*rng.uniform(0.6, 1.4)))
         a, b = vowels[rng.integers(len(vowels))]*scale*rng.uniform(0.9, 1.1, 3), vowels[rng.integers(len(vowels))]*scale*rng.uniform(0.9, 1.1, 3)
-        s = slice(t, min(k, t + d)); m = s.stop - s.start
+        s = slice(t, min(k, t + d))
+        m = s.stop - s.start
         F[s] = a + (b - a)*np.linspace(0, 1, m)[:, None]  # formant transition through the syllable
         amp[s] = np.sin(np.pi*np.linspace(0, 1, m))**0.7*rng.uniform(0.4, 1)
         voiced[s] = 1
@@ -76,7 +79,8 @@ def _music(rng, n, sr):
     poly, drums = rng.integers(1, 5), rng.random() < 0.35
     out, pos = np.zeros(n), 0
     while pos < n:
-        d = int(beat*rng.choice([0.5, 1, 1, 2])*sr); m = min(n - pos, int(d*(1.0 if plucked else rng.uniform(0.8, 1.05))) + 1)
+        d = int(beat*rng.choice([0.5, 1, 1, 2])*sr)
+        m = min(n - pos, int(d*(1.0 if plucked else rng.uniform(0.8, 1.05))) + 1)
         t = np.arange(m)/sr
         for step in rng.choice(len(scale), poly, replace=False):
             f = root*2**((scale[step] + 12*rng.integers(0, 2))/12)
@@ -87,7 +91,8 @@ def _music(rng, n, sr):
             out[pos:pos+m] += note*_env(m, sr, attack, decay)
         if drums:
             kick = np.sin(2*np.pi*60*np.arange(int(0.15*sr))/sr*np.exp(-np.arange(int(0.15*sr))/sr*8))*_env(int(0.15*sr), sr, 0.002, 0.06)
-            k = min(len(kick), n - pos); out[pos:pos+k] += 2*kick[:k]
+            k = min(len(kick), n - pos)
+            out[pos:pos+k] += 2*kick[:k]
         pos += d
     return out
 
@@ -103,7 +108,8 @@ def _animal(rng, n, sr):
     out, pos = np.zeros(n), int(rng.uniform(0, 0.3)*sr)
     span, direction, harm = rng.uniform(0.2, 1.0), rng.choice([-1, 1]), rng.integers(1, 4)
     while pos < n:
-        m = min(int(call_len*rng.uniform(0.8, 1.2)*sr), n - pos); t = np.arange(m)/sr
+        m = min(int(call_len*rng.uniform(0.8, 1.2)*sr), n - pos)
+        t = np.arange(m)/sr
         if m < 8: break
         u = t/max(t[-1], 1e-3)
         if kind == 'sweep': f = lo*2**(direction*span*(u if rng.random() < 0.7 else np.sin(np.pi*u)))
@@ -127,7 +133,9 @@ def _fast(n:int)->int:
 
 def _bandnoise(rng, n, sr, lo, hi):
     "White noise kept between `lo` and `hi` Hz."
-    L = _fast(n); X = np.fft.rfft(rng.standard_normal(L)); f = np.fft.rfftfreq(L, 1/sr)
+    L = _fast(n)
+    X = np.fft.rfft(rng.standard_normal(L))
+    f = np.fft.rfftfreq(L, 1/sr)
     return np.fft.irfft(X*((f >= lo) & (f <= hi)), L)[:n]
 
 def _everyday(rng, n, sr):
@@ -135,7 +143,8 @@ def _everyday(rng, n, sr):
     kind = rng.choice(['impacts', 'footsteps', 'scrape', 'water', 'typing'])
     out = np.zeros(n)
     def hit(m_s, modes, decay, noise):
-        m = int(m_s*sr); t = np.arange(m)/sr
+        m = int(m_s*sr)
+        t = np.arange(m)/sr
         x = sum(np.sin(2*np.pi*f*t)*np.exp(-t/decay*rng.uniform(0.5, 1.5)) for f in modes)
         return x + noise*_bandnoise(rng, m, sr, 200, 0.45*sr)*np.exp(-t/0.01)
     if kind in ('impacts', 'footsteps', 'typing'):
@@ -144,14 +153,16 @@ def _everyday(rng, n, sr):
         pos = 0
         while pos < n:
             h = hit(0.25, modes*rng.uniform(0.95, 1.05), {'impacts': 0.06, 'footsteps': 0.03, 'typing': 0.01}[kind], rng.uniform(0.5, 3))
-            k = min(len(h), n - pos); out[pos:pos+k] += h[:k]*rng.uniform(0.5, 1)
+            k = min(len(h), n - pos)
+            out[pos:pos+k] += h[:k]*rng.uniform(0.5, 1)
             pos += int(period*rng.uniform(0.7, 1.3)*sr) if kind != 'impacts' else int(period*rng.exponential()*sr) + 1
     elif kind == 'scrape':
         fr = _frames_to_samples(np.abs(rng.standard_normal(max(2, int(n/sr*8)))), n)
         out = _bandnoise(rng, n, sr, rng.uniform(200, 1500), rng.uniform(3000, 0.45*sr))*fr
     else:  # water: a stream of bubbles (short rising resonances) over splashing noise
         for s in rng.integers(0, n, int(n/sr*rng.uniform(20, 80))):
-            m = int(rng.uniform(0.01, 0.05)*sr); t = np.arange(min(m, n - s))/sr
+            m = int(rng.uniform(0.01, 0.05)*sr)
+            t = np.arange(min(m, n - s))/sr
             f = rng.uniform(400, 3000)*(1 + 3*t)
             out[s:s+len(t)] += np.sin(2*np.pi*np.cumsum(f)/sr)*np.exp(-t/0.01)
         out += 0.3*_bandnoise(rng, n, sr, 500, 0.45*sr)*_frames_to_samples(np.abs(rng.standard_normal(max(2, int(n/sr*4)))), n)
@@ -163,13 +174,18 @@ SCENE_SOUNDS = dict(speech=_speech, music=_music, animal=_animal, other=_everyda
 # %% ../nbs/92_scenes.ipynb #ee3bf890
 def _background(rng, n:int, sr:int, kind:str)->np.ndarray:
     "A background of unit power: coloured noise, mains hum, babble-like, rain-like, wind or traffic."
-    L = _fast(n); w = rng.standard_normal(L); f = np.fft.rfftfreq(L, 1/sr); f[0] = f[1]
+    L = _fast(n)
+    w = rng.standard_normal(L)
+    f = np.fft.rfftfreq(L, 1/sr)
+    f[0] = f[1]
     shaped = lambda p: np.fft.irfft(np.fft.rfft(w)/f**p, L)[:n]
     slow = lambda rate: _frames_to_samples(np.abs(rng.standard_normal(max(2, int(n/sr*rate)))) + 0.3, n)
     if kind == 'white': x = w[:n]
     elif kind == 'pink': x = shaped(0.5)
     elif kind == 'brown': x = shaped(1.0)
-    elif kind == 'hum': t = np.arange(n)/sr; x = sum(np.sin(2*np.pi*rng.choice([50, 60])*h*t)/h for h in range(1, 9)) + 0.2*shaped(0.5)
+    elif kind == 'hum':
+        t = np.arange(n)/sr
+        x = sum(np.sin(2*np.pi*rng.choice([50, 60])*h*t)/h for h in range(1, 9)) + 0.2*shaped(0.5)
     elif kind == 'babble':  # speech-shaped noise with a crowd's irregular syllabic fluctuation
         x = np.fft.irfft(np.fft.rfft(w)*np.exp(-((np.log2(f/500))**2)/2), L)[:n]*slow(8)
     elif kind == 'rain': x = 0.3*shaped(0.3) + w[:n]*(rng.random(n) < 0.003)*8
@@ -180,7 +196,9 @@ def _background(rng, n:int, sr:int, kind:str)->np.ndarray:
 # %% ../nbs/92_scenes.ipynb #1353acbd
 def _channel(rng, x:np.ndarray, sr:int, kind:str)->np.ndarray:
     "`x` through a random recording channel: microphone/room EQ, a phone's band, a room's reverberation, or clipping."
-    n, L = len(x), _fast(len(x)); f = np.fft.rfftfreq(L, 1/sr); X = np.fft.rfft(x, L)
+    n, L = len(x), _fast(len(x))
+    f = np.fft.rfftfreq(L, 1/sr)
+    X = np.fft.rfft(x, L)
     lf = np.log2(np.maximum(f, 20)/1000)
     eq = rng.uniform(-6, 6)*lf/4 + sum(rng.uniform(-10, 10)*np.exp(-((lf - c)**2)/(2*0.3**2)) for c in rng.uniform(-3, 3, 3))
     X = X*10**(eq/20)  # every source has its own microphone
@@ -189,7 +207,8 @@ def _channel(rng, x:np.ndarray, sr:int, kind:str)->np.ndarray:
     y = np.fft.irfft(X, L)[:n]
     if kind in ('room', 'phone', 'far'):
         rt = rng.uniform(0.2, 0.9) if kind == 'far' else rng.uniform(0.05, 0.4)
-        ir = rng.standard_normal(int(rt*sr))*np.exp(-6.9*np.arange(int(rt*sr))/(rt*sr)); ir[0] = 1/rng.uniform(0.2, 1.0)
+        ir = rng.standard_normal(int(rt*sr))*np.exp(-6.9*np.arange(int(rt*sr))/(rt*sr))
+        ir[0] = 1/rng.uniform(0.2, 1.0)
         L = 1 << int(np.ceil(np.log2(n + len(ir))))
         y = np.fft.irfft(np.fft.rfft(y, L)*np.fft.rfft(ir, L), L)[:n]
     if kind == 'clip': y = np.tanh(rng.uniform(2, 6)*y/np.abs(y).max())
@@ -210,8 +229,11 @@ TEST_CONDITIONS = dict(backgrounds=('white', 'brown', 'rain', 'traffic'), channe
 # %% ../nbs/92_scenes.ipynb #64f9e3d2
 def scene_clip(rng, cls:str, sr:int, seconds:float, backgrounds:tuple, channels:tuple)->np.ndarray:
     "One recording of class `cls`: its sound over part of the file, a background at -5..20 dB SNR, a random channel and level."
-    n = int(seconds*sr); m = int(n*rng.uniform(0.5, 1.0)); s = rng.integers(0, n - m + 1)
-    ev = np.zeros(n); ev[s:s+m] = SCENE_SOUNDS[cls](rng, m, sr)
+    n = int(seconds*sr)
+    m = int(n*rng.uniform(0.5, 1.0))
+    s = rng.integers(0, n - m + 1)
+    ev = np.zeros(n)
+    ev[s:s+m] = SCENE_SOUNDS[cls](rng, m, sr)
     snr_db = rng.uniform(-5, 20)
     x = _mix(ev, _background(rng, n, sr, rng.choice(backgrounds)), snr_db, slice(s, s + m))
     x = _channel(rng, x, sr, rng.choice(channels))
@@ -231,7 +253,8 @@ def make_scene_set(root:str|Path, # folder to write `root/<class>/<i>.<ext>` int
             x = scene_clip(rng, c, min(sr, 16000), rng.uniform(*seconds), **cond)  # made at 16 kHz at most: quicker
             x = soxr.resample(x, min(sr, 16000), sr).astype(np.float32) if sr > 16000 else x.astype(np.float32)
             x = np.stack([x, x*rng.uniform(0.6, 1.0)]) if ch == 2 else x
-            d = root/c; wav = d/f'{i:03d}.{"wav" if ext == "wav" else "tmp.wav"}'
+            d = root/c
+            wav = d/f'{i:03d}.{"wav" if ext == "wav" else "tmp.wav"}'
             write_wav(wav, x, sr)
             if ext != 'wav':  # the codecs' own encoders, through ffmpeg
                 subprocess.run([ffmpeg_exe(), '-nostdin', '-v', 'error', '-y', '-i', str(wav), str(d/f'{i:03d}.{ext}')], check=True)

@@ -61,7 +61,9 @@ def ffmpeg_blocks(source:str, sr:int, # the source and the rate to deliver it at
         if proc.wait() != 0 and not n: raise ValueError(f'ffmpeg could not read {source} ({why}); check the source.')
         if proc.returncode != 0: print(f'The stream {source} broke off after {n/sr:.1f} s ({why}).', file=sys.stderr)
     finally:
-        if proc.poll() is None: proc.kill(); proc.wait()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 # %% ../nbs/64_stream.ipynb #c60238c9
 class Hysteresis:
@@ -183,6 +185,7 @@ def _stream(cfg:StreamConfig):
             print(json.dumps(e), flush=True)
     except KeyboardInterrupt: sys.exit(130)
     except BrokenPipeError:  # the reader (e.g. `head`) has gone: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); sys.exit(0)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 stream_cli = config_cli(StreamConfig, _stream, 'audioset_tag')

@@ -175,7 +175,9 @@ def fp32_frontend(model:nn.Module)->nn.Module:
 # %% ../nbs/50_train.ipynb #18b3a52e
 def seed_everything(seed:int, deterministic:bool=False):
     "Seed Python, NumPy and torch; with `deterministic`, ask torch for reproducible kernels."
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not deterministic
 
@@ -188,7 +190,8 @@ def rng_state()->dict:
 
 def set_rng_state(s:dict):
     "Restore what `rng_state` saved."
-    py = s['python']; random.setstate((py[0], tuple(py[1]), py[2]))
+    py = s['python']
+    random.setstate((py[0], tuple(py[1]), py[2]))
     name, keys, pos, has_gauss, gauss = s['numpy']
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(s['torch'])
@@ -245,10 +248,13 @@ def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in 
         dst:Dist=None, amp:bool=True, progress:bool=True,
        )->dict:
     "Train from iteration `start` to `iterations`, evaluating, logging and saving on the way; return the last scores."
-    dst = dst or Dist(); dev = dst.device
+    dst = dst or Dist()
+    dev = dst.device
     stream, scores, it = iter(batches), {}, start
     loss_sum, bad = torch.zeros((), device=dev), torch.full((), -1, device=dev)
-    n = seen = 0; wait = 0.; tick = time.perf_counter()
+    n = seen = 0
+    wait = 0.
+    tick = time.perf_counter()
     bar = tqdm(total=iterations, initial=start, unit='it', disable=not (progress and dst.main), dynamic_ncols=True)
     while True:
         # on schedule: evaluate, log and save; a resumed run does not redo what its checkpoint already did
@@ -263,28 +269,40 @@ def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in 
                 check_finite(bad)
                 dt = time.perf_counter() - tick
                 rec.update(loss=loss_sum.item()/n, lr=opt.param_groups[0]['lr'], examples_per_s=seen/dt, data_wait=wait/dt)
-                loss_sum.zero_(); n = seen = 0; wait = 0.
+                loss_sum.zero_()
+                n = seen = 0
+                wait = 0.
             if due_eval:
                 scores = evaluate(model) if dst.main else {}
                 for k, s in scores.items(): rec.update({f'{k}_{m}': v for m, v in s.summary().items()})
                 dst.barrier()
             if dst.main and len(rec) > 1:
-                log(rec); bar.set_postfix({k: f'{v:.3g}' for k, v in rec.items() if k in ('loss', 'examples_per_s', 'test_mAP')})
+                log(rec)
+                bar.set_postfix({k: f'{v:.3g}' for k, v in rec.items() if k in ('loss', 'examples_per_s', 'test_mAP')})
             if due_save: save(it, it % save_every == 0)
             tick = time.perf_counter()
         if it >= iterations: break
         # the next batch; time spent waiting for it is what `data_wait` reports
-        t = time.perf_counter(); batch = next(stream); wait += time.perf_counter() - t
+        t = time.perf_counter()
+        batch = next(stream)
+        wait += time.perf_counter() - t
         x, y, lam = _to(batch['waveform'], dev), _to(batch['target'], dev).float(), None
         # mixup: pairs of clips are mixed inside the model (after the front end), their targets here
-        if mixup is not None: lam = _to(mixup(len(x)), dev); y = do_mixup(y, lam)
+        if mixup is not None:
+            lam = _to(mixup(len(x)), dev)
+            y = do_mixup(y, lam)
         # forward in bf16 autocast on a GPU, the loss in fp32
         model.train()
         with autocast(dev, amp): out = model(x) if lam is None else model(x, lam)
         loss = loss_fn(out, y)
         # backward and step (DDP averages the gradients across ranks during backward)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        it += 1; n += 1; seen += len(x); bar.update()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        it += 1
+        n += 1
+        seen += len(x)
+        bar.update()
         # keep the loss and the first non-finite iteration on the device: no sync per step
         loss_sum += loss.detach()
         bad = torch.where((bad < 0) & ~torch.isfinite(loss.detach()), it, bad)
@@ -295,11 +313,14 @@ def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in 
 @torch.no_grad()
 def predict(model:nn.Module, loader, device:torch.device=torch.device('cpu'), amp:bool=True)->tuple:
     "(clipwise outputs, targets) of `model` over every batch of `loader`, as float32 arrays."
-    model = unwrap(model); was = model.training; model.eval()
+    model = unwrap(model)
+    was = model.training
+    model.eval()
     outs, tgts = [], []
     for b in loader:
         with autocast(device, amp): o = model(_to(b['waveform'], device))['clipwise_output']
-        outs.append(o.float().cpu()); tgts.append(torch.as_tensor(b['target']).float())
+        outs.append(o.float().cpu())
+        tgts.append(torch.as_tensor(b['target']).float())
     model.train(was)
     return torch.cat(outs).numpy(), torch.cat(tgts).numpy()
 
@@ -349,7 +370,9 @@ def plot_statistics(records:list, ax=None):
     ev = [r for r in records if 'test_mAP' in r]
     for k, style in [('bal', '--'), ('test', '-')]:
         ax.plot([r['iteration'] for r in ev], [np.nan if r[f'{k}_mAP'] is None else r[f'{k}_mAP'] for r in ev], style, label=k)
-    ax.set(xlabel='iterations', ylabel='mAP', ylim=(0, 1)); ax.grid(alpha=.3); ax.legend()
+    ax.set(xlabel='iterations', ylabel='mAP', ylim=(0, 1))
+    ax.grid(alpha=.3)
+    ax.legend()
     return ax
 
 # %% ../nbs/50_train.ipynb #91b9b452
@@ -367,7 +390,8 @@ def plot_ap(scores:Scores, names:list=None, ax=None):
     if ax is None: _, ax = plt.subplots(figsize=(6, 0.22*len(rows) + 1))
     ax.barh([r[0] for r in rows], [r[1] for r in rows])
     ax.axvline(scores.mAP, ls='--', c='k', label=f'mAP {scores.mAP:.3f}')
-    ax.set(xlabel='average precision', xlim=(0, 1)); ax.legend(loc='lower right')
+    ax.set(xlabel='average precision', xlim=(0, 1))
+    ax.legend(loc='lower right')
     return ax
 
 # %% ../nbs/50_train.ipynb #bd9e9e3f
@@ -395,7 +419,8 @@ def _recorded(batches, path:Path):
     "Pass `batches` through, appending each batch's audio names to `path`."
     with open(path, 'a') as f:
         for b in batches:
-            f.write(''.join(f'{n}\n' for n in b['audio_name'])); f.flush()
+            f.write(''.join(f'{n}\n' for n in b['audio_name']))
+            f.flush()
             yield b
 
 def _resume_path(cfg:TrainConfig)->Path|None:
@@ -467,7 +492,9 @@ def run_folder(path:Path, # the folder a run writes its checkpoints to
                also:tuple=()): # other folders only this run writes (its statistics), tidied too
     "Hold run folder `path` for the block: created, locked against a second run, cleared of a killed save's temporary files."
     path = Path(path)
-    if not main: yield path; return
+    if not main:
+        yield path
+        return
     with contextlib.ExitStack() as held:
         with writing(path, 'training run folder'):
             path.mkdir(parents=True, exist_ok=True)
@@ -534,7 +561,8 @@ def write_report(cfg:TrainConfig, scores:dict):
     "The training curve (`curve.png`) and the per-class AP table (`per_class_ap.tsv`) beside the statistics."
     from matplotlib.figure import Figure
     d = statistics_path(cfg).parent
-    ax = plot_statistics(read_statistics(statistics_path(cfg)), Figure(figsize=(6, 4)).subplots()); ax.set_title(cfg.model_type)
+    ax = plot_statistics(read_statistics(statistics_path(cfg)), Figure(figsize=(6, 4)).subplots())
+    ax.set_title(cfg.model_type)
     with writing(d/'curve.png', 'training curve'), atomic_path(d/'curve.png', suffix='.png') as tmp:
         ax.figure.savefig(tmp, dpi=100, bbox_inches='tight')
     rows = ap_table(scores['test'])

@@ -23,7 +23,8 @@ def make_sources(root:Path, n:int):
         subprocess.run([ffmpeg_exe(), '-nostdin', '-loglevel', 'error', '-y', '-f', 's16le', '-ar', str(sr), '-ac', str(ch),
                         '-i', 'pipe:0', *args, str(root/f'base{k}.{ext}')], input=pcm.tobytes(), check=True)
     for i in range(n):
-        k = i % len(SOURCES); ytid = f'bench{i:06d}'
+        k = i % len(SOURCES)
+        ytid = f'bench{i:06d}'
         os.link(root/f'base{k}.{SOURCES[k][0]}', root/f'{ytid}.{SOURCES[k][0]}')
         segs.append(Segment(ytid, 2., 12., ('/m/01v_m0',)))
     return segs
@@ -35,18 +36,22 @@ def timed(mirror, fn):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--clips', type=int, default=24); ap.add_argument('--delay', type=float, default=0.2)
+    ap.add_argument('--clips', type=int, default=24)
+    ap.add_argument('--delay', type=float, default=0.2)
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'download-cpu.json'))
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix='bench-download-'))
     try:
-        src = work/'sources'; src.mkdir(); segs = make_sources(src, a.clips)
+        src = work/'sources'
+        src.mkdir()
+        segs = make_sources(src, a.clips)
         results = []
         with Mirror(src, delay=a.delay) as m:
             kw = dict(url_template=m.url_template, timeout=60, retries=0)
             download_clip(segs[0], work/'warmup', **kw)   # loads yt-dlp's extractors once, outside the timings
             def baseline():
-                out = work/'baseline'; out.mkdir()
+                out = work/'baseline'
+                out.mkdir()
                 return [download_clip(s, out, **kw) for s in segs]
             runs = [('baseline (plain loop)', baseline)] + [
                 (f'{w} workers', lambda w=w: download_clips(segs, work/f'w{w}', workers=w, progress=False, **kw)) for w in (1, 4, 8)]

@@ -22,9 +22,11 @@ def bench(name, batches, reps, seconds, folder):
     torch.manual_seed(0)
     ref_model = calibrate_bn(build_model(name, fast_stft=False))
     path = export_onnx(ref_model, Path(folder)/f'{name}.onnx')
-    opts = ort.SessionOptions(); opts.intra_op_num_threads = torch.get_num_threads()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
     sess = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
-    fast = for_inference(build_model(name)); fast.load_state_dict(ref_model.state_dict())
+    fast = for_inference(build_model(name))
+    fast.load_state_dict(ref_model.state_dict())
     names = [o.name for o in sess.get_outputs()]
     run = {'reference': lambda x: ref_model(x), 'fast': lambda x: fast(x),
            'onnx': lambda x: dict(zip(names, map(torch.from_numpy, sess.run(None, {'waveform': x.numpy()}))))}
@@ -36,7 +38,10 @@ def bench(name, batches, reps, seconds, folder):
             with ctx[v](): outs[v] = f(x)  # warm-up; also the outputs compared
         for _ in range(reps):
             for v, f in run.items():
-                with ctx[v](): t0 = time.perf_counter(); f(x); times[v].append(time.perf_counter() - t0)
+                with ctx[v]():
+                    t0 = time.perf_counter()
+                    f(x)
+                    times[v].append(time.perf_counter() - t0)
         med = {v: statistics.median(t) for v, t in times.items()}
         row = {'model': name, 'batch': batch, 'onnx_bytes': path.stat().st_size,
                **{f'{v}_s': med[v] for v in run}, **{f'{v}_s_all': times[v] for v in run},
@@ -66,8 +71,11 @@ def main():
                          'numpy': np.__version__, 'audioset_nb': audioset_nb.__version__, 'python': platform.python_version()},
             'clip_seconds': a.seconds, 'opset': 17, 'reps': a.reps,
             'timing': 'median of reps after one warm-up call; variants interleaved rep by rep', 'results': rows}
-    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix('.tmp'); tmp.write_text(json.dumps(info, indent=1)); os.replace(tmp, out)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix('.tmp')
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, out)
     print(f'wrote {out}')
 
 if __name__ == '__main__': main()

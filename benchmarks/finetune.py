@@ -33,9 +33,13 @@ def long_files(root:Path, n:int, seconds=(60, 200), seed=0)->Path:
         x = [np.sin(2*np.pi*rng.uniform(200, 800)*t), np.sin(2*np.pi*(300 + 200*np.sin(2*np.pi*0.5*t))*t),
              rng.standard_normal(len(t))*(np.sin(2*np.pi*2*t) > 0), (np.arange(len(t)) % (sr//3) < 40)*1.0][c]
         x = (0.3*x + 0.05*rng.standard_normal(len(t))).astype(np.float32)
-        d = root/f'class{c}'; d.mkdir(parents=True, exist_ok=True)
-        wav = d/f'{i:03d}.tmp.wav'; sf.write(wav, np.stack([x]*ch, 1), sr)
-        if ext == 'wav': wav.rename(d/f'{i:03d}.wav'); continue
+        d = root/f'class{c}'
+        d.mkdir(parents=True, exist_ok=True)
+        wav = d/f'{i:03d}.tmp.wav'
+        sf.write(wav, np.stack([x]*ch, 1), sr)
+        if ext == 'wav':
+            wav.rename(d/f'{i:03d}.wav')
+            continue
         subprocess.run([ffmpeg_exe(), '-nostdin', '-v', 'error', '-y', '-i', str(wav), str(d/f'{i:03d}.{ext}')], check=True)
         wav.unlink()
     return root
@@ -47,7 +51,10 @@ def cpu_seconds()->float:
 def run(data:Path, ws:Path, epochs:int, batch:int, **kw)->dict:
     cfg = FinetuneConfig(str(data), workspace=str(ws), model_type='Cnn6_mini', clip_seconds=5.0, epochs=epochs, batch_size=batch,
                          front=FrontEnd(8000, 256, 80, 64, 50, 4000), progress=False, valid_fraction=0.15, **kw)
-    c, t = cpu_seconds(), time.perf_counter(); r = finetune(cfg)[0]; gc.collect(); wall = time.perf_counter() - t
+    c, t = cpu_seconds(), time.perf_counter()
+    r = finetune(cfg)[0]
+    gc.collect()
+    wall = time.perf_counter() - t
     cpu = cpu_seconds() - c  # the whole run: decode pass, training, evaluation, its worker processes
     recs = [s for s in read_statistics(r['checkpoint'].parent/'statistics.jsonl') if 'examples_per_s' in s][1:]
     return dict(examples_per_s=float(np.mean([s['examples_per_s'] for s in recs])), data_wait=float(np.mean([s['data_wait'] for s in recs])),
@@ -58,16 +65,24 @@ def loader_only(data:Path, n_old:int=16, n_new:int=2000)->dict:
     from audioset_nb.finetune import ClipDataset, decode_clips, read_folder
     clips, n = read_folder(data), 5*8000
     old = ClipDataset(clips, 8000, n)
-    t = time.perf_counter(); [old[i % len(clips)] for i in range(n_old)]; old_rate = n_old/(time.perf_counter() - t)
-    t = time.perf_counter(); audio, _ = decode_clips(clips, 8000, data.parent/'bench_decoded.h5'); decode_s = time.perf_counter() - t
+    t = time.perf_counter()
+    [old[i % len(clips)] for i in range(n_old)]
+    old_rate = n_old/(time.perf_counter() - t)
+    t = time.perf_counter()
+    audio, _ = decode_clips(clips, 8000, data.parent/'bench_decoded.h5')
+    decode_s = time.perf_counter() - t
     new = ClipDataset(clips, 8000, n, audio)
-    t = time.perf_counter(); [new[i % len(clips)] for i in range(n_new)]; new_rate = n_new/(time.perf_counter() - t)
+    t = time.perf_counter()
+    [new[i % len(clips)] for i in range(n_new)]
+    new_rate = n_new/(time.perf_counter() - t)
     return dict(old_crops_per_s=old_rate, new_crops_per_s=new_rate, ratio=new_rate/old_rate, decode_pass_s=decode_s)
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--files', type=int, default=24); p.add_argument('--epochs', type=int, default=4)
-    p.add_argument('--batch', type=int, default=8); p.add_argument('--out', default=None)
+    p.add_argument('--files', type=int, default=24)
+    p.add_argument('--epochs', type=int, default=4)
+    p.add_argument('--batch', type=int, default=8)
+    p.add_argument('--out', default=None)
     p.add_argument('--seconds', type=float, nargs=2, default=[60, 200], help='range of file lengths')
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix='bench_finetune_'))
@@ -85,7 +100,9 @@ def main():
         print('loader', loader)
         for k in ('before', 'after'): print(k, {m: round(v, 3) for m, v in out[k].items() if m != 'records'})
         path = Path(a.out or Path(__file__).parent/'results'/'finetune-cpu.json')
-        tmpf = path.with_suffix('.tmp'); tmpf.write_text(json.dumps(out, indent=1) + '\n'); tmpf.replace(path)
+        tmpf = path.with_suffix('.tmp')
+        tmpf.write_text(json.dumps(out, indent=1) + '\n')
+        tmpf.replace(path)
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
 if __name__ == '__main__': main()

@@ -30,9 +30,11 @@ FORMATS = [('wav', 16000, 1), ('flac', 44100, 2), ('mp3', 22050, 1), ('ogg', 480
 
 def _speech(rng, n, sr):
     "Voiced syllables: a pulse train at a gliding f0 through two moving formant resonances, 3-6 syllables a second."
-    t = np.arange(n)/sr; f0 = rng.uniform(90, 240)*(1 + 0.15*np.sin(2*np.pi*rng.uniform(0.5, 2)*t))
+    t = np.arange(n)/sr
+    f0 = rng.uniform(90, 240)*(1 + 0.15*np.sin(2*np.pi*rng.uniform(0.5, 2)*t))
     src = np.sign(np.sin(2*np.pi*np.cumsum(f0)/sr))*0.5
-    spec = np.fft.rfft(src); f = np.fft.rfftfreq(n, 1/sr)
+    spec = np.fft.rfft(src)
+    f = np.fft.rfftfreq(n, 1/sr)
     out = np.zeros(n)
     for F in (rng.uniform(300, 900), rng.uniform(1000, 2500)):
         out += np.fft.irfft(spec/(1 + ((f - F)/120)**2), n)
@@ -43,7 +45,8 @@ def _music(rng, n, sr):
     "Notes and chords of a scale with harmonic partials and decaying envelopes."
     out, pos = np.zeros(n), 0
     while pos < n:
-        d = int(rng.uniform(0.15, 0.6)*sr); t = np.arange(min(d, n - pos))/sr
+        d = int(rng.uniform(0.15, 0.6)*sr)
+        t = np.arange(min(d, n - pos))/sr
         for k in rng.choice([0, 2, 4, 5, 7, 9, 11], rng.integers(1, 4), replace=False):
             f = 220*2**((k + 12*rng.integers(0, 2))/12)
             out[pos:pos+len(t)] += sum(np.sin(2*np.pi*h*f*t)/h**1.5 for h in range(1, 6))*np.exp(-t*rng.uniform(2, 6))
@@ -73,9 +76,13 @@ SOUNDS = dict(speech=_speech, music=_music, call=_call, knock=_knock)
 def _background(rng, n, sr, kinds):
     k = rng.choice(kinds)
     w = rng.standard_normal(n)
-    if k == 'brown': x = np.cumsum(w); x -= np.convolve(x, np.ones(400)/400, 'same')
+    if k == 'brown':
+        x = np.cumsum(w)
+        x -= np.convolve(x, np.ones(400)/400, 'same')
     elif k == 'pink': x = np.fft.irfft(np.fft.rfft(w)/np.sqrt(np.arange(1, n//2 + 2)), n)
-    elif k == 'hum': t = np.arange(n)/sr; x = sum(np.sin(2*np.pi*50*h*t)/h for h in range(1, 8)) + 0.3*w
+    elif k == 'hum':
+        t = np.arange(n)/sr
+        x = sum(np.sin(2*np.pi*50*h*t)/h for h in range(1, 8)) + 0.3*w
     elif k == 'crackle': x = w*(rng.random(n) < 0.01)*5 + 0.2*np.fft.irfft(np.fft.rfft(w)/np.sqrt(np.arange(1, n//2 + 2)), n)
     else: x = w  # white
     return x/np.sqrt(np.mean(x**2) + 1e-12)
@@ -86,15 +93,21 @@ def make_set(root:Path, per_class:int, seed:int, backgrounds:tuple)->Path:
     for c in CLASSES:
         for i in range(per_class):
             ext, sr, ch = FORMATS[rng.integers(len(FORMATS))]
-            n = int(rng.uniform(1, 30)*sr); ev = np.zeros(n)
-            m = int(n*rng.uniform(0.3, 0.9)); s = rng.integers(0, n - m + 1)
+            n = int(rng.uniform(1, 30)*sr)
+            ev = np.zeros(n)
+            m = int(n*rng.uniform(0.3, 0.9))
+            s = rng.integers(0, n - m + 1)
             ev[s:s+m] = SOUNDS[c](rng, m, sr)
             ev /= np.sqrt(np.mean(ev[s:s+m]**2) + 1e-12)
             x = ev*10**(rng.uniform(-5, 20)/20) + _background(rng, n, sr, backgrounds)
             x = (0.25*x/np.abs(x).max()).astype(np.float32)
-            d = root/c; d.mkdir(parents=True, exist_ok=True)
-            wav = d/f'{i:03d}.tmp.wav'; sf.write(wav, np.stack([x]*ch, 1), sr)
-            if ext == 'wav': wav.rename(d/f'{i:03d}.wav'); continue
+            d = root/c
+            d.mkdir(parents=True, exist_ok=True)
+            wav = d/f'{i:03d}.tmp.wav'
+            sf.write(wav, np.stack([x]*ch, 1), sr)
+            if ext == 'wav':
+                wav.rename(d/f'{i:03d}.wav')
+                continue
             subprocess.run([ffmpeg_exe(), '-nostdin', '-v', 'error', '-y', '-i', str(wav), str(d/f'{i:03d}.{ext}')], check=True)
             wav.unlink()
     return root
@@ -122,7 +135,9 @@ def write(rows:dict, a, **extra):
                torch=torch.__version__, audioset_nb=audioset_nb.__version__, set=a.set, per_class=a.per_class, test_per_class=a.test_per_class,
                epochs=a.epochs, recipes=rows, **extra)
     path = Path(a.out or Path(__file__).parent/'results'/SETS[a.set]['out'])
-    tmpf = path.with_suffix('.tmp'); tmpf.write_text(json.dumps(out, indent=1) + '\n'); tmpf.replace(path)
+    tmpf = path.with_suffix('.tmp')
+    tmpf.write_text(json.dumps(out, indent=1) + '\n')
+    tmpf.replace(path)
 
 def from_log(log:Path, a):
     "The JSON of an interrupted run, from the per-run lines it printed (`<recipe> {run dict}`)."
@@ -140,13 +155,15 @@ def main():
     p.add_argument('--per_class', type=int, default=None, help='training files per class (default: 80 scenes, 24 old)')
     p.add_argument('--test_per_class', type=int, default=None, help='test files per class (default: 30 scenes, half of per_class old)')
     p.add_argument('--epochs', type=int, default=None, help='default: 12 scenes, 10 old')
-    p.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3]); p.add_argument('--recipes', nargs='+', default=None)
+    p.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3])
+    p.add_argument('--recipes', nargs='+', default=None)
     p.add_argument('--out', default=None)
     p.add_argument('--data_dir', help='where the set is written (train/, test/), or read from if it is there already')
     p.add_argument('--from_log', help="write the JSON from a log of this script's per-run lines (a run that was stopped early)")
     a = p.parse_args()
     S, scenes = SETS[a.set], a.set == 'scenes'
-    a.per_class = a.per_class or (80 if scenes else 24); a.test_per_class = a.test_per_class or (30 if scenes else a.per_class//2)
+    a.per_class = a.per_class or (80 if scenes else 24)
+    a.test_per_class = a.test_per_class or (30 if scenes else a.per_class//2)
     a.epochs, a.recipes = a.epochs or (12 if scenes else 10), a.recipes or list(S['recipes'])
     if a.from_log: return from_log(Path(a.from_log), a)
     tmp = Path(tempfile.mkdtemp(prefix='bench_recipes_'))

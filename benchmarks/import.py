@@ -22,7 +22,8 @@ from pack import synth, tree_rss_peak  # noqa: E402
 def flac48(i:int)->bytes:
     import soundfile as sf
     from audioset_nb.audio import resample
-    b = io.BytesIO(); sf.write(b, resample(synth(i), 32000, 48000)*0.9, 48000, format='FLAC', subtype='PCM_24')
+    b = io.BytesIO()
+    sf.write(b, resample(synth(i), 32000, 48000)*0.9, 48000, format='FLAC', subtype='PCM_24')
     return b.getvalue()
 
 def make_parquet(path:Path, n:int):
@@ -44,13 +45,19 @@ def baseline(src:Path, out:Path):
     import h5py, pyarrow.parquet as pq, soundfile as sf
     from audioset_nb.audio import pad_or_truncate, resample, to_int16
     from audioset_nb.metadata import load_labels
-    lab = load_labels(); rows, names, targets = [], [], []
+    lab = load_labels()
+    rows, names, targets = [], [], []
     for r in pq.read_table(src).to_pylist():
         x, sr = sf.read(io.BytesIO(r['audio']['bytes']), dtype='float32')
         rows.append(to_int16(pad_or_truncate(resample(x, sr, 32000), 320000)))
-        names.append(f"Y{r['video_id']}.wav"); t = np.zeros(527, bool); t[[lab.index(m) for m in r['labels']]] = True; targets.append(t)
+        names.append(f"Y{r['video_id']}.wav")
+        t = np.zeros(527, bool)
+        t[[lab.index(m) for m in r['labels']]] = True
+        targets.append(t)
     with h5py.File(out, 'w') as f:
-        f['audio_name'] = np.array(names, dtype='S20'); f['waveform'] = np.stack(rows); f['target'] = np.stack(targets)
+        f['audio_name'] = np.array(names, dtype='S20')
+        f['waveform'] = np.stack(rows)
+        f['target'] = np.stack(targets)
         f.attrs['sample_rate'] = np.int32(32000)
 
 def run_variant(variant:str, src:Path, out:Path):
@@ -68,8 +75,11 @@ def run_variant(variant:str, src:Path, out:Path):
 def measure(variant:str, src:Path, out:Path, n:int)->dict:
     stop, peak = threading.Event(), []
     proc = subprocess.Popen([sys.executable, __file__, '--variant', variant, '--src', str(src), '--out', str(out)], stdout=subprocess.PIPE, text=True)
-    th = threading.Thread(target=tree_rss_peak, args=(proc, stop, peak)); th.start()
-    stdout, _ = proc.communicate(); stop.set(); th.join()
+    th = threading.Thread(target=tree_rss_peak, args=(proc, stop, peak))
+    th.start()
+    stdout, _ = proc.communicate()
+    stop.set()
+    th.join()
     if proc.returncode: raise SystemExit(f'variant {variant} failed')
     r = json.loads(stdout.strip().splitlines()[-1])
     r.update(variant=variant, clips=n, file_mb=src.stat().st_size/2**20, clips_per_s=n/r['seconds'], peak_tree_rss_mb=peak[0]/2**20)
@@ -84,7 +94,8 @@ def main(ns:list, out:Path):
         d = Path(d)
         print(f'load average before: {os.getloadavg()}', flush=True)
         for n in ns:
-            src = d/f'n{n}.parquet'; make_parquet(src, n)
+            src = d/f'n{n}.parquet'
+            make_parquet(src, n)
             rs = [measure(v, src, d/f'{v}-{n}.h5', n) for v in ['baseline', 'ours-w1', 'ours-w2']]
             with h5py.File(d/f'baseline-{n}.h5', 'r') as a, h5py.File(d/f'ours-w2-{n}.h5', 'r') as b:
                 same = bool(np.array_equal(a['waveform'][:], b['waveform'][:]))
@@ -102,7 +113,10 @@ def main(ns:list, out:Path):
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser()
-    ap.add_argument('--ns', type=int, nargs='+', default=[100, 400]); ap.add_argument('--variant'); ap.add_argument('--src'); ap.add_argument('--out', type=Path, default=HERE/'results'/'import-cpu.json')
+    ap.add_argument('--ns', type=int, nargs='+', default=[100, 400])
+    ap.add_argument('--variant')
+    ap.add_argument('--src')
+    ap.add_argument('--out', type=Path, default=HERE/'results'/'import-cpu.json')
     a = ap.parse_args()
     if a.variant: run_variant(a.variant, Path(a.src), a.out)
     else: main(a.ns, a.out)

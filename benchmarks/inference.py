@@ -20,7 +20,8 @@ def make_clips(d:Path, n:int, seconds:float=10., sr:int=44100):
     rng, t, out = np.random.default_rng(0), np.arange(int(seconds*sr))/sr, []
     for i in range(n):
         x = 0.1*rng.standard_normal((2, len(t))) + 0.3*np.sin(2*np.pi*(220 + 110*i)*t)
-        sf.write(d/f'clip{i}.flac', x.T.astype(np.float32), sr); out.append(d/f'clip{i}.flac')
+        sf.write(d/f'clip{i}.flac', x.T.astype(np.float32), sr)
+        out.append(d/f'clip{i}.flac')
     return out
 
 def reference_style(model, files):
@@ -33,7 +34,9 @@ def reference_style(model, files):
     return np.stack(outs)
 
 def timed(fn, *args):
-    t0 = time.perf_counter(); r = fn(*args); return time.perf_counter() - t0, r
+    t0 = time.perf_counter()
+    r = fn(*args)
+    return time.perf_counter() - t0, r
 
 def speed(d:Path, n:int, rounds:int):
     files = make_clips(d, n)
@@ -42,7 +45,8 @@ def speed(d:Path, n:int, rounds:int):
     tagger = load_tagger(d/'cnn14.pth')               # ours: `for_inference` (fast STFT, fast CPU conv blocks)
     model = build_model('Cnn14', fast_stft=False).eval()  # the reference: conv-STFT, plain modules, same weights
     model.load_state_dict(tagger.model.state_dict())
-    reference_style(model, files[:1]); tag_files(tagger, files[:1])  # warm up
+    reference_style(model, files[:1])
+    tag_files(tagger, files[:1])  # warm up
     best = {}
     for _ in range(rounds):
         for name, fn in [('reference_style', lambda: reference_style(model, files)),
@@ -88,7 +92,8 @@ def memory(d:Path, long_seconds:int):
     save_checkpoint(d/'cnn6.pth', build_model('Cnn6'), model_type='Cnn6')
     out = {}
     for label, secs in [('5min', 300), (f'{long_seconds//60}min', long_seconds)]:
-        p = d/f'long{secs}.wav'; write_long(p, secs)
+        p = d/f'long{secs}.wav'
+        write_long(p, secs)
         for kind in (['api', 'load_whole'] if secs == long_seconds else ['api']):
             r = subprocess.run([sys.executable, '-c', MEM, kind, str(p), str(d/'cnn6.pth')], capture_output=True, text=True,
                                cwd=ROOT, check=True)
@@ -98,13 +103,15 @@ def memory(d:Path, long_seconds:int):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--clips', type=int, default=8); ap.add_argument('--rounds', type=int, default=2)
+    ap.add_argument('--clips', type=int, default=8)
+    ap.add_argument('--rounds', type=int, default=2)
     ap.add_argument('--long_seconds', type=int, default=3600)
     ap.add_argument('--out', default=str(ROOT/'benchmarks'/'results'/'inference-cpu.json'))
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        sp = speed(d, a.clips, a.rounds); print(json.dumps(sp, indent=1), flush=True)
+        sp = speed(d, a.clips, a.rounds)
+        print(json.dumps(sp, indent=1), flush=True)
         mem = memory(d, a.long_seconds)
     import librosa, soxr
     res = dict(benchmark='inference', date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
@@ -115,8 +122,11 @@ def main():
                           rounds=a.rounds, timing='best of rounds, after one warm-up clip',
                           memory_model='Cnn6 (random weights), batch 8, 10-s windows', long_file=f'{a.long_seconds} s, 16 kHz mono 16-bit WAV'),
                speed=sp, memory=mem)
-    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix('.tmp'); tmp.write_text(json.dumps(res, indent=1) + '\n'); os.replace(tmp, out)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix('.tmp')
+    tmp.write_text(json.dumps(res, indent=1) + '\n')
+    os.replace(tmp, out)
     print(f'wrote {out}')
 
 if __name__ == '__main__': main()

@@ -39,14 +39,19 @@ def make_file(path:Path, n:int, flac:bool=False):
         for i in range(n):
             x = (3000*np.sin(2*np.pi*(200 + i)*t) + g.normal(0, 500, T)).astype(np.int16)
             if flac:
-                buf = io.BytesIO(); sf.write(buf, x, SR, format='FLAC', subtype='PCM_16'); w[i] = np.frombuffer(buf.getvalue(), np.uint8)
+                buf = io.BytesIO()
+                sf.write(buf, x, SR, format='FLAC', subtype='PCM_16')
+                w[i] = np.frombuffer(buf.getvalue(), np.uint8)
             else: w[i] = x
-        tg = np.zeros((n, 527), bool); tg[np.arange(n), np.arange(n) % 527] = True
-        f['target'] = tg; f.attrs.create('sample_rate', SR, dtype=np.int32)
+        tg = np.zeros((n, 527), bool)
+        tg[np.arange(n), np.arange(n) % 527] = True
+        f['target'] = tg
+        f.attrs.create('sample_rate', SR, dtype=np.int32)
 
 def clips_per_s(ds, workers:int, batches:int, bs:int=32)->float:
     dl = make_loader(ds, RandomSampler(len(ds), bs, seed=0), num_workers=workers, prefetch_factor=4)
-    it = iter(dl); next(it)                                  # start-up (worker spawn, first open) not counted
+    it = iter(dl)
+    next(it)  # start-up (worker spawn, first open) not counted
     procs = [psutil.Process()] + psutil.Process().children()
     cpu = lambda: sum(sum(p.cpu_times()[:2]) for p in procs)
     t0, c0 = time.perf_counter(), cpu()
@@ -60,8 +65,10 @@ def main(n, batches):
     runs = []
     with tempfile.TemporaryDirectory(dir=os.environ.get('BENCH_TMP')) as d:
         d = Path(d)
-        make_file(d/'w.h5', n); make_file(d/'f.h5', n, flac=True)
-        ix = write_index(d/'w.h5', d/'i.h5'); ixf = write_index(d/'f.h5', d/'if.h5')
+        make_file(d/'w.h5', n)
+        make_file(d/'f.h5', n, flac=True)
+        ix = write_index(d/'w.h5', d/'i.h5')
+        ixf = write_index(d/'f.h5', d/'if.h5')
         for name, ds, workers in [('ours', AudioSetDataset(ix), 0), ('ours', AudioSetDataset(ix), 1), ('ours', AudioSetDataset(ix), 2),
                                   ('reopen', ReopenDataset(ix), 0), ('reopen', ReopenDataset(ix), 2),
                                   ('ours-flac', AudioSetDataset(ixf), 0), ('ours-flac', AudioSetDataset(ixf), 2)]:
@@ -82,5 +89,8 @@ def main(n, batches):
     print(f"wrote {HERE/'results'/'loader-cpu.json'}")
 
 if __name__ == '__main__':
-    ap = argparse.ArgumentParser(); ap.add_argument('--n', type=int, default=1000); ap.add_argument('--batches', type=int, default=40)
-    a = ap.parse_args(); main(a.n, a.batches)
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--n', type=int, default=1000)
+    ap.add_argument('--batches', type=int, default=40)
+    a = ap.parse_args()
+    main(a.n, a.batches)

@@ -26,7 +26,9 @@ def clips(batch, seconds=10., sr=32000, noise_floor=1e-3):
 def calibrate_bn(model, seconds=10.):
     "Give BatchNorm running statistics from real-like input, so that an untrained model's activations are well scaled."
     for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm): m.reset_running_stats(); m.momentum = None
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
     with torch.no_grad(): model.train()(torch.from_numpy(np.stack([demo_signal(seconds, seed=100+i) for i in range(4)])))
     return model.eval()
 
@@ -41,7 +43,8 @@ def prepared_bytes(model):
     blocks = [m for m in model.modules() if isinstance(m, FusedConvBlock)]
     for t in (t for b in blocks for w in b.prepared.values() for t in w):
         if isinstance(t, torch.Tensor) and (p := t.untyped_storage().data_ptr()) not in own | seen:
-            seen.add(p); total += t.untyped_storage().nbytes()
+            seen.add(p)
+            total += t.untyped_storage().nbytes()
     return total
 
 def bench(name, batch, reps, compile):
@@ -55,11 +58,15 @@ def bench(name, batch, reps, compile):
     row, outs, times = {'model': name, 'batch': batch}, {}, {v: [] for v in models}
     for v, m in models.items():
         with ctx.get(v, torch.inference_mode)():
-            t0 = time.perf_counter(); outs[v] = m(x); row[f'{v}_first_call_s'] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            outs[v] = m(x)
+            row[f'{v}_first_call_s'] = time.perf_counter() - t0
     for _ in range(reps):
         for v, m in models.items():
             with ctx.get(v, torch.inference_mode)():
-                t0 = time.perf_counter(); m(x); times[v].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                m(x)
+                times[v].append(time.perf_counter() - t0)
     ref = outs['reference']
     row['model_bytes'] = sum(t.nbytes for t in list(ref_model.parameters()) + list(ref_model.buffers()))
     row['eager_prepared_weight_bytes'] = prepared_bytes(models['eager'])
@@ -93,8 +100,11 @@ def main():
                          'python': platform.python_version()},
             'clip_seconds': 10, 'sample_rate': 32000, 'reps': a.reps, 'timing': 'median of reps after one warm-up call; variants interleaved rep by rep',
             'results': rows}
-    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix('.tmp'); tmp.write_text(json.dumps(info, indent=1)); os.replace(tmp, out)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix('.tmp')
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, out)
     print(f'wrote {out}')
 
 if __name__ == '__main__': main()

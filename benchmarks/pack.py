@@ -23,7 +23,8 @@ def synth(i:int)->np.ndarray:
     "A cheap clip that is not trivially compressible: brown + white noise, an envelope, two tones."
     g = np.random.default_rng(i)
     n = SR*SECONDS
-    brown = lfilter([1.], [1., -0.995], g.standard_normal(n)); brown /= np.abs(brown).max() + 1e-9
+    brown = lfilter([1.], [1., -0.995], g.standard_normal(n))
+    brown /= np.abs(brown).max() + 1e-9
     t = np.arange(n)/SR
     x = 0.3*brown + 0.02*g.standard_normal(n) + 0.1*np.sin(2*np.pi*g.uniform(100, 4000)*t)*(np.sin(2*np.pi*0.3*t) > 0)
     return (x*np.interp(t, [0, 2, 5, 8, 10], g.uniform(0.2, 1, 5))).astype(np.float32)
@@ -45,7 +46,9 @@ def reference_pack(csv_path, audios_dir, out):
     "The reference's loop: librosa per file, in order, into a preallocated dataset (missing files left silent)."
     import h5py, librosa
     from audioset_nb.download import read_segments, segments_to_targets
-    segs = read_segments(csv_path); targets = segments_to_targets(segs); n = len(segs)
+    segs = read_segments(csv_path)
+    targets = segments_to_targets(segs)
+    n = len(segs)
     with h5py.File(out, 'w') as hf:
         hf.create_dataset('audio_name', shape=(n,), dtype='S20')
         hf.create_dataset('waveform', shape=(n, SR*SECONDS), dtype=np.int16)
@@ -56,7 +59,8 @@ def reference_pack(csv_path, audios_dir, out):
             if p.is_file():
                 x, _ = librosa.load(p, sr=SR, mono=True)
                 x = np.pad(x, (0, max(0, SR*SECONDS - len(x))))[:SR*SECONDS]
-                hf['audio_name'][i] = p.name.encode(); hf['waveform'][i] = (np.clip(x, -1, 1)*32767.).astype(np.int16)
+                hf['audio_name'][i] = p.name.encode()
+                hf['waveform'][i] = (np.clip(x, -1, 1)*32767.).astype(np.int16)
                 hf['target'][i] = targets[i]
 
 def run_variant(variant, d):
@@ -64,7 +68,8 @@ def run_variant(variant, d):
     from audioset_nb.pack import pack_waveforms
     if variant == 'reference': import librosa  # noqa: F401  (imports are not part of the packing time)
     out = d/f'{variant}.h5'
-    r0 = resource.getrusage(resource.RUSAGE_SELF); cpu0 = r0.ru_utime + r0.ru_stime
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = r0.ru_utime + r0.ru_stime
     t0 = time.perf_counter()
     if variant == 'reference': reference_pack(d/'segs.csv', d/'audios', out)
     else:
@@ -92,9 +97,11 @@ def measure(variant, d, n):
     th = None
     try:
         import psutil  # noqa: F401
-        th = threading.Thread(target=tree_rss_peak, args=(proc, stop, peak)); th.start()
+        th = threading.Thread(target=tree_rss_peak, args=(proc, stop, peak))
+        th.start()
     except ImportError: pass
-    out, _ = proc.communicate(); stop.set()
+    out, _ = proc.communicate()
+    stop.set()
     if th: th.join()
     if proc.returncode: raise SystemExit(f'variant {variant} failed')
     r = json.loads(out.strip().splitlines()[-1])
@@ -108,7 +115,8 @@ def measure(variant, d, n):
 def decode_speed(path, n_read):
     "Single-core clips/s reading rows through AudioSetDataset (int16 or FLAC store), file already in page cache."
     from audioset_nb.data import AudioSetDataset
-    ds = AudioSetDataset(path); ds[0]
+    ds = AudioSetDataset(path)
+    ds[0]
     idx = np.random.default_rng(0).permutation(len(ds))[:n_read]
     t0, c0 = time.perf_counter(), time.process_time()
     for i in idx: ds[int(i)]
@@ -120,7 +128,9 @@ def main(n):
     with tempfile.TemporaryDirectory(dir=os.environ.get('BENCH_TMP')) as d:
         d = Path(d)
         print(f'load average before: {os.getloadavg()}', flush=True)
-        t0 = time.perf_counter(); make_clips(d, n); gen = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        make_clips(d, n)
+        gen = time.perf_counter() - t0
         print(f'generated {n} clips in {gen:.0f} s', flush=True)
         runs = [measure(v, d, n) for v in ['reference', 'ours-w1', 'ours-w2', 'ours-flac-w2']]
         base = runs[0]['clips_per_s']
@@ -145,7 +155,9 @@ def main(n):
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser()
-    ap.add_argument('--n', type=int, default=2000); ap.add_argument('--variant'); ap.add_argument('--dir')
+    ap.add_argument('--n', type=int, default=2000)
+    ap.add_argument('--variant')
+    ap.add_argument('--dir')
     a = ap.parse_args()
     if a.variant: run_variant(a.variant, Path(a.dir))
     else: main(a.n)

@@ -46,7 +46,8 @@ def mini_copy(d:Path)->dict:
     for subset, segs in mini.segments.items():
         audio = []
         for s in segs:
-            b = io.BytesIO(); sf.write(b, mini.reference_segment(s.ytid), SR, format='FLAC', subtype='PCM_16')
+            b = io.BytesIO()
+            sf.write(b, mini.reference_segment(s.ytid), SR, format='FLAC', subtype='PCM_16')
             audio.append({'bytes': b.getvalue(), 'path': f'audio/{subset}/{s.ytid}.flac'})
         out[subset] = d/f'{subset}.parquet'
         pq.write_table(pa.table({'video_id': [s.ytid for s in segs], 'audio': audio, 'labels': [list(s.labels) for s in segs]}), out[subset])
@@ -99,7 +100,9 @@ def main(n:int, iterations:int, seed:int, out:Path):
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser()
-    ap.add_argument('--n', type=int, default=200); ap.add_argument('--iterations', type=int, default=400); ap.add_argument('--seed', type=int, default=1234)
+    ap.add_argument('--n', type=int, default=200)
+    ap.add_argument('--iterations', type=int, default=400)
+    ap.add_argument('--seed', type=int, default=1234)
     ap.add_argument('--out', type=Path, default=HERE/'results'/'stores-cpu.json')
     a = ap.parse_args()
     main(a.n, a.iterations, a.seed, a.out)

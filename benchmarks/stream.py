@@ -57,17 +57,21 @@ def run(model_path, sr, args, tones, seconds, cpu_from, cpu_to):
     audio, chunk, marks, cpu = stream_audio(sr, seconds, tones), sr//100, {}, {}
     time.sleep(args.startup)  # imports and model loading happen before the stream starts, as for a live source
     def feed():
-        p.stdin.write(wav_header(sr)); t0 = time.perf_counter()
+        p.stdin.write(wav_header(sr))
+        t0 = time.perf_counter()
         for k in range(0, len(audio), chunk):
             while (d := t0 + k/sr - time.perf_counter()) > 0: time.sleep(d)
-            p.stdin.write(audio[k:k+chunk].tobytes()); p.stdin.flush()
+            p.stdin.write(audio[k:k+chunk].tobytes())
+            p.stdin.flush()
             marks[k] = time.perf_counter()
             if k == int(cpu_from*sr): cpu['from'] = (cpu_seconds(p.pid), time.perf_counter())
             if k == int(cpu_to*sr): cpu['to'] = (cpu_seconds(p.pid), time.perf_counter())
         p.stdin.close()
-    th = threading.Thread(target=feed); th.start()
+    th = threading.Thread(target=feed)
+    th.start()
     lines = [(time.perf_counter(), json.loads(l)) for l in p.stdout]
-    th.join(); p.wait()
+    th.join()
+    p.wait()
     if p.returncode: raise RuntimeError(p.stderr.read().decode())
     written = lambda t: marks[int(round(t*sr))//chunk*chunk]  # when the chunk holding time t was written
     events = [{**e, 'latency_s': at - written(truth)} for (at, e), truth in zip(lines, [s for a, b in tones for s in (a, b)])]
@@ -107,8 +111,11 @@ def main():
             'versions': {'torch': torch.__version__, 'onnxruntime': ort.__version__, 'numpy': np.__version__,
                          'audioset_nb': audioset_nb.__version__, 'python': platform.python_version()},
             'stream_seconds': a.seconds, 'tones_s': tones, 'results': rows}
-    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix('.tmp'); tmp.write_text(json.dumps(info, indent=1)); os.replace(tmp, out)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix('.tmp')
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, out)
     print(f'wrote {out}')
 
 if __name__ == '__main__': main()

@@ -52,8 +52,10 @@ def run_one(model_type, batch, v, ds, dev, steps, workers, sr):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--cuda', action='store_true')
-    p.add_argument('--models', nargs='+'); p.add_argument('--batches', nargs='+', type=int)
-    p.add_argument('--seconds', type=float); p.add_argument('--steps', type=int)
+    p.add_argument('--models', nargs='+')
+    p.add_argument('--batches', nargs='+', type=int)
+    p.add_argument('--seconds', type=float)
+    p.add_argument('--steps', type=int)
     p.add_argument('--variants', nargs='+', help=f'reference and any of {", ".join(ABLATIONS)}')
     p.add_argument('--repeat', type=int, help='runs of each variant, interleaved; the median is reported')
     p.add_argument('--workers', type=int, default=None)
@@ -94,7 +96,9 @@ def main():
                     print(f"{m:12s} batch {b:4d} {name:16s} {eps:8.1f} ex/s  wait {wait:.3f}" + (f"  x{r['vs_reference']:.2f}" if ref else ''), flush=True)
     path = Path(a.out or Path(__file__).parent/'results'/f'train_throughput-{"gpu" if gpu else "cpu"}.json')
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.tmp'); tmp.write_text(json.dumps(out, indent=1) + '\n'); tmp.replace(path)
+    tmp = path.with_suffix('.tmp')
+    tmp.write_text(json.dumps(out, indent=1) + '\n')
+    tmp.replace(path)
     print(f'wrote {path}')
 
 if __name__ == '__main__': main()

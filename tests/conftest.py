@@ -11,7 +11,8 @@ PKG_PATH = str(Path(audioset_nb.__file__).resolve().parents[1])
 
 def _module_of(name):
     "The module of console script `name`, from settings.ini (e.g. 'audioset_nb.train')."
-    cfg = configparser.ConfigParser(); cfg.read(ROOT/'settings.ini')
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT/'settings.ini')
     return dict(s.split('=') for s in cfg['DEFAULT']['console_scripts'].split())[name].split(':')[0]
 
 def cli_cmd(name, *args):

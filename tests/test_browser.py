@@ -21,7 +21,9 @@ from audioset_nb.models import build_model, save_checkpoint
 LOADED = "sel => { const e = document.querySelector(sel); const i = e && (e.tagName == 'IMG' ? e : e.querySelector('img')); return i && i.complete && i.naturalWidth > 100; }"
 
 def free_port():
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 def wait_for_port(port, proc, timeout=120):
     end = time.time() + timeout
@@ -37,7 +39,8 @@ def exe(name): return shutil.which(name) or str(Path(sys.executable).parent/name
 @pytest.fixture(scope='module')
 def d(tmp_path_factory):
     d = tmp_path_factory.mktemp('browser')
-    (d/'ckpts').mkdir(); (d/'tmp').mkdir()
+    (d/'ckpts').mkdir()
+    (d/'tmp').mkdir()
     torch.manual_seed(0)
     save_checkpoint(d/'ckpts'/'cnn6.pth', build_model('Cnn6'), model_type='Cnn6')
     save_checkpoint(d/'sed.pth', build_model('Cnn14_DecisionLevelMax'), model_type='Cnn14_DecisionLevelMax')
@@ -59,7 +62,8 @@ def serve(d, name, cmd):
         try: proc.wait(20)
         except subprocess.TimeoutExpired: proc.kill()
         log.close()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True); shutil.copy(d/f'{name}.log', ARTIFACTS/f'{name}.log')
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(d/f'{name}.log', ARTIFACTS/f'{name}.log')
 
 @pytest.fixture(scope='module')
 def voila_url(d):
@@ -127,7 +131,8 @@ def test_jupyterlab_run_the_demo_notebook_and_tag(d, lab_url):
             page.goto(lab_url + 'lab/tree/61_demo.ipynb', timeout=120_000)
             page.locator('.jp-Notebook').first.wait_for(timeout=120_000)
             select = page.locator('.jp-Dialog').get_by_role('button', name='Select')  # the notebook names no kernel
-            select.wait_for(timeout=60_000); select.click()
+            select.wait_for(timeout=60_000)
+            select.click()
             page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').wait_for(timeout=180_000)
             page.locator('.jp-Notebook').first.click()
             page.keyboard.press('Control+Shift+C')
@@ -143,5 +148,6 @@ def test_jupyterlab_run_the_demo_notebook_and_tag(d, lab_url):
             page.screenshot(path=str(ARTIFACTS/'demo-jupyterlab.png'), full_page=True)
             assert top.first.inner_text() == want
         except Exception:
-            page.screenshot(path=str(ARTIFACTS/'demo-jupyterlab-failed.png'), full_page=True); raise
+            page.screenshot(path=str(ARTIFACTS/'demo-jupyterlab-failed.png'), full_page=True)
+            raise
         finally: b.close()

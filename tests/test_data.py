@@ -12,14 +12,17 @@ def ref_waveforms(path, n=6, sr=SR, t=T, seed=0):
     "A waveform HDF5 written exactly as the reference's packing script does (plain h5py, contiguous)."
     g = np.random.default_rng(seed)
     wave = (g.uniform(-0.5, 0.5, (n, t))*32767).astype(np.int16)
-    target = np.zeros((n, C), bool); target[np.arange(n), np.arange(n) % 5] = True
+    target = np.zeros((n, C), bool)
+    target[np.arange(n), np.arange(n) % 5] = True
     with h5py.File(path, 'w') as hf:
         hf.create_dataset('audio_name', shape=(n,), dtype='S20')
         hf.create_dataset('waveform', shape=(n, t), dtype=np.int16)
         hf.create_dataset('target', shape=(n, C), dtype=bool)
         hf.attrs.create('sample_rate', data=sr, dtype=np.int32)
         for i in range(n):
-            hf['audio_name'][i] = f'Yclip{i:07d}.wav'.encode(); hf['waveform'][i] = wave[i]; hf['target'][i] = target[i]
+            hf['audio_name'][i] = f'Yclip{i:07d}.wav'.encode()
+            hf['waveform'][i] = wave[i]
+            hf['target'][i] = target[i]
     return wave, target
 
 def ref_index(path, waveform_paths):
@@ -27,8 +30,11 @@ def ref_index(path, waveform_paths):
     names, targets, paths, rows = [], [], [], []
     for p in waveform_paths:
         with h5py.File(p, 'r') as hf:
-            n = len(hf['audio_name']); names += list(hf['audio_name'][:]); targets.append(hf['target'][:])
-            paths += [str(p).encode()]*n; rows += list(range(n))
+            n = len(hf['audio_name'])
+            names += list(hf['audio_name'][:])
+            targets.append(hf['target'][:])
+            paths += [str(p).encode()]*n
+            rows += list(range(n))
     with h5py.File(path, 'w') as hf:
         hf.create_dataset('audio_name', data=np.array(names), dtype='S20')
         hf.create_dataset('target', data=np.concatenate(targets), dtype=bool)
@@ -38,7 +44,8 @@ def ref_index(path, waveform_paths):
 @pytest.fixture
 def ref_files(tmp_path):
     a, b = tmp_path/'a.h5', tmp_path/'b.h5'
-    wa, ta = ref_waveforms(a, 6, seed=0); wb, tb = ref_waveforms(b, 4, seed=1)
+    wa, ta = ref_waveforms(a, 6, seed=0)
+    wb, tb = ref_waveforms(b, 4, seed=1)
     ref_index(tmp_path/'index.h5', [a, b])
     return tmp_path, np.concatenate([wa, wb]), np.concatenate([ta, tb])
 
@@ -61,21 +68,27 @@ def test_reads_reference_layout(ref_files):
 def test_reads_early_reference_float32_files(tmp_path):
     x = np.random.default_rng(0).uniform(-0.9, 0.9, (2, T)).astype(np.float32)
     with h5py.File(tmp_path/'w.h5', 'w') as hf:          # the first published packing script stored float32 rows
-        hf['audio_name'] = np.array([b'Ya.wav', b'Yb.wav'], dtype='S20'); hf['waveform'] = x
+        hf['audio_name'] = np.array([b'Ya.wav', b'Yb.wav'], dtype='S20')
+        hf['waveform'] = x
         hf['target'] = np.zeros((2, C), bool)
     np.testing.assert_array_equal(AudioSetDataset(tmp_path/'w.h5')[1]['waveform'], x[1])
 
 def test_relative_paths_resolve_beside_index(tmp_path, monkeypatch):
-    (tmp_path/'w').mkdir(); (tmp_path/'i').mkdir()
+    (tmp_path/'w').mkdir()
+    (tmp_path/'i').mkdir()
     wave, _ = ref_waveforms(tmp_path/'w'/'a.h5', 3)
-    monkeypatch.chdir(tmp_path/'i'); ref_index(tmp_path/'i'/'index.h5', [Path('../w/a.h5')])
+    monkeypatch.chdir(tmp_path/'i')
+    ref_index(tmp_path/'i'/'index.h5', [Path('../w/a.h5')])
     monkeypatch.chdir('/')
     np.testing.assert_allclose(AudioSetDataset(tmp_path/'i'/'index.h5')[2]['waveform'], wave[2]/32767., atol=1e-7)
 
 def test_handles_stay_open_and_reopen_after_fork(ref_files):
     d, wave, _ = ref_files
     ds = AudioSetDataset(d/'index.h5')
-    ds[0]; s = ds.store(str(d/'a.h5')); ds[1]; ds[2]
+    ds[0]
+    s = ds.store(str(d/'a.h5'))
+    ds[1]
+    ds[2]
     assert ds.store(str(d/'a.h5')) is s and len(ds._stores) == 1      # one handle, reused
     ds._pid = -1                                                       # as a forked worker sees it
     assert ds.store(str(d/'a.h5')) is not s
@@ -84,7 +97,8 @@ def test_handles_stay_open_and_reopen_after_fork(ref_files):
     np.testing.assert_array_equal(clone[3]['waveform'], ds[3]['waveform'])
 
 def test_workers_get_a_small_dataset(tmp_path):
-    ref_waveforms(tmp_path/'a.h5', n=5000, t=10); ref_index(tmp_path/'i.h5', [tmp_path/'a.h5'])
+    ref_waveforms(tmp_path/'a.h5', n=5000, t=10)
+    ref_index(tmp_path/'i.h5', [tmp_path/'a.h5'])
     ds = AudioSetDataset(tmp_path/'i.h5')
     assert len(pickle.dumps(ds)) < 100_000          # not the 2.6 MB of targets, not 5000 path strings
     assert ds[4321]['audio_name'] == 'Yclip0004321.wav' and ds[4321]['target'][4321 % 5] == 1
@@ -95,8 +109,11 @@ def test_compressed_store_reads_like_int16(tmp_path):
         hf.create_dataset('audio_name', data=np.array([f'Yclip{i:07d}.wav' for i in range(3)], dtype='S20'))
         rows = hf.create_dataset('waveform_flac', (3,), h5py.vlen_dtype(np.uint8))
         for i, x in enumerate(wave):
-            buf = io.BytesIO(); sf.write(buf, x, SR, format='FLAC', subtype='PCM_16'); rows[i] = np.frombuffer(buf.getvalue(), np.uint8)
-        hf['target'] = target; hf.attrs['sample_rate'] = SR
+            buf = io.BytesIO()
+            sf.write(buf, x, SR, format='FLAC', subtype='PCM_16')
+            rows[i] = np.frombuffer(buf.getvalue(), np.uint8)
+        hf['target'] = target
+        hf.attrs['sample_rate'] = SR
     a, f = AudioSetDataset(tmp_path/'a.h5'), AudioSetDataset(tmp_path/'f.h5')
     for i in range(3): np.testing.assert_array_equal(f[i]['waveform'], a[i]['waveform'])
 
@@ -105,8 +122,10 @@ def test_resampling_removes_what_would_alias(tmp_path, sr):
     t = np.arange(SR)/SR
     x = np.stack([0.5*np.sin(2*np.pi*300*t), 0.5*np.sin(2*np.pi*(sr/2 + 1500)*t)])   # in band, above new Nyquist
     with h5py.File(tmp_path/'w.h5', 'w') as hf:
-        hf['audio_name'] = np.array([b'Ya.wav', b'Yb.wav'], dtype='S20'); hf['waveform'] = (x*32767).astype(np.int16)
-        hf['target'] = np.zeros((2, C), bool); hf.attrs['sample_rate'] = np.int32(SR)
+        hf['audio_name'] = np.array([b'Ya.wav', b'Yb.wav'], dtype='S20')
+        hf['waveform'] = (x*32767).astype(np.int16)
+        hf['target'] = np.zeros((2, C), bool)
+        hf.attrs['sample_rate'] = np.int32(SR)
     ds = AudioSetDataset(tmp_path/'w.h5', sample_rate=sr)
     low, high = ds[0]['waveform'], ds[1]['waveform']
     assert low.shape == high.shape == (sr,)
@@ -120,7 +139,9 @@ def test_bad_paths_say_what_to_do(tmp_path):
     with pytest.raises(ValueError, match='not an HDF5 file'): read_index(tmp_path/'x.txt')
     with h5py.File(tmp_path/'other.h5', 'w') as hf: hf['foo'] = [1]
     with pytest.raises(ValueError, match='neither an index'): read_index(tmp_path/'other.h5')
-    ref_waveforms(tmp_path/'a.h5', 2); ref_index(tmp_path/'i.h5', [tmp_path/'a.h5']); (tmp_path/'a.h5').unlink()
+    ref_waveforms(tmp_path/'a.h5', 2)
+    ref_index(tmp_path/'i.h5', [tmp_path/'a.h5'])
+    (tmp_path/'a.h5').unlink()
     with pytest.raises(FileNotFoundError, match='hdf5_path'): AudioSetDataset(tmp_path/'i.h5')[0]
 
 # ---- samplers ----
@@ -243,8 +264,10 @@ def test_mixup_lambdas(tmp_path):
     assert abs(lam[0::2].mean() - 0.5) < 0.01 and abs(lam[0::2].var() - 1/12) < 0.005   # Beta(1, 1) is uniform
     lam2 = np.concatenate([Mixup(alpha=0.2, seed=0)(64) for _ in range(50)])
     assert lam2[0::2].var() > 0.15                                                      # Beta(.2,.2) piles up near 0 and 1
-    torch.save(m.state_dict(), tmp_path/'m.pth'); nxt = m(8)
-    m2 = Mixup(alpha=1.0, seed=99); m2.load_state_dict(torch.load(tmp_path/'m.pth', weights_only=True))
+    torch.save(m.state_dict(), tmp_path/'m.pth')
+    nxt = m(8)
+    m2 = Mixup(alpha=1.0, seed=99)
+    m2.load_state_dict(torch.load(tmp_path/'m.pth', weights_only=True))
     np.testing.assert_array_equal(m2(8), nxt)
     with pytest.raises(ValueError, match='even'): m(5)
     with pytest.raises(ValueError, match='positive'): Mixup(0)
@@ -276,5 +299,6 @@ def test_resume_through_a_prefetching_loader(ref_files):
     it = iter(make_loader(ds, s, num_workers=2, prefetch_factor=2))
     seen = [next(it)['audio_name'] for _ in range(6)]
     assert s.batches > 5                                    # the loader asked for batches ahead of the loop
-    t = BalancedSampler(target, 2, seed=4); t.load_state_dict(s.state_dict(batches=5))
+    t = BalancedSampler(target, 2, seed=4)
+    t.load_state_dict(s.state_dict(batches=5))
     assert next(iter(make_loader(ds, t, num_workers=0)))['audio_name'] == seen[5]

@@ -6,8 +6,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path('/usr/bin/chromium')
-spec = importlib.util.spec_from_file_location('docs', ROOT/'tools'/'docs.py'); docs = importlib.util.module_from_spec(spec); spec.loader.exec_module(docs)
-spec = importlib.util.spec_from_file_location('notebooks', ROOT/'tools'/'notebooks.py'); notebooks = importlib.util.module_from_spec(spec); spec.loader.exec_module(notebooks)
+spec = importlib.util.spec_from_file_location('docs', ROOT/'tools'/'docs.py')
+docs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(docs)
+spec = importlib.util.spec_from_file_location('notebooks', ROOT/'tools'/'notebooks.py')
+notebooks = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(notebooks)
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
@@ -41,11 +45,13 @@ def test_every_page_in_a_browser(site):
     figures = 0
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=['--no-sandbox'])
-        page = browser.new_page(); errors = []
+        page = browser.new_page()
+        errors = []
         page.on('console', lambda m: errors.append(f'{page.url}: {m.text}') if m.type == 'error' else None)
         page.on('pageerror', lambda e: errors.append(f'{page.url}: {e}'))
         for f in pages:
-            resp = page.goto(base + f.name); assert resp.status == 200, f
+            resp = page.goto(base + f.name)
+            assert resp.status == 200, f
             widths = page.eval_on_selector_all('main img', 'imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)')
             assert all(w > 0 for w in widths), (f.name, widths)
             figures += len(widths)

@@ -49,7 +49,8 @@ def read_wav(path):
 def best_lag(x, ref, max_lag=0.1):
     "(how late `x` is against `ref`, in s; normalized correlation there), searched within +-`max_lag` s."
     c = scipy.signal.correlate(ref, x, mode='full', method='fft')/np.linalg.norm(x)/np.linalg.norm(ref)
-    lags = np.arange(-len(x) + 1, len(ref)); keep = np.abs(lags) <= max_lag*SR
+    lags = np.arange(-len(x) + 1, len(ref))
+    keep = np.abs(lags) <= max_lag*SR
     k = np.argmax(c[keep])
     return lags[keep][k]/SR, c[keep][k]
 
@@ -166,7 +167,8 @@ def test_malicious_ids_never_reach_a_path_or_url(sources, tmp_path):
 
 def test_killed_run_leaves_no_partial_wav_and_rerun_completes(sources, tmp_path):
     ytids = [f'clip{i:07d}' for i in range(8)]
-    src = tmp_path/'src'; src.mkdir()
+    src = tmp_path/'src'
+    src.mkdir()
     for y in ytids: os.link(sources/'mp3Mono4410.mp3', src/f'{y}.mp3')
     write_segments(tmp_path/'list.csv', [Segment(y, 3.25, 13.25, LABEL) for y in ytids])
     audios = tmp_path/'audios'
@@ -176,7 +178,8 @@ def test_killed_run_leaves_no_partial_wav_and_rerun_completes(sources, tmp_path)
                       '--workers', 2, '--quiet', start_new_session=True)
         t0 = time.time()
         while time.time() - t0 < 30 and len(list(audios.glob('Y*.wav'))) < 2: time.sleep(0.02)
-        os.killpg(p.pid, signal.SIGKILL); p.communicate()
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
         done = list(audios.glob('Y*.wav'))
         assert 2 <= len(done) < len(ytids), 'the run was not killed mid-way'
         assert all(is_finished(w, 10*SR) for w in done)   # every Y*.wav there is whole
@@ -215,7 +218,8 @@ def test_cli_part_and_log_name(sources, tmp_path):
     assert [r['ytid'] for r in sorted(rows, key=lambda r: list(SOURCES).index(r['ytid']))] == list(SOURCES)[2:4]
 
 def test_fetch_unbalanced_rejects_a_short_list_and_reports_http_errors(tmp_path):
-    bucket = tmp_path/'bucket'; bucket.mkdir()
+    bucket = tmp_path/'bucket'
+    bucket.mkdir()
     text = format_segments(segs_of(SOURCES))
     (bucket/'cut.csv').write_text(text.rsplit('\n', 3)[0] + '\n')        # header says 6 rows, 4 are there
     with Mirror(bucket) as m:
@@ -224,9 +228,12 @@ def test_fetch_unbalanced_rejects_a_short_list_and_reports_http_errors(tmp_path)
     assert list((tmp_path/'c1').iterdir()) == []
 
 def test_fetch_unbalanced_resumes_a_part_file(tmp_path):
-    bucket = tmp_path/'bucket'; bucket.mkdir()
-    text = format_segments(segs_of(SOURCES)); (bucket/'u.csv').write_text(text)
-    cache = tmp_path/'cache'; cache.mkdir()
+    bucket = tmp_path/'bucket'
+    bucket.mkdir()
+    text = format_segments(segs_of(SOURCES))
+    (bucket/'u.csv').write_text(text)
+    cache = tmp_path/'cache'
+    cache.mkdir()
     (cache/'unbalanced_train_segments.csv.part').write_text(text[:100])   # what a killed earlier run left
     with Mirror(bucket) as m:
         p = fetch_unbalanced(cache, url=m.file_url('u.csv'))

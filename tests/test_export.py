@@ -68,7 +68,8 @@ TAG = 'import sys; from audioset_nb.runtime import tag_main; tag_main(); assert 
 
 def test_onnx_tag_without_torch(tmp_path):
     m = _model('Cnn6')
-    save_checkpoint(tmp_path/'cnn6.pth', m, model_type='Cnn6'); export_onnx(m, tmp_path/'cnn6.onnx')
+    save_checkpoint(tmp_path/'cnn6.pth', m, model_type='Cnn6')
+    export_onnx(m, tmp_path/'cnn6.onnx')
     write_wav(tmp_path/'a.wav', demo_signal(13., seed=5), 32000)
     # stereo at 44.1 kHz: resampled by the package's loader, as the torch path does
     write_wav(tmp_path/'b.wav', np.stack([demo_signal(4., sr=44100, seed=6)]*2), 44100)

@@ -13,7 +13,9 @@ SR = 32000
 @pytest.fixture(scope='module')
 def src(tmp_path_factory):
     "Eight 14-s mp3 'videos' (hard links to one file) and a list asking for [2, 12] s of each."
-    d = tmp_path_factory.mktemp('videos'); s = d/'src'; s.mkdir()
+    d = tmp_path_factory.mktemp('videos')
+    s = d/'src'
+    s.mkdir()
     make_source(d/'one.mp3', 44100, 1, ['-c:a', 'libmp3lame', '-b:a', '64k'])
     ytids = [f'vid{i:08d}' for i in range(8)]
     for y in ytids: os.link(d/'one.mp3', s/f'{y}.mp3')
@@ -43,7 +45,8 @@ def test_sigkill_of_the_main_pid_leaves_no_ffmpeg(src, tmp_path):
         p = cli_popen('audioset_download', *dl(src, audios, m, '--workers', '2'))
         wait_for(lambda: ffmpegs(p.pid))
         kids = ffmpegs(p.pid)
-        os.kill(p.pid, signal.SIGKILL); p.wait()                  # the main pid only, not its process group
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()  # the main pid only, not its process group
         with contextlib.suppress(TimeoutError): wait_for(lambda: not any(alive(k) for k in kids), timeout=5)
         assert not [k for k in kids if alive(k)], 'ffmpeg outlived the killed downloader'
         r = cli('audioset_download', *dl(src, audios, m, '--workers', '4'), timeout=120)
@@ -54,7 +57,8 @@ def test_a_clip_cut_short_is_downloaded_again(src, tmp_path):
     audios = tmp_path/'a'
     with Mirror(src/'src') as m:
         assert cli('audioset_download', *dl(src, audios, m), timeout=120).returncode == 0
-        w = audios/'Yvid00000003.wav'; good = w.read_bytes()
+        w = audios/'Yvid00000003.wav'
+        good = w.read_bytes()
         w.write_bytes(good[:len(good)//2])                         # the header still says 10 s
         r = cli('audioset_download', *dl(src, audios, m), timeout=120)
     assert r.returncode == 0, r.stderr

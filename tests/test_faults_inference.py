@@ -37,7 +37,9 @@ def test_a_code_running_pickle_is_refused_without_torchs_unsafe_advice(d, protoc
 
 # ---------------------------------------------------------------------------------------------------- non-finite audio
 def _nan_wav(path:Path, n_bad:int=100)->Path:
-    x = tone(440, 2, SR).astype(np.float32); x[1000:1000 + n_bad] = np.nan; x[5000] = np.inf
+    x = tone(440, 2, SR).astype(np.float32)
+    x[1000:1000 + n_bad] = np.nan
+    x[5000] = np.inf
     sf.write(path, x, SR, subtype='FLOAT')  # float WAV keeps NaN as it is
     return path
 
@@ -80,7 +82,8 @@ def test_sed_over_a_folder_with_a_10ms_file_and_a_nan_file_gives_the_others_thei
 def test_a_figure_that_cannot_be_written_costs_only_its_own_file(d, tmp_path):
     "Whatever stops one file's output (here a folder where its figure should go), the other files get theirs."
     folder, figs, out = tmp_path/'clips', tmp_path/'figs', tmp_path/'events.jsonl'
-    folder.mkdir(); (figs/'a.png').mkdir(parents=True)
+    folder.mkdir()
+    (figs/'a.png').mkdir(parents=True)
     for n in 'abc': sf.write(folder/f'{n}.wav', tone(440, 1, SR), SR)
     r = run('audioset_sed', '--checkpoint_path', d/'sed.pth', '--audio_path', folder, '--threshold', 0.3,
             '--output', out, '--figure_dir', figs)

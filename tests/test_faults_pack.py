@@ -15,7 +15,9 @@ def children(pid):
             try: kids.setdefault(int((d/'stat').read_text().rsplit(')', 1)[1].split()[1]), []).append(int(d.name))
             except (OSError, IndexError): pass
     out, todo = [], [pid]
-    while todo: todo += (k := kids.get(todo.pop(), [])); out += k
+    while todo:
+        todo += (k := kids.get(todo.pop(), []))
+        out += k
     return out
 
 def alive(pid):
@@ -34,11 +36,18 @@ def tmpfs(path, size='2m'):
 @pytest.fixture(scope='module')
 def many(tmp_path_factory):
     "100 one-second AAC clips (ffmpeg decodes them, so packing has ffmpeg children): slow enough to interrupt."
-    d = tmp_path_factory.mktemp('many'); a = d/'audios'; a.mkdir()
-    src = d/'src.m4a'; sf.write(d/'src.wav', tone(440, 1.0, SR), SR); ffmpeg('-i', d/'src.wav', '-c:a', 'aac', src)
-    mid = load_labels().mids[0]; segs = []
+    d = tmp_path_factory.mktemp('many')
+    a = d/'audios'
+    a.mkdir()
+    src = d/'src.m4a'
+    sf.write(d/'src.wav', tone(440, 1.0, SR), SR)
+    ffmpeg('-i', d/'src.wav', '-c:a', 'aac', src)
+    mid = load_labels().mids[0]
+    segs = []
     for i in range(100):
-        y = f'many{i:07d}'; os.link(src, a/clip_name(y)); segs.append(Segment(y, 0., 1., (mid,)))
+        y = f'many{i:07d}'
+        os.link(src, a/clip_name(y))
+        segs.append(Segment(y, 0., 1., (mid,)))
     write_segments(d/'s.csv', segs)
     return d
 
@@ -76,7 +85,8 @@ def test_sigkill_of_the_main_pid_leaves_no_worker_and_the_rerun_resumes(many, tm
     wait_for(lambda: any(Path(f'/proc/{k}/exe').resolve().name.startswith('ffmpeg') for k in children(p.pid) if alive(k)))
     kids = children(p.pid)
     assert len(kids) >= 3                                                    # two workers and an ffmpeg at least
-    os.kill(p.pid, signal.SIGKILL); p.wait()
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
     with contextlib.suppress(TimeoutError): wait_for(lambda: not any(alive(k) for k in kids), timeout=10)
     assert not [k for k in kids if alive(k)], 'workers or ffmpeg outlived the killed packer'
     size = partial.stat().st_size
@@ -84,15 +94,19 @@ def test_sigkill_of_the_main_pid_leaves_no_worker_and_the_rerun_resumes(many, tm
     r = cli('audioset_pack', *pack_args(many, out, '--workers', '2'), timeout=300)
     assert r.returncode == 0, r.stderr
     a, b = rows_of(out), rows_of(clean)
-    np.testing.assert_array_equal(a[0], b[0]); np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
     assert not partial.exists()
 
 @pytest.fixture
 def six(tmp_path):
     "Six 10-s clips: 3.8 MB packed, more than a 2-MB disk holds."
-    a = tmp_path/'audios'; a.mkdir(); segs = []
+    a = tmp_path/'audios'
+    a.mkdir()
+    segs = []
     for i in range(6):
-        y = f'six{i:08d}'; sf.write(a/clip_name(y), tone(200 + 100*i, 10, SR), SR, subtype='PCM_16')
+        y = f'six{i:08d}'
+        sf.write(a/clip_name(y), tone(200 + 100*i, 10, SR), SR, subtype='PCM_16')
         segs.append(Segment(y, 0., 10., (load_labels().mids[0],)))
     write_segments(tmp_path/'s.csv', segs)
     return tmp_path

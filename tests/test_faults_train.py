@@ -16,7 +16,8 @@ SHORT = ['--batch_size=4', '--eval_every=1000', '--log_every=1', '--max_eval_cli
 def ws(tmp_path_factory): return make_workspace(tmp_path_factory.mktemp('ws'), n_train=32, n_eval=8)
 
 def _workspace(ws, d:Path)->Path:
-    d.mkdir(parents=True, exist_ok=True); (d/'hdf5s').symlink_to(ws/'hdf5s')
+    d.mkdir(parents=True, exist_ok=True)
+    (d/'hdf5s').symlink_to(ws/'hdf5s')
     return d
 
 def _run_folder(d:Path)->Path: return checkpoints_dir(cfg_for(d, f'--workspace={d}', '--batch_size=4'))
@@ -76,7 +77,8 @@ def test_a_full_disk_stops_training_in_one_sentence_and_keeps_the_last_checkpoin
     d = _workspace(ws, tmp_path/'b')
     size = (done/'latest.pth').stat().st_size
     tmpfs(d/'checkpoints', size + size//2)  # room for the old checkpoint, not for a second one beside it
-    folder = _run_folder(d); folder.mkdir(parents=True)
+    folder = _run_folder(d)
+    folder.mkdir(parents=True)
     shutil.copy(done/'latest.pth', folder/'latest.pth')
     r = run(f'--workspace={d}', *FLAGS, *SHORT, '--early_stop=4', '--save_every=2', '--resume_latest')
     assert r.returncode != 0
@@ -88,7 +90,8 @@ def test_a_read_only_run_folder_is_one_sentence(ws, tmp_path, tmpfs):
     done = _finished_run(ws, tmp_path/'a')
     d = _workspace(ws, tmp_path/'b')
     tmpfs(d/'checkpoints', 3*(done/'latest.pth').stat().st_size)
-    folder = _run_folder(d); folder.mkdir(parents=True)
+    folder = _run_folder(d)
+    folder.mkdir(parents=True)
     shutil.copy(done/'latest.pth', folder/'latest.pth')
     subprocess.run(['mount', '-o', 'remount,ro', str(d/'checkpoints')], check=True)  # root ignores chmod, not a read-only mount
     r = run(f'--workspace={d}', *FLAGS, *SHORT, '--early_stop=4', '--save_every=2', '--resume_latest')
@@ -122,7 +125,8 @@ def test_sigkill_with_workers_leaves_no_worker_and_the_rerun_resumes(ws, tmp_pat
     _wait_for(lambda: p.poll() is not None or (stats.exists() and stats.read_text().count('"loss"') >= 4))
     workers = _children(p.pid)
     assert len(workers) >= 2, workers  # the two DataLoader workers
-    p.send_signal(signal.SIGKILL); p.wait()
+    p.send_signal(signal.SIGKILL)
+    p.wait()
     assert p.returncode == -signal.SIGKILL
     k = load_checkpoint(checkpoint_path(cfg, 'latest'))['iteration']
     stale = checkpoints_dir(cfg)/'.latest.pth.killed01.tmp'  # what a save killed half-way leaves
@@ -170,8 +174,11 @@ def test_nan_samples_in_training_and_evaluation_clips_are_replaced_with_a_warnin
     d = _copy_workspace(ws, tmp_path/'w')
     for sub, row in [('balanced_train', 5), ('eval', 2)]:  # early reference files hold float32 rows
         with h5py.File(d/'hdf5s'/'waveforms'/f'{sub}.h5', 'a') as f:
-            x = f['waveform'][:].astype(np.float32)/32767; x[row, 100:200] = np.nan; x[row, 300] = np.inf
-            del f['waveform']; f['waveform'] = x
+            x = f['waveform'][:].astype(np.float32)/32767
+            x[row, 100:200] = np.nan
+            x[row, 300] = np.inf
+            del f['waveform']
+            f['waveform'] = x
     # one epoch of 32 clips without class balancing: row 5 is drawn for sure
     r = run(f'--workspace={d}', *FLAGS, *SHORT, '--balanced=none', '--early_stop=4', '--save_every=4', '--eval_every=4')
     assert r.returncode == 0, r.stderr[-3000:]

@@ -125,7 +125,8 @@ def _exit_message(**kw):
 
 def test_bad_inputs(tmp, folder, body):
     assert 'does not exist' in _exit_message(data=str(tmp/'nowhere'))
-    (tmp/'one'/'only').mkdir(parents=True); shutil.copy(read_folder(folder).paths[0], tmp/'one'/'only'/'a.wav')
+    (tmp/'one'/'only').mkdir(parents=True)
+    shutil.copy(read_folder(folder).paths[0], tmp/'one'/'only'/'a.wav')
     assert 'at least two' in _exit_message(data=str(tmp/'one'))
     (tmp/'nolabel.csv').write_text('a.wav,x\nb.wav\n')
     assert 'Row 2' in _exit_message(data=str(tmp/'nolabel.csv'))
@@ -171,15 +172,18 @@ def test_evaluation_streams_windows(folder, monkeypatch):
     monkeypatch.setattr(ft, 'load_audio', lambda p, sr: read.append(p) or real(p, sr)[:8000])  # one window each
     class Spy(torch.nn.Module):
         def forward(self, x):
-            seen.append((len(x), len(read))); return {'clipwise_output': torch.ones(len(x), 4)/4}
+            seen.append((len(x), len(read)))
+            return {'clipwise_output': torch.ones(len(x), 4)/4}
     out = predict_clips(Spy(), clips, 16000, 16000, batch_size=2)
     assert out.shape == (6, 4) and seen[0] == (2, 2) and max(n for n, _ in seen) <= 2
 
 def test_bad_files_cost_only_themselves(tmp, folder):
     "A broken file and a NaN file with --num_workers 1: the run finishes, each named in one warning, no worker traceback."
-    bad = tmp/'bad_files'; shutil.copytree(folder, bad)
+    bad = tmp/'bad_files'
+    shutil.copytree(folder, bad)
     (bad/'hiss'/'broken.wav').write_bytes(b'RIFF not really audio')
-    x = np.random.default_rng(0).standard_normal(16000).astype(np.float32)*0.1; x[100:200] = np.nan
+    x = np.random.default_rng(0).standard_normal(16000).astype(np.float32)*0.1
+    x[100:200] = np.nan
     sf.write(bad/'knock'/'nan.wav', x, 16000, subtype='FLOAT')
     p = cli('audioset_finetune', '--data', bad, '--workspace', tmp/'ws_badfiles', '--model_type', MODEL,
             *[a for k, v in FRONT.items() for a in (f'--{k}', v)], '--clip_seconds', 1, '--epochs', 1, '--batch_size', 12,
@@ -194,7 +198,8 @@ def test_bad_files_cost_only_themselves(tmp, folder):
 def test_one_file_per_class_is_one_sentence(tmp, folder):
     one = tmp/'one_each'
     for l, p in zip(*zip(*[(c, read_folder(folder).paths[i*12]) for i, c in enumerate(['drone', 'hiss', 'knock', 'trill'])])):
-        (one/l).mkdir(parents=True, exist_ok=True); shutil.copy(p, one/l/'a.wav')
+        (one/l).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, one/l/'a.wav')
     msg = _exit_message(data=str(one), model_type=MODEL, workspace=str(tmp/'ws_one'), epochs=1, batch_size=4, clip_seconds=1.0, **FRONT)
     assert 'single file' in msg and 'concatenate' not in msg
 
@@ -258,7 +263,8 @@ def test_benchmarks_run_tiny(tmp_path):
 def test_a_second_finetuning_into_the_same_run_folder_refuses(tmp, folder):
     "One writer per fine-tuning run folder: while another process holds it, the console script stops at once in one sentence."
     import subprocess, sys
-    ws = tmp/'ws_busy'; run = ws/'finetune'/folder.stem/MODEL
+    ws = tmp/'ws_busy'
+    run = ws/'finetune'/folder.stem/MODEL
     holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from audioset_nb.fileio import output_lock\n'
                                'with output_lock(sys.argv[1]): print("held", flush=True); time.sleep(120)', str(run)],
                               stdout=subprocess.PIPE, text=True)
@@ -266,14 +272,17 @@ def test_a_second_finetuning_into_the_same_run_folder_refuses(tmp, folder):
         assert holder.stdout.readline().strip() == 'held'
         p = cli('audioset_finetune', '--data', folder, '--workspace', ws, '--model_type', MODEL,
                 *[a for k, v in FRONT.items() for a in (f'--{k}', v)], '--clip_seconds', 1, '--epochs', 1, '--no_progress', timeout=300)
-    finally: holder.kill(); holder.wait()
+    finally:
+        holder.kill()
+        holder.wait()
     assert p.returncode != 0
     one_sentence(p.stderr, str(run), f'pid {holder.pid}')
     assert not list(run.rglob('*.pth'))  # nothing written beside the other run's files
 
 def test_bad_file_without_decode_once_is_left_out(tmp, folder):
     "--no_decode_once with a loader worker: a broken file is named in one warning and left out, as with decode once."
-    bad = tmp/'bad_no_decode'; shutil.copytree(folder, bad)
+    bad = tmp/'bad_no_decode'
+    shutil.copytree(folder, bad)
     (bad/'hiss'/'broken.wav').write_bytes(b'RIFF not really audio')
     p = cli('audioset_finetune', '--data', bad, '--workspace', tmp/'ws_bad_no_decode', '--model_type', MODEL,
             *[a for k, v in FRONT.items() for a in (f'--{k}', v)], '--clip_seconds', 1, '--epochs', 1, '--batch_size', 12,

@@ -18,7 +18,8 @@ TF_STANDIN = textwrap.dedent('''
 def _validate(tmp_path, ckpt):
     (tmp_path/'tf'/'tensorflow').mkdir(parents=True, exist_ok=True)
     (tmp_path/'tf'/'tensorflow'/'__init__.py').write_text(TF_STANDIN)
-    env = cli_env(); env['PYTHONPATH'] += f':{tmp_path/"tf"}'
+    env = cli_env()
+    env['PYTHONPATH'] += f':{tmp_path/"tf"}'
     return subprocess.run([sys.executable, '-m', 'hearvalidator.validate', 'audioset_nb.hear', '--model', str(ckpt), '--device', 'cpu'],
                           env=env, capture_output=True, text=True, timeout=600)
 

@@ -17,7 +17,9 @@ LABELS = load_labels()
 UNLISTED = 'zzzzzzzzzz0'        # an id in no official list
 
 def flac(x, sr, subtype='PCM_24'):
-    b = io.BytesIO(); sf.write(b, x, sr, format='FLAC', subtype=subtype); return b.getvalue()
+    b = io.BytesIO()
+    sf.write(b, x, sr, format='FLAC', subtype=subtype)
+    return b.getvalue()
 
 # (ytid, audio bytes, label mids): 48 kHz/24-bit, 44.1 kHz, a 3-s clip, a blob that is not audio, a row whose labels
 # are not the official ones, and an id in no official list
@@ -40,7 +42,9 @@ def write_shard(path, rows):
     with tarfile.open(path, 'w') as tar:
         for ytid, audio, mids in rows:
             for name, data in [(f'{ytid}.flac', audio), (f'{ytid}.json', json.dumps({'labels': list(mids)}).encode())]:
-                ti = tarfile.TarInfo(name); ti.size = len(data); tar.addfile(ti, io.BytesIO(data))
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                tar.addfile(ti, io.BytesIO(data))
 
 @pytest.fixture(scope='module')
 def copies(tmp_path_factory):
@@ -48,11 +52,13 @@ def copies(tmp_path_factory):
     d = tmp_path_factory.mktemp('copies')
     write_parquet(d/'bal_train00.parquet', ROWS)
     write_shard(d/'shard-000000.tar', ROWS)
-    (d/'clips').mkdir(); (d/'audios').mkdir()
+    (d/'clips').mkdir()
+    (d/'audios').mkdir()
     for k, (ytid, audio, _) in enumerate(ROWS):
         (d/'clips'/f'{"Y" if k % 2 else ""}{ytid}.{"flac" if k % 3 else "audio"}').write_bytes(audio)
         if k != 3:
-            x, sr = sf.read(io.BytesIO(audio)); sf.write(d/'audios'/f'Y{ytid}.wav', x, sr, subtype='FLOAT')
+            x, sr = sf.read(io.BytesIO(audio))
+            sf.write(d/'audios'/f'Y{ytid}.wav', x, sr, subtype='FLOAT')
     write_segments(d/'segs.csv', [Segment(y, 0., 10., tuple(m)) for y, _, m in ROWS])
     packed = pack_waveforms(d/'segs.csv', d/'audios', d/'packed.h5', workers=1, progress=False)
     return d, packed
@@ -159,7 +165,8 @@ def test_cli_summary_and_report(copies, tmp_path):
 
 def test_bad_input_is_one_sentence(copies, tmp_path):
     d, _ = copies
-    (tmp_path/'empty').mkdir(); (tmp_path/'empty'/'readme.txt').write_text('nothing')
+    (tmp_path/'empty').mkdir()
+    (tmp_path/'empty'/'readme.txt').write_text('nothing')
     pq.write_table(pa.table({'id': ['x']}), tmp_path/'other.parquet')
     (tmp_path/'bad.tar').write_bytes(os.urandom(3000))
     out = ['--waveforms_hdf5_path', tmp_path/'w.h5', '--quiet']
@@ -197,7 +204,8 @@ def test_compressed_stores_import_and_load_like_int16(copies, tmp_path, codec):
 
 def test_a_changed_source_is_not_resumed_into(copies, tmp_path):
     d, _ = copies
-    src = tmp_path/'x.parquet'; write_parquet(src, ROWS)
+    src = tmp_path/'x.parquet'
+    write_parquet(src, ROWS)
     p = subprocess.run([sys.executable, '-c', KILLER, str(src), str(tmp_path/'out.h5')], cwd=ROOT)
     assert p.returncode == -signal.SIGKILL and (tmp_path/'.out.h5.partial').exists()
     changed = [(y, flac(tone(300, 10, 48000), 48000), m) for y, _, m in ROWS]   # same ids and row groups, other audio

@@ -43,8 +43,10 @@ def test_reference_flags_print_the_api_top_labels(d, tagger):
 
 def test_any_format_any_rate_is_resampled_by_the_one_loader(d, tagger):
     src = d/'tone.wav'
-    ffmpeg('-i', src, d/'tone.flac'); ffmpeg('-i', src, '-ar', 44100, '-ac', 2, d/'tone.mp3')
-    ffmpeg('-i', src, '-c:a', 'libopus', d/'tone.ogg'); ffmpeg('-i', src, '-c:a', 'aac', d/'tone.m4a')
+    ffmpeg('-i', src, d/'tone.flac')
+    ffmpeg('-i', src, '-ar', 44100, '-ac', 2, d/'tone.mp3')
+    ffmpeg('-i', src, '-c:a', 'libopus', d/'tone.ogg')
+    ffmpeg('-i', src, '-c:a', 'aac', d/'tone.m4a')
     ffmpeg('-f', 'lavfi', '-i', 'color=c=black:s=32x32:d=2', '-i', src, '-c:v', 'mpeg4', '-c:a', 'aac', '-shortest', d/'tone.mp4')
     files = [d/f'tone.{e}' for e in ('flac', 'mp3', 'ogg', 'm4a', 'mp4')] + [d/'noise48k.wav']
     ok, bad = tag_files(tagger, files, batch_size=4)
@@ -78,7 +80,9 @@ def test_batch_mode_lists_failures_and_tags_the_rest(d, tagger):
     (lambda p: save_checkpoint(p, build_model('Cnn6')), 'does not fit model_type Cnn14'),
 ])
 def test_a_bad_checkpoint_is_one_sentence(d, make, msg):
-    p = d/'bad.pth'; p.unlink(missing_ok=True); make(p)
+    p = d/'bad.pth'
+    p.unlink(missing_ok=True)
+    make(p)
     r = run('audioset_tag', '--checkpoint_path', p, '--audio_path', d/'tone.wav')
     assert r.returncode != 0
     one_sentence(r.stderr, msg)
@@ -100,7 +104,8 @@ def test_jsonl_full_scores_windows_and_embedding(d, tagger):
 
 def test_folders_globs_and_checkpoint_labels(d):
     (d/'sub').mkdir(exist_ok=True)
-    shutil.copy(d/'tone.wav', d/'sub'/'a.wav'); shutil.copy(d/'tone.wav', d/'sub'/'b.flac')
+    shutil.copy(d/'tone.wav', d/'sub'/'a.wav')
+    shutil.copy(d/'tone.wav', d/'sub'/'b.flac')
     (d/'sub'/'readme.txt').write_text('skip me')
     assert [p.name for p in audio_files([d/'sub'])] == ['a.wav', 'b.flac']
     assert [p.name for p in audio_files(str(d/'sub'/'*.wav'))] == ['a.wav']
@@ -144,7 +149,8 @@ def test_windows_stream_a_long_file_in_bounded_memory(tmp_path):
     for s, w, k in sliding_windows(stream_audio(p, SR), 10*SR, 10*SR):
         assert s == n*10*SR and k == 10*SR and abs(w[0] - ((s//(30*SR)) % 7)/10) < 1e-3
         n += 1
-    peak = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     assert n == 60
     assert peak < 30e6, peak  # a 30-s block, a window and a little more; the whole file would be 77 MB
 
@@ -154,7 +160,10 @@ def test_windows_stream_a_long_file_in_bounded_memory(tmp_path):
     ('empty.wav', lambda p: p.write_bytes(b''), 'is empty'),
 ])
 def test_a_single_bad_file_is_one_sentence(d, name, make, msg):
-    p = d/'single'/name; p.parent.mkdir(exist_ok=True); p.unlink(missing_ok=True); make(p)
+    p = d/'single'/name
+    p.parent.mkdir(exist_ok=True)
+    p.unlink(missing_ok=True)
+    make(p)
     r = run('audioset_tag', '--model_type', 'Cnn6', '--checkpoint_path', d/'cnn6.pth', '--audio_path', p)
     assert r.returncode == 1
     # libsndfile's mpg123 prints 'Note: ...' lines of its own on a bad .mp3 (from C, in the audio loader); ours is the last

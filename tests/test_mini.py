@@ -110,7 +110,8 @@ def test_rerun_resumes_and_cleans_temp_files(ds):
     files = sorted(ds.sources_dir.iterdir())
     gone, before = files[0], {p: p.stat().st_mtime_ns for p in files[1:]}
     ref = M.decode_audio(gone)
-    gone.unlink(); (ds.sources_dir/f'.{gone.name}.tmp').write_bytes(b'half a file')
+    gone.unlink()
+    (ds.sources_dir/f'.{gone.name}.tmp').write_bytes(b'half a file')
     m = M.make_mini(ds.root, seed=3, n_train=7, n_eval=7, workers=2)
     assert sorted(m.sources_dir.iterdir()) == files                  # the missing one is back, the temp file gone
     assert {p: p.stat().st_mtime_ns for p in files[1:]} == before    # the others were not rewritten
@@ -118,7 +119,8 @@ def test_rerun_resumes_and_cleans_temp_files(ds):
 
 def test_failed_encoder_leaves_nothing(tmp_path, monkeypatch):
     fake = tmp_path/'ffmpeg'
-    fake.write_text('#!/bin/sh\necho "encoder exploded" >&2\nexit 1\n'); fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    fake.write_text('#!/bin/sh\necho "encoder exploded" >&2\nexit 1\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setattr(M, 'ffmpeg_exe', lambda: str(fake))
     with pytest.raises(RuntimeError, match='ffmpeg could not write .*encoder exploded'):
         M.make_mini(tmp_path/'m', n_train=2, n_eval=1, workers=1)
@@ -132,7 +134,8 @@ def test_user_errors_are_one_sentence(tmp_path):
     with pytest.raises(FileNotFoundError, match='no mini AudioSet'): M.load_mini(tmp_path)
     with pytest.raises(KeyError, match='not a clip'): M.reference_segment(tmp_path/'m', 'AAAAAAAAAAA')
     with pytest.raises(ValueError, match='not a media file'):
-        (tmp_path/'x.webm').write_bytes(b'nope'); M.probe_media(tmp_path/'x.webm')
+        (tmp_path/'x.webm').write_bytes(b'nope')
+        M.probe_media(tmp_path/'x.webm')
 
 mini = partial(cli, 'audioset_mini', timeout=120)
 

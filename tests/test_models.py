@@ -38,7 +38,8 @@ def _random_bn_stats(model):
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g)*0.1)
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g)*1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5); m.bias.data.copy_(torch.randn(m.bias.shape, generator=g)*0.1)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g)*0.1)
     return model.eval()
 
 def _agree(out, ref):
@@ -55,7 +56,8 @@ def test_for_inference_agrees_with_the_reference_path(name, batch, seconds):
     sr = ref_model.config['sample_rate']
     x = torch.from_numpy(np.stack([demo_signal(seconds, sr, seed=i) for i in range(batch)]))
     with torch.no_grad(): ref = ref_model(x)
-    fast = for_inference(build_model(name, classes_num=11)); fast.load_state_dict(ref_model.state_dict())
+    fast = for_inference(build_model(name, classes_num=11))
+    fast.load_state_dict(ref_model.state_dict())
     assert not any(isinstance(m, (ConvBlock, ConvBlock5x5)) for m in fast.modules())  # every block was swapped
     blocks = [m for m in fast.modules() if isinstance(m, FusedConvBlock)]
     calls = []
@@ -73,7 +75,8 @@ def test_compiled_fast_path_agrees():
     ref_model = _random_bn_stats(build_model('Cnn6_mini', classes_num=4, fast_stft=False))
     x = torch.from_numpy(np.stack([demo_signal(1.5, ref_model.config['sample_rate'], seed=i) for i in range(2)]))
     with torch.no_grad(): ref = ref_model(x)
-    fast = build_model('Cnn6_mini', classes_num=4); fast.load_state_dict(ref_model.state_dict())
+    fast = build_model('Cnn6_mini', classes_num=4)
+    fast.load_state_dict(ref_model.state_dict())
     compiled = for_inference(fast, compile=True)
     with torch.inference_mode(): _agree(compiled(x), ref)
     blocks = [b for b in fast.modules() if isinstance(b, FusedConvBlock)]
@@ -97,14 +100,16 @@ def test_fast_path_follows_new_weights_and_steps_aside():
     torch.manual_seed(0)
     a, b = _random_bn_stats(build_model('Cnn10', classes_num=5)), build_model('Cnn10', classes_num=5).eval()
     x = torch.from_numpy(demo_signal(2.))[None]
-    fast = for_inference(build_model('Cnn10', classes_num=5)); fast.load_state_dict(a.state_dict())
+    fast = for_inference(build_model('Cnn10', classes_num=5))
+    fast.load_state_dict(a.state_dict())
     with torch.inference_mode(): fast(x)
     fast.load_state_dict(b.state_dict())              # weights loaded after the first call are used
     with torch.no_grad(): ref = b(x)
     with torch.inference_mode(): _agree(fast(x), ref)
     with torch.no_grad(): fast.conv_block3.bn2.running_var.mul_(4)  # in-place changes, once the blocks are refreshed
     for_inference(fast)
-    plain = build_model('Cnn10', classes_num=5).eval(); plain.load_state_dict(fast.state_dict())
+    plain = build_model('Cnn10', classes_num=5).eval()
+    plain.load_state_dict(fast.state_dict())
     with torch.no_grad(): ref = plain(x)
     with torch.inference_mode(): _agree(fast(x), ref)
     out = fast(x)                                     # gradients on: the plain modules, differentiable
@@ -112,8 +117,11 @@ def test_fast_path_follows_new_weights_and_steps_aside():
     out['clipwise_output'].sum().backward()
     assert fast.conv_block2.conv1.weight.grad is not None
     fast.train()                                      # training: the plain block, batch statistics and all
-    plain.train().to(memory_format=torch.channels_last); plain.load_state_dict(fast.state_dict())  # same layouts, same dropout masks
-    with torch.no_grad(): a = (torch.manual_seed(0), fast(x))[1]; _agree(a, (torch.manual_seed(0), plain(x))[1])
+    plain.train().to(memory_format=torch.channels_last)
+    plain.load_state_dict(fast.state_dict())  # same layouts, same dropout masks
+    with torch.no_grad():
+        a = (torch.manual_seed(0), fast(x))[1]
+        _agree(a, (torch.manual_seed(0), plain(x))[1])
     assert not any(b.prepared for b in fast.modules() if isinstance(b, FusedConvBlock))
 
 def test_training_blocks_have_no_fast_path_state_and_names_stay():
@@ -195,8 +203,10 @@ def test_fast_and_conv_stft_models_agree(name):
     m = build_model(name).eval()
     x = torch.from_numpy(demo_signal(2., sr=m.config['sample_rate']))[None]
     with torch.no_grad():
-        m.fast_stft = True; fast = m(x)
-        m.fast_stft = False; conv = m(x)
+        m.fast_stft = True
+        fast = m(x)
+        m.fast_stft = False
+        conv = m(x)
     for k in fast: torch.testing.assert_close(fast[k], conv[k], rtol=1e-4, atol=1e-5)
 
 @pytest.mark.parametrize('sr,win,hop,mels,fmax', [(32000, 1024, 320, 64, 14000), (16000, 512, 160, 64, 8000), (32000, 1024, 320, 128, 14000)])
@@ -286,12 +296,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if rng and not self.no_range:
             start = int(rng.split('=')[1].rstrip('-'))
             if start >= len(data): return self.send_error(416)
-            self.send_response(206); self.send_header('Content-Range', f'bytes {start}-{len(data)-1}/{len(data)}')
+            self.send_response(206)
+            self.send_header('Content-Range', f'bytes {start}-{len(data)-1}/{len(data)}')
         else: self.send_response(200)
-        self.send_header('Content-Length', str(len(data) - start)); self.end_headers()
+        self.send_header('Content-Length', str(len(data) - start))
+        self.end_headers()
         if name in self.cut:
-            self.cut.discard(name); self.wfile.write(data[start:start + len(data)//3]); self.wfile.flush()
-            self.connection.shutdown(2); return
+            self.cut.discard(name)
+            self.wfile.write(data[start:start + len(data)//3])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
         self.wfile.write(data[start:])
 
 @pytest.fixture
@@ -300,12 +315,15 @@ def server():
     srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield handler, f'http://127.0.0.1:{srv.server_address[1]}'
-    srv.shutdown(); srv.server_close()
+    srv.shutdown()
+    srv.server_close()
 
 def test_fetch_resumes_an_interrupted_download(tmp_path, server):
     handler, base = server
-    data = os.urandom(300_000); md5 = hashlib.md5(data).hexdigest()
-    handler.files['Cnn6_mAP=0.343.pth'] = data; handler.cut.add('Cnn6_mAP=0.343.pth')
+    data = os.urandom(300_000)
+    md5 = hashlib.md5(data).hexdigest()
+    handler.files['Cnn6_mAP=0.343.pth'] = data
+    handler.cut.add('Cnn6_mAP=0.343.pth')
     url = f'{base}/Cnn6_mAP=0.343.pth'
     part = tmp_path/'Cnn6_mAP=0.343.pth.part'
     with pytest.raises(ConnectionError, match='kept breaking off; run again to resume from'):  # one try: cut, kept
@@ -321,7 +339,8 @@ def test_fetch_resumes_an_interrupted_download(tmp_path, server):
 def test_fetch_restarts_when_server_ignores_range(tmp_path, server):
     handler, base = server
     handler.no_range = True
-    data = os.urandom(50_000); handler.files['a.pth'] = data
+    data = os.urandom(50_000)
+    handler.files['a.pth'] = data
     (tmp_path/'a.pth.part').write_bytes(b'stale bytes')
     got = fetch_checkpoint('a.pth', cache_dir=tmp_path, url=f'{base}/a.pth', md5=hashlib.md5(data).hexdigest())
     assert got.read_bytes() == data

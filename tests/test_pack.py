@@ -12,8 +12,10 @@ SR = 32000
 def write_clip(path, x, sr, fmt=None, subtype='PCM_16'):
     "Write `x` to `path`; fmt 'mp3'/'ogg' go through ffmpeg, whatever the file is named (as a download might be)."
     if fmt in ('mp3', 'ogg'):
-        src = path.with_name(path.stem + '.src.wav'); sf.write(src, x, sr)
-        ffmpeg('-i', src, '-f', fmt, path); src.unlink()
+        src = path.with_name(path.stem + '.src.wav')
+        sf.write(src, x, sr)
+        ffmpeg('-i', src, '-f', fmt, path)
+        src.unlink()
     else: sf.write(path, x, sr, format=fmt or 'WAV', subtype=subtype)
 
 def peak_hz(row, sr=SR, seconds=1.0):
@@ -32,14 +34,18 @@ def ytid(name): return f'{name:_<11}'[:11]
 @pytest.fixture(scope='module')
 def clips(tmp_path_factory):
     "One clip of every kind a user's folder may hold, plus clips that are missing, empty, garbage or cut short."
-    d = tmp_path_factory.mktemp('clips'); audios = d/'audios'; audios.mkdir()
-    labels = load_labels(); segs = []
+    d = tmp_path_factory.mktemp('clips')
+    audios = d/'audios'
+    audios.mkdir()
+    labels = load_labels()
+    segs = []
     for k, (name, f, secs, sr, ch, fmt, sub) in enumerate(KINDS):
         write_clip(audios/clip_name(ytid(name)), tone(f, secs, sr, ch), sr, fmt, sub)
         segs.append(Segment(ytid(name), 0., 10., (labels.mid(['Speech', 'Music', 'Dog', 'Cat'][k % 4]),)))
     (audios/clip_name(ytid('emptyclip__'))).touch()
     (audios/clip_name(ytid('garbageclip'))).write_bytes(os.urandom(5000))
-    full = audios/clip_name(ytid('plain32k')); (audios/clip_name(ytid('truncwav___'))).write_bytes(full.read_bytes()[:30])
+    full = audios/clip_name(ytid('plain32k'))
+    (audios/clip_name(ytid('truncwav___'))).write_bytes(full.read_bytes()[:30])
     for b in BAD: segs.insert(2*BAD.index(b) + 1, Segment(ytid(b), 0., 10., (labels.mid('Rain'),)))
     write_segments(d/'segs.csv', segs)
     return d, audios, segs
@@ -65,7 +71,8 @@ def test_every_input_kind_becomes_a_row_and_bad_ones_are_left_out(clips, tmp_pat
     assert np.abs(wave[7][-SR:]).min() < np.abs(wave[7][-SR:]).max()      # too long: cut, still tone to the end
 
 def test_resampling_to_32k_is_anti_aliased(tmp_path):
-    audios = tmp_path/'a'; audios.mkdir()
+    audios = tmp_path/'a'
+    audios.mkdir()
     write_clip(audios/clip_name('alias______'), tone(20000, 10, 48000), 48000)   # above 32 kHz's Nyquist
     write_segments(tmp_path/'s.csv', [Segment('alias______', 0., 10., (load_labels().mids[0],))])
     pack_waveforms(tmp_path/'s.csv', audios, tmp_path/'w.h5', workers=1, progress=False)
@@ -171,11 +178,14 @@ def test_unusable_leftovers_are_redone(clips, tmp_path, caplog):
 
 def fake_index(path, names, wave_path):
     with h5py.File(path, 'w') as f:
-        f['audio_name'] = np.array(names, dtype='S20'); f['target'] = np.zeros((len(names), 527), bool)
-        f['hdf5_path'] = np.array([wave_path]*len(names), dtype='S200'); f['index_in_hdf5'] = np.arange(len(names), dtype=np.int32)
+        f['audio_name'] = np.array(names, dtype='S20')
+        f['target'] = np.zeros((len(names), 527), bool)
+        f['hdf5_path'] = np.array([wave_path]*len(names), dtype='S200')
+        f['index_in_hdf5'] = np.arange(len(names), dtype=np.int32)
 
 def test_full_index_order_is_fixed(tmp_path):
-    d = tmp_path/'indexes'; d.mkdir()
+    d = tmp_path/'indexes'
+    d.mkdir()
     parts = ['unbalanced_train_part10', 'eval', 'unbalanced_train_part2', 'balanced_train', 'unbalanced_train_part00', 'full_train']
     for p in parts: fake_index(d/f'{p}.h5', [f'Y{p[-6:]}{i}.wav' for i in range(3)], f'/w/{p}.h5')
     out = combine_indexes(d, d/'full_train.h5')

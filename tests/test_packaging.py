@@ -5,7 +5,8 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = configparser.ConfigParser(delimiters=['=']); CFG.read(ROOT/'settings.ini')
+CFG = configparser.ConfigParser(delimiters=['='])
+CFG.read(ROOT/'settings.ini')
 CFG = CFG['DEFAULT']
 
 def test_console_scripts_resolve():

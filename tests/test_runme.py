@@ -35,7 +35,8 @@ def test_full_refuses_without_youtube(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith('runme.sh --full: YouTube cannot be reached from this machine')
 
 def test_full_refuses_a_source_without_a_copy(tmp_path):
-    (tmp_path/'src').mkdir(); (tmp_path/'src'/'notes.txt').write_text('no audio here')
+    (tmp_path/'src').mkdir()
+    (tmp_path/'src'/'notes.txt').write_text('no audio here')
     r = runme('--full', '--source', str(tmp_path/'src'), WORKSPACE=str(tmp_path/'full'))
     assert r.returncode == 1, r.stdout + r.stderr
     last = r.stderr.strip().splitlines()[-1]

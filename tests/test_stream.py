@@ -56,8 +56,11 @@ def test_stream_realtime_lines_as_they_happen(loud):
     t0 = time.monotonic()
     p = subprocess.Popen([sys.executable, '-c', TAG, '--stream', str(loud/'tone.wav'), '--realtime', '--onnx', str(loud/'loud.onnx'),
                           '--hop_seconds', '0.25'], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    start = json.loads(p.stdout.readline()); t_start = time.monotonic() - t0
-    rest = p.stdout.read(); p.wait(); t_end = time.monotonic() - t0
+    start = json.loads(p.stdout.readline())
+    t_start = time.monotonic() - t0
+    rest = p.stdout.read()
+    p.wait()
+    t_end = time.monotonic() - t0
     assert p.returncode == 0, p.stderr.read()
     _check([start, *map(json.loads, rest.splitlines())])
     assert t_start >= 2.2 and t_end >= 6.  # -re: the tone cannot be heard before it is played, nor the file end early

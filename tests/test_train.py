@@ -25,7 +25,8 @@ def _clips(n, seed, seconds=1.0):
     for i in range(n):
         w = 0.02*rng.standard_normal(len(t))
         for k in rng.choice(len(FREQS), rng.integers(1, 3), replace=False):
-            w += rng.uniform(.1, .4)*np.sin(2*np.pi*FREQS[k]*rng.uniform(.97, 1.03)*t); y[i, k] = True
+            w += rng.uniform(.1, .4)*np.sin(2*np.pi*FREQS[k]*rng.uniform(.97, 1.03)*t)
+            y[i, k] = True
         x[i] = (np.clip(w, -1, 1)*32767).astype(np.int16)
     return x, y
 
@@ -33,10 +34,13 @@ def make_workspace(root:Path, n_train:int=64, n_eval:int=16)->Path:
     "Waveform and index HDF5s in the reference layout: balanced_train, eval (and full_train = balanced_train)."
     for sub, n, seed in [('balanced_train', n_train, 0), ('eval', n_eval, 1)]:
         x, y = _clips(n, seed)
-        p = root/'hdf5s'/'waveforms'/f'{sub}.h5'; p.parent.mkdir(parents=True, exist_ok=True)
+        p = root/'hdf5s'/'waveforms'/f'{sub}.h5'
+        p.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(p, 'w') as f:
             f.create_dataset('audio_name', data=np.array([f'Y{sub[:2]}{i:09d}.wav'.encode() for i in range(n)], dtype='S20'))
-            f.create_dataset('waveform', data=x); f.create_dataset('target', data=y); f.attrs['sample_rate'] = SR
+            f.create_dataset('waveform', data=x)
+            f.create_dataset('target', data=y)
+            f.attrs['sample_rate'] = SR
         write_index(p, root/'hdf5s'/'indexes'/f'{sub}.h5')
     return root
 
@@ -54,7 +58,9 @@ def losses(path): return {r['iteration']: r['loss'] for r in read_statistics(pat
 # ---------------------------------------------------------------------------------------------------- metrics
 def test_score_equals_sklearn_and_skips_quietly():
     rng = np.random.default_rng(0)
-    tgt = rng.random((50, 12)) < 0.3; tgt[:, 3] = False; tgt[:, 7] = True  # no positives / no negatives
+    tgt = rng.random((50, 12)) < 0.3
+    tgt[:, 3] = False
+    tgt[:, 7] = True  # no positives / no negatives
     out = rng.random((50, 12))
     with warnings.catch_warnings():
         warnings.simplefilter('error')
@@ -69,12 +75,15 @@ def test_score_equals_sklearn_and_skips_quietly():
 
 # ---------------------------------------------------------------------------------------------------- NaN
 class _Tiny(torch.nn.Module):
-    def __init__(self): super().__init__(); self.fc = torch.nn.Linear(8, 3)
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 3)
     def forward(self, x, mixup_lambda=None): return dict(clipwise_output=torch.sigmoid(self.fc(x)))
 
 def test_nan_loss_stops_naming_iteration_and_never_saves_it():
     torch.manual_seed(0)
-    model = _Tiny(); opt = torch.optim.Adam(model.parameters())
+    model = _Tiny()
+    opt = torch.optim.Adam(model.parameters())
     def batches():
         for i in range(100):
             x = torch.randn(4, 8)
@@ -121,7 +130,9 @@ RESUME = ['--batch_size=4', '--early_stop=14', '--eval_every=1000', '--save_ever
 
 def test_sigkill_and_resume_logs_the_same_losses(ws, tmp_path):
     a, b = tmp_path/'a', tmp_path/'b'
-    for d in (a, b): d.mkdir(); (d/'hdf5s').symlink_to(ws/'hdf5s')
+    for d in (a, b):
+        d.mkdir()
+        (d/'hdf5s').symlink_to(ws/'hdf5s')
     r = run(f'--workspace={a}', *FLAGS, *RESUME, timeout=600)
     assert r.returncode == 0, r.stderr
     ref = losses(statistics_path(cfg_for(a, f'--workspace={a}', *RESUME)))
@@ -137,7 +148,8 @@ def test_sigkill_and_resume_logs_the_same_losses(ws, tmp_path):
     while p.poll() is None and time.time() - t0 < 300 and not (stats.exists() and stats.read_text().count('"loss"') >= after):
         time.sleep(0.01)
     time.sleep(rng.uniform(0, 0.2))
-    p.send_signal(signal.SIGKILL); p.wait()
+    p.send_signal(signal.SIGKILL)
+    p.wait()
     assert p.returncode == -signal.SIGKILL, f'run ended before it was killed (seed {seed})'
     k = load_checkpoint(latest)['iteration']
     assert 3 <= k < 14 and k % 3 == 0

@@ -30,7 +30,8 @@ def directives(src): return set(re.findall(r'^#\|\s*([\w-]+)', src, re.M))
 
 def for_reader(book):
     "The cells a reader sees: no hidden or default_exp cells, no directive lines, notebook links made page links."
-    book = copy.deepcopy(book); cells = []
+    book = copy.deepcopy(book)
+    cells = []
     for c in book.cells:
         ds = directives(c.source) if c.cell_type == 'code' else set()
         if ds & {'hide', 'default_exp'}: continue
@@ -55,7 +56,9 @@ def build(out:Path=ROOT/'_docs')->list[Path]:
     pages = [(page_name(nb), title(b)) for nb, b in books.items()]
     exporter = HTMLExporter(template_name='basic', exclude_input_prompt=True, exclude_output_prompt=True)
     code_css = HtmlFormatter(style='default').get_style_defs('.highlight')
-    tmp = out.with_name(out.name + '.tmp'); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    tmp = out.with_name(out.name + '.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     (tmp/'site.css').write_text(CSS + '\n' + code_css)
     written = []
     for (nb, book), (page, t) in zip(books.items(), pages):
@@ -64,7 +67,8 @@ def build(out:Path=ROOT/'_docs')->list[Path]:
                               f'</title><link rel="icon" href="data:,"><link rel="stylesheet" href="site.css"></head><body><nav><b>audioset_nb</b>'
                               f'{nav(pages, page)}</nav><main>{body}</main></body></html>')
         written.append(out/page)
-    shutil.rmtree(out, ignore_errors=True); tmp.rename(out)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
     return written
 
 if __name__ == '__main__':

@@ -48,11 +48,13 @@ def run(nb, slow=False):
     "Execute `nb` as nbdev_test does (its folder as cwd, IN_TEST set, flagged cells skipped) and save the outputs."
     from execnb.nbio import read_nb, write_nb
     from execnb.shell import CaptureShell
-    nb, skip = Path(nb).resolve(), skipped(slow); book = read_nb(nb)
+    nb, skip = Path(nb).resolve(), skipped(slow)
+    book = read_nb(nb)
     for c in book.cells:  # execnb leaves a cell's old outputs in place when it now prints nothing
         if c.cell_type == 'code' and not skip.search(c.source): c['outputs'] = []
     os.environ['IN_TEST'] = '1'
-    cwd = os.getcwd(); os.chdir(nb.parent)
+    cwd = os.getcwd()
+    os.chdir(nb.parent)
     try:
         shell = CaptureShell(path=nb.parent, mpl_format='png')
         ok = shell.run_all(book, exc_stop=True, preproc=lambda c: c.cell_type == 'code' and bool(skip.search(c.source)))
@@ -67,7 +69,9 @@ def main(cmd='stats', *names):
     slow = '--slow' in names
     nbs = notebooks([n for n in names if n != '--slow'])
     if cmd == 'run':
-        for nb in nbs: print(f'running {nb.name}', flush=True); run(nb, slow)
+        for nb in nbs:
+            print(f'running {nb.name}', flush=True)
+            run(nb, slow)
     elif cmd == 'stats':
         for nb in nbs:
             e, x = stats(nb)
@@ -77,6 +81,8 @@ def main(cmd='stats', *names):
         for name, cells in bad.items(): print(f'{name}: cells {cells} draw a figure but were committed without it; '
                                               f'run `python tools/notebooks.py run nbs/{name}` and commit.', file=sys.stderr)
         return 1 if bad else 0
-    else: print(__doc__, file=sys.stderr); return 2
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
 
 if __name__ == '__main__': sys.exit(main(*sys.argv[1:]))
