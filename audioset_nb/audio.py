@@ -4,19 +4,23 @@
 
 # %% ../nbs/01_audio.ipynb #ea3d1dc3
 from __future__ import annotations
-import ctypes, functools, io, os, shutil, signal, stat, struct, subprocess, tempfile
+import ctypes, functools, io, os, shutil, signal, stat, struct, subprocess, sys, tempfile
 from pathlib import Path
 from typing import Iterator
 import numpy as np, soundfile as sf, soxr
 from .fileio import atomic_open, atomic_path
 
 # %% auto #0
-__all__ = ['SAMPLE_RATE', 'FFMPEG_ENV', 'STORES', 'ffmpeg_exe', 'die_with_parent', 'AudioError', 'ffmpeg_input', 'resample',
-           'stream_audio', 'load_audio', 'audio_source', 'pad_or_truncate', 'to_int16', 'to_float32', 'sliding_windows',
-           'write_wav', 'encode_row', 'decode_row']
+__all__ = ['SAMPLE_RATE', 'AUDIO_EXTS', 'FFMPEG_ENV', 'NONFINITE', 'STORES', 'ffmpeg_exe', 'die_with_parent', 'AudioError',
+           'finite_audio', 'ffmpeg_input', 'resample', 'stream_audio', 'load_audio', 'audio_source', 'pad_or_truncate',
+           'to_int16', 'to_float32', 'sliding_windows', 'write_wav', 'encode_row', 'decode_row']
 
 # %% ../nbs/01_audio.ipynb #34fd4d3f
 SAMPLE_RATE = 32000   # the rate PANNs stores and trains at
+
+# %% ../nbs/01_audio.ipynb #e4a9028d
+AUDIO_EXTS = frozenset({'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.wma', '.aif', '.aiff', '.au',
+                        '.webm', '.mp4', '.mkv', '.mov', '.avi'})  # what counts as audio in a folder, in every stage
 
 # %% ../nbs/01_audio.ipynb #2ba98372
 FFMPEG_ENV = 'AUDIOSET_NB_FFMPEG'  # names the ffmpeg to use: a path, a program on PATH, or `bundled`
@@ -66,6 +70,21 @@ def _check_file(path:Path)->Path:
     if not os.access(path, os.R_OK): raise AudioError(f'Audio file {path} cannot be read (permission denied); check its permissions.')
     if st.st_size == 0: raise AudioError(f'Audio file {path} is empty (0 bytes); re-download or remove it.')
     return path
+
+# %% ../nbs/01_audio.ipynb #8f01e7b8
+NONFINITE = dict(training='replace', evaluation='replace', inference='refuse')  # what each place does with NaN/Inf samples
+
+def finite_audio(x:np.ndarray, # audio samples
+                 name:str, # the file (and row) they came from, for the message
+                 use:str='training', # a key of `NONFINITE`: decides whether to replace or refuse
+                )->np.ndarray:
+    "`x` if all its samples are finite; else refused (`AudioError`) or zeroed where not finite, with a warning, as `NONFINITE[use]` says."
+    bad = ~np.isfinite(x)
+    if not bad.any(): return x
+    msg = f'{name} holds {int(bad.sum())} NaN or infinite samples'
+    if NONFINITE[use] == 'refuse': raise AudioError(f'{msg}; it was not used: repair or re-encode it.')
+    print(f'warning: {msg}; they were replaced by silence: repair or re-pack it.', file=sys.stderr)
+    return np.where(bad, np.float32(0), x).astype(x.dtype)
 
 # %% ../nbs/01_audio.ipynb #2d6b7dbd
 def _sf_blocks(path, offset, duration, block_frames):

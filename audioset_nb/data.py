@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 import h5py, numpy as np, torch
 from torch.utils.data import DataLoader, Dataset
-from .audio import SAMPLE_RATE, STORES, AudioError, decode_row, resample, to_float32
+from .audio import SAMPLE_RATE, STORES, AudioError, decode_row, finite_audio, resample, to_float32
 from .config import USER_ERRORS
 
 # %% auto #0
-__all__ = ['WAVEFORM_KEYS', 'INDEX_KEYS', 'NONFINITE', 'SAMPLERS', 'Index', 'read_index', 'finite_audio', 'AudioSetDataset',
-           'TrainSampler', 'RandomSampler', 'BalancedSampler', 'AlternateSampler', 'clip_weights', 'WeightedSampler',
-           'EvalSampler', 'make_sampler', 'Mixup', 'collate', 'Loader', 'default_workers', 'make_loader']
+__all__ = ['WAVEFORM_KEYS', 'INDEX_KEYS', 'SAMPLERS', 'Index', 'read_index', 'AudioSetDataset', 'TrainSampler', 'RandomSampler',
+           'BalancedSampler', 'AlternateSampler', 'clip_weights', 'WeightedSampler', 'EvalSampler', 'make_sampler',
+           'Mixup', 'collate', 'Loader', 'default_workers', 'make_loader']
 
 # %% ../nbs/30_data.ipynb #4e9cc847
 @dataclass
@@ -64,21 +64,6 @@ def read_index(path:Path)->Index:
         files, file_of = _factorize(f['hdf5_path'][:].tolist())
         files = [_resolve(p.decode(), path.parent) for p in files]
         return Index(names, files, file_of, f['index_in_hdf5'][:].astype(np.int64), target.astype(bool))
-
-# %% ../nbs/30_data.ipynb #8f01e7b8
-NONFINITE = dict(training='replace', evaluation='replace', inference='refuse')  # what each place does with NaN/Inf samples
-
-def finite_audio(x:np.ndarray, # audio samples
-                 name:str, # the file (and row) they came from, for the message
-                 use:str='training', # a key of `NONFINITE`: decides whether to replace or refuse
-                )->np.ndarray:
-    "`x` if all its samples are finite; else refused (`AudioError`) or zeroed where not finite, with a warning, as `NONFINITE[use]` says."
-    bad = ~np.isfinite(x)
-    if not bad.any(): return x
-    msg = f'{name} holds {int(bad.sum())} NaN or infinite samples'
-    if NONFINITE[use] == 'refuse': raise AudioError(f'{msg}; it was not used: repair or re-encode it.')
-    print(f'warning: {msg}; they were replaced by silence: repair or re-pack it.', file=sys.stderr)
-    return np.where(bad, np.float32(0), x).astype(x.dtype)
 
 # %% ../nbs/30_data.ipynb #c0bb33eb
 class _Store:

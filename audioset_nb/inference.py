@@ -11,10 +11,9 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np, torch
 from .fileio import atomic_open, atomic_path
 from .metadata import CLIP_SECONDS, load_labels
-from .audio import SAMPLE_RATE, AudioError, stream_audio, load_audio, pad_or_truncate, sliding_windows, write_wav
+from .audio import SAMPLE_RATE, AudioError, finite_audio, stream_audio, load_audio, pad_or_truncate, sliding_windows, write_wav
 from .checkpoints import load_checkpoint, load_weights, write_error
 from .config import USER_ERRORS, FrontEnd, config_cli
-from .data import finite_audio
 from .models import build_model
 from .fastpath import for_inference
 
@@ -183,7 +182,7 @@ def _forward(tagger:Tagger, batch:np.ndarray)->dict:
 
 # %% ../nbs/60_inference.ipynb #f02331df
 def _blocks(tagger:Tagger, src):
-    "The audio of `src` in blocks; one with NaN or infinite samples is refused (`data.NONFINITE`), naming the file."
+    "The audio of `src` in blocks; one with NaN or infinite samples is refused (`audio.NONFINITE`), naming the file."
     name = '<array>' if isinstance(src, np.ndarray) else str(src)
     blocks = [np.asarray(src, np.float32)] if isinstance(src, np.ndarray) else stream_audio(src, tagger.sample_rate)
     return (finite_audio(b, name, 'inference') for b in blocks)

@@ -1,7 +1,7 @@
 "Shared test helpers: run a console script of the package, check a one-sentence error, make and encode test audio."
 import configparser, os, subprocess, sys
 from pathlib import Path
-import numpy as np
+import numpy as np, pytest
 import audioset_nb
 from audioset_nb.audio import ffmpeg_exe
 
@@ -54,3 +54,16 @@ def tone(freq, seconds, sr, channels=1, amp=0.5):
     t = np.arange(int(round(seconds*sr)))/sr
     x = amp*np.sin(2*np.pi*freq*t)
     return x if channels == 1 else np.repeat(x[:, None], channels, 1)
+
+@pytest.fixture
+def tmpfs():
+    "`tmpfs(path, size)` mounts a small tmpfs at `path` (root only) and returns it; all are unmounted after the test."
+    mounted = []
+    def mount(path:Path, size='2m')->Path:
+        path.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)], capture_output=True, text=True)
+        if r.returncode: pytest.skip(f'cannot mount a tmpfs here (needs root): {r.stderr.strip()}')
+        mounted.append(path)
+        return path
+    yield mount
+    for p in reversed(mounted): subprocess.run(['umount', '-l', str(p)], capture_output=True)
