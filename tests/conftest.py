@@ -22,7 +22,7 @@ def cli_cmd(name, *args):
     return [*([str(exe)] if exe.exists() else [sys.executable, '-m', _module_of(name)]), *map(str, args)]
 
 def cli_env(env=None):
-    "os.environ updated with `env`; PYTHONPATH starts with the package these tests import, so scripts run the same code."
+    "os.environ updated with `env`; PYTHONPATH starts with the package these tests import (scripts run the same code)."
     e = {**os.environ, **(env or {})}
     e['PYTHONPATH'] = os.pathsep.join(filter(None, [PKG_PATH, e.get('PYTHONPATH')]))
     return e
@@ -61,7 +61,8 @@ def tmpfs():
     mounted = []
     def mount(path:Path, size='2m')->Path:
         path.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)], capture_output=True, text=True)
+        cmd = ['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode: pytest.skip(f'cannot mount a tmpfs here (needs root): {r.stderr.strip()}')
         mounted.append(path)
         return path
