@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/'nbs'
 PAGES = [ROOT/'BENCHMARKS.md']  # repository documents the notebooks link to, after the notebooks
 CSS = """body{margin:0;font:16px/1.5 system-ui,sans-serif;color:#222;display:flex}
-nav{width:15rem;flex:none;padding:1rem;border-right:1px solid #ddd;height:100vh;position:sticky;top:0;overflow:auto;box-sizing:border-box}
+nav{width:15rem;flex:none;padding:1rem;border-right:1px solid #ddd;height:100vh;position:sticky;top:0;overflow:auto;
+box-sizing:border-box}
 nav a{display:block;padding:.15rem 0;color:#225;text-decoration:none} nav a.here{font-weight:bold}
 main{max-width:60rem;padding:1rem 2rem;min-width:0} pre{background:#f6f6f6;padding:.5rem;overflow:auto;font-size:13px}
 .jp-OutputArea pre,.output pre{background:none} img{max-width:100%} table{border-collapse:collapse}
@@ -35,7 +36,8 @@ def for_reader(book):
     for c in book.cells:
         ds = directives(c.source) if c.cell_type == 'code' else set()
         if ds & {'hide', 'default_exp'}: continue
-        if c.cell_type == 'code': c.source = '\n'.join(l for l in c.source.splitlines() if not l.lstrip().startswith('#|'))
+        if c.cell_type == 'code':
+            c.source = '\n'.join(l for l in c.source.splitlines() if not l.lstrip().startswith('#|'))
         else: c.source = re.sub(r'\]\((?:\./|\.\./|nbs/)?([\w.]+)\.(ipynb|md)(#[^)]*)?\)',
                                 lambda m: f']({page_name(Path(m[1]))}{m[3] or ""})', c.source)
         cells.append(c)
@@ -63,8 +65,9 @@ def build(out:Path=ROOT/'_docs')->list[Path]:
     written = []
     for (nb, book), (page, t) in zip(books.items(), pages):
         body, _ = exporter.from_notebook_node(for_reader(book))
-        (tmp/page).write_text(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(t)} · audioset_nb'
-                              f'</title><link rel="icon" href="data:,"><link rel="stylesheet" href="site.css"></head><body><nav><b>audioset_nb</b>'
+        head = (f'<meta charset="utf-8"><title>{html.escape(t)} · audioset_nb</title>'
+                '<link rel="icon" href="data:,"><link rel="stylesheet" href="site.css">')
+        (tmp/page).write_text(f'<!doctype html><html lang="en"><head>{head}</head><body><nav><b>audioset_nb</b>'
                               f'{nav(pages, page)}</nav><main>{body}</main></body></html>')
         written.append(out/page)
     shutil.rmtree(out, ignore_errors=True)

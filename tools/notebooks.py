@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Keep the notebooks' outputs: run them, count their examples, check their figures.
-  python tools/notebooks.py run [--slow] [NB ...]   run notebooks top to bottom (as nbdev_test does) and save their outputs
+  python tools/notebooks.py run [--slow] [NB ...]   run notebooks top to bottom (as nbdev_test does), save outputs
   python tools/notebooks.py stats [NB ...]    lines of example or test per exported line, per notebook
   python tools/notebooks.py check [NB ...]    fail if a cell that draws a figure was committed without it
 Cells flagged `#| slow`, `#| gpu` or `#| eval: false` are not run by `run` (`--slow` runs the slow ones too): they keep
@@ -78,8 +78,9 @@ def main(cmd='stats', *names):
             print(f'{nb.name:28} exported {e:5}  example/test {x:5}  ratio {x/e if e else float("nan"):.2f}')
     elif cmd == 'check':
         bad = {nb.name: m for nb in nbs if (m := missing_figures(nb))}
-        for name, cells in bad.items(): print(f'{name}: cells {cells} draw a figure but were committed without it; '
-                                              f'run `python tools/notebooks.py run nbs/{name}` and commit.', file=sys.stderr)
+        for name, cells in bad.items():
+            print(f'{name}: cells {cells} draw a figure but were committed without it; '
+                  f'run `python tools/notebooks.py run nbs/{name}` and commit.', file=sys.stderr)
         return 1 if bad else 0
     else:
         print(__doc__, file=sys.stderr)
