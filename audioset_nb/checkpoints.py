@@ -13,7 +13,7 @@ from .fileio import atomic_open, default_cache_dir, fetch, md5sum
 
 # %% auto #0
 __all__ = ['ZENODO_RECORD', 'PUBLISHED', 'load_checkpoint', 'unwrap', 'load_weights', 'write_error', 'save_checkpoint',
-           'fetch_checkpoint']
+           'CheckpointError', 'read_checkpoint', 'checkpoint_labels', 'checkpoint_config', 'fetch_checkpoint']
 
 # %% ../nbs/40_checkpoints.ipynb #73c281ad
 def _numpy_globals():
@@ -119,6 +119,40 @@ def save_checkpoint(path:str|Path, # where to write
         with atomic_open(path, 'wb') as f: torch.save({'model': unwrap(model).state_dict(), **extra}, f)
     except (OSError, RuntimeError) as e: raise write_error(path, e, 'checkpoint') from None
     return path
+
+# %% ../nbs/40_checkpoints.ipynb #eb7246e7
+class CheckpointError(ValueError):
+    "A file that cannot be used as a checkpoint; the message says which file and why."
+
+def read_checkpoint(path:str|Path)->dict:
+    "The checkpoint at `path`, checked to hold a state dict (under 'model', or bare)."
+    path = Path(path)
+    if not path.is_file(): raise CheckpointError(f'Checkpoint {path} does not exist; check --checkpoint_path.')
+    try: ckpt = load_checkpoint(path)
+    except ValueError as e: raise CheckpointError(str(e)) from None
+    except Exception: ckpt = None
+    sd = ckpt.get('model', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path} is not a checkpoint (a torch file holding a 'model' state_dict); "
+                              'pass one saved by audioset_nb or PANNs.')
+    return ckpt
+
+# %% ../nbs/40_checkpoints.ipynb #e4d8f97e
+def checkpoint_labels(ckpt:dict, path)->tuple:
+    "The class names `ckpt` (read from `path`) was trained on: its `labels`, else AudioSet's."
+    names = ckpt.get('labels')
+    if names is None:
+        from audioset_nb.metadata import load_labels
+        return load_labels().names
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names) or not len(names):
+        raise CheckpointError(f"{path} has a 'labels' entry that is not a list of class names; "
+                              're-save it with labels=[names].')
+    return tuple(names)
+
+def checkpoint_config(ckpt:dict)->dict:
+    "The settings a checkpoint records about itself: `config`, overridden by top-level `model_type`."
+    cfg = ckpt.get('config') if isinstance(ckpt.get('config'), dict) else {}
+    return {**cfg, **({'model_type': ckpt['model_type']} if isinstance(ckpt.get('model_type'), str) else {})}
 
 # %% ../nbs/40_checkpoints.ipynb #bec91979
 ZENODO_RECORD = 'https://zenodo.org/record/3987831/files'
