@@ -120,7 +120,7 @@ def save_checkpoint(path:str|Path, # where to write
     except (OSError, RuntimeError) as e: raise write_error(path, e, 'checkpoint') from None
     return path
 
-# %% ../nbs/40_checkpoints.ipynb #256b9c27
+# %% ../nbs/40_checkpoints.ipynb #43812481
 class CheckpointError(ValueError):
     "A file that cannot be used as a checkpoint; the message says which file and why."
 
@@ -137,7 +137,7 @@ def read_checkpoint(path:str|Path)->dict:
                               'pass one saved by audioset_nb or PANNs.')
     return ckpt
 
-# %% ../nbs/40_checkpoints.ipynb #003cb5e6
+# %% ../nbs/40_checkpoints.ipynb #dc79b7a4
 def checkpoint_labels(ckpt:dict, path)->tuple:
     "The class names `ckpt` (read from `path`) was trained on: its `labels`, else AudioSet's."
     names = ckpt.get('labels')

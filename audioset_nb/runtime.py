@@ -11,7 +11,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['ONNX_META', 'onnx_settings', 'OnnxRunner']
 
-# %% ../nbs/63_runtime.ipynb #a8cf8890
+# %% ../nbs/63_runtime.ipynb #c71b89ab
 ONNX_META = ('labels', 'model_type', 'sample_rate', 'window_size', 'hop_size')  # what audioset_export records
 _FIX = 'export it again with audioset_export'
 
