@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np, torch
 from .metadata import load_labels
 from .fileio import default_cache_dir
-from .checkpoints import fetch_checkpoint, load_checkpoint, load_weights
+from .checkpoints import fetch_checkpoint, load_weights, read_checkpoint
 from .inference import load_tagger
 from .models import MODELS, build_model
 from .fastpath import for_inference
@@ -66,7 +66,8 @@ class _Inference:
             t = load_tagger(self.checkpoint_path)
             model, self.labels = _decision_level(t) if self.sed else t.model, list(t.labels)
         else:
-            try: load_weights(model, load_checkpoint(self.checkpoint_path))
+            ckpt = read_checkpoint(self.checkpoint_path)  # a missing or bad file: one sentence naming it
+            try: load_weights(model, ckpt)
             except ValueError as e: raise ValueError(f'{self.checkpoint_path}: {e}') from None
             self.labels = labels
         self.model = model.to(self.device).eval() if self.device == 'cuda' else for_inference(model)

@@ -50,7 +50,7 @@ def cpu_seconds(pid):
     return (int(f[11]) + int(f[12]))/TICK
 
 def run(model_path, sr, args, tones, seconds, cpu_from, cpu_to):
-    cmd = [sys.executable, '-c', 'from audioset_nb.runtime import tag_main; tag_main()', '--stream', '-', '--onnx', str(model_path),
+    cmd = [sys.executable, '-c', 'from audioset_nb.stream import tag_cli; tag_cli()', '--stream', '-', '--onnx', str(model_path),
            '--labels', 'Tone', '--window_seconds', str(args.window), '--hop_seconds', str(args.hop), '--threads', str(args.threads)]
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))}
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=False)

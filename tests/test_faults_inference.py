@@ -6,7 +6,6 @@ import numpy as np, pytest, soundfile as sf, torch
 from audioset_nb.inference import load_tagger, sed, find_events
 from audioset_nb.models import build_model, save_checkpoint
 from conftest import cli, one_sentence, tone
-from test_faults_train import tmpfs  # small tmpfs mounts, unmounted after the test
 
 SR = 32000
 run = partial(cli, timeout=300)
@@ -95,7 +94,7 @@ def test_a_figure_that_cannot_be_written_costs_only_its_own_file(d, tmp_path):
 
 def test_an_output_that_cannot_be_written_is_one_sentence(d, tmp_path, tmpfs):
     "Today: '[Errno 30] Read-only file system' naming a temporary file, not the output, and no fix."
-    ro = tmpfs(tmp_path/'ro', 1 << 20)
+    ro = tmpfs(tmp_path/'ro', '1m')
     subprocess.run(['mount', '-o', 'remount,ro', str(ro)], check=True)
     r = run('audioset_tag', '--checkpoint_path', d/'cnn6.pth', '--audio_path', d/'tone.wav', '--output', ro/'tags.csv')
     assert r.returncode != 0
