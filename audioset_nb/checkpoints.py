@@ -39,7 +39,8 @@ def _starts_as_pickle(path)->bool:
 def load_checkpoint(path:str|Path) -> dict:
     "Load a checkpoint (published PANNs format or a bare state dict) onto the CPU, without running code."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f'No checkpoint at {path}; check the path or fetch it with fetch_checkpoint.')
+    if not path.is_file(): raise FileNotFoundError(f'No checkpoint at {path}; check the path or fetch it with '
+                                                   f'fetch_checkpoint.')
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(_numpy_globals()):
             warnings.simplefilter('ignore', DeprecationWarning)
@@ -51,7 +52,8 @@ def load_checkpoint(path:str|Path) -> dict:
             need = f'it needs {what.group(1)} to load' if what else 'its pickle holds more than tensors and plain data'
             raise ValueError(f"Refusing to load {path}: it is not a plain checkpoint ({need}, which could run code); "
                              "use a checkpoint saved as a state dict from a source you trust.") from None
-        raise ValueError(f'{path} is not a readable PyTorch checkpoint (not a pickle nor a torch zip file); re-download or re-save it.') from None
+        raise ValueError(f'{path} is not a readable PyTorch checkpoint (not a pickle nor a torch zip file); '
+                         f're-download or re-save it.') from None
     except (RuntimeError, EOFError) as e:
         raise ValueError(f'{path} is not a readable PyTorch checkpoint ({e}); re-download or re-save it.') from None
 
@@ -88,7 +90,8 @@ def load_weights(model:nn.Module, # the model to fill
     diffs = _mismatches(target.state_dict(), sd)
     if diffs:
         more = f' (and {len(diffs)-1} more differences)' if len(diffs) > 1 else ''
-        raise ValueError(f'{name} does not fit {target}: {diffs[0]}{more}; build the model the checkpoint was trained as.')
+        raise ValueError(f'{name} does not fit {target}: {diffs[0]}{more}; build the model the checkpoint was '
+                         f'trained as.')
     target.load_state_dict(sd, strict=True)
     return model
 

@@ -114,10 +114,12 @@ def load_tagger(checkpoint_path:Path, # a .pth file saved by audioset_nb or PANN
     try: model = build_model(model_type, front.fill(FrontEnd.of(cfg)), classes_num=len(labels))
     except ValueError as e: raise CheckpointError(str(e)) from None
     try: load_weights(model, ckpt)
-    except ValueError as e: raise CheckpointError(f'{checkpoint_path} does not fit model_type {model_type}: {e}') from None
+    except ValueError as e:
+        raise CheckpointError(f'{checkpoint_path} does not fit model_type {model_type}: {e}') from None
     if cuda and not torch.cuda.is_available(): print('No GPU found; running on the CPU.', file=sys.stderr)
     device = 'cuda' if cuda and torch.cuda.is_available() else 'cpu'
-    model = for_inference(model.to(device))  # eval mode; on the CPU, BatchNorm folded and per-layer fastest convolutions
+    # eval mode; on the CPU, BatchNorm folded and per-layer fastest convolutions
+    model = for_inference(model.to(device))
     if ckpt.get('task') == 'single': model = SingleLabel(model)  # fine-tuned on one class per clip: softmax scores
     return TorchRunner(model, labels, model.front, device, model_type=model_type, **_scoring(ckpt, cfg))
 
@@ -149,7 +151,8 @@ def find_events(t:Tags, # framewise tags from `sed`
     for c in np.flatnonzero(on.any(0)):
         for a, b in zip(np.flatnonzero(edges[:, c] == 1).tolist(), np.flatnonzero(edges[:, c] == -1).tolist()):
             if (b - a)/t.fps >= min_duration:
-                evs.append(Event(t.labels[c], round(a/t.fps, 3), round(min(b/t.fps, t.duration), 3), float(t.framewise[a:b, c].max())))
+                evs.append(Event(t.labels[c], round(a/t.fps, 3), round(min(b/t.fps, t.duration), 3),
+                                 float(t.framewise[a:b, c].max())))
     return sorted(evs, key=lambda e: (e.onset, e.label))
 
 # %% ../nbs/60_inference.ipynb #d2aece09
@@ -161,7 +164,8 @@ def write_events(events:Iterable, path:Path)->int:
 def log_spectrogram(x:np.ndarray, window_size:int=1024, hop_size:int=320)->np.ndarray:
     "(frames, window_size//2+1) natural log of the STFT magnitude (Hann window, centred frames)."
     # zero padding at the ends (not reflection, which needs more than half a window): a 10-ms clip has a spectrogram too
-    s = torch.stft(torch.from_numpy(np.asarray(x, np.float32)), window_size, hop_size, window=torch.hann_window(window_size),
+    s = torch.stft(torch.from_numpy(np.asarray(x, np.float32)), window_size, hop_size,
+                   window=torch.hann_window(window_size),
                    center=True, pad_mode='constant', return_complex=True).abs()
     return np.log(s.T.numpy() + 1e-8)
 
@@ -169,7 +173,7 @@ def log_spectrogram(x:np.ndarray, window_size:int=1024, hop_size:int=320)->np.nd
 def plot_sed(t:Tags, # framewise tags from `sed`
              x:np.ndarray=None, # its waveform at the model rate (None: read from `t.path`)
              top:int=10, start:float=0., duration:float=None, window_size:int=1024, hop_size:int=320,
-             truth:list=None, # true events as (label, onset, offset, ...): their classes come first, outlined where they sound
+             truth:list=None, # true events (label, onset, offset, ...): their classes first, outlined where they sound
             ):
     "The SED figure: log spectrogram above the framewise scores of the `top` classes."
     import matplotlib.pyplot as plt
@@ -188,7 +192,8 @@ def plot_sed(t:Tags, # framewise tags from `sed`
     a1.set_yticks(range(len(ix)), [t.labels[i] for i in ix])
     a1.set_title(f'Framewise scores, top {len(ix)} classes')
     for lab, on, off, *_ in truth or ():
-        a1.add_patch(plt.Rectangle(((on - start)*t.fps - .5, ix.index(t.labels.index(lab)) - .5), (off - on)*t.fps, 1, fill=False, ec='w', lw=2))
+        a1.add_patch(plt.Rectangle(((on - start)*t.fps - .5, ix.index(t.labels.index(lab)) - .5), (off - on)*t.fps, 1,
+                                   fill=False, ec='w', lw=2))
     for l in a1.get_yticklabels()[:len(true)]: l.set_fontweight('bold')
     secs = np.arange(0, len(fw)/t.fps, max(1, round(len(fw)/t.fps/10)))  # about ten ticks, on whole seconds
     a1.set_xticks(secs*t.fps, [f'{start + s:g}' for s in secs])
@@ -221,7 +226,8 @@ def _sed(cfg:SedConfig):
         if not cfg.output:
             print(f'{t.path} ({t.duration:.2f} s): {len(evs)} event(s)')
             for e in evs: print(f'{e.label}: {e.onset:.2f}-{e.offset:.2f} s, peak {e.peak:.3f}')
-        if cfg.figure_dir: _save_figure(t, Path(cfg.figure_dir), cfg.figure_seconds, tagger.window_size, tagger.hop_size)
+        if cfg.figure_dir: _save_figure(t, Path(cfg.figure_dir), cfg.figure_seconds, tagger.window_size,
+                                        tagger.hop_size)
     failed = run_files(tagger, cfg.audio_path, each, window_seconds=cfg.window_seconds, hop_seconds=cfg.hop_seconds,
                        batch_size=cfg.batch_size, framewise=True)
     if cfg.output:
@@ -236,7 +242,8 @@ def _save_figure(t:Tags, folder:Path, seconds:float, window_size:int, hop_size:i
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, png = plot_sed(t, duration=min(seconds, t.duration), window_size=window_size, hop_size=hop_size), folder/f'{Path(t.path).stem}.png'
+    fig = plot_sed(t, duration=min(seconds, t.duration), window_size=window_size, hop_size=hop_size)
+    png = folder/f'{Path(t.path).stem}.png'
     try:
         with atomic_path(png, suffix='.png') as tmp: fig.savefig(tmp)
     except OSError as e: raise write_error(png, e, 'SED figure') from None
@@ -276,9 +283,10 @@ def _bar_chart(t:Tags, k:int=10):
     return fig
 
 # %% ../nbs/60_inference.ipynb #6c7fed7a
-def demo(checkpoints=None, # a folder searched for .pth files, or a list of paths (default: $AUDIOSET_NB_CHECKPOINTS or workspace/checkpoints)
+def demo(checkpoints=None, # .pth files: a folder or paths (default: $AUDIOSET_NB_CHECKPOINTS or workspace/checkpoints)
          examples:dict=None, # clip name -> path (default: `example_clips()`)
-         model_types:tuple=('Cnn14', 'Cnn14_DecisionLevelMax', 'Cnn10', 'Cnn6', 'MobileNetV1', 'ResNet38', 'Wavegram_Logmel_Cnn14'),
+         model_types:tuple=('Cnn14', 'Cnn14_DecisionLevelMax', 'Cnn10', 'Cnn6', 'MobileNetV1', 'ResNet38',
+                            'Wavegram_Logmel_Cnn14'),
         ):
     "The tagging app: clip or upload, checkpoint, Tag button; shows a player, the top-10 chart and the SED figure."
     import ipywidgets as W
@@ -324,12 +332,16 @@ def demo(checkpoints=None, # a folder searched for .pth files, or a list of path
         except Exception as e:
             status.value = f'<span style="color:#b00">{escape(f"{type(e).__name__}: {e}")}</span>'
             return
-        with player: display(W.Audio(value=_wav_bytes(x[:60*tg.sample_rate], tg.sample_rate), format='wav', autoplay=False))
-        labels.value = '<ol class="audioset-top">' + ''.join(f'<li><span class="label">{escape(l)}</span> {p:.3f}</li>' for l, p in t.top(10)) + '</ol>'
+        with player: display(W.Audio(value=_wav_bytes(x[:60*tg.sample_rate], tg.sample_rate), format='wav',
+                                     autoplay=False))
+        labels.value = '<ol class="audioset-top">' + ''.join(f'<li><span class="label">{escape(l)}</span> '
+                                                             f'{p:.3f}</li>' for l, p in t.top(10)) + '</ol>'
         chart.value, chart.layout.display = _png(_bar_chart(t)), ''
         if t.framewise is not None:
-            sedfig.value = _png(plot_sed(t, x, duration=min(t.duration, 60), window_size=tg.window_size, hop_size=tg.hop_size))
+            sedfig.value = _png(plot_sed(t, x, duration=min(t.duration, 60), window_size=tg.window_size,
+                                         hop_size=tg.hop_size))
             sedfig.layout.display = ''
-        status.value = escape(f'{clip.value}: {t.duration:.1f} s, model {tg.model_type}')  # last: it says the results are in
+        # last: it says the results are in
+        status.value = escape(f'{clip.value}: {t.duration:.1f} s, model {tg.model_type}')
     button.on_click(on_tag)
     return W.VBox([W.HBox([clip, upload]), ckpt, mtype, button, status, player, W.HBox([labels, chart]), sedfig])

@@ -30,12 +30,13 @@ ix_to_id = dict(enumerate(ids))
 
 # %% ../nbs/65_panns.ipynb #a360ebf4
 def default_checkpoint(name:str)->Path: # a published checkpoint's file name
-    "The cached copy of the published checkpoint `name`, downloaded there first if needed; one sentence if it cannot be."
+    "The cached copy of the published checkpoint `name`, downloaded first if needed; one sentence if it cannot be."
     cached = default_cache_dir()/name
     if cached.is_file(): return cached
     try: return fetch_checkpoint(name)
     except ConnectionError as e:
-        raise FileNotFoundError(f'{name} is not in the cache ({cached.parent}) and could not be downloaded ({e.args[0].split(" (")[0]}); '
+        raise FileNotFoundError(f'{name} is not in the cache ({cached.parent}) and could not be downloaded '
+                                f'({e.args[0].split(" (")[0]}); '
                                 f'pass checkpoint_path= a local copy, or put the file at {cached}.') from None
 
 def _device(device)->str:

@@ -61,7 +61,7 @@ class OnnxRunner:
         "The model's outputs for `batch`, by name, as float32 arrays."
         return dict(zip(self.outputs, self.session.run(None, {'waveform': np.ascontiguousarray(batch, np.float32)})))
 
-# %% ../nbs/63_runtime.ipynb #efec1c97
+# %% ../nbs/63_runtime.ipynb #d033d348
 def tag_main(argv:list=None):
     "`audioset_tag` for console scripts installed when it lived here: `stream.tag_cli`."
     from audioset_nb.stream import tag_cli  # lazy: runtime (63) never imports stream (64) at its top

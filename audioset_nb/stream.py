@@ -24,18 +24,21 @@ CAPTURE_FORMATS = ('alsa', 'pulse', 'jack', 'oss', 'sndio', 'openal', 'avfoundat
 
 def stream_source_args(source:str, # '-' (stdin), a URL, a capture device (with `input_format`) or a file
                  input_format:str=None)->list: # ffmpeg input device/format, e.g. 'alsa', 'pulse', 'avfoundation'
-    "ffmpeg's input arguments for a stream `source`, checked: no option, protocol or device ffmpeg would take by surprise."
+    "ffmpeg's input arguments for a stream `source`, checked: no option, protocol or device to take ffmpeg by surprise."
     if source == '-': return ['-i', 'pipe:0']
     if not source or source.startswith('-'):
-        raise ValueError(f'--stream {source!r} is not a source: pass a file, a URL, a device with --input_format, or - for stdin.')
+        raise ValueError(f'--stream {source!r} is not a source: pass a file, a URL, a device with --input_format, or '
+                         f'- for stdin.')
     if input_format:
         if input_format not in CAPTURE_FORMATS:
-            raise ValueError(f'--input_format {input_format!r} is not a capture format; use one of {", ".join(CAPTURE_FORMATS)}.')
+            raise ValueError(f'--input_format {input_format!r} is not a capture format; use one of '
+                             f'{", ".join(CAPTURE_FORMATS)}.')
         return ['-f', input_format, '-i', source]
     scheme = re.match(r'([A-Za-z][A-Za-z0-9+.-]+):', source)
     if scheme and scheme[1].lower() not in ('file',):
         if scheme[1].lower() not in URL_SCHEMES:
-            raise ValueError(f'--stream {source!r}: protocol {scheme[1]!r} is not allowed; use a file or a {"/".join(URL_SCHEMES)} URL.')
+            raise ValueError(f'--stream {source!r}: protocol {scheme[1]!r} is not allowed; use a file or a '
+                             f'{"/".join(URL_SCHEMES)} URL.')
         return ['-i', source]
     path = Path(source.removeprefix('file:'))
     if not path.is_file(): raise ValueError(f'--stream {source} is not a file, a URL or -; check the path.')
@@ -51,8 +54,10 @@ def ffmpeg_blocks(source:str, sr:int, # the source and the rate to deliver it at
                   input_format:str=None)->Iterator[np.ndarray]:
     "Mono float32 blocks of `source` at `sr`, decoded by ffmpeg as they arrive."
     args = [ffmpeg_exe(), '-hide_banner', '-nostats', '-loglevel', 'error', *(['-re'] if realtime else []),
-            *LOW_DELAY, *stream_source_args(source, input_format), '-vn', '-ac', '1', '-ar', str(sr), '-f', 'f32le', '-flush_packets', '1', 'pipe:1']
-    proc = subprocess.Popen(args, stdin=None if source == '-' else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            *LOW_DELAY, *stream_source_args(source, input_format), '-vn', '-ac', '1', '-ar', str(sr), '-f', 'f32le',
+            '-flush_packets', '1', 'pipe:1']
+    proc = subprocess.Popen(args, stdin=None if source == '-' else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     n = 0
     try:
         while data := proc.stdout.read(4*block):
@@ -77,7 +82,8 @@ class Hysteresis:
         self.onset, self.peak = np.full(len(self.labels), np.nan), np.zeros(len(self.labels))
 
     def _end(self, i, t)->dict:
-        ev = {'event': 'end', 'label': self.labels[i], 'time': round(float(t), 3), 'onset': round(float(self.onset[i]), 3),
+        ev = {'event': 'end', 'label': self.labels[i], 'time': round(float(t), 3), 'onset': round(float(self.onset[i]),
+                                                                                                  3),
               'duration': round(float(t - self.onset[i]), 3), 'peak': round(float(self.peak[i]), 4)}
         self.onset[i] = np.nan
         return ev
@@ -87,11 +93,13 @@ class Hysteresis:
              end_time:float=None)->list: # time to give ends (default `t`)
         "The events that start or end at `t`."
         active = ~np.isnan(self.onset)
-        out = [self._end(i, max(end_time if end_time is not None else t, self.onset[i])) for i in np.flatnonzero(active & (scores < self.off))]
+        out = [self._end(i, max(end_time if end_time is not None else t,
+                                self.onset[i])) for i in np.flatnonzero(active & (scores < self.off))]
         self.peak = np.where(active, np.maximum(self.peak, scores), self.peak)
         for i in np.flatnonzero(~active & (scores >= self.on)):
             self.onset[i], self.peak[i] = t, scores[i]
-            out.append({'event': 'start', 'label': self.labels[i], 'time': round(float(t), 3), 'score': round(float(scores[i]), 4)})
+            out.append({'event': 'start', 'label': self.labels[i], 'time': round(float(t), 3),
+                        'score': round(float(scores[i]), 4)})
         return out
 
     def close(self, t:float)->list:
@@ -148,11 +156,13 @@ class TagConfig(TaggingConfig):
     onnx: str|None = None             # or an .onnx model from audioset_export (run by ONNX Runtime, without torch)
     stream: str|None = None           # or tag a live stream: a file, a URL, a device (with --input_format), - for stdin
     top_k: int = 10                   # labels to report per file
-    pooling: str|None = None          # how window scores become file scores: max or mean (default: max; mean fine-tuned)
+    # how window scores become file scores: max or mean (default: max; mean fine-tuned)
+    pooling: str|None = None
     full_scores: bool = False         # also write every class's score
     embedding: bool = False           # also write the embedding
     threads: int = 0                  # ONNX Runtime threads (0: one per core)
-    input_format: str|None = None     # --stream: ffmpeg capture format of a device: alsa, pulse, avfoundation, dshow, ...
+    # --stream: ffmpeg capture format of a device: alsa, pulse, avfoundation, dshow, ...
+    input_format: str|None = None
     realtime: bool = False            # --stream: play a file at its own speed (ffmpeg -re), as a live source would come
     on_threshold: float = 0.5         # --stream: an event starts when its score reaches this
     off_threshold: float = 0.3        # --stream: and ends when its score falls below this
@@ -160,9 +170,11 @@ class TagConfig(TaggingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.checkpoint_path and self.onnx: raise ValueError('Pass one model: --checkpoint_path or --onnx, not both.')
+        if self.checkpoint_path and self.onnx: raise ValueError('Pass one model: --checkpoint_path or --onnx, not '
+                                                                'both.')
         if not (self.checkpoint_path or self.onnx):
-            raise ValueError('No model given: pass --checkpoint_path (a .pth checkpoint) or --onnx (an exported model).')
+            raise ValueError('No model given: pass --checkpoint_path (a .pth checkpoint) or --onnx (an exported '
+                             'model).')
         if self.audio_path and self.stream is not None:
             raise ValueError('Pass --audio_path (files) or --stream (a live source), not both.')
         if not self.audio_path and self.stream is None:
@@ -187,7 +199,8 @@ def open_runner(cfg:TagConfig):
 # %% ../nbs/64_stream.ipynb #ae8fdfdc
 def _stream(runner, cfg:TagConfig):
     if unknown := [l for l in cfg.labels if l not in runner.labels]:
-        raise ValueError(f'--labels {unknown[0]!r} is not a class of this model; use names such as {runner.labels[0]!r}.')
+        raise ValueError(f'--labels {unknown[0]!r} is not a class of this model; use names such as '
+                         f'{runner.labels[0]!r}.')
     hop = max(1, int(cfg.hop_seconds*runner.sample_rate))
     blocks = ffmpeg_blocks(cfg.stream, runner.sample_rate, hop, cfg.realtime, cfg.input_format)
     try:

@@ -95,12 +95,14 @@ class _File:
         if 'embedding' in out: self.embs.append(out['embedding'])
         self.starts.append(start)
         self.n = max(self.n, start + n_real)
-        if self.fw is not None and 'framewise_output' in out: self.fw.add(start//runner.hop_size, out['framewise_output'])
+        if self.fw is not None and 'framewise_output' in out: self.fw.add(start//runner.hop_size,
+                                                                          out['framewise_output'])
     def tags(self, runner, pooling)->Tags:
         rows, sr = np.stack(self.rows), runner.sample_rate
         fw = self.fw.result(self.n//runner.hop_size + 1) if self.fw is not None and self.fw.sum is not None else None
         emb = np.stack(self.embs).mean(0) if self.embs else None
-        return Tags(source_name(self.src), tuple(runner.labels), rows.max(0) if pooling == 'max' else rows.mean(0), rows,
+        return Tags(source_name(self.src), tuple(runner.labels), rows.max(0) if pooling == 'max' else rows.mean(0),
+                    rows,
                     np.array(self.starts)/sr, emb, self.n/sr, fw, sr/runner.hop_size)
 
 # %% ../nbs/55_tagging.ipynb #0be86620
@@ -111,7 +113,8 @@ def _windows(runner, srcs, win, hop, failed):
             for s, w, n in sliding_windows(source_blocks(runner, src), win, hop): yield i, s, w, n
         except AudioError as e: failed[i] = str(e)
         except Exception as e:
-            failed[i] = f'{source_name(src)} could not be read ({type(e).__name__}: {e}); check that it is an audio file.'
+            why = f'({type(e).__name__}: {e}); check that it is an audio file.'
+            failed[i] = f'{source_name(src)} could not be read {why}'
         yield i, None, None, None
 
 # %% ../nbs/55_tagging.ipynb #a9fe2ed7
@@ -147,7 +150,8 @@ def iter_tags(runner, # has `labels`, `sample_rate`, `hop_size`, `forward(batch)
         for i in ended:
             f = files.pop(i, None)
             if i in failed: yield Failed(source_name(srcs[i]), failed[i])
-            elif f is None: yield Failed(source_name(srcs[i]), f'{source_name(srcs[i])} holds no audio; check the file.')
+            elif f is None: yield Failed(source_name(srcs[i]),
+                                         f'{source_name(srcs[i])} holds no audio; check the file.')
             else: yield f.tags(runner, pooling)
         ended.clear()
     for i, s, w, n in _windows(runner, srcs, win, hop, failed):
@@ -249,7 +253,7 @@ class TaggingConfig:
 USER_ERRORS_EACH = (ValueError, OSError, FloatingPointError)
 
 def run_files(runner, audio_path, each, **kwargs)->tuple:
-    "Run `iter_tags` over the command's audio paths, calling `each` on every `Tags`; returns (failures, number of files)."
+    "Run `iter_tags` over the audio paths, calling `each` on every `Tags`; returns (failures, number of files)."
     paths = audio_files(audio_path or [])
     if not paths: raise ValueError('No audio files found: pass --audio_path with a file, folder or glob.')
     failed = []
@@ -259,8 +263,8 @@ def run_files(runner, audio_path, each, **kwargs)->tuple:
             continue
         try: each(r)
         except Exception as e:
-            why = str(e) if isinstance(e, USER_ERRORS_EACH) else f'{r.path} could not be processed ({type(e).__name__}: {e}).'
-            failed.append(Failed(r.path, why))
+            why = f'{r.path} could not be processed ({type(e).__name__}: {e}).'
+            failed.append(Failed(r.path, str(e) if isinstance(e, USER_ERRORS_EACH) else why))
     return failed, len(paths)
 
 def report_failures(failed:list, n_files:int):

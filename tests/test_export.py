@@ -51,17 +51,20 @@ def test_export_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     assert 'matches torch within' in r.stdout
     meta = ort.InferenceSession(str(tmp_path/'sed.onnx')).get_modelmeta().custom_metadata_map
-    assert (meta['model_type'], meta['sample_rate'], len(json.loads(meta['labels']))) == ('Cnn6_DecisionLevelMax', '32000', 527)
+    got = (meta['model_type'], meta['sample_rate'], len(json.loads(meta['labels'])))
+    assert got == ('Cnn6_DecisionLevelMax', '32000', 527)
     # bad input: one sentence, exit 1, nothing written or overwritten
     r = cli('audioset_export', '--checkpoint_path', tmp_path/'missing.pth', '--output', tmp_path/'keep.onnx')
     assert r.returncode == 1 and one_sentence(r.stderr, 'missing.pth', 'does not exist')
     assert (tmp_path/'keep.onnx').read_text() == 'a file the user has'
     r = cli('audioset_export', '--checkpoint_path', tmp_path/'sed.pth', '--output', tmp_path/'x.pt')
     assert r.returncode == 1 and one_sentence(r.stderr, '.onnx')
-    r = cli('audioset_export', '--checkpoint_path', tmp_path/'sed.pth', '--model_type', 'Cnn14', '--output', tmp_path/'y.onnx')
+    r = cli('audioset_export', '--checkpoint_path', tmp_path/'sed.pth', '--model_type', 'Cnn14', '--output',
+            tmp_path/'y.onnx')
     assert r.returncode == 1 and one_sentence(r.stderr, 'does not fit model_type Cnn14')
     # the check compares ONNX Runtime with torch before anything is written: with no tolerance for rounding it refuses
-    r = cli('audioset_export', '--checkpoint_path', tmp_path/'sed.pth', '--output', tmp_path/'keep.onnx', '--tolerance', '0')
+    r = cli('audioset_export', '--checkpoint_path', tmp_path/'sed.pth', '--output', tmp_path/'keep.onnx', '--tolerance',
+            '0')
     assert r.returncode == 1 and one_sentence(r.stderr, 'differs from torch', 'nothing was written')
     assert (tmp_path/'keep.onnx').read_text() == 'a file the user has'
     assert not (tmp_path/'y.onnx').exists() and not list(tmp_path.glob('*.tmp*'))
@@ -136,8 +139,8 @@ def test_export_benchmark_runs(tmp_path):
     "benchmarks/export.py at a tiny size, so that it cannot rot; no timing is asserted."
     from conftest import ROOT
     out = tmp_path/'ex.json'
-    r = subprocess.run([sys.executable, 'benchmarks/export.py', '--models', 'Cnn6', '--batches', '1', '--reps', '1', '--seconds', '2',
-                        '--out', out], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    args = ['--models', 'Cnn6', '--batches', '1', '--reps', '1', '--seconds', '2', '--out', out]
+    r = subprocess.run([sys.executable, 'benchmarks/export.py', *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     assert res['versions']['onnxruntime'] and res['date'] and res['device']

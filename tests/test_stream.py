@@ -31,7 +31,8 @@ def loud(tmp_path_factory):
     return d
 
 def _tag(*args, input=None):
-    return subprocess.run([sys.executable, '-c', TAG, *map(str, args)], env=cli_env(), capture_output=True, input=input, timeout=300)
+    return subprocess.run([sys.executable, '-c', TAG, *map(str, args)], env=cli_env(), capture_output=True, input=input,
+                          timeout=300)
 
 def _events(stdout):
     return [json.loads(l) for l in stdout.decode().splitlines()]
@@ -55,8 +56,10 @@ def test_stream_stdin(loud):
 def test_stream_realtime_lines_as_they_happen(loud):
     "Played in real time, the start line is out while the stream is still playing, and not before the tone."
     t0 = time.monotonic()
-    p = subprocess.Popen([sys.executable, '-c', TAG, '--stream', str(loud/'tone.wav'), '--realtime', '--onnx', str(loud/'loud.onnx'),
-                          '--hop_seconds', '0.25'], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, '-c', TAG, '--stream', str(loud/'tone.wav'), '--realtime', '--onnx',
+                          str(loud/'loud.onnx'),
+                          '--hop_seconds', '0.25'], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
     start = json.loads(p.stdout.readline())
     t_start = time.monotonic() - t0
     rest = p.stdout.read()
@@ -69,7 +72,8 @@ def test_stream_realtime_lines_as_they_happen(loud):
 
 def test_stream_reader_gone(loud):
     "`audioset_tag --stream ... | head -1`: when the reader goes, the stream stops quietly, exit 0."
-    p = subprocess.Popen([sys.executable, '-c', TAG, '--stream', str(loud/'tone.wav'), '--realtime', '--onnx', str(loud/'loud.onnx')],
+    p = subprocess.Popen([sys.executable, '-c', TAG, '--stream', str(loud/'tone.wav'), '--realtime', '--onnx',
+                          str(loud/'loud.onnx')],
                          env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert json.loads(p.stdout.readline())['event'] == 'start'
     p.stdout.close()  # the end line (1.5 s later) has nowhere to go
@@ -79,9 +83,12 @@ def test_stream_reader_gone(loud):
 def test_stream_torch_checkpoint(tmp_path, loud):
     "A .pth checkpoint streams through torch; --labels limits the classes."
     torch.manual_seed(0)
-    save_checkpoint(tmp_path/'sed.pth', build_model('Cnn6_DecisionLevelMax', classes_num=2), labels=['a', 'b'], model_type='Cnn6_DecisionLevelMax')
-    r = subprocess.run([sys.executable, '-c', 'from audioset_nb.stream import tag_cli; tag_cli()', '--stream', loud/'tone.wav',
-                        '--checkpoint_path', tmp_path/'sed.pth', '--labels', 'b', '--on_threshold', '0', '--off_threshold', '0'],
+    save_checkpoint(tmp_path/'sed.pth', build_model('Cnn6_DecisionLevelMax', classes_num=2), labels=['a', 'b'],
+                    model_type='Cnn6_DecisionLevelMax')
+    code = 'from audioset_nb.stream import tag_cli; tag_cli()'
+    r = subprocess.run([sys.executable, '-c', code, '--stream', loud/'tone.wav',
+                        '--checkpoint_path', tmp_path/'sed.pth',
+                        '--labels', 'b', '--on_threshold', '0', '--off_threshold', '0'],
                        env=cli_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     events = [json.loads(l) for l in r.stdout.splitlines()]  # threshold 0: on from the first frame to the end
@@ -122,8 +129,9 @@ def test_stream_benchmark_runs(tmp_path):
     "benchmarks/stream.py at a tiny size, so that it cannot rot; no timing is asserted, only that events were timed."
     from conftest import ROOT
     out = tmp_path/'st.json'
-    r = subprocess.run([sys.executable, 'benchmarks/stream.py', '--models', 'Cnn6_DecisionLevelMax', '--seconds', '3', '--tones', '1', '2',
-                        '--startup', '3', '--out', out], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    args = ['--models', 'Cnn6_DecisionLevelMax', '--seconds', '3', '--tones', '1', '2', '--startup', '3', '--out', out]
+    r = subprocess.run([sys.executable, 'benchmarks/stream.py', *args], cwd=ROOT, env=cli_env(), capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     (row,) = json.loads(out.read_text())['results']
     assert max(map(abs, row['event_time_error_s'])) <= 0.02  # onset and offset placed on the right frame
