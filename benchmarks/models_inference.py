@@ -6,8 +6,9 @@ compiled:  eager + `torch.compile` with frozen weights                  (`for_in
 
 Same weights in all three (random, with BatchNorm statistics gathered on test signals so that activations are
 well scaled); outputs must agree with the reference to 1e-4 (clipwise probabilities absolute, embeddings relative
-to their largest magnitude) on the test clips (which have a -60 dB noise floor); the difference on a clip with digital silence is recorded too. Writes raw numbers to
-benchmarks/results/models_inference-cpu.json. Run: python benchmarks/models_inference.py [--no-compile] [--reps 3]
+to their largest magnitude) on the test clips (which have a -60 dB noise floor); the difference on a clip with
+digital silence is recorded too. Writes raw numbers to benchmarks/results/models_inference-cpu.json.
+Run: python benchmarks/models_inference.py [--no-compile] [--reps 3]
 """
 import argparse, copy, datetime, json, os, platform, statistics, time
 from pathlib import Path

@@ -140,7 +140,8 @@ def test_export_benchmark_runs(tmp_path):
     from conftest import ROOT
     out = tmp_path/'ex.json'
     args = ['--models', 'Cnn6', '--batches', '1', '--reps', '1', '--seconds', '2', '--out', out]
-    r = subprocess.run([sys.executable, 'benchmarks/export.py', *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, 'benchmarks/export.py', *args], cwd=ROOT, env=cli_env(), capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     assert res['versions']['onnxruntime'] and res['date'] and res['device']

@@ -27,7 +27,7 @@ def d(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------- unsafe pickles
 @pytest.mark.parametrize('protocol', [0, 2])
 def test_a_code_running_pickle_is_refused_without_torchs_unsafe_advice(d, protocol):
-    "A protocol-0 pickle made torch's WeightsUnpickler fail before naming a global; its weights_only=False advice showed."
+    "A protocol-0 pickle made torch's WeightsUnpickler fail before naming a global; its weights_only=False tip showed."
     marker, p = d/f'pwned{protocol}', d/f'evil{protocol}.pth'
     with open(p, 'wb') as f: pickle.dump({'model': {}, 'x': _Evil(marker)}, f, protocol=protocol)
     r = run('audioset_tag', '--checkpoint_path', p, '--audio_path', d/'tone.wav')
