@@ -184,6 +184,8 @@ class TagConfig(TaggingConfig):
     def _check_stream(self):
         "A stream's defaults (2-s windows every 0.5 s) and checks, before a model is loaded or ffmpeg started."
         self.window_seconds, self.hop_seconds = self.window_seconds or 2., self.hop_seconds or .5
+        if self.output:
+            raise ValueError('--output is for --audio_path; --stream prints JSON lines: redirect them to a file.')
         if not 0 < self.hop_seconds <= min(1., self.window_seconds):
             raise ValueError(f'--hop_seconds {self.hop_seconds} must be above 0 and at most 1 and --window_seconds.')
         Hysteresis([], self.on_threshold, self.off_threshold)  # checks the thresholds

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 from .audio import AUDIO_EXTS, AudioError, finite_audio, sliding_windows, stream_audio
-from .config import FrontEnd
+from .config import USER_ERRORS, FrontEnd
 from .fileio import atomic_open
 from .metadata import CLIP_SECONDS
 
 # %% auto #0
-__all__ = ['USER_ERRORS_EACH', 'Tags', 'Failed', 'source_name', 'source_blocks', 'audio_files', 'window_settings', 'iter_tags',
-           'tag', 'tag_files', 'is_jsonl', 'write_rows', 'tags_row', 'write_tags', 'print_tags', 'TaggingConfig',
-           'run_files', 'report_failures', 'run_tags']
+__all__ = ['Tags', 'Failed', 'source_name', 'source_blocks', 'audio_files', 'window_settings', 'iter_tags', 'tag', 'tag_files',
+           'is_jsonl', 'write_rows', 'tags_row', 'write_tags', 'print_tags', 'TaggingConfig', 'run_files',
+           'report_failures', 'run_tags']
 
 # %% ../nbs/55_tagging.ipynb #83f787d8
 @dataclass
@@ -125,6 +125,7 @@ def window_settings(runner, window_seconds:float=None, hop_seconds:float=None, p
     if pooling not in ('max', 'mean'): raise ValueError(f"pooling must be 'max' or 'mean', not {pooling!r}.")
     win = int(round(window_seconds*runner.sample_rate))
     hop = max(1, round((hop_seconds or window_seconds)*runner.sample_rate/runner.hop_size))*runner.hop_size
+    if not hop_seconds: hop = min(hop, win)  # windows that do not overlap, whatever their length
     if hop > win or win < getattr(runner, 'window_size', 0):
         raise ValueError('hop_seconds must be at most window_seconds, and windows longer than one STFT window.')
     return win, hop, pooling
@@ -250,8 +251,6 @@ class TaggingConfig:
         if self.output: is_jsonl(self.output)
 
 # %% ../nbs/55_tagging.ipynb #286f78ee
-USER_ERRORS_EACH = (ValueError, OSError, FloatingPointError)
-
 def run_files(runner, audio_path, each, **kwargs)->tuple:
     "Run `iter_tags` over the audio paths, calling `each` on every `Tags`; returns (failures, number of files)."
     paths = audio_files(audio_path or [])
@@ -264,7 +263,7 @@ def run_files(runner, audio_path, each, **kwargs)->tuple:
         try: each(r)
         except Exception as e:
             why = f'{r.path} could not be processed ({type(e).__name__}: {e}).'
-            failed.append(Failed(r.path, str(e) if isinstance(e, USER_ERRORS_EACH) else why))
+            failed.append(Failed(r.path, str(e) if isinstance(e, USER_ERRORS) else why))
     return failed, len(paths)
 
 def report_failures(failed:list, n_files:int):
