@@ -124,8 +124,7 @@ def window_settings(runner, window_seconds:float=None, hop_seconds:float=None, p
     pooling = pooling or getattr(runner, 'pooling', None) or 'max'
     if pooling not in ('max', 'mean'): raise ValueError(f"pooling must be 'max' or 'mean', not {pooling!r}.")
     win = int(round(window_seconds*runner.sample_rate))
-    hop = max(1, round((hop_seconds or window_seconds)*runner.sample_rate/runner.hop_size))*runner.hop_size
-    if not hop_seconds: hop = min(hop, win)  # windows that do not overlap, whatever their length
+    hop = max(1, round(hop_seconds*runner.sample_rate/runner.hop_size))*runner.hop_size if hop_seconds else win
     if hop > win or win < getattr(runner, 'window_size', 0):
         raise ValueError('hop_seconds must be at most window_seconds, and windows longer than one STFT window.')
     return win, hop, pooling
