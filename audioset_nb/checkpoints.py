@@ -13,7 +13,7 @@ from .fileio import atomic_open, default_cache_dir, fetch, md5sum
 
 # %% auto #0
 __all__ = ['ZENODO_RECORD', 'PUBLISHED', 'load_checkpoint', 'unwrap', 'load_weights', 'write_error', 'save_checkpoint',
-           'fetch_checkpoint']
+           'CheckpointError', 'read_checkpoint', 'checkpoint_labels', 'checkpoint_config', 'fetch_checkpoint']
 
 # %% ../nbs/40_checkpoints.ipynb #73c281ad
 def _numpy_globals():
@@ -39,7 +39,8 @@ def _starts_as_pickle(path)->bool:
 def load_checkpoint(path:str|Path) -> dict:
     "Load a checkpoint (published PANNs format or a bare state dict) onto the CPU, without running code."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f'No checkpoint at {path}; check the path or fetch it with fetch_checkpoint.')
+    if not path.is_file(): raise FileNotFoundError(f'No checkpoint at {path}; check the path or fetch it with '
+                                                   f'fetch_checkpoint.')
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(_numpy_globals()):
             warnings.simplefilter('ignore', DeprecationWarning)
@@ -51,7 +52,8 @@ def load_checkpoint(path:str|Path) -> dict:
             need = f'it needs {what.group(1)} to load' if what else 'its pickle holds more than tensors and plain data'
             raise ValueError(f"Refusing to load {path}: it is not a plain checkpoint ({need}, which could run code); "
                              "use a checkpoint saved as a state dict from a source you trust.") from None
-        raise ValueError(f'{path} is not a readable PyTorch checkpoint (not a pickle nor a torch zip file); re-download or re-save it.') from None
+        raise ValueError(f'{path} is not a readable PyTorch checkpoint (not a pickle nor a torch zip file); '
+                         f're-download or re-save it.') from None
     except (RuntimeError, EOFError) as e:
         raise ValueError(f'{path} is not a readable PyTorch checkpoint ({e}); re-download or re-save it.') from None
 
@@ -88,7 +90,8 @@ def load_weights(model:nn.Module, # the model to fill
     diffs = _mismatches(target.state_dict(), sd)
     if diffs:
         more = f' (and {len(diffs)-1} more differences)' if len(diffs) > 1 else ''
-        raise ValueError(f'{name} does not fit {target}: {diffs[0]}{more}; build the model the checkpoint was trained as.')
+        raise ValueError(f'{name} does not fit {target}: {diffs[0]}{more}; build the model the checkpoint was '
+                         f'trained as.')
     target.load_state_dict(sd, strict=True)
     return model
 
@@ -119,6 +122,40 @@ def save_checkpoint(path:str|Path, # where to write
         with atomic_open(path, 'wb') as f: torch.save({'model': unwrap(model).state_dict(), **extra}, f)
     except (OSError, RuntimeError) as e: raise write_error(path, e, 'checkpoint') from None
     return path
+
+# %% ../nbs/40_checkpoints.ipynb #43812481
+class CheckpointError(ValueError):
+    "A file that cannot be used as a checkpoint; the message says which file and why."
+
+def read_checkpoint(path:str|Path)->dict:
+    "The checkpoint at `path`, checked to hold a state dict (under 'model', or bare)."
+    path = Path(path)
+    if not path.is_file(): raise CheckpointError(f'Checkpoint {path} does not exist; check --checkpoint_path.')
+    try: ckpt = load_checkpoint(path)
+    except ValueError as e: raise CheckpointError(str(e)) from None
+    except Exception: ckpt = None
+    sd = ckpt.get('model', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path} is not a checkpoint (a torch file holding a 'model' state_dict); "
+                              'pass one saved by audioset_nb or PANNs.')
+    return ckpt
+
+# %% ../nbs/40_checkpoints.ipynb #dc79b7a4
+def checkpoint_labels(ckpt:dict, path)->tuple:
+    "The class names `ckpt` (read from `path`) was trained on: its `labels`, else AudioSet's."
+    names = ckpt.get('labels')
+    if names is None:
+        from audioset_nb.metadata import load_labels
+        return load_labels().names
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names) or not len(names):
+        raise CheckpointError(f"{path} has a 'labels' entry that is not a list of class names; "
+                              're-save it with labels=[names].')
+    return tuple(names)
+
+def checkpoint_config(ckpt:dict)->dict:
+    "The settings a checkpoint records about itself: `config`, overridden by top-level `model_type`."
+    cfg = ckpt.get('config') if isinstance(ckpt.get('config'), dict) else {}
+    return {**cfg, **({'model_type': ckpt['model_type']} if isinstance(ckpt.get('model_type'), str) else {})}
 
 # %% ../nbs/40_checkpoints.ipynb #bec91979
 ZENODO_RECORD = 'https://zenodo.org/record/3987831/files'

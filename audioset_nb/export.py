@@ -87,13 +87,14 @@ class ExportConfig:
         if not self.checkpoint_path: raise ValueError('--checkpoint_path is required: pass a .pth file.')
         if not self.output or not str(self.output).endswith('.onnx'):
             raise ValueError(f'--output must name a .onnx file, not {self.output!r}.')
-        if self.opset < 11: raise ValueError(f'--opset {self.opset} is too old: reflect padding needs opset 11 or newer.')
+        if self.opset < 11: raise ValueError(f'--opset {self.opset} is too old: reflect padding needs opset 11 or '
+                                             f'newer.')
 
 # %% ../nbs/62_export.ipynb #b66ea1c5
 def onnx_difference(model:nn.Module, # the torch model
                     path:Path, # its export
                     seconds:float=2.5)->float:
-    "Largest difference between ONNX Runtime and torch (inference mode) on a random batch of 3: probabilities absolute, embeddings relative to their largest magnitude (if above 1)."
+    "Largest ONNX Runtime - torch gap on a random batch of 3: probabilities absolute, embeddings relative (if over 1)."
     import onnxruntime as ort
     x = 0.3*_example_input(model, seconds).repeat(2, 1)[:3]
     sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])

@@ -23,7 +23,8 @@ class HearModel(nn.Module):
                  ):
         super().__init__()
         if not (hasattr(model, 'cnn') and hasattr(model, 'fc1')):
-            raise ValueError(f'{type(model).__name__} has no per-step features for timestamp embeddings; use a Cnn6, Cnn10 or Cnn14-family checkpoint.')
+            raise ValueError(f'{type(model).__name__} has no per-step features for timestamp embeddings; use a Cnn6, '
+                             f'Cnn10 or Cnn14-family checkpoint.')
         self.model, self.model_rate = model.eval(), model.front.sample_rate
         self.sample_rate = self.model_rate if self.model_rate in HEAR_RATES else 48000
         self.scene_embedding_size = self.timestamp_embedding_size = model.fc1.out_features
@@ -39,7 +40,8 @@ def load_model(model_file_path:str='', # .pth checkpoint (default: the published
 def _model_input(audio:torch.Tensor, model:HearModel)->tuple:
     "(audio at the model's rate, zero-padded to at least 1 s, on the model's device; samples before padding)."
     x = audio.detach().float()
-    if model.sample_rate != model.model_rate: x = torch.from_numpy(resample(x.cpu().numpy(), model.sample_rate, model.model_rate))
+    if model.sample_rate != model.model_rate: x = torch.from_numpy(resample(x.cpu().numpy(), model.sample_rate,
+                                                                            model.model_rate))
     n = x.shape[1]
     x = F.pad(x, (0, max(0, model.model_rate - n)))
     return x.to(next(model.parameters()).device), n

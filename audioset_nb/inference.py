@@ -4,24 +4,25 @@
 
 # %% ../nbs/60_inference.ipynb #88878c2b
 from __future__ import annotations
-import csv, dataclasses, glob, io, json, os, sys, tempfile
+import dataclasses, io, os, sys, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, NamedTuple
 import numpy as np, torch
-from .fileio import atomic_open, atomic_path
-from .metadata import CLIP_SECONDS, load_labels
-from .audio import SAMPLE_RATE, AudioError, finite_audio, stream_audio, load_audio, pad_or_truncate, sliding_windows, write_wav
-from .checkpoints import load_checkpoint, load_weights, write_error
-from .config import USER_ERRORS, FrontEnd, config_cli
+from .fileio import atomic_path
+from .metadata import CLIP_SECONDS
+from .audio import SAMPLE_RATE, load_audio, write_wav
+from .checkpoints import (CheckpointError, checkpoint_config, checkpoint_labels, load_weights,
+                                     read_checkpoint, write_error)
+from .config import FrontEnd, config_cli
 from .models import build_model
 from .fastpath import for_inference
+from .tagging import (Failed, Tags, TaggingConfig, audio_files, iter_tags, report_failures, run_files, tag,
+                                 tag_files, write_rows)
 
 # %% auto #0
-__all__ = ['HEADS', 'AUDIO_EXTS', 'tag_cli', 'sed_cli', 'example_clips', 'CheckpointError', 'Tagger', 'SingleLabel',
-           'load_tagger', 'Tags', 'Failed', 'iter_tags', 'tag', 'tag_files', 'audio_files', 'tags_row', 'write_tags',
-           'sed', 'Event', 'find_events', 'write_events', 'log_spectrogram', 'plot_sed', 'TaggingConfig', 'TagConfig',
-           'SedConfig', 'demo']
+__all__ = ['HEADS', 'sed_cli', 'example_clips', 'TorchRunner', 'SingleLabel', 'load_tagger', 'sed', 'Event', 'find_events',
+           'write_events', 'log_spectrogram', 'plot_sed', 'SedConfig', 'demo']
 
 # %% ../nbs/60_inference.ipynb #38218e6c
 def _examples(sr:int=SAMPLE_RATE)->dict:
@@ -41,17 +42,23 @@ def example_clips(dest:Path=None, # folder to write them to (default: a cache fo
     return {name: dest/name for name in _examples()}
 
 # %% ../nbs/60_inference.ipynb #005f08fa
-class CheckpointError(ValueError):
-    "A file that cannot be used as a checkpoint; the message says which file and why."
+_KEYS = ('clipwise_output', 'embedding', 'framewise_output')
 
 @dataclass
-class Tagger:
-    "A model in eval mode with the class names and audio settings it was trained with."
+class TorchRunner:
+    "A torch model in eval mode with its class names and audio settings: the tagging core's runner for torch."
     model: torch.nn.Module
-    labels: tuple        # class display names, in output order
-    model_type: str
-    front: FrontEnd = field(default_factory=FrontEnd)  # framewise outputs have `sample_rate/hop_size` frames per second
+    labels: tuple           # class display names, in output order
+    front: FrontEnd = None  # the model's audio settings (default: `model.front`)
     device: str = 'cpu'
+    amp: bool = None        # bf16 autocast (default: on a GPU)
+    model_type: str = ''
+    window_seconds: float = CLIP_SECONDS  # files are cut into windows of this length unless told otherwise
+    pooling: str = 'max'                  # and their scores pooled so
+    def __post_init__(self):
+        self.labels, self.device = tuple(self.labels), str(self.device)
+        if self.front is None: self.front = self.model.front
+        if self.amp is None: self.amp = self.device.startswith('cuda')
     @property
     def sample_rate(self)->int: return self.front.sample_rate
     @property
@@ -60,31 +67,12 @@ class Tagger:
     def window_size(self)->int: return self.front.window_size
     @property
     def fps(self)->float: return self.front.frames_per_second
-
-# %% ../nbs/60_inference.ipynb #3db6f075
-def _read_checkpoint(path:Path)->dict:
-    path = Path(path)
-    if not path.is_file(): raise CheckpointError(f'Checkpoint {path} does not exist; check --checkpoint_path.')
-    try: ckpt = load_checkpoint(path)
-    except ValueError as e: raise CheckpointError(str(e)) from None
-    except Exception: ckpt = None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model', ckpt), dict) or not all(
-            isinstance(v, torch.Tensor) for v in ckpt.get('model', ckpt).values()):
-        raise CheckpointError(f"{path} is not a checkpoint (a torch file holding a 'model' state_dict); pass one saved by audioset_nb or PANNs.")
-    return ckpt
-
-# %% ../nbs/60_inference.ipynb #0fab779a
-def _checkpoint_labels(ckpt:dict, path)->tuple:
-    names = ckpt.get('labels')
-    if names is None: return load_labels().names
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names) or not len(names):
-        raise CheckpointError(f"{path} has a 'labels' entry that is not a list of class names; re-save it with labels=[names].")
-    return tuple(names)
-
-def _checkpoint_config(ckpt:dict)->dict:
-    "The settings a checkpoint records about itself: `config`, overridden by top-level `model_type`."
-    cfg = ckpt.get('config') if isinstance(ckpt.get('config'), dict) else {}
-    return {**cfg, **({'model_type': ckpt['model_type']} if isinstance(ckpt.get('model_type'), str) else {})}
+    def forward(self, batch:np.ndarray)->dict:
+        "Model outputs for a (B, samples) batch, as float32 numpy arrays."
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        with torch.inference_mode(), torch.autocast(x.device.type, torch.bfloat16, enabled=self.amp):
+            out = self.model(x)
+        return {k: out[k].float().cpu().numpy() for k in _KEYS if k in out}
 
 # %% ../nbs/60_inference.ipynb #9fb21302
 HEADS = ('fc_audioset', 'att_block')  # the zoo's classifier layers
@@ -107,231 +95,41 @@ class SingleLabel(torch.nn.Module):
         return out
 
 # %% ../nbs/60_inference.ipynb #6ac84258
+def _scoring(ckpt:dict, cfg:dict)->dict:
+    "How a fine-tuned checkpoint is scored: in windows of its clip length, mean-pooled, as fine-tuning scores it."
+    if ckpt.get('task') not in ('single', 'multi') or not cfg.get('clip_seconds'): return {}
+    return dict(window_seconds=float(cfg['clip_seconds']), pooling='mean')
+
 def load_tagger(checkpoint_path:Path, # a .pth file saved by audioset_nb or PANNs
                 model_type:str=None, # e.g. 'Cnn14', 'Cnn14_DecisionLevelMax' (None: from the checkpoint, else Cnn14)
                 front:FrontEnd=None, # open settings: from the checkpoint, else the model's defaults
                 cuda:bool=False, # use the GPU when there is one
                 **settings, # or the front end's settings one by one: `sample_rate=16000, ...`
-               )->Tagger:
-    "A `Tagger` for the checkpoint at `checkpoint_path`."
-    ckpt = _read_checkpoint(checkpoint_path)
-    labels, cfg = _checkpoint_labels(ckpt, checkpoint_path), _checkpoint_config(ckpt)
+               )->TorchRunner:
+    "A `TorchRunner` for the checkpoint at `checkpoint_path`."
+    ckpt = read_checkpoint(checkpoint_path)
+    labels, cfg = checkpoint_labels(ckpt, checkpoint_path), checkpoint_config(ckpt)
     model_type = model_type or cfg.get('model_type') or 'Cnn14'
     front = dataclasses.replace(front or FrontEnd.unset(), **{k: v for k, v in settings.items() if v is not None})
     try: model = build_model(model_type, front.fill(FrontEnd.of(cfg)), classes_num=len(labels))
     except ValueError as e: raise CheckpointError(str(e)) from None
     try: load_weights(model, ckpt)
-    except ValueError as e: raise CheckpointError(f'{checkpoint_path} does not fit model_type {model_type}: {e}') from None
+    except ValueError as e:
+        raise CheckpointError(f'{checkpoint_path} does not fit model_type {model_type}: {e}') from None
     if cuda and not torch.cuda.is_available(): print('No GPU found; running on the CPU.', file=sys.stderr)
     device = 'cuda' if cuda and torch.cuda.is_available() else 'cpu'
-    model = for_inference(model.to(device))  # eval mode; on the CPU, BatchNorm folded and per-layer fastest convolutions
+    # eval mode; on the CPU, BatchNorm folded and per-layer fastest convolutions
+    model = for_inference(model.to(device))
     if ckpt.get('task') == 'single': model = SingleLabel(model)  # fine-tuned on one class per clip: softmax scores
-    return Tagger(model, labels, model_type, model.front, device)
-
-# %% ../nbs/60_inference.ipynb #0809cb14
-class _Stitch:
-    "Framewise scores of windows added at frame offsets, averaged where they overlap."
-    def __init__(self): self.sum, self.cnt = None, np.zeros(0, np.float32)
-    def add(self, f0:int, fw:np.ndarray):
-        end = f0 + len(fw)
-        if self.sum is None: self.sum = np.zeros((0, fw.shape[1]), np.float32)
-        if end > len(self.cnt):
-            n = max(end, 2*len(self.cnt))
-            self.sum = np.concatenate([self.sum, np.zeros((n - len(self.sum), fw.shape[1]), np.float32)])
-            self.cnt = np.concatenate([self.cnt, np.zeros(n - len(self.cnt), np.float32)])
-        self.sum[f0:end] += fw
-        self.cnt[f0:end] += 1
-    def result(self, n:int)->np.ndarray:
-        return self.sum[:n]/np.maximum(self.cnt[:n], 1)[:, None]
-
-# %% ../nbs/60_inference.ipynb #7c9a4b44
-@dataclass
-class Tags:
-    "Tagging one file: pooled and per-window scores, embedding and, for decision-level models, framewise scores."
-    path: str
-    labels: tuple            # class names, in the order of the score columns
-    clipwise: np.ndarray     # (classes,) scores pooled over the windows
-    windows: np.ndarray      # (n_windows, classes) score of each window
-    starts: np.ndarray       # (n_windows,) window starts, seconds
-    embedding: np.ndarray    # (dim,) mean of the window embeddings
-    duration: float          # seconds of audio in the file
-    framewise: np.ndarray = None  # (frames, classes) at `fps`, decision-level models only
-    fps: float = 100.
-    def top(self, k:int=10)->list:
-        "The `k` best (label, score) pairs."
-        ix = np.argsort(-self.clipwise, kind='stable')[:k]
-        return [(self.labels[i], float(self.clipwise[i])) for i in ix]
-    def __repr__(self):
-        return f'Tags({self.path}, {self.duration:.2f} s, {len(self.starts)} windows, top: {self.top(3)})'
-
-class Failed(NamedTuple):
-    "A file that could not be tagged, with the reason in one sentence."
-    path: str
-    error: str
-
-# %% ../nbs/60_inference.ipynb #45e25341
-_KEYS = ('clipwise_output', 'embedding', 'framewise_output')
-
-# %% ../nbs/60_inference.ipynb #5b606c14
-def _forward(tagger:Tagger, batch:np.ndarray)->dict:
-    "Model outputs for a (B, n) batch, as float32 numpy arrays."
-    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(tagger.device)
-    with torch.inference_mode(), torch.autocast('cuda', torch.bfloat16, enabled=tagger.device == 'cuda'):
-        out = tagger.model(x)
-    return {k: out[k].float().cpu().numpy() for k in _KEYS if k in out}
-
-# %% ../nbs/60_inference.ipynb #f02331df
-def _blocks(tagger:Tagger, src):
-    "The audio of `src` in blocks; one with NaN or infinite samples is refused (`audio.NONFINITE`), naming the file."
-    name = '<array>' if isinstance(src, np.ndarray) else str(src)
-    blocks = [np.asarray(src, np.float32)] if isinstance(src, np.ndarray) else stream_audio(src, tagger.sample_rate)
-    return (finite_audio(b, name, 'inference') for b in blocks)
-
-# %% ../nbs/60_inference.ipynb #0f607bb0
-def _file_windows(tagger, srcs, win, hop, failed):
-    "(file index, start, window, n_real) for every window of every file; (i, None, ...) ends file i."
-    for i, src in enumerate(srcs):
-        try:
-            for s, w, n in sliding_windows(_blocks(tagger, src), win, hop): yield i, s, w, n
-        except AudioError as e: failed[i] = str(e)
-        except Exception as e: failed[i] = f'{src} could not be read ({type(e).__name__}: {e}); check that it is an audio file.'
-        yield i, None, None, None
-
-# %% ../nbs/60_inference.ipynb #fb5f1d86
-class _File:
-    "Window outputs of one file as they come back from the model."
-    def __init__(self, src, framewise:bool):
-        self.src, self.rows, self.embs, self.starts, self.n = src, [], [], [], 0
-        self.fw = _Stitch() if framewise else None
-    def add(self, tagger, start, n_real, out):
-        self.rows.append(out['clipwise_output'])
-        self.embs.append(out['embedding'])
-        self.starts.append(start)
-        self.n = max(self.n, start + n_real)
-        if self.fw is not None and 'framewise_output' in out: self.fw.add(start//tagger.hop_size, out['framewise_output'])
-    def tags(self, tagger, pooling)->Tags:
-        rows = np.stack(self.rows)
-        fw = self.fw.result(self.n//tagger.hop_size + 1) if self.fw is not None and self.fw.sum is not None else None
-        return Tags(str(self.src) if not isinstance(self.src, np.ndarray) else '<array>', tagger.labels,
-                    rows.max(0) if pooling == 'max' else rows.mean(0), rows, np.array(self.starts)/tagger.sample_rate,
-                    np.stack(self.embs).mean(0), self.n/tagger.sample_rate, fw, tagger.fps)
-
-# %% ../nbs/60_inference.ipynb #5bb815ac
-def iter_tags(tagger:Tagger,
-              srcs:Iterable, # audio file paths, or float32 waveforms at `tagger.sample_rate`
-              window_seconds:float=CLIP_SECONDS, # length of the windows a file is cut into
-              hop_seconds:float=None, # step between windows (None: `window_seconds`, no overlap)
-              batch_size:int=8, # windows per forward pass
-              pooling:str='max', # how window scores become file scores: 'max' or 'mean'
-              framewise:bool=False, # keep stitched framewise scores (decision-level models)
-             )->Iterator:
-    "Yield `Tags` (or `Failed`) for each of `srcs`, in order."
-    if pooling not in ('max', 'mean'): raise ValueError(f"pooling must be 'max' or 'mean', not {pooling!r}.")
-    if batch_size < 1: raise ValueError(f'batch_size must be at least 1, not {batch_size}.')
-    win = int(round(window_seconds*tagger.sample_rate))
-    hop = max(1, round((hop_seconds or window_seconds)*tagger.fps))*tagger.hop_size  # whole frames, so windows stitch
-    if hop > win or win < tagger.window_size: raise ValueError('hop_seconds must be at most window_seconds, and windows longer than one STFT window.')
-    srcs, failed, files, pending, ended = list(srcs), {}, {}, [], []
-    def run():
-        outs = _forward(tagger, np.stack([w for _, _, w, _ in pending]))
-        for j, (i, s, _, n) in enumerate(pending): files[i].add(tagger, s, n, {k: v[j] for k, v in outs.items()})
-        pending.clear()
-    def finish():
-        for i in ended:
-            yield Failed(str(srcs[i]), failed[i]) if i in failed else files.pop(i).tags(tagger, pooling)
-            files.pop(i, None)
-        ended.clear()
-    for i, s, w, n in _file_windows(tagger, srcs, win, hop, failed):
-        if s is None:
-            ended.append(i)
-            continue
-        if i not in files: files[i] = _File(srcs[i], framewise)
-        pending.append((i, s, w, n))
-        if len(pending) == batch_size:
-            run()
-            yield from finish()
-    if pending: run()
-    yield from finish()
-
-# %% ../nbs/60_inference.ipynb #b3f9433c
-def tag(tagger:Tagger,
-        src, # an audio file path, or a float32 waveform at `tagger.sample_rate`
-        **kwargs, # passed to `iter_tags`: window_seconds, hop_seconds, batch_size, pooling, framewise
-       )->Tags:
-    "Tag one file or waveform; raises `AudioError` if it cannot be read."
-    r = next(iter_tags(tagger, [src], **kwargs))
-    if isinstance(r, Failed): raise AudioError(r.error)
-    return r
-
-def tag_files(tagger:Tagger, srcs:Iterable, **kwargs)->tuple:
-    "(list of `Tags`, list of `Failed`) for `srcs`; a file that fails does not stop the others."
-    res = list(iter_tags(tagger, srcs, **kwargs))
-    return [r for r in res if isinstance(r, Tags)], [r for r in res if isinstance(r, Failed)]
-
-# %% ../nbs/60_inference.ipynb #5adc5d03
-AUDIO_EXTS = {'.wav', '.flac', '.mp3', '.ogg', '.opus', '.m4a', '.aac', '.wma', '.aiff', '.aif', '.webm', '.mp4', '.mkv', '.mov', '.avi'}
-
-def audio_files(spec, # a file, folder or glob pattern, or a list of them
-               )->list:
-    "The audio files `spec` names, in order, without duplicates."
-    if isinstance(spec, (str, os.PathLike)): spec = [spec]
-    out = []
-    for s in spec:
-        p = Path(s)
-        if p.is_dir(): out += sorted(f for f in p.rglob('*') if f.suffix.lower() in AUDIO_EXTS and f.is_file())
-        elif not p.exists() and glob.has_magic(str(s)): out += sorted(Path(f) for f in glob.glob(str(s), recursive=True) if Path(f).is_file())
-        else: out.append(p)
-    return list(dict.fromkeys(out))
-
-# %% ../nbs/60_inference.ipynb #317894b2
-def _is_jsonl(path)->bool:
-    sfx = Path(path).suffix.lower()
-    if sfx not in ('.csv', '.jsonl', '.json'): raise ValueError(f'Output file {path} must end in .csv or .jsonl.')
-    return sfx != '.csv'
-
-# %% ../nbs/60_inference.ipynb #a7c5400c
-def _write_rows(path:Path, rows:Iterable[dict]):
-    "Write dicts to `path` as CSV or JSON lines (by suffix), atomically; returns the number of rows."
-    jsonl, n = _is_jsonl(path), 0
-    try:
-        with atomic_open(path, 'w', newline='', encoding='utf-8') as f:
-            w = None
-            for r in rows:
-                if jsonl: f.write(json.dumps(r) + '\n')
-                else:
-                    if w is None:
-                        w = csv.DictWriter(f, list(r))
-                        w.writeheader()
-                    w.writerow(r)
-                n += 1
-    except OSError as e: raise write_error(path, e, 'output file') from None
-    return n
-
-# %% ../nbs/60_inference.ipynb #c6f15fec
-def tags_row(t:Tags, top_k:int=10, full:bool=False, embedding:bool=False, jsonl:bool=False)->dict:
-    "One output row for `t`: top-k labels and scores, and optionally all scores, window scores and embedding."
-    r = {'audio_path': t.path, 'duration': round(t.duration, 3)}
-    if jsonl: r['top'] = [[l, round(p, 6)] for l, p in t.top(top_k)]
-    else:
-        for j, (l, p) in enumerate(t.top(top_k), 1): r[f'label_{j}'], r[f'score_{j}'] = l, round(p, 6)
-    if full and jsonl: r.update(labels=list(t.labels), clipwise=t.clipwise.round(6).tolist(),
-                                window_starts=t.starts.tolist(), windows=t.windows.round(6).tolist())
-    elif full: r.update({l: round(float(p), 6) for l, p in zip(t.labels, t.clipwise)})
-    if embedding: r['embedding'] = t.embedding.round(6).tolist() if jsonl else ' '.join(f'{v:.6g}' for v in t.embedding)
-    return r
-
-# %% ../nbs/60_inference.ipynb #071af3a7
-def write_tags(results:Iterable[Tags], path:Path, top_k:int=10, full:bool=False, embedding:bool=False)->int:
-    "Write `results` to `path` (.csv or .jsonl) atomically; returns the number of files written."
-    jsonl = _is_jsonl(path)
-    return _write_rows(path, (tags_row(t, top_k, full, embedding, jsonl) for t in results))
+    return TorchRunner(model, labels, model.front, device, model_type=model_type, **_scoring(ckpt, cfg))
 
 # %% ../nbs/60_inference.ipynb #e763c6a7
-def sed(tagger:Tagger, src, **kwargs)->Tags:
+def sed(tagger:TorchRunner, src, **kwargs)->Tags:
     "Tag `src` keeping framewise scores; needs a decision-level model."
     t = tag(tagger, src, framewise=True, **kwargs)
     if t.framewise is None:
-        raise ValueError(f'{tagger.model_type} gives no framewise output; use a decision-level model such as Cnn14_DecisionLevelMax for SED.')
+        raise ValueError(f'{tagger.model_type} gives no framewise output; '
+                         'use a decision-level model such as Cnn14_DecisionLevelMax for SED.')
     return t
 
 # %% ../nbs/60_inference.ipynb #fd27b941
@@ -353,19 +151,21 @@ def find_events(t:Tags, # framewise tags from `sed`
     for c in np.flatnonzero(on.any(0)):
         for a, b in zip(np.flatnonzero(edges[:, c] == 1).tolist(), np.flatnonzero(edges[:, c] == -1).tolist()):
             if (b - a)/t.fps >= min_duration:
-                evs.append(Event(t.labels[c], round(a/t.fps, 3), round(min(b/t.fps, t.duration), 3), float(t.framewise[a:b, c].max())))
+                evs.append(Event(t.labels[c], round(a/t.fps, 3), round(min(b/t.fps, t.duration), 3),
+                                 float(t.framewise[a:b, c].max())))
     return sorted(evs, key=lambda e: (e.onset, e.label))
 
 # %% ../nbs/60_inference.ipynb #d2aece09
 def write_events(events:Iterable, path:Path)->int:
     "Write (audio_path, `Event`) pairs to `path` (.csv or .jsonl) atomically; returns the number of events."
-    return _write_rows(path, ({'audio_path': p, **e._asdict()} for p, e in events))
+    return write_rows(path, ({'audio_path': p, **e._asdict()} for p, e in events))
 
 # %% ../nbs/60_inference.ipynb #08e8381f
 def log_spectrogram(x:np.ndarray, window_size:int=1024, hop_size:int=320)->np.ndarray:
     "(frames, window_size//2+1) natural log of the STFT magnitude (Hann window, centred frames)."
     # zero padding at the ends (not reflection, which needs more than half a window): a 10-ms clip has a spectrogram too
-    s = torch.stft(torch.from_numpy(np.asarray(x, np.float32)), window_size, hop_size, window=torch.hann_window(window_size),
+    s = torch.stft(torch.from_numpy(np.asarray(x, np.float32)), window_size, hop_size,
+                   window=torch.hann_window(window_size),
                    center=True, pad_mode='constant', return_complex=True).abs()
     return np.log(s.T.numpy() + 1e-8)
 
@@ -373,7 +173,7 @@ def log_spectrogram(x:np.ndarray, window_size:int=1024, hop_size:int=320)->np.nd
 def plot_sed(t:Tags, # framewise tags from `sed`
              x:np.ndarray=None, # its waveform at the model rate (None: read from `t.path`)
              top:int=10, start:float=0., duration:float=None, window_size:int=1024, hop_size:int=320,
-             truth:list=None, # true events as (label, onset, offset, ...): their classes come first, outlined where they sound
+             truth:list=None, # true events (label, onset, offset, ...): their classes first, outlined where they sound
             ):
     "The SED figure: log spectrogram above the framewise scores of the `top` classes."
     import matplotlib.pyplot as plt
@@ -392,7 +192,8 @@ def plot_sed(t:Tags, # framewise tags from `sed`
     a1.set_yticks(range(len(ix)), [t.labels[i] for i in ix])
     a1.set_title(f'Framewise scores, top {len(ix)} classes')
     for lab, on, off, *_ in truth or ():
-        a1.add_patch(plt.Rectangle(((on - start)*t.fps - .5, ix.index(t.labels.index(lab)) - .5), (off - on)*t.fps, 1, fill=False, ec='w', lw=2))
+        a1.add_patch(plt.Rectangle(((on - start)*t.fps - .5, ix.index(t.labels.index(lab)) - .5), (off - on)*t.fps, 1,
+                                   fill=False, ec='w', lw=2))
     for l in a1.get_yticklabels()[:len(true)]: l.set_fontweight('bold')
     secs = np.arange(0, len(fw)/t.fps, max(1, round(len(fw)/t.fps/10)))  # about ten ticks, on whole seconds
     a1.set_xticks(secs*t.fps, [f'{start + s:g}' for s in secs])
@@ -402,31 +203,6 @@ def plot_sed(t:Tags, # framewise tags from `sed`
 
 # %% ../nbs/60_inference.ipynb #e66b1c2f
 @dataclass
-class TaggingConfig:
-    "What `audioset_tag` and `audioset_sed` share: the checkpoint, the files, and how they are cut into windows."
-    checkpoint_path: str = None       # .pth checkpoint
-    audio_path: list[str] = field(default_factory=list)  # audio files, folders or glob patterns
-    model_type: str|None = None       # e.g. Cnn14 or Cnn14_DecisionLevelMax (default: from the checkpoint, else Cnn14)
-    front: FrontEnd = field(default_factory=FrontEnd.unset)  # default: from the checkpoint, else the model's
-    cuda: bool = False                # use the GPU when there is one
-    output: str|None = None           # .csv or .jsonl file for the results (default: print them)
-    batch_size: int = 8               # windows per forward pass
-    window_seconds: float = 10.       # files are tagged in windows of this length
-    hop_seconds: float|None = None    # step between windows (default: window_seconds)
-
-    def __post_init__(self):
-        if not self.checkpoint_path: raise ValueError('--checkpoint_path is required: pass a .pth file.')
-        if self.output: _is_jsonl(self.output)
-
-@dataclass
-class TagConfig(TaggingConfig):
-    "Tag audio files with a PANNs checkpoint (AudioSet tags, or the checkpoint's own labels)."
-    top_k: int = 10                   # labels to report per file
-    pooling: str = 'max'              # how window scores become file scores: max or mean
-    full_scores: bool = False         # also write every class's score
-    embedding: bool = False           # also write the embedding
-
-@dataclass
 class SedConfig(TaggingConfig):
     "Detect sound events with a decision-level PANNs checkpoint: events to CSV/JSON lines, figures to PNG."
     threshold: float = 0.5            # framewise score at which a class counts as sounding
@@ -434,69 +210,30 @@ class SedConfig(TaggingConfig):
     figure_dir: str|None = None       # write the SED figure of each file here as <name>.png
     figure_seconds: float = 600.      # draw at most this many seconds of a file
 
-# %% ../nbs/60_inference.ipynb #a16bf810
-def _cli_tagger(cfg:TaggingConfig)->Tagger:
-    try: return load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda)
-    except (CheckpointError, ValueError) as e: sys.exit(str(e))
-
-def _report_failures(failed:list, n_files:int):
-    if len(failed) == n_files == 1: sys.exit(failed[0].error)
-    for f in failed: print(f'failed: {f.error}', file=sys.stderr)
-    if failed: sys.exit(f'{len(failed)} file(s) could not be processed; see above.')
-
-def _run_cli(tagger, audio_path, each, **kwargs)->tuple:
-    "Run `iter_tags` over the CLI's audio paths, calling `each` on every `Tags`; returns (failures, number of files)."
-    paths = audio_files(audio_path or [])
-    if not paths: sys.exit('No audio files found: pass --audio_path with a file, folder or glob.')
-    failed = []
-    try:
-        for r in iter_tags(tagger, paths, **kwargs):
-            if isinstance(r, Failed):
-                failed.append(r)
-                continue
-            try: each(r)
-            except Exception as e:  # one file's output that cannot be made (a figure, say) never costs the other files theirs
-                failed.append(Failed(r.path, str(e) if isinstance(e, USER_ERRORS) else
-                                     f'{r.path} could not be processed ({type(e).__name__}: {e}).'))
-    except ValueError as e: sys.exit(str(e))
-    return failed, len(paths)
-
-# %% ../nbs/60_inference.ipynb #668abdbb
-def _tag(cfg:TagConfig):
-    tagger = _cli_tagger(cfg)
-    kw = dict(window_seconds=cfg.window_seconds, hop_seconds=cfg.hop_seconds, batch_size=cfg.batch_size, pooling=cfg.pooling)
-    if cfg.output:
-        rows, jsonl = [], _is_jsonl(cfg.output)
-        failed = _run_cli(tagger, cfg.audio_path, lambda t: rows.append(tags_row(t, cfg.top_k, cfg.full_scores, cfg.embedding, jsonl)), **kw)
-        _write_rows(cfg.output, rows)
-        print(f'Wrote {len(rows)} file(s) to {cfg.output}')
-    else:
-        def show(t):
-            print(f'{t.path} ({t.duration:.2f} s)')
-            for l, p in t.top(cfg.top_k): print(f'{l}: {p:.3f}')
-            if cfg.embedding: print(f'embedding: {t.embedding.shape}')
-        failed = _run_cli(tagger, cfg.audio_path, show, **kw)
-    _report_failures(*failed)
-
-tag_cli = config_cli(TagConfig, _tag, 'audioset_tag')
+    def __post_init__(self):
+        if not self.checkpoint_path: raise ValueError('--checkpoint_path is required: pass a .pth file.')
+        super().__post_init__()
 
 # %% ../nbs/60_inference.ipynb #602e7fe0
 def _sed(cfg:SedConfig):
-    tagger, events = _cli_tagger(cfg), []
+    tagger, events = load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda), []
     def each(t):
-        if t.framewise is None: sys.exit(f'{tagger.model_type} gives no framewise output; use a decision-level model such as Cnn14_DecisionLevelMax.')
+        if t.framewise is None:
+            sys.exit(f'{tagger.model_type} gives no framewise output; '
+                     'use a decision-level model such as Cnn14_DecisionLevelMax.')
         evs = find_events(t, cfg.threshold, cfg.min_duration)
         events.extend((t.path, e) for e in evs)
         if not cfg.output:
             print(f'{t.path} ({t.duration:.2f} s): {len(evs)} event(s)')
             for e in evs: print(f'{e.label}: {e.onset:.2f}-{e.offset:.2f} s, peak {e.peak:.3f}')
-        if cfg.figure_dir: _save_figure(t, Path(cfg.figure_dir), cfg.figure_seconds, tagger.window_size, tagger.hop_size)
-    failed = _run_cli(tagger, cfg.audio_path, each, window_seconds=cfg.window_seconds, hop_seconds=cfg.hop_seconds,
-                      batch_size=cfg.batch_size, framewise=True)
+        if cfg.figure_dir: _save_figure(t, Path(cfg.figure_dir), cfg.figure_seconds, tagger.window_size,
+                                        tagger.hop_size)
+    failed = run_files(tagger, cfg.audio_path, each, window_seconds=cfg.window_seconds, hop_seconds=cfg.hop_seconds,
+                       batch_size=cfg.batch_size, framewise=True)
     if cfg.output:
         n = write_events(events, cfg.output)
         print(f'Wrote {n} event(s) to {cfg.output}')
-    _report_failures(*failed)
+    report_failures(*failed)
 
 sed_cli = config_cli(SedConfig, _sed, 'audioset_sed')
 
@@ -505,7 +242,8 @@ def _save_figure(t:Tags, folder:Path, seconds:float, window_size:int, hop_size:i
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, png = plot_sed(t, duration=min(seconds, t.duration), window_size=window_size, hop_size=hop_size), folder/f'{Path(t.path).stem}.png'
+    fig = plot_sed(t, duration=min(seconds, t.duration), window_size=window_size, hop_size=hop_size)
+    png = folder/f'{Path(t.path).stem}.png'
     try:
         with atomic_path(png, suffix='.png') as tmp: fig.savefig(tmp)
     except OSError as e: raise write_error(png, e, 'SED figure') from None
@@ -545,9 +283,10 @@ def _bar_chart(t:Tags, k:int=10):
     return fig
 
 # %% ../nbs/60_inference.ipynb #6c7fed7a
-def demo(checkpoints=None, # a folder searched for .pth files, or a list of paths (default: $AUDIOSET_NB_CHECKPOINTS or workspace/checkpoints)
+def demo(checkpoints=None, # .pth files: a folder or paths (default: $AUDIOSET_NB_CHECKPOINTS or workspace/checkpoints)
          examples:dict=None, # clip name -> path (default: `example_clips()`)
-         model_types:tuple=('Cnn14', 'Cnn14_DecisionLevelMax', 'Cnn10', 'Cnn6', 'MobileNetV1', 'ResNet38', 'Wavegram_Logmel_Cnn14'),
+         model_types:tuple=('Cnn14', 'Cnn14_DecisionLevelMax', 'Cnn10', 'Cnn6', 'MobileNetV1', 'ResNet38',
+                            'Wavegram_Logmel_Cnn14'),
         ):
     "The tagging app: clip or upload, checkpoint, Tag button; shows a player, the top-10 chart and the SED figure."
     import ipywidgets as W
@@ -593,12 +332,16 @@ def demo(checkpoints=None, # a folder searched for .pth files, or a list of path
         except Exception as e:
             status.value = f'<span style="color:#b00">{escape(f"{type(e).__name__}: {e}")}</span>'
             return
-        with player: display(W.Audio(value=_wav_bytes(x[:60*tg.sample_rate], tg.sample_rate), format='wav', autoplay=False))
-        labels.value = '<ol class="audioset-top">' + ''.join(f'<li><span class="label">{escape(l)}</span> {p:.3f}</li>' for l, p in t.top(10)) + '</ol>'
+        with player: display(W.Audio(value=_wav_bytes(x[:60*tg.sample_rate], tg.sample_rate), format='wav',
+                                     autoplay=False))
+        labels.value = '<ol class="audioset-top">' + ''.join(f'<li><span class="label">{escape(l)}</span> '
+                                                             f'{p:.3f}</li>' for l, p in t.top(10)) + '</ol>'
         chart.value, chart.layout.display = _png(_bar_chart(t)), ''
         if t.framewise is not None:
-            sedfig.value = _png(plot_sed(t, x, duration=min(t.duration, 60), window_size=tg.window_size, hop_size=tg.hop_size))
+            sedfig.value = _png(plot_sed(t, x, duration=min(t.duration, 60), window_size=tg.window_size,
+                                         hop_size=tg.hop_size))
             sedfig.layout.display = ''
-        status.value = escape(f'{clip.value}: {t.duration:.1f} s, model {tg.model_type}')  # last: it says the results are in
+        # last: it says the results are in
+        status.value = escape(f'{clip.value}: {t.duration:.1f} s, model {tg.model_type}')
     button.on_click(on_tag)
     return W.VBox([W.HBox([clip, upload]), ckpt, mtype, button, status, player, W.HBox([labels, chart]), sedfig])

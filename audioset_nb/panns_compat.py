@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np, torch
 from .metadata import load_labels
 from .fileio import default_cache_dir
-from .checkpoints import fetch_checkpoint, load_checkpoint, load_weights
+from .checkpoints import fetch_checkpoint, load_weights, read_checkpoint
 from .inference import load_tagger
 from .models import MODELS, build_model
 from .fastpath import for_inference
@@ -30,12 +30,13 @@ ix_to_id = dict(enumerate(ids))
 
 # %% ../nbs/65_panns.ipynb #a360ebf4
 def default_checkpoint(name:str)->Path: # a published checkpoint's file name
-    "The cached copy of the published checkpoint `name`, downloaded there first if needed; one sentence if it cannot be."
+    "The cached copy of the published checkpoint `name`, downloaded first if needed; one sentence if it cannot be."
     cached = default_cache_dir()/name
     if cached.is_file(): return cached
     try: return fetch_checkpoint(name)
     except ConnectionError as e:
-        raise FileNotFoundError(f'{name} is not in the cache ({cached.parent}) and could not be downloaded ({e.args[0].split(" (")[0]}); '
+        raise FileNotFoundError(f'{name} is not in the cache ({cached.parent}) and could not be downloaded '
+                                f'({e.args[0].split(" (")[0]}); '
                                 f'pass checkpoint_path= a local copy, or put the file at {cached}.') from None
 
 def _device(device)->str:
@@ -66,7 +67,8 @@ class _Inference:
             t = load_tagger(self.checkpoint_path)
             model, self.labels = _decision_level(t) if self.sed else t.model, list(t.labels)
         else:
-            try: load_weights(model, load_checkpoint(self.checkpoint_path))
+            ckpt = read_checkpoint(self.checkpoint_path)  # a missing or bad file: one sentence naming it
+            try: load_weights(model, ckpt)
             except ValueError as e: raise ValueError(f'{self.checkpoint_path}: {e}') from None
             self.labels = labels
         self.model = model.to(self.device).eval() if self.device == 'cuda' else for_inference(model)

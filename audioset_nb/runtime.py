@@ -4,20 +4,36 @@
 
 # %% ../nbs/63_runtime.ipynb #81c4b81c
 from __future__ import annotations
-import json, sys
-from dataclasses import dataclass, field
+import json
 from pathlib import Path
 import numpy as np
-from .audio import AudioError, sliding_windows, stream_audio
-from .config import USER_ERRORS, parse_config
-from .fileio import atomic_open
-from .metadata import CLIP_SECONDS
 
 # %% auto #0
-__all__ = ['MORE', 'OnnxTagger', 'OnnxTags', 'tag_onnx', 'OnnxTagConfig', 'tag_main']
+__all__ = ['ONNX_META', 'onnx_settings', 'OnnxRunner', 'tag_main']
+
+# %% ../nbs/63_runtime.ipynb #c71b89ab
+ONNX_META = ('labels', 'model_type', 'sample_rate', 'window_size', 'hop_size')  # what audioset_export records
+_FIX = 'export it again with audioset_export'
+
+def onnx_settings(meta:dict, # the file's custom metadata
+                  path, # the file, for the messages
+                  classes:int=None)->dict: # the model's number of outputs, when known
+    "The labels, model type and audio settings an exported model records, checked."
+    if meta.get('producer') != 'audioset_nb':
+        raise ValueError(f'{path} has no audioset_nb metadata (labels, sample rate); export it with audioset_export.')
+    if missing := [k for k in ONNX_META if not meta.get(k)]:
+        raise ValueError(f'{path} lacks the metadata {", ".join(missing)}; {_FIX}.')
+    try: labels, rates = json.loads(meta['labels']), {k: int(meta[k]) for k in ONNX_META[2:]}
+    except (ValueError, TypeError): labels, rates = None, {}
+    if not isinstance(labels, list) or not all(isinstance(l, str) for l in labels) or min(rates.values()) <= 0:
+        raise ValueError(f'{path} has metadata that cannot be read (labels a JSON list of names, rates whole numbers); '
+                         f'{_FIX}.')
+    if classes and len(labels) != classes:
+        raise ValueError(f'{path} records {len(labels)} labels for {classes} outputs; {_FIX}.')
+    return dict(labels=tuple(labels), model_type=meta['model_type'], **rates)
 
 # %% ../nbs/63_runtime.ipynb #7856602d
-class OnnxTagger:
+class OnnxRunner:
     "An exported model in an ONNX Runtime session, with the labels and audio settings its file records."
     def __init__(self, path:Path, # .onnx file written by `audioset_export`
                  threads:int=0): # intra-op threads (0: ONNX Runtime's default, one per core)
@@ -27,111 +43,26 @@ class OnnxTagger:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         try: self.session = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
-        except Exception: raise ValueError(f'{path} is not an ONNX model; export one with audioset_export.') from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get('producer') != 'audioset_nb': raise ValueError(f'{path} has no audioset_nb metadata (labels, sample rate); export it with audioset_export.')
-        self.labels, self.model_type = tuple(json.loads(meta['labels'])), meta['model_type']
-        self.sample_rate, self.window_size, self.hop_size = (int(meta[k]) for k in ('sample_rate', 'window_size', 'hop_size'))
+        except Exception:
+            raise ValueError(f'{path} is not an ONNX model; export one with audioset_export.') from None
         self.outputs = [o.name for o in self.session.get_outputs()]
+        shape = dict(zip(self.outputs, (o.shape for o in self.session.get_outputs()))).get('clipwise_output') or [None]
+        classes = shape[-1] if isinstance(shape[-1], int) else None
+        s = onnx_settings(self.session.get_modelmeta().custom_metadata_map, self.path, classes)
+        self.labels, self.model_type = s['labels'], s['model_type']
+        self.sample_rate, self.window_size, self.hop_size = s['sample_rate'], s['window_size'], s['hop_size']
 
     @property
     def fps(self)->float: return self.sample_rate/self.hop_size
-    def __repr__(self): return f'OnnxTagger({self.path.name}: {self.model_type}, {len(self.labels)} classes, {self.sample_rate} Hz)'
+    def __repr__(self):
+        return f'OnnxRunner({self.path.name}: {self.model_type}, {len(self.labels)} classes, {self.sample_rate} Hz)'
 
     def forward(self, batch:np.ndarray)->dict: # (B, samples) float32 audio at `sample_rate`
         "The model's outputs for `batch`, by name, as float32 arrays."
         return dict(zip(self.outputs, self.session.run(None, {'waveform': np.ascontiguousarray(batch, np.float32)})))
 
-# %% ../nbs/63_runtime.ipynb #482de0b1
-@dataclass
-class OnnxTags:
-    "Tagging one file through ONNX Runtime: pooled scores and mean embedding."
-    path: str
-    labels: tuple
-    clipwise: np.ndarray   # (classes,) window scores pooled
-    embedding: np.ndarray  # (dim,) mean of the window embeddings
-    duration: float        # seconds
-    def top(self, k:int=10)->list:
-        "The `k` best (label, score) pairs."
-        return [(self.labels[i], float(self.clipwise[i])) for i in np.argsort(-self.clipwise, kind='stable')[:k]]
-
-# %% ../nbs/63_runtime.ipynb #8c676284
-def tag_onnx(tagger:OnnxTagger, src, # an audio file any ffmpeg decodes
-             window_seconds:float=CLIP_SECONDS, hop_seconds:float=None, # windows and their step, seconds
-             batch_size:int=8, pooling:str='max')->OnnxTags:
-    "Tag the file `src` with `tagger`; raises `AudioError` if it cannot be read."
-    if pooling not in ('max', 'mean'): raise ValueError(f"pooling must be 'max' or 'mean', not {pooling!r}.")
-    win = int(round(window_seconds*tagger.sample_rate))
-    hop = int(round((hop_seconds or window_seconds)*tagger.sample_rate))
-    if not 0 < hop <= win: raise ValueError('hop_seconds must be above 0 and at most window_seconds.')
-    scores, embs, n, batch = [], [], 0, []
-    def run():
-        out = tagger.forward(np.stack(batch))
-        batch.clear()
-        scores.append(out['clipwise_output'])
-        embs.append(out['embedding'])
-    for start, w, k in sliding_windows(stream_audio(src, tagger.sample_rate), win, hop):
-        batch.append(w)
-        n = start + k
-        if len(batch) == batch_size: run()
-    if batch: run()
-    s, e = np.concatenate(scores), np.concatenate(embs)
-    return OnnxTags(str(src), tagger.labels, s.max(0) if pooling == 'max' else s.mean(0), e.mean(0), n/tagger.sample_rate)
-
-# %% ../nbs/63_runtime.ipynb #75e563ec
-@dataclass
-class OnnxTagConfig:
-    "Tag audio files with an exported ONNX model (audioset_export) through ONNX Runtime, without torch."
-    onnx: str = None                  # .onnx file written by audioset_export
-    audio_path: list[str] = field(default_factory=list)  # audio files
-    top_k: int = 10                   # labels to report per file
-    output: str|None = None           # .jsonl file for the results (default: print them)
-    batch_size: int = 8               # windows per run
-    window_seconds: float = 10.       # files are tagged in windows of this length
-    hop_seconds: float|None = None    # step between windows (default: window_seconds)
-    pooling: str = 'max'              # how window scores become file scores: max or mean
-    threads: int = 0                  # ONNX Runtime threads (0: one per core)
-
-    def __post_init__(self):
-        if not self.audio_path: raise ValueError('No audio files given: pass --audio_path with one or more files.')
-        if self.output and not str(self.output).endswith('.jsonl'): raise ValueError(f'--output must be a .jsonl file, not {self.output!r}.')
-
-# %% ../nbs/63_runtime.ipynb #add41398
-def _tag_onnx(cfg:OnnxTagConfig):
-    tagger, rows, failed = OnnxTagger(cfg.onnx, cfg.threads), [], []
-    for p in cfg.audio_path:
-        try: t = tag_onnx(tagger, p, cfg.window_seconds, cfg.hop_seconds, cfg.batch_size, cfg.pooling)
-        except AudioError as e:
-            failed.append(str(e))
-            continue
-        if cfg.output: rows.append({'path': t.path, 'duration': t.duration, 'top': t.top(cfg.top_k)})
-        else:
-            print(f'{t.path} ({t.duration:.2f} s)')
-            for l, s in t.top(cfg.top_k): print(f'{l}: {s:.3f}')
-    if cfg.output:
-        with atomic_open(cfg.output) as f: f.writelines(json.dumps(r) + '\n' for r in rows)
-        print(f'Wrote {len(rows)} file(s) to {cfg.output}')
-    if len(failed) == len(cfg.audio_path) == 1: sys.exit(failed[0])
-    for e in failed: print(f'failed: {e}', file=sys.stderr)
-    if failed: sys.exit(f'{len(failed)} file(s) could not be processed; see above.')
-
-# %% ../nbs/63_runtime.ipynb #936af6b8
-MORE = ('Also: audioset_tag --onnx MODEL.onnx --audio_path FILES tags through ONNX Runtime without torch, and '
-        'audioset_tag --stream SOURCE (--onnx MODEL.onnx | --checkpoint_path CK) tags a live stream; add --help to either for its flags.')
-
+# %% ../nbs/63_runtime.ipynb #d033d348
 def tag_main(argv:list=None):
-    "`audioset_tag`: `--stream` streams, `--onnx` tags through ONNX Runtime, else the torch tagger (`inference.tag_cli`)."
-    argv = sys.argv[1:] if argv is None else list(argv)
-    flag = lambda f: any(a == f or a.startswith(f + '=') for a in argv)
-    if flag('--stream'):
-        from audioset_nb.stream import stream_cli
-        return stream_cli(argv)
-    if not flag('--onnx'):
-        if flag('--help') or flag('-h'): print(MORE)
-        from audioset_nb.inference import tag_cli  # torch is imported here, and only here
-        return tag_cli(argv)
-    try: return _tag_onnx(parse_config(OnnxTagConfig, argv, 'audioset_tag'))
-    except USER_ERRORS as e: sys.exit(f'audioset_tag: {e}')
-
-# %% ../nbs/63_runtime.ipynb #ff660570
-if __name__ == '__main__' and sys.argv[0].endswith('runtime.py'): tag_main()  # `python -m audioset_nb.runtime` is `audioset_tag` (not so in a notebook)
+    "`audioset_tag` for console scripts installed when it lived here: `stream.tag_cli`."
+    from audioset_nb.stream import tag_cli  # lazy: runtime (63) never imports stream (64) at its top
+    return tag_cli(argv)

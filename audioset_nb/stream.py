@@ -9,31 +9,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 import numpy as np
-from .audio import ffmpeg_exe
+from .audio import AudioError, ffmpeg_exe, finite_audio
 from .config import config_cli
+from .tagging import TaggingConfig, run_tags
+from .runtime import OnnxRunner
 
 # %% auto #0
-__all__ = ['URL_SCHEMES', 'CAPTURE_FORMATS', 'LOW_DELAY', 'stream_cli', 'ffmpeg_input', 'ffmpeg_blocks', 'Hysteresis',
-           'stream_events', 'StreamConfig', 'TorchRunner']
+__all__ = ['URL_SCHEMES', 'CAPTURE_FORMATS', 'LOW_DELAY', 'tag_cli', 'stream_source_args', 'ffmpeg_blocks', 'Hysteresis',
+           'stream_events', 'TagConfig', 'open_runner']
 
 # %% ../nbs/64_stream.ipynb #5fb214f7
 URL_SCHEMES = ('http', 'https', 'rtsp', 'rtsps', 'rtmp', 'rtmps', 'srt', 'udp', 'rtp', 'tcp')
 CAPTURE_FORMATS = ('alsa', 'pulse', 'jack', 'oss', 'sndio', 'openal', 'avfoundation', 'dshow', 'lavfi')
 
-def ffmpeg_input(source:str, # '-' (stdin), a URL, a capture device (with `input_format`) or a file
+def stream_source_args(source:str, # '-' (stdin), a URL, a capture device (with `input_format`) or a file
                  input_format:str=None)->list: # ffmpeg input device/format, e.g. 'alsa', 'pulse', 'avfoundation'
-    "ffmpeg's arguments for reading `source`, checked: no option, protocol or device ffmpeg would take by surprise."
+    "ffmpeg's input arguments for a stream `source`, checked: no option, protocol or device to take ffmpeg by surprise."
     if source == '-': return ['-i', 'pipe:0']
     if not source or source.startswith('-'):
-        raise ValueError(f'--stream {source!r} is not a source: pass a file, a URL, a device with --input_format, or - for stdin.')
+        raise ValueError(f'--stream {source!r} is not a source: pass a file, a URL, a device with --input_format, or '
+                         f'- for stdin.')
     if input_format:
         if input_format not in CAPTURE_FORMATS:
-            raise ValueError(f'--input_format {input_format!r} is not a capture format; use one of {", ".join(CAPTURE_FORMATS)}.')
+            raise ValueError(f'--input_format {input_format!r} is not a capture format; use one of '
+                             f'{", ".join(CAPTURE_FORMATS)}.')
         return ['-f', input_format, '-i', source]
     scheme = re.match(r'([A-Za-z][A-Za-z0-9+.-]+):', source)
     if scheme and scheme[1].lower() not in ('file',):
         if scheme[1].lower() not in URL_SCHEMES:
-            raise ValueError(f'--stream {source!r}: protocol {scheme[1]!r} is not allowed; use a file or a {"/".join(URL_SCHEMES)} URL.')
+            raise ValueError(f'--stream {source!r}: protocol {scheme[1]!r} is not allowed; use a file or a '
+                             f'{"/".join(URL_SCHEMES)} URL.')
         return ['-i', source]
     path = Path(source.removeprefix('file:'))
     if not path.is_file(): raise ValueError(f'--stream {source} is not a file, a URL or -; check the path.')
@@ -49,8 +54,10 @@ def ffmpeg_blocks(source:str, sr:int, # the source and the rate to deliver it at
                   input_format:str=None)->Iterator[np.ndarray]:
     "Mono float32 blocks of `source` at `sr`, decoded by ffmpeg as they arrive."
     args = [ffmpeg_exe(), '-hide_banner', '-nostats', '-loglevel', 'error', *(['-re'] if realtime else []),
-            *LOW_DELAY, *ffmpeg_input(source, input_format), '-vn', '-ac', '1', '-ar', str(sr), '-f', 'f32le', '-flush_packets', '1', 'pipe:1']
-    proc = subprocess.Popen(args, stdin=None if source == '-' else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            *LOW_DELAY, *stream_source_args(source, input_format), '-vn', '-ac', '1', '-ar', str(sr), '-f', 'f32le',
+            '-flush_packets', '1', 'pipe:1']
+    proc = subprocess.Popen(args, stdin=None if source == '-' else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     n = 0
     try:
         while data := proc.stdout.read(4*block):
@@ -75,7 +82,8 @@ class Hysteresis:
         self.onset, self.peak = np.full(len(self.labels), np.nan), np.zeros(len(self.labels))
 
     def _end(self, i, t)->dict:
-        ev = {'event': 'end', 'label': self.labels[i], 'time': round(float(t), 3), 'onset': round(float(self.onset[i]), 3),
+        ev = {'event': 'end', 'label': self.labels[i], 'time': round(float(t), 3), 'onset': round(float(self.onset[i]),
+                                                                                                  3),
               'duration': round(float(t - self.onset[i]), 3), 'peak': round(float(self.peak[i]), 4)}
         self.onset[i] = np.nan
         return ev
@@ -85,11 +93,13 @@ class Hysteresis:
              end_time:float=None)->list: # time to give ends (default `t`)
         "The events that start or end at `t`."
         active = ~np.isnan(self.onset)
-        out = [self._end(i, max(end_time if end_time is not None else t, self.onset[i])) for i in np.flatnonzero(active & (scores < self.off))]
+        out = [self._end(i, max(end_time if end_time is not None else t,
+                                self.onset[i])) for i in np.flatnonzero(active & (scores < self.off))]
         self.peak = np.where(active, np.maximum(self.peak, scores), self.peak)
         for i in np.flatnonzero(~active & (scores >= self.on)):
             self.onset[i], self.peak[i] = t, scores[i]
-            out.append({'event': 'start', 'label': self.labels[i], 'time': round(float(t), 3), 'score': round(float(scores[i]), 4)})
+            out.append({'event': 'start', 'label': self.labels[i], 'time': round(float(t), 3),
+                        'score': round(float(scores[i]), 4)})
         return out
 
     def close(self, t:float)->list:
@@ -108,84 +118,104 @@ def _step(tagger, h:Hysteresis, buf:np.ndarray, t:int, k:int, cols)->list:
     return events
 
 # %% ../nbs/64_stream.ipynb #5306f670
-def stream_events(tagger, # has `labels`, `sample_rate`, `hop_size`, `forward`
+def _scored(tagger, h:Hysteresis, buf:np.ndarray, t:int, k:int, cols, name:str)->list:
+    "`_step`, unless the window holds non-finite samples: the newest `k` are reported (one line), nothing is scored."
+    sr = tagger.sample_rate
+    try: finite_audio(buf[-k:], f'{name} at {(t - k)/sr:.2f}-{t/sr:.2f} s', 'inference')
+    except AudioError as e: print(e, file=sys.stderr, flush=True)
+    return _step(tagger, h, buf, t, k, cols) if np.isfinite(buf).all() else []
+
+def stream_events(tagger, # a runner: has `labels`, `sample_rate`, `hop_size`, `forward`
                   blocks:Iterable[np.ndarray], # mono float32 audio at `tagger.sample_rate`, as it arrives
                   window_seconds:float=2., hop_seconds:float=0.5, # the model sees `window_seconds` every `hop_seconds`
                   on:float=0.5, off:float=0.3, # hysteresis thresholds
-                  labels:list=None)->Iterator[dict]: # report only these classes (default: all)
+                  labels:list=None, # report only these classes (default: all)
+                  name:str='the stream')->Iterator[dict]: # what messages call the source
     "Yield a dict when a sound event starts and when it ends."
     cols = [list(tagger.labels).index(l) for l in labels] if labels else list(range(len(tagger.labels)))
     h = Hysteresis([tagger.labels[c] for c in cols], on, off)
     fr = tagger.hop_size
-    win, hop = max(1, round(window_seconds*tagger.sample_rate/fr))*fr, max(1, round(hop_seconds*tagger.sample_rate/fr))*fr
+    win = max(1, round(window_seconds*tagger.sample_rate/fr))*fr
+    hop = max(1, round(hop_seconds*tagger.sample_rate/fr))*fr
     if hop > win: raise ValueError(f'hop_seconds ({hop_seconds}) must be at most window_seconds ({window_seconds}).')
     buf, pending, t = np.zeros(win, np.float32), np.zeros(0, np.float32), 0
     for b in blocks:
         pending = np.concatenate([pending, b])
         while len(pending) >= hop:
             buf, pending, t = np.concatenate([buf[hop:], pending[:hop]]), pending[hop:], t + hop
-            yield from _step(tagger, h, buf, t, hop, cols)
+            yield from _scored(tagger, h, buf, t, hop, cols, name)
     if len(pending):  # the rest of the stream, a partial hop
         buf, t = np.concatenate([buf[len(pending):], pending]), t + len(pending)
-        yield from _step(tagger, h, buf, t, len(pending), cols)
+        yield from _scored(tagger, h, buf, t, len(pending), cols, name)
     yield from h.close(t/tagger.sample_rate)
 
 # %% ../nbs/64_stream.ipynb #60a19973
 @dataclass
-class StreamConfig:
-    "Tag a live stream: one JSON line when a sound event starts and one when it ends."
-    stream: str = None                # ffmpeg input: a file, an http(s)/rtsp/rtmp/srt/udp URL, a device (with --input_format), or - for stdin
-    onnx: str|None = None             # .onnx model from audioset_export (run by ONNX Runtime, without torch)
-    checkpoint_path: str|None = None  # or a .pth checkpoint (run by torch)
-    model_type: str|None = None       # with --checkpoint_path: e.g. Cnn14_DecisionLevelMax (default: from the checkpoint)
-    input_format: str|None = None     # ffmpeg capture format of a device: alsa, pulse, avfoundation, dshow, ...
-    realtime: bool = False            # play a file at its own speed (ffmpeg -re), as a live source would come
-    window_seconds: float = 2.        # audio the model sees each time, seconds
-    hop_seconds: float = 0.5          # how often the model runs, seconds (at most 1)
-    on_threshold: float = 0.5         # an event starts when its score reaches this
-    off_threshold: float = 0.3        # and ends when its score falls below this
-    labels: list[str] = field(default_factory=list)  # report only these classes (default: all)
+class TagConfig(TaggingConfig):
+    "Tag audio files, or a live stream, with a checkpoint (torch) or an exported model (ONNX Runtime, without torch)."
+    onnx: str|None = None             # or an .onnx model from audioset_export (run by ONNX Runtime, without torch)
+    stream: str|None = None           # or tag a live stream: a file, a URL, a device (with --input_format), - for stdin
+    top_k: int = 10                   # labels to report per file
+    # how window scores become file scores: max or mean (default: max; mean fine-tuned)
+    pooling: str|None = None
+    full_scores: bool = False         # also write every class's score
+    embedding: bool = False           # also write the embedding
     threads: int = 0                  # ONNX Runtime threads (0: one per core)
+    # --stream: ffmpeg capture format of a device: alsa, pulse, avfoundation, dshow, ...
+    input_format: str|None = None
+    realtime: bool = False            # --stream: play a file at its own speed (ffmpeg -re), as a live source would come
+    on_threshold: float = 0.5         # --stream: an event starts when its score reaches this
+    off_threshold: float = 0.3        # --stream: and ends when its score falls below this
+    labels: list[str] = field(default_factory=list)  # --stream: report only these classes (default: all)
 
     def __post_init__(self):
-        if self.stream is None: raise ValueError('--stream is required: a file, a URL, a device or - for stdin.')
-        if bool(self.onnx) == bool(self.checkpoint_path): raise ValueError('Pass either --onnx or --checkpoint_path (one model).')
+        super().__post_init__()
+        if self.checkpoint_path and self.onnx: raise ValueError('Pass one model: --checkpoint_path or --onnx, not '
+                                                                'both.')
+        if not (self.checkpoint_path or self.onnx):
+            raise ValueError('No model given: pass --checkpoint_path (a .pth checkpoint) or --onnx (an exported '
+                             'model).')
+        if self.audio_path and self.stream is not None:
+            raise ValueError('Pass --audio_path (files) or --stream (a live source), not both.')
+        if not self.audio_path and self.stream is None:
+            raise ValueError('Nothing to tag: pass --audio_path with files, folders or globs, or --stream SOURCE.')
+        if self.stream is not None: self._check_stream()
+
+    def _check_stream(self):
+        "A stream's defaults (2-s windows every 0.5 s) and checks, before a model is loaded or ffmpeg started."
+        self.window_seconds, self.hop_seconds = self.window_seconds or 2., self.hop_seconds or .5
+        if self.output:
+            raise ValueError('--output is for --audio_path; --stream prints JSON lines: redirect them to a file.')
         if not 0 < self.hop_seconds <= min(1., self.window_seconds):
             raise ValueError(f'--hop_seconds {self.hop_seconds} must be above 0 and at most 1 and --window_seconds.')
         Hysteresis([], self.on_threshold, self.off_threshold)  # checks the thresholds
-        ffmpeg_input(self.stream, self.input_format)  # checks the source
+        stream_source_args(self.stream, self.input_format)  # checks the source
 
-# %% ../nbs/64_stream.ipynb #3a44cd52
-class TorchRunner:
-    "A torch `inference.Tagger` with the `forward(batch)` that `stream_events` calls."
-    def __init__(self, tagger):
-        self.tagger, self.labels, self.sample_rate, self.hop_size = tagger, tagger.labels, tagger.sample_rate, tagger.hop_size
-    def forward(self, batch:np.ndarray)->dict:
-        from audioset_nb.inference import _forward
-        return _forward(self.tagger, batch)
+# %% ../nbs/64_stream.ipynb #461341b8
+def open_runner(cfg:TagConfig):
+    "The runner of the model `cfg` names: an `OnnxRunner`, or a torch `TorchRunner` (importing torch only then)."
+    if cfg.onnx: return OnnxRunner(cfg.onnx, cfg.threads)
+    from audioset_nb.inference import load_tagger
+    return load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda)
 
-# %% ../nbs/64_stream.ipynb #faee11a8
-def _stream_tagger(cfg:StreamConfig):
-    if cfg.onnx:
-        from audioset_nb.runtime import OnnxTagger
-        tagger = OnnxTagger(cfg.onnx, cfg.threads)
-    else:
-        from audioset_nb.inference import load_tagger  # torch only for a .pth
-        tagger = TorchRunner(load_tagger(cfg.checkpoint_path, cfg.model_type))
-    if unknown := [l for l in cfg.labels if l not in tagger.labels]:
-        raise ValueError(f'--labels {unknown[0]!r} is not a class of this model; use names such as {tagger.labels[0]!r}.')
-    return tagger
-
-# %% ../nbs/64_stream.ipynb #1f6cf162
-def _stream(cfg:StreamConfig):
-    tagger = _stream_tagger(cfg)
-    blocks = ffmpeg_blocks(cfg.stream, tagger.sample_rate, max(1, int(cfg.hop_seconds*tagger.sample_rate)), cfg.realtime, cfg.input_format)
+# %% ../nbs/64_stream.ipynb #ae8fdfdc
+def _stream(runner, cfg:TagConfig):
+    if unknown := [l for l in cfg.labels if l not in runner.labels]:
+        raise ValueError(f'--labels {unknown[0]!r} is not a class of this model; use names such as '
+                         f'{runner.labels[0]!r}.')
+    hop = max(1, int(cfg.hop_seconds*runner.sample_rate))
+    blocks = ffmpeg_blocks(cfg.stream, runner.sample_rate, hop, cfg.realtime, cfg.input_format)
     try:
-        for e in stream_events(tagger, blocks, cfg.window_seconds, cfg.hop_seconds, cfg.on_threshold, cfg.off_threshold, cfg.labels):
+        for e in stream_events(runner, blocks, cfg.window_seconds, cfg.hop_seconds, cfg.on_threshold, cfg.off_threshold,
+                               cfg.labels, name=cfg.stream):
             print(json.dumps(e), flush=True)
     except KeyboardInterrupt: sys.exit(130)
     except BrokenPipeError:  # the reader (e.g. `head`) has gone: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
 
-stream_cli = config_cli(StreamConfig, _stream, 'audioset_tag')
+def _tag(cfg:TagConfig):
+    runner = open_runner(cfg)
+    return _stream(runner, cfg) if cfg.stream is not None else run_tags(runner, cfg)
+
+tag_cli = config_cli(TagConfig, _tag, 'audioset_tag')

@@ -63,12 +63,14 @@ def main():
     p.add_argument('--seconds', type=float, default=10.)
     p.add_argument('--out', default=str(Path(__file__).parent/'results'/'export-cpu.json'))
     a = p.parse_args()
-    with tempfile.TemporaryDirectory() as d: rows = [r for n in a.models for r in bench(n, a.batches, a.reps, a.seconds, d)]
+    with tempfile.TemporaryDirectory() as d: rows = [r for n in a.models for r in bench(n, a.batches, a.reps, a.seconds,
+                                                                                        d)]
     info = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
             'device': f'CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, '
                       f'{torch.get_num_threads()} torch/ONNX Runtime threads', 'load_average_at_end': os.getloadavg(),
             'versions': {'torch': torch.__version__, 'onnx': onnx.__version__, 'onnxruntime': ort.__version__,
-                         'numpy': np.__version__, 'audioset_nb': audioset_nb.__version__, 'python': platform.python_version()},
+                         'numpy': np.__version__, 'audioset_nb': audioset_nb.__version__,
+                          'python': platform.python_version()},
             'clip_seconds': a.seconds, 'opset': 17, 'reps': a.reps,
             'timing': 'median of reps after one warm-up call; variants interleaved rep by rep', 'results': rows}
     out = Path(a.out)

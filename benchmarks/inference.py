@@ -12,7 +12,8 @@ import numpy as np, soundfile as sf, torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from audioset_nb.inference import load_tagger, tag_files
+from audioset_nb.inference import load_tagger
+from audioset_nb.tagging import tag_files
 from audioset_nb.models import build_model, save_checkpoint
 
 def make_clips(d:Path, n:int, seconds:float=10., sr:int=44100):
@@ -50,17 +51,21 @@ def speed(d:Path, n:int, rounds:int):
     best = {}
     for _ in range(rounds):
         for name, fn in [('reference_style', lambda: reference_style(model, files)),
-                         ('api_batch1', lambda: np.stack([t.clipwise for t in tag_files(tagger, files, batch_size=1)[0]])),
-                         ('api_batch8', lambda: np.stack([t.clipwise for t in tag_files(tagger, files, batch_size=8)[0]]))]:
+                         ('api_batch1', lambda: np.stack([t.clipwise for t in tag_files(tagger, files,
+                                                                                        batch_size=1)[0]])),
+                         ('api_batch8', lambda: np.stack([t.clipwise for t in tag_files(tagger, files,
+                                                                                        batch_size=8)[0]]))]:
             dt, scores = timed(fn)
             best[name] = min(best.get(name, (1e9,))[0], dt), scores
     ref = best['reference_style'][1]
-    return {k: {'seconds': round(v[0], 3), 'clips_per_s': round(n/v[0], 3), 'speedup_vs_reference': round(best['reference_style'][0]/v[0], 3),
+    return {k: {'seconds': round(v[0], 3), 'clips_per_s': round(n/v[0], 3),
+                'speedup_vs_reference': round(best['reference_style'][0]/v[0], 3),
                 'max_abs_diff_vs_reference': float(np.abs(v[1] - ref).max())} for k, v in best.items()}
 
 MEM = textwrap.dedent('''
     import json, os, sys, threading, time
-    from audioset_nb.inference import load_tagger, tag
+    from audioset_nb.inference import load_tagger
+    from audioset_nb.tagging import tag
     from audioset_nb.audio import load_audio
     kind, path, ckpt = sys.argv[1:4]
     page = os.sysconf('SC_PAGE_SIZE')
@@ -85,7 +90,8 @@ def write_long(path:Path, seconds:int, sr:int=16000):
     with sf.SoundFile(path, 'w', sr, 1, 'PCM_16') as f:
         for i in range(0, seconds, 60):
             t = np.arange(60*sr)/sr
-            f.write((0.05*rng.standard_normal(len(t)) + 0.3*np.sin(2*np.pi*(200 + 10*(i//60 % 50))*t)).astype(np.float32))
+            x = 0.05*rng.standard_normal(len(t)) + 0.3*np.sin(2*np.pi*(200 + 10*(i//60 % 50))*t)
+            f.write(x.astype(np.float32))
 
 def memory(d:Path, long_seconds:int):
     torch.manual_seed(0)
@@ -95,7 +101,8 @@ def memory(d:Path, long_seconds:int):
         p = d/f'long{secs}.wav'
         write_long(p, secs)
         for kind in (['api', 'load_whole'] if secs == long_seconds else ['api']):
-            r = subprocess.run([sys.executable, '-c', MEM, kind, str(p), str(d/'cnn6.pth')], capture_output=True, text=True,
+            r = subprocess.run([sys.executable, '-c', MEM, kind, str(p), str(d/'cnn6.pth')], capture_output=True,
+                               text=True,
                                cwd=ROOT, check=True)
             out[f'{kind}_{label}'] = json.loads(r.stdout.strip().splitlines()[-1])
             print(kind, label, out[f'{kind}_{label}'], flush=True)
@@ -115,12 +122,16 @@ def main():
         mem = memory(d, a.long_seconds)
     import librosa, soxr
     res = dict(benchmark='inference', date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-               device='cpu', cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
-               versions=dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__, librosa=librosa.__version__,
+               device='cpu', cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
+               torch_threads=torch.get_num_threads(),
+               versions=dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__,
+                             librosa=librosa.__version__,
                              soxr=soxr.__version__, soundfile=sf.__version__),
-               setup=dict(clips=a.clips, clip_seconds=10, clip_format='FLAC 44.1 kHz stereo', model='Cnn14 (random weights)',
+               setup=dict(clips=a.clips, clip_seconds=10, clip_format='FLAC 44.1 kHz stereo', model='Cnn14 (random '
+                          'weights)',
                           rounds=a.rounds, timing='best of rounds, after one warm-up clip',
-                          memory_model='Cnn6 (random weights), batch 8, 10-s windows', long_file=f'{a.long_seconds} s, 16 kHz mono 16-bit WAV'),
+                          memory_model='Cnn6 (random weights), batch 8, 10-s windows',
+                          long_file=f'{a.long_seconds} s, 16 kHz mono 16-bit WAV'),
                speed=sp, memory=mem)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,10 @@ eager:     `torch.stft`, channels-last, `torch.inference_mode`          (`for_in
 compiled:  eager + `torch.compile` with frozen weights                  (`for_inference(model, compile=True)`)
 
 Same weights in all three (random, with BatchNorm statistics gathered on test signals so that activations are
-well scaled); outputs must agree with the reference to 1e-4 (clipwise probabilities absolute, embeddings relative to their
-largest magnitude) on the test clips (which have a
--60 dB noise floor); the difference on a clip with digital silence is recorded too. Writes raw numbers to
-benchmarks/results/models_inference-cpu.json. Run: python benchmarks/models_inference.py [--no-compile] [--reps 3]
+well scaled); outputs must agree with the reference to 1e-4 (clipwise probabilities absolute, embeddings relative
+to their largest magnitude) on the test clips (which have a -60 dB noise floor); the difference on a clip with
+digital silence is recorded too. Writes raw numbers to benchmarks/results/models_inference-cpu.json.
+Run: python benchmarks/models_inference.py [--no-compile] [--reps 3]
 """
 import argparse, copy, datetime, json, os, platform, statistics, time
 from pathlib import Path
@@ -18,10 +18,10 @@ from audioset_nb.models import build_model, demo_signal
 from audioset_nb.fastpath import FusedConvBlock, for_inference
 
 def clips(batch, seconds=10., sr=32000, noise_floor=1e-3):
-    "A batch of different 10-s test signals, with a -60 dB noise floor as in any recording (0: digital silence in the gap)."
+    "A batch of different 10-s test signals, with a -60 dB noise floor as in any recording (0: digital silence)."
     rng = np.random.default_rng(batch)
-    return torch.from_numpy(np.stack([demo_signal(seconds, sr, seed=i) + noise_floor*rng.standard_normal(int(seconds*sr)).astype(np.float32)
-                                      for i in range(batch)]))
+    noise = lambda: noise_floor*rng.standard_normal(int(seconds*sr)).astype(np.float32)
+    return torch.from_numpy(np.stack([demo_signal(seconds, sr, seed=i) + noise() for i in range(batch)]))
 
 def calibrate_bn(model, seconds=10.):
     "Give BatchNorm running statistics from real-like input, so that an untrained model's activations are well scaled."
@@ -29,12 +29,14 @@ def calibrate_bn(model, seconds=10.):
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
             m.momentum = None
-    with torch.no_grad(): model.train()(torch.from_numpy(np.stack([demo_signal(seconds, seed=100+i) for i in range(4)])))
+    with torch.no_grad(): model.train()(torch.from_numpy(np.stack([demo_signal(seconds,
+                                                                               seed=100+i) for i in range(4)])))
     return model.eval()
 
 def max_diff(out, ref):
     "Largest difference: absolute for probabilities, relative to the largest magnitude for other outputs."
-    return max((out[k] - ref[k]).abs().max().item()/(1 if k.endswith('_output') else ref[k].abs().max().item()) for k in ref)
+    scale = lambda k: 1 if k.endswith('_output') else ref[k].abs().max().item()
+    return max((out[k] - ref[k]).abs().max().item()/scale(k) for k in ref)
 
 def prepared_bytes(model):
     "Bytes of weights that the fused conv blocks prepared, beyond the model's own parameters and buffers."
@@ -73,7 +75,8 @@ def bench(name, batch, reps, compile):
     row['reference_output_range'] = [ref['clipwise_output'].min().item(), ref['clipwise_output'].max().item()]
     for v in models:
         t = statistics.median(times[v])
-        row.update({f'{v}_s': t, f'{v}_s_all': times[v], f'{v}_clips_per_s': batch/t, f'{v}_speedup': statistics.median(times['reference'])/t})
+        row.update({f'{v}_s': t, f'{v}_s_all': times[v], f'{v}_clips_per_s': batch/t,
+                    f'{v}_speedup': statistics.median(times['reference'])/t})
         if v != 'reference':
             row[f'{v}_max_diff'] = max_diff(outs[v], ref)
             assert row[f'{v}_max_diff'] < 1e-4, f'{name} {v} differs from the reference by {row[f"{v}_max_diff"]}'
@@ -98,7 +101,8 @@ def main():
                       f'{torch.get_num_threads()} torch threads', 'load_average_at_end': os.getloadavg(),
             'versions': {'torch': torch.__version__, 'numpy': np.__version__, 'audioset_nb': audioset_nb.__version__,
                          'python': platform.python_version()},
-            'clip_seconds': 10, 'sample_rate': 32000, 'reps': a.reps, 'timing': 'median of reps after one warm-up call; variants interleaved rep by rep',
+            'clip_seconds': 10, 'sample_rate': 32000, 'reps': a.reps, 
+             'timing': 'median of reps after one warm-up call; variants interleaved rep by rep',
             'results': rows}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

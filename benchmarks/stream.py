@@ -50,10 +50,13 @@ def cpu_seconds(pid):
     return (int(f[11]) + int(f[12]))/TICK
 
 def run(model_path, sr, args, tones, seconds, cpu_from, cpu_to):
-    cmd = [sys.executable, '-c', 'from audioset_nb.runtime import tag_main; tag_main()', '--stream', '-', '--onnx', str(model_path),
-           '--labels', 'Tone', '--window_seconds', str(args.window), '--hop_seconds', str(args.hop), '--threads', str(args.threads)]
+    cmd = [sys.executable, '-c', 'from audioset_nb.stream import tag_cli; tag_cli()', '--stream', '-', '--onnx',
+           str(model_path),
+           '--labels', 'Tone', '--window_seconds', str(args.window), '--hop_seconds', str(args.hop),
+           '--threads', str(args.threads)]
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))}
-    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=False)
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         text=False)
     audio, chunk, marks, cpu = stream_audio(sr, seconds, tones), sr//100, {}, {}
     time.sleep(args.startup)  # imports and model loading happen before the stream starts, as for a live source
     def feed():
@@ -74,7 +77,8 @@ def run(model_path, sr, args, tones, seconds, cpu_from, cpu_to):
     p.wait()
     if p.returncode: raise RuntimeError(p.stderr.read().decode())
     written = lambda t: marks[int(round(t*sr))//chunk*chunk]  # when the chunk holding time t was written
-    events = [{**e, 'latency_s': at - written(truth)} for (at, e), truth in zip(lines, [s for a, b in tones for s in (a, b)])]
+    truths = [s for a, b in tones for s in (a, b)]
+    events = [{**e, 'latency_s': at - written(truth)} for (at, e), truth in zip(lines, truths)]
     use = (cpu['to'][0] - cpu['from'][0])/(cpu['to'][1] - cpu['from'][1])
     return events, use
 
@@ -106,7 +110,8 @@ def main():
             print(json.dumps({k: v for k, v in row.items() if k != 'events'}), flush=True)
             rows.append(row)
     info = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-            'device': f'CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, ONNX Runtime threads {a.threads}',
+            'device': f'CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, '
+                      f'ONNX Runtime threads {a.threads}',
             'load_average_at_end': os.getloadavg(),
             'versions': {'torch': torch.__version__, 'onnxruntime': ort.__version__, 'numpy': np.__version__,
                          'audioset_nb': audioset_nb.__version__, 'python': platform.python_version()},

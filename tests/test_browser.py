@@ -5,20 +5,24 @@ import numpy as np, pytest, soundfile as sf, torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path('/usr/bin/chromium')
-FLAGS = ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-         '--disable-sync', '--no-first-run']
+FLAGS = ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync', '--no-first-run']
 ARTIFACTS = ROOT/'artifacts'/'browser'
 
 pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason='Debian chromium is not installed (/usr/bin/chromium); apt-get install chromium'),
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason='Debian chromium is not installed (/usr/bin/chromium); apt-get install chromium'),
     pytest.mark.timeout(600)]
 sync_api = pytest.importorskip('playwright.sync_api', reason='playwright is not installed (pip install playwright)')
-if not (shutil.which('voila') or (Path(sys.executable).parent/'voila').exists()): pytest.skip('voila is not installed', allow_module_level=True)
+if not (shutil.which('voila') or (Path(sys.executable).parent/'voila').exists()): pytest.skip('voila is not installed',
+                                                                                              allow_module_level=True)
 
 from audioset_nb.inference import example_clips, load_tagger, tag
 from audioset_nb.models import build_model, save_checkpoint
 
-LOADED = "sel => { const e = document.querySelector(sel); const i = e && (e.tagName == 'IMG' ? e : e.querySelector('img')); return i && i.complete && i.naturalWidth > 100; }"
+LOADED = ("sel => { const e = document.querySelector(sel); "
+          "const i = e && (e.tagName == 'IMG' ? e : e.querySelector('img')); "
+          "return i && i.complete && i.naturalWidth > 100; }")
 
 def free_port():
     with socket.socket() as s:
@@ -28,7 +32,8 @@ def free_port():
 def wait_for_port(port, proc, timeout=120):
     end = time.time() + timeout
     while time.time() < end:
-        if proc.poll() is not None: raise RuntimeError(f'{Path(proc.args[0]).name} exited with {proc.returncode}; see its log in artifacts/browser')
+        if proc.poll() is not None: raise RuntimeError(f'{Path(proc.args[0]).name} exited with {proc.returncode}; '
+                                                       f'see its log in artifacts/browser')
         with socket.socket() as s:
             if s.connect_ex(('127.0.0.1', port)) == 0: return
         time.sleep(0.5)
@@ -48,8 +53,10 @@ def d(tmp_path_factory):
 
 def serve(d, name, cmd):
     "Start `cmd` (a Jupyter server on loopback) with the test's checkpoints and temp folder; yield its URL."
-    env = {**os.environ, 'AUDIOSET_NB_CHECKPOINTS': str(d/'ckpts'), 'TMPDIR': str(d/'tmp'), 'JUPYTER_CONFIG_DIR': str(d/'jcfg'),
-           'JUPYTER_DATA_DIR': str(d/'jdata'), 'JUPYTER_RUNTIME_DIR': str(d/'jrun'), 'JUPYTERLAB_WORKSPACES_DIR': str(d/'jws')}
+    env = {**os.environ, 'AUDIOSET_NB_CHECKPOINTS': str(d/'ckpts'), 'TMPDIR': str(d/'tmp'),
+           'JUPYTER_CONFIG_DIR': str(d/'jcfg'),
+           'JUPYTER_DATA_DIR': str(d/'jdata'), 'JUPYTER_RUNTIME_DIR': str(d/'jrun'),
+           'JUPYTERLAB_WORKSPACES_DIR': str(d/'jws')}
     port = free_port()
     log = open(d/f'{name}.log', 'w')
     proc = subprocess.Popen([*cmd, '--no-browser', f'--port={port}', '--ServerApp.ip=127.0.0.1'], cwd=d, env=env,
@@ -104,7 +111,8 @@ def test_voila_pick_a_clip_press_tag_see_the_top_label(d, voila_url):
             # an uploaded file (22.05 kHz stereo: the kernel resamples it) is added to the clips and tagged
             with page.expect_file_chooser() as chooser: page.locator('.widget-upload').first.click()
             chooser.value.set_files(str(up))
-            page.wait_for_function("() => [...document.querySelectorAll('.widget-dropdown select option')].some(o => o.textContent == 'upload.wav')",
+            page.wait_for_function("() => [...document.querySelectorAll('.widget-dropdown select option')].some(o => "
+                                   "o.textContent == 'upload.wav')",
                                    timeout=60_000)
             button.click()
             page.wait_for_function("() => document.body.innerText.includes('upload.wav: 3.0 s')", timeout=180_000)

@@ -1,6 +1,6 @@
 "ONNX export end to end: ONNX Runtime gives torch's outputs for the zoo models; audioset_tag --onnx runs without torch."
 import json, subprocess, sys
-import numpy as np, pytest, torch
+import numpy as np, pytest, soundfile as sf, torch
 import onnxruntime as ort
 from audioset_nb.models import build_model, demo_signal
 from audioset_nb.fastpath import for_inference
@@ -8,6 +8,8 @@ from audioset_nb.export import export_onnx, calibrated
 from audioset_nb.checkpoints import save_checkpoint
 from audioset_nb.inference import load_tagger, tag
 from audioset_nb.audio import write_wav
+from audioset_nb.runtime import OnnxRunner
+from audioset_nb.tagging import iter_tags
 from conftest import cli, cli_env, one_sentence
 
 def _audio(seconds, n=2, seed=0):
@@ -49,22 +51,26 @@ def test_export_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     assert 'matches torch within' in r.stdout
     meta = ort.InferenceSession(str(tmp_path/'sed.onnx')).get_modelmeta().custom_metadata_map
-    assert (meta['model_type'], meta['sample_rate'], len(json.loads(meta['labels']))) == ('Cnn6_DecisionLevelMax', '32000', 527)
+    got = (meta['model_type'], meta['sample_rate'], len(json.loads(meta['labels'])))
+    assert got == ('Cnn6_DecisionLevelMax', '32000', 527)
     # bad input: one sentence, exit 1, nothing written or overwritten
     r = cli('audioset_export', '--checkpoint_path', tmp_path/'missing.pth', '--output', tmp_path/'keep.onnx')
     assert r.returncode == 1 and one_sentence(r.stderr, 'missing.pth', 'does not exist')
     assert (tmp_path/'keep.onnx').read_text() == 'a file the user has'
     r = cli('audioset_export', '--checkpoint_path', tmp_path/'sed.pth', '--output', tmp_path/'x.pt')
     assert r.returncode == 1 and one_sentence(r.stderr, '.onnx')
-    r = cli('audioset_export', '--checkpoint_path', tmp_path/'sed.pth', '--model_type', 'Cnn14', '--output', tmp_path/'y.onnx')
+    r = cli('audioset_export', '--checkpoint_path', tmp_path/'sed.pth', '--model_type', 'Cnn14', '--output',
+            tmp_path/'y.onnx')
     assert r.returncode == 1 and one_sentence(r.stderr, 'does not fit model_type Cnn14')
     # the check compares ONNX Runtime with torch before anything is written: with no tolerance for rounding it refuses
-    r = cli('audioset_export', '--checkpoint_path', tmp_path/'sed.pth', '--output', tmp_path/'keep.onnx', '--tolerance', '0')
+    r = cli('audioset_export', '--checkpoint_path', tmp_path/'sed.pth', '--output', tmp_path/'keep.onnx', '--tolerance',
+            '0')
     assert r.returncode == 1 and one_sentence(r.stderr, 'differs from torch', 'nothing was written')
     assert (tmp_path/'keep.onnx').read_text() == 'a file the user has'
     assert not (tmp_path/'y.onnx').exists() and not list(tmp_path.glob('*.tmp*'))
 
-TAG = 'import sys; from audioset_nb.runtime import tag_main; tag_main(); assert "torch" not in sys.modules, "torch imported"'
+TAG = ('import sys; from audioset_nb.stream import tag_cli; tag_cli(); '
+       'assert "torch" not in sys.modules, "torch imported"')
 
 def test_onnx_tag_without_torch(tmp_path):
     m = _model('Cnn6')
@@ -89,12 +95,53 @@ def test_onnx_tag_without_torch(tmp_path):
                        env=cli_env(), capture_output=True, text=True)
     assert r.returncode == 1 and one_sentence(r.stderr, 'cnn6.pth', 'is not an ONNX model')
 
+def _onnx_tag(*args):
+    return subprocess.run([sys.executable, '-c', TAG, *map(str, args)], env=cli_env(), capture_output=True, text=True)
+
+def test_onnx_refuses_non_finite_audio_by_name(tmp_path):
+    "Before: `audioset_tag --onnx` printed 'Speech: nan' (exit 0) and wrote bare NaN tokens into the .jsonl."
+    export_onnx(_model('Cnn6'), tmp_path/'cnn6.onnx')
+    x = demo_signal(3., seed=1)
+    x[1000:1010] = np.nan
+    sf.write(tmp_path/'bad.wav', x, 32000, subtype='FLOAT')
+    write_wav(tmp_path/'ok.wav', demo_signal(3., seed=2), 32000)
+    r = _onnx_tag('--onnx', tmp_path/'cnn6.onnx', '--audio_path', tmp_path/'bad.wav')
+    assert r.returncode == 1 and 'nan' not in r.stdout.lower(), r.stdout
+    one_sentence(r.stderr, str(tmp_path/'bad.wav'), 'holds 10 NaN or infinite samples')
+    r = _onnx_tag('--onnx', tmp_path/'cnn6.onnx', '--audio_path', tmp_path/'bad.wav', tmp_path/'ok.wav',
+                  '--output', tmp_path/'tags.jsonl', '--full_scores')
+    assert r.returncode == 1 and 'bad.wav holds 10 NaN' in r.stderr, r.stderr
+    text = (tmp_path/'tags.jsonl').read_text()
+    assert 'nan' not in text.lower()
+    (row,) = map(json.loads, text.splitlines())
+    assert row['audio_path'] == str(tmp_path/'ok.wav') and np.isfinite(row['clipwise']).all()
+
+def test_torch_and_onnx_runners_tag_alike_through_the_core(tmp_path):
+    "One core, two runners: the same windows, scores, embeddings and durations, within float tolerance."
+    m = _model('Cnn6')
+    save_checkpoint(tmp_path/'cnn6.pth', m, model_type='Cnn6')
+    export_onnx(m, tmp_path/'cnn6.onnx')
+    write_wav(tmp_path/'a.wav', np.stack([demo_signal(4., sr=44100, seed=6)]*2), 44100)
+    srcs = [demo_signal(13., seed=3), tmp_path/'a.wav', tmp_path/'gone.wav']
+    kw = dict(window_seconds=4., hop_seconds=2., batch_size=3, pooling='mean')
+    by_torch = list(iter_tags(load_tagger(tmp_path/'cnn6.pth'), srcs, **kw))
+    by_onnx = list(iter_tags(OnnxRunner(tmp_path/'cnn6.onnx'), srcs, **kw))
+    assert [type(r).__name__ for r in by_onnx] == ['Tags', 'Tags', 'Failed'] == [type(r).__name__ for r in by_torch]
+    for a, b in zip(by_torch[:2], by_onnx[:2]):
+        assert (a.path, a.duration, a.labels) == (b.path, b.duration, b.labels)
+        np.testing.assert_array_equal(a.starts, b.starts)
+        np.testing.assert_allclose(a.windows, b.windows, atol=1e-4)
+        np.testing.assert_allclose(a.clipwise, b.clipwise, atol=1e-4)
+        np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-3)
+    assert by_torch[2] == by_onnx[2]
+
 def test_export_benchmark_runs(tmp_path):
     "benchmarks/export.py at a tiny size, so that it cannot rot; no timing is asserted."
     from conftest import ROOT
     out = tmp_path/'ex.json'
-    r = subprocess.run([sys.executable, 'benchmarks/export.py', '--models', 'Cnn6', '--batches', '1', '--reps', '1', '--seconds', '2',
-                        '--out', out], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    args = ['--models', 'Cnn6', '--batches', '1', '--reps', '1', '--seconds', '2', '--out', out]
+    r = subprocess.run([sys.executable, 'benchmarks/export.py', *args], cwd=ROOT, env=cli_env(), capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     assert res['versions']['onnxruntime'] and res['date'] and res['device']

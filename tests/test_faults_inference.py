@@ -6,7 +6,6 @@ import numpy as np, pytest, soundfile as sf, torch
 from audioset_nb.inference import load_tagger, sed, find_events
 from audioset_nb.models import build_model, save_checkpoint
 from conftest import cli, one_sentence, tone
-from test_faults_train import tmpfs  # small tmpfs mounts, unmounted after the test
 
 SR = 32000
 run = partial(cli, timeout=300)
@@ -20,14 +19,15 @@ def d(tmp_path_factory):
     d = tmp_path_factory.mktemp('faults')
     torch.manual_seed(0)
     save_checkpoint(d/'cnn6.pth', build_model('Cnn6'), model_type='Cnn6')
-    save_checkpoint(d/'sed.pth', build_model('Cnn6_mini_DecisionLevelMax'), model_type='Cnn6_mini_DecisionLevelMax')  # small and fast
+    # small and fast
+    save_checkpoint(d/'sed.pth', build_model('Cnn6_mini_DecisionLevelMax'), model_type='Cnn6_mini_DecisionLevelMax')
     sf.write(d/'tone.wav', tone(440, 2, SR), SR)
     return d
 
 # ---------------------------------------------------------------------------------------------------- unsafe pickles
 @pytest.mark.parametrize('protocol', [0, 2])
 def test_a_code_running_pickle_is_refused_without_torchs_unsafe_advice(d, protocol):
-    "A protocol-0 pickle made torch's WeightsUnpickler fail before naming a global; its advice (weights_only=False) leaked."
+    "A protocol-0 pickle made torch's WeightsUnpickler fail before naming a global; its weights_only=False tip showed."
     marker, p = d/f'pwned{protocol}', d/f'evil{protocol}.pth'
     with open(p, 'wb') as f: pickle.dump({'model': {}, 'x': _Evil(marker)}, f, protocol=protocol)
     r = run('audioset_tag', '--checkpoint_path', p, '--audio_path', d/'tone.wav')
@@ -71,7 +71,8 @@ def test_sed_over_a_folder_with_a_10ms_file_and_a_nan_file_gives_the_others_thei
             '--output', out, '--figure_dir', figs)
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
     err = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(err) == 2 and err[0].startswith(f'failed: {folder/"c_nan.wav"} holds') and 'could not be processed' in err[1], err
+    assert len(err) == 2 and err[0].startswith(f'failed: {folder/"c_nan.wav"} holds'), err
+    assert 'could not be processed' in err[1], err
     tg = load_tagger(d/'sed.pth')
     want = [(str(folder/n), e.label, e.onset, e.offset) for n in ('a_tone.wav', 'b_short.wav', 'd_tone.wav')
             for e in find_events(sed(tg, folder/n), 0.3)]
@@ -90,12 +91,13 @@ def test_a_figure_that_cannot_be_written_costs_only_its_own_file(d, tmp_path):
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
     err = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(err) == 2 and err[0].startswith(f'failed: Could not write the SED figure {figs/"a.png"}'), err
-    assert sorted(p.name for p in figs.iterdir() if p.is_file()) == ['b.png', 'c.png'] and list(figs.glob('.*.tmp')) == []
+    assert sorted(p.name for p in figs.iterdir() if p.is_file()) == ['b.png',
+                                                                     'c.png'] and list(figs.glob('.*.tmp')) == []
     assert {json.loads(l)['audio_path'] for l in open(out)} >= {str(folder/'b.wav'), str(folder/'c.wav')}
 
 def test_an_output_that_cannot_be_written_is_one_sentence(d, tmp_path, tmpfs):
     "Today: '[Errno 30] Read-only file system' naming a temporary file, not the output, and no fix."
-    ro = tmpfs(tmp_path/'ro', 1 << 20)
+    ro = tmpfs(tmp_path/'ro', '1m')
     subprocess.run(['mount', '-o', 'remount,ro', str(ro)], check=True)
     r = run('audioset_tag', '--checkpoint_path', d/'cnn6.pth', '--audio_path', d/'tone.wav', '--output', ro/'tags.csv')
     assert r.returncode != 0

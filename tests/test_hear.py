@@ -2,8 +2,8 @@
 
 hearvalidator imports tensorflow at its top only to tell TensorFlow models from torch ones (`isinstance(model,
 tf.Module)`, `tf.device`). Installing TensorFlow for that (~600 MB, with its own numpy and protobuf pins) is not
-worth it, so hearvalidator is installed with --no-deps (tools/env.sh) and this test puts a stand-in `tensorflow` with those two
-names on the validator's path; every check it runs on a torch model is its own."""
+worth it, so hearvalidator is installed with --no-deps (tools/env.sh) and this test puts a stand-in `tensorflow` with
+those two names on the validator's path; every check it runs on a torch model is its own."""
 import subprocess, sys, textwrap
 import torch
 from audioset_nb.models import build_model
@@ -20,7 +20,8 @@ def _validate(tmp_path, ckpt):
     (tmp_path/'tf'/'tensorflow'/'__init__.py').write_text(TF_STANDIN)
     env = cli_env()
     env['PYTHONPATH'] += f':{tmp_path/"tf"}'
-    return subprocess.run([sys.executable, '-m', 'hearvalidator.validate', 'audioset_nb.hear', '--model', str(ckpt), '--device', 'cpu'],
+    args = ['-m', 'hearvalidator.validate', 'audioset_nb.hear', '--model', str(ckpt), '--device', 'cpu']
+    return subprocess.run([sys.executable, *args],
                           env=env, capture_output=True, text=True, timeout=600)
 
 def test_hearvalidator(tmp_path):

@@ -1,5 +1,5 @@
 "Inference end to end: the CLIs on real files of many formats, bad input, outputs, streaming memory."
-import csv, json, shutil, tracemalloc
+import csv, json, shutil, subprocess, sys, tracemalloc
 from functools import partial
 from pathlib import Path
 import numpy as np, pytest, soundfile as sf, torch
@@ -8,7 +8,7 @@ from audioset_nb.download import load_labels
 from audioset_nb.inference import (load_tagger, tag, tag_files, sed, find_events, audio_files, CheckpointError)
 from audioset_nb.audio import sliding_windows
 from audioset_nb.models import build_model, save_checkpoint
-from conftest import cli, ffmpeg, one_sentence, tone
+from conftest import cli, cli_env, ffmpeg, one_sentence, tone
 
 SR = 32000
 
@@ -20,7 +20,8 @@ def d(tmp_path_factory):
     torch.manual_seed(0)
     save_checkpoint(d/'cnn6.pth', build_model('Cnn6'))  # no model_type stored: --model_type must say it
     save_checkpoint(d/'sed.pth', build_model('Cnn14_DecisionLevelMax'), model_type='Cnn14_DecisionLevelMax')
-    save_checkpoint(d/'dogs.pth', build_model('Cnn6', classes_num=3), model_type='Cnn6', labels=['bark', 'howl', 'quiet'])
+    save_checkpoint(d/'dogs.pth', build_model('Cnn6', classes_num=3), model_type='Cnn6', labels=['bark', 'howl',
+                                                                                                 'quiet'])
     rng = np.random.default_rng(0)
     sf.write(d/'tone.wav', tone(440, 2, SR), SR)
     noise = (0.3*rng.standard_normal((2, int(1.5*48000)))).T
@@ -32,8 +33,8 @@ def tagger(d): return load_tagger(d/'cnn6.pth', 'Cnn6')
 
 def test_reference_flags_print_the_api_top_labels(d, tagger):
     r = run('audioset_tag', '--model_type', 'Cnn6', '--checkpoint_path', d/'cnn6.pth', '--audio_path', d/'tone.wav',
-            '--sample_rate', 32000, '--window_size', 1024, '--hop_size', 320, '--mel_bins', 64, '--fmin', 50, '--fmax', 14000,
-            '--top_k', 5)
+            '--sample_rate', 32000, '--window_size', 1024, '--hop_size', 320, '--mel_bins', 64, '--fmin', 50,
+            '--fmax', 14000, '--top_k', 5)
     assert r.returncode == 0, r.stderr
     want = tag(tagger, d/'tone.wav').top(5)
     lines = r.stdout.strip().splitlines()
@@ -47,7 +48,8 @@ def test_any_format_any_rate_is_resampled_by_the_one_loader(d, tagger):
     ffmpeg('-i', src, '-ar', 44100, '-ac', 2, d/'tone.mp3')
     ffmpeg('-i', src, '-c:a', 'libopus', d/'tone.ogg')
     ffmpeg('-i', src, '-c:a', 'aac', d/'tone.m4a')
-    ffmpeg('-f', 'lavfi', '-i', 'color=c=black:s=32x32:d=2', '-i', src, '-c:v', 'mpeg4', '-c:a', 'aac', '-shortest', d/'tone.mp4')
+    ffmpeg('-f', 'lavfi', '-i', 'color=c=black:s=32x32:d=2', '-i', src, '-c:v', 'mpeg4', '-c:a', 'aac', '-shortest',
+           d/'tone.mp4')
     files = [d/f'tone.{e}' for e in ('flac', 'mp3', 'ogg', 'm4a', 'mp4')] + [d/'noise48k.wav']
     ok, bad = tag_files(tagger, files, batch_size=4)
     assert bad == []
@@ -62,12 +64,14 @@ def test_batch_mode_lists_failures_and_tags_the_rest(d, tagger):
     (d/'empty.wav').write_bytes(b'')
     sf.write(d/'zero.wav', np.zeros(0), SR)
     out = d/'tags.csv'
-    r = run('audioset_tag', '--model_type', 'Cnn6', '--checkpoint_path', d/'cnn6.pth', '--output', out, '--batch_size', 3,
+    r = run('audioset_tag', '--model_type', 'Cnn6', '--checkpoint_path', d/'cnn6.pth', '--output', out, '--batch_size',
+            3,
             '--audio_path', d/'tone.wav', d/'notes.txt', d/'missing.wav', d/'empty.wav', d/'zero.wav', d/'noise48k.wav')
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
     err = r.stderr.strip().splitlines()
     failed = [l for l in err if l.startswith('failed:')]
-    assert len(failed) == 4 and all(any(n in l for l in failed) for n in ('notes.txt', 'missing.wav', 'empty.wav', 'zero.wav'))
+    assert len(failed) == 4 and all(any(n in l for l in failed) for n in ('notes.txt', 'missing.wav', 'empty.wav',
+                                                                          'zero.wav'))
     assert '4 file(s) could not be processed' in err[-1]
     rows = list(csv.DictReader(open(out)))
     assert [Path(r['audio_path']).name for r in rows] == ['tone.wav', 'noise48k.wav']
@@ -130,7 +134,8 @@ def test_sed_cli_events_and_figure(d):
     want = find_events(t, 0.3)
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == len(want) > 0
-    assert [(r['label'], float(r['onset']), float(r['offset'])) for r in rows] == [(e.label, e.onset, e.offset) for e in want]
+    assert [(r['label'], float(r['onset']), float(r['offset'])) for r in rows] == [(e.label, e.onset,
+                                                                                    e.offset) for e in want]
     assert all(0 <= float(r['onset']) < float(r['offset']) <= 2.0 for r in rows)
     assert (figs/'tone.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
@@ -166,5 +171,53 @@ def test_a_single_bad_file_is_one_sentence(d, name, make, msg):
     make(p)
     r = run('audioset_tag', '--model_type', 'Cnn6', '--checkpoint_path', d/'cnn6.pth', '--audio_path', p)
     assert r.returncode == 1
-    # libsndfile's mpg123 prints 'Note: ...' lines of its own on a bad .mp3 (from C, in the audio loader); ours is the last
+    # libsndfile's mpg123 prints 'Note: ...' lines of its own on a bad .mp3 (from C, in the audio loader);
+    # ours is the last
     one_sentence('\n'.join(l for l in r.stderr.splitlines() if not l.startswith('Note: ')), msg, name)
+
+def test_help_lists_every_option_of_files_streams_and_both_runners():
+    "Before: `audioset_tag --help` listed only the torch flags."
+    r = run('audioset_tag', '--help')
+    assert r.returncode == 0, r.stderr
+    for flag in ('--onnx STR', '--checkpoint_path STR', '--stream STR', '--audio_path', '--threads INT',
+                 '--on_threshold', '--labels', '--pooling STR', '--sample_rate INT', '--top_k INT'):
+        assert flag in r.stdout, flag
+    one_sentence(run('audioset_tag', '--audio_path', 'a.wav').stderr, 'No model given: pass --checkpoint_path')
+    r = run('audioset_tag', '--checkpoint_path', 'm.pth', '--onnx', 'm.onnx', '--audio_path', 'a.wav')
+    assert r.returncode == 1 and one_sentence(r.stderr, '--checkpoint_path or --onnx, not both')
+    r = run('audioset_tag', '--checkpoint_path', 'm.pth', '--stream', '-', '--audio_path', 'a.wav')
+    assert r.returncode == 1 and one_sentence(r.stderr, '--audio_path (files) or --stream (a live source), not both')
+
+CORE = """import sys; sys.modules['torch'] = None
+import numpy as np
+from audioset_nb.tagging import iter_tags
+class Runner:
+    labels, sample_rate, hop_size = ('low', 'high'), 100, 10
+    def forward(self, b): return {'clipwise_output': np.stack([-b.mean(1), b.mean(1)], 1), 'embedding': b[:, :2]}
+x = np.r_[np.zeros(100), np.ones(100)].astype(np.float32)
+ok, bad = iter_tags(Runner(), [x, np.r_[x, np.inf].astype(np.float32)], window_seconds=1., pooling='mean')
+print(ok.top(1), ok.starts.tolist(), bad.error)"""
+
+def test_the_tagging_core_runs_without_torch():
+    "tagging.iter_tags with a numpy runner, in a process where `import torch` fails."
+    r = subprocess.run([sys.executable, '-c', CORE], env=cli_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ("[('high', 0.5)] [0.0, 1.0] "
+                        '<array> holds 1 NaN or infinite samples; it was not used: repair or re-encode it.\n')
+
+def test_a_fine_tuned_checkpoint_is_tagged_as_fine_tuning_scores_it(d):
+    "Windows of its clip_seconds without overlap, mean pooling; explicit flags still win."
+    torch.manual_seed(0)
+    save_checkpoint(d/'tuned.pth', build_model('Cnn6', classes_num=3), model_type='Cnn6', labels=['a', 'b', 'c'],
+                    task='multi', config=dict(model_type='Cnn6', clip_seconds=2.))
+    sf.write(d/'five.wav', tone(440, 5, SR), SR)
+    def rows(*args):
+        r = run('audioset_tag', '--checkpoint_path', d/'tuned.pth', '--audio_path', d/'five.wav', '--full_scores',
+                '--output', d/'tuned.jsonl', *args)
+        assert r.returncode == 0, r.stderr
+        return json.loads((d/'tuned.jsonl').read_text())
+    j = rows()
+    assert j['window_starts'] == [0., 2., 4.]
+    np.testing.assert_allclose(np.mean(j['windows'], 0), j['clipwise'], atol=1e-5)
+    j = rows('--window_seconds', 5, '--pooling', 'max')
+    assert j['window_starts'] == [0.] and j['clipwise'] == j['windows'][0]

@@ -24,7 +24,8 @@ README = textwrap.dedent('''
     sed = SoundEventDetection(checkpoint_path=None, device='cuda')
     framewise_output = sed.inference(audio)
     ''')
-SAVE = "import numpy as np; np.savez('out.npz', clipwise=clipwise_output, embedding=embedding, framewise=framewise_output, n=len(labels))"
+SAVE = ("import numpy as np; np.savez('out.npz', clipwise=clipwise_output, embedding=embedding, "
+        "framewise=framewise_output, n=len(labels))")
 
 def _digests(folder):
     return {p.relative_to(folder): hashlib.md5(p.read_bytes()).hexdigest() for p in folder.rglob('*') if p.is_file()}
@@ -37,10 +38,12 @@ def test_readme_example(tmp_path):
     torch.save({'model': cnn14.state_dict()}, cache/'Cnn14_mAP=0.431.pth')  # the published format
     sed = build_model('Cnn14_DecisionLevelMax').eval()
     torch.save({'model': sed.state_dict()}, cache/'Cnn14_DecisionLevelMax_mAP=0.385.pth')
-    write_wav(work/'examples/R9_ZSCveAHg_7s.wav', np.stack([demo_signal(7., sr=44100)]*2), 44100)  # stereo 44.1 kHz, as YouTube audio
+    # stereo 44.1 kHz, as YouTube audio
+    write_wav(work/'examples/R9_ZSCveAHg_7s.wav', np.stack([demo_signal(7., sr=44100)]*2), 44100)
     before = _digests(cache)
     env = cli_env({'AUDIOSET_NB_CACHE': str(cache), 'HOME': str(home), 'CUDA_VISIBLE_DEVICES': ''})
-    r = subprocess.run([sys.executable, '-c', README + SAVE], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, '-c', README + SAVE], cwd=work, env=env, capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stderr
     out = np.load(work/'out.npz')
     assert out['n'] == 527 and out['clipwise'].shape == (1, 527) and out['embedding'].shape == (1, 2048)

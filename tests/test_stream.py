@@ -1,6 +1,6 @@
 "audioset_tag --stream end to end: a stream with a known tone gives one start and one end line, at the right times."
 import json, subprocess, sys, time
-import numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
+import numpy as np, pytest, soundfile as sf, torch, torch.nn as nn, torch.nn.functional as F
 from audioset_nb.audio import write_wav
 from audioset_nb.config import FrontEnd
 from audioset_nb.export import export_onnx
@@ -17,7 +17,8 @@ class Loudness(nn.Module):
         return {'clipwise_output': fw.amax(1), 'embedding': e.mean(1, keepdim=True), 'framewise_output': fw}
 
 # `audioset_tag` (its dispatcher), in a process that must not import torch on the ONNX path
-TAG = 'import sys; from audioset_nb.runtime import tag_main; tag_main(); assert "torch" not in sys.modules, "torch imported"'
+TAG = ('import sys; from audioset_nb.stream import tag_cli; tag_cli(); '
+       'assert "torch" not in sys.modules, "torch imported"')
 
 @pytest.fixture(scope='module')
 def loud(tmp_path_factory):
@@ -30,7 +31,8 @@ def loud(tmp_path_factory):
     return d
 
 def _tag(*args, input=None):
-    return subprocess.run([sys.executable, '-c', TAG, *map(str, args)], env=cli_env(), capture_output=True, input=input, timeout=300)
+    return subprocess.run([sys.executable, '-c', TAG, *map(str, args)], env=cli_env(), capture_output=True, input=input,
+                          timeout=300)
 
 def _events(stdout):
     return [json.loads(l) for l in stdout.decode().splitlines()]
@@ -54,8 +56,10 @@ def test_stream_stdin(loud):
 def test_stream_realtime_lines_as_they_happen(loud):
     "Played in real time, the start line is out while the stream is still playing, and not before the tone."
     t0 = time.monotonic()
-    p = subprocess.Popen([sys.executable, '-c', TAG, '--stream', str(loud/'tone.wav'), '--realtime', '--onnx', str(loud/'loud.onnx'),
-                          '--hop_seconds', '0.25'], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, '-c', TAG, '--stream', str(loud/'tone.wav'), '--realtime', '--onnx',
+                          str(loud/'loud.onnx'),
+                          '--hop_seconds', '0.25'], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
     start = json.loads(p.stdout.readline())
     t_start = time.monotonic() - t0
     rest = p.stdout.read()
@@ -68,7 +72,8 @@ def test_stream_realtime_lines_as_they_happen(loud):
 
 def test_stream_reader_gone(loud):
     "`audioset_tag --stream ... | head -1`: when the reader goes, the stream stops quietly, exit 0."
-    p = subprocess.Popen([sys.executable, '-c', TAG, '--stream', str(loud/'tone.wav'), '--realtime', '--onnx', str(loud/'loud.onnx')],
+    p = subprocess.Popen([sys.executable, '-c', TAG, '--stream', str(loud/'tone.wav'), '--realtime', '--onnx',
+                          str(loud/'loud.onnx')],
                          env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert json.loads(p.stdout.readline())['event'] == 'start'
     p.stdout.close()  # the end line (1.5 s later) has nowhere to go
@@ -78,13 +83,32 @@ def test_stream_reader_gone(loud):
 def test_stream_torch_checkpoint(tmp_path, loud):
     "A .pth checkpoint streams through torch; --labels limits the classes."
     torch.manual_seed(0)
-    save_checkpoint(tmp_path/'sed.pth', build_model('Cnn6_DecisionLevelMax', classes_num=2), labels=['a', 'b'], model_type='Cnn6_DecisionLevelMax')
-    r = subprocess.run([sys.executable, '-c', 'from audioset_nb.runtime import tag_main; tag_main()', '--stream', loud/'tone.wav',
-                        '--checkpoint_path', tmp_path/'sed.pth', '--labels', 'b', '--on_threshold', '0', '--off_threshold', '0'],
+    save_checkpoint(tmp_path/'sed.pth', build_model('Cnn6_DecisionLevelMax', classes_num=2), labels=['a', 'b'],
+                    model_type='Cnn6_DecisionLevelMax')
+    code = 'from audioset_nb.stream import tag_cli; tag_cli()'
+    r = subprocess.run([sys.executable, '-c', code, '--stream', loud/'tone.wav',
+                        '--checkpoint_path', tmp_path/'sed.pth',
+                        '--labels', 'b', '--on_threshold', '0', '--off_threshold', '0'],
                        env=cli_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     events = [json.loads(l) for l in r.stdout.splitlines()]  # threshold 0: on from the first frame to the end
     assert [(e['event'], e['label'], e['time']) for e in events] == [('start', 'b', 0.0), ('end', 'b', 6.0)]
+
+def test_stream_reports_non_finite_audio(loud, tmp_path):
+    "Before: a stream holding NaN gave no events and no warning. Now one line names it; the other windows are scored."
+    sr = 16000
+    t = np.arange(6*sr)/sr
+    x = (1e-3*np.random.default_rng(0).standard_normal(len(t)) + 0.5*np.sin(2*np.pi*440*t)*((t >= 2.2) & (t < 3.7)))
+    x = x.astype(np.float32)
+    x[int(2.8*sr):int(2.8*sr) + 50] = np.nan
+    sf.write(tmp_path/'holes.wav', x, sr, subtype='FLOAT')
+    r = _tag('--stream', tmp_path/'holes.wav', '--onnx', loud/'loud.onnx', '--window_seconds', 2, '--hop_seconds', 0.5)
+    assert r.returncode == 0, r.stderr
+    one_sentence(r.stderr.decode(), f'{tmp_path/"holes.wav"} at 2.50-3.00 s holds 50 NaN or infinite samples')
+    assert b'nan' not in r.stdout.lower()
+    events = _events(r.stdout)
+    assert [(e['event'], e['label']) for e in events] == [('start', 'Tone'), ('end', 'Tone')], events
+    assert abs(events[0]['time'] - 2.2) < 0.05 and events[1]['time'] >= 3.7
 
 @pytest.mark.parametrize('args,words', [
     (['--stream', 'concat:a.wav|b.wav'], ["protocol 'concat' is not allowed"]),
@@ -105,8 +129,9 @@ def test_stream_benchmark_runs(tmp_path):
     "benchmarks/stream.py at a tiny size, so that it cannot rot; no timing is asserted, only that events were timed."
     from conftest import ROOT
     out = tmp_path/'st.json'
-    r = subprocess.run([sys.executable, 'benchmarks/stream.py', '--models', 'Cnn6_DecisionLevelMax', '--seconds', '3', '--tones', '1', '2',
-                        '--startup', '3', '--out', out], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    args = ['--models', 'Cnn6_DecisionLevelMax', '--seconds', '3', '--tones', '1', '2', '--startup', '3', '--out', out]
+    r = subprocess.run([sys.executable, 'benchmarks/stream.py', *args], cwd=ROOT, env=cli_env(), capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     (row,) = json.loads(out.read_text())['results']
     assert max(map(abs, row['event_time_error_s'])) <= 0.02  # onset and offset placed on the right frame
