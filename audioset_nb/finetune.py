@@ -4,8 +4,7 @@
 
 # %% ../nbs/70_finetune.ipynb #3b02ece2
 from __future__ import annotations
-import csv, dataclasses, json, logging, math, os
-from contextlib import contextmanager, nullcontext
+import csv, dataclasses, json, logging, os, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
@@ -14,22 +13,21 @@ from sklearn import metrics
 import h5py
 import torch.distributed as dist
 from .audio import AudioError, load_audio, pad_or_truncate, to_float32, to_int16
-from .data import BalancedSampler, RandomSampler, default_workers
+from .data import SAMPLERS
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint
 from .models import MODELS, LogmelFrontend, build_model
 from .config import FrontEnd, config_cli, flat_config
 from .inference import HEADS, SingleLabel
-from .train import (Dist, autocast, clip_bce, fit, run_folder, score, seed_everything, setup_dist, setup_run,
-                    statistics_logger)
+from .train import (Dist, Hook, RecipeConfig, autocast, clip_bce, fit, per_rank, process_group,
+                               recipe_hooks, run_folder, score, seed_everything, setup_run, statistics_logger)
 
 # %% auto #0
-__all__ = ['AUDIO_EXTS', 'NEW_SOUNDS', 'finetune_cli', 'Clips', 'read_folder', 'read_csv', 'read_dataset', 'make_sound_folder',
-           'Decoded', 'decode_clips', 'load_finite', 'crop_at', 'random_crop', 'clip_windows', 'ClipDataset', 'is_head',
-           'Transfer', 'load_body', 'scale_specaug', 'random_gain_eq', 'augmented', 'softmax_ce', 'ClassScores',
-           'class_scores', 'plot_confusion', 'predict_clips', 'evaluate_clips', 'lr_factor', 'schedule_lr', 'EMA',
-           'selection_key', 'Keeper', 'EarlyStop', 'stop_early', 'logmel_stats', 'baseline_scores', 'Data',
-           'FinetuneConfig', 'front_end', 'unfreeze_at', 'holdout', 'splits', 'checkpoint_extras', 'finetune_split',
-           'finetune_dir', 'load_data', 'finetune', 'load_finetuned', 'write_mini_csv']
+__all__ = ['AUDIO_EXTS', 'Clips', 'read_folder', 'read_csv', 'read_dataset', 'Decoded', 'decode_clips', 'load_finite', 'crop_at',
+           'random_crop', 'clip_windows', 'ClipDataset', 'is_head', 'Transfer', 'load_body', 'scale_specaug',
+           'random_gain_eq', 'augmented', 'softmax_ce', 'ClassScores', 'class_scores', 'plot_confusion',
+           'predict_clips', 'evaluate_clips', 'selection_key', 'logmel_stats', 'baseline_scores', 'Data',
+           'FinetuneConfig', 'front_end', 'Unfreeze', 'holdout', 'splits', 'checkpoint_extras', 'finetune_split',
+           'finetune_dir', 'load_data', 'finetune', 'load_finetuned', 'finetune_cli']
 
 # %% ../nbs/70_finetune.ipynb #68f446f0
 AUDIO_EXTS = {'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.webm', '.mp4', '.aif', '.aiff', '.au', '.wma', '.mkv'}
@@ -111,50 +109,6 @@ def read_dataset(data:str|Path, audios_dir:str|Path=None)->Clips:
     if data.is_dir(): return read_folder(data)
     if data.suffix.lower() in ('.csv', '.tsv', '.txt') or data.is_file(): return read_csv(data, audios_dir)
     raise FileNotFoundError(f'{data} does not exist; pass a folder with one sub-folder per class, or a CSV of path,label rows.')
-
-# %% ../nbs/70_finetune.ipynb #a37dffaf
-def _drone(rng, n, sr):
-    "A low harmonic drone with a slow tremolo."
-    t = np.arange(n)/sr
-    f = rng.uniform(80, 160)
-    return sum(np.sin(2*np.pi*k*f*t)/k for k in range(1, 6))*(1 + 0.5*np.sin(2*np.pi*rng.uniform(2, 5)*t))
-
-def _knock(rng, n, sr):
-    "Irregular knocks: short low resonances at random times."
-    x = np.zeros(n)
-    t = np.arange(int(0.08*sr))/sr
-    for s in rng.integers(0, max(1, n - len(t)), rng.integers(3, 8)):
-        x[s:s+len(t)] += np.sin(2*np.pi*rng.uniform(150, 400)*t)*np.exp(-t*rng.uniform(40, 80))
-    return x
-
-def _trill(rng, n, sr):
-    "A bird-like trill: a high tone whose pitch jumps between two notes 8–15 times a second."
-    t = np.arange(n)/sr
-    f = rng.uniform(2500, 5000)
-    f_t = f*np.where(np.sin(2*np.pi*rng.uniform(8, 15)*t) > 0, 1.0, rng.uniform(1.15, 1.3))
-    return np.sin(2*np.pi*np.cumsum(f_t)/sr)
-
-def _hiss(rng, n, sr):
-    "Noise high-passed by differencing, swelling and fading."
-    x = np.diff(rng.standard_normal(n + 1))
-    return x*np.sin(np.pi*np.arange(n)/n)**2
-
-NEW_SOUNDS = dict(drone=_drone, knock=_knock, trill=_trill, hiss=_hiss)
-
-def make_sound_folder(root:str|Path, # folder to write `root/<class>/<i>.<ext>` into
-                      per_class:int=10, seconds:tuple=(1.0, 3.0), # clips per class, length range
-                      seed:int=0, sounds:dict=None)->Path: # sounds: name -> (rng, n, sr) -> signal; default `NEW_SOUNDS`
-    "Write a folder dataset of generated sounds in mixed formats, rates, channel counts and lengths."
-    from audioset_nb.audio import write_wav
-    root, rng = Path(root), np.random.default_rng(seed)
-    for name, synth in (sounds or NEW_SOUNDS).items():
-        for i in range(per_class):
-            sr = int(rng.choice([16000, 22050, 32000, 44100]))
-            x = synth(rng, int(rng.uniform(*seconds)*sr), sr)
-            x = 0.5*x/max(np.abs(x).max(), 1e-9) + 0.003*rng.standard_normal(len(x))
-            if i % 3 == 1: x = np.stack([x, 0.8*x])
-            write_wav(root/name/f'{i:03d}.wav', x.astype(np.float32), sr)
-    return root
 
 # %% ../nbs/70_finetune.ipynb #f5e80175
 class Decoded:
@@ -461,92 +415,11 @@ def evaluate_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:i
     out = predict_clips(model, clips, sample_rate, clip_samples, **kw)
     return score(clips.targets, out) if multi_label else class_scores(clips.targets, out, clips.labels)
 
-# %% ../nbs/70_finetune.ipynb #47846ba8
-def lr_factor(steps:int, # optimizer steps done
-              total:int, warmup:int, # steps in the run, and in its warm-up
-              schedule:str='cosine')->float: # cosine | constant (after the warm-up)
-    "The learning rate's multiplier: a linear warm-up, then a half cosine to zero at `total` (or constant)."
-    if steps < warmup: return (steps + 1)/(warmup + 1)
-    if schedule == 'constant': return 1.0
-    return 0.5*(1 + math.cos(math.pi*min(1.0, (steps - warmup)/max(1, total - warmup))))
-
-def schedule_lr(opt:torch.optim.Optimizer, base_lr:float, factor:callable, # steps done -> multiplier of `base_lr`
-                start:int=0)->torch.optim.lr_scheduler.LambdaLR: # steps already done (resume)
-    "Set `opt`'s learning rate to `base_lr × factor(steps done)` before every step, by a step hook."
-    for g in opt.param_groups: g['initial_lr'] = base_lr
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor, last_epoch=start - 1)
-    opt.register_step_post_hook(lambda *_: sched.step())
-    return sched
-
-# %% ../nbs/70_finetune.ipynb #2e29df43
-class EMA:
-    "An exponential moving average of a model's floating-point weights and buffers, updated after every optimizer step."
-    def __init__(self, model:nn.Module, decay:float=0.99):
-        self.model, self.decay, self.steps = model, decay, 0
-        self.avg = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    def hook(self, opt:torch.optim.Optimizer)->EMA:
-        "Update after each of `opt`'s steps."
-        opt.register_step_post_hook(lambda *_: self.update())
-        return self
-    @torch.no_grad()
-    def update(self):
-        # early on the average would still be mostly the starting weights: the decay grows to `decay` over the first steps
-        self.steps += 1
-        d = min(self.decay, (1 + self.steps)/(10 + self.steps))
-        for k, v in self.model.state_dict().items():
-            if v.dtype.is_floating_point: self.avg[k].lerp_(v.detach(), 1 - d)
-            else: self.avg[k].copy_(v)
-    def state_dict(self)->dict: return self.avg
-    def save_state(self)->dict:
-        "What a resumed run needs to continue the average exactly: the average and the steps taken."
-        return dict(avg=self.avg, steps=self.steps)
-    def load_state(self, state:dict):
-        self.avg = {k: v.to(self.avg[k].device) for k, v in state['avg'].items()}
-        self.steps = int(state['steps'])
-    @contextmanager
-    def applied(self):
-        "The averaged weights in the model for the block, its own weights back after it."
-        own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self.avg)
-        try: yield self.model
-        finally: self.model.load_state_dict(own)
-
 # %% ../nbs/70_finetune.ipynb #9cdadc16
 def selection_key(s)->tuple:
     "How good a validation result is, for keeping the best: (accuracy, -loss) single-label, (mAP,) multi-label."
     if isinstance(s, ClassScores): return (s.accuracy, -s.loss if np.isfinite(s.loss) else -np.inf)
     return (s.mAP if np.isfinite(s.mAP) else -np.inf,)
-
-class Keeper:
-    "Keeps the best validation result's weights by calling `save(iteration)`, and counts evaluations since it."
-    def __init__(self, save:callable, patience:int=0, best:tuple=None):
-        self.save, self.patience, self.best, self.best_iteration, self.since = save, patience, best, None, 0
-    def __call__(self, iteration:int, scores)->bool:
-        "Record `scores` of `iteration`; whether it is the best so far."
-        k = selection_key(scores)
-        if self.best is None or k > tuple(self.best):
-            self.best, self.best_iteration, self.since = k, iteration, 0
-            self.save(iteration)
-            return True
-        self.since += 1
-        return False
-    @property
-    def stop(self)->bool: return bool(self.patience) and self.since >= self.patience
-
-class EarlyStop(Exception):
-    "Raised from the batch stream to end `fit` when the validation score stopped improving."
-
-def stop_early(batches, # the batch stream `fit` draws from
-               keeper:Keeper, every:int, # evaluations happen every `every` iterations
-               start:int=0, dst:Dist=None): # iteration the run starts from; every rank follows rank 0's decision
-    "Pass `batches` through; raise `EarlyStop` before the batch after an evaluation that made `keeper` stop."
-    dst = dst or Dist()
-    for it, b in enumerate(batches, start):  # `it` iterations are done when this batch is drawn
-        if it > start and it % every == 0:
-            flag = torch.tensor(float(keeper.stop))
-            if dst.world > 1: dist.broadcast(flag, 0)
-            if flag: raise EarlyStop(it)
-        yield b
 
 # %% ../nbs/70_finetune.ipynb #7801797a
 @torch.no_grad()
@@ -588,55 +461,42 @@ class Data:
                     None if self.feats is None else self.feats[rows])
 
 # %% ../nbs/70_finetune.ipynb #d2fc9b54
-@dataclass
-class FinetuneConfig:
+@dataclass(kw_only=True)
+class FinetuneConfig(RecipeConfig):
     "Fine-tune a PANNs model on your labelled sounds (a class folder or a CSV), with its body pretrained."
-    data: str                       # class folder (one sub-folder per class), or CSV of path,label[;label...] rows (optionally a fold column)
+    data: str = field(kw_only=False) # class folder (a sub-folder per class), or CSV of path,label[;label...][,fold] rows
     audios_dir: str|None = None     # where a CSV's relative paths start (default: its folder)
-    workspace: str = 'workspace'    # checkpoints and statistics go to <workspace>/finetune/<data name>/<model_type>/<split>
+    workspace: str = 'workspace'    # outputs go to <workspace>/finetune/<data name>/<model_type>/<split>
     front: FrontEnd = field(default_factory=FrontEnd.unset)  # open settings: the pretrained checkpoint's, else the model's
-    model_type: str = 'Cnn14'       # a model of `audioset_nb.models.MODELS`
-    pretrained_checkpoint_path: str|None = None  # PANNs or audioset_nb checkpoint whose body to start from (default: from scratch)
+    augmentation: str = 'none'      # none | mixup
+    schedule: str = 'cosine'        # constant | cosine: the learning rate after the warm-up
+    keep: str = 'best'              # best | last: final.pth holds the best validation score's weights, or the last
+    pretrained_checkpoint_path: str|None = None  # PANNs or audioset_nb checkpoint whose body to start from
     freeze_base: bool = False       # train the new classifier only
     unfreeze_after: int = 0         # with --freeze_base: train the whole model after this many iterations (0: never)
     task: str = 'auto'              # single | multi | auto (multi if any clip has other than one label)
     clip_seconds: float = 5.0       # training crop and evaluation window, seconds
     epochs: int = 10                # passes over the training clips
-    batch_size: int = 32            # clips per step
-    learning_rate: float = 1e-3     # Adam (AMSGrad)
+    warmup_epochs: float = 1.0      # the learning rate rises linearly over these epochs
     folds: str = ''                 # '' holdout; 'all' k-fold over the CSV's fold column; '1,2' those folds
     valid_fraction: float = 0.2     # held out per class when there are no folds
-    balanced: bool = True           # class-balanced sampling
-    mixup: bool = False             # mixup augmentation
     gain_db: float = 0.0            # training crops at a random level, up to ± this many dB (0: off)
-    eq_db: float = 0.0              # training crops through a random smooth EQ, up to ± this many dB an octave apart (0: off)
-    cuda: bool = False              # train on the GPU
-    num_workers: int|None = None    # DataLoader workers (default: one per core but one, at most 8)
-    seed: int = 1234                # seeds the split, sampling, mixup and the new classifier
-    amp: bool = True                # bf16 autocast on the GPU
-    progress: bool = True           # show a progress bar
-    decode_once: bool = True        # decode every file once before training (else at every draw, after checking that each decodes)
+    eq_db: float = 0.0              # training crops through a random smooth EQ, up to ± this many dB (0: off)
+    decode_once: bool = True        # decode every file once before training (else at every draw)
     max_memory_mb: float = 2048     # decoded audio kept in memory up to this; beyond it, in <run folder>/decoded.h5
-    warmup_epochs: float = 1.0      # the learning rate rises linearly over these epochs
-    schedule: str = 'cosine'        # cosine | constant: the learning rate after the warm-up
-    ema: float = 0.0                # decay of the weights' moving average used for evaluation and checkpoints (0: none)
-    keep: str = 'best'              # best | last: final.pth holds the weights of the best validation score, or the last
-    patience: int = 0               # stop after this many evaluations (epochs) without a better validation score (0: never)
     class_weights: bool = False     # weight the single-label loss by inverse class frequency
     baseline: bool = True           # also fit log-mel statistics + logistic regression on the same split
     test_data: str|None = None      # class folder or CSV scored once with the final weights (never used for choosing)
 
     def __post_init__(self):
-        if self.model_type not in MODELS: raise ValueError(f"Unknown --model_type {self.model_type!r}; choose one of: {', '.join(MODELS)}.")
+        if isinstance(self.balanced, bool): self.balanced = 'balanced' if self.balanced else 'none'  # the earlier type
+        super().__post_init__()
         if self.task not in ('auto', 'single', 'multi'): raise ValueError(f'--task {self.task!r} is not one of auto, single, multi.')
-        if min(self.epochs, self.batch_size) < 1 or self.clip_seconds <= 0 or self.learning_rate <= 0:
-            raise ValueError('--epochs, --batch_size, --clip_seconds and --learning_rate must be positive.')
-        if self.unfreeze_after and not self.freeze_base: raise ValueError('--unfreeze_after needs --freeze_base (the body is trained from the start otherwise).')
-        if self.schedule not in ('cosine', 'constant'): raise ValueError(f'--schedule {self.schedule!r} is not one of cosine, constant.')
-        if self.keep not in ('best', 'last'): raise ValueError(f'--keep {self.keep!r} is not one of best, last.')
-        if not 0 <= self.ema < 1: raise ValueError(f'--ema {self.ema} must be at least 0 and below 1 (0.99: a moving average over ~100 steps).')
-        if min(self.warmup_epochs, self.patience, self.max_memory_mb, self.num_workers or 0, self.gain_db, self.eq_db) < 0:
-            raise ValueError('--warmup_epochs, --patience, --max_memory_mb, --num_workers, --gain_db and --eq_db must be 0 or more.')
+        if self.epochs < 1 or self.clip_seconds <= 0: raise ValueError('--epochs and --clip_seconds must be positive.')
+        if self.unfreeze_after and not self.freeze_base:
+            raise ValueError('--unfreeze_after needs --freeze_base (the body is trained from the start otherwise).')
+        if min(self.warmup_epochs, self.max_memory_mb, self.gain_db, self.eq_db) < 0:
+            raise ValueError('--warmup_epochs, --max_memory_mb, --gain_db and --eq_db must be 0 or more.')
 
 # %% ../nbs/70_finetune.ipynb #6a0d81ec
 def front_end(cfg:FinetuneConfig, pretrained:dict=None)->FrontEnd:
@@ -644,13 +504,11 @@ def front_end(cfg:FinetuneConfig, pretrained:dict=None)->FrontEnd:
     return cfg.front.fill(FrontEnd.of((pretrained or {}).get('config')), MODELS[cfg.model_type].front)
 
 # %% ../nbs/70_finetune.ipynb #87b9c016
-def unfreeze_at(batches, # the batch stream `fit` draws from
-                model:Transfer, iteration:int, # unfreeze before this iteration's batch... is drawn after it
-                start:int=0): # iteration the run starts from (resume)
-    "Pass `batches` through, unfreezing `model`'s body once `iteration` iterations are done."
-    for it, b in enumerate(batches, start + 1):
-        if model.frozen and it > iteration: model.freeze(False)
-        yield b
+class Unfreeze(Hook):
+    "A hook unfreezing a frozen `Transfer`'s body once `after` iterations are done: the whole model trains from there."
+    def __init__(self, model:Transfer, after:int): self.model, self.after = model, after
+    def before_step(self, it:int):
+        if self.model.frozen and it >= self.after: self.model.freeze(False)
 
 # %% ../nbs/70_finetune.ipynb #9eeb0930
 def holdout(clips:Clips, fraction:float=0.2, seed:int=0)->tuple:
@@ -698,8 +556,11 @@ def _weights(targets:np.ndarray)->torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 # %% ../nbs/70_finetune.ipynb #57dff667
-def _prior_best(best:Path, resuming:bool):
-    return load_checkpoint(best).get('selection') if resuming and best.is_file() else None
+def _sampler(cfg:FinetuneConfig, clips:Clips, dst:Dist):
+    "The sampler of `--balanced` over `clips`; each rank draws its own share of every batch."
+    per = per_rank(cfg.batch_size, dst)*(2 if cfg.augmentation == 'mixup' else 1)
+    data = len(clips) if cfg.balanced == 'none' else clips.targets
+    return SAMPLERS[cfg.balanced](data, per, seed=cfg.seed, rank=dst.rank, world_size=dst.world)
 
 def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_dir:Path, multi_label:bool,
                    dst:Dist=None, test:Data=None): # test: scored once with the final weights
@@ -708,63 +569,52 @@ def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_di
     seed_everything(cfg.seed)
     ck = load_checkpoint(cfg.pretrained_checkpoint_path) if cfg.pretrained_checkpoint_path else None
     front = front_end(cfg, ck)
-    per_rank, rest = divmod(cfg.batch_size, dst.world)
-    if rest or not per_rank: raise ValueError(f'--batch_size {cfg.batch_size} does not split evenly over {dst.world} processes.')
-    n_clip, per = front.samples(cfg.clip_seconds), per_rank*(2 if cfg.mixup else 1)
+    n_clip = front.samples(cfg.clip_seconds)
     model = scale_specaug(Transfer(cfg.model_type, len(data.clips.labels), multi_label, cfg.freeze_base, front), n_clip)
     if ck is not None: load_body(model, ck, cfg.pretrained_checkpoint_path)
     tr, va = data.subset(train_rows), data.subset(valid_rows)
-    where = dict(seed=cfg.seed, rank=dst.rank, world_size=dst.world)  # each rank draws its own share of every batch
-    sampler = BalancedSampler(tr.clips.targets, per, **where) if cfg.balanced else RandomSampler(len(tr), per, **where)
     latest, best = out_dir/'latest.pth', out_dir/'best.pth'
-    prior = load_checkpoint(latest) if latest.is_file() else None
-    run = setup_run(model, ClipDataset(tr.clips, front.sample_rate, n_clip, tr.audio), sampler, dst, cfg.learning_rate,
-                    params=model.head_params + model.body_params, saved=model.base, resume=latest if prior else None,
-                    mixup=cfg.mixup, seed=cfg.seed, num_workers=cfg.num_workers, amp=cfg.amp)
+    run = setup_run(model, ClipDataset(tr.clips, front.sample_rate, n_clip, tr.audio), _sampler(cfg, tr.clips, dst), dst,
+                    cfg.learning_rate, params=model.head_params + model.body_params, saved=model.base,
+                    resume=latest if latest.is_file() else None, mixup=cfg.augmentation == 'mixup', seed=cfg.seed,
+                    num_workers=cfg.num_workers, amp=cfg.amp)
     extras, epoch = checkpoint_extras(cfg, data.clips.labels, front, multi_label), -(-len(tr)//cfg.batch_size)
-    total = run.start if prior and prior.get('stopped') else cfg.epochs*epoch  # an early-stopped run stays stopped
-    sched = schedule_lr(run.opt, cfg.learning_rate, lambda s: lr_factor(s, cfg.epochs*epoch, round(cfg.warmup_epochs*epoch), cfg.schedule), run.start)
-    ema = EMA(model.base, cfg.ema).hook(run.opt) if cfg.ema else None
-    if ema and prior and prior.get('ema'): ema.load_state(prior['ema'])  # the average continues where it stopped
-    save = lambda it, **kw: run.save(it, latest, **extras, **kw, **({'ema': ema.save_state()} if ema else {}))
-    weights = ema.applied if ema else nullcontext
-    keeper = Keeper(lambda it: save_checkpoint(best, model.base, iteration=it, selection=list(keeper.best), **extras),
-                    cfg.patience, _prior_best(best, run.start > 0))
-    valid = lambda: evaluate_clips(model, va.clips, front.sample_rate, n_clip, multi_label, batch_size=cfg.batch_size,
-                                   device=dst.device, amp=cfg.amp, audio=va.audio)
-    def evaluate(m):
-        with weights():  # the averaged weights, if any, are evaluated and kept
-            s = valid()
-            keeper(sched.last_epoch, s)
-        return {'valid': s}
-    batches = unfreeze_at(run.loader, model, cfg.unfreeze_after, run.start) if cfg.unfreeze_after else run.loader
+    hooks = recipe_hooks(cfg, run, cfg.epochs*epoch, round(cfg.warmup_epochs*epoch), lambda s: selection_key(s['valid']),
+                         lambda it: save_checkpoint(best, model.base, iteration=it, **extras),
+                         unfreeze=Unfreeze(model, cfg.unfreeze_after) if cfg.unfreeze_after else None)
+    scored = lambda d: evaluate_clips(model, d.clips, front.sample_rate, n_clip, multi_label, batch_size=cfg.batch_size,
+                                      device=dst.device, amp=cfg.amp, audio=d.audio)
+    batches = run.loader
     if cfg.gain_db or cfg.eq_db: batches = augmented(batches, cfg.gain_db, cfg.eq_db, cfg.seed, run.start, dst.rank)
-    if cfg.patience: batches = stop_early(batches, keeper, epoch, run.start, dst)
     w = _weights(tr.clips.targets) if cfg.class_weights and not multi_label else None
     loss = clip_bce if multi_label else (lambda out, y: softmax_ce(out, y, w))
     log = statistics_logger(out_dir/'statistics.jsonl', run.start) if dst.main else (lambda rec: None)
-    try:
-        fit(run.model, run.opt, batches, loss, evaluate, lambda it, keep: save(it), log,
-            iterations=total, start=run.start, eval_every=epoch, save_every=epoch, log_every=epoch, mixup=run.mixup,
-            dst=dst, amp=cfg.amp, progress=cfg.progress)
-    except EarlyStop as e:
-        save(e.args[0], stopped=True)
-        total = e.args[0]
+    fit(run.model, run.opt, batches, loss, lambda m: {'valid': scored(va)}, lambda it, keep: run.save(it, latest, **extras),
+        log, iterations=cfg.epochs*epoch, start=run.start, eval_every=epoch, save_every=epoch, log_every=epoch,
+        mixup=run.mixup, dst=dst, amp=cfg.amp, progress=cfg.progress, hooks=hooks)
     if dst.world > 1:  # batch-norm statistics last updated by each rank's own batch: take rank 0's, as saved
         for b in model.base.buffers(): dist.broadcast(b, 0)
     if not dst.main: return None
+    return _final(cfg, model, hooks, out_dir, hooks.stopped or cfg.epochs*epoch, extras, scored, data, tr, va, test, log)
+
+# %% ../nbs/70_finetune.ipynb #1d9689d9
+def _final(cfg:FinetuneConfig, model:Transfer, hooks:Hook, out_dir:Path, iteration:int, extras:dict,
+           scored:callable, # Data -> scores of the model on it, through `evaluate_clips`
+           data:Data, tr:Data, va:Data, test:Data|None, log:callable)->dict:
+    "The kept weights into `final.pth`, and their scores on validation (and test) beside the baseline's."
+    best = out_dir/'best.pth'
     if cfg.keep == 'best' and best.is_file(): load_weights(model.base, load_checkpoint(best))
-    elif ema: model.base.load_state_dict(ema.state_dict())
-    save_checkpoint(out_dir/'final.pth', model.base, iteration=total, **extras)
-    res = dict(split=out_dir.name, scores=valid(), checkpoint=out_dir/'final.pth', model=model, iteration=total,
-               best_iteration=keeper.best_iteration)
-    if test is not None:
-        res['test'] = evaluate_clips(model, test.clips, front.sample_rate, n_clip, multi_label, batch_size=cfg.batch_size,
-                                     device=dst.device, amp=cfg.amp, audio=test.audio)
+    elif hooks.get('ema'): hooks.get('ema').apply()
+    save_checkpoint(out_dir/'final.pth', model.base, iteration=iteration, **extras)
+    keeper = hooks.get('best')
+    res = dict(split=out_dir.name, scores=scored(va), checkpoint=out_dir/'final.pth', model=model, iteration=iteration,
+               best_iteration=keeper.best_iteration if keeper else None)
+    if test is not None: res['test'] = scored(test)
     if data.feats is not None:
-        res['baseline'] = baseline_scores(tr.feats, tr.clips.targets, va.feats, va.clips, multi_label)
-        if test is not None: res['baseline_test'] = baseline_scores(tr.feats, tr.clips.targets, test.feats, test.clips, multi_label)
-    log({'iteration': total, 'final': True, **_scores(res, 'valid_')})
+        res['baseline'] = baseline_scores(tr.feats, tr.clips.targets, va.feats, va.clips, res['model'].multi_label)
+        if test is not None:
+            res['baseline_test'] = baseline_scores(tr.feats, tr.clips.targets, test.feats, test.clips, model.multi_label)
+    log({'iteration': iteration, 'final': True, **_scores(res, 'valid_')})
     return res
 
 # %% ../nbs/70_finetune.ipynb #be9d9f3b
@@ -806,8 +656,7 @@ def finetune(cfg:FinetuneConfig)->list:
     test = _align(_read_files(cfg.test_data), clips.labels, cfg.test_data) if cfg.test_data else None
     multi = clips.multi_label if cfg.task == 'auto' else cfg.task == 'multi'
     if not multi and clips.multi_label: raise ValueError(f'{cfg.data} has clips with several labels (or none); use --task multi.')
-    dst = setup_dist(cfg.cuda)
-    try:
+    with process_group(cfg.cuda) as dst:
         ck = load_checkpoint(cfg.pretrained_checkpoint_path) if cfg.pretrained_checkpoint_path else None
         front, d = front_end(cfg, ck), finetune_dir(cfg)
         with run_folder(d, dst.main):  # one writer: a second fine-tuning into the same folder is refused at once
@@ -815,8 +664,6 @@ def finetune(cfg:FinetuneConfig)->list:
             if test is not None: test = load_data(cfg, test, front, d/f'test_decoded_{front.sample_rate}.h5', dst)
             res = [finetune_split(cfg, data, tr, va, d/name, multi, dst, test) for name, tr, va in splits(data.clips, cfg)]
         return [r for r in res if r is not None]
-    finally:
-        if dst.world > 1 and dist.is_initialized(): dist.destroy_process_group()
 
 def load_finetuned(path:str|Path)->tuple:
     "(model in eval mode, label names) of a fine-tuned checkpoint."
@@ -828,28 +675,18 @@ def load_finetuned(path:str|Path)->tuple:
     load_weights(model.base, ck)
     return model.eval(), ck['labels']
 
-# %% ../nbs/70_finetune.ipynb #94cbc449
-def write_mini_csv(root:str|Path, # folder for the clips and `mini.csv`
-                   n:int=96, seconds:float=1.0, sr:int=16000, seed:int=0)->Path:
-    "Write `n` clips of one or two mini AudioSet classes (`synth_clip`) and their multi-label `mini.csv`; return its path."
-    from audioset_nb.audio import write_wav
-    from audioset_nb.mini import synth_clip, MINI_CLASSES
-    import io
-    root, rng, rows = Path(root), np.random.default_rng(seed), io.StringIO()
-    for i in range(n):
-        names = rng.choice(MINI_CLASSES, rng.integers(1, 3), replace=False).tolist()
-        x, _ = synth_clip([seed, i], [(c, 0.0, seconds, -12.0) for c in names], sr=sr, seconds=seconds)
-        write_wav(root/f'{i:03d}.wav', x, sr)
-        csv.writer(rows, lineterminator='\n').writerow([f'{i:03d}.wav', ';'.join(names)])  # quoted: class names hold commas
-    (root/'mini.csv').write_text(rows.getvalue())
-    return root/'mini.csv'
-
 # %% ../nbs/70_finetune.ipynb #9692f1a6
 def _finetune_and_print(cfg:FinetuneConfig):
     res = finetune(cfg)
     for r in res: print(json.dumps(_summary(r)))
     if len(res) > 1:
         rows = [_summary(r) for r in res]
-        print(json.dumps({'split': 'mean', **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ('split', 'checkpoint')}}))
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ('split', 'checkpoint')}
+        print(json.dumps({'split': 'mean', **mean}))
 
-finetune_cli = config_cli(FinetuneConfig, _finetune_and_print, 'audioset_finetune')
+_EARLIER_FLAGS = {'--no_balanced': '--balanced=none', '--mixup': '--augmentation=mixup'}
+_finetune_main = config_cli(FinetuneConfig, _finetune_and_print, 'audioset_finetune')
+
+def finetune_cli(argv:list=None):
+    "`audioset_finetune`; the earlier spellings `--no_balanced` and `--mixup` still work."
+    return _finetune_main([_EARLIER_FLAGS.get(a, a) for a in (sys.argv[1:] if argv is None else argv)])

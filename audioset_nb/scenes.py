@@ -4,14 +4,15 @@
 
 # %% ../nbs/92_scenes.ipynb #deacd57a
 from __future__ import annotations
-import subprocess
+import csv, io, subprocess
 from pathlib import Path
 import numpy as np, soxr
 from scipy.fft import next_fast_len
 from .audio import ffmpeg_exe, write_wav
 
 # %% auto #0
-__all__ = ['SCENE_SOUNDS', 'SCENE_FORMATS', 'TRAIN_CONDITIONS', 'TEST_CONDITIONS', 'scene_clip', 'make_scene_set']
+__all__ = ['SCENE_SOUNDS', 'SCENE_FORMATS', 'TRAIN_CONDITIONS', 'TEST_CONDITIONS', 'NEW_SOUNDS', 'scene_clip', 'make_scene_set',
+           'make_sound_folder', 'write_mini_csv']
 
 # %% ../nbs/92_scenes.ipynb #3a5f385c
 def _env(n:int, sr:int, attack:float, decay:float)->np.ndarray:
@@ -260,3 +261,60 @@ def make_scene_set(root:str|Path, # folder to write `root/<class>/<i>.<ext>` int
                 subprocess.run([ffmpeg_exe(), '-nostdin', '-v', 'error', '-y', '-i', str(wav), str(d/f'{i:03d}.{ext}')], check=True)
                 wav.unlink()
     return root
+
+# %% ../nbs/92_scenes.ipynb #987bbc39
+def _drone(rng, n, sr):
+    "A low harmonic drone with a slow tremolo."
+    t = np.arange(n)/sr
+    f = rng.uniform(80, 160)
+    return sum(np.sin(2*np.pi*k*f*t)/k for k in range(1, 6))*(1 + 0.5*np.sin(2*np.pi*rng.uniform(2, 5)*t))
+
+def _knock(rng, n, sr):
+    "Irregular knocks: short low resonances at random times."
+    x = np.zeros(n)
+    t = np.arange(int(0.08*sr))/sr
+    for s in rng.integers(0, max(1, n - len(t)), rng.integers(3, 8)):
+        x[s:s+len(t)] += np.sin(2*np.pi*rng.uniform(150, 400)*t)*np.exp(-t*rng.uniform(40, 80))
+    return x
+
+def _trill(rng, n, sr):
+    "A bird-like trill: a high tone whose pitch jumps between two notes 8–15 times a second."
+    t = np.arange(n)/sr
+    f = rng.uniform(2500, 5000)
+    f_t = f*np.where(np.sin(2*np.pi*rng.uniform(8, 15)*t) > 0, 1.0, rng.uniform(1.15, 1.3))
+    return np.sin(2*np.pi*np.cumsum(f_t)/sr)
+
+def _hiss(rng, n, sr):
+    "Noise high-passed by differencing, swelling and fading."
+    x = np.diff(rng.standard_normal(n + 1))
+    return x*np.sin(np.pi*np.arange(n)/n)**2
+
+NEW_SOUNDS = dict(drone=_drone, knock=_knock, trill=_trill, hiss=_hiss)
+
+def make_sound_folder(root:str|Path, # folder to write `root/<class>/<i>.<ext>` into
+                      per_class:int=10, seconds:tuple=(1.0, 3.0), # clips per class, length range
+                      seed:int=0, sounds:dict=None)->Path: # sounds: name -> (rng, n, sr) -> signal; default `NEW_SOUNDS`
+    "Write a folder dataset of generated sounds in mixed rates, channel counts and lengths."
+    root, rng = Path(root), np.random.default_rng(seed)
+    for name, synth in (sounds or NEW_SOUNDS).items():
+        for i in range(per_class):
+            sr = int(rng.choice([16000, 22050, 32000, 44100]))
+            x = synth(rng, int(rng.uniform(*seconds)*sr), sr)
+            x = 0.5*x/max(np.abs(x).max(), 1e-9) + 0.003*rng.standard_normal(len(x))
+            if i % 3 == 1: x = np.stack([x, 0.8*x])
+            write_wav(root/name/f'{i:03d}.wav', x.astype(np.float32), sr)
+    return root
+
+# %% ../nbs/92_scenes.ipynb #5ca1ebd1
+def write_mini_csv(root:str|Path, # folder for the clips and `mini.csv`
+                   n:int=96, seconds:float=1.0, sr:int=16000, seed:int=0)->Path:
+    "Write `n` clips of one or two mini AudioSet classes (`synth_clip`) and their multi-label `mini.csv`."
+    from audioset_nb.mini import synth_clip, MINI_CLASSES
+    root, rng, rows = Path(root), np.random.default_rng(seed), io.StringIO()
+    for i in range(n):
+        names = rng.choice(MINI_CLASSES, rng.integers(1, 3), replace=False).tolist()
+        x, _ = synth_clip([seed, i], [(c, 0.0, seconds, -12.0) for c in names], sr=sr, seconds=seconds)
+        write_wav(root/f'{i:03d}.wav', x, sr)
+        csv.writer(rows, lineterminator='\n').writerow([f'{i:03d}.wav', ';'.join(names)])  # class names hold commas
+    (root/'mini.csv').write_text(rows.getvalue())
+    return root/'mini.csv'

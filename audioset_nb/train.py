@@ -14,6 +14,7 @@ from scipy import stats
 from sklearn import metrics
 from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel
 from .fileio import OutputBusy, atomic_path, atomic_write, output_lock
 from .metadata import load_labels
 from .data import AudioSetDataset, EvalSampler, Mixup, make_loader, make_sampler, read_index
@@ -22,12 +23,13 @@ from .config import FrontEnd, config_cli, config_parser, flat_config, parse_conf
 from .models import MODELS, build_model, do_mixup
 
 # %% auto #0
-__all__ = ['LOSSES', 'train_cli', 'Scores', 'score', 'clip_bce', 'get_loss_func', 'TrainConfig', 'run_dir', 'checkpoints_dir',
-           'statistics_path', 'checkpoint_path', 'Dist', 'setup_dist', 'autocast', 'fp32_frontend', 'seed_everything',
-           'rng_state', 'set_rng_state', 'gather', 'load_state', 'check_finite', 'fit', 'predict', 'evaluate',
-           'json_line', 'writing', 'read_statistics', 'statistics_logger', 'plot_statistics', 'ap_table', 'plot_ap',
-           'top_confusions', 'make_optimizer', 'Run', 'setup_run', 'run_folder', 'setup_audioset', 'train',
-           'write_report']
+__all__ = ['LOSSES', 'train_cli', 'Scores', 'score', 'clip_bce', 'get_loss_func', 'RecipeConfig', 'TrainConfig', 'run_dir',
+           'checkpoints_dir', 'statistics_path', 'checkpoint_path', 'Dist', 'setup_dist', 'per_rank', 'process_group',
+           'autocast', 'fp32_frontend', 'seed_everything', 'rng_state', 'set_rng_state', 'gather', 'load_state', 'Hook',
+           'Hooks', 'lr_factor', 'Schedule', 'ema_avg', 'EMA', 'KeepBest', 'best_map', 'check_finite', 'fit', 'predict',
+           'evaluate', 'json_line', 'writing', 'read_statistics', 'statistics_logger', 'plot_statistics', 'ap_table',
+           'plot_ap', 'top_confusions', 'make_optimizer', 'Run', 'setup_run', 'recipe_hooks', 'run_folder',
+           'setup_audioset', 'train', 'write_report']
 
 # %% ../nbs/50_train.ipynb #f80ce663
 @dataclass
@@ -84,44 +86,64 @@ def get_loss_func(loss_type:str)->callable:
     return LOSSES[loss_type]
 
 # %% ../nbs/50_train.ipynb #a3cfc8be
-@dataclass
-class TrainConfig:
-    "Train a PANNs model on the packed AudioSet, as the reference's `main.py train`."
-    workspace: str = 'workspace'        # holds hdf5s/, checkpoints/ and statistics/
-    data_type: str = 'balanced_train'   # balanced_train | full_train
+@dataclass(kw_only=True)
+class RecipeConfig:
+    "What training and fine-tuning share: model, batches, optimizer and the optional parts of the recipe."
     front: FrontEnd = field(default_factory=FrontEnd)
     model_type: str = 'Cnn14'           # a model of `audioset_nb.models.MODELS`
-    loss_type: str = 'clip_bce'         # clip_bce
-    balanced: str = 'balanced'          # none | balanced | alternate
+    balanced: str = 'balanced'          # none | balanced | alternate: the sampler
     augmentation: str = 'mixup'         # none | mixup
     batch_size: int = 32                # clips per step, over all processes
     learning_rate: float = 1e-3         # Adam (AMSGrad), as the reference
+    schedule: str = 'constant'          # constant | cosine: the learning rate after the warm-up
+    ema: float = 0.0                    # decay of a moving average of the weights, evaluated and kept (0: none)
+    keep: str = 'last'                  # last | best: also keep best.pth, the best evaluation's weights
+    patience: int = 0                   # stop after this many evaluations without a better score (0: never)
+    cuda: bool = False                  # train on the GPU
+    num_workers: int|None = None        # DataLoader workers (default: one per core but one, at most 8)
+    seed: int = 1234                    # seeds sampling, mixup, SpecAugment and initial weights
+    amp: bool = True                    # bf16 autocast on the GPU (fp32 otherwise)
+    progress: bool = True               # show a progress bar
+
+    def __post_init__(self):
+        choices = dict(balanced=('none', 'balanced', 'alternate'), augmentation=('none', 'mixup'),
+                       schedule=('constant', 'cosine'), keep=('last', 'best'), model_type=tuple(MODELS))
+        for k, ok in choices.items():
+            if getattr(self, k) not in ok: raise ValueError(f'--{k} {getattr(self, k)!r} is not one of {", ".join(ok)}.')
+        if self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError('--batch_size and --learning_rate must be positive.')
+        if not 0 <= self.ema < 1:
+            raise ValueError(f'--ema {self.ema} must be at least 0 and below 1 (0.99: an average over ~100 steps).')
+        if min(self.patience, self.num_workers or 0) < 0: raise ValueError('--patience and --num_workers must be 0 or more.')
+
+@dataclass
+class TrainConfig(RecipeConfig):
+    "Train a PANNs model on the packed AudioSet, as the reference's `main.py train`."
+    workspace: str = 'workspace'        # holds hdf5s/, checkpoints/ and statistics/
+    data_type: str = 'balanced_train'   # balanced_train | full_train
+    loss_type: str = 'clip_bce'         # clip_bce
     resume_iteration: int = 0           # continue from `<N>_iterations.pth`
     early_stop: int = 1000000           # last iteration
-    cuda: bool = False                  # train on the GPU
+    warmup_iterations: int = 0          # the learning rate rises linearly over these iterations
     resume_latest: bool = False         # continue from latest.pth if there is one
     eval_every: int = 2000              # iterations between evaluations
     save_every: int = 100000            # iterations between kept checkpoints
     log_every: int = 100                # iterations between loss records (a host sync on GPU)
-    num_workers: int|None = None        # DataLoader workers (default: one per core but one, at most 8)
-    seed: int = 1234                    # seeds sampling, mixup, SpecAugment and initial weights
     deterministic: bool = False         # reproducible kernels (exact resume)
     compile: bool = False               # torch.compile the model
-    amp: bool = True                    # bf16 autocast on the GPU (fp32 otherwise)
     channels_last: bool = True          # channels-last memory on the GPU
     sync_bn: bool = False               # SyncBatchNorm under torchrun
     max_eval_clips: int = 0             # evaluate on the first N clips of each set (0: all)
     eval_batch_size: int = 0            # 0: --batch_size
-    record_names: str = ''              # append each rank's audio names to `<this>.<rank>`, its final weights to `<this>.<rank>.pt` (checks DDP)
-    progress: bool = True               # show a progress bar
+    record_names: str = ''              # append each rank's audio names to `<this>.<rank>` (checks DDP)
 
     def __post_init__(self):
-        for k, ok in dict(data_type=('balanced_train', 'full_train'), balanced=('none', 'balanced', 'alternate'),
-                          augmentation=('none', 'mixup'), loss_type=tuple(LOSSES)).items():
+        super().__post_init__()
+        for k, ok in dict(data_type=('balanced_train', 'full_train'), loss_type=tuple(LOSSES)).items():
             if getattr(self, k) not in ok: raise ValueError(f'--{k} {getattr(self, k)!r} is not one of {", ".join(ok)}.')
-        if min(self.batch_size, self.eval_every, self.save_every, self.log_every) < 1 or self.learning_rate <= 0:
-            raise ValueError('--batch_size, --eval_every, --save_every, --log_every and --learning_rate must be positive.')
-        if self.model_type not in MODELS: raise ValueError(f"Unknown --model_type {self.model_type!r}; choose one of: {', '.join(MODELS)}.")
+        if min(self.eval_every, self.save_every, self.log_every) < 1:
+            raise ValueError('--eval_every, --save_every and --log_every must be positive.')
+        if self.warmup_iterations < 0: raise ValueError('--warmup_iterations must be 0 or more.')
 
 # %% ../nbs/50_train.ipynb #25bcd287
 def run_dir(cfg:TrainConfig)->Path:
@@ -133,8 +155,8 @@ def run_dir(cfg:TrainConfig)->Path:
 def checkpoints_dir(cfg:TrainConfig)->Path: return Path(cfg.workspace)/'checkpoints'/'main'/run_dir(cfg)
 def statistics_path(cfg:TrainConfig)->Path: return Path(cfg.workspace)/'statistics'/'main'/run_dir(cfg)/'statistics.jsonl'
 def checkpoint_path(cfg:TrainConfig, iteration:int|str)->Path:
-    "`<iteration>_iterations.pth` as in the reference, or `latest.pth`."
-    return checkpoints_dir(cfg)/('latest.pth' if iteration == 'latest' else f'{iteration}_iterations.pth')
+    "`<iteration>_iterations.pth` as in the reference, or `latest.pth` (`best.pth` with `--keep best`)."
+    return checkpoints_dir(cfg)/(f'{iteration}.pth' if iteration in ('latest', 'best') else f'{iteration}_iterations.pth')
 
 # %% ../nbs/50_train.ipynb #490b2078
 @dataclass
@@ -156,6 +178,21 @@ def setup_dist(cuda:bool=False)->Dist:
     if cuda: torch.cuda.set_device(local)
     if world > 1 and not dist.is_initialized(): dist.init_process_group('nccl' if cuda else 'gloo')
     return Dist(rank, world, torch.device('cuda', local) if cuda else torch.device('cpu'))
+
+# %% ../nbs/50_train.ipynb #74a6004a
+def per_rank(batch_size:int, dst:Dist)->int:
+    "This rank's share of a `batch_size`-clip step; a size that does not split evenly is refused."
+    n, rest = divmod(batch_size, dst.world)
+    if rest or not n: raise ValueError(f'--batch_size {batch_size} does not split evenly over {dst.world} processes.')
+    return n
+
+@contextlib.contextmanager
+def process_group(cuda:bool=False):
+    "`setup_dist` for the block; the `torchrun` process group, if one was joined, is left at its end."
+    dst = setup_dist(cuda)
+    try: yield dst
+    finally:
+        if dst.world > 1 and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/50_train.ipynb #b62adf13
 def autocast(device:torch.device, amp:bool=True):
@@ -224,6 +261,106 @@ def load_state(path:Path, model:nn.Module, opt:torch.optim.Optimizer=None, sampl
         set_rng_state(r['rng'])
     return int(ck.get('iteration', 0))
 
+# %% ../nbs/50_train.ipynb #d09b6e52
+class Hook:
+    "An optional part of a training recipe; `fit` calls each method at the point of its loop that the name says."
+    stopped: int = 0  # the iteration at which the hook ended the run (0: it did not)
+    def before_step(self, it:int): "Called with `it` iterations done, before the next batch is drawn."
+    def after_step(self, it:int): "Called after the optimizer's step that completed iteration `it`."
+    def weights(self): return nullcontext()  # the weights evaluated (and kept) inside the block
+    def after_eval(self, it:int, scores:dict)->bool: return False  # called on rank 0 only; True stops the run
+    def state_dict(self)->dict: return {}
+    def load_state_dict(self, state:dict): pass
+
+class Hooks(Hook):
+    "Several hooks, called in order; checkpoints hold their states under their names."
+    def __init__(self, **hooks): self.hooks = {k: h for k, h in hooks.items() if h is not None}
+    def __repr__(self): return f'Hooks({", ".join(self.hooks)})'
+    def get(self, name:str)->Hook|None: return self.hooks.get(name)
+    @property
+    def stopped(self)->int: return max([h.stopped for h in self.hooks.values()], default=0)
+    def before_step(self, it:int):
+        for h in self.hooks.values(): h.before_step(it)
+    def after_step(self, it:int):
+        for h in self.hooks.values(): h.after_step(it)
+    @contextlib.contextmanager
+    def weights(self):
+        with contextlib.ExitStack() as stack:
+            for h in self.hooks.values(): stack.enter_context(h.weights())
+            yield
+    def after_eval(self, it:int, scores:dict)->bool:
+        return any([h.after_eval(it, scores) for h in self.hooks.values()])  # a list: every hook sees the scores
+    def state_dict(self)->dict: return {k: h.state_dict() for k, h in self.hooks.items()}
+    def load_state_dict(self, state:dict):
+        for k, h in self.hooks.items():
+            if k in state: h.load_state_dict(state[k])
+
+# %% ../nbs/50_train.ipynb #fd5e3211
+def lr_factor(steps:int, # optimizer steps done
+              total:int, warmup:int, # steps in the run, and in its warm-up
+              schedule:str='cosine')->float: # cosine | constant (after the warm-up)
+    "The learning rate's multiplier: a linear warm-up, then a half cosine to zero at `total` (or constant)."
+    if steps < warmup: return (steps + 1)/(warmup + 1)
+    if schedule == 'constant': return 1.0
+    return 0.5*(1 + math.cos(math.pi*min(1.0, (steps - warmup)/max(1, total - warmup))))
+
+class Schedule(Hook):
+    "The learning rate `base_lr × lr_factor(steps done)`, set after every step by torch's `LambdaLR`."
+    def __init__(self, opt:torch.optim.Optimizer, base_lr:float, total:int, warmup:int=0, schedule:str='cosine',
+                 start:int=0): # steps already done (resume)
+        for g in opt.param_groups: g['initial_lr'] = base_lr
+        factor = lambda s: lr_factor(s, total, warmup, schedule)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(opt, factor, last_epoch=start - 1)
+    def after_step(self, it:int): self.sched.step()
+    def state_dict(self)->dict: return self.sched.state_dict()
+    def load_state_dict(self, state:dict): self.sched.load_state_dict(state)
+
+# %% ../nbs/50_train.ipynb #e3ba5705
+def ema_avg(decay:float)->callable:
+    "`AveragedModel`'s `avg_fn` for an exponential moving average whose decay grows to `decay` over the first steps."
+    def avg(a:torch.Tensor, x:torch.Tensor, n:torch.Tensor)->torch.Tensor:
+        if not a.is_floating_point(): return x
+        return a.lerp(x, 1 - torch.clamp((1 + n)/(10 + n), max=decay).to(a.dtype))
+    return avg
+
+class EMA(Hook):
+    "A moving average of `model`'s weights, updated after every step and swapped in for evaluations."
+    def __init__(self, model:nn.Module, decay:float=0.99):
+        self.model, self.avg = model, AveragedModel(model, avg_fn=ema_avg(decay), use_buffers=True)
+    def after_step(self, it:int): self.avg.update_parameters(self.model)
+    def apply(self): self.model.load_state_dict(self.avg.module.state_dict())
+    @contextlib.contextmanager
+    def weights(self):
+        own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.apply()
+        try: yield
+        finally: self.model.load_state_dict(own)
+    def state_dict(self)->dict: return self.avg.state_dict()
+    def load_state_dict(self, state:dict): self.avg.load_state_dict(state)
+
+# %% ../nbs/50_train.ipynb #0be164e2
+class KeepBest(Hook):
+    "Keep the best evaluation's weights by calling `save(iteration)`; stop after `patience` evaluations without one."
+    def __init__(self, key:callable, # scores (dict) -> a tuple, larger is better
+                 save:callable=None, # (iteration) -> None: writes the weights the model holds now
+                 patience:int=0): # 0: never stop
+        self.key, self.save, self.patience = key, save, patience
+        self.best, self.best_iteration, self.since, self.stopped = None, None, 0, 0
+    def after_eval(self, it:int, scores:dict)->bool:
+        k = list(self.key(scores))
+        if self.best is None or k > self.best:
+            self.best, self.best_iteration, self.since = k, it, 0
+            if self.save: self.save(it)
+        else: self.since += 1
+        if self.patience and self.since >= self.patience: self.stopped = it
+        return bool(self.stopped)
+    def state_dict(self)->dict: return {k: getattr(self, k) for k in ('best', 'best_iteration', 'since', 'stopped')}
+    def load_state_dict(self, state:dict): self.__dict__.update(state)
+
+def best_map(name:str)->callable:
+    "A `KeepBest` key: the mAP of the scores called `name` (an undefined mAP is the worst)."
+    return lambda scores: (np.nan_to_num(scores[name].mAP, nan=-np.inf),)
+
 # %% ../nbs/50_train.ipynb #5eeefd33
 def check_finite(first_bad:torch.Tensor):
     "Stop with the iteration at which the loss first became NaN or infinite, if it did."
@@ -234,6 +371,13 @@ def check_finite(first_bad:torch.Tensor):
 def _to(x, dev): return torch.as_tensor(x).to(dev, non_blocking=True)
 
 # %% ../nbs/50_train.ipynb #edd139db
+def _agree(flag:bool, dst:Dist)->bool:
+    "Rank 0's `flag`, on every rank."
+    if dst.world == 1: return flag
+    t = torch.tensor(float(flag), device=dst.device)
+    dist.broadcast(t, 0)
+    return bool(t)
+
 def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in DDP or torch.compile
         opt:torch.optim.Optimizer,
         batches, # endless iterable of dict(waveform (B, n), target (B, classes))
@@ -246,11 +390,12 @@ def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in 
         eval_every:int=2000, save_every:int=100000, log_every:int=100,
         mixup:callable=None, # batch size -> (B,) mixing weights; None: no mixup
         dst:Dist=None, amp:bool=True, progress:bool=True,
+        hooks:Hook=None, # schedule, EMA, keep-best, early stopping...: called at the points named below
        )->dict:
     "Train from iteration `start` to `iterations`, evaluating, logging and saving on the way; return the last scores."
-    dst = dst or Dist()
+    dst, hooks = dst or Dist(), hooks or Hook()
     dev = dst.device
-    stream, scores, it = iter(batches), {}, start
+    stream, scores, it, stop = iter(batches), {}, start, bool(hooks.stopped)  # a run that stopped stays stopped
     loss_sum, bad = torch.zeros((), device=dev), torch.full((), -1, device=dev)
     n = seen = 0
     wait = 0.
@@ -268,12 +413,17 @@ def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in 
                 if dst.world > 1: dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank stops together
                 check_finite(bad)
                 dt = time.perf_counter() - tick
-                rec.update(loss=loss_sum.item()/n, lr=opt.param_groups[0]['lr'], examples_per_s=seen/dt, data_wait=wait/dt)
+                rec.update(loss=loss_sum.item()/n, lr=opt.param_groups[0]['lr'], examples_per_s=seen/dt,
+                           data_wait=wait/dt)
                 loss_sum.zero_()
                 n = seen = 0
                 wait = 0.
             if due_eval:
-                scores = evaluate(model) if dst.main else {}
+                if dst.main:
+                    with hooks.weights():  # the weights evaluated (and kept): with EMA, the average
+                        scores = evaluate(model)
+                        stop = hooks.after_eval(it, scores)  # keep the best; stop early
+                stop = _agree(stop, dst)  # every rank stops with rank 0
                 for k, s in scores.items(): rec.update({f'{k}_{m}': v for m, v in s.summary().items()})
                 dst.barrier()
             if dst.main and len(rec) > 1:
@@ -281,7 +431,8 @@ def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in 
                 bar.set_postfix({k: f'{v:.3g}' for k, v in rec.items() if k in ('loss', 'examples_per_s', 'test_mAP')})
             if due_save: save(it, it % save_every == 0)
             tick = time.perf_counter()
-        if it >= iterations: break
+        if it >= iterations or stop: break
+        hooks.before_step(it)  # e.g. unfreeze a body
         # the next batch; time spent waiting for it is what `data_wait` reports
         t = time.perf_counter()
         batch = next(stream)
@@ -300,6 +451,7 @@ def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in 
         loss.backward()
         opt.step()
         it += 1
+        hooks.after_step(it)  # e.g. the learning-rate schedule, the moving average
         n += 1
         seen += len(x)
         bar.update()
@@ -450,11 +602,20 @@ class Run:
     dst: Dist
     start: int = 0               # the iteration the run resumes from
     offset: int = 0              # `start` minus the sampler's position: a checkpoint without sampler state restarts it
+    resumed: Path|None = None    # the checkpoint it resumed from
+    hooks: Hook|None = None      # the recipe's hooks, whose states its checkpoints hold
+
+    def attach(self, hooks:Hook)->Hook:
+        "Save `hooks`' states in this run's checkpoints, continuing from the checkpoint it resumed from."
+        self.hooks = hooks
+        if self.resumed: hooks.load_state_dict(load_checkpoint(self.resumed).get('hooks') or {})
+        return hooks
 
     def save(self, it:int, path:Path, keep:Path=None, **extra):
         "Write a resumable checkpoint at iteration `it` to `path` (and `keep`); called on every rank."
         ranks = gather(dict(sampler=self.sampler.state_dict(batches=it - self.offset),
                             mixup=self.mixup.state_dict() if self.mixup else None, rng=rng_state()), self.dst)
+        if self.hooks: extra['hooks'] = self.hooks.state_dict()
         if self.dst.main:
             for p in [path] + ([keep] if keep else []):
                 save_checkpoint(p, self.saved, optimizer=self.opt.state_dict(), iteration=it, ranks=ranks, **extra)
@@ -480,10 +641,24 @@ def setup_run(model:nn.Module, # a new model on the CPU
     loader.generator = torch.Generator().manual_seed(seed + dst.rank)
     mix = Mixup(1.0, seed=seed + dst.rank) if mixup else None
     start = load_state(resume, saved or model, opt, sampler, mix, dst) if resume else 0
-    run = Run(model, saved or model, opt, sampler, loader, mix, dst, start, start - sampler.batches)
+    run = Run(model, saved or model, opt, sampler, loader, mix, dst, start, start - sampler.batches, resume)
     if dst.world > 1: run.model = DDP(run.model, device_ids=[dst.device.index] if cuda else None)
     if compile: run.model = torch.compile(run.model)
     return run
+
+# %% ../nbs/50_train.ipynb #c67d257d
+def recipe_hooks(cfg:RecipeConfig, run:Run,
+                 total:int, warmup:int, # iterations in the run and in its warm-up
+                 key:callable, # `KeepBest`'s key: scores -> tuple, larger is better
+                 save_best:callable=None, # (iteration) -> None: writes the best weights (with --keep best)
+                 **more:Hook)->Hooks:
+    "The hooks `cfg` asks for, attached to `run`: schedule, EMA, keep-best and early stopping, then `more`."
+    best = cfg.keep == 'best' or cfg.patience
+    sched = cfg.schedule != 'constant' or warmup
+    return run.attach(Hooks(
+        schedule=Schedule(run.opt, cfg.learning_rate, total, warmup, cfg.schedule, run.start) if sched else None,
+        ema=EMA(run.saved, cfg.ema) if cfg.ema else None,
+        best=KeepBest(key, save_best if cfg.keep == 'best' else None, cfg.patience) if best else None, **more))
 
 # %% ../nbs/50_train.ipynb #2f65d623
 @contextlib.contextmanager
@@ -516,11 +691,9 @@ def _eval_loaders(cfg:TrainConfig, data:dict, dst:Dist)->dict:
 def setup_audioset(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->tuple:
     "(`Run`, evaluation loaders) for `cfg` on this rank."
     paths = _index_paths(cfg)
-    per_rank, rest = divmod(cfg.batch_size, dst.world)
-    if rest or not per_rank: raise ValueError(f'--batch_size {cfg.batch_size} does not split evenly over {dst.world} processes.')
     mix = cfg.augmentation == 'mixup'
     data = {k: AudioSetDataset(p, cfg.front.sample_rate, 'training' if k == 'train' else 'evaluation') for k, p in paths.items()}
-    sampler = make_sampler(cfg.balanced, read_index(paths['train']), per_rank*(2 if mix else 1), seed=cfg.seed,
+    sampler = make_sampler(cfg.balanced, read_index(paths['train']), per_rank(cfg.batch_size, dst)*(2 if mix else 1), seed=cfg.seed,
                            rank=dst.rank, world_size=dst.world)
     run = setup_run(model if model is not None else build_model(cfg.model_type, cfg.front, classes_num=527), data['train'],
                     sampler, dst, cfg.learning_rate, resume=_resume_path(cfg), mixup=mix, seed=cfg.seed,
@@ -533,15 +706,14 @@ def train(cfg:TrainConfig,
           model:nn.Module=None, # train this instead of a new `cfg.model_type` (checkpoints still go under that name)
          )->dict:
     "Train `cfg.model_type` on the packed AudioSet in `cfg.workspace`; return the final {'bal', 'test'} scores."
-    dst = setup_dist(cfg.cuda)
-    try:
-        with run_folder(checkpoints_dir(cfg), dst.main, also=[statistics_path(cfg).parent]): return _train(cfg, dst, model)
-    finally:
-        if dst.world > 1 and dist.is_initialized(): dist.destroy_process_group()
+    with process_group(cfg.cuda) as dst, run_folder(checkpoints_dir(cfg), dst.main, also=[statistics_path(cfg).parent]):
+        return _train(cfg, dst, model)
 
 def _train(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->dict:
     seed_everything(cfg.seed + dst.rank, cfg.deterministic)  # ranks draw different SpecAugment masks; DDP copies rank 0's weights
     run, evals = setup_audioset(cfg, dst, model)
+    kept = lambda it: save_checkpoint(checkpoint_path(cfg, 'best'), run.saved, iteration=it, config=flat_config(cfg))
+    hooks = recipe_hooks(cfg, run, cfg.early_stop, cfg.warmup_iterations, best_map('test'), kept)
     save = lambda it, keep: run.save(it, checkpoint_path(cfg, 'latest'), checkpoint_path(cfg, it) if keep else None,
                                      config=flat_config(cfg))
     log = statistics_logger(statistics_path(cfg), run.start) if dst.main else None
@@ -549,7 +721,7 @@ def _train(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->dict:
     scores = fit(run.model, run.opt, batches, get_loss_func(cfg.loss_type),
                  lambda m: {k: evaluate(m, dl, dst.device, cfg.amp) for k, dl in evals.items()}, save, log,
                  iterations=cfg.early_stop, start=run.start, eval_every=cfg.eval_every, save_every=cfg.save_every,
-                 log_every=cfg.log_every, mixup=run.mixup, dst=dst, amp=cfg.amp, progress=cfg.progress)
+                 log_every=cfg.log_every, mixup=run.mixup, dst=dst, amp=cfg.amp, progress=cfg.progress, hooks=hooks)
     if dst.world > 1:  # batch-norm statistics last updated by each rank's own batch: take rank 0's, as saved
         for b in run.saved.buffers(): dist.broadcast(b, 0)
     if dst.main and scores: write_report(cfg, scores)

@@ -116,12 +116,12 @@ OLD = dict(warmup_epochs=0, schedule='constant', keep='last', ema=0.0)
 RECIPES = {'old (constant lr, last epoch)': OLD,
            'warm-up + cosine, best': dict(ema=0.0),
            'warm-up + cosine, best, EMA 0.99': dict(ema=0.99),
-           'warm-up + cosine, best, mixup': dict(ema=0.0, mixup=True)}
-NO_AUG = dict(gain_db=0.0, eq_db=0.0, mixup=False, ema=0.0)
+           'warm-up + cosine, best, mixup': dict(ema=0.0, augmentation='mixup')}
+NO_AUG = dict(gain_db=0.0, eq_db=0.0, augmentation='none', ema=0.0)
 SCENE_RECIPES = {'warm-up + cosine, best (no augmentation)': NO_AUG,
                  '+ random gain and EQ': {**NO_AUG, 'gain_db': 12.0, 'eq_db': 9.0},
-                 '+ random gain and EQ + mixup': {**NO_AUG, 'gain_db': 12.0, 'eq_db': 9.0, 'mixup': True},
-                 '+ mixup': {**NO_AUG, 'mixup': True}}
+                 '+ random gain and EQ + mixup': {**NO_AUG, 'gain_db': 12.0, 'eq_db': 9.0, 'augmentation': 'mixup'},
+                 '+ mixup': {**NO_AUG, 'augmentation': 'mixup'}}
 SETS = dict(old=dict(recipes=RECIPES, front=FrontEnd(16000, 512, 160, 64, 50, 8000), out='finetune_recipes-cpu.json'),
             scenes=dict(recipes=SCENE_RECIPES, front=FrontEnd(8000, 256, 80, 64, 50, 4000), out='finetune_recipes_scenes-cpu.json'))
 

@@ -3,8 +3,9 @@ import json, os, shutil
 from pathlib import Path
 import numpy as np, pytest, torch
 from audioset_nb.audio import write_wav
-from audioset_nb.finetune import (FinetuneConfig, Transfer, finetune, finetune_cli, is_head, load_body, load_finetuned,
-                                  make_sound_folder, read_csv, read_folder, unfreeze_at, write_mini_csv)
+from audioset_nb.finetune import (FinetuneConfig, Transfer, Unfreeze, finetune, finetune_cli, is_head, load_body,
+                                  load_finetuned, read_csv, read_folder)
+from audioset_nb.scenes import make_sound_folder, write_mini_csv
 from audioset_nb.config import FrontEnd
 from audioset_nb.models import build_model, load_checkpoint, load_weights
 from audioset_nb.finetune import ClipDataset, decode_clips, predict_clips
@@ -71,8 +72,10 @@ def test_labels_round_trip(tmp, body, folder):
 
 def test_unfreeze_after(tmp, body, folder):
     m = Transfer(MODEL, 4, freeze_base=True, front=FrontEnd(**FRONT))
-    seen = []
-    for i, _ in enumerate(unfreeze_at(iter(range(5)), m, 2), 1): seen.append((i, m.frozen))
+    seen, hook = [], Unfreeze(m, 2)
+    for it in range(5):
+        hook.before_step(it)  # `fit` calls it before drawing the batch of iteration it + 1
+        seen.append((it + 1, m.frozen))
     assert seen == [(1, True), (2, True), (3, False), (4, False), (5, False)]
     r = finetune(cfg(folder, tmp/'ws_unfreeze', pretrained_checkpoint_path=str(body), freeze_base=True, unfreeze_after=2,
                      epochs=1, batch_size=12, valid_fraction=0.25))[0]
