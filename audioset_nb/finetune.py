@@ -7,9 +7,8 @@ from __future__ import annotations
 import csv, dataclasses, json, logging, os, sys
 from dataclasses import dataclass, field
 from pathlib import Path
-import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+import numpy as np, torch, torch.nn as nn
 from torch.utils.data import Dataset
-from sklearn import metrics
 import h5py
 import torch.distributed as dist
 from .audio import AudioError, load_audio, pad_or_truncate, to_float32, to_int16
@@ -18,16 +17,16 @@ from .checkpoints import load_checkpoint, load_weights, save_checkpoint
 from .models import MODELS, LogmelFrontend, build_model
 from .config import FrontEnd, config_cli, flat_config
 from .inference import HEADS, SingleLabel
-from .train import (Dist, Hook, RecipeConfig, autocast, clip_bce, fit, per_rank, process_group,
-                               recipe_hooks, run_folder, score, seed_everything, setup_run, statistics_logger)
+from .train import (Dist, Hook, RecipeConfig, augmented, autocast, best_of, class_scores,
+                               clip_bce, fit, per_rank, process_group, recipe_hooks, run_folder, score,
+                               seed_everything, setup_run, softmax_ce, statistics_logger)
 
 # %% auto #0
 __all__ = ['AUDIO_EXTS', 'Clips', 'read_folder', 'read_csv', 'read_dataset', 'Decoded', 'decode_clips', 'load_finite', 'crop_at',
            'random_crop', 'clip_windows', 'ClipDataset', 'is_head', 'Transfer', 'load_body', 'scale_specaug',
-           'random_gain_eq', 'augmented', 'softmax_ce', 'ClassScores', 'class_scores', 'plot_confusion',
-           'predict_clips', 'evaluate_clips', 'selection_key', 'logmel_stats', 'baseline_scores', 'Data',
-           'FinetuneConfig', 'front_end', 'Unfreeze', 'holdout', 'splits', 'checkpoint_extras', 'finetune_split',
-           'finetune_dir', 'load_data', 'finetune', 'load_finetuned', 'finetune_cli']
+           'predict_clips', 'evaluate_clips', 'logmel_stats', 'baseline_scores', 'Data', 'FinetuneConfig', 'front_end',
+           'Unfreeze', 'holdout', 'splits', 'checkpoint_extras', 'finetune_split', 'finetune_dir', 'load_data',
+           'finetune', 'load_finetuned', 'finetune_cli']
 
 # %% ../nbs/70_finetune.ipynb #68f446f0
 AUDIO_EXTS = {'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.webm', '.mp4', '.aif', '.aiff', '.au', '.wma', '.mkv'}
@@ -311,74 +310,6 @@ def scale_specaug(model:nn.Module, # a zoo model (or `Transfer`) with a `spec_au
     aug.freq_dropper.drop_width = max(1, round(8*c['mel_bins']/64))
     return model
 
-# %% ../nbs/70_finetune.ipynb #20e08584
-def random_gain_eq(x:torch.Tensor, # (batch, samples) waveforms
-                   gen:torch.Generator, gain_db:float=0., eq_db:float=0., octaves:int=6)->torch.Tensor:
-    "Each row of `x` at a random level (± `gain_db`) through a random smooth EQ (± `eq_db` at points an octave apart)."
-    b, n = x.shape
-    if eq_db:
-        X = torch.fft.rfft(x.float())
-        k = X.shape[1]
-        oct_ = (torch.log2(torch.arange(k).clamp(min=1)/(k - 1)) + octaves).clamp(0, octaves)  # 0 .. octaves (Nyquist)
-        pts = (torch.rand(b, octaves + 1, generator=gen)*2 - 1)*eq_db
-        lo = oct_.floor().long().clamp(max=octaves - 1)
-        w = oct_ - lo
-        x = torch.fft.irfft(X*10**((pts[:, lo]*(1 - w) + pts[:, lo + 1]*w)/20), n).to(x.dtype)
-    return x*10**((torch.rand(b, 1, generator=gen)*2 - 1)*gain_db/20).to(x.dtype) if gain_db else x
-
-# %% ../nbs/70_finetune.ipynb #1c0e603c
-def augmented(batches, gain_db:float, eq_db:float, seed:int=0, start:int=0, rank:int=0):
-    "Pass `batches` through with `random_gain_eq` applied to their waveforms; iteration `start + i` always draws the same."
-    gen = torch.Generator()
-    for it, b in enumerate(batches, start):
-        gen.manual_seed(seed*1_000_003 + it*101 + rank)
-        yield {**b, 'waveform': random_gain_eq(b['waveform'], gen, gain_db, eq_db)}
-
-# %% ../nbs/70_finetune.ipynb #f2430629
-def softmax_ce(output:dict, # model output with `logits` (batch, classes)
-               target:torch.Tensor, # (batch, classes) class probabilities (one-hot, or mixed)
-               weight:torch.Tensor=None)->torch.Tensor: # (classes,) weight of each class's examples (None: all 1)
-    "Softmax cross-entropy between logits and target distributions, in fp32."
-    t = target.float() if weight is None else target.float()*weight.to(target.device)
-    return -(t*F.log_softmax(output['logits'].float(), -1)).sum(-1).mean()
-
-# %% ../nbs/70_finetune.ipynb #a144aef0
-@dataclass
-class ClassScores:
-    "Single-label results: true and predicted classes, with accuracy, macro-F1 and the confusion matrix."
-    target: np.ndarray  # (clips,) true class index
-    pred: np.ndarray    # (clips,) predicted class index
-    labels: list        # class names
-    loss: float = float('nan')  # mean cross-entropy of the predicted probabilities (NaN: not known)
-    @property
-    def accuracy(self)->float: return float((self.target == self.pred).mean())
-    @property
-    def macro_f1(self)->float:
-        return float(metrics.f1_score(self.target, self.pred, labels=range(len(self.labels)), average='macro', zero_division=0))
-    @property
-    def confusion(self)->np.ndarray: return metrics.confusion_matrix(self.target, self.pred, labels=range(len(self.labels)))
-    def summary(self)->dict: return dict(accuracy=self.accuracy, macro_f1=self.macro_f1, loss=self.loss)
-    def __repr__(self): return f'ClassScores(accuracy={self.accuracy:.4f}, macro_f1={self.macro_f1:.4f}, {len(self.target)} clips)'
-
-def class_scores(target:np.ndarray, output:np.ndarray, labels:list)->ClassScores:
-    "`ClassScores` of (clips, classes) outputs (probabilities) against (clips, classes) one-hot targets."
-    t, o = np.asarray(target).argmax(1), np.asarray(output, dtype=np.float64)
-    p = o[np.arange(len(t)), t]/np.maximum(o.sum(1), 1e-12)
-    return ClassScores(t, o.argmax(1), list(labels), float(-np.log(np.clip(p, 1e-7, 1)).mean()))
-
-# %% ../nbs/70_finetune.ipynb #9d7240c9
-def plot_confusion(s:ClassScores, ax=None):
-    "The confusion matrix, rows true classes, columns predictions, counts in the cells."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(1.2 + 0.6*len(s.labels),)*2)
-    c = s.confusion
-    ax.imshow(c, cmap='Blues')
-    for (i, j), v in np.ndenumerate(c): ax.text(j, i, v, ha='center', va='center', color='white' if v > c.max()/2 else 'black')
-    ax.set_xticks(range(len(s.labels)), s.labels, rotation=45, ha='right')
-    ax.set_yticks(range(len(s.labels)), s.labels)
-    ax.set(xlabel='predicted', ylabel='true', title=f'accuracy {s.accuracy:.3f}, macro-F1 {s.macro_f1:.3f}')
-    return ax
-
 # %% ../nbs/70_finetune.ipynb #fd2f6d01
 def _windows_of(clips:Clips, sample_rate:int, clip_samples:int, audio:Decoded=None):
     "(clip, window) for each window of each file, one file decoded at a time."
@@ -414,12 +345,6 @@ def evaluate_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:i
     "`ClassScores` (single-label) or `Scores` with mAP (multi-label) of `model` on whole clips."
     out = predict_clips(model, clips, sample_rate, clip_samples, **kw)
     return score(clips.targets, out) if multi_label else class_scores(clips.targets, out, clips.labels)
-
-# %% ../nbs/70_finetune.ipynb #9cdadc16
-def selection_key(s)->tuple:
-    "How good a validation result is, for keeping the best: (accuracy, -loss) single-label, (mAP,) multi-label."
-    if isinstance(s, ClassScores): return (s.accuracy, -s.loss if np.isfinite(s.loss) else -np.inf)
-    return (s.mAP if np.isfinite(s.mAP) else -np.inf,)
 
 # %% ../nbs/70_finetune.ipynb #7801797a
 @torch.no_grad()
@@ -579,7 +504,7 @@ def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_di
                     resume=latest if latest.is_file() else None, mixup=cfg.augmentation == 'mixup', seed=cfg.seed,
                     num_workers=cfg.num_workers, amp=cfg.amp)
     extras, epoch = checkpoint_extras(cfg, data.clips.labels, front, multi_label), -(-len(tr)//cfg.batch_size)
-    hooks = recipe_hooks(cfg, run, cfg.epochs*epoch, round(cfg.warmup_epochs*epoch), lambda s: selection_key(s['valid']),
+    hooks = recipe_hooks(cfg, run, cfg.epochs*epoch, round(cfg.warmup_epochs*epoch), best_of('valid'),
                          lambda it: save_checkpoint(best, model.base, iteration=it, **extras),
                          unfreeze=Unfreeze(model, cfg.unfreeze_after) if cfg.unfreeze_after else None)
     scored = lambda d: evaluate_clips(model, d.clips, front.sample_rate, n_clip, multi_label, batch_size=cfg.batch_size,

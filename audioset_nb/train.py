@@ -23,12 +23,13 @@ from .config import FrontEnd, config_cli, config_parser, flat_config, parse_conf
 from .models import MODELS, build_model, do_mixup
 
 # %% auto #0
-__all__ = ['LOSSES', 'train_cli', 'Scores', 'score', 'clip_bce', 'get_loss_func', 'RecipeConfig', 'TrainConfig', 'run_dir',
-           'checkpoints_dir', 'statistics_path', 'checkpoint_path', 'Dist', 'setup_dist', 'per_rank', 'process_group',
-           'autocast', 'fp32_frontend', 'seed_everything', 'rng_state', 'set_rng_state', 'gather', 'load_state', 'Hook',
-           'Hooks', 'lr_factor', 'Schedule', 'ema_avg', 'EMA', 'KeepBest', 'best_map', 'check_finite', 'fit', 'predict',
-           'evaluate', 'json_line', 'writing', 'read_statistics', 'statistics_logger', 'plot_statistics', 'ap_table',
-           'plot_ap', 'top_confusions', 'make_optimizer', 'Run', 'setup_run', 'recipe_hooks', 'run_folder',
+__all__ = ['LOSSES', 'train_cli', 'Scores', 'score', 'clip_bce', 'get_loss_func', 'softmax_ce', 'ClassScores', 'class_scores',
+           'plot_confusion', 'random_gain_eq', 'augmented', 'RecipeConfig', 'TrainConfig', 'run_dir', 'checkpoints_dir',
+           'statistics_path', 'checkpoint_path', 'Dist', 'setup_dist', 'per_rank', 'process_group', 'autocast',
+           'fp32_frontend', 'seed_everything', 'rng_state', 'set_rng_state', 'gather', 'load_state', 'Hook', 'Hooks',
+           'lr_factor', 'Schedule', 'ema_avg', 'EMA', 'KeepBest', 'selection_key', 'best_of', 'check_finite', 'fit',
+           'predict', 'evaluate', 'json_line', 'writing', 'read_statistics', 'statistics_logger', 'plot_statistics',
+           'ap_table', 'plot_ap', 'top_confusions', 'make_optimizer', 'Run', 'setup_run', 'recipe_hooks', 'run_folder',
            'setup_audioset', 'train', 'write_report']
 
 # %% ../nbs/50_train.ipynb #f80ce663
@@ -84,6 +85,74 @@ def get_loss_func(loss_type:str)->callable:
     "The loss function called `loss_type`."
     if loss_type not in LOSSES: raise ValueError(f'Unknown --loss_type {loss_type!r}; choose one of {", ".join(LOSSES)}.')
     return LOSSES[loss_type]
+
+# %% ../nbs/50_train.ipynb #f2430629
+def softmax_ce(output:dict, # model output with `logits` (batch, classes)
+               target:torch.Tensor, # (batch, classes) class probabilities (one-hot, or mixed)
+               weight:torch.Tensor=None)->torch.Tensor: # (classes,) weight of each class's examples (None: all 1)
+    "Softmax cross-entropy between logits and target distributions, in fp32."
+    t = target.float() if weight is None else target.float()*weight.to(target.device)
+    return -(t*F.log_softmax(output['logits'].float(), -1)).sum(-1).mean()
+
+# %% ../nbs/50_train.ipynb #a144aef0
+@dataclass
+class ClassScores:
+    "Single-label results: true and predicted classes, with accuracy, macro-F1 and the confusion matrix."
+    target: np.ndarray  # (clips,) true class index
+    pred: np.ndarray    # (clips,) predicted class index
+    labels: list        # class names
+    loss: float = float('nan')  # mean cross-entropy of the predicted probabilities (NaN: not known)
+    @property
+    def accuracy(self)->float: return float((self.target == self.pred).mean())
+    @property
+    def macro_f1(self)->float:
+        return float(metrics.f1_score(self.target, self.pred, labels=range(len(self.labels)), average='macro', zero_division=0))
+    @property
+    def confusion(self)->np.ndarray: return metrics.confusion_matrix(self.target, self.pred, labels=range(len(self.labels)))
+    def summary(self)->dict: return dict(accuracy=self.accuracy, macro_f1=self.macro_f1, loss=self.loss)
+    def __repr__(self): return f'ClassScores(accuracy={self.accuracy:.4f}, macro_f1={self.macro_f1:.4f}, {len(self.target)} clips)'
+
+def class_scores(target:np.ndarray, output:np.ndarray, labels:list)->ClassScores:
+    "`ClassScores` of (clips, classes) outputs (probabilities) against (clips, classes) one-hot targets."
+    t, o = np.asarray(target).argmax(1), np.asarray(output, dtype=np.float64)
+    p = o[np.arange(len(t)), t]/np.maximum(o.sum(1), 1e-12)
+    return ClassScores(t, o.argmax(1), list(labels), float(-np.log(np.clip(p, 1e-7, 1)).mean()))
+
+# %% ../nbs/50_train.ipynb #9d7240c9
+def plot_confusion(s:ClassScores, ax=None):
+    "The confusion matrix, rows true classes, columns predictions, counts in the cells."
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(1.2 + 0.6*len(s.labels),)*2)
+    c = s.confusion
+    ax.imshow(c, cmap='Blues')
+    for (i, j), v in np.ndenumerate(c): ax.text(j, i, v, ha='center', va='center', color='white' if v > c.max()/2 else 'black')
+    ax.set_xticks(range(len(s.labels)), s.labels, rotation=45, ha='right')
+    ax.set_yticks(range(len(s.labels)), s.labels)
+    ax.set(xlabel='predicted', ylabel='true', title=f'accuracy {s.accuracy:.3f}, macro-F1 {s.macro_f1:.3f}')
+    return ax
+
+# %% ../nbs/50_train.ipynb #20e08584
+def random_gain_eq(x:torch.Tensor, # (batch, samples) waveforms
+                   gen:torch.Generator, gain_db:float=0., eq_db:float=0., octaves:int=6)->torch.Tensor:
+    "Each row of `x` at a random level (± `gain_db`) through a random smooth EQ (± `eq_db` at points an octave apart)."
+    b, n = x.shape
+    if eq_db:
+        X = torch.fft.rfft(x.float())
+        k = X.shape[1]
+        oct_ = (torch.log2(torch.arange(k).clamp(min=1)/(k - 1)) + octaves).clamp(0, octaves)  # 0 .. octaves (Nyquist)
+        pts = (torch.rand(b, octaves + 1, generator=gen)*2 - 1)*eq_db
+        lo = oct_.floor().long().clamp(max=octaves - 1)
+        w = oct_ - lo
+        x = torch.fft.irfft(X*10**((pts[:, lo]*(1 - w) + pts[:, lo + 1]*w)/20), n).to(x.dtype)
+    return x*10**((torch.rand(b, 1, generator=gen)*2 - 1)*gain_db/20).to(x.dtype) if gain_db else x
+
+# %% ../nbs/50_train.ipynb #1c0e603c
+def augmented(batches, gain_db:float, eq_db:float, seed:int=0, start:int=0, rank:int=0):
+    "Pass `batches` through with `random_gain_eq` applied to their waveforms; iteration `start + i` always draws the same."
+    gen = torch.Generator()
+    for it, b in enumerate(batches, start):
+        gen.manual_seed(seed*1_000_003 + it*101 + rank)
+        yield {**b, 'waveform': random_gain_eq(b['waveform'], gen, gain_db, eq_db)}
 
 # %% ../nbs/50_train.ipynb #a3cfc8be
 @dataclass(kw_only=True)
@@ -357,9 +426,14 @@ class KeepBest(Hook):
     def state_dict(self)->dict: return {k: getattr(self, k) for k in ('best', 'best_iteration', 'since', 'stopped')}
     def load_state_dict(self, state:dict): self.__dict__.update(state)
 
-def best_map(name:str)->callable:
-    "A `KeepBest` key: the mAP of the scores called `name` (an undefined mAP is the worst)."
-    return lambda scores: (np.nan_to_num(scores[name].mAP, nan=-np.inf),)
+def selection_key(s:Scores|ClassScores)->tuple:
+    "How good a result is, larger better: (mAP,) multi-label; (accuracy, -loss) single-label. Undefined is worst."
+    if isinstance(s, ClassScores): return (s.accuracy, -s.loss if np.isfinite(s.loss) else -np.inf)
+    return (s.mAP if np.isfinite(s.mAP) else -np.inf,)
+
+def best_of(name:str)->callable:
+    "A `KeepBest` key: the `selection_key` of the scores called `name`."
+    return lambda scores: selection_key(scores[name])
 
 # %% ../nbs/50_train.ipynb #5eeefd33
 def check_finite(first_bad:torch.Tensor):
@@ -713,7 +787,7 @@ def _train(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->dict:
     seed_everything(cfg.seed + dst.rank, cfg.deterministic)  # ranks draw different SpecAugment masks; DDP copies rank 0's weights
     run, evals = setup_audioset(cfg, dst, model)
     kept = lambda it: save_checkpoint(checkpoint_path(cfg, 'best'), run.saved, iteration=it, config=flat_config(cfg))
-    hooks = recipe_hooks(cfg, run, cfg.early_stop, cfg.warmup_iterations, best_map('test'), kept)
+    hooks = recipe_hooks(cfg, run, cfg.early_stop, cfg.warmup_iterations, best_of('test'), kept)
     save = lambda it, keep: run.save(it, checkpoint_path(cfg, 'latest'), checkpoint_path(cfg, it) if keep else None,
                                      config=flat_config(cfg))
     log = statistics_logger(statistics_path(cfg), run.start) if dst.main else None

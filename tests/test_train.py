@@ -8,7 +8,7 @@ from audioset_nb.pack import write_index
 from audioset_nb.config import FrontEnd, parse_config
 from audioset_nb.models import build_model, save_checkpoint, load_checkpoint
 from audioset_nb.train import (TrainConfig, Dist, score, fit, clip_bce, checkpoint_path, statistics_path,
-                               read_statistics, rng_state)
+                               read_statistics, rng_state, lr_factor)
 from conftest import cli, cli_env, cli_popen, one_sentence
 
 # Small enough for 2 shared cores: 1-s clips at 16 kHz, 32 mel bins (101 frames, the least SpecAugment's
@@ -174,6 +174,58 @@ def test_resume_iteration_reference_flag(ws, tmp_path):
     ck = load_checkpoint(checkpoint_path(cfg, 4))
     assert ck['iteration'] == 4 and ck['config']['model_type'] == 'Cnn6' and 'optimizer' in ck and len(ck['ranks']) == 1
     assert 'conv_block1.conv1.weight' in ck['model'] and 'fc_audioset.weight' in ck['model']
+
+# ---------------------------------------------------------------------------------------------------- recipe flags
+SHORT = ['--batch_size=4', '--max_eval_clips=8', '--num_workers=0', '--log_every=1']
+
+def _short_run(ws, tmp_path, *flags):
+    "Train with FLAGS + SHORT + `flags` in a workspace beside `ws`'s data; the statistics and the run's TrainConfig."
+    (tmp_path/'hdf5s').symlink_to(ws/'hdf5s')
+    r = run(f'--workspace={tmp_path}', *FLAGS, *SHORT, *flags, timeout=600)
+    assert r.returncode == 0, r.stderr
+    cfg = cfg_for(tmp_path, f'--workspace={tmp_path}', *SHORT, *flags)
+    return read_statistics(statistics_path(cfg)), cfg
+
+def test_warmup_and_cosine_schedule_flags(ws, tmp_path):
+    stats, cfg = _short_run(ws, tmp_path, '--schedule=cosine', '--warmup_iterations=2', '--early_stop=6', '--eval_every=1000')
+    lrs = {r['iteration']: r['lr'] for r in stats if 'lr' in r}
+    np.testing.assert_allclose([lrs[i] for i in range(1, 7)], [1e-3*lr_factor(i, 6, 2) for i in range(1, 7)], rtol=1e-6)
+    assert lrs[2] == 1e-3 and lrs[6] == 0  # warm-up done at 2, the half cosine reaches zero at the end
+    assert load_checkpoint(checkpoint_path(cfg, 'latest'))['hooks']['schedule']['last_epoch'] == 6
+
+def test_default_recipe_is_the_reference(ws, tmp_path):
+    "Without the recipe flags: constant learning rate, no average, no best.pth, no early stop (no hooks at all)."
+    stats, cfg = _short_run(ws, tmp_path, '--early_stop=3', '--eval_every=1')
+    assert {r['lr'] for r in stats if 'lr' in r} == {1e-3}
+    assert load_checkpoint(checkpoint_path(cfg, 'latest'))['hooks'] == {}
+    assert not checkpoint_path(cfg, 'best').exists() and max(r['iteration'] for r in stats) == 3
+
+def test_ema_flag(ws, tmp_path):
+    stats, cfg = _short_run(ws, tmp_path, '--ema=0.5', '--early_stop=4', '--eval_every=2')
+    ck = load_checkpoint(checkpoint_path(cfg, 'latest'))
+    avg = ck['hooks']['ema']
+    assert int(avg['n_averaged']) == 4  # one update per step
+    w = 'fc_audioset.weight'
+    assert avg[f'module.{w}'].shape == ck['model'][w].shape and not torch.equal(avg[f'module.{w}'], ck['model'][w])
+
+def test_keep_best_flag(ws, tmp_path):
+    stats, cfg = _short_run(ws, tmp_path, '--keep=best', '--early_stop=6', '--eval_every=2', '--learning_rate=3e-3')
+    ev = [(r['iteration'], r['test_mAP']) for r in stats if 'test_mAP' in r]
+    best = max(ev, key=lambda e: e[1])  # the first of equals
+    ck = load_checkpoint(checkpoint_path(cfg, 'best'))
+    assert ck['iteration'] == best[0] and 'conv_block1.conv1.weight' in ck['model']
+    assert load_checkpoint(checkpoint_path(cfg, 'latest'))['hooks']['best']['best_iteration'] == best[0]
+
+def test_patience_flag_stops_and_stays_stopped(ws, tmp_path):
+    flags = ['--patience=1', '--early_stop=40', '--eval_every=1', '--learning_rate=3e-3']
+    stats, cfg = _short_run(ws, tmp_path, *flags)
+    ev = [(r['iteration'], r['test_mAP']) for r in stats if 'test_mAP' in r]
+    stopped = load_checkpoint(checkpoint_path(cfg, 'latest'))['hooks']['best']['stopped']
+    assert 0 < stopped < 40 and ev[-1][0] == stopped  # stopped at an evaluation ...
+    assert ev[-1][1] <= max(m for _, m in ev[:-1])  # ... that was no better than the best before it
+    r = run(f'--workspace={tmp_path}', *FLAGS, *SHORT, *flags, '--resume_latest', timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert max(s['iteration'] for s in read_statistics(statistics_path(cfg))) == stopped  # resumed: nothing more
 
 # ---------------------------------------------------------------------------------------------------- DDP
 def test_ddp_two_processes_disjoint_data_identical_weights(ws, tmp_path):
