@@ -29,7 +29,8 @@ __all__ = ['AUDIO_EXTS', 'Clips', 'read_folder', 'read_csv', 'read_dataset', 'De
            'finetune', 'load_finetuned', 'finetune_cli']
 
 # %% ../nbs/70_finetune.ipynb #68f446f0
-AUDIO_EXTS = {'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.webm', '.mp4', '.aif', '.aiff', '.au', '.wma', '.mkv'}
+AUDIO_EXTS = {'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.webm', '.mp4', '.aif', '.aiff',
+              '.au', '.wma', '.mkv'}
 
 @dataclass
 class Clips:
@@ -39,13 +40,16 @@ class Clips:
     targets: np.ndarray      # bool (clips, classes)
     folds: np.ndarray = None # int fold of each clip, or None
     def __len__(self): return len(self.paths)
-    def __repr__(self): return f'Clips({len(self)} files, {len(self.labels)} classes{", folds " + str(sorted(set(self.folds.tolist()))) if self.folds is not None else ""})'
+    def __repr__(self):
+        folds = '' if self.folds is None else f', folds {sorted(set(self.folds.tolist()))}'
+        return f'Clips({len(self)} files, {len(self.labels)} classes{folds})'
     @property
     def multi_label(self)->bool: return bool((self.targets.sum(1) != 1).any())
     def subset(self, rows)->Clips:
         "The clips at `rows`."
         rows = np.asarray(rows, dtype=int)
-        return Clips([self.paths[i] for i in rows], self.labels, self.targets[rows], None if self.folds is None else self.folds[rows])
+        return Clips([self.paths[i] for i in rows], self.labels, self.targets[rows],
+                     None if self.folds is None else self.folds[rows])
 
 def _targets(names:list, labels:list)->np.ndarray:
     ix = {l: i for i, l in enumerate(labels)}
@@ -60,12 +64,16 @@ def _check_classes(labels, where):
 def read_folder(root:str|Path)->Clips:
     "The audio files of `root/<class>/...`, one sub-folder per class (searched recursively)."
     root = Path(root)
-    if not root.is_dir(): raise FileNotFoundError(f'{root} is not a folder; pass a folder with one sub-folder per class, or a CSV.')
+    if not root.is_dir():
+        raise FileNotFoundError(f'{root} is not a folder; pass a folder with one sub-folder per class, or a CSV.')
     labels = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith('.'))
     _check_classes(labels, root)
-    files = [(p, l) for l in labels for p in sorted((root/l).rglob('*')) if p.suffix.lower() in AUDIO_EXTS and p.is_file()]
+    files = [(p, l) for l in labels for p in sorted((root/l).rglob('*'))
+             if p.suffix.lower() in AUDIO_EXTS and p.is_file()]
     empty = [l for l in labels if not any(fl == l for _, fl in files)]
-    if empty: raise ValueError(f'Class folder {root/empty[0]} holds no audio files ({", ".join(sorted(AUDIO_EXTS))}); add some or remove it.')
+    if empty:
+        raise ValueError(f'Class folder {root/empty[0]} holds no audio files ({", ".join(sorted(AUDIO_EXTS))}); '
+                         'add some or remove it.')
     return Clips([str(p) for p, _ in files], labels, _targets([[l] for _, l in files], labels))
 
 # %% ../nbs/70_finetune.ipynb #3c5c5d51
@@ -85,7 +93,8 @@ def read_csv(csv_path:str|Path, # rows `path,label[;label...]`, or a header nami
             )->Clips:
     "The labelled files of a CSV (optionally with a `fold` column)."
     csv_path = Path(csv_path)
-    if not csv_path.is_file(): raise FileNotFoundError(f'{csv_path} does not exist; pass a CSV of path,label rows or a class folder.')
+    if not csv_path.is_file():
+        raise FileNotFoundError(f'{csv_path} does not exist; pass a CSV of path,label rows or a class folder.')
     rows = [r for r in csv.reader(csv_path.read_text().splitlines()) if r and any(c.strip() for c in r)]
     if not rows: raise ValueError(f'{csv_path} is empty; it needs one path,label row per clip.')
     has_header = any(c.strip().lower() in _PATH_COLS for c in rows[0])
@@ -93,12 +102,15 @@ def read_csv(csv_path:str|Path, # rows `path,label[;label...]`, or a header nami
     rows = rows[1:] if has_header else rows
     base = Path(audios_dir) if audios_dir else csv_path.parent
     bad = next((i for i, r in enumerate(rows) if len(r) <= max(p, l, f or 0) or not r[l].strip()), None)
-    if bad is not None: raise ValueError(f'Row {bad + 1 + has_header} of {csv_path} has no label; every row needs a path and a label.')
+    if bad is not None:
+        raise ValueError(f'Row {bad + 1 + has_header} of {csv_path} has no label; every row needs a path and a label.')
     names = [[n.strip() for n in r[l].split(';') if n.strip()] for r in rows]
     labels = sorted({n for ns in names for n in ns})
     _check_classes(labels, csv_path)
     try: folds = np.array([int(r[f]) for r in rows]) if f is not None else None
-    except ValueError: raise ValueError(f'The fold column of {csv_path} holds a value that is not a whole number; folds are 1, 2, ...') from None
+    except ValueError:
+        raise ValueError(f'The fold column of {csv_path} holds a value that is not a whole number; '
+                         'folds are 1, 2, ...') from None
     return Clips([str(base/r[p].strip()) for r in rows], labels, _targets(names, labels), folds)
 
 # %% ../nbs/70_finetune.ipynb #fcb2dd74
@@ -107,7 +119,8 @@ def read_dataset(data:str|Path, audios_dir:str|Path=None)->Clips:
     data = Path(data)
     if data.is_dir(): return read_folder(data)
     if data.suffix.lower() in ('.csv', '.tsv', '.txt') or data.is_file(): return read_csv(data, audios_dir)
-    raise FileNotFoundError(f'{data} does not exist; pass a folder with one sub-folder per class, or a CSV of path,label rows.')
+    raise FileNotFoundError(f'{data} does not exist; pass a folder with one sub-folder per class, '
+                            'or a CSV of path,label rows.')
 
 # %% ../nbs/70_finetune.ipynb #f5e80175
 class Decoded:
@@ -119,7 +132,10 @@ class Decoded:
         self.starts, self.ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
         self._h5 = self._pid = None
     def __len__(self): return len(self.starts)
-    def __repr__(self): return f'Decoded({len(self)} files, {self.ends.sum() - self.starts.sum()} samples at {self.sample_rate} Hz{", on disk" if self.on_disk else ""})'
+    def __repr__(self):
+        where = ', on disk' if self.on_disk else ''
+        n = self.ends.sum() - self.starts.sum()
+        return f'Decoded({len(self)} files, {n} samples at {self.sample_rate} Hz{where})'
     def __getstate__(self): return {**self.__dict__, '_h5': None, '_pid': None}  # each worker opens the file itself
     @property
     def on_disk(self)->bool: return isinstance(self.samples, (str, Path))
@@ -146,7 +162,8 @@ def _decode_job(args)->tuple:
     except AudioError as e: return None, f'{e} It was left out.'
     except Exception as e: return None, f'{path} could not be decoded ({type(e).__name__}: {e}); it was left out.'
     bad = ~np.isfinite(x)
-    note = f'{path} holds {int(bad.sum())} NaN or infinite samples; they were replaced with silence.' if bad.any() else None
+    note = f'{path} holds {int(bad.sum())} NaN or infinite samples; they were replaced with silence.'
+    note = note if bad.any() else None
     return to_int16(np.where(bad, 0, x)) if keep else np.zeros(0, np.int16), note
 
 # %% ../nbs/70_finetune.ipynb #5203e928
@@ -179,14 +196,17 @@ def decode_clips(clips:Clips, sample_rate:int,
                  cache:str|Path, # HDF5 file the samples go to if they outgrow `max_mb`
                  max_mb:float=2048, # decoded audio kept in memory up to this many MB
                  workers:int=None, # decoding processes (default: one per core)
-                 keep:bool=True)->tuple: # keep the samples (False: only find the files that cannot be read; `Decoded` is None)
+                 # keep the samples (False: only find the files that cannot be read; `Decoded` is None)
+                 keep:bool=True)->tuple:
     "(`Decoded` of the files that could be read, their rows in `clips`); warnings name the files left out or mended."
     from audioset_nb.pack import _imap, default_pack_workers
     cache, key = Path(cache), _file_key(clips.paths, sample_rate)
-    if keep and cache.is_file() and (old := _reuse(cache, key)) is not None: return Decoded(str(cache), *old[:2], sample_rate), old[2]
+    if keep and cache.is_file() and (old := _reuse(cache, key)) is not None:
+        return Decoded(str(cache), *old[:2], sample_rate), old[2]
     workers, parts, starts, ends, rows, n, f = workers or default_pack_workers(), [], [], [], [], 0, None
     tmp = cache.with_name(f'.{cache.name}.partial')  # a killed run's leftover is started afresh
-    for i, (x, note) in enumerate(_imap(_decode_job, [(p, sample_rate, keep) for p in clips.paths], workers, 4*workers)):
+    for i, (x, note) in enumerate(_imap(_decode_job, [(p, sample_rate,
+                                                       keep) for p in clips.paths], workers, 4*workers)):
         if note: _log.warning(note)
         if x is None: continue
         rows.append(i)
@@ -201,7 +221,8 @@ def decode_clips(clips:Clips, sample_rate:int,
             f = _spill(tmp, parts, key)
             parts = []
     if not keep: return None, np.array(rows, int)
-    if f is None: return Decoded(np.concatenate(parts or [np.zeros(0, np.int16)]), starts, ends, sample_rate), np.array(rows, int)
+    if f is None:
+        return Decoded(np.concatenate(parts or [np.zeros(0, np.int16)]), starts, ends, sample_rate), np.array(rows, int)
     with f: f['starts'], f['ends'], f['rows'] = starts, ends, rows
     tmp.replace(cache)
     return Decoded(str(cache), starts, ends, sample_rate), np.array(rows, int)
@@ -250,7 +271,8 @@ class ClipDataset(Dataset):
         s, o = crop_at(self.audio.length(i), self.clip_samples)
         return _place(self.audio.read(i, s, self.clip_samples), self.clip_samples, o)
     def __getitem__(self, i:int)->dict:
-        return dict(audio_name=self.clips.paths[i], waveform=self.crop(i), target=self.clips.targets[i].astype(np.float32))
+        return dict(audio_name=self.clips.paths[i], waveform=self.crop(i),
+                    target=self.clips.targets[i].astype(np.float32))
 
 # %% ../nbs/70_finetune.ipynb #d43434f7
 def is_head(name:str)->bool:
@@ -294,14 +316,15 @@ def load_body(model:Transfer, checkpoint:str|Path|dict, # a path, or a checkpoin
     head = {k: v for k, v in model.base.state_dict().items() if is_head(k)}
     try: load_weights(model.base, {**{k: v for k, v in sd.items() if not is_head(k)}, **head})
     except ValueError as e:
-        raise ValueError(str(e).replace('the checkpoint', name, 1).replace('build the model the checkpoint was trained as',
+        raise ValueError(str(e).replace('the checkpoint', name,
+                                        1).replace('build the model the checkpoint was trained as',
                          'pass the --model_type and front-end flags it was trained with')) from None
     return model
 
 # %% ../nbs/70_finetune.ipynb #4584409b
 def scale_specaug(model:nn.Module, # a zoo model (or `Transfer`) with a `spec_augmenter`
                   clip_samples:int)->nn.Module:
-    "Size SpecAugment's stripes for `clip_samples`-sample crops as the reference sizes them for 10-s clips at 64 mel bins."
+    "Size SpecAugment's stripes for `clip_samples`-sample crops as the reference sizes them for 10-s, 64-bin clips."
     base = getattr(model, 'base', model)
     aug = getattr(base, 'spec_augmenter', None)
     if aug is None: return model
@@ -314,7 +337,8 @@ def scale_specaug(model:nn.Module, # a zoo model (or `Transfer`) with a `spec_au
 def _windows_of(clips:Clips, sample_rate:int, clip_samples:int, audio:Decoded=None):
     "(clip, window) for each window of each file, one file decoded at a time."
     for i, p in enumerate(clips.paths):
-        for w in clip_windows(audio.read(i) if audio is not None else load_finite(p, sample_rate), clip_samples): yield i, w
+        for w in clip_windows(audio.read(i) if audio is not None else load_finite(p, sample_rate), clip_samples):
+            yield i, w
 
 @torch.no_grad()
 def predict_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:int, batch_size:int=32,
@@ -326,7 +350,9 @@ def predict_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:in
     total, count, batch = None, np.zeros(len(clips)), []
     def run():
         nonlocal total
-        with autocast(device, amp): out = model(torch.from_numpy(np.stack([w for _, w in batch])).to(device))['clipwise_output'].float().cpu().numpy()
+        with autocast(device, amp):
+            x = torch.from_numpy(np.stack([w for _, w in batch])).to(device)
+            out = model(x)['clipwise_output'].float().cpu().numpy()
         if total is None: total = np.zeros((len(clips), out.shape[1]))
         for (i, _), o in zip(batch, out):
             total[i] += o
@@ -352,7 +378,8 @@ def logmel_stats(audio:Decoded, front:FrontEnd)->np.ndarray:
     "(files, 2 × mel_bins): the mean and standard deviation over time of each mel band of each file's log-mel."
     fe, out = LogmelFrontend(**front.dict()).eval(), []
     for i in range(len(audio)):
-        m = fe(torch.from_numpy(pad_or_truncate(audio.read(i), max(audio.length(i), front.window_size)))[None])[0, 0].double()
+        m = fe(torch.from_numpy(pad_or_truncate(audio.read(i), max(audio.length(i), front.window_size)))[None])[0,
+                0].double()
         out.append(torch.cat([m.mean(0), m.std(0, correction=0)]).numpy())
     return np.stack(out)
 
@@ -389,10 +416,10 @@ class Data:
 @dataclass(kw_only=True)
 class FinetuneConfig(RecipeConfig):
     "Fine-tune a PANNs model on your labelled sounds (a class folder or a CSV), with its body pretrained."
-    data: str = field(kw_only=False) # class folder (a sub-folder per class), or CSV of path,label[;label...][,fold] rows
+    data: str = field(kw_only=False) # class folder (a sub-folder per class), or CSV of path,label[;label...][,fold]
     audios_dir: str|None = None     # where a CSV's relative paths start (default: its folder)
     workspace: str = 'workspace'    # outputs go to <workspace>/finetune/<data name>/<model_type>/<split>
-    front: FrontEnd = field(default_factory=FrontEnd.unset)  # open settings: the pretrained checkpoint's, else the model's
+    front: FrontEnd = field(default_factory=FrontEnd.unset)  # unset: the pretrained checkpoint's, else the model's
     augmentation: str = 'none'      # none | mixup
     schedule: str = 'cosine'        # constant | cosine: the learning rate after the warm-up
     keep: str = 'best'              # best | last: final.pth holds the best validation score's weights, or the last
@@ -416,7 +443,8 @@ class FinetuneConfig(RecipeConfig):
     def __post_init__(self):
         if isinstance(self.balanced, bool): self.balanced = 'balanced' if self.balanced else 'none'  # the earlier type
         super().__post_init__()
-        if self.task not in ('auto', 'single', 'multi'): raise ValueError(f'--task {self.task!r} is not one of auto, single, multi.')
+        if self.task not in ('auto', 'single', 'multi'):
+            raise ValueError(f'--task {self.task!r} is not one of auto, single, multi.')
         if self.epochs < 1 or self.clip_seconds <= 0: raise ValueError('--epochs and --clip_seconds must be positive.')
         if self.unfreeze_after and not self.freeze_base:
             raise ValueError('--unfreeze_after needs --freeze_base (the body is trained from the start otherwise).')
@@ -451,12 +479,16 @@ def holdout(clips:Clips, fraction:float=0.2, seed:int=0)->tuple:
 def splits(clips:Clips, cfg:FinetuneConfig)->list:
     "[(name, train rows, valid rows)] for `cfg.folds`."
     if not cfg.folds: return [('holdout', *holdout(clips, cfg.valid_fraction, cfg.seed))]
-    if clips.folds is None: raise ValueError(f'--folds {cfg.folds} needs a CSV with a fold column; {cfg.data} has none.')
+    if clips.folds is None:
+        raise ValueError(f'--folds {cfg.folds} needs a CSV with a fold column; {cfg.data} has none.')
     have = sorted(set(clips.folds.tolist()))
     try: want = have if cfg.folds == 'all' else [int(f) for f in cfg.folds.split(',')]
-    except ValueError: raise ValueError(f"--folds {cfg.folds!r} is not 'all' or a comma-separated list of folds such as 1,2.") from None
+    except ValueError:
+        raise ValueError(f"--folds {cfg.folds!r} is not 'all' or a comma-separated list of folds such as 1,2.") \
+            from None
     missing = [f for f in want if f not in have]
-    if missing or len(have) < 2: raise ValueError(f'--folds {cfg.folds}: the data has folds {have}; validate on one of them, or on all.')
+    if missing or len(have) < 2:
+        raise ValueError(f'--folds {cfg.folds}: the data has folds {have}; validate on one of them, or on all.')
     return [(f'fold={f}', np.flatnonzero(clips.folds != f), np.flatnonzero(clips.folds == f)) for f in want]
 
 # %% ../nbs/70_finetune.ipynb #4ce982d8
@@ -499,7 +531,8 @@ def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_di
     if ck is not None: load_body(model, ck, cfg.pretrained_checkpoint_path)
     tr, va = data.subset(train_rows), data.subset(valid_rows)
     latest, best = out_dir/'latest.pth', out_dir/'best.pth'
-    run = setup_run(model, ClipDataset(tr.clips, front.sample_rate, n_clip, tr.audio), _sampler(cfg, tr.clips, dst), dst,
+    run = setup_run(model, ClipDataset(tr.clips, front.sample_rate, n_clip, tr.audio), _sampler(cfg, tr.clips, dst),
+                    dst,
                     cfg.learning_rate, params=model.head_params + model.body_params, saved=model.base,
                     resume=latest if latest.is_file() else None, mixup=cfg.augmentation == 'mixup', seed=cfg.seed,
                     num_workers=cfg.num_workers, amp=cfg.amp)
@@ -514,13 +547,15 @@ def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_di
     w = _weights(tr.clips.targets) if cfg.class_weights and not multi_label else None
     loss = clip_bce if multi_label else (lambda out, y: softmax_ce(out, y, w))
     log = statistics_logger(out_dir/'statistics.jsonl', run.start) if dst.main else (lambda rec: None)
-    fit(run.model, run.opt, batches, loss, lambda m: {'valid': scored(va)}, lambda it, keep: run.save(it, latest, **extras),
+    fit(run.model, run.opt, batches, loss, lambda m: {'valid': scored(va)}, lambda it,
+        keep: run.save(it, latest, **extras),
         log, iterations=cfg.epochs*epoch, start=run.start, eval_every=epoch, save_every=epoch, log_every=epoch,
         mixup=run.mixup, dst=dst, amp=cfg.amp, progress=cfg.progress, hooks=hooks)
     if dst.world > 1:  # batch-norm statistics last updated by each rank's own batch: take rank 0's, as saved
         for b in model.base.buffers(): dist.broadcast(b, 0)
     if not dst.main: return None
-    return _final(cfg, model, hooks, out_dir, hooks.stopped or cfg.epochs*epoch, extras, scored, data, tr, va, test, log)
+    return _final(cfg, model, hooks, out_dir, hooks.stopped or cfg.epochs*epoch, extras, scored, data, tr, va, test,
+                  log)
 
 # %% ../nbs/70_finetune.ipynb #1d9689d9
 def _final(cfg:FinetuneConfig, model:Transfer, hooks:Hook, out_dir:Path, iteration:int, extras:dict,
@@ -538,7 +573,8 @@ def _final(cfg:FinetuneConfig, model:Transfer, hooks:Hook, out_dir:Path, iterati
     if data.feats is not None:
         res['baseline'] = baseline_scores(tr.feats, tr.clips.targets, va.feats, va.clips, res['model'].multi_label)
         if test is not None:
-            res['baseline_test'] = baseline_scores(tr.feats, tr.clips.targets, test.feats, test.clips, model.multi_label)
+            res['baseline_test'] = baseline_scores(tr.feats, tr.clips.targets, test.feats, test.clips,
+                                                   model.multi_label)
     log({'iteration': iteration, 'final': True, **_scores(res, 'valid_')})
     return res
 
@@ -550,13 +586,16 @@ def finetune_dir(cfg:FinetuneConfig)->Path:
 def _read_files(data:str, audios_dir:str=None)->Clips:
     clips = read_dataset(data, audios_dir)
     missing = next((p for p in clips.paths if not Path(p).is_file()), None)
-    if missing: raise FileNotFoundError(f'{missing}, listed in {data}, does not exist; fix the path or pass --audios_dir.')
+    if missing:
+        raise FileNotFoundError(f'{missing}, listed in {data}, does not exist; fix the path or pass --audios_dir.')
     return clips
 
 def _align(clips:Clips, labels:list, where:str)->Clips:
     "`clips` with target columns in the order of `labels` (the training data's classes)."
     extra = sorted(set(clips.labels) - set(labels))
-    if extra: raise ValueError(f'{where} has classes the training data has not ({", ".join(extra[:3])}); give it only classes of --data.')
+    if extra:
+        raise ValueError(f'{where} has classes the training data has not ({", ".join(extra[:3])}); '
+                         'give it only classes of --data.')
     t = np.zeros((len(clips), len(labels)), bool)
     t[:, [labels.index(l) for l in clips.labels]] = clips.targets
     return Clips(clips.paths, list(labels), t, clips.folds)
@@ -565,14 +604,18 @@ def _align(clips:Clips, labels:list, where:str)->Clips:
 def load_data(cfg:FinetuneConfig, clips:Clips, front:FrontEnd, cache:Path, dst:Dist=None)->Data:
     "`clips` decoded once (files that cannot be read left out, with a warning) and their baseline features."
     dst = dst or Dist()
-    keep = cfg.decode_once or cfg.baseline  # without either, every file is still decoded once, to leave out those that cannot be
+    # without either, every file is still decoded once, to leave out those that cannot be
+    keep = cfg.decode_once or cfg.baseline
     for turn in range(dst.world):  # rank 0 first: if the audio goes to disk, the other ranks reuse its file
         if turn == dst.rank: audio, rows = decode_clips(clips, front.sample_rate, cache, cfg.max_memory_mb, keep=keep)
         dst.barrier()
     lost = [l for l, n in zip(clips.labels, clips.targets[rows].sum(0)) if n == 0]
-    if lost: raise ValueError(f'No file of class {lost[0]!r} in {cache.parent.name} could be read (see the warnings above); fix or replace its files.')
+    if lost:
+        raise ValueError(f'No file of class {lost[0]!r} in {cache.parent.name} could be read (see the warnings '
+                         'above); fix or replace its files.')
     feats = logmel_stats(audio, front) if cfg.baseline and dst.main else None
-    return Data(clips.subset(rows), audio if cfg.decode_once else None, feats)  # --no_decode_once: decoded at every draw
+    # --no_decode_once: decoded at every draw
+    return Data(clips.subset(rows), audio if cfg.decode_once else None, feats)
 
 # %% ../nbs/70_finetune.ipynb #0db826a2
 def finetune(cfg:FinetuneConfig)->list:
@@ -580,21 +623,24 @@ def finetune(cfg:FinetuneConfig)->list:
     clips = _read_files(cfg.data, cfg.audios_dir)
     test = _align(_read_files(cfg.test_data), clips.labels, cfg.test_data) if cfg.test_data else None
     multi = clips.multi_label if cfg.task == 'auto' else cfg.task == 'multi'
-    if not multi and clips.multi_label: raise ValueError(f'{cfg.data} has clips with several labels (or none); use --task multi.')
+    if not multi and clips.multi_label:
+        raise ValueError(f'{cfg.data} has clips with several labels (or none); use --task multi.')
     with process_group(cfg.cuda) as dst:
         ck = load_checkpoint(cfg.pretrained_checkpoint_path) if cfg.pretrained_checkpoint_path else None
         front, d = front_end(cfg, ck), finetune_dir(cfg)
         with run_folder(d, dst.main):  # one writer: a second fine-tuning into the same folder is refused at once
             data = load_data(cfg, clips, front, d/f'decoded_{front.sample_rate}.h5', dst)
             if test is not None: test = load_data(cfg, test, front, d/f'test_decoded_{front.sample_rate}.h5', dst)
-            res = [finetune_split(cfg, data, tr, va, d/name, multi, dst, test) for name, tr, va in splits(data.clips, cfg)]
+            res = [finetune_split(cfg, data, tr, va, d/name, multi, dst, test) for name, tr, va in splits(data.clips,
+                                                                                                          cfg)]
         return [r for r in res if r is not None]
 
 def load_finetuned(path:str|Path)->tuple:
     "(model in eval mode, label names) of a fine-tuned checkpoint."
     ck = load_checkpoint(path)
     if not isinstance(ck.get('labels'), list) or not isinstance(ck.get('config'), dict):
-        raise ValueError(f'{path} is not a fine-tuned checkpoint (no labels or config); pass one written by audioset_finetune.')
+        raise ValueError(f'{path} is not a fine-tuned checkpoint (no labels or config); '
+                         'pass one written by audioset_finetune.')
     c = ck['config']
     model = Transfer(ck['model_type'], len(ck['labels']), ck.get('task') == 'multi', front=FrontEnd.of(c))
     load_weights(model.base, ck)

@@ -47,7 +47,9 @@ class Scores:
     @property
     def d_prime(self)->float: return float(np.sqrt(2.0)*stats.norm.ppf(self.mAUC))
     def summary(self)->dict: return dict(mAP=self.mAP, mAUC=self.mAUC, d_prime=self.d_prime, skipped=len(self.skipped))
-    def __repr__(self): return f'Scores(mAP={self.mAP:.4f}, mAUC={self.mAUC:.4f}, d_prime={self.d_prime:.3f}, {len(self.skipped)} classes skipped)'
+    def __repr__(self):
+        return (f'Scores(mAP={self.mAP:.4f}, mAUC={self.mAUC:.4f}, d_prime={self.d_prime:.3f}, '
+                f'{len(self.skipped)} classes skipped)')
 
 def _nanmean(x): return float(np.nanmean(x)) if np.isfinite(x).any() else float('nan')
 
@@ -57,10 +59,12 @@ def score(target:np.ndarray, # (clips, classes) 0/1 targets
          )->Scores:
     "Per-class AP, AUC and d-prime as scikit-learn computes them; classes without both outcomes are skipped."
     target, output = np.asarray(target) > 0.5, np.asarray(output, dtype=np.float64)
-    if target.shape != output.shape: raise ValueError(f'targets {target.shape} and outputs {output.shape} differ in shape.')
+    if target.shape != output.shape:
+        raise ValueError(f'targets {target.shape} and outputs {output.shape} differ in shape.')
     if not (fin := np.isfinite(output).all(1)).all():  # sklearn would say only "Input contains NaN."
-        raise FloatingPointError(f'The model scored {int((~fin).sum())} of {len(fin)} evaluation clips NaN or infinite; '
-                                 'the weights have diverged: resume from an earlier checkpoint with a lower --learning_rate.')
+        raise FloatingPointError(f'The model scored {int((~fin).sum())} of {len(fin)} evaluation clips NaN or '
+                                 'infinite; the weights have diverged: resume from an earlier checkpoint with a lower '
+                                 '--learning_rate.')
     k = target.shape[1]
     ap, auc = np.full(k, np.nan), np.full(k, np.nan)
     pos = target.sum(0)
@@ -83,7 +87,8 @@ LOSSES = dict(clip_bce=clip_bce)
 
 def get_loss_func(loss_type:str)->callable:
     "The loss function called `loss_type`."
-    if loss_type not in LOSSES: raise ValueError(f'Unknown --loss_type {loss_type!r}; choose one of {", ".join(LOSSES)}.')
+    if loss_type not in LOSSES:
+        raise ValueError(f'Unknown --loss_type {loss_type!r}; choose one of {", ".join(LOSSES)}.')
     return LOSSES[loss_type]
 
 # %% ../nbs/50_train.ipynb #f2430629
@@ -106,11 +111,14 @@ class ClassScores:
     def accuracy(self)->float: return float((self.target == self.pred).mean())
     @property
     def macro_f1(self)->float:
-        return float(metrics.f1_score(self.target, self.pred, labels=range(len(self.labels)), average='macro', zero_division=0))
+        return float(metrics.f1_score(self.target, self.pred, labels=range(len(self.labels)), average='macro',
+                                      zero_division=0))
     @property
-    def confusion(self)->np.ndarray: return metrics.confusion_matrix(self.target, self.pred, labels=range(len(self.labels)))
+    def confusion(self)->np.ndarray:
+        return metrics.confusion_matrix(self.target, self.pred, labels=range(len(self.labels)))
     def summary(self)->dict: return dict(accuracy=self.accuracy, macro_f1=self.macro_f1, loss=self.loss)
-    def __repr__(self): return f'ClassScores(accuracy={self.accuracy:.4f}, macro_f1={self.macro_f1:.4f}, {len(self.target)} clips)'
+    def __repr__(self):
+        return f'ClassScores(accuracy={self.accuracy:.4f}, macro_f1={self.macro_f1:.4f}, {len(self.target)} clips)'
 
 def class_scores(target:np.ndarray, output:np.ndarray, labels:list)->ClassScores:
     "`ClassScores` of (clips, classes) outputs (probabilities) against (clips, classes) one-hot targets."
@@ -125,7 +133,8 @@ def plot_confusion(s:ClassScores, ax=None):
     if ax is None: _, ax = plt.subplots(figsize=(1.2 + 0.6*len(s.labels),)*2)
     c = s.confusion
     ax.imshow(c, cmap='Blues')
-    for (i, j), v in np.ndenumerate(c): ax.text(j, i, v, ha='center', va='center', color='white' if v > c.max()/2 else 'black')
+    for (i, j), v in np.ndenumerate(c):
+        ax.text(j, i, v, ha='center', va='center', color='white' if v > c.max()/2 else 'black')
     ax.set_xticks(range(len(s.labels)), s.labels, rotation=45, ha='right')
     ax.set_yticks(range(len(s.labels)), s.labels)
     ax.set(xlabel='predicted', ylabel='true', title=f'accuracy {s.accuracy:.3f}, macro-F1 {s.macro_f1:.3f}')
@@ -148,7 +157,7 @@ def random_gain_eq(x:torch.Tensor, # (batch, samples) waveforms
 
 # %% ../nbs/50_train.ipynb #1c0e603c
 def augmented(batches, gain_db:float, eq_db:float, seed:int=0, start:int=0, rank:int=0):
-    "Pass `batches` through with `random_gain_eq` applied to their waveforms; iteration `start + i` always draws the same."
+    "`batches` with `random_gain_eq` applied to their waveforms; iteration `start + i` always draws the same."
     gen = torch.Generator()
     for it, b in enumerate(batches, start):
         gen.manual_seed(seed*1_000_003 + it*101 + rank)
@@ -178,12 +187,14 @@ class RecipeConfig:
         choices = dict(balanced=('none', 'balanced', 'alternate'), augmentation=('none', 'mixup'),
                        schedule=('constant', 'cosine'), keep=('last', 'best'), model_type=tuple(MODELS))
         for k, ok in choices.items():
-            if getattr(self, k) not in ok: raise ValueError(f'--{k} {getattr(self, k)!r} is not one of {", ".join(ok)}.')
+            if getattr(self, k) not in ok:
+                raise ValueError(f'--{k} {getattr(self, k)!r} is not one of {", ".join(ok)}.')
         if self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError('--batch_size and --learning_rate must be positive.')
         if not 0 <= self.ema < 1:
             raise ValueError(f'--ema {self.ema} must be at least 0 and below 1 (0.99: an average over ~100 steps).')
-        if min(self.patience, self.num_workers or 0) < 0: raise ValueError('--patience and --num_workers must be 0 or more.')
+        if min(self.patience, self.num_workers or 0) < 0:
+            raise ValueError('--patience and --num_workers must be 0 or more.')
 
 @dataclass
 class TrainConfig(RecipeConfig):
@@ -209,7 +220,8 @@ class TrainConfig(RecipeConfig):
     def __post_init__(self):
         super().__post_init__()
         for k, ok in dict(data_type=('balanced_train', 'full_train'), loss_type=tuple(LOSSES)).items():
-            if getattr(self, k) not in ok: raise ValueError(f'--{k} {getattr(self, k)!r} is not one of {", ".join(ok)}.')
+            if getattr(self, k) not in ok:
+                raise ValueError(f'--{k} {getattr(self, k)!r} is not one of {", ".join(ok)}.')
         if min(self.eval_every, self.save_every, self.log_every) < 1:
             raise ValueError('--eval_every, --save_every and --log_every must be positive.')
         if self.warmup_iterations < 0: raise ValueError('--warmup_iterations must be 0 or more.')
@@ -222,10 +234,12 @@ def run_dir(cfg:TrainConfig)->Path:
             f'loss_type={c.loss_type}'/f'balanced={c.balanced}'/f'augmentation={c.augmentation}'/f'batch_size={c.batch_size}')
 
 def checkpoints_dir(cfg:TrainConfig)->Path: return Path(cfg.workspace)/'checkpoints'/'main'/run_dir(cfg)
-def statistics_path(cfg:TrainConfig)->Path: return Path(cfg.workspace)/'statistics'/'main'/run_dir(cfg)/'statistics.jsonl'
+def statistics_path(cfg:TrainConfig)->Path:
+    return Path(cfg.workspace)/'statistics'/'main'/run_dir(cfg)/'statistics.jsonl'
 def checkpoint_path(cfg:TrainConfig, iteration:int|str)->Path:
     "`<iteration>_iterations.pth` as in the reference, or `latest.pth` (`best.pth` with `--keep best`)."
-    return checkpoints_dir(cfg)/(f'{iteration}.pth' if iteration in ('latest', 'best') else f'{iteration}_iterations.pth')
+    return checkpoints_dir(cfg)/(f'{iteration}.pth' if iteration in ('latest',
+                                                                     'best') else f'{iteration}_iterations.pth')
 
 # %% ../nbs/50_train.ipynb #490b2078
 @dataclass
@@ -241,7 +255,8 @@ class Dist:
 
 def setup_dist(cuda:bool=False)->Dist:
     "Join the `torchrun` process group if there is one; pick this rank's device."
-    if cuda and not torch.cuda.is_available(): print('--cuda was given but no GPU is visible; training on the CPU.', file=sys.stderr)
+    if cuda and not torch.cuda.is_available():
+        print('--cuda was given but no GPU is visible; training on the CPU.', file=sys.stderr)
     cuda = cuda and torch.cuda.is_available()
     world, rank, local = (int(os.environ.get(k, d)) for k, d in [('WORLD_SIZE', 1), ('RANK', 0), ('LOCAL_RANK', 0)])
     if cuda: torch.cuda.set_device(local)
@@ -312,7 +327,8 @@ def gather(obj, dst:Dist)->list:
     return out
 
 # %% ../nbs/50_train.ipynb #f6665f68
-def load_state(path:Path, model:nn.Module, opt:torch.optim.Optimizer=None, sampler=None, mixup=None, dst:Dist=None)->int:
+def load_state(path:Path, model:nn.Module, opt:torch.optim.Optimizer=None, sampler=None, mixup=None,
+               dst:Dist=None)->int:
     "Restore what `save_state` wrote into the objects given; return the iteration to continue from."
     dst = dst or Dist()
     ck = load_checkpoint(path)
@@ -595,7 +611,8 @@ def plot_statistics(records:list, ax=None):
     if ax is None: _, ax = plt.subplots(figsize=(6, 4))
     ev = [r for r in records if 'test_mAP' in r]
     for k, style in [('bal', '--'), ('test', '-')]:
-        ax.plot([r['iteration'] for r in ev], [np.nan if r[f'{k}_mAP'] is None else r[f'{k}_mAP'] for r in ev], style, label=k)
+        maps = [np.nan if r[f'{k}_mAP'] is None else r[f'{k}_mAP'] for r in ev]
+        ax.plot([r['iteration'] for r in ev], maps, style, label=k)
     ax.set(xlabel='iterations', ylabel='mAP', ylim=(0, 1))
     ax.grid(alpha=.3)
     ax.legend()
@@ -605,7 +622,8 @@ def plot_statistics(records:list, ax=None):
 def ap_table(scores:Scores, names:list=None, top:int=None)->list:
     "(class, AP, AUC) rows, best AP first, skipping classes without positives."
     names = names or load_labels().names
-    rows = sorted(((names[c], float(scores.ap[c]), float(scores.auc[c])) for c in range(len(scores.ap)) if c not in set(scores.skipped)),
+    rows = sorted(((names[c], float(scores.ap[c]), float(scores.auc[c]))
+                   for c in range(len(scores.ap)) if c not in set(scores.skipped)),
                   key=lambda r: -r[1])
     return rows[:top] if top else rows
 
@@ -625,7 +643,7 @@ def top_confusions(target:np.ndarray, # (clips, classes) 0/1 targets
                    output:np.ndarray, # (clips, classes) probabilities
                    names:list, # class names
                    k:int=5, threshold:float=0.5)->list:
-    "The `k` most frequent (missed class, class wrongly predicted instead, clips) in clips that have both kinds of error."
+    "The `k` most frequent (missed class, class wrongly predicted instead, clips) in clips with both kinds of error."
     t, p = np.asarray(target) > 0.5, np.asarray(output) >= threshold
     counts = {}
     for miss, extra in zip(t & ~p, p & ~t):
@@ -638,7 +656,9 @@ def _index_paths(cfg:TrainConfig)->dict:
     d = Path(cfg.workspace)/'hdf5s'/'indexes'
     paths = dict(train=d/f'{cfg.data_type}.h5', bal=d/'balanced_train.h5', test=d/'eval.h5')
     for p in paths.values():
-        if not p.is_file(): raise FileNotFoundError(f'{p} does not exist; pack the data with `audioset_pack` first or check --workspace.')
+        if not p.is_file():
+            raise FileNotFoundError(f'{p} does not exist; pack the data with `audioset_pack` first or check '
+                                    '--workspace.')
     return paths
 
 def _recorded(batches, path:Path):
@@ -655,7 +675,8 @@ def _resume_path(cfg:TrainConfig)->Path|None:
         return p if p.is_file() else None
     if not cfg.resume_iteration: return None
     p = checkpoint_path(cfg, cfg.resume_iteration)
-    if not p.is_file(): raise FileNotFoundError(f'No checkpoint {p} to resume from; check --resume_iteration and --workspace.')
+    if not p.is_file():
+        raise FileNotFoundError(f'No checkpoint {p} to resume from; check --resume_iteration and --workspace.')
     return p
 
 # %% ../nbs/50_train.ipynb #661f201f
@@ -739,7 +760,7 @@ def recipe_hooks(cfg:RecipeConfig, run:Run,
 def run_folder(path:Path, # the folder a run writes its checkpoints to
                main:bool=True, # only the main process holds it (under torchrun, rank 0)
                also:tuple=()): # other folders only this run writes (its statistics), tidied too
-    "Hold run folder `path` for the block: created, locked against a second run, cleared of a killed save's temporary files."
+    "Hold run folder `path` for the block: created, locked against a second run, cleared of a killed save's temp files."
     path = Path(path)
     if not main:
         yield path
@@ -754,7 +775,7 @@ def run_folder(path:Path, # the folder a run writes its checkpoints to
 
 # %% ../nbs/50_train.ipynb #978379df
 def _eval_loaders(cfg:TrainConfig, data:dict, dst:Dist)->dict:
-    "Loaders over the first `max_eval_clips` of the 'bal' and 'test' sets; they draw nothing from the training's random stream."
+    "Loaders over the first `max_eval_clips` of the 'bal' and 'test' sets, drawing nothing from training's randomness."
     ebs, pin = cfg.eval_batch_size or cfg.batch_size, dst.device.type == 'cuda'
     evals = {k: make_loader(data[k], EvalSampler(min(len(data[k]), cfg.max_eval_clips or len(data[k])), ebs),
                             cfg.num_workers, pin_memory=pin, persistent_workers=False) for k in ('bal', 'test')}
@@ -766,10 +787,13 @@ def setup_audioset(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->tuple:
     "(`Run`, evaluation loaders) for `cfg` on this rank."
     paths = _index_paths(cfg)
     mix = cfg.augmentation == 'mixup'
-    data = {k: AudioSetDataset(p, cfg.front.sample_rate, 'training' if k == 'train' else 'evaluation') for k, p in paths.items()}
-    sampler = make_sampler(cfg.balanced, read_index(paths['train']), per_rank(cfg.batch_size, dst)*(2 if mix else 1), seed=cfg.seed,
+    data = {k: AudioSetDataset(p, cfg.front.sample_rate, 'training' if k == 'train' else 'evaluation')
+            for k, p in paths.items()}
+    sampler = make_sampler(cfg.balanced, read_index(paths['train']), per_rank(cfg.batch_size, dst)*(2 if mix else 1),
+                           seed=cfg.seed,
                            rank=dst.rank, world_size=dst.world)
-    run = setup_run(model if model is not None else build_model(cfg.model_type, cfg.front, classes_num=527), data['train'],
+    run = setup_run(model if model is not None else build_model(cfg.model_type, cfg.front, classes_num=527),
+                    data['train'],
                     sampler, dst, cfg.learning_rate, resume=_resume_path(cfg), mixup=mix, seed=cfg.seed,
                     num_workers=cfg.num_workers, amp=cfg.amp, channels_last=cfg.channels_last, sync_bn=cfg.sync_bn,
                     compile=cfg.compile)
@@ -784,7 +808,8 @@ def train(cfg:TrainConfig,
         return _train(cfg, dst, model)
 
 def _train(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->dict:
-    seed_everything(cfg.seed + dst.rank, cfg.deterministic)  # ranks draw different SpecAugment masks; DDP copies rank 0's weights
+    # ranks draw different SpecAugment masks; DDP copies rank 0's weights
+    seed_everything(cfg.seed + dst.rank, cfg.deterministic)
     run, evals = setup_audioset(cfg, dst, model)
     kept = lambda it: save_checkpoint(checkpoint_path(cfg, 'best'), run.saved, iteration=it, config=flat_config(cfg))
     hooks = recipe_hooks(cfg, run, cfg.early_stop, cfg.warmup_iterations, best_of('test'), kept)
