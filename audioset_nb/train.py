@@ -185,10 +185,12 @@ class RecipeConfig:
 
     def __post_init__(self):
         choices = dict(balanced=('none', 'balanced', 'alternate'), augmentation=('none', 'mixup'),
-                       schedule=('constant', 'cosine'), keep=('last', 'best'), model_type=tuple(MODELS))
+                       schedule=('constant', 'cosine'), keep=('last', 'best'))
         for k, ok in choices.items():
             if getattr(self, k) not in ok:
                 raise ValueError(f'--{k} {getattr(self, k)!r} is not one of {", ".join(ok)}.')
+        if self.model_type not in MODELS:
+            raise ValueError(f"Unknown --model_type {self.model_type!r}; choose one of: {', '.join(MODELS)}.")
         if self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError('--batch_size and --learning_rate must be positive.')
         if not 0 <= self.ema < 1:

@@ -232,7 +232,7 @@ def test_best_checkpoint_baseline_and_early_stop(tmp, folder):
     assert r['baseline'].accuracy == last['baseline_accuracy']
     if r['iteration'] < 6*3:  # stopped early: one evaluation without improvement after the best
         assert evals[-1]['iteration'] == r['iteration'] and accs[-1] <= accs[-2]
-        assert load_checkpoint(d/'latest.pth')['stopped']
+        assert load_checkpoint(d/'latest.pth')['hooks']['best']['stopped'] == r['iteration']
 
 def test_torchrun_two_processes(tmp):
     "Under torchrun (2 CPU processes, gloo): each rank trains on its share, rank 0 evaluates and writes final.pth."
@@ -333,3 +333,11 @@ def test_resume_with_ema_continues_exactly(tmp, folder, monkeypatch):
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole), [k for k in whole if not torch.equal(whole[k],
                                                                                                        resumed[k])][:3]
+
+def test_earlier_flag_spellings(monkeypatch):
+    "`--no_balanced` and `--mixup`, bools before audioset_train and audioset_finetune shared one config, still work."
+    seen = []
+    monkeypatch.setattr(ft, 'finetune', lambda cfg: seen.append(cfg) or [])
+    finetune_cli(['--data', 'x', '--no_balanced', '--mixup'])
+    finetune_cli(['--data', 'x', '--balanced', 'alternate', '--augmentation', 'none'])
+    assert [(c.balanced, c.augmentation) for c in seen] == [('none', 'mixup'), ('alternate', 'none')]
