@@ -4,35 +4,33 @@
 
 # %% ../nbs/70_finetune.ipynb #3b02ece2
 from __future__ import annotations
-import csv, dataclasses, json, logging, math, os
-from contextlib import contextmanager, nullcontext
+import csv, dataclasses, json, logging, os, sys
 from dataclasses import dataclass, field
 from pathlib import Path
-import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+import numpy as np, torch, torch.nn as nn
 from torch.utils.data import Dataset
-from sklearn import metrics
 import h5py
 import torch.distributed as dist
 from .audio import AudioError, load_audio, pad_or_truncate, to_float32, to_int16
-from .data import BalancedSampler, RandomSampler, default_workers
+from .data import SAMPLERS
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint
 from .models import MODELS, LogmelFrontend, build_model
 from .config import FrontEnd, config_cli, flat_config
 from .inference import HEADS, SingleLabel
-from .train import (Dist, autocast, clip_bce, fit, run_folder, score, seed_everything, setup_dist, setup_run,
-                    statistics_logger)
+from .train import (Dist, Hook, RecipeConfig, augmented, autocast, best_of, class_scores,
+                               clip_bce, fit, per_rank, process_group, recipe_hooks, run_folder, score,
+                               seed_everything, setup_run, softmax_ce, statistics_logger)
 
 # %% auto #0
-__all__ = ['AUDIO_EXTS', 'NEW_SOUNDS', 'finetune_cli', 'Clips', 'read_folder', 'read_csv', 'read_dataset', 'make_sound_folder',
-           'Decoded', 'decode_clips', 'load_finite', 'crop_at', 'random_crop', 'clip_windows', 'ClipDataset', 'is_head',
-           'Transfer', 'load_body', 'scale_specaug', 'random_gain_eq', 'augmented', 'softmax_ce', 'ClassScores',
-           'class_scores', 'plot_confusion', 'predict_clips', 'evaluate_clips', 'lr_factor', 'schedule_lr', 'EMA',
-           'selection_key', 'Keeper', 'EarlyStop', 'stop_early', 'logmel_stats', 'baseline_scores', 'Data',
-           'FinetuneConfig', 'front_end', 'unfreeze_at', 'holdout', 'splits', 'checkpoint_extras', 'finetune_split',
-           'finetune_dir', 'load_data', 'finetune', 'load_finetuned', 'write_mini_csv']
+__all__ = ['AUDIO_EXTS', 'Clips', 'read_folder', 'read_csv', 'read_dataset', 'Decoded', 'decode_clips', 'load_finite', 'crop_at',
+           'random_crop', 'clip_windows', 'ClipDataset', 'is_head', 'Transfer', 'load_body', 'scale_specaug',
+           'predict_clips', 'evaluate_clips', 'logmel_stats', 'baseline_scores', 'Data', 'FinetuneConfig', 'front_end',
+           'Unfreeze', 'holdout', 'splits', 'checkpoint_extras', 'finetune_split', 'finetune_dir', 'load_data',
+           'finetune', 'load_finetuned', 'finetune_cli']
 
 # %% ../nbs/70_finetune.ipynb #68f446f0
-AUDIO_EXTS = {'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.webm', '.mp4', '.aif', '.aiff', '.au', '.wma', '.mkv'}
+AUDIO_EXTS = {'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.webm', '.mp4', '.aif', '.aiff',
+              '.au', '.wma', '.mkv'}
 
 @dataclass
 class Clips:
@@ -42,13 +40,16 @@ class Clips:
     targets: np.ndarray      # bool (clips, classes)
     folds: np.ndarray = None # int fold of each clip, or None
     def __len__(self): return len(self.paths)
-    def __repr__(self): return f'Clips({len(self)} files, {len(self.labels)} classes{", folds " + str(sorted(set(self.folds.tolist()))) if self.folds is not None else ""})'
+    def __repr__(self):
+        folds = '' if self.folds is None else f', folds {sorted(set(self.folds.tolist()))}'
+        return f'Clips({len(self)} files, {len(self.labels)} classes{folds})'
     @property
     def multi_label(self)->bool: return bool((self.targets.sum(1) != 1).any())
     def subset(self, rows)->Clips:
         "The clips at `rows`."
         rows = np.asarray(rows, dtype=int)
-        return Clips([self.paths[i] for i in rows], self.labels, self.targets[rows], None if self.folds is None else self.folds[rows])
+        return Clips([self.paths[i] for i in rows], self.labels, self.targets[rows],
+                     None if self.folds is None else self.folds[rows])
 
 def _targets(names:list, labels:list)->np.ndarray:
     ix = {l: i for i, l in enumerate(labels)}
@@ -63,12 +64,16 @@ def _check_classes(labels, where):
 def read_folder(root:str|Path)->Clips:
     "The audio files of `root/<class>/...`, one sub-folder per class (searched recursively)."
     root = Path(root)
-    if not root.is_dir(): raise FileNotFoundError(f'{root} is not a folder; pass a folder with one sub-folder per class, or a CSV.')
+    if not root.is_dir():
+        raise FileNotFoundError(f'{root} is not a folder; pass a folder with one sub-folder per class, or a CSV.')
     labels = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith('.'))
     _check_classes(labels, root)
-    files = [(p, l) for l in labels for p in sorted((root/l).rglob('*')) if p.suffix.lower() in AUDIO_EXTS and p.is_file()]
+    files = [(p, l) for l in labels for p in sorted((root/l).rglob('*'))
+             if p.suffix.lower() in AUDIO_EXTS and p.is_file()]
     empty = [l for l in labels if not any(fl == l for _, fl in files)]
-    if empty: raise ValueError(f'Class folder {root/empty[0]} holds no audio files ({", ".join(sorted(AUDIO_EXTS))}); add some or remove it.')
+    if empty:
+        raise ValueError(f'Class folder {root/empty[0]} holds no audio files ({", ".join(sorted(AUDIO_EXTS))}); '
+                         'add some or remove it.')
     return Clips([str(p) for p, _ in files], labels, _targets([[l] for _, l in files], labels))
 
 # %% ../nbs/70_finetune.ipynb #3c5c5d51
@@ -88,7 +93,8 @@ def read_csv(csv_path:str|Path, # rows `path,label[;label...]`, or a header nami
             )->Clips:
     "The labelled files of a CSV (optionally with a `fold` column)."
     csv_path = Path(csv_path)
-    if not csv_path.is_file(): raise FileNotFoundError(f'{csv_path} does not exist; pass a CSV of path,label rows or a class folder.')
+    if not csv_path.is_file():
+        raise FileNotFoundError(f'{csv_path} does not exist; pass a CSV of path,label rows or a class folder.')
     rows = [r for r in csv.reader(csv_path.read_text().splitlines()) if r and any(c.strip() for c in r)]
     if not rows: raise ValueError(f'{csv_path} is empty; it needs one path,label row per clip.')
     has_header = any(c.strip().lower() in _PATH_COLS for c in rows[0])
@@ -96,12 +102,15 @@ def read_csv(csv_path:str|Path, # rows `path,label[;label...]`, or a header nami
     rows = rows[1:] if has_header else rows
     base = Path(audios_dir) if audios_dir else csv_path.parent
     bad = next((i for i, r in enumerate(rows) if len(r) <= max(p, l, f or 0) or not r[l].strip()), None)
-    if bad is not None: raise ValueError(f'Row {bad + 1 + has_header} of {csv_path} has no label; every row needs a path and a label.')
+    if bad is not None:
+        raise ValueError(f'Row {bad + 1 + has_header} of {csv_path} has no label; every row needs a path and a label.')
     names = [[n.strip() for n in r[l].split(';') if n.strip()] for r in rows]
     labels = sorted({n for ns in names for n in ns})
     _check_classes(labels, csv_path)
     try: folds = np.array([int(r[f]) for r in rows]) if f is not None else None
-    except ValueError: raise ValueError(f'The fold column of {csv_path} holds a value that is not a whole number; folds are 1, 2, ...') from None
+    except ValueError:
+        raise ValueError(f'The fold column of {csv_path} holds a value that is not a whole number; '
+                         'folds are 1, 2, ...') from None
     return Clips([str(base/r[p].strip()) for r in rows], labels, _targets(names, labels), folds)
 
 # %% ../nbs/70_finetune.ipynb #fcb2dd74
@@ -110,51 +119,8 @@ def read_dataset(data:str|Path, audios_dir:str|Path=None)->Clips:
     data = Path(data)
     if data.is_dir(): return read_folder(data)
     if data.suffix.lower() in ('.csv', '.tsv', '.txt') or data.is_file(): return read_csv(data, audios_dir)
-    raise FileNotFoundError(f'{data} does not exist; pass a folder with one sub-folder per class, or a CSV of path,label rows.')
-
-# %% ../nbs/70_finetune.ipynb #a37dffaf
-def _drone(rng, n, sr):
-    "A low harmonic drone with a slow tremolo."
-    t = np.arange(n)/sr
-    f = rng.uniform(80, 160)
-    return sum(np.sin(2*np.pi*k*f*t)/k for k in range(1, 6))*(1 + 0.5*np.sin(2*np.pi*rng.uniform(2, 5)*t))
-
-def _knock(rng, n, sr):
-    "Irregular knocks: short low resonances at random times."
-    x = np.zeros(n)
-    t = np.arange(int(0.08*sr))/sr
-    for s in rng.integers(0, max(1, n - len(t)), rng.integers(3, 8)):
-        x[s:s+len(t)] += np.sin(2*np.pi*rng.uniform(150, 400)*t)*np.exp(-t*rng.uniform(40, 80))
-    return x
-
-def _trill(rng, n, sr):
-    "A bird-like trill: a high tone whose pitch jumps between two notes 8–15 times a second."
-    t = np.arange(n)/sr
-    f = rng.uniform(2500, 5000)
-    f_t = f*np.where(np.sin(2*np.pi*rng.uniform(8, 15)*t) > 0, 1.0, rng.uniform(1.15, 1.3))
-    return np.sin(2*np.pi*np.cumsum(f_t)/sr)
-
-def _hiss(rng, n, sr):
-    "Noise high-passed by differencing, swelling and fading."
-    x = np.diff(rng.standard_normal(n + 1))
-    return x*np.sin(np.pi*np.arange(n)/n)**2
-
-NEW_SOUNDS = dict(drone=_drone, knock=_knock, trill=_trill, hiss=_hiss)
-
-def make_sound_folder(root:str|Path, # folder to write `root/<class>/<i>.<ext>` into
-                      per_class:int=10, seconds:tuple=(1.0, 3.0), # clips per class, length range
-                      seed:int=0, sounds:dict=None)->Path: # sounds: name -> (rng, n, sr) -> signal; default `NEW_SOUNDS`
-    "Write a folder dataset of generated sounds in mixed formats, rates, channel counts and lengths."
-    from audioset_nb.audio import write_wav
-    root, rng = Path(root), np.random.default_rng(seed)
-    for name, synth in (sounds or NEW_SOUNDS).items():
-        for i in range(per_class):
-            sr = int(rng.choice([16000, 22050, 32000, 44100]))
-            x = synth(rng, int(rng.uniform(*seconds)*sr), sr)
-            x = 0.5*x/max(np.abs(x).max(), 1e-9) + 0.003*rng.standard_normal(len(x))
-            if i % 3 == 1: x = np.stack([x, 0.8*x])
-            write_wav(root/name/f'{i:03d}.wav', x.astype(np.float32), sr)
-    return root
+    raise FileNotFoundError(f'{data} does not exist; pass a folder with one sub-folder per class, '
+                            'or a CSV of path,label rows.')
 
 # %% ../nbs/70_finetune.ipynb #f5e80175
 class Decoded:
@@ -166,7 +132,10 @@ class Decoded:
         self.starts, self.ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
         self._h5 = self._pid = None
     def __len__(self): return len(self.starts)
-    def __repr__(self): return f'Decoded({len(self)} files, {self.ends.sum() - self.starts.sum()} samples at {self.sample_rate} Hz{", on disk" if self.on_disk else ""})'
+    def __repr__(self):
+        where = ', on disk' if self.on_disk else ''
+        n = self.ends.sum() - self.starts.sum()
+        return f'Decoded({len(self)} files, {n} samples at {self.sample_rate} Hz{where})'
     def __getstate__(self): return {**self.__dict__, '_h5': None, '_pid': None}  # each worker opens the file itself
     @property
     def on_disk(self)->bool: return isinstance(self.samples, (str, Path))
@@ -193,7 +162,8 @@ def _decode_job(args)->tuple:
     except AudioError as e: return None, f'{e} It was left out.'
     except Exception as e: return None, f'{path} could not be decoded ({type(e).__name__}: {e}); it was left out.'
     bad = ~np.isfinite(x)
-    note = f'{path} holds {int(bad.sum())} NaN or infinite samples; they were replaced with silence.' if bad.any() else None
+    note = f'{path} holds {int(bad.sum())} NaN or infinite samples; they were replaced with silence.'
+    note = note if bad.any() else None
     return to_int16(np.where(bad, 0, x)) if keep else np.zeros(0, np.int16), note
 
 # %% ../nbs/70_finetune.ipynb #5203e928
@@ -226,14 +196,17 @@ def decode_clips(clips:Clips, sample_rate:int,
                  cache:str|Path, # HDF5 file the samples go to if they outgrow `max_mb`
                  max_mb:float=2048, # decoded audio kept in memory up to this many MB
                  workers:int=None, # decoding processes (default: one per core)
-                 keep:bool=True)->tuple: # keep the samples (False: only find the files that cannot be read; `Decoded` is None)
+                 # keep the samples (False: only find the files that cannot be read; `Decoded` is None)
+                 keep:bool=True)->tuple:
     "(`Decoded` of the files that could be read, their rows in `clips`); warnings name the files left out or mended."
     from audioset_nb.pack import _imap, default_pack_workers
     cache, key = Path(cache), _file_key(clips.paths, sample_rate)
-    if keep and cache.is_file() and (old := _reuse(cache, key)) is not None: return Decoded(str(cache), *old[:2], sample_rate), old[2]
+    if keep and cache.is_file() and (old := _reuse(cache, key)) is not None:
+        return Decoded(str(cache), *old[:2], sample_rate), old[2]
     workers, parts, starts, ends, rows, n, f = workers or default_pack_workers(), [], [], [], [], 0, None
     tmp = cache.with_name(f'.{cache.name}.partial')  # a killed run's leftover is started afresh
-    for i, (x, note) in enumerate(_imap(_decode_job, [(p, sample_rate, keep) for p in clips.paths], workers, 4*workers)):
+    for i, (x, note) in enumerate(_imap(_decode_job, [(p, sample_rate,
+                                                       keep) for p in clips.paths], workers, 4*workers)):
         if note: _log.warning(note)
         if x is None: continue
         rows.append(i)
@@ -248,7 +221,8 @@ def decode_clips(clips:Clips, sample_rate:int,
             f = _spill(tmp, parts, key)
             parts = []
     if not keep: return None, np.array(rows, int)
-    if f is None: return Decoded(np.concatenate(parts or [np.zeros(0, np.int16)]), starts, ends, sample_rate), np.array(rows, int)
+    if f is None:
+        return Decoded(np.concatenate(parts or [np.zeros(0, np.int16)]), starts, ends, sample_rate), np.array(rows, int)
     with f: f['starts'], f['ends'], f['rows'] = starts, ends, rows
     tmp.replace(cache)
     return Decoded(str(cache), starts, ends, sample_rate), np.array(rows, int)
@@ -297,7 +271,8 @@ class ClipDataset(Dataset):
         s, o = crop_at(self.audio.length(i), self.clip_samples)
         return _place(self.audio.read(i, s, self.clip_samples), self.clip_samples, o)
     def __getitem__(self, i:int)->dict:
-        return dict(audio_name=self.clips.paths[i], waveform=self.crop(i), target=self.clips.targets[i].astype(np.float32))
+        return dict(audio_name=self.clips.paths[i], waveform=self.crop(i),
+                    target=self.clips.targets[i].astype(np.float32))
 
 # %% ../nbs/70_finetune.ipynb #d43434f7
 def is_head(name:str)->bool:
@@ -341,14 +316,15 @@ def load_body(model:Transfer, checkpoint:str|Path|dict, # a path, or a checkpoin
     head = {k: v for k, v in model.base.state_dict().items() if is_head(k)}
     try: load_weights(model.base, {**{k: v for k, v in sd.items() if not is_head(k)}, **head})
     except ValueError as e:
-        raise ValueError(str(e).replace('the checkpoint', name, 1).replace('build the model the checkpoint was trained as',
+        raise ValueError(str(e).replace('the checkpoint', name,
+                                        1).replace('build the model the checkpoint was trained as',
                          'pass the --model_type and front-end flags it was trained with')) from None
     return model
 
 # %% ../nbs/70_finetune.ipynb #4584409b
 def scale_specaug(model:nn.Module, # a zoo model (or `Transfer`) with a `spec_augmenter`
                   clip_samples:int)->nn.Module:
-    "Size SpecAugment's stripes for `clip_samples`-sample crops as the reference sizes them for 10-s clips at 64 mel bins."
+    "Size SpecAugment's stripes for `clip_samples`-sample crops as the reference sizes them for 10-s, 64-bin clips."
     base = getattr(model, 'base', model)
     aug = getattr(base, 'spec_augmenter', None)
     if aug is None: return model
@@ -357,79 +333,12 @@ def scale_specaug(model:nn.Module, # a zoo model (or `Transfer`) with a `spec_au
     aug.freq_dropper.drop_width = max(1, round(8*c['mel_bins']/64))
     return model
 
-# %% ../nbs/70_finetune.ipynb #20e08584
-def random_gain_eq(x:torch.Tensor, # (batch, samples) waveforms
-                   gen:torch.Generator, gain_db:float=0., eq_db:float=0., octaves:int=6)->torch.Tensor:
-    "Each row of `x` at a random level (± `gain_db`) through a random smooth EQ (± `eq_db` at points an octave apart)."
-    b, n = x.shape
-    if eq_db:
-        X = torch.fft.rfft(x.float())
-        k = X.shape[1]
-        oct_ = (torch.log2(torch.arange(k).clamp(min=1)/(k - 1)) + octaves).clamp(0, octaves)  # 0 .. octaves (Nyquist)
-        pts = (torch.rand(b, octaves + 1, generator=gen)*2 - 1)*eq_db
-        lo = oct_.floor().long().clamp(max=octaves - 1)
-        w = oct_ - lo
-        x = torch.fft.irfft(X*10**((pts[:, lo]*(1 - w) + pts[:, lo + 1]*w)/20), n).to(x.dtype)
-    return x*10**((torch.rand(b, 1, generator=gen)*2 - 1)*gain_db/20).to(x.dtype) if gain_db else x
-
-# %% ../nbs/70_finetune.ipynb #1c0e603c
-def augmented(batches, gain_db:float, eq_db:float, seed:int=0, start:int=0, rank:int=0):
-    "Pass `batches` through with `random_gain_eq` applied to their waveforms; iteration `start + i` always draws the same."
-    gen = torch.Generator()
-    for it, b in enumerate(batches, start):
-        gen.manual_seed(seed*1_000_003 + it*101 + rank)
-        yield {**b, 'waveform': random_gain_eq(b['waveform'], gen, gain_db, eq_db)}
-
-# %% ../nbs/70_finetune.ipynb #f2430629
-def softmax_ce(output:dict, # model output with `logits` (batch, classes)
-               target:torch.Tensor, # (batch, classes) class probabilities (one-hot, or mixed)
-               weight:torch.Tensor=None)->torch.Tensor: # (classes,) weight of each class's examples (None: all 1)
-    "Softmax cross-entropy between logits and target distributions, in fp32."
-    t = target.float() if weight is None else target.float()*weight.to(target.device)
-    return -(t*F.log_softmax(output['logits'].float(), -1)).sum(-1).mean()
-
-# %% ../nbs/70_finetune.ipynb #a144aef0
-@dataclass
-class ClassScores:
-    "Single-label results: true and predicted classes, with accuracy, macro-F1 and the confusion matrix."
-    target: np.ndarray  # (clips,) true class index
-    pred: np.ndarray    # (clips,) predicted class index
-    labels: list        # class names
-    loss: float = float('nan')  # mean cross-entropy of the predicted probabilities (NaN: not known)
-    @property
-    def accuracy(self)->float: return float((self.target == self.pred).mean())
-    @property
-    def macro_f1(self)->float:
-        return float(metrics.f1_score(self.target, self.pred, labels=range(len(self.labels)), average='macro', zero_division=0))
-    @property
-    def confusion(self)->np.ndarray: return metrics.confusion_matrix(self.target, self.pred, labels=range(len(self.labels)))
-    def summary(self)->dict: return dict(accuracy=self.accuracy, macro_f1=self.macro_f1, loss=self.loss)
-    def __repr__(self): return f'ClassScores(accuracy={self.accuracy:.4f}, macro_f1={self.macro_f1:.4f}, {len(self.target)} clips)'
-
-def class_scores(target:np.ndarray, output:np.ndarray, labels:list)->ClassScores:
-    "`ClassScores` of (clips, classes) outputs (probabilities) against (clips, classes) one-hot targets."
-    t, o = np.asarray(target).argmax(1), np.asarray(output, dtype=np.float64)
-    p = o[np.arange(len(t)), t]/np.maximum(o.sum(1), 1e-12)
-    return ClassScores(t, o.argmax(1), list(labels), float(-np.log(np.clip(p, 1e-7, 1)).mean()))
-
-# %% ../nbs/70_finetune.ipynb #9d7240c9
-def plot_confusion(s:ClassScores, ax=None):
-    "The confusion matrix, rows true classes, columns predictions, counts in the cells."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(1.2 + 0.6*len(s.labels),)*2)
-    c = s.confusion
-    ax.imshow(c, cmap='Blues')
-    for (i, j), v in np.ndenumerate(c): ax.text(j, i, v, ha='center', va='center', color='white' if v > c.max()/2 else 'black')
-    ax.set_xticks(range(len(s.labels)), s.labels, rotation=45, ha='right')
-    ax.set_yticks(range(len(s.labels)), s.labels)
-    ax.set(xlabel='predicted', ylabel='true', title=f'accuracy {s.accuracy:.3f}, macro-F1 {s.macro_f1:.3f}')
-    return ax
-
 # %% ../nbs/70_finetune.ipynb #fd2f6d01
 def _windows_of(clips:Clips, sample_rate:int, clip_samples:int, audio:Decoded=None):
     "(clip, window) for each window of each file, one file decoded at a time."
     for i, p in enumerate(clips.paths):
-        for w in clip_windows(audio.read(i) if audio is not None else load_finite(p, sample_rate), clip_samples): yield i, w
+        for w in clip_windows(audio.read(i) if audio is not None else load_finite(p, sample_rate), clip_samples):
+            yield i, w
 
 @torch.no_grad()
 def predict_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:int, batch_size:int=32,
@@ -441,7 +350,9 @@ def predict_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:in
     total, count, batch = None, np.zeros(len(clips)), []
     def run():
         nonlocal total
-        with autocast(device, amp): out = model(torch.from_numpy(np.stack([w for _, w in batch])).to(device))['clipwise_output'].float().cpu().numpy()
+        with autocast(device, amp):
+            x = torch.from_numpy(np.stack([w for _, w in batch])).to(device)
+            out = model(x)['clipwise_output'].float().cpu().numpy()
         if total is None: total = np.zeros((len(clips), out.shape[1]))
         for (i, _), o in zip(batch, out):
             total[i] += o
@@ -461,100 +372,14 @@ def evaluate_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:i
     out = predict_clips(model, clips, sample_rate, clip_samples, **kw)
     return score(clips.targets, out) if multi_label else class_scores(clips.targets, out, clips.labels)
 
-# %% ../nbs/70_finetune.ipynb #47846ba8
-def lr_factor(steps:int, # optimizer steps done
-              total:int, warmup:int, # steps in the run, and in its warm-up
-              schedule:str='cosine')->float: # cosine | constant (after the warm-up)
-    "The learning rate's multiplier: a linear warm-up, then a half cosine to zero at `total` (or constant)."
-    if steps < warmup: return (steps + 1)/(warmup + 1)
-    if schedule == 'constant': return 1.0
-    return 0.5*(1 + math.cos(math.pi*min(1.0, (steps - warmup)/max(1, total - warmup))))
-
-def schedule_lr(opt:torch.optim.Optimizer, base_lr:float, factor:callable, # steps done -> multiplier of `base_lr`
-                start:int=0)->torch.optim.lr_scheduler.LambdaLR: # steps already done (resume)
-    "Set `opt`'s learning rate to `base_lr × factor(steps done)` before every step, by a step hook."
-    for g in opt.param_groups: g['initial_lr'] = base_lr
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor, last_epoch=start - 1)
-    opt.register_step_post_hook(lambda *_: sched.step())
-    return sched
-
-# %% ../nbs/70_finetune.ipynb #2e29df43
-class EMA:
-    "An exponential moving average of a model's floating-point weights and buffers, updated after every optimizer step."
-    def __init__(self, model:nn.Module, decay:float=0.99):
-        self.model, self.decay, self.steps = model, decay, 0
-        self.avg = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    def hook(self, opt:torch.optim.Optimizer)->EMA:
-        "Update after each of `opt`'s steps."
-        opt.register_step_post_hook(lambda *_: self.update())
-        return self
-    @torch.no_grad()
-    def update(self):
-        # early on the average would still be mostly the starting weights: the decay grows to `decay` over the first steps
-        self.steps += 1
-        d = min(self.decay, (1 + self.steps)/(10 + self.steps))
-        for k, v in self.model.state_dict().items():
-            if v.dtype.is_floating_point: self.avg[k].lerp_(v.detach(), 1 - d)
-            else: self.avg[k].copy_(v)
-    def state_dict(self)->dict: return self.avg
-    def save_state(self)->dict:
-        "What a resumed run needs to continue the average exactly: the average and the steps taken."
-        return dict(avg=self.avg, steps=self.steps)
-    def load_state(self, state:dict):
-        self.avg = {k: v.to(self.avg[k].device) for k, v in state['avg'].items()}
-        self.steps = int(state['steps'])
-    @contextmanager
-    def applied(self):
-        "The averaged weights in the model for the block, its own weights back after it."
-        own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self.avg)
-        try: yield self.model
-        finally: self.model.load_state_dict(own)
-
-# %% ../nbs/70_finetune.ipynb #9cdadc16
-def selection_key(s)->tuple:
-    "How good a validation result is, for keeping the best: (accuracy, -loss) single-label, (mAP,) multi-label."
-    if isinstance(s, ClassScores): return (s.accuracy, -s.loss if np.isfinite(s.loss) else -np.inf)
-    return (s.mAP if np.isfinite(s.mAP) else -np.inf,)
-
-class Keeper:
-    "Keeps the best validation result's weights by calling `save(iteration)`, and counts evaluations since it."
-    def __init__(self, save:callable, patience:int=0, best:tuple=None):
-        self.save, self.patience, self.best, self.best_iteration, self.since = save, patience, best, None, 0
-    def __call__(self, iteration:int, scores)->bool:
-        "Record `scores` of `iteration`; whether it is the best so far."
-        k = selection_key(scores)
-        if self.best is None or k > tuple(self.best):
-            self.best, self.best_iteration, self.since = k, iteration, 0
-            self.save(iteration)
-            return True
-        self.since += 1
-        return False
-    @property
-    def stop(self)->bool: return bool(self.patience) and self.since >= self.patience
-
-class EarlyStop(Exception):
-    "Raised from the batch stream to end `fit` when the validation score stopped improving."
-
-def stop_early(batches, # the batch stream `fit` draws from
-               keeper:Keeper, every:int, # evaluations happen every `every` iterations
-               start:int=0, dst:Dist=None): # iteration the run starts from; every rank follows rank 0's decision
-    "Pass `batches` through; raise `EarlyStop` before the batch after an evaluation that made `keeper` stop."
-    dst = dst or Dist()
-    for it, b in enumerate(batches, start):  # `it` iterations are done when this batch is drawn
-        if it > start and it % every == 0:
-            flag = torch.tensor(float(keeper.stop))
-            if dst.world > 1: dist.broadcast(flag, 0)
-            if flag: raise EarlyStop(it)
-        yield b
-
 # %% ../nbs/70_finetune.ipynb #7801797a
 @torch.no_grad()
 def logmel_stats(audio:Decoded, front:FrontEnd)->np.ndarray:
     "(files, 2 × mel_bins): the mean and standard deviation over time of each mel band of each file's log-mel."
     fe, out = LogmelFrontend(**front.dict()).eval(), []
     for i in range(len(audio)):
-        m = fe(torch.from_numpy(pad_or_truncate(audio.read(i), max(audio.length(i), front.window_size)))[None])[0, 0].double()
+        m = fe(torch.from_numpy(pad_or_truncate(audio.read(i), max(audio.length(i), front.window_size)))[None])[0,
+                0].double()
         out.append(torch.cat([m.mean(0), m.std(0, correction=0)]).numpy())
     return np.stack(out)
 
@@ -588,55 +413,43 @@ class Data:
                     None if self.feats is None else self.feats[rows])
 
 # %% ../nbs/70_finetune.ipynb #d2fc9b54
-@dataclass
-class FinetuneConfig:
+@dataclass(kw_only=True)
+class FinetuneConfig(RecipeConfig):
     "Fine-tune a PANNs model on your labelled sounds (a class folder or a CSV), with its body pretrained."
-    data: str                       # class folder (one sub-folder per class), or CSV of path,label[;label...] rows (optionally a fold column)
+    data: str = field(kw_only=False) # class folder (a sub-folder per class), or CSV of path,label[;label...][,fold]
     audios_dir: str|None = None     # where a CSV's relative paths start (default: its folder)
-    workspace: str = 'workspace'    # checkpoints and statistics go to <workspace>/finetune/<data name>/<model_type>/<split>
-    front: FrontEnd = field(default_factory=FrontEnd.unset)  # open settings: the pretrained checkpoint's, else the model's
-    model_type: str = 'Cnn14'       # a model of `audioset_nb.models.MODELS`
-    pretrained_checkpoint_path: str|None = None  # PANNs or audioset_nb checkpoint whose body to start from (default: from scratch)
+    workspace: str = 'workspace'    # outputs go to <workspace>/finetune/<data name>/<model_type>/<split>
+    front: FrontEnd = field(default_factory=FrontEnd.unset)  # unset: the pretrained checkpoint's, else the model's
+    augmentation: str = 'none'      # none | mixup
+    schedule: str = 'cosine'        # constant | cosine: the learning rate after the warm-up
+    keep: str = 'best'              # best | last: final.pth holds the best validation score's weights, or the last
+    pretrained_checkpoint_path: str|None = None  # PANNs or audioset_nb checkpoint whose body to start from
     freeze_base: bool = False       # train the new classifier only
     unfreeze_after: int = 0         # with --freeze_base: train the whole model after this many iterations (0: never)
     task: str = 'auto'              # single | multi | auto (multi if any clip has other than one label)
     clip_seconds: float = 5.0       # training crop and evaluation window, seconds
     epochs: int = 10                # passes over the training clips
-    batch_size: int = 32            # clips per step
-    learning_rate: float = 1e-3     # Adam (AMSGrad)
+    warmup_epochs: float = 1.0      # the learning rate rises linearly over these epochs
     folds: str = ''                 # '' holdout; 'all' k-fold over the CSV's fold column; '1,2' those folds
     valid_fraction: float = 0.2     # held out per class when there are no folds
-    balanced: bool = True           # class-balanced sampling
-    mixup: bool = False             # mixup augmentation
     gain_db: float = 0.0            # training crops at a random level, up to ± this many dB (0: off)
-    eq_db: float = 0.0              # training crops through a random smooth EQ, up to ± this many dB an octave apart (0: off)
-    cuda: bool = False              # train on the GPU
-    num_workers: int|None = None    # DataLoader workers (default: one per core but one, at most 8)
-    seed: int = 1234                # seeds the split, sampling, mixup and the new classifier
-    amp: bool = True                # bf16 autocast on the GPU
-    progress: bool = True           # show a progress bar
-    decode_once: bool = True        # decode every file once before training (else at every draw, after checking that each decodes)
+    eq_db: float = 0.0              # training crops through a random smooth EQ, up to ± this many dB (0: off)
+    decode_once: bool = True        # decode every file once before training (else at every draw)
     max_memory_mb: float = 2048     # decoded audio kept in memory up to this; beyond it, in <run folder>/decoded.h5
-    warmup_epochs: float = 1.0      # the learning rate rises linearly over these epochs
-    schedule: str = 'cosine'        # cosine | constant: the learning rate after the warm-up
-    ema: float = 0.0                # decay of the weights' moving average used for evaluation and checkpoints (0: none)
-    keep: str = 'best'              # best | last: final.pth holds the weights of the best validation score, or the last
-    patience: int = 0               # stop after this many evaluations (epochs) without a better validation score (0: never)
     class_weights: bool = False     # weight the single-label loss by inverse class frequency
     baseline: bool = True           # also fit log-mel statistics + logistic regression on the same split
     test_data: str|None = None      # class folder or CSV scored once with the final weights (never used for choosing)
 
     def __post_init__(self):
-        if self.model_type not in MODELS: raise ValueError(f"Unknown --model_type {self.model_type!r}; choose one of: {', '.join(MODELS)}.")
-        if self.task not in ('auto', 'single', 'multi'): raise ValueError(f'--task {self.task!r} is not one of auto, single, multi.')
-        if min(self.epochs, self.batch_size) < 1 or self.clip_seconds <= 0 or self.learning_rate <= 0:
-            raise ValueError('--epochs, --batch_size, --clip_seconds and --learning_rate must be positive.')
-        if self.unfreeze_after and not self.freeze_base: raise ValueError('--unfreeze_after needs --freeze_base (the body is trained from the start otherwise).')
-        if self.schedule not in ('cosine', 'constant'): raise ValueError(f'--schedule {self.schedule!r} is not one of cosine, constant.')
-        if self.keep not in ('best', 'last'): raise ValueError(f'--keep {self.keep!r} is not one of best, last.')
-        if not 0 <= self.ema < 1: raise ValueError(f'--ema {self.ema} must be at least 0 and below 1 (0.99: a moving average over ~100 steps).')
-        if min(self.warmup_epochs, self.patience, self.max_memory_mb, self.num_workers or 0, self.gain_db, self.eq_db) < 0:
-            raise ValueError('--warmup_epochs, --patience, --max_memory_mb, --num_workers, --gain_db and --eq_db must be 0 or more.')
+        if isinstance(self.balanced, bool): self.balanced = 'balanced' if self.balanced else 'none'  # the earlier type
+        super().__post_init__()
+        if self.task not in ('auto', 'single', 'multi'):
+            raise ValueError(f'--task {self.task!r} is not one of auto, single, multi.')
+        if self.epochs < 1 or self.clip_seconds <= 0: raise ValueError('--epochs and --clip_seconds must be positive.')
+        if self.unfreeze_after and not self.freeze_base:
+            raise ValueError('--unfreeze_after needs --freeze_base (the body is trained from the start otherwise).')
+        if min(self.warmup_epochs, self.max_memory_mb, self.gain_db, self.eq_db) < 0:
+            raise ValueError('--warmup_epochs, --max_memory_mb, --gain_db and --eq_db must be 0 or more.')
 
 # %% ../nbs/70_finetune.ipynb #6a0d81ec
 def front_end(cfg:FinetuneConfig, pretrained:dict=None)->FrontEnd:
@@ -644,13 +457,11 @@ def front_end(cfg:FinetuneConfig, pretrained:dict=None)->FrontEnd:
     return cfg.front.fill(FrontEnd.of((pretrained or {}).get('config')), MODELS[cfg.model_type].front)
 
 # %% ../nbs/70_finetune.ipynb #87b9c016
-def unfreeze_at(batches, # the batch stream `fit` draws from
-                model:Transfer, iteration:int, # unfreeze before this iteration's batch... is drawn after it
-                start:int=0): # iteration the run starts from (resume)
-    "Pass `batches` through, unfreezing `model`'s body once `iteration` iterations are done."
-    for it, b in enumerate(batches, start + 1):
-        if model.frozen and it > iteration: model.freeze(False)
-        yield b
+class Unfreeze(Hook):
+    "A hook unfreezing a frozen `Transfer`'s body once `after` iterations are done: the whole model trains from there."
+    def __init__(self, model:Transfer, after:int): self.model, self.after = model, after
+    def before_step(self, it:int):
+        if self.model.frozen and it >= self.after: self.model.freeze(False)
 
 # %% ../nbs/70_finetune.ipynb #9eeb0930
 def holdout(clips:Clips, fraction:float=0.2, seed:int=0)->tuple:
@@ -668,12 +479,16 @@ def holdout(clips:Clips, fraction:float=0.2, seed:int=0)->tuple:
 def splits(clips:Clips, cfg:FinetuneConfig)->list:
     "[(name, train rows, valid rows)] for `cfg.folds`."
     if not cfg.folds: return [('holdout', *holdout(clips, cfg.valid_fraction, cfg.seed))]
-    if clips.folds is None: raise ValueError(f'--folds {cfg.folds} needs a CSV with a fold column; {cfg.data} has none.')
+    if clips.folds is None:
+        raise ValueError(f'--folds {cfg.folds} needs a CSV with a fold column; {cfg.data} has none.')
     have = sorted(set(clips.folds.tolist()))
     try: want = have if cfg.folds == 'all' else [int(f) for f in cfg.folds.split(',')]
-    except ValueError: raise ValueError(f"--folds {cfg.folds!r} is not 'all' or a comma-separated list of folds such as 1,2.") from None
+    except ValueError:
+        raise ValueError(f"--folds {cfg.folds!r} is not 'all' or a comma-separated list of folds such as 1,2.") \
+            from None
     missing = [f for f in want if f not in have]
-    if missing or len(have) < 2: raise ValueError(f'--folds {cfg.folds}: the data has folds {have}; validate on one of them, or on all.')
+    if missing or len(have) < 2:
+        raise ValueError(f'--folds {cfg.folds}: the data has folds {have}; validate on one of them, or on all.')
     return [(f'fold={f}', np.flatnonzero(clips.folds != f), np.flatnonzero(clips.folds == f)) for f in want]
 
 # %% ../nbs/70_finetune.ipynb #4ce982d8
@@ -698,8 +513,11 @@ def _weights(targets:np.ndarray)->torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 # %% ../nbs/70_finetune.ipynb #57dff667
-def _prior_best(best:Path, resuming:bool):
-    return load_checkpoint(best).get('selection') if resuming and best.is_file() else None
+def _sampler(cfg:FinetuneConfig, clips:Clips, dst:Dist):
+    "The sampler of `--balanced` over `clips`; each rank draws its own share of every batch."
+    per = per_rank(cfg.batch_size, dst)*(2 if cfg.augmentation == 'mixup' else 1)
+    data = len(clips) if cfg.balanced == 'none' else clips.targets
+    return SAMPLERS[cfg.balanced](data, per, seed=cfg.seed, rank=dst.rank, world_size=dst.world)
 
 def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_dir:Path, multi_label:bool,
                    dst:Dist=None, test:Data=None): # test: scored once with the final weights
@@ -708,63 +526,56 @@ def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_di
     seed_everything(cfg.seed)
     ck = load_checkpoint(cfg.pretrained_checkpoint_path) if cfg.pretrained_checkpoint_path else None
     front = front_end(cfg, ck)
-    per_rank, rest = divmod(cfg.batch_size, dst.world)
-    if rest or not per_rank: raise ValueError(f'--batch_size {cfg.batch_size} does not split evenly over {dst.world} processes.')
-    n_clip, per = front.samples(cfg.clip_seconds), per_rank*(2 if cfg.mixup else 1)
+    n_clip = front.samples(cfg.clip_seconds)
     model = scale_specaug(Transfer(cfg.model_type, len(data.clips.labels), multi_label, cfg.freeze_base, front), n_clip)
     if ck is not None: load_body(model, ck, cfg.pretrained_checkpoint_path)
     tr, va = data.subset(train_rows), data.subset(valid_rows)
-    where = dict(seed=cfg.seed, rank=dst.rank, world_size=dst.world)  # each rank draws its own share of every batch
-    sampler = BalancedSampler(tr.clips.targets, per, **where) if cfg.balanced else RandomSampler(len(tr), per, **where)
     latest, best = out_dir/'latest.pth', out_dir/'best.pth'
-    prior = load_checkpoint(latest) if latest.is_file() else None
-    run = setup_run(model, ClipDataset(tr.clips, front.sample_rate, n_clip, tr.audio), sampler, dst, cfg.learning_rate,
-                    params=model.head_params + model.body_params, saved=model.base, resume=latest if prior else None,
-                    mixup=cfg.mixup, seed=cfg.seed, num_workers=cfg.num_workers, amp=cfg.amp)
+    run = setup_run(model, ClipDataset(tr.clips, front.sample_rate, n_clip, tr.audio), _sampler(cfg, tr.clips, dst),
+                    dst,
+                    cfg.learning_rate, params=model.head_params + model.body_params, saved=model.base,
+                    resume=latest if latest.is_file() else None, mixup=cfg.augmentation == 'mixup', seed=cfg.seed,
+                    num_workers=cfg.num_workers, amp=cfg.amp)
     extras, epoch = checkpoint_extras(cfg, data.clips.labels, front, multi_label), -(-len(tr)//cfg.batch_size)
-    total = run.start if prior and prior.get('stopped') else cfg.epochs*epoch  # an early-stopped run stays stopped
-    sched = schedule_lr(run.opt, cfg.learning_rate, lambda s: lr_factor(s, cfg.epochs*epoch, round(cfg.warmup_epochs*epoch), cfg.schedule), run.start)
-    ema = EMA(model.base, cfg.ema).hook(run.opt) if cfg.ema else None
-    if ema and prior and prior.get('ema'): ema.load_state(prior['ema'])  # the average continues where it stopped
-    save = lambda it, **kw: run.save(it, latest, **extras, **kw, **({'ema': ema.save_state()} if ema else {}))
-    weights = ema.applied if ema else nullcontext
-    keeper = Keeper(lambda it: save_checkpoint(best, model.base, iteration=it, selection=list(keeper.best), **extras),
-                    cfg.patience, _prior_best(best, run.start > 0))
-    valid = lambda: evaluate_clips(model, va.clips, front.sample_rate, n_clip, multi_label, batch_size=cfg.batch_size,
-                                   device=dst.device, amp=cfg.amp, audio=va.audio)
-    def evaluate(m):
-        with weights():  # the averaged weights, if any, are evaluated and kept
-            s = valid()
-            keeper(sched.last_epoch, s)
-        return {'valid': s}
-    batches = unfreeze_at(run.loader, model, cfg.unfreeze_after, run.start) if cfg.unfreeze_after else run.loader
+    hooks = recipe_hooks(cfg, run, cfg.epochs*epoch, round(cfg.warmup_epochs*epoch), best_of('valid'),
+                         lambda it: save_checkpoint(best, model.base, iteration=it, **extras),
+                         unfreeze=Unfreeze(model, cfg.unfreeze_after) if cfg.unfreeze_after else None)
+    scored = lambda d: evaluate_clips(model, d.clips, front.sample_rate, n_clip, multi_label, batch_size=cfg.batch_size,
+                                      device=dst.device, amp=cfg.amp, audio=d.audio)
+    batches = run.loader
     if cfg.gain_db or cfg.eq_db: batches = augmented(batches, cfg.gain_db, cfg.eq_db, cfg.seed, run.start, dst.rank)
-    if cfg.patience: batches = stop_early(batches, keeper, epoch, run.start, dst)
     w = _weights(tr.clips.targets) if cfg.class_weights and not multi_label else None
     loss = clip_bce if multi_label else (lambda out, y: softmax_ce(out, y, w))
     log = statistics_logger(out_dir/'statistics.jsonl', run.start) if dst.main else (lambda rec: None)
-    try:
-        fit(run.model, run.opt, batches, loss, evaluate, lambda it, keep: save(it), log,
-            iterations=total, start=run.start, eval_every=epoch, save_every=epoch, log_every=epoch, mixup=run.mixup,
-            dst=dst, amp=cfg.amp, progress=cfg.progress)
-    except EarlyStop as e:
-        save(e.args[0], stopped=True)
-        total = e.args[0]
+    fit(run.model, run.opt, batches, loss, lambda m: {'valid': scored(va)}, lambda it,
+        keep: run.save(it, latest, **extras),
+        log, iterations=cfg.epochs*epoch, start=run.start, eval_every=epoch, save_every=epoch, log_every=epoch,
+        mixup=run.mixup, dst=dst, amp=cfg.amp, progress=cfg.progress, hooks=hooks)
     if dst.world > 1:  # batch-norm statistics last updated by each rank's own batch: take rank 0's, as saved
         for b in model.base.buffers(): dist.broadcast(b, 0)
     if not dst.main: return None
+    return _final(cfg, model, hooks, out_dir, hooks.stopped or cfg.epochs*epoch, extras, scored, data, tr, va, test,
+                  log)
+
+# %% ../nbs/70_finetune.ipynb #1d9689d9
+def _final(cfg:FinetuneConfig, model:Transfer, hooks:Hook, out_dir:Path, iteration:int, extras:dict,
+           scored:callable, # Data -> scores of the model on it, through `evaluate_clips`
+           data:Data, tr:Data, va:Data, test:Data|None, log:callable)->dict:
+    "The kept weights into `final.pth`, and their scores on validation (and test) beside the baseline's."
+    best = out_dir/'best.pth'
     if cfg.keep == 'best' and best.is_file(): load_weights(model.base, load_checkpoint(best))
-    elif ema: model.base.load_state_dict(ema.state_dict())
-    save_checkpoint(out_dir/'final.pth', model.base, iteration=total, **extras)
-    res = dict(split=out_dir.name, scores=valid(), checkpoint=out_dir/'final.pth', model=model, iteration=total,
-               best_iteration=keeper.best_iteration)
-    if test is not None:
-        res['test'] = evaluate_clips(model, test.clips, front.sample_rate, n_clip, multi_label, batch_size=cfg.batch_size,
-                                     device=dst.device, amp=cfg.amp, audio=test.audio)
+    elif hooks.get('ema'): hooks.get('ema').apply()
+    save_checkpoint(out_dir/'final.pth', model.base, iteration=iteration, **extras)
+    keeper = hooks.get('best')
+    res = dict(split=out_dir.name, scores=scored(va), checkpoint=out_dir/'final.pth', model=model, iteration=iteration,
+               best_iteration=keeper.best_iteration if keeper else None)
+    if test is not None: res['test'] = scored(test)
     if data.feats is not None:
-        res['baseline'] = baseline_scores(tr.feats, tr.clips.targets, va.feats, va.clips, multi_label)
-        if test is not None: res['baseline_test'] = baseline_scores(tr.feats, tr.clips.targets, test.feats, test.clips, multi_label)
-    log({'iteration': total, 'final': True, **_scores(res, 'valid_')})
+        res['baseline'] = baseline_scores(tr.feats, tr.clips.targets, va.feats, va.clips, res['model'].multi_label)
+        if test is not None:
+            res['baseline_test'] = baseline_scores(tr.feats, tr.clips.targets, test.feats, test.clips,
+                                                   model.multi_label)
+    log({'iteration': iteration, 'final': True, **_scores(res, 'valid_')})
     return res
 
 # %% ../nbs/70_finetune.ipynb #be9d9f3b
@@ -775,13 +586,16 @@ def finetune_dir(cfg:FinetuneConfig)->Path:
 def _read_files(data:str, audios_dir:str=None)->Clips:
     clips = read_dataset(data, audios_dir)
     missing = next((p for p in clips.paths if not Path(p).is_file()), None)
-    if missing: raise FileNotFoundError(f'{missing}, listed in {data}, does not exist; fix the path or pass --audios_dir.')
+    if missing:
+        raise FileNotFoundError(f'{missing}, listed in {data}, does not exist; fix the path or pass --audios_dir.')
     return clips
 
 def _align(clips:Clips, labels:list, where:str)->Clips:
     "`clips` with target columns in the order of `labels` (the training data's classes)."
     extra = sorted(set(clips.labels) - set(labels))
-    if extra: raise ValueError(f'{where} has classes the training data has not ({", ".join(extra[:3])}); give it only classes of --data.')
+    if extra:
+        raise ValueError(f'{where} has classes the training data has not ({", ".join(extra[:3])}); '
+                         'give it only classes of --data.')
     t = np.zeros((len(clips), len(labels)), bool)
     t[:, [labels.index(l) for l in clips.labels]] = clips.targets
     return Clips(clips.paths, list(labels), t, clips.folds)
@@ -790,14 +604,18 @@ def _align(clips:Clips, labels:list, where:str)->Clips:
 def load_data(cfg:FinetuneConfig, clips:Clips, front:FrontEnd, cache:Path, dst:Dist=None)->Data:
     "`clips` decoded once (files that cannot be read left out, with a warning) and their baseline features."
     dst = dst or Dist()
-    keep = cfg.decode_once or cfg.baseline  # without either, every file is still decoded once, to leave out those that cannot be
+    # without either, every file is still decoded once, to leave out those that cannot be
+    keep = cfg.decode_once or cfg.baseline
     for turn in range(dst.world):  # rank 0 first: if the audio goes to disk, the other ranks reuse its file
         if turn == dst.rank: audio, rows = decode_clips(clips, front.sample_rate, cache, cfg.max_memory_mb, keep=keep)
         dst.barrier()
     lost = [l for l, n in zip(clips.labels, clips.targets[rows].sum(0)) if n == 0]
-    if lost: raise ValueError(f'No file of class {lost[0]!r} in {cache.parent.name} could be read (see the warnings above); fix or replace its files.')
+    if lost:
+        raise ValueError(f'No file of class {lost[0]!r} in {cache.parent.name} could be read (see the warnings '
+                         'above); fix or replace its files.')
     feats = logmel_stats(audio, front) if cfg.baseline and dst.main else None
-    return Data(clips.subset(rows), audio if cfg.decode_once else None, feats)  # --no_decode_once: decoded at every draw
+    # --no_decode_once: decoded at every draw
+    return Data(clips.subset(rows), audio if cfg.decode_once else None, feats)
 
 # %% ../nbs/70_finetune.ipynb #0db826a2
 def finetune(cfg:FinetuneConfig)->list:
@@ -805,44 +623,28 @@ def finetune(cfg:FinetuneConfig)->list:
     clips = _read_files(cfg.data, cfg.audios_dir)
     test = _align(_read_files(cfg.test_data), clips.labels, cfg.test_data) if cfg.test_data else None
     multi = clips.multi_label if cfg.task == 'auto' else cfg.task == 'multi'
-    if not multi and clips.multi_label: raise ValueError(f'{cfg.data} has clips with several labels (or none); use --task multi.')
-    dst = setup_dist(cfg.cuda)
-    try:
+    if not multi and clips.multi_label:
+        raise ValueError(f'{cfg.data} has clips with several labels (or none); use --task multi.')
+    with process_group(cfg.cuda) as dst:
         ck = load_checkpoint(cfg.pretrained_checkpoint_path) if cfg.pretrained_checkpoint_path else None
         front, d = front_end(cfg, ck), finetune_dir(cfg)
         with run_folder(d, dst.main):  # one writer: a second fine-tuning into the same folder is refused at once
             data = load_data(cfg, clips, front, d/f'decoded_{front.sample_rate}.h5', dst)
             if test is not None: test = load_data(cfg, test, front, d/f'test_decoded_{front.sample_rate}.h5', dst)
-            res = [finetune_split(cfg, data, tr, va, d/name, multi, dst, test) for name, tr, va in splits(data.clips, cfg)]
+            res = [finetune_split(cfg, data, tr, va, d/name, multi, dst, test) for name, tr, va in splits(data.clips,
+                                                                                                          cfg)]
         return [r for r in res if r is not None]
-    finally:
-        if dst.world > 1 and dist.is_initialized(): dist.destroy_process_group()
 
 def load_finetuned(path:str|Path)->tuple:
     "(model in eval mode, label names) of a fine-tuned checkpoint."
     ck = load_checkpoint(path)
     if not isinstance(ck.get('labels'), list) or not isinstance(ck.get('config'), dict):
-        raise ValueError(f'{path} is not a fine-tuned checkpoint (no labels or config); pass one written by audioset_finetune.')
+        raise ValueError(f'{path} is not a fine-tuned checkpoint (no labels or config); '
+                         'pass one written by audioset_finetune.')
     c = ck['config']
     model = Transfer(ck['model_type'], len(ck['labels']), ck.get('task') == 'multi', front=FrontEnd.of(c))
     load_weights(model.base, ck)
     return model.eval(), ck['labels']
-
-# %% ../nbs/70_finetune.ipynb #94cbc449
-def write_mini_csv(root:str|Path, # folder for the clips and `mini.csv`
-                   n:int=96, seconds:float=1.0, sr:int=16000, seed:int=0)->Path:
-    "Write `n` clips of one or two mini AudioSet classes (`synth_clip`) and their multi-label `mini.csv`; return its path."
-    from audioset_nb.audio import write_wav
-    from audioset_nb.mini import synth_clip, MINI_CLASSES
-    import io
-    root, rng, rows = Path(root), np.random.default_rng(seed), io.StringIO()
-    for i in range(n):
-        names = rng.choice(MINI_CLASSES, rng.integers(1, 3), replace=False).tolist()
-        x, _ = synth_clip([seed, i], [(c, 0.0, seconds, -12.0) for c in names], sr=sr, seconds=seconds)
-        write_wav(root/f'{i:03d}.wav', x, sr)
-        csv.writer(rows, lineterminator='\n').writerow([f'{i:03d}.wav', ';'.join(names)])  # quoted: class names hold commas
-    (root/'mini.csv').write_text(rows.getvalue())
-    return root/'mini.csv'
 
 # %% ../nbs/70_finetune.ipynb #9692f1a6
 def _finetune_and_print(cfg:FinetuneConfig):
@@ -850,6 +652,12 @@ def _finetune_and_print(cfg:FinetuneConfig):
     for r in res: print(json.dumps(_summary(r)))
     if len(res) > 1:
         rows = [_summary(r) for r in res]
-        print(json.dumps({'split': 'mean', **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ('split', 'checkpoint')}}))
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ('split', 'checkpoint')}
+        print(json.dumps({'split': 'mean', **mean}))
 
-finetune_cli = config_cli(FinetuneConfig, _finetune_and_print, 'audioset_finetune')
+_EARLIER_FLAGS = {'--no_balanced': '--balanced=none', '--mixup': '--augmentation=mixup'}
+_finetune_main = config_cli(FinetuneConfig, _finetune_and_print, 'audioset_finetune')
+
+def finetune_cli(argv:list=None):
+    "`audioset_finetune`; the earlier spellings `--no_balanced` and `--mixup` still work."
+    return _finetune_main([_EARLIER_FLAGS.get(a, a) for a in (sys.argv[1:] if argv is None else argv)])

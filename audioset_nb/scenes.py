@@ -4,18 +4,19 @@
 
 # %% ../nbs/92_scenes.ipynb #deacd57a
 from __future__ import annotations
-import subprocess
+import csv, io, subprocess
 from pathlib import Path
 import numpy as np, soxr
 from scipy.fft import next_fast_len
 from .audio import ffmpeg_exe, write_wav
 
 # %% auto #0
-__all__ = ['SCENE_SOUNDS', 'SCENE_FORMATS', 'TRAIN_CONDITIONS', 'TEST_CONDITIONS', 'scene_clip', 'make_scene_set']
+__all__ = ['SCENE_SOUNDS', 'SCENE_FORMATS', 'TRAIN_CONDITIONS', 'TEST_CONDITIONS', 'NEW_SOUNDS', 'scene_clip', 'make_scene_set',
+           'make_sound_folder', 'write_mini_csv']
 
 # %% ../nbs/92_scenes.ipynb #3a5f385c
 def _env(n:int, sr:int, attack:float, decay:float)->np.ndarray:
-    "An attack-decay envelope of `n` samples: a linear rise over `attack` s, then exponential decay (time constant `decay` s)."
+    "An attack-decay envelope of `n` samples: a linear rise over `attack` s, then an exponential decay (`decay` s)."
     t = np.arange(n)/sr
     return np.minimum(1, t/max(attack, 1e-4))*np.exp(-np.maximum(0, t - attack)/max(decay, 1e-4))
 
@@ -39,9 +40,11 @@ def _speech(rng, n, sr):
     fr = 100  # control frames per second
     k = max(2, int(n/sr*fr) + 2)
     base = rng.choice([rng.uniform(85, 140), rng.uniform(165, 260), rng.uniform(250, 380)])  # men, women, children
-    f0 = base*2**(rng.uniform(0.05, 0.3)*np.cumsum(rng.standard_normal(k))/np.sqrt(fr*0.5)*0.3 + rng.uniform(-0.2, 0.1)*np.linspace(0, 1, k))
+    f0 = base*2**(rng.uniform(0.05, 0.3)*np.cumsum(rng.standard_normal(k))/np.sqrt(fr*0.5)*0.3 + rng.uniform(-0.2,
+            0.1)*np.linspace(0, 1, k))
     f0 = np.clip(f0, 60, 500)
-    vowels = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480], [570, 840, 2410], [440, 1020, 2240], [660, 1720, 2410]])
+    vowels = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480], [570, 840, 2410],
+                       [440, 1020, 2240], [660, 1720, 2410]])
     scale = base/130*0.25 + 0.8  # shorter vocal tracts: higher formants
     F, voiced, amp, t, fric = np.zeros((k, 3)), np.zeros(k), np.zeros(k), 0, np.zeros(k)
     rate = rng.uniform(3, 7)
@@ -50,7 +53,8 @@ def _speech(rng, n, sr):
             t += int(rng.uniform(0.2, 0.7)*fr)
             continue
         d = max(4, int(fr/rate*rng.uniform(0.6, 1.4)))
-        a, b = vowels[rng.integers(len(vowels))]*scale*rng.uniform(0.9, 1.1, 3), vowels[rng.integers(len(vowels))]*scale*rng.uniform(0.9, 1.1, 3)
+        a, b = vowels[rng.integers(len(vowels))]*scale*rng.uniform(0.9, 1.1,
+                3), vowels[rng.integers(len(vowels))]*scale*rng.uniform(0.9, 1.1, 3)
         s = slice(t, min(k, t + d))
         m = s.stop - s.start
         F[s] = a + (b - a)*np.linspace(0, 1, m)[:, None]  # formant transition through the syllable
@@ -87,10 +91,13 @@ def _music(rng, n, sr):
             f0 = f*(1 + vib*np.sin(2*np.pi*5.5*t))
             g = lambda h, fh: (0 if odd and h % 2 == 0 else 1)/h**roll*np.ones(m)
             if not inharm: note = _harmonics(f0, sr, g, top=6000)
-            else: note = sum(np.sin(2*np.pi*f*h*np.sqrt(1 + inharm*h*h)*t)/h**roll for h in range(1, 12) if f*h < min(6000, 0.45*sr))
+            else:
+                note = sum(np.sin(2*np.pi*f*h*np.sqrt(1 + inharm*h*h)*t)/h**roll for h in range(1,
+                        12) if f*h < min(6000, 0.45*sr))
             out[pos:pos+m] += note*_env(m, sr, attack, decay)
         if drums:
-            kick = np.sin(2*np.pi*60*np.arange(int(0.15*sr))/sr*np.exp(-np.arange(int(0.15*sr))/sr*8))*_env(int(0.15*sr), sr, 0.002, 0.06)
+            tk = np.arange(int(0.15*sr))
+            kick = np.sin(2*np.pi*60*tk/sr*np.exp(-tk/sr*8))*_env(len(tk), sr, 0.002, 0.06)
             k = min(len(kick), n - pos)
             out[pos:pos+k] += 2*kick[:k]
         pos += d
@@ -148,11 +155,14 @@ def _everyday(rng, n, sr):
         x = sum(np.sin(2*np.pi*f*t)*np.exp(-t/decay*rng.uniform(0.5, 1.5)) for f in modes)
         return x + noise*_bandnoise(rng, m, sr, 200, 0.45*sr)*np.exp(-t/0.01)
     if kind in ('impacts', 'footsteps', 'typing'):
-        period = {'impacts': rng.uniform(0.3, 2.0), 'footsteps': rng.uniform(0.4, 0.7), 'typing': rng.uniform(0.08, 0.25)}[kind]
-        modes = rng.uniform({'impacts': 150, 'footsteps': 60, 'typing': 1500}[kind], {'impacts': 3000, 'footsteps': 400, 'typing': 5000}[kind], rng.integers(2, 6))
+        period = {'impacts': rng.uniform(0.3, 2.0), 'footsteps': rng.uniform(0.4, 0.7),
+                  'typing': rng.uniform(0.08, 0.25)}[kind]
+        modes = rng.uniform({'impacts': 150, 'footsteps': 60, 'typing': 1500}[kind],
+                            {'impacts': 3000, 'footsteps': 400, 'typing': 5000}[kind], rng.integers(2, 6))
         pos = 0
         while pos < n:
-            h = hit(0.25, modes*rng.uniform(0.95, 1.05), {'impacts': 0.06, 'footsteps': 0.03, 'typing': 0.01}[kind], rng.uniform(0.5, 3))
+            h = hit(0.25, modes*rng.uniform(0.95, 1.05), {'impacts': 0.06, 'footsteps': 0.03, 'typing': 0.01}[kind],
+                    rng.uniform(0.5, 3))
             k = min(len(h), n - pos)
             out[pos:pos+k] += h[:k]*rng.uniform(0.5, 1)
             pos += int(period*rng.uniform(0.7, 1.3)*sr) if kind != 'impacts' else int(period*rng.exponential()*sr) + 1
@@ -165,7 +175,8 @@ def _everyday(rng, n, sr):
             t = np.arange(min(m, n - s))/sr
             f = rng.uniform(400, 3000)*(1 + 3*t)
             out[s:s+len(t)] += np.sin(2*np.pi*np.cumsum(f)/sr)*np.exp(-t/0.01)
-        out += 0.3*_bandnoise(rng, n, sr, 500, 0.45*sr)*_frames_to_samples(np.abs(rng.standard_normal(max(2, int(n/sr*4)))), n)
+        out += 0.3*_bandnoise(rng, n, sr, 500, 0.45*sr)*_frames_to_samples(np.abs(rng.standard_normal(max(2,
+                int(n/sr*4)))), n)
     return out
 
 # %% ../nbs/92_scenes.ipynb #212e027e
@@ -200,7 +211,8 @@ def _channel(rng, x:np.ndarray, sr:int, kind:str)->np.ndarray:
     f = np.fft.rfftfreq(L, 1/sr)
     X = np.fft.rfft(x, L)
     lf = np.log2(np.maximum(f, 20)/1000)
-    eq = rng.uniform(-6, 6)*lf/4 + sum(rng.uniform(-10, 10)*np.exp(-((lf - c)**2)/(2*0.3**2)) for c in rng.uniform(-3, 3, 3))
+    eq = rng.uniform(-6, 6)*lf/4 + sum(rng.uniform(-10, 10)*np.exp(-((lf - c)**2)/(2*0.3**2)) for c in rng.uniform(-3,
+            3, 3))
     X = X*10**(eq/20)  # every source has its own microphone
     if kind == 'phone': X = X*((f > 300) & (f < 3400))
     if kind == 'lowpass': X = X/(1 + (f/rng.uniform(2000, 5000))**4)
@@ -222,13 +234,14 @@ def _mix(ev:np.ndarray, # the event, zero outside `active`
     return ev/np.sqrt(np.mean(ev[active]**2) + 1e-12)*10**(snr_db/20) + bg
 
 # %% ../nbs/92_scenes.ipynb #8600cfcf
-SCENE_FORMATS = [('wav', 16000, 1), ('flac', 44100, 2), ('mp3', 22050, 1), ('ogg', 48000, 2), ('wav', 8000, 1), ('mp3', 32000, 2)]
+SCENE_FORMATS = [('wav', 16000, 1), ('flac', 44100, 2), ('mp3', 22050, 1), ('ogg', 48000, 2), ('wav', 8000, 1),
+                 ('mp3', 32000, 2)]
 TRAIN_CONDITIONS = dict(backgrounds=('pink', 'hum', 'babble', 'wind'), channels=('eq', 'room', 'lowpass'))
 TEST_CONDITIONS = dict(backgrounds=('white', 'brown', 'rain', 'traffic'), channels=('phone', 'far', 'clip'))
 
 # %% ../nbs/92_scenes.ipynb #64f9e3d2
 def scene_clip(rng, cls:str, sr:int, seconds:float, backgrounds:tuple, channels:tuple)->np.ndarray:
-    "One recording of class `cls`: its sound over part of the file, a background at -5..20 dB SNR, a random channel and level."
+    "One recording of class `cls`: its sound over part of it, a background at -5..20 dB SNR, a random channel, level."
     n = int(seconds*sr)
     m = int(n*rng.uniform(0.5, 1.0))
     s = rng.integers(0, n - m + 1)
@@ -245,7 +258,7 @@ def make_scene_set(root:str|Path, # folder to write `root/<class>/<i>.<ext>` int
                    seconds:tuple=(1.0, 30.0), # range of file lengths
                    conditions:dict=None, # backgrounds and channels to draw from (default `TRAIN_CONDITIONS`)
                    formats:list=None)->Path: # (extension, rate, channels) to draw from (default `SCENE_FORMATS`)
-    "Write real-looking recordings of speech, music, animal calls and other everyday sounds, in mixed formats and rates."
+    "Write real-looking recordings of speech, music, animal calls and other everyday sounds in mixed formats and rates."
     root, rng, cond = Path(root), np.random.default_rng(seed), conditions or TRAIN_CONDITIONS
     for c in SCENE_SOUNDS:
         for i in range(per_class):
@@ -257,6 +270,65 @@ def make_scene_set(root:str|Path, # folder to write `root/<class>/<i>.<ext>` int
             wav = d/f'{i:03d}.{"wav" if ext == "wav" else "tmp.wav"}'
             write_wav(wav, x, sr)
             if ext != 'wav':  # the codecs' own encoders, through ffmpeg
-                subprocess.run([ffmpeg_exe(), '-nostdin', '-v', 'error', '-y', '-i', str(wav), str(d/f'{i:03d}.{ext}')], check=True)
+                subprocess.run([ffmpeg_exe(), '-nostdin', '-v', 'error', '-y', '-i', str(wav),
+                                str(d/f'{i:03d}.{ext}')], check=True)
                 wav.unlink()
     return root
+
+# %% ../nbs/92_scenes.ipynb #987bbc39
+def _drone(rng, n, sr):
+    "A low harmonic drone with a slow tremolo."
+    t = np.arange(n)/sr
+    f = rng.uniform(80, 160)
+    return sum(np.sin(2*np.pi*k*f*t)/k for k in range(1, 6))*(1 + 0.5*np.sin(2*np.pi*rng.uniform(2, 5)*t))
+
+def _knock(rng, n, sr):
+    "Irregular knocks: short low resonances at random times."
+    x = np.zeros(n)
+    t = np.arange(int(0.08*sr))/sr
+    for s in rng.integers(0, max(1, n - len(t)), rng.integers(3, 8)):
+        x[s:s+len(t)] += np.sin(2*np.pi*rng.uniform(150, 400)*t)*np.exp(-t*rng.uniform(40, 80))
+    return x
+
+def _trill(rng, n, sr):
+    "A bird-like trill: a high tone whose pitch jumps between two notes 8–15 times a second."
+    t = np.arange(n)/sr
+    f = rng.uniform(2500, 5000)
+    f_t = f*np.where(np.sin(2*np.pi*rng.uniform(8, 15)*t) > 0, 1.0, rng.uniform(1.15, 1.3))
+    return np.sin(2*np.pi*np.cumsum(f_t)/sr)
+
+def _hiss(rng, n, sr):
+    "Noise high-passed by differencing, swelling and fading."
+    x = np.diff(rng.standard_normal(n + 1))
+    return x*np.sin(np.pi*np.arange(n)/n)**2
+
+NEW_SOUNDS = dict(drone=_drone, knock=_knock, trill=_trill, hiss=_hiss)
+
+def make_sound_folder(root:str|Path, # folder to write `root/<class>/<i>.<ext>` into
+                      per_class:int=10, seconds:tuple=(1.0, 3.0), # clips per class, length range
+                      # sounds: name -> (rng, n, sr) -> signal; default `NEW_SOUNDS`
+                      seed:int=0, sounds:dict=None)->Path:
+    "Write a folder dataset of generated sounds in mixed rates, channel counts and lengths."
+    root, rng = Path(root), np.random.default_rng(seed)
+    for name, synth in (sounds or NEW_SOUNDS).items():
+        for i in range(per_class):
+            sr = int(rng.choice([16000, 22050, 32000, 44100]))
+            x = synth(rng, int(rng.uniform(*seconds)*sr), sr)
+            x = 0.5*x/max(np.abs(x).max(), 1e-9) + 0.003*rng.standard_normal(len(x))
+            if i % 3 == 1: x = np.stack([x, 0.8*x])
+            write_wav(root/name/f'{i:03d}.wav', x.astype(np.float32), sr)
+    return root
+
+# %% ../nbs/92_scenes.ipynb #5ca1ebd1
+def write_mini_csv(root:str|Path, # folder for the clips and `mini.csv`
+                   n:int=96, seconds:float=1.0, sr:int=16000, seed:int=0)->Path:
+    "Write `n` clips of one or two mini AudioSet classes (`synth_clip`) and their multi-label `mini.csv`."
+    from audioset_nb.mini import synth_clip, MINI_CLASSES
+    root, rng, rows = Path(root), np.random.default_rng(seed), io.StringIO()
+    for i in range(n):
+        names = rng.choice(MINI_CLASSES, rng.integers(1, 3), replace=False).tolist()
+        x, _ = synth_clip([seed, i], [(c, 0.0, seconds, -12.0) for c in names], sr=sr, seconds=seconds)
+        write_wav(root/f'{i:03d}.wav', x, sr)
+        csv.writer(rows, lineterminator='\n').writerow([f'{i:03d}.wav', ';'.join(names)])  # class names hold commas
+    (root/'mini.csv').write_text(rows.getvalue())
+    return root/'mini.csv'

@@ -14,6 +14,7 @@ from scipy import stats
 from sklearn import metrics
 from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel
 from .fileio import OutputBusy, atomic_path, atomic_write, output_lock
 from .metadata import load_labels
 from .data import AudioSetDataset, EvalSampler, Mixup, make_loader, make_sampler, read_index
@@ -22,12 +23,14 @@ from .config import FrontEnd, config_cli, config_parser, flat_config, parse_conf
 from .models import MODELS, build_model, do_mixup
 
 # %% auto #0
-__all__ = ['LOSSES', 'train_cli', 'Scores', 'score', 'clip_bce', 'get_loss_func', 'TrainConfig', 'run_dir', 'checkpoints_dir',
-           'statistics_path', 'checkpoint_path', 'Dist', 'setup_dist', 'autocast', 'fp32_frontend', 'seed_everything',
-           'rng_state', 'set_rng_state', 'gather', 'load_state', 'check_finite', 'fit', 'predict', 'evaluate',
-           'json_line', 'writing', 'read_statistics', 'statistics_logger', 'plot_statistics', 'ap_table', 'plot_ap',
-           'top_confusions', 'make_optimizer', 'Run', 'setup_run', 'run_folder', 'setup_audioset', 'train',
-           'write_report']
+__all__ = ['LOSSES', 'train_cli', 'Scores', 'score', 'clip_bce', 'get_loss_func', 'softmax_ce', 'ClassScores', 'class_scores',
+           'plot_confusion', 'random_gain_eq', 'augmented', 'RecipeConfig', 'TrainConfig', 'run_dir', 'checkpoints_dir',
+           'statistics_path', 'checkpoint_path', 'Dist', 'setup_dist', 'per_rank', 'process_group', 'autocast',
+           'fp32_frontend', 'seed_everything', 'rng_state', 'set_rng_state', 'gather', 'load_state', 'Hook', 'Hooks',
+           'lr_factor', 'Schedule', 'ema_avg', 'EMA', 'KeepBest', 'selection_key', 'best_of', 'check_finite', 'fit',
+           'predict', 'evaluate', 'json_line', 'writing', 'read_statistics', 'statistics_logger', 'plot_statistics',
+           'ap_table', 'plot_ap', 'top_confusions', 'make_optimizer', 'Run', 'setup_run', 'recipe_hooks', 'run_folder',
+           'setup_audioset', 'train', 'write_report']
 
 # %% ../nbs/50_train.ipynb #f80ce663
 @dataclass
@@ -44,7 +47,9 @@ class Scores:
     @property
     def d_prime(self)->float: return float(np.sqrt(2.0)*stats.norm.ppf(self.mAUC))
     def summary(self)->dict: return dict(mAP=self.mAP, mAUC=self.mAUC, d_prime=self.d_prime, skipped=len(self.skipped))
-    def __repr__(self): return f'Scores(mAP={self.mAP:.4f}, mAUC={self.mAUC:.4f}, d_prime={self.d_prime:.3f}, {len(self.skipped)} classes skipped)'
+    def __repr__(self):
+        return (f'Scores(mAP={self.mAP:.4f}, mAUC={self.mAUC:.4f}, d_prime={self.d_prime:.3f}, '
+                f'{len(self.skipped)} classes skipped)')
 
 def _nanmean(x): return float(np.nanmean(x)) if np.isfinite(x).any() else float('nan')
 
@@ -54,10 +59,12 @@ def score(target:np.ndarray, # (clips, classes) 0/1 targets
          )->Scores:
     "Per-class AP, AUC and d-prime as scikit-learn computes them; classes without both outcomes are skipped."
     target, output = np.asarray(target) > 0.5, np.asarray(output, dtype=np.float64)
-    if target.shape != output.shape: raise ValueError(f'targets {target.shape} and outputs {output.shape} differ in shape.')
+    if target.shape != output.shape:
+        raise ValueError(f'targets {target.shape} and outputs {output.shape} differ in shape.')
     if not (fin := np.isfinite(output).all(1)).all():  # sklearn would say only "Input contains NaN."
-        raise FloatingPointError(f'The model scored {int((~fin).sum())} of {len(fin)} evaluation clips NaN or infinite; '
-                                 'the weights have diverged: resume from an earlier checkpoint with a lower --learning_rate.')
+        raise FloatingPointError(f'The model scored {int((~fin).sum())} of {len(fin)} evaluation clips NaN or '
+                                 'infinite; the weights have diverged: resume from an earlier checkpoint with a lower '
+                                 '--learning_rate.')
     k = target.shape[1]
     ap, auc = np.full(k, np.nan), np.full(k, np.nan)
     pos = target.sum(0)
@@ -80,48 +87,146 @@ LOSSES = dict(clip_bce=clip_bce)
 
 def get_loss_func(loss_type:str)->callable:
     "The loss function called `loss_type`."
-    if loss_type not in LOSSES: raise ValueError(f'Unknown --loss_type {loss_type!r}; choose one of {", ".join(LOSSES)}.')
+    if loss_type not in LOSSES:
+        raise ValueError(f'Unknown --loss_type {loss_type!r}; choose one of {", ".join(LOSSES)}.')
     return LOSSES[loss_type]
 
-# %% ../nbs/50_train.ipynb #a3cfc8be
+# %% ../nbs/50_train.ipynb #f2430629
+def softmax_ce(output:dict, # model output with `logits` (batch, classes)
+               target:torch.Tensor, # (batch, classes) class probabilities (one-hot, or mixed)
+               weight:torch.Tensor=None)->torch.Tensor: # (classes,) weight of each class's examples (None: all 1)
+    "Softmax cross-entropy between logits and target distributions, in fp32."
+    t = target.float() if weight is None else target.float()*weight.to(target.device)
+    return -(t*F.log_softmax(output['logits'].float(), -1)).sum(-1).mean()
+
+# %% ../nbs/50_train.ipynb #a144aef0
 @dataclass
-class TrainConfig:
-    "Train a PANNs model on the packed AudioSet, as the reference's `main.py train`."
-    workspace: str = 'workspace'        # holds hdf5s/, checkpoints/ and statistics/
-    data_type: str = 'balanced_train'   # balanced_train | full_train
+class ClassScores:
+    "Single-label results: true and predicted classes, with accuracy, macro-F1 and the confusion matrix."
+    target: np.ndarray  # (clips,) true class index
+    pred: np.ndarray    # (clips,) predicted class index
+    labels: list        # class names
+    loss: float = float('nan')  # mean cross-entropy of the predicted probabilities (NaN: not known)
+    @property
+    def accuracy(self)->float: return float((self.target == self.pred).mean())
+    @property
+    def macro_f1(self)->float:
+        return float(metrics.f1_score(self.target, self.pred, labels=range(len(self.labels)), average='macro',
+                                      zero_division=0))
+    @property
+    def confusion(self)->np.ndarray:
+        return metrics.confusion_matrix(self.target, self.pred, labels=range(len(self.labels)))
+    def summary(self)->dict: return dict(accuracy=self.accuracy, macro_f1=self.macro_f1, loss=self.loss)
+    def __repr__(self):
+        return f'ClassScores(accuracy={self.accuracy:.4f}, macro_f1={self.macro_f1:.4f}, {len(self.target)} clips)'
+
+def class_scores(target:np.ndarray, output:np.ndarray, labels:list)->ClassScores:
+    "`ClassScores` of (clips, classes) outputs (probabilities) against (clips, classes) one-hot targets."
+    t, o = np.asarray(target).argmax(1), np.asarray(output, dtype=np.float64)
+    p = o[np.arange(len(t)), t]/np.maximum(o.sum(1), 1e-12)
+    return ClassScores(t, o.argmax(1), list(labels), float(-np.log(np.clip(p, 1e-7, 1)).mean()))
+
+# %% ../nbs/50_train.ipynb #9d7240c9
+def plot_confusion(s:ClassScores, ax=None):
+    "The confusion matrix, rows true classes, columns predictions, counts in the cells."
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(1.2 + 0.6*len(s.labels),)*2)
+    c = s.confusion
+    ax.imshow(c, cmap='Blues')
+    for (i, j), v in np.ndenumerate(c):
+        ax.text(j, i, v, ha='center', va='center', color='white' if v > c.max()/2 else 'black')
+    ax.set_xticks(range(len(s.labels)), s.labels, rotation=45, ha='right')
+    ax.set_yticks(range(len(s.labels)), s.labels)
+    ax.set(xlabel='predicted', ylabel='true', title=f'accuracy {s.accuracy:.3f}, macro-F1 {s.macro_f1:.3f}')
+    return ax
+
+# %% ../nbs/50_train.ipynb #20e08584
+def random_gain_eq(x:torch.Tensor, # (batch, samples) waveforms
+                   gen:torch.Generator, gain_db:float=0., eq_db:float=0., octaves:int=6)->torch.Tensor:
+    "Each row of `x` at a random level (± `gain_db`) through a random smooth EQ (± `eq_db` at points an octave apart)."
+    b, n = x.shape
+    if eq_db:
+        X = torch.fft.rfft(x.float())
+        k = X.shape[1]
+        oct_ = (torch.log2(torch.arange(k).clamp(min=1)/(k - 1)) + octaves).clamp(0, octaves)  # 0 .. octaves (Nyquist)
+        pts = (torch.rand(b, octaves + 1, generator=gen)*2 - 1)*eq_db
+        lo = oct_.floor().long().clamp(max=octaves - 1)
+        w = oct_ - lo
+        x = torch.fft.irfft(X*10**((pts[:, lo]*(1 - w) + pts[:, lo + 1]*w)/20), n).to(x.dtype)
+    return x*10**((torch.rand(b, 1, generator=gen)*2 - 1)*gain_db/20).to(x.dtype) if gain_db else x
+
+# %% ../nbs/50_train.ipynb #1c0e603c
+def augmented(batches, gain_db:float, eq_db:float, seed:int=0, start:int=0, rank:int=0):
+    "`batches` with `random_gain_eq` applied to their waveforms; iteration `start + i` always draws the same."
+    gen = torch.Generator()
+    for it, b in enumerate(batches, start):
+        gen.manual_seed(seed*1_000_003 + it*101 + rank)
+        yield {**b, 'waveform': random_gain_eq(b['waveform'], gen, gain_db, eq_db)}
+
+# %% ../nbs/50_train.ipynb #a3cfc8be
+@dataclass(kw_only=True)
+class RecipeConfig:
+    "What training and fine-tuning share: model, batches, optimizer and the optional parts of the recipe."
     front: FrontEnd = field(default_factory=FrontEnd)
     model_type: str = 'Cnn14'           # a model of `audioset_nb.models.MODELS`
-    loss_type: str = 'clip_bce'         # clip_bce
-    balanced: str = 'balanced'          # none | balanced | alternate
+    balanced: str = 'balanced'          # none | balanced | alternate: the sampler
     augmentation: str = 'mixup'         # none | mixup
     batch_size: int = 32                # clips per step, over all processes
     learning_rate: float = 1e-3         # Adam (AMSGrad), as the reference
+    schedule: str = 'constant'          # constant | cosine: the learning rate after the warm-up
+    ema: float = 0.0                    # decay of a moving average of the weights, evaluated and kept (0: none)
+    keep: str = 'last'                  # last | best: also keep best.pth, the best evaluation's weights
+    patience: int = 0                   # stop after this many evaluations without a better score (0: never)
+    cuda: bool = False                  # train on the GPU
+    num_workers: int|None = None        # DataLoader workers (default: one per core but one, at most 8)
+    seed: int = 1234                    # seeds sampling, mixup, SpecAugment and initial weights
+    amp: bool = True                    # bf16 autocast on the GPU (fp32 otherwise)
+    progress: bool = True               # show a progress bar
+
+    def __post_init__(self):
+        choices = dict(balanced=('none', 'balanced', 'alternate'), augmentation=('none', 'mixup'),
+                       schedule=('constant', 'cosine'), keep=('last', 'best'))
+        for k, ok in choices.items():
+            if getattr(self, k) not in ok:
+                raise ValueError(f'--{k} {getattr(self, k)!r} is not one of {", ".join(ok)}.')
+        if self.model_type not in MODELS:
+            raise ValueError(f"Unknown --model_type {self.model_type!r}; choose one of: {', '.join(MODELS)}.")
+        if self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError('--batch_size and --learning_rate must be positive.')
+        if not 0 <= self.ema < 1:
+            raise ValueError(f'--ema {self.ema} must be at least 0 and below 1 (0.99: an average over ~100 steps).')
+        if min(self.patience, self.num_workers or 0) < 0:
+            raise ValueError('--patience and --num_workers must be 0 or more.')
+
+@dataclass
+class TrainConfig(RecipeConfig):
+    "Train a PANNs model on the packed AudioSet, as the reference's `main.py train`."
+    workspace: str = 'workspace'        # holds hdf5s/, checkpoints/ and statistics/
+    data_type: str = 'balanced_train'   # balanced_train | full_train
+    loss_type: str = 'clip_bce'         # clip_bce
     resume_iteration: int = 0           # continue from `<N>_iterations.pth`
     early_stop: int = 1000000           # last iteration
-    cuda: bool = False                  # train on the GPU
+    warmup_iterations: int = 0          # the learning rate rises linearly over these iterations
     resume_latest: bool = False         # continue from latest.pth if there is one
     eval_every: int = 2000              # iterations between evaluations
     save_every: int = 100000            # iterations between kept checkpoints
     log_every: int = 100                # iterations between loss records (a host sync on GPU)
-    num_workers: int|None = None        # DataLoader workers (default: one per core but one, at most 8)
-    seed: int = 1234                    # seeds sampling, mixup, SpecAugment and initial weights
     deterministic: bool = False         # reproducible kernels (exact resume)
     compile: bool = False               # torch.compile the model
-    amp: bool = True                    # bf16 autocast on the GPU (fp32 otherwise)
     channels_last: bool = True          # channels-last memory on the GPU
     sync_bn: bool = False               # SyncBatchNorm under torchrun
     max_eval_clips: int = 0             # evaluate on the first N clips of each set (0: all)
     eval_batch_size: int = 0            # 0: --batch_size
-    record_names: str = ''              # append each rank's audio names to `<this>.<rank>`, its final weights to `<this>.<rank>.pt` (checks DDP)
-    progress: bool = True               # show a progress bar
+    record_names: str = ''              # append each rank's audio names to `<this>.<rank>` (checks DDP)
 
     def __post_init__(self):
-        for k, ok in dict(data_type=('balanced_train', 'full_train'), balanced=('none', 'balanced', 'alternate'),
-                          augmentation=('none', 'mixup'), loss_type=tuple(LOSSES)).items():
-            if getattr(self, k) not in ok: raise ValueError(f'--{k} {getattr(self, k)!r} is not one of {", ".join(ok)}.')
-        if min(self.batch_size, self.eval_every, self.save_every, self.log_every) < 1 or self.learning_rate <= 0:
-            raise ValueError('--batch_size, --eval_every, --save_every, --log_every and --learning_rate must be positive.')
-        if self.model_type not in MODELS: raise ValueError(f"Unknown --model_type {self.model_type!r}; choose one of: {', '.join(MODELS)}.")
+        super().__post_init__()
+        for k, ok in dict(data_type=('balanced_train', 'full_train'), loss_type=tuple(LOSSES)).items():
+            if getattr(self, k) not in ok:
+                raise ValueError(f'--{k} {getattr(self, k)!r} is not one of {", ".join(ok)}.')
+        if min(self.eval_every, self.save_every, self.log_every) < 1:
+            raise ValueError('--eval_every, --save_every and --log_every must be positive.')
+        if self.warmup_iterations < 0: raise ValueError('--warmup_iterations must be 0 or more.')
 
 # %% ../nbs/50_train.ipynb #25bcd287
 def run_dir(cfg:TrainConfig)->Path:
@@ -131,10 +236,12 @@ def run_dir(cfg:TrainConfig)->Path:
             f'loss_type={c.loss_type}'/f'balanced={c.balanced}'/f'augmentation={c.augmentation}'/f'batch_size={c.batch_size}')
 
 def checkpoints_dir(cfg:TrainConfig)->Path: return Path(cfg.workspace)/'checkpoints'/'main'/run_dir(cfg)
-def statistics_path(cfg:TrainConfig)->Path: return Path(cfg.workspace)/'statistics'/'main'/run_dir(cfg)/'statistics.jsonl'
+def statistics_path(cfg:TrainConfig)->Path:
+    return Path(cfg.workspace)/'statistics'/'main'/run_dir(cfg)/'statistics.jsonl'
 def checkpoint_path(cfg:TrainConfig, iteration:int|str)->Path:
-    "`<iteration>_iterations.pth` as in the reference, or `latest.pth`."
-    return checkpoints_dir(cfg)/('latest.pth' if iteration == 'latest' else f'{iteration}_iterations.pth')
+    "`<iteration>_iterations.pth` as in the reference, or `latest.pth` (`best.pth` with `--keep best`)."
+    return checkpoints_dir(cfg)/(f'{iteration}.pth' if iteration in ('latest',
+                                                                     'best') else f'{iteration}_iterations.pth')
 
 # %% ../nbs/50_train.ipynb #490b2078
 @dataclass
@@ -150,12 +257,28 @@ class Dist:
 
 def setup_dist(cuda:bool=False)->Dist:
     "Join the `torchrun` process group if there is one; pick this rank's device."
-    if cuda and not torch.cuda.is_available(): print('--cuda was given but no GPU is visible; training on the CPU.', file=sys.stderr)
+    if cuda and not torch.cuda.is_available():
+        print('--cuda was given but no GPU is visible; training on the CPU.', file=sys.stderr)
     cuda = cuda and torch.cuda.is_available()
     world, rank, local = (int(os.environ.get(k, d)) for k, d in [('WORLD_SIZE', 1), ('RANK', 0), ('LOCAL_RANK', 0)])
     if cuda: torch.cuda.set_device(local)
     if world > 1 and not dist.is_initialized(): dist.init_process_group('nccl' if cuda else 'gloo')
     return Dist(rank, world, torch.device('cuda', local) if cuda else torch.device('cpu'))
+
+# %% ../nbs/50_train.ipynb #74a6004a
+def per_rank(batch_size:int, dst:Dist)->int:
+    "This rank's share of a `batch_size`-clip step; a size that does not split evenly is refused."
+    n, rest = divmod(batch_size, dst.world)
+    if rest or not n: raise ValueError(f'--batch_size {batch_size} does not split evenly over {dst.world} processes.')
+    return n
+
+@contextlib.contextmanager
+def process_group(cuda:bool=False):
+    "`setup_dist` for the block; the `torchrun` process group, if one was joined, is left at its end."
+    dst = setup_dist(cuda)
+    try: yield dst
+    finally:
+        if dst.world > 1 and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/50_train.ipynb #b62adf13
 def autocast(device:torch.device, amp:bool=True):
@@ -206,7 +329,8 @@ def gather(obj, dst:Dist)->list:
     return out
 
 # %% ../nbs/50_train.ipynb #f6665f68
-def load_state(path:Path, model:nn.Module, opt:torch.optim.Optimizer=None, sampler=None, mixup=None, dst:Dist=None)->int:
+def load_state(path:Path, model:nn.Module, opt:torch.optim.Optimizer=None, sampler=None, mixup=None,
+               dst:Dist=None)->int:
     "Restore what `save_state` wrote into the objects given; return the iteration to continue from."
     dst = dst or Dist()
     ck = load_checkpoint(path)
@@ -224,6 +348,111 @@ def load_state(path:Path, model:nn.Module, opt:torch.optim.Optimizer=None, sampl
         set_rng_state(r['rng'])
     return int(ck.get('iteration', 0))
 
+# %% ../nbs/50_train.ipynb #d09b6e52
+class Hook:
+    "An optional part of a training recipe; `fit` calls each method at the point of its loop that the name says."
+    stopped: int = 0  # the iteration at which the hook ended the run (0: it did not)
+    def before_step(self, it:int): "Called with `it` iterations done, before the next batch is drawn."
+    def after_step(self, it:int): "Called after the optimizer's step that completed iteration `it`."
+    def weights(self): return nullcontext()  # the weights evaluated (and kept) inside the block
+    def after_eval(self, it:int, scores:dict)->bool: return False  # called on rank 0 only; True stops the run
+    def state_dict(self)->dict: return {}
+    def load_state_dict(self, state:dict): pass
+
+class Hooks(Hook):
+    "Several hooks, called in order; checkpoints hold their states under their names."
+    def __init__(self, **hooks): self.hooks = {k: h for k, h in hooks.items() if h is not None}
+    def __repr__(self): return f'Hooks({", ".join(self.hooks)})'
+    def get(self, name:str)->Hook|None: return self.hooks.get(name)
+    @property
+    def stopped(self)->int: return max([h.stopped for h in self.hooks.values()], default=0)
+    def before_step(self, it:int):
+        for h in self.hooks.values(): h.before_step(it)
+    def after_step(self, it:int):
+        for h in self.hooks.values(): h.after_step(it)
+    @contextlib.contextmanager
+    def weights(self):
+        with contextlib.ExitStack() as stack:
+            for h in self.hooks.values(): stack.enter_context(h.weights())
+            yield
+    def after_eval(self, it:int, scores:dict)->bool:
+        return any([h.after_eval(it, scores) for h in self.hooks.values()])  # a list: every hook sees the scores
+    def state_dict(self)->dict: return {k: h.state_dict() for k, h in self.hooks.items()}
+    def load_state_dict(self, state:dict):
+        for k, h in self.hooks.items():
+            if k in state: h.load_state_dict(state[k])
+
+# %% ../nbs/50_train.ipynb #fd5e3211
+def lr_factor(steps:int, # optimizer steps done
+              total:int, warmup:int, # steps in the run, and in its warm-up
+              schedule:str='cosine')->float: # cosine | constant (after the warm-up)
+    "The learning rate's multiplier: a linear warm-up, then a half cosine to zero at `total` (or constant)."
+    if steps < warmup: return (steps + 1)/(warmup + 1)
+    if schedule == 'constant': return 1.0
+    return 0.5*(1 + math.cos(math.pi*min(1.0, (steps - warmup)/max(1, total - warmup))))
+
+class Schedule(Hook):
+    "The learning rate `base_lr × lr_factor(steps done)`, set after every step by torch's `LambdaLR`."
+    def __init__(self, opt:torch.optim.Optimizer, base_lr:float, total:int, warmup:int=0, schedule:str='cosine',
+                 start:int=0): # steps already done (resume)
+        for g in opt.param_groups: g['initial_lr'] = base_lr
+        factor = lambda s: lr_factor(s, total, warmup, schedule)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(opt, factor, last_epoch=start - 1)
+    def after_step(self, it:int): self.sched.step()
+    def state_dict(self)->dict: return self.sched.state_dict()
+    def load_state_dict(self, state:dict): self.sched.load_state_dict(state)
+
+# %% ../nbs/50_train.ipynb #e3ba5705
+def ema_avg(decay:float)->callable:
+    "`AveragedModel`'s `avg_fn` for an exponential moving average whose decay grows to `decay` over the first steps."
+    def avg(a:torch.Tensor, x:torch.Tensor, n:torch.Tensor)->torch.Tensor:
+        if not a.is_floating_point(): return x
+        return a.lerp(x, 1 - torch.clamp((1 + n)/(10 + n), max=decay).to(a.dtype))
+    return avg
+
+class EMA(Hook):
+    "A moving average of `model`'s weights, updated after every step and swapped in for evaluations."
+    def __init__(self, model:nn.Module, decay:float=0.99):
+        self.model, self.avg = model, AveragedModel(model, avg_fn=ema_avg(decay), use_buffers=True)
+    def after_step(self, it:int): self.avg.update_parameters(self.model)
+    def apply(self): self.model.load_state_dict(self.avg.module.state_dict())
+    @contextlib.contextmanager
+    def weights(self):
+        own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.apply()
+        try: yield
+        finally: self.model.load_state_dict(own)
+    def state_dict(self)->dict: return self.avg.state_dict()
+    def load_state_dict(self, state:dict): self.avg.load_state_dict(state)
+
+# %% ../nbs/50_train.ipynb #0be164e2
+class KeepBest(Hook):
+    "Keep the best evaluation's weights by calling `save(iteration)`; stop after `patience` evaluations without one."
+    def __init__(self, key:callable, # scores (dict) -> a tuple, larger is better
+                 save:callable=None, # (iteration) -> None: writes the weights the model holds now
+                 patience:int=0): # 0: never stop
+        self.key, self.save, self.patience = key, save, patience
+        self.best, self.best_iteration, self.since, self.stopped = None, None, 0, 0
+    def after_eval(self, it:int, scores:dict)->bool:
+        k = list(self.key(scores))
+        if self.best is None or k > self.best:
+            self.best, self.best_iteration, self.since = k, it, 0
+            if self.save: self.save(it)
+        else: self.since += 1
+        if self.patience and self.since >= self.patience: self.stopped = it
+        return bool(self.stopped)
+    def state_dict(self)->dict: return {k: getattr(self, k) for k in ('best', 'best_iteration', 'since', 'stopped')}
+    def load_state_dict(self, state:dict): self.__dict__.update(state)
+
+def selection_key(s:Scores|ClassScores)->tuple:
+    "How good a result is, larger better: (mAP,) multi-label; (accuracy, -loss) single-label. Undefined is worst."
+    if isinstance(s, ClassScores): return (s.accuracy, -s.loss if np.isfinite(s.loss) else -np.inf)
+    return (s.mAP if np.isfinite(s.mAP) else -np.inf,)
+
+def best_of(name:str)->callable:
+    "A `KeepBest` key: the `selection_key` of the scores called `name`."
+    return lambda scores: selection_key(scores[name])
+
 # %% ../nbs/50_train.ipynb #5eeefd33
 def check_finite(first_bad:torch.Tensor):
     "Stop with the iteration at which the loss first became NaN or infinite, if it did."
@@ -234,6 +463,13 @@ def check_finite(first_bad:torch.Tensor):
 def _to(x, dev): return torch.as_tensor(x).to(dev, non_blocking=True)
 
 # %% ../nbs/50_train.ipynb #edd139db
+def _agree(flag:bool, dst:Dist)->bool:
+    "Rank 0's `flag`, on every rank."
+    if dst.world == 1: return flag
+    t = torch.tensor(float(flag), device=dst.device)
+    dist.broadcast(t, 0)
+    return bool(t)
+
 def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in DDP or torch.compile
         opt:torch.optim.Optimizer,
         batches, # endless iterable of dict(waveform (B, n), target (B, classes))
@@ -246,11 +482,12 @@ def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in 
         eval_every:int=2000, save_every:int=100000, log_every:int=100,
         mixup:callable=None, # batch size -> (B,) mixing weights; None: no mixup
         dst:Dist=None, amp:bool=True, progress:bool=True,
+        hooks:Hook=None, # schedule, EMA, keep-best, early stopping...: called at the points named below
        )->dict:
     "Train from iteration `start` to `iterations`, evaluating, logging and saving on the way; return the last scores."
-    dst = dst or Dist()
+    dst, hooks = dst or Dist(), hooks or Hook()
     dev = dst.device
-    stream, scores, it = iter(batches), {}, start
+    stream, scores, it, stop = iter(batches), {}, start, bool(hooks.stopped)  # a run that stopped stays stopped
     loss_sum, bad = torch.zeros((), device=dev), torch.full((), -1, device=dev)
     n = seen = 0
     wait = 0.
@@ -268,12 +505,17 @@ def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in 
                 if dst.world > 1: dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank stops together
                 check_finite(bad)
                 dt = time.perf_counter() - tick
-                rec.update(loss=loss_sum.item()/n, lr=opt.param_groups[0]['lr'], examples_per_s=seen/dt, data_wait=wait/dt)
+                rec.update(loss=loss_sum.item()/n, lr=opt.param_groups[0]['lr'], examples_per_s=seen/dt,
+                           data_wait=wait/dt)
                 loss_sum.zero_()
                 n = seen = 0
                 wait = 0.
             if due_eval:
-                scores = evaluate(model) if dst.main else {}
+                if dst.main:
+                    with hooks.weights():  # the weights evaluated (and kept): with EMA, the average
+                        scores = evaluate(model)
+                        stop = hooks.after_eval(it, scores)  # keep the best; stop early
+                stop = _agree(stop, dst)  # every rank stops with rank 0
                 for k, s in scores.items(): rec.update({f'{k}_{m}': v for m, v in s.summary().items()})
                 dst.barrier()
             if dst.main and len(rec) > 1:
@@ -281,7 +523,8 @@ def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in 
                 bar.set_postfix({k: f'{v:.3g}' for k, v in rec.items() if k in ('loss', 'examples_per_s', 'test_mAP')})
             if due_save: save(it, it % save_every == 0)
             tick = time.perf_counter()
-        if it >= iterations: break
+        if it >= iterations or stop: break
+        hooks.before_step(it)  # e.g. unfreeze a body
         # the next batch; time spent waiting for it is what `data_wait` reports
         t = time.perf_counter()
         batch = next(stream)
@@ -300,6 +543,7 @@ def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in 
         loss.backward()
         opt.step()
         it += 1
+        hooks.after_step(it)  # e.g. the learning-rate schedule, the moving average
         n += 1
         seen += len(x)
         bar.update()
@@ -369,7 +613,8 @@ def plot_statistics(records:list, ax=None):
     if ax is None: _, ax = plt.subplots(figsize=(6, 4))
     ev = [r for r in records if 'test_mAP' in r]
     for k, style in [('bal', '--'), ('test', '-')]:
-        ax.plot([r['iteration'] for r in ev], [np.nan if r[f'{k}_mAP'] is None else r[f'{k}_mAP'] for r in ev], style, label=k)
+        maps = [np.nan if r[f'{k}_mAP'] is None else r[f'{k}_mAP'] for r in ev]
+        ax.plot([r['iteration'] for r in ev], maps, style, label=k)
     ax.set(xlabel='iterations', ylabel='mAP', ylim=(0, 1))
     ax.grid(alpha=.3)
     ax.legend()
@@ -379,7 +624,8 @@ def plot_statistics(records:list, ax=None):
 def ap_table(scores:Scores, names:list=None, top:int=None)->list:
     "(class, AP, AUC) rows, best AP first, skipping classes without positives."
     names = names or load_labels().names
-    rows = sorted(((names[c], float(scores.ap[c]), float(scores.auc[c])) for c in range(len(scores.ap)) if c not in set(scores.skipped)),
+    rows = sorted(((names[c], float(scores.ap[c]), float(scores.auc[c]))
+                   for c in range(len(scores.ap)) if c not in set(scores.skipped)),
                   key=lambda r: -r[1])
     return rows[:top] if top else rows
 
@@ -399,7 +645,7 @@ def top_confusions(target:np.ndarray, # (clips, classes) 0/1 targets
                    output:np.ndarray, # (clips, classes) probabilities
                    names:list, # class names
                    k:int=5, threshold:float=0.5)->list:
-    "The `k` most frequent (missed class, class wrongly predicted instead, clips) in clips that have both kinds of error."
+    "The `k` most frequent (missed class, class wrongly predicted instead, clips) in clips with both kinds of error."
     t, p = np.asarray(target) > 0.5, np.asarray(output) >= threshold
     counts = {}
     for miss, extra in zip(t & ~p, p & ~t):
@@ -412,7 +658,9 @@ def _index_paths(cfg:TrainConfig)->dict:
     d = Path(cfg.workspace)/'hdf5s'/'indexes'
     paths = dict(train=d/f'{cfg.data_type}.h5', bal=d/'balanced_train.h5', test=d/'eval.h5')
     for p in paths.values():
-        if not p.is_file(): raise FileNotFoundError(f'{p} does not exist; pack the data with `audioset_pack` first or check --workspace.')
+        if not p.is_file():
+            raise FileNotFoundError(f'{p} does not exist; pack the data with `audioset_pack` first or check '
+                                    '--workspace.')
     return paths
 
 def _recorded(batches, path:Path):
@@ -429,7 +677,8 @@ def _resume_path(cfg:TrainConfig)->Path|None:
         return p if p.is_file() else None
     if not cfg.resume_iteration: return None
     p = checkpoint_path(cfg, cfg.resume_iteration)
-    if not p.is_file(): raise FileNotFoundError(f'No checkpoint {p} to resume from; check --resume_iteration and --workspace.')
+    if not p.is_file():
+        raise FileNotFoundError(f'No checkpoint {p} to resume from; check --resume_iteration and --workspace.')
     return p
 
 # %% ../nbs/50_train.ipynb #661f201f
@@ -450,11 +699,20 @@ class Run:
     dst: Dist
     start: int = 0               # the iteration the run resumes from
     offset: int = 0              # `start` minus the sampler's position: a checkpoint without sampler state restarts it
+    resumed: Path|None = None    # the checkpoint it resumed from
+    hooks: Hook|None = None      # the recipe's hooks, whose states its checkpoints hold
+
+    def attach(self, hooks:Hook)->Hook:
+        "Save `hooks`' states in this run's checkpoints, continuing from the checkpoint it resumed from."
+        self.hooks = hooks
+        if self.resumed: hooks.load_state_dict(load_checkpoint(self.resumed).get('hooks') or {})
+        return hooks
 
     def save(self, it:int, path:Path, keep:Path=None, **extra):
         "Write a resumable checkpoint at iteration `it` to `path` (and `keep`); called on every rank."
         ranks = gather(dict(sampler=self.sampler.state_dict(batches=it - self.offset),
                             mixup=self.mixup.state_dict() if self.mixup else None, rng=rng_state()), self.dst)
+        if self.hooks: extra['hooks'] = self.hooks.state_dict()
         if self.dst.main:
             for p in [path] + ([keep] if keep else []):
                 save_checkpoint(p, self.saved, optimizer=self.opt.state_dict(), iteration=it, ranks=ranks, **extra)
@@ -480,17 +738,31 @@ def setup_run(model:nn.Module, # a new model on the CPU
     loader.generator = torch.Generator().manual_seed(seed + dst.rank)
     mix = Mixup(1.0, seed=seed + dst.rank) if mixup else None
     start = load_state(resume, saved or model, opt, sampler, mix, dst) if resume else 0
-    run = Run(model, saved or model, opt, sampler, loader, mix, dst, start, start - sampler.batches)
+    run = Run(model, saved or model, opt, sampler, loader, mix, dst, start, start - sampler.batches, resume)
     if dst.world > 1: run.model = DDP(run.model, device_ids=[dst.device.index] if cuda else None)
     if compile: run.model = torch.compile(run.model)
     return run
+
+# %% ../nbs/50_train.ipynb #c67d257d
+def recipe_hooks(cfg:RecipeConfig, run:Run,
+                 total:int, warmup:int, # iterations in the run and in its warm-up
+                 key:callable, # `KeepBest`'s key: scores -> tuple, larger is better
+                 save_best:callable=None, # (iteration) -> None: writes the best weights (with --keep best)
+                 **more:Hook)->Hooks:
+    "The hooks `cfg` asks for, attached to `run`: schedule, EMA, keep-best and early stopping, then `more`."
+    best = cfg.keep == 'best' or cfg.patience
+    sched = cfg.schedule != 'constant' or warmup
+    return run.attach(Hooks(
+        schedule=Schedule(run.opt, cfg.learning_rate, total, warmup, cfg.schedule, run.start) if sched else None,
+        ema=EMA(run.saved, cfg.ema) if cfg.ema else None,
+        best=KeepBest(key, save_best if cfg.keep == 'best' else None, cfg.patience) if best else None, **more))
 
 # %% ../nbs/50_train.ipynb #2f65d623
 @contextlib.contextmanager
 def run_folder(path:Path, # the folder a run writes its checkpoints to
                main:bool=True, # only the main process holds it (under torchrun, rank 0)
                also:tuple=()): # other folders only this run writes (its statistics), tidied too
-    "Hold run folder `path` for the block: created, locked against a second run, cleared of a killed save's temporary files."
+    "Hold run folder `path` for the block: created, locked against a second run, cleared of a killed save's temp files."
     path = Path(path)
     if not main:
         yield path
@@ -505,7 +777,7 @@ def run_folder(path:Path, # the folder a run writes its checkpoints to
 
 # %% ../nbs/50_train.ipynb #978379df
 def _eval_loaders(cfg:TrainConfig, data:dict, dst:Dist)->dict:
-    "Loaders over the first `max_eval_clips` of the 'bal' and 'test' sets; they draw nothing from the training's random stream."
+    "Loaders over the first `max_eval_clips` of the 'bal' and 'test' sets, drawing nothing from training's randomness."
     ebs, pin = cfg.eval_batch_size or cfg.batch_size, dst.device.type == 'cuda'
     evals = {k: make_loader(data[k], EvalSampler(min(len(data[k]), cfg.max_eval_clips or len(data[k])), ebs),
                             cfg.num_workers, pin_memory=pin, persistent_workers=False) for k in ('bal', 'test')}
@@ -516,13 +788,14 @@ def _eval_loaders(cfg:TrainConfig, data:dict, dst:Dist)->dict:
 def setup_audioset(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->tuple:
     "(`Run`, evaluation loaders) for `cfg` on this rank."
     paths = _index_paths(cfg)
-    per_rank, rest = divmod(cfg.batch_size, dst.world)
-    if rest or not per_rank: raise ValueError(f'--batch_size {cfg.batch_size} does not split evenly over {dst.world} processes.')
     mix = cfg.augmentation == 'mixup'
-    data = {k: AudioSetDataset(p, cfg.front.sample_rate, 'training' if k == 'train' else 'evaluation') for k, p in paths.items()}
-    sampler = make_sampler(cfg.balanced, read_index(paths['train']), per_rank*(2 if mix else 1), seed=cfg.seed,
+    data = {k: AudioSetDataset(p, cfg.front.sample_rate, 'training' if k == 'train' else 'evaluation')
+            for k, p in paths.items()}
+    sampler = make_sampler(cfg.balanced, read_index(paths['train']), per_rank(cfg.batch_size, dst)*(2 if mix else 1),
+                           seed=cfg.seed,
                            rank=dst.rank, world_size=dst.world)
-    run = setup_run(model if model is not None else build_model(cfg.model_type, cfg.front, classes_num=527), data['train'],
+    run = setup_run(model if model is not None else build_model(cfg.model_type, cfg.front, classes_num=527),
+                    data['train'],
                     sampler, dst, cfg.learning_rate, resume=_resume_path(cfg), mixup=mix, seed=cfg.seed,
                     num_workers=cfg.num_workers, amp=cfg.amp, channels_last=cfg.channels_last, sync_bn=cfg.sync_bn,
                     compile=cfg.compile)
@@ -533,15 +806,15 @@ def train(cfg:TrainConfig,
           model:nn.Module=None, # train this instead of a new `cfg.model_type` (checkpoints still go under that name)
          )->dict:
     "Train `cfg.model_type` on the packed AudioSet in `cfg.workspace`; return the final {'bal', 'test'} scores."
-    dst = setup_dist(cfg.cuda)
-    try:
-        with run_folder(checkpoints_dir(cfg), dst.main, also=[statistics_path(cfg).parent]): return _train(cfg, dst, model)
-    finally:
-        if dst.world > 1 and dist.is_initialized(): dist.destroy_process_group()
+    with process_group(cfg.cuda) as dst, run_folder(checkpoints_dir(cfg), dst.main, also=[statistics_path(cfg).parent]):
+        return _train(cfg, dst, model)
 
 def _train(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->dict:
-    seed_everything(cfg.seed + dst.rank, cfg.deterministic)  # ranks draw different SpecAugment masks; DDP copies rank 0's weights
+    # ranks draw different SpecAugment masks; DDP copies rank 0's weights
+    seed_everything(cfg.seed + dst.rank, cfg.deterministic)
     run, evals = setup_audioset(cfg, dst, model)
+    kept = lambda it: save_checkpoint(checkpoint_path(cfg, 'best'), run.saved, iteration=it, config=flat_config(cfg))
+    hooks = recipe_hooks(cfg, run, cfg.early_stop, cfg.warmup_iterations, best_of('test'), kept)
     save = lambda it, keep: run.save(it, checkpoint_path(cfg, 'latest'), checkpoint_path(cfg, it) if keep else None,
                                      config=flat_config(cfg))
     log = statistics_logger(statistics_path(cfg), run.start) if dst.main else None
@@ -549,7 +822,7 @@ def _train(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->dict:
     scores = fit(run.model, run.opt, batches, get_loss_func(cfg.loss_type),
                  lambda m: {k: evaluate(m, dl, dst.device, cfg.amp) for k, dl in evals.items()}, save, log,
                  iterations=cfg.early_stop, start=run.start, eval_every=cfg.eval_every, save_every=cfg.save_every,
-                 log_every=cfg.log_every, mixup=run.mixup, dst=dst, amp=cfg.amp, progress=cfg.progress)
+                 log_every=cfg.log_every, mixup=run.mixup, dst=dst, amp=cfg.amp, progress=cfg.progress, hooks=hooks)
     if dst.world > 1:  # batch-norm statistics last updated by each rank's own batch: take rank 0's, as saved
         for b in run.saved.buffers(): dist.broadcast(b, 0)
     if dst.main and scores: write_report(cfg, scores)

@@ -18,7 +18,8 @@ from audioset_nb.train import Dist, clip_bce, fit
 
 OURS = dict(bf16=True, channels_last=True, fast_stft=True, sync=False, compile=False)
 REFERENCE = dict(bf16=False, channels_last=False, fast_stft=False, sync=True, compile=False)
-ABLATIONS = {'ours': {}, 'fp32': dict(bf16=False), 'nchw': dict(channels_last=False), 'conv_stft': dict(fast_stft=False),
+ABLATIONS = {'ours': {}, 'fp32': dict(bf16=False), 'nchw': dict(channels_last=False),
+             'conv_stft': dict(fast_stft=False),
              'sync_every_step': dict(sync=True), 'compile': dict(compile=True)}
 
 def synthetic_hdf5(path:Path, n:int, samples:int, sr:int)->Path:
@@ -42,7 +43,8 @@ def run_one(model_type, batch, v, ds, dev, steps, workers, sr):
     dl.generator = torch.Generator().manual_seed(0)
     recs = []
     fit(model, opt, dl, clip_bce, lambda m: {}, lambda it, keep: None, recs.append, iterations=2*steps,
-        eval_every=10**9, save_every=10**9, log_every=1 if v['sync'] else steps, dst=Dist(device=dev), amp=v['bf16'], progress=False)
+        eval_every=10**9, save_every=10**9, log_every=1 if v['sync'] else steps, dst=Dist(device=dev), amp=v['bf16'],
+        progress=False)
     timed = [r for r in recs if steps < r['iteration'] <= 2*steps and 'loss' in r]
     secs = [r['iteration'] - p['iteration'] for p, r in zip([dict(iteration=steps)] + timed, timed)]
     dts = [n*batch/r['examples_per_s'] for n, r in zip(secs, timed)]
@@ -65,15 +67,18 @@ def main():
     dev = torch.device('cuda' if gpu else 'cpu')
     models = a.models or (['Cnn14', 'Cnn6', 'MobileNetV1'] if gpu else ['Cnn6', 'MobileNetV1'])
     batches = a.batches or ([32, 64, 128] if gpu else [8, 16])
-    seconds, steps, repeat = a.seconds or (10. if gpu else 1.), a.steps or (20 if gpu else 4), a.repeat or (1 if gpu else 3)
+    seconds, steps = a.seconds or (10. if gpu else 1.), a.steps or (20 if gpu else 4)
+    repeat = a.repeat or (1 if gpu else 3)
     # bf16 autocast and compile are GPU speed-ups: on CPU the bf16 switch does nothing and compiling takes minutes
-    variants = a.variants or (['reference', *ABLATIONS] if gpu else ['reference', 'ours', 'conv_stft', 'nchw', 'sync_every_step'])
+    variants = a.variants or (['reference', *ABLATIONS] if gpu else ['reference', 'ours', 'conv_stft', 'nchw',
+                                                                     'sync_every_step'])
     workers = default_workers() if a.workers is None else a.workers
     if gpu: torch.backends.cudnn.benchmark = True
     sr = 32000
     out = dict(device=torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine(),
                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
-               audioset_nb=audioset_nb.__version__, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+               audioset_nb=audioset_nb.__version__,
+               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                seconds=seconds, sample_rate=sr, steps=steps, repeat=repeat, loader_workers=workers,
                note=None if gpu else 'CPU run: 1-s clips; bf16 autocast and channels_last act only on CUDA in the loop '
                                      '(channels_last is still applied to the weights here), compile left out', runs=[])
@@ -89,11 +94,13 @@ def main():
                 ref = float(np.median([r['examples_per_s'] for r in got['reference']])) if 'reference' in got else None
                 for name, rs in got.items():
                     eps, wait = (float(np.median([r[k] for r in rs])) for k in ('examples_per_s', 'data_wait'))
-                    r = dict(model=m, batch=b, variant=name, switches=REFERENCE if name == 'reference' else {**OURS, **ABLATIONS[name]},
+                    r = dict(model=m, batch=b, variant=name, switches=REFERENCE if name == 'reference' else {**OURS,
+                            **ABLATIONS[name]},
                              examples_per_s=eps, data_wait=wait, all_examples_per_s=[r['examples_per_s'] for r in rs],
                              vs_reference=eps/ref if ref else None)
                     out['runs'].append(r)
-                    print(f"{m:12s} batch {b:4d} {name:16s} {eps:8.1f} ex/s  wait {wait:.3f}" + (f"  x{r['vs_reference']:.2f}" if ref else ''), flush=True)
+                    vs = f"  x{r['vs_reference']:.2f}" if ref else ''
+                    print(f"{m:12s} batch {b:4d} {name:16s} {eps:8.1f} ex/s  wait {wait:.3f}" + vs, flush=True)
     path = Path(a.out or Path(__file__).parent/'results'/f'train_throughput-{"gpu" if gpu else "cpu"}.json')
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix('.tmp')

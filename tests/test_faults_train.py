@@ -34,7 +34,8 @@ def test_a_second_training_on_the_same_run_folder_refuses_at_once(ws, tmp_path):
     "Today both ran: checkpoints of the two seeds mixed, every iteration twice in statistics.jsonl."
     d = _workspace(ws, tmp_path/'w')
     cfg = cfg_for(d, f'--workspace={d}', '--batch_size=4')
-    first = cli_popen('audioset_train', f'--workspace={d}', *FLAGS, *SHORT, '--early_stop=24', '--save_every=8', '--seed=1',
+    first = cli_popen('audioset_train', f'--workspace={d}', *FLAGS, *SHORT, '--early_stop=24', '--save_every=8',
+                      '--seed=1',
                       env=THREADS)
     stats = statistics_path(cfg)
     _wait_for(lambda: first.poll() is not None or (stats.exists() and '"loss"' in stats.read_text()))
@@ -51,14 +52,15 @@ def test_a_second_training_on_the_same_run_folder_refuses_at_once(ws, tmp_path):
         ck = load_checkpoint(checkpoint_path(cfg, it))
         assert ck['config']['seed'] == 1 and ck['iteration'] == (24 if it == 'latest' else it)
 
-# ---------------------------------------------------------------------------------------------------- full disk, read-only
+# ------------------------------------------------------------------------------------------ full disk, read-only
 @pytest.fixture
 def tmpfs():
     "Mount small tmpfs file systems on request (root only); unmount them all at the end."
     mounted = []
     def mount(path:Path, size:int):
         path.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)], capture_output=True, text=True)
+        r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)], capture_output=True,
+                           text=True)
         if r.returncode: pytest.skip(f'cannot mount a tmpfs here (needs root): {r.stderr.strip()}')
         mounted.append(path)
         return path
@@ -93,7 +95,8 @@ def test_a_read_only_run_folder_is_one_sentence(ws, tmp_path, tmpfs):
     folder = _run_folder(d)
     folder.mkdir(parents=True)
     shutil.copy(done/'latest.pth', folder/'latest.pth')
-    subprocess.run(['mount', '-o', 'remount,ro', str(d/'checkpoints')], check=True)  # root ignores chmod, not a read-only mount
+    # root ignores chmod, not a read-only mount
+    subprocess.run(['mount', '-o', 'remount,ro', str(d/'checkpoints')], check=True)
     r = run(f'--workspace={d}', *FLAGS, *SHORT, '--early_stop=4', '--save_every=2', '--resume_latest')
     assert r.returncode != 0
     line = one_sentence(r.stderr, 'Could not write', 'read-only', 'choose a writable folder')
@@ -120,7 +123,8 @@ def test_sigkill_with_workers_leaves_no_worker_and_the_rerun_resumes(ws, tmp_pat
     cfg = cfg_for(d, f'--workspace={d}', '--batch_size=4')
     flags = [*FLAGS, '--batch_size=4', '--eval_every=1000', '--log_every=1', '--max_eval_clips=8', '--early_stop=12',
              '--save_every=3', '--num_workers=2']
-    p = cli_popen('audioset_train', f'--workspace={d}', *flags, env=THREADS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = cli_popen('audioset_train', f'--workspace={d}', *flags, env=THREADS, stdout=subprocess.DEVNULL,
+                  stderr=subprocess.DEVNULL)
     stats = statistics_path(cfg)
     _wait_for(lambda: p.poll() is not None or (stats.exists() and stats.read_text().count('"loss"') >= 4))
     workers = _children(p.pid)
@@ -166,11 +170,12 @@ def _copy_workspace(ws, d:Path)->Path:
     "A workspace of its own (the HDF5s copied, not linked) to damage."
     shutil.copytree(ws/'hdf5s', d/'hdf5s')
     for p in (d/'hdf5s'/'indexes').glob('*.h5'):  # point the indexes at the copies
-        with h5py.File(p, 'a') as f: f['hdf5_path'][:] = [s.replace(str(ws).encode(), str(d).encode()) for s in f['hdf5_path'][:]]
+        with h5py.File(p, 'a') as f:
+            f['hdf5_path'][:] = [s.replace(str(ws).encode(), str(d).encode()) for s in f['hdf5_path'][:]]
     return d
 
 def test_nan_samples_in_training_and_evaluation_clips_are_replaced_with_a_warning(ws, tmp_path):
-    "Today: the loss became NaN in training, and evaluation stopped with sklearn's 'Input contains NaN.' naming no file."
+    "Today: the loss became NaN in training; evaluation stopped with sklearn's 'Input contains NaN.', naming no file."
     d = _copy_workspace(ws, tmp_path/'w')
     for sub, row in [('balanced_train', 5), ('eval', 2)]:  # early reference files hold float32 rows
         with h5py.File(d/'hdf5s'/'waveforms'/f'{sub}.h5', 'a') as f:
@@ -185,7 +190,8 @@ def test_nan_samples_in_training_and_evaluation_clips_are_replaced_with_a_warnin
     warned = [l for l in r.stderr.splitlines() if l.startswith('warning:')]
     assert any('balanced_train.h5 row 5 holds 101 NaN or infinite samples' in l for l in warned), r.stderr
     assert any('eval.h5 row 2 holds 101 NaN or infinite samples' in l for l in warned), r.stderr
-    recs = [x for x in read_statistics(statistics_path(cfg_for(d, f'--workspace={d}', '--batch_size=4', '--balanced=none')))]
+    recs = [x for x in read_statistics(statistics_path(cfg_for(d, f'--workspace={d}', '--batch_size=4',
+                                                               '--balanced=none')))]
     assert all(np.isfinite(x['loss']) for x in recs if 'loss' in x)
     assert all(x['test_mAP'] is not None and 0 < x['test_mAP'] <= 1 for x in recs if 'test_mAP' in x)
 
