@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['ONNX_META', 'onnx_settings', 'OnnxRunner', 'tag_main']
+__all__ = ['ONNX_META', 'onnx_settings', 'OnnxRunner']
 
 # %% ../nbs/63_runtime.ipynb #c71b89ab
 ONNX_META = ('labels', 'model_type', 'sample_rate', 'window_size', 'hop_size')  # what audioset_export records
@@ -60,9 +60,3 @@ class OnnxRunner:
     def forward(self, batch:np.ndarray)->dict: # (B, samples) float32 audio at `sample_rate`
         "The model's outputs for `batch`, by name, as float32 arrays."
         return dict(zip(self.outputs, self.session.run(None, {'waveform': np.ascontiguousarray(batch, np.float32)})))
-
-# %% ../nbs/63_runtime.ipynb #d033d348
-def tag_main(argv:list=None):
-    "`audioset_tag` for console scripts installed when it lived here: `stream.tag_cli`."
-    from audioset_nb.stream import tag_cli  # lazy: runtime (63) never imports stream (64) at its top
-    return tag_cli(argv)
