@@ -18,7 +18,7 @@ __all__ = ['SAMPLE_RATE', 'AUDIO_EXTS', 'FFMPEG_ENV', 'NONFINITE', 'STORES', 'ff
 # %% ../nbs/01_audio.ipynb #34fd4d3f
 SAMPLE_RATE = 32000   # the rate PANNs stores and trains at
 
-# %% ../nbs/01_audio.ipynb #9d1aa011
+# %% ../nbs/01_audio.ipynb #efd13bf8
 AUDIO_EXTS = frozenset({'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.wma', '.aif', '.aiff', '.au',
                         '.webm', '.mp4', '.mkv', '.mov', '.avi'})  # what counts as audio in a folder, in every stage
 

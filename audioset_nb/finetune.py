@@ -11,27 +11,25 @@ import numpy as np, torch, torch.nn as nn
 from torch.utils.data import Dataset
 import h5py
 import torch.distributed as dist
-from .audio import AudioError, load_audio, pad_or_truncate, to_float32, to_int16
+from .audio import AUDIO_EXTS, AudioError, load_audio, pad_or_truncate, to_float32, to_int16
 from .data import SAMPLERS
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint
 from .models import MODELS, LogmelFrontend, build_model
 from .config import FrontEnd, config_cli, flat_config
-from .inference import HEADS, SingleLabel
+from .inference import HEADS, SingleLabel, TorchRunner
+from .tagging import iter_tags
 from .train import (Dist, Hook, RecipeConfig, augmented, autocast, best_of, class_scores,
                                clip_bce, fit, per_rank, process_group, recipe_hooks, run_folder, score,
                                seed_everything, setup_run, softmax_ce, statistics_logger)
 
 # %% auto #0
-__all__ = ['AUDIO_EXTS', 'Clips', 'read_folder', 'read_csv', 'read_dataset', 'Decoded', 'decode_clips', 'load_finite', 'crop_at',
-           'random_crop', 'clip_windows', 'ClipDataset', 'is_head', 'Transfer', 'load_body', 'scale_specaug',
-           'predict_clips', 'evaluate_clips', 'logmel_stats', 'baseline_scores', 'Data', 'FinetuneConfig', 'front_end',
-           'Unfreeze', 'holdout', 'splits', 'checkpoint_extras', 'finetune_split', 'finetune_dir', 'load_data',
-           'finetune', 'load_finetuned', 'finetune_cli']
+__all__ = ['Clips', 'read_folder', 'read_csv', 'read_dataset', 'Decoded', 'decode_clips', 'load_finite', 'crop_at', 'random_crop',
+           'ClipDataset', 'is_head', 'Transfer', 'load_body', 'scale_specaug', 'predict_clips', 'evaluate_clips',
+           'logmel_stats', 'baseline_scores', 'Data', 'FinetuneConfig', 'front_end', 'Unfreeze', 'holdout', 'splits',
+           'checkpoint_extras', 'finetune_split', 'finetune_dir', 'load_data', 'finetune', 'load_finetuned',
+           'finetune_cli']
 
 # %% ../nbs/70_finetune.ipynb #68f446f0
-AUDIO_EXTS = {'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.webm', '.mp4', '.aif', '.aiff',
-              '.au', '.wma', '.mkv'}
-
 @dataclass
 class Clips:
     "Labelled audio files: paths, label names, bool targets (clips, classes) and optional folds."
@@ -250,11 +248,6 @@ def _place(x, n, o):
     out[o:o+len(x)] = x
     return out
 
-def clip_windows(x:np.ndarray, n:int)->np.ndarray:
-    "`x` as consecutive `n`-sample windows (windows, n), the last zero-padded."
-    k = max(1, -(-len(x)//n))
-    return pad_or_truncate(x, k*n).reshape(k, n)
-
 # %% ../nbs/70_finetune.ipynb #4516d68d
 class ClipDataset(Dataset):
     "Random `clip_samples` crops of labelled files, as dict(audio_name, waveform, target) for `collate`."
@@ -302,6 +295,9 @@ class Transfer(nn.Module):
         for p in self.body_params: p.requires_grad_(not frozen)
         return self
 
+    @property
+    def front(self)->FrontEnd: return self.base.front
+
     def forward(self, x:torch.Tensor, mixup_lambda:torch.Tensor=None)->dict:
         return dict(self.net(x) if mixup_lambda is None else self.net(x, mixup_lambda))
 
@@ -334,37 +330,26 @@ def scale_specaug(model:nn.Module, # a zoo model (or `Transfer`) with a `spec_au
     return model
 
 # %% ../nbs/70_finetune.ipynb #fd2f6d01
-def _windows_of(clips:Clips, sample_rate:int, clip_samples:int, audio:Decoded=None):
-    "(clip, window) for each window of each file, one file decoded at a time."
+def _clip_audio(clips:Clips, sample_rate:int, audio:Decoded=None):
+    "Each file's samples in turn, decoded once (`audio`) or here: one file in memory at a time."
     for i, p in enumerate(clips.paths):
-        for w in clip_windows(audio.read(i) if audio is not None else load_finite(p, sample_rate), clip_samples):
-            yield i, w
+        x = audio.read(i) if audio is not None else load_finite(p, sample_rate)
+        yield x if len(x) else np.zeros(1, np.float32)  # an empty file scores as one silent window
 
 @torch.no_grad()
-def predict_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:int, batch_size:int=32,
+def predict_clips(model:nn.Module, # a `Transfer`, or any model with a `front` that returns `clipwise_output`
+                  clips:Clips, sample_rate:int, clip_samples:int, batch_size:int=32,
                   device:torch.device=torch.device('cpu'), amp:bool=True,
                   audio:Decoded=None)->np.ndarray: # `clips` decoded once (None: decode each file here)
-    "(clips, classes) scores: the mean of `model`'s clipwise outputs over each file's windows."
+    "(clips, classes) scores by the tagging core: the mean of `model`'s outputs over each file's windows."
     was = model.training
-    model.eval()
-    total, count, batch = None, np.zeros(len(clips)), []
-    def run():
-        nonlocal total
-        with autocast(device, amp):
-            x = torch.from_numpy(np.stack([w for _, w in batch])).to(device)
-            out = model(x)['clipwise_output'].float().cpu().numpy()
-        if total is None: total = np.zeros((len(clips), out.shape[1]))
-        for (i, _), o in zip(batch, out):
-            total[i] += o
-            count[i] += 1
-        batch.clear()
-    # windows stream through the model a batch at a time: memory holds one batch, not every window of every file
-    for i, w in _windows_of(clips, sample_rate, clip_samples, audio):
-        batch.append((i, w))
-        if len(batch) == batch_size: run()
-    if batch: run()
-    model.train(was)
-    return total/count[:, None]
+    front = dataclasses.replace(model.front, sample_rate=sample_rate)
+    device = torch.device(device)
+    runner = TorchRunner(model.eval(), clips.labels, front, str(device), amp=amp and device.type == 'cuda')
+    tags = iter_tags(runner, _clip_audio(clips, sample_rate, audio), window_seconds=clip_samples/sample_rate,
+                     pooling='mean', batch_size=batch_size)
+    try: return np.stack([t.clipwise for t in tags])
+    finally: model.train(was)
 
 # %% ../nbs/70_finetune.ipynb #da34d4b5
 def evaluate_clips(model:nn.Module, clips:Clips, sample_rate:int, clip_samples:int, multi_label:bool=False, **kw):

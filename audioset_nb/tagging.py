@@ -86,7 +86,7 @@ class _Stitch:
 
 # %% ../nbs/55_tagging.ipynb #de51fce5
 class _File:
-    "Window outputs of one source as they come back from the runner."
+    "Window outputs of one source (`src`: its name) as they come back from the runner."
     def __init__(self, src, framewise:bool):
         self.src, self.rows, self.embs, self.starts, self.n = src, [], [], [], 0
         self.fw = _Stitch() if framewise else None
@@ -101,14 +101,15 @@ class _File:
         rows, sr = np.stack(self.rows), runner.sample_rate
         fw = self.fw.result(self.n//runner.hop_size + 1) if self.fw is not None and self.fw.sum is not None else None
         emb = np.stack(self.embs).mean(0) if self.embs else None
-        return Tags(source_name(self.src), tuple(runner.labels), rows.max(0) if pooling == 'max' else rows.mean(0),
+        return Tags(self.src, tuple(runner.labels), rows.max(0) if pooling == 'max' else rows.mean(0),
                     rows,
                     np.array(self.starts)/sr, emb, self.n/sr, fw, sr/runner.hop_size)
 
 # %% ../nbs/55_tagging.ipynb #0be86620
-def _windows(runner, srcs, win, hop, failed):
+def _windows(runner, srcs, win, hop, failed, names):
     "(source index, start, window, n_real) for every window of every source; (i, None, ...) ends source i."
-    for i, src in enumerate(srcs):
+    for i, src in enumerate(srcs):  # one source at a time: a long list of arrays is never held whole
+        names[i] = source_name(src)
         try:
             for s, w, n in sliding_windows(source_blocks(runner, src), win, hop): yield i, s, w, n
         except AudioError as e: failed[i] = str(e)
@@ -141,24 +142,23 @@ def iter_tags(runner, # has `labels`, `sample_rate`, `hop_size`, `forward(batch)
     "Yield `Tags` (or `Failed`) for each of `srcs`, in order."
     if batch_size < 1: raise ValueError(f'batch_size must be at least 1, not {batch_size}.')
     win, hop, pooling = window_settings(runner, window_seconds, hop_seconds, pooling)
-    srcs, failed, files, pending, ended = list(srcs), {}, {}, [], []
+    failed, names, files, pending, ended = {}, {}, {}, [], []
     def run():
         outs = runner.forward(np.stack([w for _, _, w, _ in pending]))
         for j, (i, s, _, n) in enumerate(pending): files[i].add(runner, s, n, {k: v[j] for k, v in outs.items()})
         pending.clear()
     def finish():
         for i in ended:
-            f = files.pop(i, None)
-            if i in failed: yield Failed(source_name(srcs[i]), failed[i])
-            elif f is None: yield Failed(source_name(srcs[i]),
-                                         f'{source_name(srcs[i])} holds no audio; check the file.')
+            f, name = files.pop(i, None), names.pop(i)
+            if i in failed: yield Failed(name, failed.pop(i))
+            elif f is None: yield Failed(name, f'{name} holds no audio; check the file.')
             else: yield f.tags(runner, pooling)
         ended.clear()
-    for i, s, w, n in _windows(runner, srcs, win, hop, failed):
+    for i, s, w, n in _windows(runner, srcs, win, hop, failed, names):
         if s is None:
             ended.append(i)
             continue
-        if i not in files: files[i] = _File(srcs[i], framewise)
+        if i not in files: files[i] = _File(names[i], framewise)
         pending.append((i, s, w, n))
         if len(pending) == batch_size:
             run()
