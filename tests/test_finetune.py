@@ -182,6 +182,7 @@ def test_evaluation_streams_windows(folder, monkeypatch):
     real = ft.load_audio
     monkeypatch.setattr(ft, 'load_audio', lambda p, sr: read.append(p) or real(p, sr)[:8000])  # one window each
     class Spy(torch.nn.Module):
+        front = FrontEnd(**FRONT)
         def forward(self, x):
             seen.append((len(x), len(read)))
             return {'clipwise_output': torch.ones(len(x), 4)/4}
@@ -341,3 +342,25 @@ def test_earlier_flag_spellings(monkeypatch):
     finetune_cli(['--data', 'x', '--no_balanced', '--mixup'])
     finetune_cli(['--data', 'x', '--balanced', 'alternate', '--augmentation', 'none'])
     assert [(c.balanced, c.augmentation) for c in seen] == [('none', 'mixup'), ('alternate', 'none')]
+
+def test_printed_accuracy_is_audioset_tags(tmp, folder):
+    "The test accuracy audioset_finetune prints is the accuracy of audioset_tag's top label on the same files."
+    test = make_sound_folder(tmp/'tag_test', per_class=4, seed=7)
+    front = [a for k, v in FRONT.items() for a in (f'--{k}', v)]
+    p = cli('audioset_finetune', '--data', folder, '--test_data', test, '--workspace', tmp/'ws_same', '--model_type',
+            MODEL, *front, '--clip_seconds', 1.0, '--epochs', 2, '--batch_size', 12, '--no_progress', '--no_baseline')
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    out = tmp/'tag_test.jsonl'
+    t = cli('audioset_tag', '--checkpoint_path', res['checkpoint'], '--audio_path', test, '--output', out, '--full')
+    assert t.returncode == 0, t.stderr[-2000:]
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(rows) == 16
+    top1 = [r['top'][0][0] == Path(r['audio_path']).parent.name for r in rows]
+    assert res['test_accuracy'] == np.mean(top1), (res, top1)
+    # and file by file, the scores fine-tuning computes are the ones audioset_tag writes
+    model, labels = load_finetuned(res['checkpoint'])
+    clips = read_folder(test)
+    ours = predict_clips(model, clips, 16000, 16000, batch_size=5)
+    theirs = {r['audio_path']: r['clipwise'] for r in rows}
+    np.testing.assert_allclose(ours, [theirs[p] for p in clips.paths], atol=1e-4)
