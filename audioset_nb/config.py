@@ -6,15 +6,16 @@
 from __future__ import annotations
 import argparse, dataclasses, inspect, linecache, re, sys, typing
 from dataclasses import MISSING, dataclass, fields
+from .audio import SAMPLE_RATE
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'FrontEnd', 'field_help', 'config_parser', 'parse_config', 'flat_config', 'config_cli']
+__all__ = ['ALIASES', 'USER_ERRORS', 'FrontEnd', 'field_help', 'config_parser', 'parse_config', 'flat_config', 'config_cli']
 
 # %% ../nbs/03_config.ipynb #cd052d08
 @dataclass(frozen=True)
 class FrontEnd:
     "The log-mel front end's six settings (None: not decided yet, see `fill`)."
-    sample_rate: int|None = 32000  # Hz
+    sample_rate: int|None = SAMPLE_RATE  # Hz
     window_size: int|None = 1024   # STFT window and FFT size, samples
     hop_size: int|None = 320       # STFT hop, samples
     mel_bins: int|None = 64        # mel filters
@@ -71,15 +72,20 @@ def _base_type(hint):
 def _default(f):
     return f.default_factory() if f.default_factory is not MISSING else None if f.default is MISSING else f.default
 
+ALIASES = {'num_workers': ('workers',)}  # field -> older flag names that still work (`--workers` as audioset_pack had it)
+
 def _add_flag(p, name, typ, default, help, required=False):
+    flags = [f'--{name}', *(f'--{a}' for a in ALIASES.get(name, ()))]
     if typ is bool:
         if default: p.add_argument(f'--no_{name}', dest=name, action='store_false', help=f'turn off: {help}')
-        else: p.add_argument(f'--{name}', action='store_true', help=help)
+        else: p.add_argument(*flags, dest=name, action='store_true', help=help)
     elif typing.get_origin(typ) is list:  # one flag, several values
-        p.add_argument(f'--{name}', type=typing.get_args(typ)[0], nargs='+', default=default, required=required, help=help)
+        p.add_argument(*flags, dest=name, type=typing.get_args(typ)[0], nargs='+', default=default, required=required,
+                       help=help)
     else:
         shown = '' if default is None else f' (default: {default})'
-        p.add_argument(f'--{name}', type=typ, default=default, required=required, help=f'{help}{shown}', metavar=typ.__name__.upper())
+        p.add_argument(*flags, dest=name, type=typ, default=default, required=required, help=f'{help}{shown}',
+                       metavar=typ.__name__.upper())
 
 # %% ../nbs/03_config.ipynb #d56fe4ac
 class _Parser(argparse.ArgumentParser):

@@ -11,11 +11,12 @@ import h5py, numpy as np, torch
 from torch.utils.data import DataLoader, Dataset
 from .audio import SAMPLE_RATE, STORES, AudioError, decode_row, finite_audio, resample, to_float32
 from .config import USER_ERRORS
+from .fileio import default_workers
 
 # %% auto #0
 __all__ = ['WAVEFORM_KEYS', 'INDEX_KEYS', 'SAMPLERS', 'Index', 'read_index', 'AudioSetDataset', 'TrainSampler', 'RandomSampler',
            'BalancedSampler', 'AlternateSampler', 'clip_weights', 'WeightedSampler', 'EvalSampler', 'make_sampler',
-           'Mixup', 'collate', 'Loader', 'default_workers', 'make_loader']
+           'Mixup', 'collate', 'Loader', 'make_loader']
 
 # %% ../nbs/30_data.ipynb #4e9cc847
 @dataclass
@@ -329,18 +330,13 @@ class Loader(DataLoader):
             yield b
 
 # %% ../nbs/30_data.ipynb #7342388b
-def default_workers()->int:
-    "DataLoader workers: one per core this process may use, but one, at most 8."
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    return min(8, max(0, cores - 1))
-
 def make_loader(dataset:Dataset, batch_sampler, # a `TrainSampler`, `EvalSampler`, or any iterable of row lists
-                num_workers:int=None,        # default `default_workers()`
+                num_workers:int=None,        # default `default_workers('loading')`
                 pin_memory:bool=None,        # default: whether CUDA is available
                 prefetch_factor:int=4,       # batches each worker prepares ahead
                 persistent_workers:bool=True)->DataLoader:
     "A DataLoader over `dataset` in the batches of `batch_sampler`, with `collate`."
-    num_workers = default_workers() if num_workers is None else num_workers
+    num_workers = default_workers('loading') if num_workers is None else num_workers
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     kw = dict(prefetch_factor=prefetch_factor, persistent_workers=persistent_workers) if num_workers else {}
     return Loader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=num_workers,

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
-from .models import ConvBlock, ConvBlock5x5, _pool2d
+from .models import ConvBlock, ConvBlock5x5, pool2d
 
 # %% auto #0
 __all__ = ['winograd_weight', 'winograd_conv3x3', 'im2col_conv', 'conv_algorithm', 'FusedConvBlock', 'for_inference']
@@ -140,7 +140,7 @@ class FusedConvBlock(nn.Module):
             elif alg == 'im2col': x = im2col_conv(x, *w)
             else: x = F.conv2d(x.permute(0, 3, 1, 2), *w, padding=n//2).relu_().permute(0, 2, 3, 1)
         x = x.permute(0, 3, 1, 2)                                       # a channels-last (B, C, H, W) view
-        return x if tuple(pool_size) == (1, 1) else _pool2d(x, pool_size, pool_type)
+        return x if tuple(pool_size) == (1, 1) else pool2d(x, pool_size, pool_type)
 
 # %% ../nbs/42_fastpath.ipynb #dc210104
 def _fuse_blocks(m:nn.Module) -> nn.Module:

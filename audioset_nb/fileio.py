@@ -8,8 +8,8 @@ import contextlib, errno, fcntl, glob, hashlib, http.client, os, re, shutil, tem
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['atomic_path', 'atomic_open', 'atomic_write', 'OutputBusy', 'output_lock', 'CannotWrite', 'cannot_write',
-           'remove_stale_temps', 'default_cache_dir', 'md5sum', 'fetch']
+__all__ = ['WORKERS', 'atomic_path', 'atomic_open', 'atomic_write', 'OutputBusy', 'output_lock', 'CannotWrite', 'cannot_write',
+           'remove_stale_temps', 'default_cache_dir', 'md5sum', 'fetch', 'usable_cores', 'default_workers']
 
 # %% ../nbs/00_fileio.ipynb #fc41948e
 def _umask()->int:
@@ -165,3 +165,18 @@ def fetch(url:str, # where the file is
             raise
     os.replace(part, dest)
     return dest
+
+# %% ../nbs/00_fileio.ipynb #3331bed8
+def usable_cores()->int:
+    "Cores this process may run on (its CPU affinity where the system tells it, else the machine's count)."
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1))
+
+WORKERS = dict(decoding='one per core', loading='one per core but one, at most 8', downloading='8')  # the defaults, in words
+
+def default_workers(use:str='decoding', # a key of `WORKERS`
+                   )->int:
+    "The default number of workers for `use`, as `WORKERS` says."
+    n = usable_cores()
+    counts = dict(decoding=n, loading=min(8, max(0, n - 1)), downloading=8)
+    if use not in counts: raise ValueError(f'{use!r} is not a kind of work; use one of {", ".join(WORKERS)}.')
+    return counts[use]

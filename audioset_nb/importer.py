@@ -10,18 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
 import h5py, numpy as np
-from .audio import SAMPLE_RATE, audio_source
+from .audio import AUDIO_EXTS, SAMPLE_RATE, audio_source
 from .config import config_cli
-from .fileio import atomic_open, default_cache_dir, output_lock
+from .fileio import atomic_open, default_cache_dir, default_workers, output_lock
 from .metadata import (CLIP_SECONDS, NUM_CLASSES, clip_name, load_labels, load_segments, parse_part,
                                   read_segments, take_part)
-from .pack import (CODECS, PackResult, _commit, _create, _encode_job, _imap, _progress, _progress_of, _reopen,
-                              default_pack_workers, write_index)
+from .pack import CODECS, PackResult, WaveformWriter, encode_job, ordered_map, progress_bar, write_index
 
 # %% auto #0
-__all__ = ['NOT_AUDIO', 'AUDIO_EXTS', 'SUBSET_DIRS', 'import_cli', 'Piece', 'open_source', 'ytid_of', 'find_pieces', 'Clip',
-           'read_clips', 'official_segments', 'known_labels', 'clip_target', 'import_clips', 'Coverage',
-           'check_coverage', 'format_coverage', 'write_coverage', 'copy_subsets', 'ImportConfig', 'import_and_report']
+__all__ = ['SUBSET_DIRS', 'import_cli', 'Piece', 'open_source', 'ytid_of', 'find_pieces', 'Clip', 'read_clips',
+           'official_segments', 'known_labels', 'clip_target', 'import_clips', 'Coverage', 'check_coverage',
+           'format_coverage', 'write_coverage', 'copy_subsets', 'ImportConfig', 'import_and_report']
 
 # %% ../nbs/15_import.ipynb #75af9d4f
 class Piece(NamedTuple):
@@ -45,8 +44,6 @@ def open_source(path:str):
     except (ImportError, ValueError) as e: raise ValueError(f'Cannot open {path}: {e}.') from None
 
 # %% ../nbs/15_import.ipynb #6bd06bc6
-NOT_AUDIO = {'.csv', '.json', '.txt', '.md', '.log', '.h5', '.hdf5', '.lock', '.part', '.partial', '.tmp', '.py', '.sh'}
-
 def ytid_of(name:str)->str|None:
     "The YouTube id a clip file is named by (`Y<ytid>.*` or `<ytid>.*`), or None."
     m = re.fullmatch(r'Y?([A-Za-z0-9_-]{11})', name.rsplit('/', 1)[-1].split('.')[0])
@@ -58,7 +55,7 @@ def _kind(path:str)->str|None:
     if name.startswith('.'): return None  # partial downloads, lock files
     if name.lower().endswith('.parquet'): return 'parquet'
     if name.lower().endswith(('.tar', '.tar.gz', '.tgz')): return 'tar'
-    if Path(name).suffix.lower() not in NOT_AUDIO and ytid_of(name): return 'file'
+    if Path(name).suffix.lower() in AUDIO_EXTS and ytid_of(name): return 'file'
 
 # %% ../nbs/15_import.ipynb #58f87bec
 def _listing(src:str)->list:
@@ -117,8 +114,6 @@ def _parquet_clips(p:Piece, batch_rows:int=16)->Iterator[Clip]:
                 k += 1
 
 # %% ../nbs/15_import.ipynb #0f70c754
-AUDIO_EXTS = {'flac', 'wav', 'mp3', 'ogg', 'opus', 'm4a', 'aac', 'webm', 'mkv', 'mp4', 'aiff', 'au', 'wma'}
-
 def _wds_key(name:str)->tuple:
     "WebDataset's split of a member name into (key, extension): the key ends at the first dot of the file name."
     d, _, base = name.rpartition('/')
@@ -146,7 +141,7 @@ def _tar_clips(p:Piece)->Iterator[Clip]:
                     if key is not None: yield _tar_clip(key, audio, meta, p.path)
                     key, audio, meta = k, None, None
                 if ext == 'json': meta = tar.extractfile(m).read()
-                elif ext.rsplit('.', 1)[-1] in AUDIO_EXTS: audio = tar.extractfile(m).read()
+                elif '.' + ext.rsplit('.', 1)[-1] in AUDIO_EXTS: audio = tar.extractfile(m).read()  # 'flac', 'x.flac'
     except tarfile.TarError as e: raise ValueError(f'{p.path} is not a readable tar shard ({e}); re-download it or leave it out.') from None
     if key is not None: yield _tar_clip(key, audio, meta, p.path)
 
@@ -201,33 +196,30 @@ def _import_job(args)->tuple:
     name, target, why, audio, where, sample_rate, clip_samples, codec = args
     if why is None and not audio: why = f'{where} holds no audio'
     if why: return name, target, None, why
-    with audio_source(audio) as p: row, why = _encode_job((p, sample_rate, clip_samples, codec))
+    with audio_source(audio) as p: row, why = encode_job((p, sample_rate, clip_samples, codec, 'importing'))
     return name, target, row, why and why.replace(str(p), where)
 
 # %% ../nbs/15_import.ipynb #a4013326
-def _fill(f:h5py.File, pieces:list, csv_path, sample_rate:int, clip_samples:int, codec, workers:int, chunk:int, progress:bool)->tuple:
-    "Append to `f` every clip of `pieces` after those it holds, committing every `chunk` clips; (rows, left out)."
-    done = _progress_of(f)['items_done']
-    skipped = [tuple(s.decode() for s in r) for r in f['skipped'][:]]
-    if done: logging.getLogger(__name__).info(f'{f.filename}: resuming after {done} clips.')
-    jobs = ((*clip_target(c, csv_path), c.audio, c.where, sample_rate, clip_samples, codec) for c in read_clips(pieces, done))
+def _fill(w:WaveformWriter, pieces:list, csv_path, sample_rate:int, clip_samples:int, codec, num_workers:int, chunk:int,
+          progress:bool):
+    "Write to `w` every clip of `pieces` after those it holds, committing every `chunk` clips."
+    done = w.items_done
+    if done: logging.getLogger(__name__).info(f'{w.path}: resuming after {done} clips.')
+    clips = read_clips(pieces, done)
+    jobs = ((*clip_target(c, csv_path), c.audio, c.where, sample_rate, clip_samples, codec) for c in clips)
     total = sum(p.rows for p in pieces) - done if all(p.rows >= 0 for p in pieces) else None
     names, rows, targets = [], [], []
-    def commit(): _commit(f, list(enumerate(rows)), names, np.array(targets, bool).reshape(-1, NUM_CLASSES), done, skipped)
-    for name, target, row, why in _progress(_imap(_import_job, jobs, workers, 4*workers), total, progress):
+    for name, target, row, why in progress_bar(ordered_map(_import_job, jobs, num_workers), total, progress):
         done += 1
-        if row is None:
-            skipped.append((name, why))
-            logging.getLogger(__name__).warning(f'{name} left out: {why}')
+        if row is None: w.skip(name, why)
         else:
             names.append(name)
             rows.append(row)
             targets.append(target)
         if done % chunk == 0:
-            commit()
+            w.commit(names, rows, targets, done)
             names, rows, targets = [], [], []
-    commit()
-    return _progress_of(f)['rows'], skipped
+    w.commit(names, rows, targets, done)
 
 # %% ../nbs/15_import.ipynb #a345d9cc
 def _settings(pieces, csv_path, part, sample_rate, clip_samples, codec)->dict:
@@ -243,7 +235,7 @@ def import_clips(sources:list,                 # parquet files, tar shards, fold
                  csv_path:Path=None,           # labels of clips whose source has none (default: the official lists)
                  sample_rate:int=SAMPLE_RATE,  # rate of the packed rows
                  clip_seconds:float=CLIP_SECONDS, # length of every row
-                 workers:int=None,             # decoding processes; default one per core
+                 num_workers:int=None,             # decoding processes; default one per core
                  codec:str=None,               # None: int16 rows (reference layout); 'flac' or 'mp3': compressed store
                  chunk:int=64,                 # rows written (and resumable) at a time
                  part:str=None,                # 'i/n': only the i-th (from 0) of n slices of the pieces
@@ -256,15 +248,13 @@ def import_clips(sources:list,                 # parquet files, tar shards, fold
         if not pieces: raise ValueError(f'--part {part} is empty: the sources hold only {n} pieces (row groups, shards, clip files); use fewer parts.')
     clip_samples = int(round(sample_rate*clip_seconds))
     settings = _settings(pieces, csv_path, part, sample_rate, clip_samples, codec)
-    tmp = out.with_name(f'.{out.name}.partial')
-    with output_lock(out, 'imported file'):
-        f = _reopen(tmp, settings) or _create(tmp, settings, clip_samples, codec)
-        with f: rows, skipped = _fill(f, pieces, csv_path, sample_rate, clip_samples, codec, workers or default_pack_workers(), chunk, progress)
-        if rows == 0:
-            tmp.unlink()
-            raise ValueError(f'None of the {len(skipped)} clips in {", ".join(map(str, sources))} could be imported '
-                             f'(first: {skipped[0][1] if skipped else "none found"}); check the source.')
-        tmp.replace(out)
+    num_workers = num_workers or default_workers('decoding')
+    with output_lock(out, 'imported file'), WaveformWriter(out, settings, clip_samples, codec) as w:
+        _fill(w, pieces, csv_path, sample_rate, clip_samples, codec, num_workers, chunk, progress)
+        rows, skipped = w.finish(), w.skipped
+    if rows == 0:
+        raise ValueError(f'None of the {len(skipped)} clips in {", ".join(map(str, sources))} could be imported '
+                         f'(first: {skipped[0][1] if skipped else "none found"}); check the source.')
     return PackResult(out, rows, skipped)
 
 # %% ../nbs/15_import.ipynb #960b2b9e
@@ -376,21 +366,21 @@ class ImportConfig:
     clip_seconds: float = CLIP_SECONDS  # length of every row
     codec: str|None = None              # a compressed store: 'flac' (lossless) or 'mp3' (lossy); default int16 rows
     part: str|None = None               # i/n: import only the i-th (from 0) of n slices of the row groups, shards and clip files
-    workers: int|None = None            # decoding processes (default: one per core)
+    num_workers: int|None = None            # decoding processes (default: one per core)
     quiet: bool = False                 # no progress bar
 
     def __post_init__(self):
         if self.part: parse_part(self.part)
         if self.codec not in CODECS: raise ValueError(f'--codec {self.codec!r} is not one of {CODECS[1:]} (or leave it out for int16).')
-        if (self.workers is not None and self.workers < 1) or self.sample_rate < 1 or self.clip_seconds <= 0:
-            raise ValueError('--workers, --sample_rate and --clip_seconds must be above 0.')
+        if (self.num_workers is not None and self.num_workers < 1) or self.sample_rate < 1 or self.clip_seconds <= 0:
+            raise ValueError('--num_workers, --sample_rate and --clip_seconds must be above 0.')
         self.coverage_path = self.coverage_path or str(Path(self.waveforms_hdf5_path).with_suffix(''))+'_coverage.csv'
 
 # %% ../nbs/15_import.ipynb #392e6d15
 def import_and_report(cfg:ImportConfig):
     "Import as `cfg` says, write the index and coverage report, and print what was done."
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
-    r = import_clips(cfg.sources, cfg.waveforms_hdf5_path, cfg.csv_path, cfg.sample_rate, cfg.clip_seconds, cfg.workers,
+    r = import_clips(cfg.sources, cfg.waveforms_hdf5_path, cfg.csv_path, cfg.sample_rate, cfg.clip_seconds, cfg.num_workers,
                      cfg.codec, part=cfg.part, progress=not cfg.quiet)
     print(f'imported {r.rows} clips into {r.path}; {len(r.skipped)} left out')
     if cfg.indexes_hdf5_path: print(f'wrote index {write_index(r.path, cfg.indexes_hdf5_path)}')

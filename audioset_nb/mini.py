@@ -9,20 +9,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
-from fastcore.script import call_parse, store_true
 import numpy as np
 from tqdm.auto import tqdm
-from .fileio import atomic_write
-from .audio import SAMPLE_RATE, ffmpeg_exe, ffmpeg_input
-from .metadata import (CLIP_SECONDS, Segment, check_ytid, load_labels, load_ontology, load_segments, read_segments,
-                                  write_segments)
+from .fileio import atomic_write, default_workers
+from .audio import SAMPLE_RATE, ffmpeg_cmd, ffmpeg_input, pcm_output
+from .config import config_cli
+from .metadata import (CLIP_SECONDS, Segment, check_ytid, load_labels, load_ontology, load_segments,
+                                  read_segments, write_segments)
 
 # %% auto #0
 __all__ = ['MINI_CLASSES', 'MINI_MIDS', 'LEVELS', 'FLOOR_DB', 'N_EVENTS', 'SUBSETS', 'SOURCE_FORMATS', 'SOURCE_MIME',
-           'AAC_PADDING_S', 'RIGHT_GAIN', 'MiniClass', 'class_table', 'SynthEvent', 'draw_events', 'render_event',
-           'synth_clip', 'make_ytids', 'deal_classes', 'SourceFormat', 'Source', 'plan_source', 'Clip', 'source_audio',
-           'write_source', 'similarity', 'probe_media', 'decode_audio', 'MiniAudioSet', 'plan_mini', 'load_mini',
-           'reference_segment', 'make_mini', 'write_sources', 'audioset_mini']
+           'AAC_PADDING_S', 'RIGHT_GAIN', 'audioset_mini', 'MiniClass', 'class_table', 'SynthEvent', 'draw_events',
+           'render_event', 'synth_clip', 'make_ytids', 'deal_classes', 'SourceFormat', 'Source', 'plan_source', 'Clip',
+           'source_audio', 'write_source', 'similarity', 'probe_media', 'decode_audio', 'MiniAudioSet', 'plan_mini',
+           'load_mini', 'reference_segment', 'make_mini', 'write_sources', 'MiniConfig']
 
 # %% ../nbs/90_mini.ipynb #180808b3
 def _fade(x:np.ndarray, sr:int, ms:float=5.)->np.ndarray:
@@ -261,7 +261,7 @@ def _spawn_rng(entropy:list, *key)->np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=key))
 
 # %% ../nbs/90_mini.ipynb #c7de5ab9
-def render_event(ev:SynthEvent, rng:np.random.Generator, sr:int=32000)->np.ndarray:
+def render_event(ev:SynthEvent, rng:np.random.Generator, sr:int=SAMPLE_RATE)->np.ndarray:
     "The waveform of `ev` alone, `ev.offset-ev.onset` seconds long, peaking at `ev.level` dBFS."
     if ev.name not in _CLASSES: raise ValueError(f'{ev.name!r} is not a mini AudioSet class; use one of MINI_CLASSES.')
     x = _CLASSES[ev.name].render(rng, int(round(ev.offset*sr)) - int(round(ev.onset*sr)), sr)
@@ -271,7 +271,7 @@ def render_event(ev:SynthEvent, rng:np.random.Generator, sr:int=32000)->np.ndarr
 # %% ../nbs/90_mini.ipynb #e68c31d5
 def synth_clip(seed_or_rng, # an int (or list of ints) seed, or a `np.random.Generator`
                events:list=None, # `SynthEvent`s (or (name, onset, offset, level) tuples); None: 1-3 random ones
-               sr:int=32000, # sample rate of the waveform
+               sr:int=SAMPLE_RATE, # sample rate of the waveform
                seconds:float=10.)->tuple:
     "A clip: (float32 waveform, events). The same seed and events always give the same waveform."
     ent = _entropy(seed_or_rng)
@@ -405,8 +405,7 @@ def write_source(clip:Clip, folder:Path)->Path:
     folder.mkdir(parents=True, exist_ok=True)
     f, dest = s.format, folder/s.file
     tmp = folder/f'.{s.file}.tmp'
-    args = [ffmpeg_exe(), '-hide_banner', '-loglevel', 'error', '-y', '-threads', '1',
-            '-f', 'f32le', '-ar', str(SAMPLE_RATE), '-ac', str(s.channels), '-i', 'pipe:0']
+    args = ffmpeg_cmd('-y', '-threads', 1, '-f', 'f32le', '-ar', SAMPLE_RATE, '-ac', s.channels, '-i', 'pipe:0')
     if f.video:
         args += ['-f', 'lavfi', '-i', f'color=c=black:s=64x36:r=25:d={s.duration}', '-map', '1:v', '-map', '0:a',
                  '-c:v', 'libx264', '-preset', 'ultrafast', '-pix_fmt', 'yuv420p']
@@ -420,18 +419,20 @@ def write_source(clip:Clip, folder:Path)->Path:
     return dest
 
 # %% ../nbs/90_mini.ipynb #a0633544
-def similarity(a:np.ndarray, b:np.ndarray, # two waveforms at `sr`; the shorter one sets the length
-               sr:int=SAMPLE_RATE, fmax:float=None)->float: # compare only below `fmax` Hz (lossy codecs, resamplers)
+def similarity(a:np.ndarray, b:np.ndarray, # two waveforms at `sample_rate`; the shorter one sets the length
+               sample_rate:int=SAMPLE_RATE,
+               fmax:float=None)->float: # compare only below `fmax` Hz (lossy codecs, resamplers)
     "Cosine similarity of two waveforms, 1 when they have the same shape up to a gain."
     n = min(len(a), len(b))
     A, B = np.fft.rfft(np.asarray(a[:n], np.float64)), np.fft.rfft(np.asarray(b[:n], np.float64))
-    if fmax is not None: A, B = A[:int(fmax*n/sr)], B[:int(fmax*n/sr)]
+    if fmax is not None: A, B = A[:int(fmax*n/sample_rate)], B[:int(fmax*n/sample_rate)]
     return float(np.real(np.vdot(A, B)) / (np.linalg.norm(A)*np.linalg.norm(B) + 1e-30))
 
 # %% ../nbs/90_mini.ipynb #2e726b3c
 def probe_media(path:Path)->dict:
     "Container, codecs, sample rate, channels and duration of a media file, as `ffmpeg -i` reports them."
-    err = subprocess.run([ffmpeg_exe(), '-hide_banner', '-nostdin', *ffmpeg_input(path)], capture_output=True).stderr.decode(errors='replace')
+    r = subprocess.run(ffmpeg_cmd(*ffmpeg_input(path), loglevel='info'), capture_output=True)  # no output: it says why
+    err = r.stderr.decode(errors='replace')
     inp, dur = re.search(r'Input #0, ([^ ]+), from', err), re.search(r'Duration: (\d+):(\d+):([\d.]+)', err)
     aud = re.search(r'Stream #0:\d+\S*: Audio: (\w+).*?, (\d+) Hz, (mono|stereo|\d+ channels)', err)
     vid = re.search(r'Stream #0:\d+\S*: Video: (\w+)', err)
@@ -441,16 +442,16 @@ def probe_media(path:Path)->dict:
                 duration=int(dur[1])*3600 + int(dur[2])*60 + float(dur[3]), video_codec=vid[1] if vid else None)
 
 # %% ../nbs/90_mini.ipynb #a46d03fe
-def decode_audio(path:Path, sr:int=SAMPLE_RATE, start:float=None, end:float=None, mono:bool=True)->np.ndarray:
-    "Decode `path` with ffmpeg to float32 at `sr` (mono, or (samples, channels)), optionally only [start, end] s."
-    args = [ffmpeg_exe(), '-hide_banner', '-loglevel', 'error', '-nostdin', *ffmpeg_input(path), '-vn',
-            '-ar', str(sr), *(['-ac', '1'] if mono else []), '-f', 'f32le', 'pipe:1']
-    r = subprocess.run(args, capture_output=True)
-    if r.returncode: raise RuntimeError(f'ffmpeg could not decode {path}: {r.stderr.decode(errors="replace").strip()[-300:]}')
+def decode_audio(path:Path, sample_rate:int=SAMPLE_RATE, start:float=None, end:float=None, mono:bool=True)->np.ndarray:
+    "Decode `path` with ffmpeg to float32 at `sample_rate` (mono, or (samples, channels)), optionally only [start, end] s."
+    r = subprocess.run(ffmpeg_cmd(*ffmpeg_input(path), *pcm_output(sample_rate, 1 if mono else None, 'f32le')),
+                       capture_output=True)
+    if r.returncode:
+        raise RuntimeError(f'ffmpeg could not decode {path}: {r.stderr.decode(errors="replace").strip()[-300:]}')
     x = np.frombuffer(r.stdout, '<f4')
     x = x if mono else x.reshape(-1, probe_media(path)['channels'])
     # cut by counting samples, not with -ss: builds disagree on where a seek lands in primed codecs (Opus, AAC)
-    return x[int(round((start or 0)*sr)):None if end is None else int(round(end*sr))]
+    return x[int(round((start or 0)*sample_rate)):None if end is None else int(round(end*sample_rate))]
 
 # %% ../nbs/90_mini.ipynb #68e6cbc6
 @dataclass
@@ -531,7 +532,7 @@ def make_mini(root:Path, # folder to write into (created; a rerun resumes)
               n_train:int=600, # clips in balanced_train
               n_eval:int=150, # clips in eval
               sources:bool=True, # also write one source file per clip in root/sources
-              workers:int=None, # parallel ffmpeg encoders (default: number of CPUs)
+              num_workers:int=None, # parallel ffmpeg encoders (default: one per core)
               progress:bool=False)->MiniAudioSet: # show a progress bar while sources are written
     "Write a mini AudioSet (segment CSVs, events.jsonl and source files) into `root`, deterministically from `seed`."
     root = Path(root)
@@ -546,30 +547,34 @@ def make_mini(root:Path, # folder to write into (created; a rerun resumes)
                        f'Mini AudioSet {subset} segments, made by audioset_nb.mini with seed={seed}')
     atomic_write(root/'events.jsonl', ''.join(_clip_to_json(c) + '\n' for c in clips))
     atomic_write(root/'mini.json', cfg)
-    if sources: write_sources(clips, root/'sources', workers, progress)
+    if sources: write_sources(clips, root/'sources', num_workers, progress)
     return load_mini(root)
 
 # %% ../nbs/90_mini.ipynb #75e23b06
-def write_sources(clips:list, folder:Path, workers:int=None, progress:bool=False):
-    "Write the source files of `clips` that `folder` does not hold yet, `workers` at a time."
+def write_sources(clips:list, folder:Path, num_workers:int=None, progress:bool=False):
+    "Write the source files of `clips` that `folder` does not hold yet, `num_workers` at a time."
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for p in folder.glob('.*.tmp'): p.unlink()   # left by a killed run
     todo = [c for c in clips if not (folder/c.source.file).exists()]
-    with ThreadPoolExecutor(workers or os.cpu_count()) as ex:
+    with ThreadPoolExecutor(num_workers or default_workers('decoding')) as ex:
         for _ in tqdm(ex.map(lambda c: write_source(c, folder), todo), total=len(todo), unit='source',
                       desc='mini AudioSet sources', disable=not progress): pass
 
 # %% ../nbs/90_mini.ipynb #2d354782
-@call_parse
-def audioset_mini(root:str=None, # folder to write the mini AudioSet into (required)
-                  seed:int=0, # everything follows from it
-                  n_train:int=600, # clips in balanced_train
-                  n_eval:int=150, # clips in eval
-                  no_sources:store_true=False, # write only the CSVs and events.jsonl
-                  workers:int=None): # parallel ffmpeg encoders (default: number of CPUs)
+@dataclass
+class MiniConfig:
     "Write a mini AudioSet: segment CSVs, ground-truth events and source files."
-    if not root: sys.exit('audioset_mini: give the folder to write into with --root DIR.')
-    try: m = make_mini(Path(root), seed, n_train, n_eval, not no_sources, workers, progress=True)
-    except (ValueError, RuntimeError) as e: sys.exit(f'audioset_mini: {e}')
-    print(f'{m}: {m.csv_path("balanced_train")}, {m.csv_path("eval")}' + ('' if no_sources else f', {m.sources_dir}'))
+    root: str                     # folder to write the mini AudioSet into
+    seed: int = 0                 # everything follows from it
+    n_train: int = 600            # clips in balanced_train
+    n_eval: int = 150             # clips in eval
+    sources: bool = True          # also write one source file per clip (--no_sources: only the CSVs and events.jsonl)
+    num_workers: int|None = None  # parallel ffmpeg encoders (default: one per core)
+
+def _make_and_print(cfg:MiniConfig):
+    try: m = make_mini(Path(cfg.root), cfg.seed, cfg.n_train, cfg.n_eval, cfg.sources, cfg.num_workers, progress=True)
+    except RuntimeError as e: raise ValueError(str(e)) from None  # ffmpeg failed: said in its one sentence
+    print(f'{m}: {m.csv_path("balanced_train")}, {m.csv_path("eval")}' + (f', {m.sources_dir}' if cfg.sources else ''))
+
+audioset_mini = config_cli(MiniConfig, _make_and_print, 'audioset_mini')

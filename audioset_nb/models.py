@@ -12,20 +12,21 @@ import torch.nn.functional as F
 from torchlibrosa.stft import Spectrogram, LogmelFilterBank
 from torchlibrosa.augmentation import SpecAugmentation
 # checkpoints were part of this module: their names still import from here
+from .audio import SAMPLE_RATE
 from .config import FrontEnd
 from .checkpoints import PUBLISHED, fetch_checkpoint, load_checkpoint, load_weights, save_checkpoint
 
 # %% auto #0
 __all__ = ['MODELS', 'init_layer', 'init_bn', 'do_mixup', 'stft_power', 'PannsModel', 'LogmelModel', 'LogmelFrontend',
-           'demo_signal', 'ConvBlock', 'ConvBlock5x5', 'AttBlock', 'Cnn14', 'Cnn14_no_specaug', 'Cnn14_no_dropout',
-           'Cnn14_emb512', 'Cnn14_emb128', 'Cnn14_emb32', 'Cnn14_mel32', 'Cnn14_mel128', 'Cnn10', 'Cnn6', 'Cnn14_16k',
-           'Cnn14_8k', 'upsample_frames', 'Cnn14_DecisionLevelMax', 'Cnn14_DecisionLevelAvg', 'Cnn14_DecisionLevelAtt',
-           'Cnn6_DecisionLevelMax', 'Cnn6_mini', 'Cnn6_mini_DecisionLevelMax', 'ConvPreWavBlock',
-           'Wavegram_Logmel_Cnn14', 'Wavegram_Logmel128_Cnn14', 'Wavegram_Cnn14', 'ResBasicBlock', 'ResBottleneck',
-           'res_layer', 'ResNetBody', 'ResNet38', 'ResNet22', 'ResNet54', 'conv_bn', 'conv_dw', 'MobileNetV1',
-           'InvertedResidual', 'MobileNetV2', 'LeeNetConvBlock', 'LeeNet11', 'LeeNet24', 'DaiNetResBlock', 'DaiNet19',
-           'ResBasicBlock1d', 'ResNetBody1d', 'Res1dNet31', 'Res1dNet51', 'build_model', 'output_shapes',
-           'count_params', 'count_flops']
+           'demo_signal', 'pool2d', 'ConvBlock', 'ConvBlock5x5', 'AttBlock', 'Cnn14', 'Cnn14_no_specaug',
+           'Cnn14_no_dropout', 'Cnn14_emb512', 'Cnn14_emb128', 'Cnn14_emb32', 'Cnn14_mel32', 'Cnn14_mel128', 'Cnn10',
+           'Cnn6', 'Cnn14_16k', 'Cnn14_8k', 'upsample_frames', 'Cnn14_DecisionLevelMax', 'Cnn14_DecisionLevelAvg',
+           'Cnn14_DecisionLevelAtt', 'Cnn6_DecisionLevelMax', 'Cnn6_mini', 'Cnn6_mini_DecisionLevelMax',
+           'ConvPreWavBlock', 'Wavegram_Logmel_Cnn14', 'Wavegram_Logmel128_Cnn14', 'Wavegram_Cnn14', 'ResBasicBlock',
+           'ResBottleneck', 'res_layer', 'ResNetBody', 'ResNet38', 'ResNet22', 'ResNet54', 'conv_bn', 'conv_dw',
+           'MobileNetV1', 'InvertedResidual', 'MobileNetV2', 'LeeNetConvBlock', 'LeeNet11', 'LeeNet24',
+           'DaiNetResBlock', 'DaiNet19', 'ResBasicBlock1d', 'ResNetBody1d', 'Res1dNet31', 'Res1dNet51', 'build_model',
+           'output_shapes', 'count_params', 'count_flops']
 
 # %% ../nbs/41_models.ipynb #ea481057
 def init_layer(layer:nn.Module):
@@ -125,7 +126,7 @@ class LogmelFrontend(LogmelModel):
     def forward(self, x:torch.Tensor): return self.logmel(x)
 
 # %% ../nbs/41_models.ipynb #63e5fe5f
-def demo_signal(seconds:float=3., sr:int=32000, seed:int=0):
+def demo_signal(seconds:float=3., sr:int=SAMPLE_RATE, seed:int=0):
     "A test waveform: a gliding harmonic tone, noise bursts and a silent gap, float32 in [-1, 1]."
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds*sr))/sr
@@ -137,7 +138,9 @@ def demo_signal(seconds:float=3., sr:int=32000, seed:int=0):
     return (y/np.abs(y).max()*0.9).astype(np.float32)
 
 # %% ../nbs/41_models.ipynb #fccdc959
-def _pool2d(x, pool_size, pool_type):
+def pool2d(x, pool_size, # (time, frequency) of the pooling window
+           pool_type:str): # 'avg', 'max' or 'avg+max', as the reference's blocks pool
+    "The pooling that ends a PANNs conv block."
     if pool_type == 'avg': return F.avg_pool2d(x, kernel_size=pool_size)
     if pool_type == 'max': return F.max_pool2d(x, kernel_size=pool_size)
     if pool_type == 'avg+max': return F.avg_pool2d(x, kernel_size=pool_size) + F.max_pool2d(x, kernel_size=pool_size)
@@ -155,7 +158,7 @@ class ConvBlock(nn.Module):
 
     def forward(self, x, pool_size=(2, 2), pool_type='avg'):
         x = F.relu_(self.bn2(self.conv2(F.relu_(self.bn1(self.conv1(x))))))
-        return _pool2d(x, pool_size, pool_type)
+        return pool2d(x, pool_size, pool_type)
 
 class ConvBlock5x5(nn.Module):
     "One 5×5 convolution with BatchNorm and ReLU, then pooling."
@@ -167,7 +170,7 @@ class ConvBlock5x5(nn.Module):
         init_bn(self.bn1)
 
     def forward(self, x, pool_size=(2, 2), pool_type='avg'):
-        return _pool2d(F.relu_(self.bn1(self.conv1(x))), pool_size, pool_type)
+        return pool2d(F.relu_(self.bn1(self.conv1(x))), pool_size, pool_type)
 
 class AttBlock(nn.Module):
     "Attention pooling over time: clipwise = Σ_t softmax(att)_t · sigmoid(cla)_t."
@@ -682,8 +685,8 @@ def build_model(model_type:str, # a name in `MODELS`, e.g. 'Cnn14'
 # %% ../nbs/41_models.ipynb #9a8c4f54
 def output_shapes(model:nn.Module, seconds:float=1., batch:int=2):
     "Shapes of `model`'s outputs on `batch` random clips of `seconds` (eval mode, no gradients)."
-    sr = getattr(model, 'config', {}).get('sample_rate', 32000)
-    with torch.no_grad(): out = model.eval()(torch.randn(batch, int(seconds*sr))*0.1)
+    sample_rate = getattr(model, 'config', {}).get('sample_rate', SAMPLE_RATE)
+    with torch.no_grad(): out = model.eval()(torch.randn(batch, int(seconds*sample_rate))*0.1)
     return {k: tuple(v.shape) for k, v in out.items()}
 
 # %% ../nbs/41_models.ipynb #fb57a7f0
@@ -695,14 +698,14 @@ def _macs(m, inp, out):
     k = m.weight[0].numel() if not isinstance(m, nn.Linear) else m.in_features  # (cin/groups)·kernel, or fan-in
     return out.numel()*k
 
-def count_flops(model:nn.Module, seconds:float=10., sr:int=32000) -> int:
+def count_flops(model:nn.Module, seconds:float=10., sample_rate:int=SAMPLE_RATE) -> int:
     "Operations (multiply-add = 2) of convolutions and linear layers, STFT included, for one clip of `seconds`."
     macs, fast, training = [], getattr(model, 'fast_stft', None), model.training
     hooks = [m.register_forward_hook(lambda m, i, o: macs.append(_macs(m, i, o)))
              for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
     try:
         if fast is not None: model.fast_stft = False   # count the conv-STFT, as the paper does
-        with torch.no_grad(): model.eval()(torch.zeros(1, int(seconds*sr)))
+        with torch.no_grad(): model.eval()(torch.zeros(1, int(seconds*sample_rate)))
     finally:
         for h in hooks: h.remove()
         if fast is not None: model.fast_stft = fast

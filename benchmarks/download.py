@@ -8,7 +8,8 @@ import argparse, datetime, json, os, platform, shutil, subprocess, sys, tempfile
 from pathlib import Path
 import numpy as np
 import yt_dlp
-from audioset_nb.download import Segment, download_clip, download_clips, ffmpeg_exe, summarize
+from audioset_nb.audio import ffmpeg_cmd, ffmpeg_exe
+from audioset_nb.download import Segment, download_clip, download_clips, summarize
 from audioset_nb.mirror import Mirror
 
 SOURCES = [('webm', ['-c:a', 'libopus'], 48000, 2), ('m4a', ['-c:a', 'aac'], 44100, 2),
@@ -20,8 +21,8 @@ def make_sources(root:Path, n:int):
     for k, (ext, args, sr, ch) in enumerate(SOURCES):
         t = np.arange(14*sr)/sr
         pcm = (np.tile(0.4*np.sin(2*np.pi*(200*t + 30*t**2))[:, None], (1, ch))*32767).astype('<i2')
-        subprocess.run([ffmpeg_exe(), '-nostdin', '-loglevel', 'error', '-y', '-f', 's16le', '-ar', str(sr), '-ac', str(ch),
-                        '-i', 'pipe:0', *args, str(root/f'base{k}.{ext}')], input=pcm.tobytes(), check=True)
+        cmd = ffmpeg_cmd('-y', '-f', 's16le', '-ar', sr, '-ac', ch, '-i', 'pipe:0', *args, root/f'base{k}.{ext}')
+        subprocess.run(cmd, input=pcm.tobytes(), check=True)
     for i in range(n):
         k = i % len(SOURCES)
         ytid = f'bench{i:06d}'
@@ -54,7 +55,7 @@ def main():
                 out.mkdir()
                 return [download_clip(s, out, **kw) for s in segs]
             runs = [('baseline (plain loop)', baseline)] + [
-                (f'{w} workers', lambda w=w: download_clips(segs, work/f'w{w}', workers=w, progress=False, **kw)) for w in (1, 4, 8)]
+                (f'{w} workers', lambda w=w: download_clips(segs, work/f'w{w}', num_workers=w, progress=False, **kw)) for w in (1, 4, 8)]
             for name, fn in runs:
                 rows, secs, reqs = timed(m, fn)
                 results.append(dict(run=name, clips=len(rows), seconds=round(secs, 3), clips_per_s=round(len(rows)/secs, 3),

@@ -66,7 +66,7 @@ def run_variant(variant:str, src:Path, out:Path):
     import pyarrow.parquet  # noqa: F401  (imports are not part of the time)
     t0 = time.perf_counter()
     if variant == 'baseline': baseline(src, out)
-    else: import_clips([src], out, workers=int(variant.split('-w')[1]), progress=False)
+    else: import_clips([src], out, num_workers=int(variant.split('-w')[1]), progress=False)
     dt = time.perf_counter() - t0
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps(dict(seconds=dt, cpu_seconds=me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,

@@ -74,7 +74,7 @@ def run_variant(variant, d):
     if variant == 'reference': reference_pack(d/'segs.csv', d/'audios', out)
     else:
         workers = int(variant.split('-w')[1])
-        pack_waveforms(d/'segs.csv', d/'audios', out, workers=workers, codec='flac' if 'flac' in variant else None, progress=False)
+        pack_waveforms(d/'segs.csv', d/'audios', out, num_workers=workers, codec='flac' if 'flac' in variant else None, progress=False)
     dt = time.perf_counter() - t0
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps(dict(seconds=dt, cpu_seconds=me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime - cpu0,

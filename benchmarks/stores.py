@@ -71,7 +71,7 @@ def model_effect(d:Path, iterations:int, seed:int)->dict:
     for store in [None, *STORES]:
         ws = d/(store or 'int16')
         for subset, src in copy.items():
-            r = import_clips([src], ws/'hdf5s'/'waveforms'/f'{subset}.h5', codec=store, workers=2, progress=False)
+            r = import_clips([src], ws/'hdf5s'/'waveforms'/f'{subset}.h5', codec=store, num_workers=2, progress=False)
             write_index(r.path, ws/'hdf5s'/'indexes'/f'{subset}.h5')
         t0 = time.perf_counter()
         out[store or 'int16'] = dict(eval_mAP=train_map(ws, iterations, seed), train_seconds=time.perf_counter() - t0,

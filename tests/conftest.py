@@ -3,7 +3,7 @@ import configparser, os, subprocess, sys
 from pathlib import Path
 import numpy as np, pytest
 import audioset_nb
-from audioset_nb.audio import ffmpeg_exe
+from audioset_nb.audio import ffmpeg_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -47,7 +47,7 @@ def one_sentence(stderr, *words):
 
 def ffmpeg(*args, input=None):
     "Run ffmpeg quietly with `args` (overwriting outputs); `input` is bytes for `pipe:0`."
-    subprocess.run([ffmpeg_exe(), '-nostdin', '-v', 'error', '-y', *map(str, args)], input=input, check=True)
+    subprocess.run(ffmpeg_cmd('-y', *args), input=input, check=True)
 
 def tone(freq, seconds, sr, channels=1, amp=0.5):
     "A sine of `freq` Hz: shape (samples,) for mono, else (samples, channels) all alike."

@@ -64,7 +64,7 @@ def test_best_lag_sees_a_one_second_offset():
 def downloaded(sources, tmp_path_factory):
     out = tmp_path_factory.mktemp('audios')
     with Mirror(sources) as m:
-        rows = download_clips(segs_of(SOURCES), out, workers=4, progress=False, url_template=m.url_template, timeout=20, backoff=0.05)
+        rows = download_clips(segs_of(SOURCES), out, num_workers=4, progress=False, url_template=m.url_template, timeout=20, backoff=0.05)
         ranged = [r for r in m.requests if r['range']]
     return out, {r['ytid']: r for r in rows}, ranged
 
@@ -89,7 +89,7 @@ def test_only_the_section_is_fetched_with_ranges(downloaded):
 def test_rerun_skips_finished_clips(downloaded, sources):
     out, _, _ = downloaded
     with Mirror(sources) as m:
-        rows = download_clips(segs_of(SOURCES), out, workers=2, progress=False, url_template=m.url_template)
+        rows = download_clips(segs_of(SOURCES), out, num_workers=2, progress=False, url_template=m.url_template)
         assert m.requests == []
     assert {r['status'] for r in rows} == {'ok'} and {r['message'] for r in rows} == {'already downloaded'}
 
@@ -200,7 +200,7 @@ def test_killed_run_leaves_no_partial_wav_and_rerun_completes(sources, tmp_path)
     (['--csv_path', 'eval', '--audios_dir', 'a', '--part', '4/4'], '--part'),
     (['--csv_path', 'eval', '--audios_dir', 'a', '--url_template', 'ftp://x/{ytid}'], '--url_template'),
     (['--csv_path', 'eval', '--audios_dir', 'a', '--url_template', 'https://x/watch'], '--url_template'),
-    (['--csv_path', 'eval', '--audios_dir', 'a', '--workers', '0'], '--workers'),
+    (['--csv_path', 'eval', '--audios_dir', 'a', '--workers', '0'], '--num_workers'),  # the older flag name works
 ])
 def test_cli_bad_input_is_one_sentence(tmp_path, args, says):
     r = cli('audioset_download', *args, cwd=tmp_path, timeout=60)
@@ -270,7 +270,7 @@ def test_mini_audioset_downloads_to_its_reference(tmp_path):
     ms = mini.make_mini(tmp_path/'mini', seed=3, n_train=1, n_eval=len(mini.SOURCE_FORMATS))
     with Mirror(tmp_path/'mini'/'sources') as m:
         rows = download(tmp_path/'mini'/'metadata'/'eval_segments.csv', tmp_path/'audios', url_template=m.url_template,
-                        workers=4, quiet=True)
+                        num_workers=4, quiet=True)
     assert summarize(rows) == {'ok': len(mini.SOURCE_FORMATS)}
     seen = set()
     for s in ms.segments['eval']:

@@ -139,7 +139,7 @@ def test_read_only_folder_is_one_sentence(six):
 
 @pytest.mark.parametrize('flags,words', [
     (['--sample_rate', '0'], ['--sample_rate']), (['--clip_seconds', '-1'], ['--clip_seconds']),
-    (['--clip_seconds', '1e7'], ['--clip_seconds']), (['--workers', '0'], ['--workers']),
+    (['--clip_seconds', '1e7'], ['--clip_seconds']), (['--workers', '0'], ['--num_workers']),
 ])
 def test_numeric_flags_are_checked(six, flags, words):
     r = cli('audioset_pack', *six_args(six, six/'w.h5'), *flags, timeout=60)

@@ -60,7 +60,7 @@ def copies(tmp_path_factory):
             x, sr = sf.read(io.BytesIO(audio))
             sf.write(d/'audios'/f'Y{ytid}.wav', x, sr, subtype='FLOAT')
     write_segments(d/'segs.csv', [Segment(y, 0., 10., tuple(m)) for y, _, m in ROWS])
-    packed = pack_waveforms(d/'segs.csv', d/'audios', d/'packed.h5', workers=1, progress=False)
+    packed = pack_waveforms(d/'segs.csv', d/'audios', d/'packed.h5', num_workers=1, progress=False)
     return d, packed
 
 def rows_by_name(path):
@@ -72,7 +72,7 @@ def rows_by_name(path):
 def test_each_copy_packs_to_the_rows_of_the_youtube_path(copies, tmp_path, source, kw):
     d, packed = copies
     kw = {k: d/v for k, v in kw.items()}
-    r = import_clips([d/source], tmp_path/'w.h5', workers=2, progress=False, **kw)
+    r = import_clips([d/source], tmp_path/'w.h5', num_workers=2, progress=False, **kw)
     got, want = rows_by_name(r.path), rows_by_name(packed.path)
     assert sorted(got) == sorted(want) == sorted(f'Y{y}.wav' for y, _, _ in GOOD)
     for n in want:
@@ -84,7 +84,7 @@ def test_each_copy_packs_to_the_rows_of_the_youtube_path(copies, tmp_path, sourc
 
 def test_coverage_counts_are_exact(copies, tmp_path):
     d, _ = copies
-    r = import_clips([d/'bal_train00.parquet'], tmp_path/'w.h5', workers=1, progress=False)
+    r = import_clips([d/'bal_train00.parquet'], tmp_path/'w.h5', num_workers=1, progress=False)
     cov = check_coverage(r.path)
     b = cov.summary['balanced_train']
     assert (b['official'], b['imported'], b['left_out'], b['differ'], b['absent']) == (len(BAL), 4, 1, 1, len(BAL) - 5)
@@ -111,19 +111,19 @@ KILLER = textwrap.dedent('''
             return out
         return f
     p._append = killing(p._append)
-    import_clips([sys.argv[1]], sys.argv[2], workers=1, chunk=2, progress=False)
+    import_clips([sys.argv[1]], sys.argv[2], num_workers=1, chunk=2, progress=False)
 ''')
 
 @pytest.mark.parametrize('source', ['bal_train00.parquet', 'shard-000000.tar'])
 def test_sigkill_mid_import_then_rerun_gives_the_clean_file(copies, tmp_path, source):
     d, _ = copies
-    clean = import_clips([d/source], tmp_path/'clean.h5', workers=1, chunk=2, progress=False)
+    clean = import_clips([d/source], tmp_path/'clean.h5', num_workers=1, chunk=2, progress=False)
     out = tmp_path/'out.h5'
     p = subprocess.run([sys.executable, '-c', KILLER, str(d/source), str(out)], cwd=ROOT)
     assert p.returncode == -signal.SIGKILL
     assert not out.exists() and (tmp_path/'.out.h5.partial').exists()
     with h5py.File(tmp_path/'.out.h5.partial', 'r') as f: assert 0 < f['audio_name'].shape[0] < clean.rows
-    r = import_clips([d/source], out, workers=2, chunk=2, progress=False)
+    r = import_clips([d/source], out, num_workers=2, chunk=2, progress=False)
     assert r.rows == clean.rows and r.skipped == clean.skipped and not (tmp_path/'.out.h5.partial').exists()
     with h5py.File(out, 'r') as a, h5py.File(clean.path, 'r') as b:
         for k in ('audio_name', 'waveform', 'target', 'skipped'): np.testing.assert_array_equal(a[k][:], b[k][:])
@@ -132,7 +132,7 @@ def test_sigkill_mid_import_then_rerun_gives_the_clean_file(copies, tmp_path, so
 def test_a_url_source_is_read_through_fsspec(copies, tmp_path):
     pytest.importorskip('fsspec')
     d, _ = copies
-    r = import_clips([f'file://{d}/*.parquet'], tmp_path/'w.h5', workers=1, progress=False)
+    r = import_clips([f'file://{d}/*.parquet'], tmp_path/'w.h5', num_workers=1, progress=False)
     assert sorted(rows_by_name(r.path)) == sorted(f'Y{y}.wav' for y, _, _ in GOOD)
 
 # ---- command line ----
@@ -189,8 +189,8 @@ def test_bad_input_is_one_sentence(copies, tmp_path):
 def test_compressed_stores_import_and_load_like_int16(copies, tmp_path, codec):
     from audioset_nb.data import AudioSetDataset
     d, _ = copies
-    ref = import_clips([d/'bal_train00.parquet'], tmp_path/'int16.h5', workers=1, progress=False)
-    r = import_clips([d/'bal_train00.parquet'], tmp_path/f'{codec}.h5', codec=codec, workers=2, progress=False)
+    ref = import_clips([d/'bal_train00.parquet'], tmp_path/'int16.h5', num_workers=1, progress=False)
+    r = import_clips([d/'bal_train00.parquet'], tmp_path/f'{codec}.h5', codec=codec, num_workers=2, progress=False)
     with h5py.File(r.path, 'r') as f: sizes = [len(b) for b in f[f'waveform_{codec}']]
     assert len(sizes) == ref.rows and max(sizes) < (320_000 if codec == 'flac' else 160_000)   # bytes per 10-s clip
     a, b = AudioSetDataset(ref.path), AudioSetDataset(r.path)
@@ -210,7 +210,7 @@ def test_a_changed_source_is_not_resumed_into(copies, tmp_path):
     assert p.returncode == -signal.SIGKILL and (tmp_path/'.out.h5.partial').exists()
     changed = [(y, flac(tone(300, 10, 48000), 48000), m) for y, _, m in ROWS]   # same ids and row groups, other audio
     write_parquet(src, changed)
-    r = import_clips([src], tmp_path/'out.h5', workers=1, chunk=2, progress=False)
-    clean = import_clips([src], tmp_path/'clean.h5', workers=1, chunk=2, progress=False)
+    r = import_clips([src], tmp_path/'out.h5', num_workers=1, chunk=2, progress=False)
+    clean = import_clips([src], tmp_path/'clean.h5', num_workers=1, chunk=2, progress=False)
     assert r.rows == clean.rows == len(ROWS)
     with h5py.File(r.path, 'r') as a, h5py.File(clean.path, 'r') as b: np.testing.assert_array_equal(a['waveform'][:], b['waveform'][:])

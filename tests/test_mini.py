@@ -2,7 +2,7 @@
 import os, re, stat
 from functools import partial
 import numpy as np, pytest
-from audioset_nb import mini as M
+from audioset_nb import audio, mini as M
 from audioset_nb.download import YTID_RE, SAMPLE_RATE, read_segments
 from conftest import cli, one_sentence
 
@@ -11,7 +11,7 @@ LOSSLESS = {'wav', 'flac'}
 @pytest.fixture(scope='module')
 def ds(tmp_path_factory):
     "Two clips of every source format in each subset."
-    return M.make_mini(tmp_path_factory.mktemp('mini')/'ds', seed=3, n_train=7, n_eval=7, workers=2)
+    return M.make_mini(tmp_path_factory.mktemp('mini')/'ds', seed=3, n_train=7, n_eval=7, num_workers=2)
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a = M.make_mini(tmp_path/'a', seed=5, n_train=12, n_eval=6, sources=False)
@@ -112,7 +112,7 @@ def test_rerun_resumes_and_cleans_temp_files(ds):
     ref = M.decode_audio(gone)
     gone.unlink()
     (ds.sources_dir/f'.{gone.name}.tmp').write_bytes(b'half a file')
-    m = M.make_mini(ds.root, seed=3, n_train=7, n_eval=7, workers=2)
+    m = M.make_mini(ds.root, seed=3, n_train=7, n_eval=7, num_workers=2)
     assert sorted(m.sources_dir.iterdir()) == files                  # the missing one is back, the temp file gone
     assert {p: p.stat().st_mtime_ns for p in files[1:]} == before    # the others were not rewritten
     assert np.array_equal(M.decode_audio(gone), ref)
@@ -121,9 +121,9 @@ def test_failed_encoder_leaves_nothing(tmp_path, monkeypatch):
     fake = tmp_path/'ffmpeg'
     fake.write_text('#!/bin/sh\necho "encoder exploded" >&2\nexit 1\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setattr(M, 'ffmpeg_exe', lambda: str(fake))
+    monkeypatch.setattr(audio, 'ffmpeg_exe', lambda: str(fake))  # the one `ffmpeg_cmd` calls
     with pytest.raises(RuntimeError, match='ffmpeg could not write .*encoder exploded'):
-        M.make_mini(tmp_path/'m', n_train=2, n_eval=1, workers=1)
+        M.make_mini(tmp_path/'m', n_train=2, n_eval=1, num_workers=1)
     assert list((tmp_path/'m'/'sources').iterdir()) == []
 
 def test_user_errors_are_one_sentence(tmp_path):
