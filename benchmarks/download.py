@@ -60,14 +60,16 @@ def main():
                 rows, secs, reqs = timed(m, fn)
                 results.append(dict(run=name, clips=len(rows), seconds=round(secs, 3), clips_per_s=round(len(rows)/secs, 3),
                                     requests=reqs, statuses=summarize(rows)))
-                print(f'{name:22} {len(rows)/secs:6.2f} clips/s  ({secs:.1f} s, {reqs} requests, {summarize(rows)})', flush=True)
+                print(f'{name:22} {len(rows)/secs:6.2f} clips/s  ({secs:.1f} s, {reqs} requests, {summarize(rows)})',
+                      flush=True)
         base = results[0]['clips_per_s']
         for r in results: r['speedup_vs_baseline'] = round(r['clips_per_s']/base, 2)
         ff = subprocess.run([ffmpeg_exe(), '-version'], capture_output=True, text=True).stdout.split('\n')[0]
         report = dict(benchmark='download', date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                       device=dict(kind='cpu', machine=platform.machine(), processor=platform.processor(), cpu_count=os.cpu_count(),
                                   platform=platform.platform()),
-                      versions=dict(python=platform.python_version(), yt_dlp=yt_dlp.version.__version__, numpy=np.__version__, ffmpeg=ff),
+                      versions=dict(python=platform.python_version(), yt_dlp=yt_dlp.version.__version__,
+                                    numpy=np.__version__, ffmpeg=ff),
                       setup=dict(clips=a.clips, delay_per_request_s=a.delay, segment_s=10, source_s=14,
                                  containers=[s[0] for s in SOURCES], mirror='audioset_nb.mirror.Mirror on 127.0.0.1'),
                       results=results)

@@ -74,7 +74,8 @@ def run_variant(variant:str, src:Path, out:Path):
 
 def measure(variant:str, src:Path, out:Path, n:int)->dict:
     stop, peak = threading.Event(), []
-    proc = subprocess.Popen([sys.executable, __file__, '--variant', variant, '--src', str(src), '--out', str(out)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, __file__, '--variant', variant, '--src', str(src), '--out', str(out)],
+                            stdout=subprocess.PIPE, text=True)
     th = threading.Thread(target=tree_rss_peak, args=(proc, stop, peak))
     th.start()
     stdout, _ = proc.communicate()
@@ -82,7 +83,8 @@ def measure(variant:str, src:Path, out:Path, n:int)->dict:
     th.join()
     if proc.returncode: raise SystemExit(f'variant {variant} failed')
     r = json.loads(stdout.strip().splitlines()[-1])
-    r.update(variant=variant, clips=n, file_mb=src.stat().st_size/2**20, clips_per_s=n/r['seconds'], peak_tree_rss_mb=peak[0]/2**20)
+    r.update(variant=variant, clips=n, file_mb=src.stat().st_size/2**20, clips_per_s=n/r['seconds'],
+             peak_tree_rss_mb=peak[0]/2**20)
     print(f"N={n:5} ({r['file_mb']:5.0f} MB) {variant:9} {r['clips_per_s']:6.1f} clips/s  peak RSS (tree) {r['peak_tree_rss_mb']:6.0f} MB", flush=True)
     return r
 
@@ -99,7 +101,8 @@ def main(ns:list, out:Path):
             rs = [measure(v, src, d/f'{v}-{n}.h5', n) for v in ['baseline', 'ours-w1', 'ours-w2']]
             with h5py.File(d/f'baseline-{n}.h5', 'r') as a, h5py.File(d/f'ours-w2-{n}.h5', 'r') as b:
                 same = bool(np.array_equal(a['waveform'][:], b['waveform'][:]))
-            for r in rs: r.update(vs_baseline_clips_per_s=r['clips_per_s']/rs[0]['clips_per_s'], rows_identical_to_baseline=same)
+            for r in rs:
+                r.update(vs_baseline_clips_per_s=r['clips_per_s']/rs[0]['clips_per_s'], rows_identical_to_baseline=same)
             runs += rs
     res = dict(benchmark='import', device='cpu', cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),

@@ -35,7 +35,8 @@ def make_clips(d:Path, n:int):
     from multiprocessing import Pool
     labels = load_labels()
     (d/'audios').mkdir(parents=True, exist_ok=True)
-    with Pool(2) as pool: pool.starmap(write_clip, [(d/'audios'/f'Ybench{i:06d}.wav', i) for i in range(n)], chunksize=16)
+    with Pool(2) as pool:
+        pool.starmap(write_clip, [(d/'audios'/f'Ybench{i:06d}.wav', i) for i in range(n)], chunksize=16)
     write_segments(d/'segs.csv', [Segment(f'bench{i:06d}', 0., 10., (labels.mids[i % 527],)) for i in range(n)])
 
 def write_clip(path, i):
@@ -74,7 +75,8 @@ def run_variant(variant, d):
     if variant == 'reference': reference_pack(d/'segs.csv', d/'audios', out)
     else:
         workers = int(variant.split('-w')[1])
-        pack_waveforms(d/'segs.csv', d/'audios', out, num_workers=workers, codec='flac' if 'flac' in variant else None, progress=False)
+        pack_waveforms(d/'segs.csv', d/'audios', out, num_workers=workers, codec='flac' if 'flac' in variant else None,
+                       progress=False)
     dt = time.perf_counter() - t0
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps(dict(seconds=dt, cpu_seconds=me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime - cpu0,
@@ -93,7 +95,8 @@ def tree_rss_peak(proc, stop, out):
 
 def measure(variant, d, n):
     stop, peak = threading.Event(), []
-    proc = subprocess.Popen([sys.executable, __file__, '--variant', variant, '--dir', str(d)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, __file__, '--variant', variant, '--dir', str(d)], stdout=subprocess.PIPE,
+                            text=True)
     th = None
     try:
         import psutil  # noqa: F401

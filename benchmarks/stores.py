@@ -2,12 +2,14 @@
 
 1. Size and speed: N synthetic 10-s 32-kHz clips (noise, tones, envelopes: benchmarks/pack.py's `synth`) encoded as
    each store of `audioset_nb.audio.STORES` beside int16; bytes per clip, and rows decoded per CPU second in one
-   process (`decode_row`, what the training loader calls), int16 (`to_float32`, what the loader does with an int16 row) as the baseline.
+   process (`decode_row`, what the training loader calls), int16 (`to_float32`,
+                                                                  what the loader does with an int16 row) as the baseline.
 2. Model: the mini AudioSet (seed 0) written as a Hugging Face-style parquet copy (FLAC, 32 kHz), imported with
    `import_clips` into int16 and into each store, then the mini recipe of runme.sh trained on each with the same
    seed and iterations; eval mAP per store. Writes benchmarks/results/stores-cpu.json.
 
-    python benchmarks/stores.py                     # 200 clips; mini mAP after 400 iterations per store (about 25 min on 2 busy cores)
+    # 200 clips; mini mAP after 400 iterations per store (about 25 min on 2 busy cores)
+    python benchmarks/stores.py
     python benchmarks/stores.py --n 20 --iterations 0   # sizes and speed only
 """
 import argparse, datetime, io, json, os, platform, subprocess, sys, tempfile, time
@@ -35,7 +37,8 @@ def sizes_and_speed(n:int)->dict:
               f"{out[store or 'int16']['decode_clips_per_cpu_s']:8.0f} clips decoded per CPU second", flush=True)
     return out
 
-FRONT = ['--sample_rate', '8000', '--window_size', '1024', '--hop_size', '512', '--mel_bins', '32', '--fmin', '50', '--fmax', '4000']
+FRONT = ['--sample_rate', '8000', '--window_size', '1024', '--hop_size', '512', '--mel_bins', '32', '--fmin', '50',
+         '--fmax', '4000']
 
 def mini_copy(d:Path)->dict:
     "The mini AudioSet's segments as one Hugging Face-style parquet file per subset (FLAC at 32 kHz)."
@@ -50,7 +53,8 @@ def mini_copy(d:Path)->dict:
             sf.write(b, mini.reference_segment(s.ytid), SR, format='FLAC', subtype='PCM_16')
             audio.append({'bytes': b.getvalue(), 'path': f'audio/{subset}/{s.ytid}.flac'})
         out[subset] = d/f'{subset}.parquet'
-        pq.write_table(pa.table({'video_id': [s.ytid for s in segs], 'audio': audio, 'labels': [list(s.labels) for s in segs]}), out[subset])
+        pq.write_table(pa.table({'video_id': [s.ytid for s in segs], 'audio': audio,
+                                 'labels': [list(s.labels) for s in segs]}), out[subset])
     return out
 
 def train_map(ws:Path, iterations:int, seed:int)->float:
@@ -76,7 +80,8 @@ def model_effect(d:Path, iterations:int, seed:int)->dict:
         t0 = time.perf_counter()
         out[store or 'int16'] = dict(eval_mAP=train_map(ws, iterations, seed), train_seconds=time.perf_counter() - t0,
                                      file_bytes=sum(p.stat().st_size for p in (ws/'hdf5s'/'waveforms').glob('*.h5')))
-        print(f"{store or 'int16':6} eval mAP {out[store or 'int16']['eval_mAP']:.3f} after {iterations} iterations", flush=True)
+        print(f"{store or 'int16':6} eval mAP {out[store or 'int16']['eval_mAP']:.3f} after {iterations} iterations",
+              flush=True)
     return out
 
 def main(n:int, iterations:int, seed:int, out:Path):

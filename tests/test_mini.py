@@ -73,7 +73,8 @@ def test_one_source_per_ytid(ds):
     names = sorted(os.listdir(ds.sources_dir))
     assert names == sorted(f'{y}.{c.source.ext}' for y, c in ds.clips.items())
     assert {c.source.ext for c in ds.clips.values()} == {f.ext for f in M.SOURCE_FORMATS} == set(M.SOURCE_MIME)
-    assert M.SOURCE_MIME['mp4'] == 'video/mp4' and all(m.startswith('audio/') for e, m in M.SOURCE_MIME.items() if e != 'mp4')
+    assert M.SOURCE_MIME['mp4'] == 'video/mp4' and all(m.startswith('audio/') for e,
+                                                       m in M.SOURCE_MIME.items() if e != 'mp4')
 
 def test_sources_decode_as_declared(ds):
     for y, c in ds.clips.items():
@@ -128,7 +129,8 @@ def test_failed_encoder_leaves_nothing(tmp_path, monkeypatch):
 
 def test_user_errors_are_one_sentence(tmp_path):
     M.make_mini(tmp_path/'m', seed=0, n_train=3, n_eval=2, sources=False)
-    with pytest.raises(ValueError, match='made with other settings'): M.make_mini(tmp_path/'m', seed=1, n_train=3, n_eval=2)
+    with pytest.raises(ValueError, match='made with other settings'):
+        M.make_mini(tmp_path/'m', seed=1, n_train=3, n_eval=2)
     with pytest.raises(ValueError, match='at least 1'): M.make_mini(tmp_path/'z', n_train=0)
     with pytest.raises(ValueError, match='non-negative integer'): M.make_mini(tmp_path/'z', seed=-1)
     with pytest.raises(FileNotFoundError, match='no mini AudioSet'): M.load_mini(tmp_path)
