@@ -54,20 +54,21 @@ def main():
                 out = work/'baseline'
                 out.mkdir()
                 return [download_clip(s, out, **kw) for s in segs]
-            runs = [('baseline (plain loop)', baseline)] + [
-                (f'{w} workers', lambda w=w: download_clips(segs, work/f'w{w}', num_workers=w, progress=False, **kw)) for w in (1, 4, 8)]
+            def parallel(w): return lambda: download_clips(segs, work/f'w{w}', num_workers=w, progress=False, **kw)
+            runs = [('baseline (plain loop)', baseline)] + [(f'{w} workers', parallel(w)) for w in (1, 4, 8)]
             for name, fn in runs:
                 rows, secs, reqs = timed(m, fn)
-                results.append(dict(run=name, clips=len(rows), seconds=round(secs, 3), clips_per_s=round(len(rows)/secs, 3),
-                                    requests=reqs, statuses=summarize(rows)))
+                results.append(dict(run=name, clips=len(rows), seconds=round(secs, 3),
+                                    clips_per_s=round(len(rows)/secs, 3), requests=reqs, statuses=summarize(rows)))
                 print(f'{name:22} {len(rows)/secs:6.2f} clips/s  ({secs:.1f} s, {reqs} requests, {summarize(rows)})',
                       flush=True)
         base = results[0]['clips_per_s']
         for r in results: r['speedup_vs_baseline'] = round(r['clips_per_s']/base, 2)
         ff = subprocess.run([ffmpeg_exe(), '-version'], capture_output=True, text=True).stdout.split('\n')[0]
-        report = dict(benchmark='download', date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-                      device=dict(kind='cpu', machine=platform.machine(), processor=platform.processor(), cpu_count=os.cpu_count(),
-                                  platform=platform.platform()),
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+        report = dict(benchmark='download', date=now,
+                      device=dict(kind='cpu', machine=platform.machine(), processor=platform.processor(),
+                                  cpu_count=os.cpu_count(), platform=platform.platform()),
                       versions=dict(python=platform.python_version(), yt_dlp=yt_dlp.version.__version__,
                                     numpy=np.__version__, ffmpeg=ff),
                       setup=dict(clips=a.clips, delay_per_request_s=a.delay, segment_s=10, source_s=14,

@@ -34,11 +34,12 @@ def make_parquet(path:Path, n:int):
     labels = load_labels()
     with Pool(2) as pool: audio = pool.map(flac48, range(n), chunksize=8)
     ids = [f'bench{i:06d}' for i in range(n)]
-    schema = pa.schema([('video_id', pa.string()), ('audio', pa.struct([('bytes', pa.binary()), ('path', pa.string())])),
+    audio_type = pa.struct([('bytes', pa.binary()), ('path', pa.string())])
+    schema = pa.schema([('video_id', pa.string()), ('audio', audio_type),
                         ('labels', pa.list_(pa.string())), ('human_labels', pa.list_(pa.string()))])
-    pq.write_table(pa.table({'video_id': ids, 'audio': [{'bytes': a, 'path': f'audio/unbal_train/{y}.flac'} for y, a in zip(ids, audio)],
-                             'labels': [[labels.mids[i % 527]] for i in range(n)], 'human_labels': [[labels[i % 527]] for i in range(n)]},
-                            schema=schema), path, row_group_size=50)
+    cols = {'video_id': ids, 'audio': [{'bytes': a, 'path': f'audio/unbal_train/{y}.flac'} for y, a in zip(ids, audio)],
+            'labels': [[labels.mids[i % 527]] for i in range(n)], 'human_labels': [[labels[i % 527]] for i in range(n)]}
+    pq.write_table(pa.table(cols, schema=schema), path, row_group_size=50)
 
 def baseline(src:Path, out:Path):
     "Read the whole file, decode each clip in turn, write the rows."
@@ -85,7 +86,8 @@ def measure(variant:str, src:Path, out:Path, n:int)->dict:
     r = json.loads(stdout.strip().splitlines()[-1])
     r.update(variant=variant, clips=n, file_mb=src.stat().st_size/2**20, clips_per_s=n/r['seconds'],
              peak_tree_rss_mb=peak[0]/2**20)
-    print(f"N={n:5} ({r['file_mb']:5.0f} MB) {variant:9} {r['clips_per_s']:6.1f} clips/s  peak RSS (tree) {r['peak_tree_rss_mb']:6.0f} MB", flush=True)
+    print(f"N={n:5} ({r['file_mb']:5.0f} MB) {variant:9} {r['clips_per_s']:6.1f} clips/s  "
+          f"peak RSS (tree) {r['peak_tree_rss_mb']:6.0f} MB", flush=True)
     return r
 
 def main(ns:list, out:Path):
@@ -106,8 +108,9 @@ def main(ns:list, out:Path):
             runs += rs
     res = dict(benchmark='import', device='cpu', cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-               versions=dict(python=platform.python_version(), audioset_nb=audioset_nb.__version__, numpy=np.__version__, h5py=h5py.__version__,
-                             pyarrow=pyarrow.__version__, soundfile=soundfile.__version__, soxr=soxr.__version__),
+               versions=dict(python=platform.python_version(), audioset_nb=audioset_nb.__version__,
+                             numpy=np.__version__, h5py=h5py.__version__, pyarrow=pyarrow.__version__,
+                             soundfile=soundfile.__version__, soxr=soxr.__version__),
                clip='10 s FLAC 48 kHz/24-bit in parquet (Hugging Face schema, row groups of 50), files in page cache',
                loadavg_at_end=os.getloadavg(), runs=runs)
     out.parent.mkdir(parents=True, exist_ok=True)

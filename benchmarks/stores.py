@@ -2,8 +2,8 @@
 
 1. Size and speed: N synthetic 10-s 32-kHz clips (noise, tones, envelopes: benchmarks/pack.py's `synth`) encoded as
    each store of `audioset_nb.audio.STORES` beside int16; bytes per clip, and rows decoded per CPU second in one
-   process (`decode_row`, what the training loader calls), int16 (`to_float32`,
-                                                                  what the loader does with an int16 row) as the baseline.
+   process (`decode_row`, what the training loader calls), int16 (`to_float32`, what the loader does with an int16
+   row) as the baseline.
 2. Model: the mini AudioSet (seed 0) written as a Hugging Face-style parquet copy (FLAC, 32 kHz), imported with
    `import_clips` into int16 and into each store, then the mini recipe of runme.sh trained on each with the same
    seed and iterations; eval mAP per store. Writes benchmarks/results/stores-cpu.json.
@@ -31,7 +31,8 @@ def sizes_and_speed(n:int)->dict:
         c0 = time.process_time()
         for b in blobs: dec(b)
         cpu = time.process_time() - c0
-        out[store or 'int16'] = dict(bytes_per_clip=float(np.mean([b.nbytes for b in blobs])), max_bytes=int(max(b.nbytes for b in blobs)),
+        sizes = [b.nbytes for b in blobs]
+        out[store or 'int16'] = dict(bytes_per_clip=float(np.mean(sizes)), max_bytes=int(max(sizes)),
                                      decode_clips_per_cpu_s=n/cpu)
         print(f"{store or 'int16':6} {out[store or 'int16']['bytes_per_clip']/1e3:7.1f} kB/clip  "
               f"{out[store or 'int16']['decode_clips_per_cpu_s']:8.0f} clips decoded per CPU second", flush=True)
@@ -61,7 +62,8 @@ def train_map(ws:Path, iterations:int, seed:int)->float:
     "Eval mAP of the mini recipe trained for `iterations` on the packed files under `ws`."
     cmd = [sys.executable, '-m', 'audioset_nb.train', 'train', '--workspace', str(ws), '--data_type', 'balanced_train',
            '--model_type', 'Cnn6_mini_DecisionLevelMax', *FRONT, '--balanced', 'balanced', '--augmentation', 'none',
-           '--batch_size', '16', '--learning_rate', '1e-3', '--early_stop', str(iterations), '--eval_every', str(iterations),
+           '--batch_size', '16', '--learning_rate', '1e-3',
+           '--early_stop', str(iterations), '--eval_every', str(iterations),
            '--seed', str(seed), '--num_workers', '1', '--no_progress']
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     stats = next(ws.glob('statistics/**/statistics.jsonl'))
@@ -89,8 +91,9 @@ def main(n:int, iterations:int, seed:int, out:Path):
     import audioset_nb
     res = dict(benchmark='stores', device='cpu', cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-               versions=dict(python=platform.python_version(), audioset_nb=audioset_nb.__version__, numpy=np.__version__, h5py=h5py.__version__,
-                             soundfile=soundfile.__version__, libsndfile=soundfile.__libsndfile_version__, torch=torch.__version__),
+               versions=dict(python=platform.python_version(), audioset_nb=audioset_nb.__version__,
+                             numpy=np.__version__, h5py=h5py.__version__, soundfile=soundfile.__version__,
+                             libsndfile=soundfile.__libsndfile_version__, torch=torch.__version__),
                loadavg_before=os.getloadavg(), clips=n, clip='10 s, 32 kHz, mono int16 (synthetic noise and tones)',
                size_and_decode=sizes_and_speed(n))
     base = res['size_and_decode']['int16']

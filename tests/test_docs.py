@@ -37,8 +37,8 @@ def test_pages_in_reading_order(site):
 
 def test_figures_committed():
     bad = {nb.name: notebooks.missing_figures(nb) for nb in notebooks.notebooks([])}
-    assert not {k: v for k,
-                v in bad.items() if v}, 'cells draw figures but were committed without them: run tools/notebooks.py run'
+    bad = {k: v for k, v in bad.items() if v}
+    assert not bad, 'cells draw figures but were committed without them: run tools/notebooks.py run'
 
 @pytest.mark.skipif(not CHROMIUM.exists(),
                     reason='Debian chromium is not installed (/usr/bin/chromium); apt-get install chromium')
