@@ -19,7 +19,7 @@ __all__ = ['SAMPLE_RATE', 'AUDIO_EXTS', 'FFMPEG_ENV', 'NONFINITE', 'STORES', 'ff
 # %% ../nbs/01_audio.ipynb #34fd4d3f
 SAMPLE_RATE = 32000   # the rate PANNs stores and trains at
 
-# %% ../nbs/01_audio.ipynb #ee5bcab4
+# %% ../nbs/01_audio.ipynb #1d5f633b
 AUDIO_EXTS = frozenset({'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.wma', '.aif', '.aiff', '.au',
                         '.webm', '.mp4', '.mkv', '.mov', '.avi'})  # what counts as audio in a folder, in every stage
 
@@ -41,7 +41,7 @@ def ffmpeg_exe()->str:
     except Exception as e:
         raise RuntimeError('No ffmpeg found: install it (apt-get install ffmpeg) or `pip install imageio-ffmpeg`.') from e
 
-# %% ../nbs/01_audio.ipynb #3e62294c
+# %% ../nbs/01_audio.ipynb #24b24e9b
 def ffmpeg_cmd(*args, # the arguments after the common ones (inputs, filters, outputs); str() is applied
                loglevel:str='error', # ffmpeg's -loglevel ('info' to read the stream details it prints)
               )->list:
@@ -77,13 +77,16 @@ def _check_file(path:Path)->Path:
     path = Path(path)
     try: st = path.stat()
     except FileNotFoundError:
-        if path.is_symlink(): raise AudioError(f'Audio file {path} is a broken link (to {os.readlink(path)}); fix or remove the link.') from None
+        if path.is_symlink():
+            raise AudioError(f'Audio file {path} is a broken link (to {os.readlink(path)}); fix or remove the link.') from None
         raise AudioError(f'Audio file {path} does not exist; check the path.') from None
-    except OSError as e: raise AudioError(f'Audio file {path} cannot be looked at ({e.strerror}); check the permissions of its folders.') from None
+    except OSError as e:
+        raise AudioError(f'Audio file {path} cannot be looked at ({e.strerror}); check the permissions of its folders.') from None
     if stat.S_ISDIR(st.st_mode): raise AudioError(f'{path} is a folder, not an audio file; give a file in it.')
     if not stat.S_ISREG(st.st_mode):
         raise AudioError(f'{path} is {_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")}, not an audio file; give a regular file.')
-    if not os.access(path, os.R_OK): raise AudioError(f'Audio file {path} cannot be read (permission denied); check its permissions.')
+    if not os.access(path, os.R_OK):
+        raise AudioError(f'Audio file {path} cannot be read (permission denied); check its permissions.')
     if st.st_size == 0: raise AudioError(f'Audio file {path} is empty (0 bytes); re-download or remove it.')
     return path
 
@@ -100,7 +103,8 @@ def finite_audio(x:np.ndarray, # audio samples
                  use:str='training', # a key of `NONFINITE`: decides whether to replace or refuse
                 )->np.ndarray:
     "`x` if all its samples are finite; else, as `NONFINITE[use]` says, refused (`AudioError`) or zeroed with a warning."
-    if use not in NONFINITE: raise ValueError(f'{use!r} is not a stage of `NONFINITE`; use one of {", ".join(NONFINITE)}.')
+    if use not in NONFINITE:
+        raise ValueError(f'{use!r} is not a stage of `NONFINITE`; use one of {", ".join(NONFINITE)}.')
     bad = ~np.isfinite(x)
     if not bad.any(): return x
     msg = f'{name} holds {int(bad.sum())} NaN or infinite samples'
@@ -260,14 +264,16 @@ def write_wav(path:Path, x:np.ndarray, sample_rate:int=SAMPLE_RATE):
     "Write float audio `x` ((n,) or (channels, n)) to `path` as 16-bit PCM WAV, atomically."
     buf = io.BytesIO()
     sf.write(buf, np.asarray(x).T, sample_rate, subtype='PCM_16', format='WAV')
-    with atomic_open(path, 'wb') as f: f.write(buf.getvalue())  # a full disk is an OSError here, not libsndfile's "System error"
+    # a full disk is an OSError here, not libsndfile's "System error"
+    with atomic_open(path, 'wb') as f: f.write(buf.getvalue())
 
 # %% ../nbs/01_audio.ipynb #309b33c2
 import io
 
 STORES = {  # store: (HDF5 dataset of the rows, soundfile format, subtype, encoder settings)
     'flac': ('waveform_flac', 'FLAC', 'PCM_16', {}),
-    'mp3': ('waveform_mp3', 'MP3', 'MPEG_LAYER_III', dict(bitrate_mode='CONSTANT', compression_level=0.7)),  # ~112 kb/s at 32 kHz
+    'mp3': ('waveform_mp3', 'MP3', 'MPEG_LAYER_III',
+            dict(bitrate_mode='CONSTANT', compression_level=0.7)),  # ~112 kb/s at 32 kHz
 }
 
 def encode_row(x:np.ndarray, sample_rate:int, store:str)->np.ndarray:
@@ -280,6 +286,7 @@ def encode_row(x:np.ndarray, sample_rate:int, store:str)->np.ndarray:
 def decode_row(b:np.ndarray, store:str, n:int=None)->np.ndarray:
     "A row of compressed store `store` as float32 in [-1, 1], scaled as `to_float32` scales int16; `n` samples long where given."
     f = io.BytesIO(np.asarray(b).tobytes())
-    if STORES[store][2].startswith('PCM'): x = to_float32(sf.read(f, dtype='int16')[0])  # lossless: exactly the int16 row
+    # lossless: exactly the int16 row
+    if STORES[store][2].startswith('PCM'): x = to_float32(sf.read(f, dtype='int16')[0])
     else: x = sf.read(f, dtype='float32')[0]*np.float32(32768/32767)  # lossy: decoding to float is a fifth faster
     return x if n is None else pad_or_truncate(x, n)

@@ -72,7 +72,8 @@ def _base_type(hint):
 def _default(f):
     return f.default_factory() if f.default_factory is not MISSING else None if f.default is MISSING else f.default
 
-ALIASES = {'num_workers': ('workers',)}  # field -> older flag names that still work (`--workers` as audioset_pack had it)
+# field -> older flag names that still work (`--workers` as audioset_pack had it)
+ALIASES = {'num_workers': ('workers',)}
 
 def _add_flag(p, name, typ, default, help, required=False):
     flags = [f'--{name}', *(f'--{a}' for a in ALIASES.get(name, ()))]
@@ -97,15 +98,19 @@ def config_parser(cls, # a config dataclass
                   subcommand:str=None)->argparse.ArgumentParser: # an optional first word the command accepts (the reference's `train`)
     "An argument parser with one flag per field of `cls`, help from the field comments."
     p = _Parser(prog=prog, description=inspect.getdoc(cls))
-    if subcommand: p.add_argument('subcommand', nargs='?', choices=[subcommand], default=subcommand, help=f'only `{subcommand}`')
+    if subcommand:
+        p.add_argument('subcommand', nargs='?', choices=[subcommand], default=subcommand, help=f'only `{subcommand}`')
     hints, helps, front_helps = typing.get_type_hints(cls), field_help(cls), field_help(FrontEnd)
     for f in fields(cls):
         typ, default = _base_type(hints[f.name]), _default(f)
         if typ is FrontEnd:
             for g in fields(FrontEnd): _add_flag(p, g.name, int, getattr(default, g.name), front_helps[g.name])
         elif f.metadata.get('positional'):  # `field(metadata={'positional': True})`: words before the flags, as `cp SOURCE...`
-            p.add_argument(f.name, type=typing.get_args(typ)[0], nargs='+', metavar=f.name.upper(), help=helps.get(f.name, ''))
-        else: _add_flag(p, f.name, typ, default, helps.get(f.name, ''), required=f.default is MISSING and f.default_factory is MISSING)
+            p.add_argument(f.name, type=typing.get_args(typ)[0], nargs='+', metavar=f.name.upper(),
+                           help=helps.get(f.name, ''))
+        else:
+            _add_flag(p, f.name, typ, default, helps.get(f.name, ''),
+                      required=f.default is MISSING and f.default_factory is MISSING)
     return p
 
 # %% ../nbs/03_config.ipynb #fad5147c
@@ -127,7 +132,8 @@ def flat_config(cfg)->dict:
     return d
 
 # %% ../nbs/03_config.ipynb #1ed4b602
-USER_ERRORS = (ValueError, OSError, FloatingPointError)  # what a user can cause: a bad value, a missing or unwritable file, a diverged run
+# what a user can cause: a bad value, a missing or unwritable file, a diverged run
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 def config_cli(cls, # the config dataclass
                run, # `run(cfg)`: does the work and prints what the user should see

@@ -26,9 +26,11 @@ STATUSES = ('ok', 'unavailable', 'private', 'rate-limited', 'timeout', 'bad-id',
 _PATTERNS = [  # (status, worth retrying, pattern), first match wins
     ('rate-limited', True,  r'\b429\b|too many requests|not a bot|rate.?limit'),
     ('timeout',      True,  r'timed? ?out'),
-    ('other',        True,  r'\b5\d\d\b|\b5XX\b|connection|reset by peer|refused|prematurely|input/output error|incomplete|broken pipe|temporar'),
+    ('other',        True,
+     r'\b5\d\d\b|\b5XX\b|connection|reset by peer|refused|prematurely|input/output error|incomplete|broken pipe|temporar'),
     ('private',      False, r'\b40[13]\b|private|sign in|members.only|forbidden'),
-    ('unavailable',  False, r'\b404\b|\b410\b|unavailable|not available|removed|terminated|does not exist|no video formats|not found'),
+    ('unavailable',  False,
+     r'\b404\b|\b410\b|unavailable|not available|removed|terminated|does not exist|no video formats|not found'),
 ]
 
 class ClipError(Exception):
@@ -78,12 +80,15 @@ def media_url(url:str,           # a video's page URL
 # %% ../nbs/10_download.ipynb #5a5356b0
 def fetch_section(media:dict, start:float, end:float, sample_rate:int=SAMPLE_RATE, timeout:float=60.)->np.ndarray:
     "Samples (int16, mono, at `sample_rate`) of `[start, end]` of the stream `media`, decoded by ffmpeg."
-    if not re.match(r'https?://', media['url']): raise ClipError('other', f'not an http(s) media URL: {media["url"][:80]}')
+    if not re.match(r'https?://', media['url']):
+        raise ClipError('other', f'not an http(s) media URL: {media["url"][:80]}')
     headers = ''.join(f'{k}: {v}\r\n' for k, v in (media.get('headers') or {}).items())
     cmd = ffmpeg_cmd('-xerror', '-protocol_whitelist', 'http,https,tcp,tls,crypto',
                      *(['-headers', headers] if headers else []), '-ss', f'{start:.3f}', '-t', f'{end - start:.3f}', '-i', media['url'], *pcm_output(sample_rate, 1))
-    try: r = subprocess.run(cmd, capture_output=True, timeout=timeout, preexec_fn=die_with_parent)  # no ffmpeg outlives us
-    except subprocess.TimeoutExpired: raise ClipError('timeout', f'ffmpeg got no complete section within {timeout:g} s', True) from None
+    try: r = subprocess.run(cmd, capture_output=True, timeout=timeout,
+                            preexec_fn=die_with_parent)  # no ffmpeg outlives us
+    except subprocess.TimeoutExpired:
+        raise ClipError('timeout', f'ffmpeg got no complete section within {timeout:g} s', True) from None
     if r.returncode:
         err = r.stderr.decode(errors='replace').strip().splitlines()
         raise classify(' '.join(err[-3:]) or f'ffmpeg exited with code {r.returncode}')
@@ -211,7 +216,8 @@ def _known_gone(log_path, segs):
     last = {r['ytid']: r for r in read_log(log_path)} if Path(log_path).exists() else {}
     gone = {s.ytid: last[s.ytid] for s in segs if last.get(s.ytid, {}).get('status') in ('unavailable', 'private')}
     said = lambda r: 'skipped, as in an earlier run: ' + r['message'].removeprefix('skipped, as in an earlier run: ')
-    return [_row(s, gone[s.ytid]['status'], said(gone[s.ytid])) for s in segs if s.ytid in gone], [s for s in segs if s.ytid not in gone]
+    return [_row(s, gone[s.ytid]['status'],
+                 said(gone[s.ytid])) for s in segs if s.ytid in gone], [s for s in segs if s.ytid not in gone]
 
 # %% ../nbs/10_download.ipynb #a3cd2452
 def download_clips(segs:list,                      # `Segments` (their `.problems` are logged too) or a list of `Segment`
@@ -223,7 +229,8 @@ def download_clips(segs:list,                      # `Segments` (their `.problem
                    **kwargs)->list:               # passed to `download_clip` (url_template, timeout, retries, ...)
     "Download every segment of `segs` into `audios_dir` with `num_workers` threads; the log rows of this run."
     audios_dir = Path(audios_dir)
-    if audios_dir.exists() and not audios_dir.is_dir(): raise ValueError(f'Clip folder {audios_dir} is a file, not a folder; check --audios_dir.')
+    if audios_dir.exists() and not audios_dir.is_dir():
+        raise ValueError(f'Clip folder {audios_dir} is a file, not a folder; check --audios_dir.')
     try: audios_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise cannot_write(audios_dir, e) from None
     log_path = Path(log_path or audios_dir/'download_log.csv')

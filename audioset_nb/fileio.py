@@ -166,12 +166,13 @@ def fetch(url:str, # where the file is
     os.replace(part, dest)
     return dest
 
-# %% ../nbs/00_fileio.ipynb #3331bed8
+# %% ../nbs/00_fileio.ipynb #3d66be73
 def usable_cores()->int:
     "Cores this process may run on (its CPU affinity where the system tells it, else the machine's count)."
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1))
 
-WORKERS = dict(decoding='one per core', loading='one per core but one, at most 8', downloading='8')  # the defaults, in words
+# the defaults, in words
+WORKERS = dict(decoding='one per core', loading='one per core but one, at most 8', downloading='8')
 
 def default_workers(use:str='decoding', # a key of `WORKERS`
                    )->int:

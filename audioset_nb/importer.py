@@ -34,7 +34,8 @@ def _is_url(s)->bool: return '://' in str(s)
 
 def _fsspec(url:str):
     try: import fsspec
-    except ImportError: raise ValueError(f'{url} is a URL; reading URLs needs fsspec and a filesystem for it (pip install fsspec).') from None
+    except ImportError:
+        raise ValueError(f'{url} is a URL; reading URLs needs fsspec and a filesystem for it (pip install fsspec).') from None
     return fsspec
 
 def open_source(path:str):
@@ -65,7 +66,8 @@ def _listing(src:str)->list:
         except (ImportError, ValueError) as e: raise ValueError(f'Cannot read {src}: {e}.') from None
         return sorted(fs.unstrip_protocol(f) for p in paths for f in (fs.find(p) if fs.isdir(p) else [p]))
     hits = glob.glob(src, recursive=True) if glob.has_magic(src) else [src] if Path(src).exists() else []
-    if not hits: raise FileNotFoundError(f'Source {src} does not exist; give a parquet file, a tar shard, a folder of clips or a glob of them.')
+    if not hits:
+        raise FileNotFoundError(f'Source {src} does not exist; give a parquet file, a tar shard, a folder of clips or a glob of them.')
     return sorted(str(f) for h in map(Path, hits) for f in (h.rglob('*') if h.is_dir() else [h]) if f.is_file())
 
 # %% ../nbs/15_import.ipynb #6c41ea27
@@ -74,7 +76,8 @@ def _parquet_pieces(path:str)->list:
     import pyarrow.parquet as pq
     with open_source(path) as f:
         try: pf = pq.ParquetFile(f)
-        except Exception as e: raise ValueError(f'{path} is not a readable parquet file ({e.__class__.__name__}); re-download it or leave it out.') from None
+        except Exception as e:
+            raise ValueError(f'{path} is not a readable parquet file ({e.__class__.__name__}); re-download it or leave it out.') from None
         missing = {'video_id', 'audio'} - set(pf.schema_arrow.names)
         if missing: raise ValueError(f'{path} has no {" or ".join(sorted(missing))} column, so it is not an AudioSet parquet file '
                                      '(Hugging Face agkphysics/AudioSet has video_id, audio and labels).')
@@ -125,7 +128,8 @@ def _tar_clip(key:str, audio:bytes, meta:bytes, path:str)->Clip:
     try: info = json.loads(meta) if meta else {}
     except ValueError: info = {}
     info = info if isinstance(info, dict) else {}
-    ytid = next((info[k] for k in ('video_id', 'ytid', 'youtube_id') if isinstance(info.get(k), str)), None) or ytid_of(key) or key
+    ytid = next((info[k] for k in ('video_id', 'ytid', 'youtube_id') if isinstance(info.get(k), str)),
+                None) or ytid_of(key) or key
     labels = next((info[k] for k in ('labels', 'mids', 'tag', 'tags', 'human_labels') if info.get(k)), None)
     return Clip(ytid, audio, labels, f'{path}:{key}')
 
@@ -133,7 +137,8 @@ def _tar_clip(key:str, audio:bytes, meta:bytes, path:str)->Clip:
 def _tar_clips(p:Piece)->Iterator[Clip]:
     key = audio = meta = None
     try:
-        with open_source(p.path) as f, tarfile.open(fileobj=f, mode='r|*') as tar:  # streaming: each member read once, in order
+        # streaming: each member read once, in order
+        with open_source(p.path) as f, tarfile.open(fileobj=f, mode='r|*') as tar:
             for m in tar:
                 if not m.isfile(): continue
                 k, ext = _wds_key(m.name)
@@ -142,7 +147,8 @@ def _tar_clips(p:Piece)->Iterator[Clip]:
                     key, audio, meta = k, None, None
                 if ext == 'json': meta = tar.extractfile(m).read()
                 elif '.' + ext.rsplit('.', 1)[-1] in AUDIO_EXTS: audio = tar.extractfile(m).read()  # 'flac', 'x.flac'
-    except tarfile.TarError as e: raise ValueError(f'{p.path} is not a readable tar shard ({e}); re-download it or leave it out.') from None
+    except tarfile.TarError as e:
+        raise ValueError(f'{p.path} is not a readable tar shard ({e}); re-download it or leave it out.') from None
     if key is not None: yield _tar_clip(key, audio, meta, p.path)
 
 def _file_clips(p:Piece)->Iterator[Clip]:
@@ -184,8 +190,10 @@ def clip_target(c:Clip, csv_path:str=None)->tuple:
     try: name = clip_name(str(c.ytid))
     except ValueError: return str(c.ytid)[:20], None, f'{c.where}: {str(c.ytid)[:40]!r} is not a YouTube id'
     given = c.labels.split(',') if isinstance(c.labels, str) else c.labels
-    ix = [labels.ix_of_mid.get(str(l).strip(), labels.ix_of_name.get(str(l).strip())) for l in given or known_labels(csv_path).get(c.ytid, ())]
-    if not any(i is not None for i in ix): return name, None, f'{c.where}: no AudioSet label for {c.ytid} in the source, the segment list or the official lists'
+    mids = given or known_labels(csv_path).get(c.ytid, ())
+    ix = [labels.ix_of_mid.get(str(l).strip(), labels.ix_of_name.get(str(l).strip())) for l in mids]
+    if not any(i is not None for i in ix):
+        return name, None, f'{c.where}: no AudioSet label for {c.ytid} in the source, the segment list or the official lists'
     y = np.zeros(len(labels), bool)
     y[[i for i in ix if i is not None]] = True
     return name, y, None
@@ -245,7 +253,8 @@ def import_clips(sources:list,                 # parquet files, tar shards, fold
     out, pieces = Path(waveforms_hdf5_path), find_pieces(sources)
     if part:
         n, pieces = len(pieces), list(take_part(pieces, part))
-        if not pieces: raise ValueError(f'--part {part} is empty: the sources hold only {n} pieces (row groups, shards, clip files); use fewer parts.')
+        if not pieces:
+            raise ValueError(f'--part {part} is empty: the sources hold only {n} pieces (row groups, shards, clip files); use fewer parts.')
     clip_samples = int(round(sample_rate*clip_seconds))
     settings = _settings(pieces, csv_path, part, sample_rate, clip_samples, codec)
     num_workers = num_workers or default_workers('decoding')
@@ -280,7 +289,8 @@ def check_coverage(waveforms_hdf5_path:Path, # an imported (or packed) waveform 
     "Count what an imported file holds, lacks and labels otherwise than the official segment lists."
     official, mids = official or official_segments(), load_labels().mids
     where = {s.ytid: (sub, s.labels) for sub, segs in official.items() for s in segs}
-    summary = {sub: Counter(official=len(segs), imported=0, left_out=0, absent=0, differ=0) for sub, segs in official.items()}
+    summary = {sub: Counter(official=len(segs), imported=0, left_out=0, absent=0,
+                            differ=0) for sub, segs in official.items()}
     counts, problems, seen = {sub: np.zeros(NUM_CLASSES, int) for sub in [*official, 'unlisted']}, [], set()
     with h5py.File(waveforms_hdf5_path, 'r') as f:
         for lo in range(0, f['audio_name'].shape[0], block):
@@ -323,7 +333,8 @@ def format_coverage(cov:Coverage)->str:
         got, want = cov.class_counts[sub]
         listed = np.flatnonzero(want)  # a class with no official clip is neither covered nor missing
         worst = listed[np.argsort(got[listed]/want[listed], kind='stable')[:3]]
-        if len(worst): lines.append('  least covered classes: ' + ', '.join(f'{load_labels()[i]} {got[i]}/{want[i]}' for i in worst))
+        if len(worst):
+            lines.append('  least covered classes: ' + ', '.join(f'{load_labels()[i]} {got[i]}/{want[i]}' for i in worst))
     lines.append(f'not in any official list: {cov.unlisted:,} imported clips')
     if cov.unlisted and 'unbalanced_train' not in cov.summary:
         lines.append('  (the unbalanced_train list is not cached, so its clips count here; fetch it once with '
@@ -339,12 +350,14 @@ def write_coverage(cov:Coverage, path:Path)->Path:
     return Path(path)
 
 # %% ../nbs/15_import.ipynb #f1464958
-SUBSET_DIRS = {'eval': ('eval',), 'balanced_train': ('bal_train', 'balanced_train'), 'unbalanced_train': ('unbal_train', 'unbalanced_train')}
+SUBSET_DIRS = {'eval': ('eval',), 'balanced_train': ('bal_train', 'balanced_train'),
+               'unbalanced_train': ('unbal_train', 'unbalanced_train')}
 
 def copy_subsets(root:Path)->dict:
     "subset -> folder of a local copy of AudioSet laid out by subset (in `root`, `root/data` or `root/audios`)."
     root = Path(root)
-    if not root.is_dir(): raise FileNotFoundError(f'--source {root} is not a folder; give the folder of a local copy of AudioSet.')
+    if not root.is_dir():
+        raise FileNotFoundError(f'--source {root} is not a folder; give the folder of a local copy of AudioSet.')
     find_pieces([root])  # raises, in one sentence, when it holds none of the formats
     found = {s: next((root/b/n for n in names for b in ('.', 'data', 'audios') if (root/b/n).is_dir()), None)
              for s, names in SUBSET_DIRS.items()}
@@ -371,7 +384,8 @@ class ImportConfig:
 
     def __post_init__(self):
         if self.part: parse_part(self.part)
-        if self.codec not in CODECS: raise ValueError(f'--codec {self.codec!r} is not one of {CODECS[1:]} (or leave it out for int16).')
+        if self.codec not in CODECS:
+            raise ValueError(f'--codec {self.codec!r} is not one of {CODECS[1:]} (or leave it out for int16).')
         if (self.num_workers is not None and self.num_workers < 1) or self.sample_rate < 1 or self.clip_seconds <= 0:
             raise ValueError('--num_workers, --sample_rate and --clip_seconds must be above 0.')
         self.coverage_path = self.coverage_path or str(Path(self.waveforms_hdf5_path).with_suffix(''))+'_coverage.csv'

@@ -36,7 +36,8 @@ class Labels:
     def __repr__(self): return f'Labels({len(self)} classes: {", ".join(self.names[:3])}, ...)'
     def mid(self, name:str)->str:
         "The mid of the class called `name`."
-        if name not in self.ix_of_name: raise KeyError(f'{name!r} is not an AudioSet class name; see `load_labels().names`.')
+        if name not in self.ix_of_name:
+            raise KeyError(f'{name!r} is not an AudioSet class name; see `load_labels().names`.')
         return self.mids[self.ix_of_name[name]]
     def index(self, key:str)->int:
         "Column index of a class given its mid or its display name."
@@ -49,7 +50,8 @@ def read_labels(path:Path)->Labels:
     "Read a `class_labels_indices.csv` (columns index, mid, display_name)."
     with open(path, newline='', encoding='utf-8') as f: rows = list(csv.DictReader(f))
     for i, r in enumerate(rows):
-        if int(r['index']) != i: raise ValueError(f'{path}: row {i+2} has index {r["index"]}, expected {i}; the file is out of order.')
+        if int(r['index']) != i:
+            raise ValueError(f'{path}: row {i+2} has index {r["index"]}, expected {i}; the file is out of order.')
     return Labels(tuple(r['mid'] for r in rows), tuple(r['display_name'] for r in rows))
 
 # %% ../nbs/02_metadata.ipynb #b1da41bb

@@ -70,7 +70,9 @@ def _create(path:Path, settings:dict, clip_samples:int, codec:str)->h5py.File:
     "A new, empty waveform file in the reference layout (or its compressed variant), resizable."
     f = h5py.File(path, 'w')
     f.create_dataset('audio_name', (0,), 'S20', maxshape=(None,), chunks=(1024,))
-    if codec is None: f.create_dataset('waveform', (0, clip_samples), np.int16, maxshape=(None, clip_samples), chunks=(1, clip_samples))
+    if codec is None:
+        f.create_dataset('waveform', (0, clip_samples), np.int16, maxshape=(None, clip_samples),
+                         chunks=(1, clip_samples))
     else: f.create_dataset(STORES[codec][0], (0,), h5py.vlen_dtype(np.uint8), maxshape=(None,), chunks=(64,))
     f.create_dataset('target', (0, NUM_CLASSES), bool, maxshape=(None, NUM_CLASSES), chunks=(1024, NUM_CLASSES))
     f.create_dataset('skipped', (0, 2), h5py.string_dtype(), maxshape=(None, 2), chunks=(256, 2))
@@ -105,7 +107,8 @@ def _commit(f, buf, names, targets, items_done, skipped):
         n = len(s)
         s.resize(len(skipped), axis=0)
         s[n:] = np.array(skipped[n:], dtype=object)
-    f.attrs['pack_progress'] = json.dumps(dict(rows=f['audio_name'].shape[0], items_done=items_done, skipped=len(skipped)))
+    f.attrs['pack_progress'] = json.dumps(dict(rows=f['audio_name'].shape[0], items_done=items_done,
+                                               skipped=len(skipped)))
     f.flush()
 
 # %% ../nbs/20_pack.ipynb #91ce8cee
@@ -127,7 +130,7 @@ def _reopen(path:Path, settings:dict)->h5py.File|None:
         logging.getLogger(__name__).warning(f'{path} is an unreadable leftover of a killed run ({e.__class__.__name__}); packing again.')
         return None
 
-# %% ../nbs/20_pack.ipynb #8356a021
+# %% ../nbs/20_pack.ipynb #9b42c184
 class WaveformWriter:
     "A waveform HDF5 written through `.<name>.partial`: resumed where a killed run stopped, committed a chunk at a time."
     def __init__(self, path:Path, # the waveform HDF5 to write
@@ -302,8 +305,10 @@ def write_index(waveforms_hdf5_path:Path, # a packed waveform HDF5
                 indexes_hdf5_path:Path)->Path:
     "Write the index file of one waveform HDF5."
     src = Path(waveforms_hdf5_path).resolve()
-    if not src.is_file(): raise FileNotFoundError(f'Waveform file {src} does not exist; pack it first (--waveforms_hdf5_path).')
-    if len(str(src)) > 200: raise ValueError(f'The path {src} is longer than the 200 bytes an index can hold; pack to a shorter path.')
+    if not src.is_file():
+        raise FileNotFoundError(f'Waveform file {src} does not exist; pack it first (--waveforms_hdf5_path).')
+    if len(str(src)) > 200:
+        raise ValueError(f'The path {src} is longer than the 200 bytes an index can hold; pack to a shorter path.')
     with h5py.File(src, 'r') as w: names, target = w['audio_name'][:], w['target'][:]
     def fill(f):
         _index_datasets(f, len(names))
@@ -326,7 +331,8 @@ def combine_indexes(indexes_hdf5s_dir:Path,      # folder of per-subset index fi
     d, out = Path(indexes_hdf5s_dir), Path(full_indexes_hdf5_path)
     if not d.is_dir(): _check_folder(d, 'Index folder', '--indexes_hdf5s_dir')
     parts = [p for p in d.glob('*.h5') if 'train' in p.name and 'full_train' not in p.name and p.resolve() != out.resolve()]
-    if not parts: raise FileNotFoundError(f'No *train*.h5 index files in {d}; write them with --indexes_hdf5_path first.')
+    if not parts:
+        raise FileNotFoundError(f'No *train*.h5 index files in {d}; write them with --indexes_hdf5_path first.')
     for p in parts: _check_index(p)
     def fill(f):
         _index_datasets(f, resizable=True)
@@ -385,7 +391,9 @@ def pack(cfg:PackConfig):
         r = pack_waveforms(cfg.csv_path, cfg.audios_dir, cfg.waveforms_hdf5_path, cfg.sample_rate, cfg.clip_seconds, cfg.num_workers,
                            cfg.codec, part=cfg.part, progress=not cfg.quiet)
         print(f'packed {r.rows} clips into {r.path}; {len(r.skipped)} left out')
-    if cfg.waveforms_hdf5_path and cfg.indexes_hdf5_path: print(f'wrote index {write_index(cfg.waveforms_hdf5_path, cfg.indexes_hdf5_path)}')
-    if cfg.indexes_hdf5s_dir: print(f'wrote full index {combine_indexes(cfg.indexes_hdf5s_dir, cfg.full_indexes_hdf5_path)}')
+    if cfg.waveforms_hdf5_path and cfg.indexes_hdf5_path:
+        print(f'wrote index {write_index(cfg.waveforms_hdf5_path, cfg.indexes_hdf5_path)}')
+    if cfg.indexes_hdf5s_dir:
+        print(f'wrote full index {combine_indexes(cfg.indexes_hdf5s_dir, cfg.full_indexes_hdf5_path)}')
 
 pack_cli = config_cli(PackConfig, pack, 'audioset_pack')
