@@ -102,7 +102,8 @@ class FusedConvBlock(nn.Module):
         self.prepared = {}  # (convolution, algorithm) -> its weights, built on first use
         self.plain = type(block)  # whose `forward` runs where the fast path does not apply
         self.convs = tuple(i for i in (1, 2) if hasattr(block, f'conv{i}'))
-        for name, mod in block.named_children(): setattr(self, name, mod)  # its own modules, names and order: same state dict
+        # its own modules, names and order: same state dict
+        for name, mod in block.named_children(): setattr(self, name, mod)
         self.train(block.training)
 
     def extra_repr(self): return f'from {self.plain.__name__}'

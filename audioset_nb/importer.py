@@ -18,7 +18,7 @@ from .metadata import (CLIP_SECONDS, NUM_CLASSES, clip_name, load_labels, load_s
 from .pack import CODECS, PackResult, WaveformWriter, encode_job, ordered_map, progress_bar, write_index
 
 # %% auto #0
-__all__ = ['SUBSET_DIRS', 'import_cli', 'Piece', 'open_source', 'ytid_of', 'find_pieces', 'Clip', 'read_clips',
+__all__ = ['NOT_AUDIO', 'SUBSET_DIRS', 'import_cli', 'Piece', 'open_source', 'ytid_of', 'find_pieces', 'Clip', 'read_clips',
            'official_segments', 'known_labels', 'clip_target', 'import_clips', 'Coverage', 'check_coverage',
            'format_coverage', 'write_coverage', 'copy_subsets', 'ImportConfig', 'import_and_report']
 
@@ -45,6 +45,8 @@ def open_source(path:str):
     except (ImportError, ValueError) as e: raise ValueError(f'Cannot open {path}: {e}.') from None
 
 # %% ../nbs/15_import.ipynb #6bd06bc6
+NOT_AUDIO = {'.csv', '.json', '.txt', '.md', '.log', '.h5', '.hdf5', '.lock', '.part', '.partial', '.tmp', '.py', '.sh'}
+
 def ytid_of(name:str)->str|None:
     "The YouTube id a clip file is named by (`Y<ytid>.*` or `<ytid>.*`), or None."
     m = re.fullmatch(r'Y?([A-Za-z0-9_-]{11})', name.rsplit('/', 1)[-1].split('.')[0])
@@ -56,7 +58,8 @@ def _kind(path:str)->str|None:
     if name.startswith('.'): return None  # partial downloads, lock files
     if name.lower().endswith('.parquet'): return 'parquet'
     if name.lower().endswith(('.tar', '.tar.gz', '.tgz')): return 'tar'
-    if Path(name).suffix.lower() in AUDIO_EXTS and ytid_of(name): return 'file'
+    # a clip named by its id: any file that is not certainly something else (the decoder has the last word)
+    if Path(name).suffix.lower() not in NOT_AUDIO and ytid_of(name): return 'file'
 
 # %% ../nbs/15_import.ipynb #58f87bec
 def _listing(src:str)->list:

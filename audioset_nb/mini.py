@@ -277,7 +277,8 @@ def synth_clip(seed_or_rng, # an int (or list of ints) seed, or a `np.random.Gen
     ent = _entropy(seed_or_rng)
     if events is None:
         r = _spawn_rng(ent, 0)
-        events = draw_events(r, r.choice(MINI_CLASSES, r.integers(N_EVENTS[0], N_EVENTS[1]+1), replace=False).tolist(), seconds)
+        events = draw_events(r, r.choice(MINI_CLASSES, r.integers(N_EVENTS[0], N_EVENTS[1]+1), replace=False).tolist(),
+                             seconds)
     events = [SynthEvent(*e) for e in events]
     n, fr = int(round(seconds*sr)), _spawn_rng(ent, 1)
     x = fr.standard_normal(n) * 10**(fr.uniform(*FLOOR_DB)/20)
@@ -340,7 +341,8 @@ class SourceFormat(NamedTuple):
 
 SOURCE_FORMATS = (
     SourceFormat('webm', 'webm', 'opus', ('-c:a', 'libopus', '-b:a', '160k'), (48000,), 'audio/webm'),
-    SourceFormat('m4a', 'ipod', 'aac', ('-c:a', 'aac', '-aac_coder', 'fast', '-b:a', '192k'), (44100, 48000), 'audio/mp4'),
+    SourceFormat('m4a', 'ipod', 'aac', ('-c:a', 'aac', '-aac_coder', 'fast', '-b:a', '192k'), (44100, 48000),
+                 'audio/mp4'),
     SourceFormat('mp3', 'mp3', 'mp3', ('-c:a', 'libmp3lame', '-b:a', '192k'), (44100, 48000, 32000), 'audio/mpeg'),
     SourceFormat('ogg', 'ogg', 'vorbis', ('-c:a', 'libvorbis', '-q:a', '6'), (44100, 48000), 'audio/ogg'),
     SourceFormat('wav', 'wav', 'pcm_s16le', ('-c:a', 'pcm_s16le'), (32000, 44100, 48000), 'audio/wav'),
@@ -436,7 +438,8 @@ def probe_media(path:Path)->dict:
     inp, dur = re.search(r'Input #0, ([^ ]+), from', err), re.search(r'Duration: (\d+):(\d+):([\d.]+)', err)
     aud = re.search(r'Stream #0:\d+\S*: Audio: (\w+).*?, (\d+) Hz, (mono|stereo|\d+ channels)', err)
     vid = re.search(r'Stream #0:\d+\S*: Video: (\w+)', err)
-    if not (inp and dur and aud): raise ValueError(f'{path} is not a media file with an audio track that ffmpeg can read.')
+    if not (inp and dur and aud):
+        raise ValueError(f'{path} is not a media file with an audio track that ffmpeg can read.')
     ch = {'mono': 1, 'stereo': 2}.get(aud[3]) or int(aud[3].split()[0])
     return dict(container=inp[1].rstrip(','), audio_codec=aud[1], sample_rate=int(aud[2]), channels=ch,
                 duration=int(dur[1])*3600 + int(dur[2])*60 + float(dur[3]), video_codec=vid[1] if vid else None)
@@ -494,7 +497,8 @@ def plan_mini(seed:int=0, n_train:int=600, n_eval:int=150)->list:
         for i, names in enumerate(deal_classes(_spawn_rng([seed, k], 101), n[subset])):
             cs = [seed, k, i]
             ytid = next(ids)
-            clips.append(Clip(ytid, subset, cs, draw_events(_spawn_rng(cs, 0), names), plan_source(_spawn_rng(cs, 3), ytid, i)))
+            clips.append(Clip(ytid, subset, cs, draw_events(_spawn_rng(cs, 0), names),
+                              plan_source(_spawn_rng(cs, 3), ytid, i)))
     return clips
 
 def _segment(c:Clip)->Segment:
@@ -508,13 +512,15 @@ def _clip_to_json(c:Clip)->str:
 
 def _clip_from_json(line:str)->Clip:
     d = json.loads(line)
-    return Clip(check_ytid(d['ytid']), d['subset'], d['seed'], [SynthEvent(*e) for e in d['events']], Source(**d['source']))
+    return Clip(check_ytid(d['ytid']), d['subset'], d['seed'], [SynthEvent(*e) for e in d['events']],
+                Source(**d['source']))
 
 # %% ../nbs/90_mini.ipynb #639a6f6c
 def load_mini(root:Path)->MiniAudioSet:
     "Open the mini AudioSet that `make_mini` wrote in `root`."
     root = Path(root)
-    if not (root/'mini.json').is_file(): raise FileNotFoundError(f'{root} holds no mini AudioSet (no mini.json); make one with `make_mini`.')
+    if not (root/'mini.json').is_file():
+        raise FileNotFoundError(f'{root} holds no mini AudioSet (no mini.json); make one with `make_mini`.')
     seed = json.loads((root/'mini.json').read_text())['seed']
     clips = [_clip_from_json(l) for l in (root/'events.jsonl').read_text().splitlines() if l.strip()]
     segs = {s: read_segments(root/'metadata'/f'{s}_segments.csv', strict=True) for s in SUBSETS}
@@ -536,7 +542,8 @@ def make_mini(root:Path, # folder to write into (created; a rerun resumes)
               progress:bool=False)->MiniAudioSet: # show a progress bar while sources are written
     "Write a mini AudioSet (segment CSVs, events.jsonl and source files) into `root`, deterministically from `seed`."
     root = Path(root)
-    if not (isinstance(seed, (int, np.integer)) and seed >= 0): raise ValueError(f'seed={seed!r} must be a non-negative integer.')
+    if not (isinstance(seed, (int, np.integer)) and seed >= 0):
+        raise ValueError(f'seed={seed!r} must be a non-negative integer.')
     if min(n_train, n_eval) < 1: raise ValueError(f'n_train={n_train} and n_eval={n_eval} must both be at least 1.')
     cfg = json.dumps(dict(seed=seed, n_train=n_train, n_eval=n_eval, classes=MINI_CLASSES), indent=1) + '\n'
     if (root/'mini.json').is_file() and (root/'mini.json').read_text() != cfg:

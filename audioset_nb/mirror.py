@@ -102,7 +102,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, code, reason, headers={}):
         body = f'{code} {reason}\n'.encode()
         self.send_response(code, reason)
-        for k, v in {**headers, 'Content-Type': 'text/plain', 'Content-Length': str(len(body))}.items(): self.send_header(k, v)
+        for k, v in {**headers, 'Content-Type': 'text/plain', 'Content-Length': str(len(body))}.items():
+            self.send_header(k, v)
         self.end_headers()
         try: self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError): pass
@@ -116,7 +117,8 @@ class Mirror:
                  delay:float=0.,         # seconds added to every request, like a distant server
                  stall_s:float=60.):     # how long a `stall` keeps the connection silent
         self.root, self.delay, self.stall_s = Path(root), delay, stall_s
-        if not self.root.is_dir(): raise FileNotFoundError(f'Mirror folder {self.root} does not exist; make the sources first.')
+        if not self.root.is_dir():
+            raise FileNotFoundError(f'Mirror folder {self.root} does not exist; make the sources first.')
         self.faults = {k: v if isinstance(v, Fault) else Fault(v) for k, v in (faults or {}).items()}
         self.requests, self._lock, self._closing, self.server = [], threading.Lock(), threading.Event(), None
 
@@ -152,7 +154,8 @@ class Mirror:
 
     @property
     def base_url(self)->str:
-        if self.server is None: raise RuntimeError('The mirror is not running; use it in a `with` block or call `.start()`.')
+        if self.server is None:
+            raise RuntimeError('The mirror is not running; use it in a `with` block or call `.start()`.')
         return f'http://127.0.0.1:{self.server.server_address[1]}'
     @property
     def url_template(self)->str: return self.base_url + '/watch?v={ytid}'

@@ -227,7 +227,7 @@ def test_a_changed_source_is_not_resumed_into(copies, tmp_path):
         np.testing.assert_array_equal(a['waveform'][:], b['waveform'][:])
 
 def test_a_folder_holds_what_audio_exts_call_audio(tones, tmp_path):
-    "The importer takes clips by `audio.AUDIO_EXTS` (the one list), not a list of its own: `.aif` is audio, `.txt` not."
+    "A shard's members are audio by `audio.AUDIO_EXTS` (the one list), not a list of the importer's: `.aif` is audio."
     assert {'.aif', '.oga', '.mov'} <= AUDIO_EXTS
     d = tmp_path/'clips'
     tones({'YaifClip0001': 440}, fmt='aif', folder=d)

@@ -104,7 +104,7 @@ def test_segment_cut_at_csv_times_is_the_reference(ds):
 
 def test_stereo_right_is_scaled_left(ds):
     y = next(y for y, c in ds.clips.items() if c.source.channels == 2 and c.source.ext in LOSSLESS)
-    x = M.decode_audio(ds.source_path(y), sr=ds.source(y).sample_rate, mono=False)
+    x = M.decode_audio(ds.source_path(y), sample_rate=ds.source(y).sample_rate, mono=False)
     assert x.shape[1] == 2 and np.abs(x[:, 1] - M.RIGHT_GAIN*x[:, 0]).max() < 1e-3
 
 def test_rerun_resumes_and_cleans_temp_files(ds):
