@@ -32,7 +32,8 @@ def ffmpeg_exe()->str:
     want = os.environ.get(FFMPEG_ENV, '')
     if want and want != 'bundled':
         if exe := shutil.which(want): return exe
-        raise RuntimeError(f'${FFMPEG_ENV}={want} is not an ffmpeg program; give its path, or `bundled` for imageio-ffmpeg\'s.')
+        raise RuntimeError(f'${FFMPEG_ENV}={want} is not an ffmpeg program; give its path, or `bundled` for '
+                           f'imageio-ffmpeg\'s.')
     exe = None if want else shutil.which('ffmpeg')
     if exe: return exe
     try:
@@ -84,7 +85,8 @@ def _check_file(path:Path)->Path:
         raise AudioError(f'Audio file {path} cannot be looked at ({e.strerror}); check the permissions of its folders.') from None
     if stat.S_ISDIR(st.st_mode): raise AudioError(f'{path} is a folder, not an audio file; give a file in it.')
     if not stat.S_ISREG(st.st_mode):
-        raise AudioError(f'{path} is {_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")}, not an audio file; give a regular file.')
+        raise AudioError(f'{path} is {_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")}, not an audio file; '
+                         f'give a regular file.')
     if not os.access(path, os.R_OK):
         raise AudioError(f'Audio file {path} cannot be read (permission denied); check its permissions.')
     if st.st_size == 0: raise AudioError(f'Audio file {path} is empty (0 bytes); re-download or remove it.')

@@ -70,7 +70,8 @@ def _listing(src:str)->list:
         return sorted(fs.unstrip_protocol(f) for p in paths for f in (fs.find(p) if fs.isdir(p) else [p]))
     hits = glob.glob(src, recursive=True) if glob.has_magic(src) else [src] if Path(src).exists() else []
     if not hits:
-        raise FileNotFoundError(f'Source {src} does not exist; give a parquet file, a tar shard, a folder of clips or a glob of them.')
+        raise FileNotFoundError(f'Source {src} does not exist; give a parquet file, a tar shard, a folder of clips or '
+                                f'a glob of them.')
     return sorted(str(f) for h in map(Path, hits) for f in (h.rglob('*') if h.is_dir() else [h]) if f.is_file())
 
 # %% ../nbs/15_import.ipynb #6c41ea27
@@ -80,7 +81,8 @@ def _parquet_pieces(path:str)->list:
     with open_source(path) as f:
         try: pf = pq.ParquetFile(f)
         except Exception as e:
-            raise ValueError(f'{path} is not a readable parquet file ({e.__class__.__name__}); re-download it or leave it out.') from None
+            raise ValueError(f'{path} is not a readable parquet file ({e.__class__.__name__}); re-download it or '
+                             f'leave it out.') from None
         missing = {'video_id', 'audio'} - set(pf.schema_arrow.names)
         if missing: raise ValueError(f'{path} has no {" or ".join(sorted(missing))} column, so it is not an AudioSet parquet file '
                                      '(Hugging Face agkphysics/AudioSet has video_id, audio and labels).')
@@ -257,7 +259,8 @@ def import_clips(sources:list,                 # parquet files, tar shards, fold
     if part:
         n, pieces = len(pieces), list(take_part(pieces, part))
         if not pieces:
-            raise ValueError(f'--part {part} is empty: the sources hold only {n} pieces (row groups, shards, clip files); use fewer parts.')
+            raise ValueError(f'--part {part} is empty: the sources hold only {n} pieces (row groups, shards, clip '
+                             f'files); use fewer parts.')
     clip_samples = int(round(sample_rate*clip_seconds))
     settings = _settings(pieces, csv_path, part, sample_rate, clip_samples, codec)
     num_workers = num_workers or default_workers('decoding')

@@ -149,7 +149,8 @@ def _parse_row(fields:list, labels:Labels)->Segment:
     except ValueError: raise ValueError(f'start/end {start!r}, {end!r} are not numbers') from None
     if not 0 <= start < end: raise ValueError(f'start {start} and end {end} do not make a segment')
     if end - start > CLIP_SECONDS + 1e-3:  # would be fetched, padded and packed as minutes of audio
-        raise ValueError(f'segment {start}-{end} is {end - start:g} s long, more than the {CLIP_SECONDS} s of an AudioSet segment')
+        raise ValueError(f'segment {start}-{end} is {end - start:g} s long, more than the {CLIP_SECONDS} s of an '
+                         f'AudioSet segment')
     mids = tuple(m.strip() for m in mids.split(',') if m.strip())
     if not mids: raise ValueError('no labels')
     unknown = [m for m in mids if m not in labels.ix_of_mid]
@@ -163,7 +164,8 @@ def read_segments(path:Path, # segment CSV, official (three `#` lines, `, ` sepa
     "Read an AudioSet segment list; rows that cannot be read are reported with their line numbers."
     path, labels = Path(path), labels or load_labels()
     if not path.is_file():
-        raise FileNotFoundError(f'Segment list {path} {"is a folder, not a file" if path.is_dir() else "does not exist"}; check --csv_path.')
+        raise FileNotFoundError(f'Segment list {path} '
+                                f'{"is a folder, not a file" if path.is_dir() else "does not exist"}; check --csv_path.')
     rows, problems = [], []
     with open(path, newline='', encoding='utf-8') as f:
         reader = csv.reader(f, skipinitialspace=True)
@@ -189,7 +191,8 @@ def _shipped(subset): return read_segments(DATA_DIR/f'{subset}_segments.csv', st
 def load_segments(subset:str)->Segments:
     "The shipped segment list of `subset`: 'eval' or 'balanced_train'."
     if subset not in ('eval', 'balanced_train'):
-        raise ValueError(f'No shipped segment list {subset!r}: use "eval" or "balanced_train" (the unbalanced list is fetched with `fetch_unbalanced`).')
+        raise ValueError(f'No shipped segment list {subset!r}: use "eval" or "balanced_train" (the unbalanced list is '
+                         f'fetched with `fetch_unbalanced`).')
     return Segments(_shipped(subset), path=DATA_DIR/f'{subset}_segments.csv')
 
 # %% ../nbs/02_metadata.ipynb #76b18bc4
@@ -240,7 +243,8 @@ def fetch_unbalanced(cache_dir:Path=None,      # folder for the list; default `d
     def whole(part):
         announced, rows = _count_rows(part)
         if announced is None or rows != announced or (url == UNBALANCED_URL and rows != UNBALANCED_ROWS):
-            raise ValueError(f'{url} is not a whole segment list ({rows} rows, header says {announced}); it was deleted, run again.')
+            raise ValueError(f'{url} is not a whole segment list ({rows} rows, header says {announced}); it was '
+                             f'deleted, run again.')
     return fetch(url, Path(cache_dir or default_cache_dir())/'unbalanced_train_segments.csv', whole, timeout, tries)
 
 # %% ../nbs/02_metadata.ipynb #2636b0f8

@@ -547,7 +547,8 @@ def make_mini(root:Path, # folder to write into (created; a rerun resumes)
     if min(n_train, n_eval) < 1: raise ValueError(f'n_train={n_train} and n_eval={n_eval} must both be at least 1.')
     cfg = json.dumps(dict(seed=seed, n_train=n_train, n_eval=n_eval, classes=MINI_CLASSES), indent=1) + '\n'
     if (root/'mini.json').is_file() and (root/'mini.json').read_text() != cfg:
-        raise ValueError(f'{root} holds a mini AudioSet made with other settings ({root/"mini.json"}); use another folder or delete it.')
+        raise ValueError(f'{root} holds a mini AudioSet made with other settings ({root/"mini.json"}); use another '
+                         f'folder or delete it.')
     clips = plan_mini(seed, n_train, n_eval)
     for k, subset in enumerate(SUBSETS):
         write_segments(root/'metadata'/f'{subset}_segments.csv', [_segment(c) for c in clips if c.subset == subset],

@@ -53,7 +53,8 @@ def stft_power(spectrogram_extractor:Spectrogram, # torchlibrosa module holding 
     window = st.conv_real.weight[0, 0]  # the DFT's zero-frequency row is the window
     spec = torch.stft(x, st.n_fft, st.hop_length, window=window.to(x.dtype), center=st.center,
                       pad_mode=st.pad_mode, return_complex=True)
-    return spec.real.square().addcmul_(spec.imag, spec.imag).transpose(1, 2)[:, None]  # |X|², 10× faster than via view_as_real
+    # |X|², 10× faster than via view_as_real
+    return spec.real.square().addcmul_(spec.imag, spec.imag).transpose(1, 2)[:, None]
 
 # %% ../nbs/41_models.ipynb #5557cbc5
 class PannsModel(nn.Module):
@@ -192,7 +193,8 @@ class AttBlock(nn.Module):
 # %% ../nbs/41_models.ipynb #16b861be
 class Cnn14(LogmelModel):
     "Cnn14: six double-conv blocks over a 64-bin log-mel; the PANNs baseline (mAP 0.431)."
-    emb_dims, block_dropout, head_dropout, specaug, block, channels = 2048, 0.2, 0.5, True, ConvBlock, (64, 128, 256, 512, 1024, 2048)
+    emb_dims, block_dropout, head_dropout, specaug, block = 2048, 0.2, 0.5, True, ConvBlock
+    channels = (64, 128, 256, 512, 1024, 2048)
     def build(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num):
         self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax)
         for i, (cin, cout) in enumerate(zip((1,) + self.channels, self.channels), 1):
@@ -247,7 +249,9 @@ class _FixedRate(Cnn14):
     def build(self, **kw):
         trained = type(self).front.dict()
         wrong = {k: kw[k] for k in trained if kw[k] != trained[k]}
-        if wrong: raise ValueError(f"{type(self).__name__} was trained with {trained}; got {wrong}, leave them out or use Cnn14.")
+        if wrong:
+            raise ValueError(f"{type(self).__name__} was trained with {trained}; got {wrong}, leave them out or use "
+                             f"Cnn14.")
         super().build(**kw)
 
 class Cnn14_16k(_FixedRate):
@@ -339,7 +343,8 @@ class Wavegram_Logmel_Cnn14(Cnn14):
                           spectrogram=self.logmel_branch)
         cin = 128 if self.logmel_branch else 64
         self.conv_block1 = ConvBlock(1, 64)
-        for i, (a, b) in enumerate(zip((cin, 128, 256, 512, 1024), self.channels[1:]), 2): setattr(self, f'conv_block{i}', ConvBlock(a, b))
+        for i, (a, b) in enumerate(zip((cin, 128, 256, 512, 1024), self.channels[1:]), 2):
+            setattr(self, f'conv_block{i}', ConvBlock(a, b))
         self.add_head(2048, self.emb_dims, classes_num)
 
     def wavegram(self, x:torch.Tensor): # (B, samples)
@@ -368,7 +373,8 @@ class Wavegram_Cnn14(Wavegram_Logmel_Cnn14):
     logmel_branch = False
 
 # %% ../nbs/41_models.ipynb #66d37dfb
-def _conv_bn_pool(dim): return (nn.Conv2d, nn.BatchNorm2d, nn.AvgPool2d) if dim == 2 else (nn.Conv1d, nn.BatchNorm1d, nn.AvgPool1d)
+def _conv_bn_pool(dim):
+    return (nn.Conv2d, nn.BatchNorm2d, nn.AvgPool2d) if dim == 2 else (nn.Conv1d, nn.BatchNorm1d, nn.AvgPool1d)
 
 def _downsample(cin, cout, stride, dim=2):
     "Shortcut projection: (average pooling by `stride`,) 1×1 convolution, BatchNorm."
@@ -453,7 +459,8 @@ class ResNet38(LogmelModel):
         self.add_head(2048, 2048, classes_num)
 
     def forward(self, x:torch.Tensor, mixup_lambda:torch.Tensor=None):
-        x = F.dropout(self.conv_block1(self.spec_input(x, mixup_lambda), pool_size=(2, 2)), p=0.2, training=self.training)
+        x = F.dropout(self.conv_block1(self.spec_input(x, mixup_lambda), pool_size=(2, 2)), p=0.2,
+                      training=self.training)
         x = F.dropout(F.avg_pool2d(self.resnet(x), 2), p=0.2, training=self.training)
         x = F.dropout(self.conv_block_after1(x, pool_size=(1, 1)), p=0.2, training=self.training)
         return self.clip_head(x.mean(dim=3))
@@ -503,14 +510,16 @@ class InvertedResidual(nn.Module):
         self.use_res_connect = stride == 1 and inp == oup
         dw = [nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.AvgPool2d(stride), nn.BatchNorm2d(hidden),
               nn.ReLU6(inplace=True), nn.Conv2d(hidden, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup)]
-        expand = [] if expand_ratio == 1 else [nn.Conv2d(inp, hidden, 1, 1, 0, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        expand = [] if expand_ratio == 1 else [nn.Conv2d(inp, hidden, 1, 1, 0, bias=False), nn.BatchNorm2d(hidden),
+                                               nn.ReLU6(inplace=True)]
         self.conv = _seq(*expand, *dw)
 
     def forward(self, x): return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 class MobileNetV2(LogmelModel):
     "MobileNetV2 over the log-mel."
-    setting = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 2), (6, 160, 3, 1), (6, 320, 1, 1)]
+    setting = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 2), (6, 160, 3, 1),
+               (6, 320, 1, 1)]
     def build(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num):
         self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax)
         layers, cin = [conv_bn(1, 32, 2, nn.ReLU6)], 32

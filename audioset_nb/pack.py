@@ -127,7 +127,8 @@ def _reopen(path:Path, settings:dict)->h5py.File|None:
         return f
     except Exception as e:
         if f: f.close()
-        logging.getLogger(__name__).warning(f'{path} is an unreadable leftover of a killed run ({e.__class__.__name__}); packing again.')
+        logging.getLogger(__name__).warning(f'{path} is an unreadable leftover of a killed run '
+                                            f'({e.__class__.__name__}); packing again.')
         return None
 
 # %% ../nbs/20_pack.ipynb #9b42c184
@@ -209,7 +210,8 @@ def check_pack_settings(sample_rate:int, clip_seconds:float, num_workers:int=Non
     if isinstance(sample_rate, bool) or sample_rate != int(sample_rate) or not 1000 <= sample_rate <= 192000:
         raise ValueError(f'--sample_rate {sample_rate!r} must be a whole number of Hz from 1000 to 192000.')
     if not 0 < clip_seconds <= CLIP_SECONDS:
-        raise ValueError(f'--clip_seconds {clip_seconds!r} must be above 0 and at most {CLIP_SECONDS} (AudioSet segments are {CLIP_SECONDS} s).')
+        raise ValueError(f'--clip_seconds {clip_seconds!r} must be above 0 and at most {CLIP_SECONDS} (AudioSet '
+                         f'segments are {CLIP_SECONDS} s).')
     if num_workers is not None and not 1 <= num_workers <= 1024:
         raise ValueError(f'--num_workers {num_workers!r} must be from 1 to 1024.')
     if not chunk >= 1: raise ValueError(f'chunk {chunk!r} must be at least 1.')
@@ -352,7 +354,8 @@ def _check_index(path:Path):
         if not wp.is_file(): continue  # packed elsewhere, perhaps: the training data loader says so if it stays missing
         with h5py.File(wp, 'r') as wf: n = wf['audio_name'].shape[0]
         if last >= n or int(at[where == w].min(initial=0)) < 0:
-            raise ValueError(f'Index {path} points at row {last} of {wp}, which has {n} rows; write the index again from that file.')
+            raise ValueError(f'Index {path} points at row {last} of {wp}, which has {n} rows; write the index again '
+                             f'from that file.')
 
 # %% ../nbs/20_pack.ipynb #bc337de9
 @dataclass
