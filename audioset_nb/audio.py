@@ -20,7 +20,8 @@ __all__ = ['SAMPLE_RATE', 'AUDIO_EXTS', 'FFMPEG_ENV', 'NONFINITE', 'STORES', 'ff
 SAMPLE_RATE = 32000   # the rate PANNs stores and trains at
 
 # %% ../nbs/01_audio.ipynb #1d5f633b
-AUDIO_EXTS = frozenset({'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.wma', '.aif', '.aiff', '.au',
+AUDIO_EXTS = frozenset({'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.wma', '.aif', '.aiff',
+                        '.au',
                         '.webm', '.mp4', '.mkv', '.mov', '.avi'})  # what counts as audio in a folder, in every stage
 
 # %% ../nbs/01_audio.ipynb #2ba98372
@@ -40,7 +41,8 @@ def ffmpeg_exe()->str:
         import imageio_ffmpeg
         return imageio_ffmpeg.get_ffmpeg_exe()
     except Exception as e:
-        raise RuntimeError('No ffmpeg found: install it (apt-get install ffmpeg) or `pip install imageio-ffmpeg`.') from e
+        raise RuntimeError('No ffmpeg found: install it (apt-get install ffmpeg) or '
+                           '`pip install imageio-ffmpeg`.') from e
 
 # %% ../nbs/01_audio.ipynb #24b24e9b
 def ffmpeg_cmd(*args, # the arguments after the common ones (inputs, filters, outputs); str() is applied
@@ -79,10 +81,12 @@ def _check_file(path:Path)->Path:
     try: st = path.stat()
     except FileNotFoundError:
         if path.is_symlink():
-            raise AudioError(f'Audio file {path} is a broken link (to {os.readlink(path)}); fix or remove the link.') from None
+            raise AudioError(f'Audio file {path} is a broken link (to {os.readlink(path)}); '
+                             'fix or remove the link.') from None
         raise AudioError(f'Audio file {path} does not exist; check the path.') from None
     except OSError as e:
-        raise AudioError(f'Audio file {path} cannot be looked at ({e.strerror}); check the permissions of its folders.') from None
+        raise AudioError(f'Audio file {path} cannot be looked at ({e.strerror}); '
+                         'check the permissions of its folders.') from None
     if stat.S_ISDIR(st.st_mode): raise AudioError(f'{path} is a folder, not an audio file; give a file in it.')
     if not stat.S_ISREG(st.st_mode):
         raise AudioError(f'{path} is {_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")}, not an audio file; '
@@ -104,7 +108,7 @@ def finite_audio(x:np.ndarray, # audio samples
                  name:str, # the file (and row) they came from, for the message
                  use:str='training', # a key of `NONFINITE`: decides whether to replace or refuse
                 )->np.ndarray:
-    "`x` if all its samples are finite; else, as `NONFINITE[use]` says, refused (`AudioError`) or zeroed with a warning."
+    "`x` if all its samples are finite; else, as `NONFINITE[use]` says, refused (`AudioError`) or zeroed (a warning)."
     if use not in NONFINITE:
         raise ValueError(f'{use!r} is not a stage of `NONFINITE`; use one of {", ".join(NONFINITE)}.')
     bad = ~np.isfinite(x)
@@ -286,7 +290,7 @@ def encode_row(x:np.ndarray, sample_rate:int, store:str)->np.ndarray:
     return np.frombuffer(buf.getvalue(), dtype=np.uint8)
 
 def decode_row(b:np.ndarray, store:str, n:int=None)->np.ndarray:
-    "A row of compressed store `store` as float32 in [-1, 1], scaled as `to_float32` scales int16; `n` samples long where given."
+    "A row of store `store` as float32 in [-1, 1], scaled as `to_float32` scales int16; `n` samples long where given."
     f = io.BytesIO(np.asarray(b).tobytes())
     # lossless: exactly the int16 row
     if STORES[store][2].startswith('PCM'): x = to_float32(sf.read(f, dtype='int16')[0])

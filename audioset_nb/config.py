@@ -95,7 +95,7 @@ class _Parser(argparse.ArgumentParser):
 
 def config_parser(cls, # a config dataclass
                   prog:str=None, # the program name in messages
-                  subcommand:str=None)->argparse.ArgumentParser: # an optional first word the command accepts (the reference's `train`)
+                  subcommand:str=None)->argparse.ArgumentParser: # an optional first word (the reference's `train`)
     "An argument parser with one flag per field of `cls`, help from the field comments."
     p = _Parser(prog=prog, description=inspect.getdoc(cls))
     if subcommand:
@@ -105,7 +105,8 @@ def config_parser(cls, # a config dataclass
         typ, default = _base_type(hints[f.name]), _default(f)
         if typ is FrontEnd:
             for g in fields(FrontEnd): _add_flag(p, g.name, int, getattr(default, g.name), front_helps[g.name])
-        elif f.metadata.get('positional'):  # `field(metadata={'positional': True})`: words before the flags, as `cp SOURCE...`
+        # `field(metadata={'positional': True})`: words before the flags, as `cp SOURCE...`
+        elif f.metadata.get('positional'):
             p.add_argument(f.name, type=typing.get_args(typ)[0], nargs='+', metavar=f.name.upper(),
                            help=helps.get(f.name, ''))
         else:

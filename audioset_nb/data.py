@@ -55,9 +55,11 @@ def read_index(path:Path)->Index:
     if not path.is_file(): raise FileNotFoundError(f'{path} does not exist; make it with `audioset_pack`.')
     try: f = h5py.File(path, 'r')
     except OSError:
-        raise ValueError(f'{path} is not an HDF5 file; give an index or waveform HDF5 written by `audioset_pack`.') from None
+        raise ValueError(f'{path} is not an HDF5 file; '
+                         'give an index or waveform HDF5 written by `audioset_pack`.') from None
     with f:
-        names, target = _decode(f['audio_name'][:]) if 'audio_name' in f else None, f['target'][:] if 'target' in f else None
+        names = _decode(f['audio_name'][:]) if 'audio_name' in f else None
+        target = f['target'][:] if 'target' in f else None
         if any(k in f for k in WAVEFORM_KEYS) and names is not None:
             return Index(names, [str(path.resolve())], np.zeros(len(names), np.int32), np.arange(len(names)),
                          target.astype(bool))
@@ -331,7 +333,7 @@ def _worker_sentence(e:BaseException)->BaseException:
     return type(e)(said) if kind.split('.')[-1] == type(e).__name__ and said else e
 
 class Loader(DataLoader):
-    "A `DataLoader` whose workers' user errors (a bad file, a bad row) arrive as their one sentence, not a worker's traceback."
+    "A `DataLoader` whose workers' user errors (a bad file, a bad row) arrive as their one sentence, not a traceback."
     def __iter__(self):
         it = super().__iter__()
         while True:

@@ -59,8 +59,9 @@ def _ydl(timeout):
     "This thread's yt-dlp instance (made once per thread: making one costs more than using it)."
     import yt_dlp
     if getattr(_local, 'timeout', None) != timeout:
-        _local.ydl = yt_dlp.YoutubeDL(dict(format='bestaudio/best', quiet=True, no_warnings=True, noprogress=True,
-            logger=_QuietLogger(), socket_timeout=timeout, retries=0, extractor_retries=0, cachedir=False, noplaylist=True))
+        opts = dict(format='bestaudio/best', quiet=True, no_warnings=True, noprogress=True, logger=_QuietLogger(),
+                    socket_timeout=timeout, retries=0, extractor_retries=0, cachedir=False, noplaylist=True)
+        _local.ydl = yt_dlp.YoutubeDL(opts)
         _local.timeout = timeout
     return _local.ydl
 
@@ -84,7 +85,8 @@ def fetch_section(media:dict, start:float, end:float, sample_rate:int=SAMPLE_RAT
         raise ClipError('other', f'not an http(s) media URL: {media["url"][:80]}')
     headers = ''.join(f'{k}: {v}\r\n' for k, v in (media.get('headers') or {}).items())
     cmd = ffmpeg_cmd('-xerror', '-protocol_whitelist', 'http,https,tcp,tls,crypto',
-                     *(['-headers', headers] if headers else []), '-ss', f'{start:.3f}', '-t', f'{end - start:.3f}', '-i', media['url'], *pcm_output(sample_rate, 1))
+                     *(['-headers', headers] if headers else []), '-ss', f'{start:.3f}', '-t', f'{end - start:.3f}',
+                     '-i', media['url'], *pcm_output(sample_rate, 1))
     try: r = subprocess.run(cmd, capture_output=True, timeout=timeout,
                             preexec_fn=die_with_parent)  # no ffmpeg outlives us
     except subprocess.TimeoutExpired:
@@ -199,7 +201,7 @@ def _clean_temps(audios_dir, segs):
 
 # %% ../nbs/10_download.ipynb #3dfc60e0
 def _as_completed(fn, items, num_workers):
-    "`fn(item)` for every item on `num_workers` threads, yielded as they finish; at most `4*num_workers` queued at once."
+    "`fn(item)` for every item on `num_workers` threads, as they finish; at most `4*num_workers` queued at once."
     it = iter(items)
     pool = concurrent.futures.ThreadPoolExecutor(num_workers)
     try:
@@ -220,7 +222,7 @@ def _known_gone(log_path, segs):
                  said(gone[s.ytid])) for s in segs if s.ytid in gone], [s for s in segs if s.ytid not in gone]
 
 # %% ../nbs/10_download.ipynb #a3cd2452
-def download_clips(segs:list,                      # `Segments` (their `.problems` are logged too) or a list of `Segment`
+def download_clips(segs:list,                      # `Segments` (`.problems` logged too) or a list of `Segment`
                    audios_dir:Path,               # where `Y<ytid>.wav` files go
                    log_path:Path=None,            # CSV log, appended; default `<audios_dir>/download_log.csv`
                    num_workers:int=None,          # clips downloaded at once (default `default_workers('downloading')`)
@@ -264,8 +266,9 @@ def _resolve_csv(csv_path, cache_dir):
     return read_segments(csv_path)
 
 def default_log_path(audios_dir:Path, part:str=None)->Path:
-    "`<audios_dir>/download_log.csv`, or `download_log_part<i>of<n>.csv` for a part, so machines sharing a folder do not share a log."
-    return Path(audios_dir)/('download_log.csv' if not part else 'download_log_part{}of{}.csv'.format(*parse_part(part)))
+    "`<audios_dir>/download_log.csv`, or `download_log_part<i>of<n>.csv` for a part (machines sharing a folder)."
+    name = 'download_log.csv' if not part else 'download_log_part{}of{}.csv'.format(*parse_part(part))
+    return Path(audios_dir)/name
 
 # %% ../nbs/10_download.ipynb #191ea8c9
 def _check_template(url_template):
@@ -275,7 +278,7 @@ def _check_template(url_template):
 @dataclass
 class DownloadConfig:
     "Download AudioSet clips as mono 16-bit wav files, logging one row per clip."
-    csv_path: str                     # segment CSV (official or plain format), or eval / balanced_train / unbalanced_train
+    csv_path: str                     # segment CSV (official or plain), or eval / balanced_train / unbalanced_train
     audios_dir: str                   # folder for the Y<ytid>.wav clips
     url_template: str = YOUTUBE_URL   # page URL of a video, with {ytid}
     part: str|None = None             # i/n: download only the i-th (from 0) of n slices of the list
@@ -292,14 +295,15 @@ class DownloadConfig:
 
     def __post_init__(self):
         _check_template(self.url_template)
-        if (self.num_workers is not None and self.num_workers < 1) or self.retries < 0 or self.timeout <= 0 or self.sample_rate < 1:
+        bad_workers = self.num_workers is not None and self.num_workers < 1
+        if bad_workers or self.retries < 0 or self.timeout <= 0 or self.sample_rate < 1:
             raise ValueError('--num_workers, --timeout and --sample_rate must be positive and --retries at least 0.')
         if self.part: parse_part(self.part)
         self.log_path = self.log_path or str(default_log_path(self.audios_dir, self.part))
 
 # %% ../nbs/10_download.ipynb #e02b9913
 def download(*args, **kwargs)->list:
-    "Download the clips of a segment list (or one part of it), as `DownloadConfig(*args, **kwargs)` says; the log rows of this run."
+    "Download the clips of a segment list (or a part) as `DownloadConfig(*args, **kwargs)` says; this run's log rows."
     cfg = DownloadConfig(*args, **kwargs)
     segs = _resolve_csv(cfg.csv_path, cfg.cache_dir)
     if cfg.part: segs = take_part(segs, cfg.part)

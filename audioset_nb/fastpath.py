@@ -96,7 +96,7 @@ def _fast_path_applies(block:nn.Module, x:torch.Tensor):
             and not torch.is_autocast_enabled('cpu'))
 
 class FusedConvBlock(nn.Module):
-    "A `ConvBlock` or `ConvBlock5x5` for CPU inference, on the same modules: BatchNorm folded, each convolution by `conv_algorithm`'s choice."
+    "A `ConvBlock`/`ConvBlock5x5` for CPU inference, same modules: BatchNorm folded, convolutions by `conv_algorithm`."
     def __init__(self, block:ConvBlock|ConvBlock5x5):
         super().__init__()
         self.prepared = {}  # (convolution, algorithm) -> its weights, built on first use
@@ -155,7 +155,7 @@ def _fuse_blocks(m:nn.Module) -> nn.Module:
     return m
 
 def for_inference(model:nn.Module, compile:bool=False) -> nn.Module:
-    "Eval mode, fast STFT, channels-last memory and `FusedConvBlock`s; `compile` adds `torch.compile` with frozen weights. Use under `torch.inference_mode()`."
+    "Eval mode, fast STFT, channels-last, `FusedConvBlock`s; `compile` adds `torch.compile`. Use in `inference_mode()`."
     model.fast_stft = True
     model = _fuse_blocks(model.eval().to(memory_format=torch.channels_last))
     return torch.compile(model, options={'freezing': True}) if compile else model

@@ -92,14 +92,16 @@ def output_lock(path:str|Path, # the output file, or folder, this process is abo
 class CannotWrite(OSError):
     "An output that cannot be written; the message names the path, why, and what to do."
 
-_WHY = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is used up', errno.EROFS: 'the file system is read-only',
+_WHY = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is used up',
+        errno.EROFS: 'the file system is read-only',
         errno.EACCES: 'permission denied', errno.EPERM: 'permission denied'}
 
 def cannot_write(path:str|Path, e:OSError)->CannotWrite:
     "The one-sentence `CannotWrite` for an `OSError` `e` met while writing `path`."
     if isinstance(e, CannotWrite): return e
     full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-    fix = 'free some space there or choose another place' if full else 'choose a folder you may write to, or fix its permissions'
+    fix = ('free some space there or choose another place' if full else
+           'choose a folder you may write to, or fix its permissions')
     err = CannotWrite(f'Cannot write {path}: {_WHY.get(e.errno, e.strerror or str(e))}; {fix}.')
     err.errno = e.errno
     return err

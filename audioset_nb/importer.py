@@ -35,7 +35,8 @@ def _is_url(s)->bool: return '://' in str(s)
 def _fsspec(url:str):
     try: import fsspec
     except ImportError:
-        raise ValueError(f'{url} is a URL; reading URLs needs fsspec and a filesystem for it (pip install fsspec).') from None
+        raise ValueError(f'{url} is a URL; reading URLs needs fsspec and a filesystem for it '
+                         '(pip install fsspec).') from None
     return fsspec
 
 def open_source(path:str):
@@ -84,7 +85,9 @@ def _parquet_pieces(path:str)->list:
             raise ValueError(f'{path} is not a readable parquet file ({e.__class__.__name__}); re-download it or '
                              f'leave it out.') from None
         missing = {'video_id', 'audio'} - set(pf.schema_arrow.names)
-        if missing: raise ValueError(f'{path} has no {" or ".join(sorted(missing))} column, so it is not an AudioSet parquet file '
+        if missing:
+            raise ValueError(f'{path} has no {" or ".join(sorted(missing))} column, '
+                             'so it is not an AudioSet parquet file '
                                      '(Hugging Face agkphysics/AudioSet has video_id, audio and labels).')
         return [Piece('parquet', path, g, pf.metadata.row_group(g).num_rows) for g in range(pf.num_row_groups)]
 
@@ -97,7 +100,8 @@ def find_pieces(sources:list)->list:
             k = _kind(f)
             if k == 'parquet': found += _parquet_pieces(f)
             elif k: found.append(Piece(k, f, 0, -1 if k == 'tar' else 1))
-        if not found: raise ValueError(f'{src} holds no parquet files, tar shards or clips named Y<ytid>.* or <ytid>.*, '
+        if not found:
+            raise ValueError(f'{src} holds no parquet files, tar shards or clips named Y<ytid>.* or <ytid>.*, '
                                        'the formats of the AudioSet copies this reads.')
         pieces += found
     return pieces
@@ -176,7 +180,7 @@ def read_clips(pieces:list, # from `find_pieces`
 
 # %% ../nbs/15_import.ipynb #4e82c038
 def official_segments(cache_dir:Path=None)->dict:
-    "The official segment lists by subset: eval and balanced_train as shipped, unbalanced_train where it has been fetched."
+    "The official segment lists by subset: eval and balanced_train as shipped, unbalanced_train once fetched."
     d = {s: load_segments(s) for s in ('balanced_train', 'eval')}
     unb = Path(cache_dir or default_cache_dir())/'unbalanced_train_segments.csv'
     if unb.is_file(): d['unbalanced_train'] = read_segments(unb)
@@ -198,7 +202,8 @@ def clip_target(c:Clip, csv_path:str=None)->tuple:
     mids = given or known_labels(csv_path).get(c.ytid, ())
     ix = [labels.ix_of_mid.get(str(l).strip(), labels.ix_of_name.get(str(l).strip())) for l in mids]
     if not any(i is not None for i in ix):
-        return name, None, f'{c.where}: no AudioSet label for {c.ytid} in the source, the segment list or the official lists'
+        return name, None, (f'{c.where}: no AudioSet label for {c.ytid} in the source, the segment list '
+                            'or the official lists')
     y = np.zeros(len(labels), bool)
     y[[i for i in ix if i is not None]] = True
     return name, y, None
@@ -253,7 +258,7 @@ def import_clips(sources:list,                 # parquet files, tar shards, fold
                  chunk:int=64,                 # rows written (and resumable) at a time
                  part:str=None,                # 'i/n': only the i-th (from 0) of n slices of the pieces
                  progress:bool=True)->PackResult:
-    "Decode every clip of `sources` into one waveform HDF5 as `audioset_pack` writes it, leaving out and reporting what cannot be used."
+    "Decode every clip of `sources` into one waveform HDF5 as `audioset_pack` writes it, reporting what is left out."
     if codec not in CODECS: raise ValueError(f'codec {codec!r} is not one of {CODECS}.')
     out, pieces = Path(waveforms_hdf5_path), find_pieces(sources)
     if part:
@@ -334,13 +339,16 @@ def format_coverage(cov:Coverage)->str:
     lines = []
     for sub, c in cov.summary.items():
         if not (c['imported'] or c['left_out']): continue
-        lines.append(f"{sub}: {c['imported']:,} of {c['official']:,} official clips imported ({100*c['imported']/max(c['official'], 1):.1f}%), "
-                     f"{c['left_out']:,} left out, {c['absent']:,} absent from the source, {c['differ']:,} with other labels")
+        share = 100*c['imported']/max(c['official'], 1)
+        lines.append(f"{sub}: {c['imported']:,} of {c['official']:,} official clips imported ({share:.1f}%), "
+                     f"{c['left_out']:,} left out, {c['absent']:,} absent from the source, "
+                     f"{c['differ']:,} with other labels")
         got, want = cov.class_counts[sub]
         listed = np.flatnonzero(want)  # a class with no official clip is neither covered nor missing
         worst = listed[np.argsort(got[listed]/want[listed], kind='stable')[:3]]
         if len(worst):
-            lines.append('  least covered classes: ' + ', '.join(f'{load_labels()[i]} {got[i]}/{want[i]}' for i in worst))
+            least = ', '.join(f'{load_labels()[i]} {got[i]}/{want[i]}' for i in worst)
+            lines.append(f'  least covered classes: {least}')
     lines.append(f'not in any official list: {cov.unlisted:,} imported clips')
     if cov.unlisted and 'unbalanced_train' not in cov.summary:
         lines.append('  (the unbalanced_train list is not cached, so its clips count here; fetch it once with '
@@ -368,23 +376,24 @@ def copy_subsets(root:Path)->dict:
     found = {s: next((root/b/n for n in names for b in ('.', 'data', 'audios') if (root/b/n).is_dir()), None)
              for s, names in SUBSET_DIRS.items()}
     if not found['eval'] or not (found['balanced_train'] or found['unbalanced_train']):
-        raise ValueError(f'{root} has no eval/ and bal_train/ or unbal_train/ folders (as data/ of the Hugging Face copy has); '
+        raise ValueError(f'{root} has no eval/ and bal_train/ or unbal_train/ folders '
+                         '(as data/ of the Hugging Face copy has); '
                          'put each subset in its own folder.')
     return {s: p for s, p in found.items() if p}
 
 # %% ../nbs/15_import.ipynb #5261439e
 @dataclass
 class ImportConfig:
-    "Import AudioSet from a copy (Hugging Face parquet files, WebDataset tar shards, a folder of clips) into a waveform HDF5, its index and a coverage report."
-    sources: list[str] = field(metadata={'positional': True})  # parquet files, tar shards, folders of clips, or globs of them (URLs where fsspec has a filesystem for them)
+    "Import an AudioSet copy (parquet, WebDataset shards, a clip folder) into a waveform HDF5, its index and coverage."
+    sources: list[str] = field(metadata={'positional': True})  # parquet files, tar shards, clip folders, globs, URLs
     waveforms_hdf5_path: str            # waveform HDF5 to write
     indexes_hdf5_path: str|None = None  # index HDF5 to write for it
-    csv_path: str|None = None           # segment CSV labelling clips whose source has no labels (default: the official lists)
+    csv_path: str|None = None           # segment CSV labelling clips that have no labels (default: the official lists)
     coverage_path: str|None = None      # coverage report CSV (default: <waveforms_hdf5_path without .h5>_coverage.csv)
     sample_rate: int = SAMPLE_RATE      # rate of the packed rows
     clip_seconds: float = CLIP_SECONDS  # length of every row
     codec: str|None = None              # a compressed store: 'flac' (lossless) or 'mp3' (lossy); default int16 rows
-    part: str|None = None               # i/n: import only the i-th (from 0) of n slices of the row groups, shards and clip files
+    part: str|None = None               # i/n: import only the i-th (from 0) of n slices of the row groups, shards...
     num_workers: int|None = None            # decoding processes (default: one per core)
     quiet: bool = False                 # no progress bar
 
@@ -400,7 +409,8 @@ class ImportConfig:
 def import_and_report(cfg:ImportConfig):
     "Import as `cfg` says, write the index and coverage report, and print what was done."
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
-    r = import_clips(cfg.sources, cfg.waveforms_hdf5_path, cfg.csv_path, cfg.sample_rate, cfg.clip_seconds, cfg.num_workers,
+    r = import_clips(cfg.sources, cfg.waveforms_hdf5_path, cfg.csv_path, cfg.sample_rate, cfg.clip_seconds,
+                     cfg.num_workers,
                      cfg.codec, part=cfg.part, progress=not cfg.quiet)
     print(f'imported {r.rows} clips into {r.path}; {len(r.skipped)} left out')
     if cfg.indexes_hdf5_path: print(f'wrote index {write_index(r.path, cfg.indexes_hdf5_path)}')

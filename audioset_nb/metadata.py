@@ -164,8 +164,8 @@ def read_segments(path:Path, # segment CSV, official (three `#` lines, `, ` sepa
     "Read an AudioSet segment list; rows that cannot be read are reported with their line numbers."
     path, labels = Path(path), labels or load_labels()
     if not path.is_file():
-        raise FileNotFoundError(f'Segment list {path} '
-                                f'{"is a folder, not a file" if path.is_dir() else "does not exist"}; check --csv_path.')
+        what = 'is a folder, not a file' if path.is_dir() else 'does not exist'
+        raise FileNotFoundError(f'Segment list {path} {what}; check --csv_path.')
     rows, problems = [], []
     with open(path, newline='', encoding='utf-8') as f:
         reader = csv.reader(f, skipinitialspace=True)
@@ -177,7 +177,8 @@ def read_segments(path:Path, # segment CSV, official (three `#` lines, `, ` sepa
                     if strict: raise ValueError(f'{path}, line {i}: {e}.') from None
                     problems.append((i, str(e)))
         except UnicodeDecodeError as e:
-            raise ValueError(f'Segment list {path} is not UTF-8 text (byte {e.object[e.start:e.start+1]!r} after line {reader.line_num}); '
+            byte = e.object[e.start:e.start+1]
+            raise ValueError(f'Segment list {path} is not UTF-8 text (byte {byte!r} after line {reader.line_num}); '
                              'save it as UTF-8.') from None
     if problems:
         warnings.warn(f'{path}: {len(problems)} rows could not be read and were skipped '

@@ -42,7 +42,7 @@ def _tone(freqs, n:int, sr:int, amps=None)->np.ndarray:
 
 # %% ../nbs/90_mini.ipynb #e8a99991
 def _sweep(f, sr:int, harmonics=(1.,), n:int=None)->np.ndarray:
-    "A tone at instantaneous frequency `f` (Hz: one value per sample, or a constant for `n` samples) with `harmonics` amplitudes."
+    "A tone at instantaneous frequency `f` (Hz per sample, or a constant for `n` samples) with `harmonics` amplitudes."
     ph = 2*np.pi*np.cumsum(f)/sr if n is None else 2*np.pi*f*np.arange(n)/sr
     s0, s1, c = np.zeros_like(ph), np.sin(ph), 2*np.cos(ph)
     x = harmonics[0]*s1
@@ -284,7 +284,8 @@ def synth_clip(seed_or_rng, # an int (or list of ints) seed, or a `np.random.Gen
     x = fr.standard_normal(n) * 10**(fr.uniform(*FLOOR_DB)/20)
     for j, ev in enumerate(events):
         if not 0 <= ev.onset < ev.offset <= seconds:
-            raise ValueError(f'SynthEvent {ev} does not fit in a {seconds}-s clip; onset and offset must lie within it.')
+            raise ValueError(f'SynthEvent {ev} does not fit in a {seconds}-s clip; '
+                             'onset and offset must lie within it.')
         i = int(round(ev.onset*sr))
         y = render_event(ev, _spawn_rng(ent, 2+j), sr)
         x[i:i+len(y)] += y
@@ -311,7 +312,7 @@ def make_ytids(rng:np.random.Generator, n:int)->list:
 
 # %% ../nbs/90_mini.ipynb #3948179d
 def deal_classes(rng:np.random.Generator, n:int, classes=MINI_CLASSES)->list:
-    "Class names for `n` clips, 1-3 each, dealt from reshuffled decks so classes are balanced and all appear when n*3 >= len(classes)."
+    "Class names for `n` clips, 1-3 each, dealt from reshuffled decks: balanced, and all appear when n*3 >= len(classes)."
     ks = rng.integers(N_EVENTS[0], N_EVENTS[1]+1, n)
     for i in range(n):
         if ks.sum() >= len(classes): break
@@ -446,7 +447,7 @@ def probe_media(path:Path)->dict:
 
 # %% ../nbs/90_mini.ipynb #a46d03fe
 def decode_audio(path:Path, sample_rate:int=SAMPLE_RATE, start:float=None, end:float=None, mono:bool=True)->np.ndarray:
-    "Decode `path` with ffmpeg to float32 at `sample_rate` (mono, or (samples, channels)), optionally only [start, end] s."
+    "Decode `path` with ffmpeg to float32 at `sample_rate`, mono or (samples, channels); only [start, end] s if given."
     r = subprocess.run(ffmpeg_cmd(*ffmpeg_input(path), *pcm_output(sample_rate, 1 if mono else None, 'f32le')),
                        capture_output=True)
     if r.returncode:
@@ -485,7 +486,8 @@ class MiniAudioSet:
         return synth_clip(c.seed, c.events)[0]
     def targets(self, subset:str)->np.ndarray:
         "Multi-hot targets of `subset` over `MINI_CLASSES`, bool (clips, classes)."
-        return np.array([[c in {e.name for e in self.clips[s.ytid].events} for c in self.classes] for s in self.segments[subset]])
+        names = lambda s: {e.name for e in self.clips[s.ytid].events}
+        return np.array([[c in names(s) for c in self.classes] for s in self.segments[subset]])
 
 # %% ../nbs/90_mini.ipynb #5c72295a
 def plan_mini(seed:int=0, n_train:int=600, n_eval:int=150)->list:

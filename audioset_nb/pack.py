@@ -133,7 +133,7 @@ def _reopen(path:Path, settings:dict)->h5py.File|None:
 
 # %% ../nbs/20_pack.ipynb #9b42c184
 class WaveformWriter:
-    "A waveform HDF5 written through `.<name>.partial`: resumed where a killed run stopped, committed a chunk at a time."
+    "A waveform HDF5 written through `.<name>.partial`: resumed where a killed run stopped, committed chunk by chunk."
     def __init__(self, path:Path, # the waveform HDF5 to write
                  settings:dict, # what a partial file must have been started with to be resumed (JSON)
                  clip_samples:int, # samples per row
@@ -194,7 +194,8 @@ def _need_space(out:Path, nbytes:int, rows:int=0):
     "Refuse to write `nbytes` more beside `out` where the disk lacks them: HDF5 cannot recover from a failed write."
     free = shutil.disk_usage(out.parent).free
     if free < nbytes:
-        kept = f'; the {rows} clips packed so far are kept in .{out.name}.partial and a rerun resumes from them' if rows else ''
+        kept = f'; the {rows} clips packed so far are kept in .{out.name}.partial and a rerun resumes from them'
+        kept = kept if rows else ''
         e = CannotWrite(f'Cannot write {out}: the disk is full ({free/1e6:.1f} MB free, {nbytes/1e6:.1f} MB needed); '
                         f'free some space there or choose another place{kept}.')
         e.errno = errno.ENOSPC
@@ -202,7 +203,8 @@ def _need_space(out:Path, nbytes:int, rows:int=0):
 
 def _check_folder(d:Path, what:str='Clip folder', flag:str='--audios_dir'):
     if d.is_dir(): return
-    raise FileNotFoundError(f'{what} {d} {"is a file, not a folder" if d.exists() else "does not exist"}; check {flag}.')
+    why = 'is a file, not a folder' if d.exists() else 'does not exist'
+    raise FileNotFoundError(f'{what} {d} {why}; check {flag}.')
 
 def check_pack_settings(sample_rate:int, clip_seconds:float, num_workers:int=None, codec:str=None, chunk:int=64):
     "Raise `ValueError` in one sentence for a setting packing cannot use."
@@ -225,7 +227,7 @@ def pack_waveforms(csv_path:Path,               # segment CSV (AudioSet format) 
                    sample_rate:int=SAMPLE_RATE, # rate of the packed rows
                    clip_seconds:float=CLIP_SECONDS, # length of every row
                    num_workers:int=None,            # decoding processes; default one per core
-                   codec:str=None,              # None: int16 rows (reference layout); 'flac' or 'mp3': a compressed store
+                   codec:str=None,              # None: int16 rows (reference layout); 'flac' or 'mp3': compressed
                    chunk:int=64,                # rows written (and resumable) at a time
                    part:str=None,               # 'i/n': pack only the i-th (from 0) of n slices of the list
                    progress:bool=True)->PackResult:
@@ -281,11 +283,12 @@ def _pack_locked(out, settings, names, targets, audios_dir, csv_path, sample_rat
 def _settings(csv_path, audios_dir, names, sample_rate, clip_samples, codec)->dict:
     "What a partial file must have been started with to be resumed."
     return dict(csv=str(Path(csv_path).resolve()), names=len(names), first=names[:1], last=names[-1:],
-                audios_dir=str(Path(audios_dir).resolve()), sample_rate=sample_rate, clip_samples=clip_samples, codec=codec)
+                audios_dir=str(Path(audios_dir).resolve()), sample_rate=sample_rate, clip_samples=clip_samples,
+                codec=codec)
 
 # %% ../nbs/20_pack.ipynb #b008d7ad
 def _write_h5(path:Path, fill, nbytes:int):
-    "Write an HDF5 file of about `nbytes` through a temporary name (one writer, disk checked first): `fill(f)` writes it."
+    "Write an HDF5 file of about `nbytes` through a temporary name (one writer, disk checked first) with `fill(f)`."
     path = Path(path)
     with output_lock(path, 'index file'):
         remove_stale_temps(path)
@@ -332,7 +335,8 @@ def combine_indexes(indexes_hdf5s_dir:Path,      # folder of per-subset index fi
     "Join every `*train*` index of a folder into one full-train index, in `train_index_order`."
     d, out = Path(indexes_hdf5s_dir), Path(full_indexes_hdf5_path)
     if not d.is_dir(): _check_folder(d, 'Index folder', '--indexes_hdf5s_dir')
-    parts = [p for p in d.glob('*.h5') if 'train' in p.name and 'full_train' not in p.name and p.resolve() != out.resolve()]
+    is_part = lambda p: 'train' in p.name and 'full_train' not in p.name and p.resolve() != out.resolve()
+    parts = [p for p in d.glob('*.h5') if is_part(p)]
     if not parts:
         raise FileNotFoundError(f'No *train*.h5 index files in {d}; write them with --indexes_hdf5_path first.')
     for p in parts: _check_index(p)
@@ -381,8 +385,9 @@ class PackConfig:
         if bool(self.indexes_hdf5s_dir) != bool(self.full_indexes_hdf5_path):
             raise ValueError('combining needs both --indexes_hdf5s_dir and --full_indexes_hdf5_path.')
         if not (pack or (self.waveforms_hdf5_path and self.indexes_hdf5_path) or self.indexes_hdf5s_dir):
-            raise ValueError('nothing to do: give --csv_path/--audios_dir/--waveforms_hdf5_path to pack, --waveforms_hdf5_path/'
-                             '--indexes_hdf5_path to index, or --indexes_hdf5s_dir/--full_indexes_hdf5_path to combine.')
+            raise ValueError('nothing to do: give --csv_path/--audios_dir/--waveforms_hdf5_path to pack, '
+                             '--waveforms_hdf5_path/--indexes_hdf5_path to index, '
+                             'or --indexes_hdf5s_dir/--full_indexes_hdf5_path to combine.')
         check_pack_settings(self.sample_rate, self.clip_seconds, self.num_workers, self.codec)
         if self.part: parse_part(self.part)
 
@@ -391,7 +396,8 @@ def pack(cfg:PackConfig):
     "Do what `cfg` asks (pack, index, combine), printing a line for each file written."
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     if cfg.csv_path:
-        r = pack_waveforms(cfg.csv_path, cfg.audios_dir, cfg.waveforms_hdf5_path, cfg.sample_rate, cfg.clip_seconds, cfg.num_workers,
+        r = pack_waveforms(cfg.csv_path, cfg.audios_dir, cfg.waveforms_hdf5_path, cfg.sample_rate, cfg.clip_seconds,
+                           cfg.num_workers,
                            cfg.codec, part=cfg.part, progress=not cfg.quiet)
         print(f'packed {r.rows} clips into {r.path}; {len(r.skipped)} left out')
     if cfg.waveforms_hdf5_path and cfg.indexes_hdf5_path:
