@@ -168,7 +168,8 @@ class MiniClass(NamedTuple):
 _CLASSES = {
     'Tuning fork': MiniClass(_tuning_fork, (1.5, 6),
         'a pure tone at a standard fork pitch (256, 384, 440 or 512 Hz, ±0.2 %), struck: a 2-ms attack, '
-        'an exponential decay that ends the event 17–35 dB down, and the short "clang" partial at 6.27× the fundamental',
+        'an exponential decay that ends the event 17–35 dB down, and the short "clang" partial at 6.27× the '
+        'fundamental',
         'a fork emits a nearly pure, slowly decaying tone; the clang mode at ≈6.3 f is the physics of a clamped bar'),
     'Telephone dialing, DTMF': MiniClass(_dtmf, (0.6, 3),
         'random keys of the DTMF keypad: one row (697–941 Hz) plus one column (1209–1477 Hz) tone, '
@@ -312,7 +313,7 @@ def make_ytids(rng:np.random.Generator, n:int)->list:
 
 # %% ../nbs/90_mini.ipynb #3948179d
 def deal_classes(rng:np.random.Generator, n:int, classes=MINI_CLASSES)->list:
-    "Class names for `n` clips, 1-3 each, dealt from reshuffled decks: balanced, and all appear when n*3 >= len(classes)."
+    "Class names for `n` clips, 1-3 each, dealt from reshuffled decks: balanced; all appear when n*3 >= len(classes)."
     ks = rng.integers(N_EVENTS[0], N_EVENTS[1]+1, n)
     for i in range(n):
         if ks.sum() >= len(classes): break
@@ -348,7 +349,8 @@ SOURCE_FORMATS = (
     SourceFormat('ogg', 'ogg', 'vorbis', ('-c:a', 'libvorbis', '-q:a', '6'), (44100, 48000), 'audio/ogg'),
     SourceFormat('wav', 'wav', 'pcm_s16le', ('-c:a', 'pcm_s16le'), (32000, 44100, 48000), 'audio/wav'),
     SourceFormat('flac', 'flac', 'flac', ('-c:a', 'flac'), (44100, 48000), 'audio/flac'),
-    SourceFormat('mp4', 'mp4', 'aac', ('-c:a', 'aac', '-aac_coder', 'fast', '-b:a', '192k'), (44100, 48000), 'video/mp4',
+    SourceFormat('mp4', 'mp4', 'aac', ('-c:a', 'aac', '-aac_coder', 'fast', '-b:a', '192k'), (44100, 48000),
+                 'video/mp4',
                  video='h264'),
 )
 _FORMATS = {f.ext: f for f in SOURCE_FORMATS}
