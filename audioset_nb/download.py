@@ -27,7 +27,8 @@ _PATTERNS = [  # (status, worth retrying, pattern), first match wins
     ('rate-limited', True,  r'\b429\b|too many requests|not a bot|rate.?limit'),
     ('timeout',      True,  r'timed? ?out'),
     ('other',        True,
-     r'\b5\d\d\b|\b5XX\b|connection|reset by peer|refused|prematurely|input/output error|incomplete|broken pipe|temporar'),
+     r'\b5\d\d\b|\b5XX\b|connection|reset by peer|refused|prematurely|input/output error|incomplete|broken pipe|'
+     r'temporar'),
     ('private',      False, r'\b40[13]\b|private|sign in|members.only|forbidden'),
     ('unavailable',  False,
      r'\b404\b|\b410\b|unavailable|not available|removed|terminated|does not exist|no video formats|not found'),

@@ -91,8 +91,9 @@ class PannsModel(nn.Module):
 def _check_frames(x, spec_augmenter):
     width = spec_augmenter.time_dropper.drop_width
     if x.shape[2] <= width:
-        raise ValueError(f'SpecAugment drops time stripes up to {width} frames wide, so training needs clips longer than '
-                         f'{width} frames; got {x.shape[2]}: train on longer clips or use a model without SpecAugment.')
+        raise ValueError(f'SpecAugment drops time stripes up to {width} frames wide, '
+                         f'so training needs clips longer than {width} frames; got {x.shape[2]}: '
+                         'train on longer clips or use a model without SpecAugment.')
     return x
 
 class LogmelModel(PannsModel):
@@ -487,7 +488,8 @@ def conv_bn(inp, oup, stride, act=nn.ReLU):
 def conv_dw(inp, oup, stride):
     "Depthwise 3×3 conv, pooling, BN, ReLU, then pointwise 1×1 conv, BN, ReLU."
     return _seq(nn.Conv2d(inp, inp, 3, 1, 1, groups=inp, bias=False), nn.AvgPool2d(stride), nn.BatchNorm2d(inp),
-                nn.ReLU(inplace=True), nn.Conv2d(inp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup), nn.ReLU(inplace=True))
+                nn.ReLU(inplace=True), nn.Conv2d(inp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup),
+                nn.ReLU(inplace=True))
 
 class MobileNetV1(LogmelModel):
     "MobileNetV1 over the log-mel (mAP 0.389 at a tenth of Cnn14's cost)."
@@ -508,8 +510,9 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = round(inp*expand_ratio)
         self.use_res_connect = stride == 1 and inp == oup
-        dw = [nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.AvgPool2d(stride), nn.BatchNorm2d(hidden),
-              nn.ReLU6(inplace=True), nn.Conv2d(hidden, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup)]
+        dw = [nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.AvgPool2d(stride),
+              nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True), nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),
+              nn.BatchNorm2d(oup)]
         expand = [] if expand_ratio == 1 else [nn.Conv2d(inp, hidden, 1, 1, 0, bias=False), nn.BatchNorm2d(hidden),
                                                nn.ReLU6(inplace=True)]
         self.conv = _seq(*expand, *dw)
@@ -683,7 +686,7 @@ MODELS.update(Cnn13=Cnn14, Cnn13_specaug=Cnn14)
 def build_model(model_type:str, # a name in `MODELS`, e.g. 'Cnn14'
                 front:FrontEnd=None, # open settings (None) take the model's defaults
                 classes_num:int=527, # outputs of the classifier
-                **kw) -> nn.Module: # `sample_rate=...` and the other front-end settings one by one, or model arguments such as `fast_stft=False`
+                **kw) -> nn.Module: # front-end settings one by one (`sample_rate=...`), or `fast_stft=False` etc.
     "Build the PANNs model called `model_type`."
     if model_type not in MODELS:
         raise ValueError(f"Unknown model_type {model_type!r}; choose one of: {', '.join(MODELS)}.")
