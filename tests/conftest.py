@@ -89,6 +89,11 @@ def alive(pid):
     try: return (Path('/proc')/str(pid)/'stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
     except OSError: return False
 
+def runs_ffmpeg(pid):
+    "Whether process `pid` is alive and is an ffmpeg (False once it has gone, even between the two checks)."
+    try: return alive(pid) and Path(f'/proc/{pid}/exe').resolve().name.startswith('ffmpeg')
+    except OSError: return False
+
 def wait_for(cond, timeout=60):
     "Poll `cond()` until it is true; TimeoutError after `timeout` seconds."
     t0 = time.time()

@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np, pytest
 from audioset_nb.download import Segment, is_finished, read_log, write_segments
 from audioset_nb.mirror import Fault, Mirror
-from conftest import SINE_LABEL as LABEL, alive, children, cli, cli_popen, make_source, one_sentence, wait_for
+from conftest import (SINE_LABEL as LABEL, alive, children, cli, cli_popen, make_source, one_sentence, runs_ffmpeg,
+                      wait_for)
 
 SR = 32000
 
@@ -24,7 +25,7 @@ def src(tmp_path_factory):
 def dl(d, audios, m, *more): return ('--csv_path', d/'list.csv', '--audios_dir', audios, '--url_template',
                                      m.url_template, '--quiet', *more)
 
-def ffmpegs(pid): return [k for k in children(pid) if alive(k) and 'ffmpeg' in Path(f'/proc/{k}/exe').resolve().name]
+def ffmpegs(pid): return [k for k in children(pid) if runs_ffmpeg(k)]
 
 def test_second_downloader_into_the_same_folder_is_refused(src, tmp_path):
     audios = tmp_path/'a'

@@ -4,7 +4,7 @@ import contextlib, os, signal, subprocess, time
 from pathlib import Path
 import h5py, numpy as np, pytest, soundfile as sf
 from audioset_nb.metadata import Segment, clip_name, load_labels, write_segments
-from conftest import alive, children, cli, cli_popen, ffmpeg, one_sentence, tone, wait_for
+from conftest import alive, children, cli, cli_popen, ffmpeg, one_sentence, runs_ffmpeg, tone, wait_for
 
 SR = 32000
 
@@ -51,8 +51,7 @@ def test_sigkill_of_the_main_pid_leaves_no_worker_and_the_rerun_resumes(many, tm
     out, partial = tmp_path/'w.h5', tmp_path/'.w.h5.partial'
     p = cli_popen('audioset_pack', *pack_args(many, out, '--workers', '2'))
     wait_for(lambda: partial.exists() and partial.stat().st_size > 64*2*SR)   # a chunk of rows is on disk
-    is_ffmpeg = lambda k: alive(k) and Path(f'/proc/{k}/exe').resolve().name.startswith('ffmpeg')
-    wait_for(lambda: any(map(is_ffmpeg, children(p.pid))))
+    wait_for(lambda: any(map(runs_ffmpeg, children(p.pid))))
     kids = children(p.pid)
     assert len(kids) >= 3                                                    # two workers and an ffmpeg at least
     os.kill(p.pid, signal.SIGKILL)
