@@ -28,6 +28,7 @@ must_be_clean() {
     echo "$1 changed tracked files; run it, review the diff and commit:" >&2; echo "$dirty" >&2; exit 1
   fi
 }
+echo "== ruff";         ruff check .
 echo "== nbdev_export"; nbdev_export; must_be_clean nbdev_export
 echo "== nbdev_test";   nbdev_test ${NBDEV_TEST_FLAGS:+--flags "$NBDEV_TEST_FLAGS"}
 echo "== nbdev_clean";  nbdev_clean; must_be_clean nbdev_clean

@@ -11,15 +11,17 @@ import numpy as np, soundfile as sf, soxr
 from .fileio import atomic_open, atomic_path
 
 # %% auto #0
-__all__ = ['SAMPLE_RATE', 'AUDIO_EXTS', 'FFMPEG_ENV', 'NONFINITE', 'STORES', 'ffmpeg_exe', 'die_with_parent', 'AudioError',
-           'finite_audio', 'ffmpeg_input', 'resample', 'stream_audio', 'load_audio', 'audio_source', 'pad_or_truncate',
-           'to_int16', 'to_float32', 'sliding_windows', 'write_wav', 'encode_row', 'decode_row']
+__all__ = ['SAMPLE_RATE', 'AUDIO_EXTS', 'FFMPEG_ENV', 'NONFINITE', 'STORES', 'ffmpeg_exe', 'ffmpeg_cmd', 'pcm_output',
+           'die_with_parent', 'AudioError', 'finite_audio', 'ffmpeg_input', 'resample', 'stream_audio', 'load_audio',
+           'audio_source', 'pad_or_truncate', 'to_int16', 'to_float32', 'sliding_windows', 'write_wav', 'encode_row',
+           'decode_row']
 
 # %% ../nbs/01_audio.ipynb #34fd4d3f
 SAMPLE_RATE = 32000   # the rate PANNs stores and trains at
 
-# %% ../nbs/01_audio.ipynb #efd13bf8
-AUDIO_EXTS = frozenset({'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.wma', '.aif', '.aiff', '.au',
+# %% ../nbs/01_audio.ipynb #1d5f633b
+AUDIO_EXTS = frozenset({'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.wma', '.aif', '.aiff',
+                        '.au',
                         '.webm', '.mp4', '.mkv', '.mov', '.avi'})  # what counts as audio in a folder, in every stage
 
 # %% ../nbs/01_audio.ipynb #2ba98372
@@ -31,14 +33,31 @@ def ffmpeg_exe()->str:
     want = os.environ.get(FFMPEG_ENV, '')
     if want and want != 'bundled':
         if exe := shutil.which(want): return exe
-        raise RuntimeError(f'${FFMPEG_ENV}={want} is not an ffmpeg program; give its path, or `bundled` for imageio-ffmpeg\'s.')
+        raise RuntimeError(f'${FFMPEG_ENV}={want} is not an ffmpeg program; give its path, or `bundled` for '
+                           f'imageio-ffmpeg\'s.')
     exe = None if want else shutil.which('ffmpeg')
     if exe: return exe
     try:
         import imageio_ffmpeg
         return imageio_ffmpeg.get_ffmpeg_exe()
     except Exception as e:
-        raise RuntimeError('No ffmpeg found: install it (apt-get install ffmpeg) or `pip install imageio-ffmpeg`.') from e
+        raise RuntimeError('No ffmpeg found: install it (apt-get install ffmpeg) or '
+                           '`pip install imageio-ffmpeg`.') from e
+
+# %% ../nbs/01_audio.ipynb #24b24e9b
+def ffmpeg_cmd(*args, # the arguments after the common ones (inputs, filters, outputs); str() is applied
+               loglevel:str='error', # ffmpeg's -loglevel ('info' to read the stream details it prints)
+              )->list:
+    "The argv of an ffmpeg command: `ffmpeg_exe()`, `-nostdin -hide_banner -loglevel <loglevel>`, then `args`."
+    return [ffmpeg_exe(), '-nostdin', '-hide_banner', '-loglevel', loglevel, *map(str, args)]
+
+def pcm_output(sample_rate:int=None, # resample to this rate (None: keep the source's)
+               channels:int=None, # mix to this many channels (None: keep the source's)
+               fmt:str='s16le', # raw sample format: 's16le' (int16) or 'f32le' (float32)
+              )->list:
+    "ffmpeg output arguments that write the first audio stream to stdout as raw `fmt` samples, no video."
+    return ['-vn', *(['-ac', str(channels)] if channels else []), *(['-ar', str(sample_rate)] if sample_rate else []),
+            '-f', fmt, '-acodec', f'pcm_{fmt}', 'pipe:1']
 
 # %% ../nbs/01_audio.ipynb #13c5012d
 try: _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork: the child only calls it
@@ -61,24 +80,37 @@ def _check_file(path:Path)->Path:
     path = Path(path)
     try: st = path.stat()
     except FileNotFoundError:
-        if path.is_symlink(): raise AudioError(f'Audio file {path} is a broken link (to {os.readlink(path)}); fix or remove the link.') from None
+        if path.is_symlink():
+            raise AudioError(f'Audio file {path} is a broken link (to {os.readlink(path)}); '
+                             'fix or remove the link.') from None
         raise AudioError(f'Audio file {path} does not exist; check the path.') from None
-    except OSError as e: raise AudioError(f'Audio file {path} cannot be looked at ({e.strerror}); check the permissions of its folders.') from None
+    except OSError as e:
+        raise AudioError(f'Audio file {path} cannot be looked at ({e.strerror}); '
+                         'check the permissions of its folders.') from None
     if stat.S_ISDIR(st.st_mode): raise AudioError(f'{path} is a folder, not an audio file; give a file in it.')
     if not stat.S_ISREG(st.st_mode):
-        raise AudioError(f'{path} is {_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")}, not an audio file; give a regular file.')
-    if not os.access(path, os.R_OK): raise AudioError(f'Audio file {path} cannot be read (permission denied); check its permissions.')
+        raise AudioError(f'{path} is {_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")}, not an audio file; '
+                         f'give a regular file.')
+    if not os.access(path, os.R_OK):
+        raise AudioError(f'Audio file {path} cannot be read (permission denied); check its permissions.')
     if st.st_size == 0: raise AudioError(f'Audio file {path} is empty (0 bytes); re-download or remove it.')
     return path
 
 # %% ../nbs/01_audio.ipynb #8f01e7b8
-NONFINITE = dict(training='replace', evaluation='replace', inference='refuse')  # what each place does with NaN/Inf samples
+NONFINITE = dict(  # what each stage does with NaN/Inf samples: 'refuse' the file, or 'replace' them by silence
+    packing='refuse', importing='refuse',         # int16 would turn them into silence without a word
+    training='replace', evaluation='replace',     # one bad packed clip must not stop a run or its scores
+    finetuning='replace',                         # as training: the clip is decoded once, then trained on
+    inference='refuse', streaming='refuse',       # tags made up from NaN would be wrong without a word
+)
 
 def finite_audio(x:np.ndarray, # audio samples
                  name:str, # the file (and row) they came from, for the message
                  use:str='training', # a key of `NONFINITE`: decides whether to replace or refuse
                 )->np.ndarray:
-    "`x` if all its samples are finite; else refused (`AudioError`) or zeroed where not finite, with a warning, as `NONFINITE[use]` says."
+    "`x` if all its samples are finite; else, as `NONFINITE[use]` says, refused (`AudioError`) or zeroed (a warning)."
+    if use not in NONFINITE:
+        raise ValueError(f'{use!r} is not a stage of `NONFINITE`; use one of {", ".join(NONFINITE)}.')
     bad = ~np.isfinite(x)
     if not bad.any(): return x
     msg = f'{name} holds {int(bad.sum())} NaN or infinite samples'
@@ -121,9 +153,10 @@ def ffmpeg_input(path:Path)->list:
 
 # %% ../nbs/01_audio.ipynb #d7abbbab
 def _ffmpeg_blocks(path, offset, duration, block_frames):
-    cmd = [ffmpeg_exe(), '-nostdin', '-v', 'error', *ffmpeg_input(path),
-           '-vn', '-map', '0:a:0', '-map_metadata', '-1', '-fflags', '+bitexact', '-f', 'wav', '-acodec', 'pcm_f32le', '-']
-    with tempfile.TemporaryFile() as err, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, preexec_fn=die_with_parent) as p:
+    cmd = ffmpeg_cmd(*ffmpeg_input(path), '-vn', '-map', '0:a:0', '-map_metadata', '-1', '-fflags', '+bitexact',
+                     '-f', 'wav', '-acodec', 'pcm_f32le', '-')
+    popen = dict(stdout=subprocess.PIPE, preexec_fn=die_with_parent)
+    with tempfile.TemporaryFile() as err, subprocess.Popen(cmd, stderr=err, **popen) as p:
         try:
             try: sr, ch = _wav_format(p.stdout)
             except EOFError:
@@ -151,13 +184,13 @@ def resample(x:np.ndarray, # audio, samples along the last axis
 
 # %% ../nbs/01_audio.ipynb #55c63b48
 def stream_audio(path:Path, # any file ffmpeg can decode
-                 sr:int=SAMPLE_RATE, # rate to resample to
+                 sample_rate:int=SAMPLE_RATE, # rate to resample to
                  mono:bool=True, # average the channels
                  offset:float=0.0, # seconds to skip at the start
                  duration:float=None, # seconds to read (None: to the end)
                  block_seconds:float=30.0, # seconds of audio per block yielded
                 )->Iterator[np.ndarray]:
-    "Yield consecutive float32 blocks of `path`, (n,) if `mono` else (channels, n), at `sr`."
+    "Yield consecutive float32 blocks of `path`, (n,) if `mono` else (channels, n), at `sample_rate`."
     path = _check_file(path)
     try:
         sf.info(str(path))
@@ -166,7 +199,9 @@ def stream_audio(path:Path, # any file ffmpeg can decode
     rs, n = None, 0
     for sr_in, b in blocks(path, offset, duration, max(1, int(block_seconds*48000))):
         if mono: b = b.mean(1, keepdims=True)
-        if rs is None and sr_in != sr: rs, nch = soxr.ResampleStream(sr_in, sr, b.shape[1], dtype='float32', quality='HQ'), b.shape[1]
+        if rs is None and sr_in != sample_rate:
+            nch = b.shape[1]
+            rs = soxr.ResampleStream(sr_in, sample_rate, nch, dtype='float32', quality='HQ')
         if rs is not None: b = rs.resample_chunk(np.ascontiguousarray(b))
         if len(b):
             n += len(b)
@@ -180,13 +215,13 @@ def stream_audio(path:Path, # any file ffmpeg can decode
 
 # %% ../nbs/01_audio.ipynb #2b48bd98
 def load_audio(path:Path, # any file ffmpeg can decode
-               sr:int=SAMPLE_RATE, # rate to resample to
+               sample_rate:int=SAMPLE_RATE, # rate to resample to
                mono:bool=True, # average the channels
                offset:float=0.0, # seconds to skip at the start
                duration:float=None, # seconds to read (None: to the end)
               )->np.ndarray:
-    "The audio of `path` as float32 at `sr`: (n,) if `mono` else (channels, n)."
-    return np.concatenate(list(stream_audio(path, sr, mono, offset, duration)), axis=-1)
+    "The audio of `path` as float32 at `sample_rate`: (n,) if `mono` else (channels, n)."
+    return np.concatenate(list(stream_audio(path, sample_rate, mono, offset, duration)), axis=-1)
 
 # %% ../nbs/01_audio.ipynb #01a4372a
 import contextlib
@@ -231,30 +266,33 @@ def sliding_windows(blocks, # consecutive mono blocks
     if start + len(buf) > done: yield start, pad_or_truncate(buf, win), len(buf)
 
 # %% ../nbs/01_audio.ipynb #14c2d7e8
-def write_wav(path:Path, x:np.ndarray, sr:int=SAMPLE_RATE):
+def write_wav(path:Path, x:np.ndarray, sample_rate:int=SAMPLE_RATE):
     "Write float audio `x` ((n,) or (channels, n)) to `path` as 16-bit PCM WAV, atomically."
     buf = io.BytesIO()
-    sf.write(buf, np.asarray(x).T, sr, subtype='PCM_16', format='WAV')
-    with atomic_open(path, 'wb') as f: f.write(buf.getvalue())  # a full disk is an OSError here, not libsndfile's "System error"
+    sf.write(buf, np.asarray(x).T, sample_rate, subtype='PCM_16', format='WAV')
+    # a full disk is an OSError here, not libsndfile's "System error"
+    with atomic_open(path, 'wb') as f: f.write(buf.getvalue())
 
 # %% ../nbs/01_audio.ipynb #309b33c2
 import io
 
 STORES = {  # store: (HDF5 dataset of the rows, soundfile format, subtype, encoder settings)
     'flac': ('waveform_flac', 'FLAC', 'PCM_16', {}),
-    'mp3': ('waveform_mp3', 'MP3', 'MPEG_LAYER_III', dict(bitrate_mode='CONSTANT', compression_level=0.7)),  # ~112 kb/s at 32 kHz
+    'mp3': ('waveform_mp3', 'MP3', 'MPEG_LAYER_III',
+            dict(bitrate_mode='CONSTANT', compression_level=0.7)),  # ~112 kb/s at 32 kHz
 }
 
-def encode_row(x:np.ndarray, sr:int, store:str)->np.ndarray:
+def encode_row(x:np.ndarray, sample_rate:int, store:str)->np.ndarray:
     "An int16 row as the bytes (uint8) of compressed store `store`."
     _, fmt, subtype, kw = STORES[store]
     buf = io.BytesIO()
-    sf.write(buf, x, sr, format=fmt, subtype=subtype, **kw)
+    sf.write(buf, x, sample_rate, format=fmt, subtype=subtype, **kw)
     return np.frombuffer(buf.getvalue(), dtype=np.uint8)
 
 def decode_row(b:np.ndarray, store:str, n:int=None)->np.ndarray:
-    "A row of compressed store `store` as float32 in [-1, 1], scaled as `to_float32` scales int16; `n` samples long where given."
+    "A row of store `store` as float32 in [-1, 1], scaled as `to_float32` scales int16; `n` samples long where given."
     f = io.BytesIO(np.asarray(b).tobytes())
-    if STORES[store][2].startswith('PCM'): x = to_float32(sf.read(f, dtype='int16')[0])  # lossless: exactly the int16 row
+    # lossless: exactly the int16 row
+    if STORES[store][2].startswith('PCM'): x = to_float32(sf.read(f, dtype='int16')[0])
     else: x = sf.read(f, dtype='float32')[0]*np.float32(32768/32767)  # lossy: decoding to float is a fifth faster
     return x if n is None else pad_or_truncate(x, n)

@@ -6,15 +6,16 @@
 from __future__ import annotations
 import argparse, dataclasses, inspect, linecache, re, sys, typing
 from dataclasses import MISSING, dataclass, fields
+from .audio import SAMPLE_RATE
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'FrontEnd', 'field_help', 'config_parser', 'parse_config', 'flat_config', 'config_cli']
+__all__ = ['ALIASES', 'USER_ERRORS', 'FrontEnd', 'field_help', 'config_parser', 'parse_config', 'flat_config', 'config_cli']
 
 # %% ../nbs/03_config.ipynb #cd052d08
 @dataclass(frozen=True)
 class FrontEnd:
     "The log-mel front end's six settings (None: not decided yet, see `fill`)."
-    sample_rate: int|None = 32000  # Hz
+    sample_rate: int|None = SAMPLE_RATE  # Hz
     window_size: int|None = 1024   # STFT window and FFT size, samples
     hop_size: int|None = 320       # STFT hop, samples
     mel_bins: int|None = 64        # mel filters
@@ -71,15 +72,21 @@ def _base_type(hint):
 def _default(f):
     return f.default_factory() if f.default_factory is not MISSING else None if f.default is MISSING else f.default
 
+# field -> older flag names that still work (`--workers` as audioset_pack had it)
+ALIASES = {'num_workers': ('workers',)}
+
 def _add_flag(p, name, typ, default, help, required=False):
+    flags = [f'--{name}', *(f'--{a}' for a in ALIASES.get(name, ()))]
     if typ is bool:
         if default: p.add_argument(f'--no_{name}', dest=name, action='store_false', help=f'turn off: {help}')
-        else: p.add_argument(f'--{name}', action='store_true', help=help)
+        else: p.add_argument(*flags, dest=name, action='store_true', help=help)
     elif typing.get_origin(typ) is list:  # one flag, several values
-        p.add_argument(f'--{name}', type=typing.get_args(typ)[0], nargs='+', default=default, required=required, help=help)
+        p.add_argument(*flags, dest=name, type=typing.get_args(typ)[0], nargs='+', default=default, required=required,
+                       help=help)
     else:
         shown = '' if default is None else f' (default: {default})'
-        p.add_argument(f'--{name}', type=typ, default=default, required=required, help=f'{help}{shown}', metavar=typ.__name__.upper())
+        p.add_argument(*flags, dest=name, type=typ, default=default, required=required, help=f'{help}{shown}',
+                       metavar=typ.__name__.upper())
 
 # %% ../nbs/03_config.ipynb #d56fe4ac
 class _Parser(argparse.ArgumentParser):
@@ -88,18 +95,23 @@ class _Parser(argparse.ArgumentParser):
 
 def config_parser(cls, # a config dataclass
                   prog:str=None, # the program name in messages
-                  subcommand:str=None)->argparse.ArgumentParser: # an optional first word the command accepts (the reference's `train`)
+                  subcommand:str=None)->argparse.ArgumentParser: # an optional first word (the reference's `train`)
     "An argument parser with one flag per field of `cls`, help from the field comments."
     p = _Parser(prog=prog, description=inspect.getdoc(cls))
-    if subcommand: p.add_argument('subcommand', nargs='?', choices=[subcommand], default=subcommand, help=f'only `{subcommand}`')
+    if subcommand:
+        p.add_argument('subcommand', nargs='?', choices=[subcommand], default=subcommand, help=f'only `{subcommand}`')
     hints, helps, front_helps = typing.get_type_hints(cls), field_help(cls), field_help(FrontEnd)
     for f in fields(cls):
         typ, default = _base_type(hints[f.name]), _default(f)
         if typ is FrontEnd:
             for g in fields(FrontEnd): _add_flag(p, g.name, int, getattr(default, g.name), front_helps[g.name])
-        elif f.metadata.get('positional'):  # `field(metadata={'positional': True})`: words before the flags, as `cp SOURCE...`
-            p.add_argument(f.name, type=typing.get_args(typ)[0], nargs='+', metavar=f.name.upper(), help=helps.get(f.name, ''))
-        else: _add_flag(p, f.name, typ, default, helps.get(f.name, ''), required=f.default is MISSING and f.default_factory is MISSING)
+        # `field(metadata={'positional': True})`: words before the flags, as `cp SOURCE...`
+        elif f.metadata.get('positional'):
+            p.add_argument(f.name, type=typing.get_args(typ)[0], nargs='+', metavar=f.name.upper(),
+                           help=helps.get(f.name, ''))
+        else:
+            _add_flag(p, f.name, typ, default, helps.get(f.name, ''),
+                      required=f.default is MISSING and f.default_factory is MISSING)
     return p
 
 # %% ../nbs/03_config.ipynb #fad5147c
@@ -121,7 +133,8 @@ def flat_config(cfg)->dict:
     return d
 
 # %% ../nbs/03_config.ipynb #1ed4b602
-USER_ERRORS = (ValueError, OSError, FloatingPointError)  # what a user can cause: a bad value, a missing or unwritable file, a diverged run
+# what a user can cause: a bad value, a missing or unwritable file, a diverged run
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 def config_cli(cls, # the config dataclass
                run, # `run(cfg)`: does the work and prints what the user should see

@@ -11,11 +11,12 @@ import h5py, numpy as np, torch
 from torch.utils.data import DataLoader, Dataset
 from .audio import SAMPLE_RATE, STORES, AudioError, decode_row, finite_audio, resample, to_float32
 from .config import USER_ERRORS
+from .fileio import default_workers
 
 # %% auto #0
 __all__ = ['WAVEFORM_KEYS', 'INDEX_KEYS', 'SAMPLERS', 'Index', 'read_index', 'AudioSetDataset', 'TrainSampler', 'RandomSampler',
            'BalancedSampler', 'AlternateSampler', 'clip_weights', 'WeightedSampler', 'EvalSampler', 'make_sampler',
-           'Mixup', 'collate', 'Loader', 'default_workers', 'make_loader']
+           'Mixup', 'collate', 'Loader', 'make_loader']
 
 # %% ../nbs/30_data.ipynb #4e9cc847
 @dataclass
@@ -53,11 +54,15 @@ def read_index(path:Path)->Index:
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f'{path} does not exist; make it with `audioset_pack`.')
     try: f = h5py.File(path, 'r')
-    except OSError: raise ValueError(f'{path} is not an HDF5 file; give an index or waveform HDF5 written by `audioset_pack`.') from None
+    except OSError:
+        raise ValueError(f'{path} is not an HDF5 file; '
+                         'give an index or waveform HDF5 written by `audioset_pack`.') from None
     with f:
-        names, target = _decode(f['audio_name'][:]) if 'audio_name' in f else None, f['target'][:] if 'target' in f else None
+        names = _decode(f['audio_name'][:]) if 'audio_name' in f else None
+        target = f['target'][:] if 'target' in f else None
         if any(k in f for k in WAVEFORM_KEYS) and names is not None:
-            return Index(names, [str(path.resolve())], np.zeros(len(names), np.int32), np.arange(len(names)), target.astype(bool))
+            return Index(names, [str(path.resolve())], np.zeros(len(names), np.int32), np.arange(len(names)),
+                         target.astype(bool))
         if not all(k in f for k in INDEX_KEYS):
             raise ValueError(f'{path} is neither an index HDF5 ({", ".join(INDEX_KEYS)}) nor a waveform HDF5; '
                              'make one with `audioset_pack`.')
@@ -78,7 +83,8 @@ class _Store:
         self.wave, self.sample_rate = self.f[self.key], int(self.f.attrs.get('sample_rate', SAMPLE_RATE))
     def waveform(self, i:int)->np.ndarray:
         "Row `i` as float32 in [-1, 1], at the stored rate."
-        if self.key != 'waveform': return decode_row(self.wave[i], self.key.removeprefix('waveform_'), self.f.attrs.get('clip_samples'))
+        if self.key != 'waveform':
+            return decode_row(self.wave[i], self.key.removeprefix('waveform_'), self.f.attrs.get('clip_samples'))
         x = self.wave[i]
         return x.astype(np.float32) if x.dtype.kind == 'f' else to_float32(x)   # early reference files hold float32
     def __len__(self): return len(self.wave)
@@ -93,7 +99,8 @@ class AudioSetDataset(Dataset):
                  use:str='training'):             # what the clips are for: a key of `NONFINITE`
         self.path, self.sample_rate, self.use = Path(path), sample_rate, use
         ix = read_index(path)
-        self.files, self.file_of, self.row = ix.files, ix.file_of, ix.index_in_hdf5   # 12 bytes a clip go to each worker
+        # 12 bytes a clip go to each worker
+        self.files, self.file_of, self.row = ix.files, ix.file_of, ix.index_in_hdf5
         self._stores, self._pid = {}, None
         self._check_rows()
     def _past_end(self, hdf5_path, i:int, n:int)->ValueError:
@@ -138,7 +145,8 @@ class TrainSampler:
                  world_size:int=1,     # number of ranks
                  history:int=1024):    # states kept for `state_dict(batches=n)`
         if batch_size < 1: raise ValueError(f'batch_size must be at least 1, got {batch_size}.')
-        if not 0 <= rank < world_size: raise ValueError(f'rank {rank} is not in 0..{world_size-1}; check rank and world_size.')
+        if not 0 <= rank < world_size:
+            raise ValueError(f'rank {rank} is not in 0..{world_size-1}; check rank and world_size.')
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.batches, self._cache = 0, {}
         self._history = collections.deque([(0, self._state())], maxlen=history)
@@ -178,7 +186,8 @@ class RandomSampler(TrainSampler):
         self.n, self.epoch, self.pointer = n, 0, 0
         super().__init__(batch_size, seed, rank, world_size, **kw)
     def _order(self)->np.ndarray:
-        if self._cache.get('epoch') != self.epoch: self._cache = dict(epoch=self.epoch, perm=_rng(self.seed, 1, self.epoch).permutation(self.n))
+        if self._cache.get('epoch') != self.epoch:
+            self._cache = dict(epoch=self.epoch, perm=_rng(self.seed, 1, self.epoch).permutation(self.n))
         return self._cache['perm']
     def _draw(self)->int:
         i = self._order()[self.pointer]
@@ -200,11 +209,15 @@ class BalancedSampler(TrainSampler):
         self.round, self.pos, self.epochs, self.pointers = 0, 0, [0]*targets.shape[1], [0]*targets.shape[1]
         super().__init__(batch_size, seed, rank, world_size, **kw)
     def _queue(self)->np.ndarray:
-        if self._cache.get('round') != self.round: self._cache['round'], self._cache['queue'] = self.round, _rng(self.seed, 2, self.round).permutation(self.classes)
+        if self._cache.get('round') != self.round:
+            queue = _rng(self.seed, 2, self.round).permutation(self.classes)
+            self._cache['round'], self._cache['queue'] = self.round, queue
         return self._cache['queue']
     def _clips(self, k:int)->np.ndarray:
         e, perm = self._cache.get(k, (None, None))
-        if e != self.epochs[k]: self._cache[k] = e, perm = self.epochs[k], _rng(self.seed, 3, k, self.epochs[k]).permutation(self.members[k])
+        if e != self.epochs[k]:
+            e, perm = self.epochs[k], _rng(self.seed, 3, k, self.epochs[k]).permutation(self.members[k])
+            self._cache[k] = e, perm
         return perm
     def _draw(self)->int:
         k = int(self._queue()[self.pos])
@@ -270,7 +283,8 @@ class WeightedSampler(TrainSampler):
 class EvalSampler:
     "Every row once, in order, in batches; rank `r` of `world_size` takes rows r, r+world_size, ..."
     def __init__(self, n:int, batch_size:int, rank:int=0, world_size:int=1):
-        if not 0 <= rank < world_size: raise ValueError(f'rank {rank} is not in 0..{world_size-1}; check rank and world_size.')
+        if not 0 <= rank < world_size:
+            raise ValueError(f'rank {rank} is not in 0..{world_size-1}; check rank and world_size.')
         self.rows, self.batch_size = list(range(rank, n, world_size)), batch_size
     def __len__(self): return -(-len(self.rows)//self.batch_size)
     def __iter__(self):
@@ -319,7 +333,7 @@ def _worker_sentence(e:BaseException)->BaseException:
     return type(e)(said) if kind.split('.')[-1] == type(e).__name__ and said else e
 
 class Loader(DataLoader):
-    "A `DataLoader` whose workers' user errors (a bad file, a bad row) arrive as their one sentence, not a worker's traceback."
+    "A `DataLoader` whose workers' user errors (a bad file, a bad row) arrive as their one sentence, not a traceback."
     def __iter__(self):
         it = super().__iter__()
         while True:
@@ -329,18 +343,13 @@ class Loader(DataLoader):
             yield b
 
 # %% ../nbs/30_data.ipynb #7342388b
-def default_workers()->int:
-    "DataLoader workers: one per core this process may use, but one, at most 8."
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    return min(8, max(0, cores - 1))
-
 def make_loader(dataset:Dataset, batch_sampler, # a `TrainSampler`, `EvalSampler`, or any iterable of row lists
-                num_workers:int=None,        # default `default_workers()`
+                num_workers:int=None,        # default `default_workers('loading')`
                 pin_memory:bool=None,        # default: whether CUDA is available
                 prefetch_factor:int=4,       # batches each worker prepares ahead
                 persistent_workers:bool=True)->DataLoader:
     "A DataLoader over `dataset` in the batches of `batch_sampler`, with `collate`."
-    num_workers = default_workers() if num_workers is None else num_workers
+    num_workers = default_workers('loading') if num_workers is None else num_workers
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     kw = dict(prefetch_factor=prefetch_factor, persistent_workers=persistent_workers) if num_workers else {}
     return Loader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=num_workers,

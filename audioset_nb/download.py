@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from .config import config_cli
 from tqdm.auto import tqdm
-from .audio import SAMPLE_RATE, die_with_parent, ffmpeg_exe, pad_or_truncate, write_wav
-from .fileio import cannot_write, output_lock
+from .audio import SAMPLE_RATE, die_with_parent, ffmpeg_cmd, pad_or_truncate, pcm_output, write_wav
+from .fileio import cannot_write, default_workers, output_lock
 from .metadata import *
 
 # %% auto #0
@@ -26,9 +26,12 @@ STATUSES = ('ok', 'unavailable', 'private', 'rate-limited', 'timeout', 'bad-id',
 _PATTERNS = [  # (status, worth retrying, pattern), first match wins
     ('rate-limited', True,  r'\b429\b|too many requests|not a bot|rate.?limit'),
     ('timeout',      True,  r'timed? ?out'),
-    ('other',        True,  r'\b5\d\d\b|\b5XX\b|connection|reset by peer|refused|prematurely|input/output error|incomplete|broken pipe|temporar'),
+    ('other',        True,
+     r'\b5\d\d\b|\b5XX\b|connection|reset by peer|refused|prematurely|input/output error|incomplete|broken pipe|'
+     r'temporar'),
     ('private',      False, r'\b40[13]\b|private|sign in|members.only|forbidden'),
-    ('unavailable',  False, r'\b404\b|\b410\b|unavailable|not available|removed|terminated|does not exist|no video formats|not found'),
+    ('unavailable',  False,
+     r'\b404\b|\b410\b|unavailable|not available|removed|terminated|does not exist|no video formats|not found'),
 ]
 
 class ClipError(Exception):
@@ -57,8 +60,9 @@ def _ydl(timeout):
     "This thread's yt-dlp instance (made once per thread: making one costs more than using it)."
     import yt_dlp
     if getattr(_local, 'timeout', None) != timeout:
-        _local.ydl = yt_dlp.YoutubeDL(dict(format='bestaudio/best', quiet=True, no_warnings=True, noprogress=True,
-            logger=_QuietLogger(), socket_timeout=timeout, retries=0, extractor_retries=0, cachedir=False, noplaylist=True))
+        opts = dict(format='bestaudio/best', quiet=True, no_warnings=True, noprogress=True, logger=_QuietLogger(),
+                    socket_timeout=timeout, retries=0, extractor_retries=0, cachedir=False, noplaylist=True)
+        _local.ydl = yt_dlp.YoutubeDL(opts)
         _local.timeout = timeout
     return _local.ydl
 
@@ -78,14 +82,16 @@ def media_url(url:str,           # a video's page URL
 # %% ../nbs/10_download.ipynb #5a5356b0
 def fetch_section(media:dict, start:float, end:float, sample_rate:int=SAMPLE_RATE, timeout:float=60.)->np.ndarray:
     "Samples (int16, mono, at `sample_rate`) of `[start, end]` of the stream `media`, decoded by ffmpeg."
-    if not re.match(r'https?://', media['url']): raise ClipError('other', f'not an http(s) media URL: {media["url"][:80]}')
-    cmd = [ffmpeg_exe(), '-nostdin', '-hide_banner', '-loglevel', 'error', '-xerror',
-           '-protocol_whitelist', 'http,https,tcp,tls,crypto']
-    if media.get('headers'): cmd += ['-headers', ''.join(f'{k}: {v}\r\n' for k, v in media['headers'].items())]
-    cmd += ['-ss', f'{start:.3f}', '-t', f'{end - start:.3f}', '-i', media['url'],
-            '-vn', '-ac', '1', '-ar', str(sample_rate), '-f', 's16le', '-acodec', 'pcm_s16le', 'pipe:1']
-    try: r = subprocess.run(cmd, capture_output=True, timeout=timeout, preexec_fn=die_with_parent)  # no ffmpeg outlives us
-    except subprocess.TimeoutExpired: raise ClipError('timeout', f'ffmpeg got no complete section within {timeout:g} s', True) from None
+    if not re.match(r'https?://', media['url']):
+        raise ClipError('other', f'not an http(s) media URL: {media["url"][:80]}')
+    headers = ''.join(f'{k}: {v}\r\n' for k, v in (media.get('headers') or {}).items())
+    cmd = ffmpeg_cmd('-xerror', '-protocol_whitelist', 'http,https,tcp,tls,crypto',
+                     *(['-headers', headers] if headers else []), '-ss', f'{start:.3f}', '-t', f'{end - start:.3f}',
+                     '-i', media['url'], *pcm_output(sample_rate, 1))
+    try: r = subprocess.run(cmd, capture_output=True, timeout=timeout,
+                            preexec_fn=die_with_parent)  # no ffmpeg outlives us
+    except subprocess.TimeoutExpired:
+        raise ClipError('timeout', f'ffmpeg got no complete section within {timeout:g} s', True) from None
     if r.returncode:
         err = r.stderr.decode(errors='replace').strip().splitlines()
         raise classify(' '.join(err[-3:]) or f'ffmpeg exited with code {r.returncode}')
@@ -195,12 +201,12 @@ def _clean_temps(audios_dir, segs):
         if p.name[1:].split('.')[0] in names: p.unlink(missing_ok=True)
 
 # %% ../nbs/10_download.ipynb #3dfc60e0
-def _as_completed(fn, items, workers):
-    "`fn(item)` for every item on `workers` threads, yielded as they finish; at most `4*workers` queued at once."
+def _as_completed(fn, items, num_workers):
+    "`fn(item)` for every item on `num_workers` threads, as they finish; at most `4*num_workers` queued at once."
     it = iter(items)
-    pool = concurrent.futures.ThreadPoolExecutor(workers)
+    pool = concurrent.futures.ThreadPoolExecutor(num_workers)
     try:
-        pending = {pool.submit(fn, x) for x in itertools.islice(it, 4*workers)}
+        pending = {pool.submit(fn, x) for x in itertools.islice(it, 4*num_workers)}
         while pending:
             done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
             pending |= {pool.submit(fn, x) for x in itertools.islice(it, len(done))}
@@ -213,27 +219,30 @@ def _known_gone(log_path, segs):
     last = {r['ytid']: r for r in read_log(log_path)} if Path(log_path).exists() else {}
     gone = {s.ytid: last[s.ytid] for s in segs if last.get(s.ytid, {}).get('status') in ('unavailable', 'private')}
     said = lambda r: 'skipped, as in an earlier run: ' + r['message'].removeprefix('skipped, as in an earlier run: ')
-    return [_row(s, gone[s.ytid]['status'], said(gone[s.ytid])) for s in segs if s.ytid in gone], [s for s in segs if s.ytid not in gone]
+    return [_row(s, gone[s.ytid]['status'],
+                 said(gone[s.ytid])) for s in segs if s.ytid in gone], [s for s in segs if s.ytid not in gone]
 
 # %% ../nbs/10_download.ipynb #a3cd2452
-def download_clips(segs:list,                      # `Segments` (their `.problems` are logged too) or a list of `Segment`
+def download_clips(segs:list,                      # `Segments` (`.problems` logged too) or a list of `Segment`
                    audios_dir:Path,               # where `Y<ytid>.wav` files go
                    log_path:Path=None,            # CSV log, appended; default `<audios_dir>/download_log.csv`
-                   workers:int=8,                 # clips downloaded at once
+                   num_workers:int=None,          # clips downloaded at once (default `default_workers('downloading')`)
                    progress:bool=True,            # show a tqdm progress bar
                    skip_unavailable:bool=False,   # do not try again clips the log already calls unavailable or private
                    **kwargs)->list:               # passed to `download_clip` (url_template, timeout, retries, ...)
-    "Download every segment of `segs` into `audios_dir` with `workers` threads; the log rows of this run."
+    "Download every segment of `segs` into `audios_dir` with `num_workers` threads; the log rows of this run."
     audios_dir = Path(audios_dir)
-    if audios_dir.exists() and not audios_dir.is_dir(): raise ValueError(f'Clip folder {audios_dir} is a file, not a folder; check --audios_dir.')
+    if audios_dir.exists() and not audios_dir.is_dir():
+        raise ValueError(f'Clip folder {audios_dir} is a file, not a folder; check --audios_dir.')
     try: audios_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise cannot_write(audios_dir, e) from None
     log_path = Path(log_path or audios_dir/'download_log.csv')
     with output_lock(log_path, 'download log'):
-        try: return _download_locked(segs, audios_dir, log_path, workers, progress, skip_unavailable, **kwargs)
+        num_workers = num_workers or default_workers('downloading')
+        try: return _download_locked(segs, audios_dir, log_path, num_workers, progress, skip_unavailable, **kwargs)
         except OSError as e: raise cannot_write(getattr(e, 'filename', None) or log_path, e) from None
 
-def _download_locked(segs, audios_dir, log_path, workers, progress, skip_unavailable, **kwargs):
+def _download_locked(segs, audios_dir, log_path, num_workers, progress, skip_unavailable, **kwargs):
     "`download_clips`, once it holds the log's lock: one run writes a log (and the clips of its part)."
     todo, rows = _dedupe(segs)
     if skip_unavailable:
@@ -243,7 +252,7 @@ def _download_locked(segs, audios_dir, log_path, workers, progress, skip_unavail
     if rows: append_log(log_path, rows)
     _clean_temps(audios_dir, todo)
     with tqdm(total=len(todo), desc='clips', unit='clip', disable=not progress) as bar:
-        for row in _as_completed(lambda s: download_clip(s, audios_dir, **kwargs), todo, max(1, workers)):
+        for row in _as_completed(lambda s: download_clip(s, audios_dir, **kwargs), todo, max(1, num_workers)):
             rows.append(row)
             append_log(log_path, [row])
             bar.update()
@@ -258,8 +267,9 @@ def _resolve_csv(csv_path, cache_dir):
     return read_segments(csv_path)
 
 def default_log_path(audios_dir:Path, part:str=None)->Path:
-    "`<audios_dir>/download_log.csv`, or `download_log_part<i>of<n>.csv` for a part, so machines sharing a folder do not share a log."
-    return Path(audios_dir)/('download_log.csv' if not part else 'download_log_part{}of{}.csv'.format(*parse_part(part)))
+    "`<audios_dir>/download_log.csv`, or `download_log_part<i>of<n>.csv` for a part (machines sharing a folder)."
+    name = 'download_log.csv' if not part else 'download_log_part{}of{}.csv'.format(*parse_part(part))
+    return Path(audios_dir)/name
 
 # %% ../nbs/10_download.ipynb #191ea8c9
 def _check_template(url_template):
@@ -269,11 +279,11 @@ def _check_template(url_template):
 @dataclass
 class DownloadConfig:
     "Download AudioSet clips as mono 16-bit wav files, logging one row per clip."
-    csv_path: str                     # segment CSV (official or plain format), or eval / balanced_train / unbalanced_train
+    csv_path: str                     # segment CSV (official or plain), or eval / balanced_train / unbalanced_train
     audios_dir: str                   # folder for the Y<ytid>.wav clips
     url_template: str = YOUTUBE_URL   # page URL of a video, with {ytid}
     part: str|None = None             # i/n: download only the i-th (from 0) of n slices of the list
-    workers: int = 8                  # clips downloaded at once
+    num_workers: int|None = None      # clips downloaded at once (default: 8)
     timeout: float = 60.              # seconds allowed to each step of one try
     retries: int = 3                  # extra tries after a rate limit or transient error
     backoff: float = 2.               # first pause between tries, in seconds (doubles each time)
@@ -286,19 +296,20 @@ class DownloadConfig:
 
     def __post_init__(self):
         _check_template(self.url_template)
-        if self.workers < 1 or self.retries < 0 or self.timeout <= 0 or self.sample_rate < 1:
-            raise ValueError('--workers, --timeout and --sample_rate must be positive and --retries at least 0.')
+        bad_workers = self.num_workers is not None and self.num_workers < 1
+        if bad_workers or self.retries < 0 or self.timeout <= 0 or self.sample_rate < 1:
+            raise ValueError('--num_workers, --timeout and --sample_rate must be positive and --retries at least 0.')
         if self.part: parse_part(self.part)
         self.log_path = self.log_path or str(default_log_path(self.audios_dir, self.part))
 
 # %% ../nbs/10_download.ipynb #e02b9913
 def download(*args, **kwargs)->list:
-    "Download the clips of a segment list (or one part of it), as `DownloadConfig(*args, **kwargs)` says; the log rows of this run."
+    "Download the clips of a segment list (or a part) as `DownloadConfig(*args, **kwargs)` says; this run's log rows."
     cfg = DownloadConfig(*args, **kwargs)
     segs = _resolve_csv(cfg.csv_path, cfg.cache_dir)
     if cfg.part: segs = take_part(segs, cfg.part)
     if cfg.mini_data: segs = Segments(segs[:10], segs.problems, segs.path)
-    return download_clips(segs, cfg.audios_dir, cfg.log_path, cfg.workers, not cfg.quiet, cfg.skip_unavailable,
+    return download_clips(segs, cfg.audios_dir, cfg.log_path, cfg.num_workers, not cfg.quiet, cfg.skip_unavailable,
                           url_template=cfg.url_template, timeout=cfg.timeout, retries=cfg.retries, backoff=cfg.backoff,
                           sample_rate=cfg.sample_rate)
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
-from .models import ConvBlock, ConvBlock5x5, _pool2d
+from .models import ConvBlock, ConvBlock5x5, pool2d
 
 # %% auto #0
 __all__ = ['winograd_weight', 'winograd_conv3x3', 'im2col_conv', 'conv_algorithm', 'FusedConvBlock', 'for_inference']
@@ -96,13 +96,14 @@ def _fast_path_applies(block:nn.Module, x:torch.Tensor):
             and not torch.is_autocast_enabled('cpu'))
 
 class FusedConvBlock(nn.Module):
-    "A `ConvBlock` or `ConvBlock5x5` for CPU inference, on the same modules: BatchNorm folded, each convolution by `conv_algorithm`'s choice."
+    "A `ConvBlock`/`ConvBlock5x5` for CPU inference, same modules: BatchNorm folded, convolutions by `conv_algorithm`."
     def __init__(self, block:ConvBlock|ConvBlock5x5):
         super().__init__()
         self.prepared = {}  # (convolution, algorithm) -> its weights, built on first use
         self.plain = type(block)  # whose `forward` runs where the fast path does not apply
         self.convs = tuple(i for i in (1, 2) if hasattr(block, f'conv{i}'))
-        for name, mod in block.named_children(): setattr(self, name, mod)  # its own modules, names and order: same state dict
+        # its own modules, names and order: same state dict
+        for name, mod in block.named_children(): setattr(self, name, mod)
         self.train(block.training)
 
     def extra_repr(self): return f'from {self.plain.__name__}'
@@ -140,7 +141,7 @@ class FusedConvBlock(nn.Module):
             elif alg == 'im2col': x = im2col_conv(x, *w)
             else: x = F.conv2d(x.permute(0, 3, 1, 2), *w, padding=n//2).relu_().permute(0, 2, 3, 1)
         x = x.permute(0, 3, 1, 2)                                       # a channels-last (B, C, H, W) view
-        return x if tuple(pool_size) == (1, 1) else _pool2d(x, pool_size, pool_type)
+        return x if tuple(pool_size) == (1, 1) else pool2d(x, pool_size, pool_type)
 
 # %% ../nbs/42_fastpath.ipynb #dc210104
 def _fuse_blocks(m:nn.Module) -> nn.Module:
@@ -154,7 +155,7 @@ def _fuse_blocks(m:nn.Module) -> nn.Module:
     return m
 
 def for_inference(model:nn.Module, compile:bool=False) -> nn.Module:
-    "Eval mode, fast STFT, channels-last memory and `FusedConvBlock`s; `compile` adds `torch.compile` with frozen weights. Use under `torch.inference_mode()`."
+    "Eval mode, fast STFT, channels-last, `FusedConvBlock`s; `compile` adds `torch.compile`. Use in `inference_mode()`."
     model.fast_stft = True
     model = _fuse_blocks(model.eval().to(memory_format=torch.channels_last))
     return torch.compile(model, options={'freezing': True}) if compile else model

@@ -8,8 +8,8 @@ import contextlib, errno, fcntl, glob, hashlib, http.client, os, re, shutil, tem
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['atomic_path', 'atomic_open', 'atomic_write', 'OutputBusy', 'output_lock', 'CannotWrite', 'cannot_write',
-           'remove_stale_temps', 'default_cache_dir', 'md5sum', 'fetch']
+__all__ = ['WORKERS', 'atomic_path', 'atomic_open', 'atomic_write', 'OutputBusy', 'output_lock', 'CannotWrite', 'cannot_write',
+           'remove_stale_temps', 'default_cache_dir', 'md5sum', 'fetch', 'usable_cores', 'default_workers']
 
 # %% ../nbs/00_fileio.ipynb #fc41948e
 def _umask()->int:
@@ -92,14 +92,16 @@ def output_lock(path:str|Path, # the output file, or folder, this process is abo
 class CannotWrite(OSError):
     "An output that cannot be written; the message names the path, why, and what to do."
 
-_WHY = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is used up', errno.EROFS: 'the file system is read-only',
+_WHY = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is used up',
+        errno.EROFS: 'the file system is read-only',
         errno.EACCES: 'permission denied', errno.EPERM: 'permission denied'}
 
 def cannot_write(path:str|Path, e:OSError)->CannotWrite:
     "The one-sentence `CannotWrite` for an `OSError` `e` met while writing `path`."
     if isinstance(e, CannotWrite): return e
     full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-    fix = 'free some space there or choose another place' if full else 'choose a folder you may write to, or fix its permissions'
+    fix = ('free some space there or choose another place' if full else
+           'choose a folder you may write to, or fix its permissions')
     err = CannotWrite(f'Cannot write {path}: {_WHY.get(e.errno, e.strerror or str(e))}; {fix}.')
     err.errno = e.errno
     return err
@@ -165,3 +167,19 @@ def fetch(url:str, # where the file is
             raise
     os.replace(part, dest)
     return dest
+
+# %% ../nbs/00_fileio.ipynb #3d66be73
+def usable_cores()->int:
+    "Cores this process may run on (its CPU affinity where the system tells it, else the machine's count)."
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1))
+
+# the defaults, in words
+WORKERS = dict(decoding='one per core', loading='one per core but one, at most 8', downloading='8')
+
+def default_workers(use:str='decoding', # a key of `WORKERS`
+                   )->int:
+    "The default number of workers for `use`, as `WORKERS` says."
+    n = usable_cores()
+    counts = dict(decoding=n, loading=min(8, max(0, n - 1)), downloading=8)
+    if use not in counts: raise ValueError(f'{use!r} is not a kind of work; use one of {", ".join(WORKERS)}.')
+    return counts[use]

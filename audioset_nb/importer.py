@@ -10,18 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
 import h5py, numpy as np
-from .audio import SAMPLE_RATE, audio_source
+from .audio import AUDIO_EXTS, SAMPLE_RATE, audio_source
 from .config import config_cli
-from .fileio import atomic_open, default_cache_dir, output_lock
+from .fileio import atomic_open, default_cache_dir, default_workers, output_lock
 from .metadata import (CLIP_SECONDS, NUM_CLASSES, clip_name, load_labels, load_segments, parse_part,
                                   read_segments, take_part)
-from .pack import (CODECS, PackResult, _commit, _create, _encode_job, _imap, _progress, _progress_of, _reopen,
-                              default_pack_workers, write_index)
+from .pack import CODECS, PackResult, WaveformWriter, encode_job, ordered_map, progress_bar, write_index
 
 # %% auto #0
-__all__ = ['NOT_AUDIO', 'AUDIO_EXTS', 'SUBSET_DIRS', 'import_cli', 'Piece', 'open_source', 'ytid_of', 'find_pieces', 'Clip',
-           'read_clips', 'official_segments', 'known_labels', 'clip_target', 'import_clips', 'Coverage',
-           'check_coverage', 'format_coverage', 'write_coverage', 'copy_subsets', 'ImportConfig', 'import_and_report']
+__all__ = ['NOT_AUDIO', 'SUBSET_DIRS', 'import_cli', 'Piece', 'open_source', 'ytid_of', 'find_pieces', 'Clip', 'read_clips',
+           'official_segments', 'known_labels', 'clip_target', 'import_clips', 'Coverage', 'check_coverage',
+           'format_coverage', 'write_coverage', 'copy_subsets', 'ImportConfig', 'import_and_report']
 
 # %% ../nbs/15_import.ipynb #75af9d4f
 class Piece(NamedTuple):
@@ -35,7 +34,9 @@ def _is_url(s)->bool: return '://' in str(s)
 
 def _fsspec(url:str):
     try: import fsspec
-    except ImportError: raise ValueError(f'{url} is a URL; reading URLs needs fsspec and a filesystem for it (pip install fsspec).') from None
+    except ImportError:
+        raise ValueError(f'{url} is a URL; reading URLs needs fsspec and a filesystem for it '
+                         '(pip install fsspec).') from None
     return fsspec
 
 def open_source(path:str):
@@ -58,6 +59,7 @@ def _kind(path:str)->str|None:
     if name.startswith('.'): return None  # partial downloads, lock files
     if name.lower().endswith('.parquet'): return 'parquet'
     if name.lower().endswith(('.tar', '.tar.gz', '.tgz')): return 'tar'
+    # a clip named by its id: any file that is not certainly something else (the decoder has the last word)
     if Path(name).suffix.lower() not in NOT_AUDIO and ytid_of(name): return 'file'
 
 # %% ../nbs/15_import.ipynb #58f87bec
@@ -68,7 +70,9 @@ def _listing(src:str)->list:
         except (ImportError, ValueError) as e: raise ValueError(f'Cannot read {src}: {e}.') from None
         return sorted(fs.unstrip_protocol(f) for p in paths for f in (fs.find(p) if fs.isdir(p) else [p]))
     hits = glob.glob(src, recursive=True) if glob.has_magic(src) else [src] if Path(src).exists() else []
-    if not hits: raise FileNotFoundError(f'Source {src} does not exist; give a parquet file, a tar shard, a folder of clips or a glob of them.')
+    if not hits:
+        raise FileNotFoundError(f'Source {src} does not exist; give a parquet file, a tar shard, a folder of clips or '
+                                f'a glob of them.')
     return sorted(str(f) for h in map(Path, hits) for f in (h.rglob('*') if h.is_dir() else [h]) if f.is_file())
 
 # %% ../nbs/15_import.ipynb #6c41ea27
@@ -77,9 +81,13 @@ def _parquet_pieces(path:str)->list:
     import pyarrow.parquet as pq
     with open_source(path) as f:
         try: pf = pq.ParquetFile(f)
-        except Exception as e: raise ValueError(f'{path} is not a readable parquet file ({e.__class__.__name__}); re-download it or leave it out.') from None
+        except Exception as e:
+            raise ValueError(f'{path} is not a readable parquet file ({e.__class__.__name__}); re-download it or '
+                             f'leave it out.') from None
         missing = {'video_id', 'audio'} - set(pf.schema_arrow.names)
-        if missing: raise ValueError(f'{path} has no {" or ".join(sorted(missing))} column, so it is not an AudioSet parquet file '
+        if missing:
+            raise ValueError(f'{path} has no {" or ".join(sorted(missing))} column, '
+                             'so it is not an AudioSet parquet file '
                                      '(Hugging Face agkphysics/AudioSet has video_id, audio and labels).')
         return [Piece('parquet', path, g, pf.metadata.row_group(g).num_rows) for g in range(pf.num_row_groups)]
 
@@ -92,7 +100,8 @@ def find_pieces(sources:list)->list:
             k = _kind(f)
             if k == 'parquet': found += _parquet_pieces(f)
             elif k: found.append(Piece(k, f, 0, -1 if k == 'tar' else 1))
-        if not found: raise ValueError(f'{src} holds no parquet files, tar shards or clips named Y<ytid>.* or <ytid>.*, '
+        if not found:
+            raise ValueError(f'{src} holds no parquet files, tar shards or clips named Y<ytid>.* or <ytid>.*, '
                                        'the formats of the AudioSet copies this reads.')
         pieces += found
     return pieces
@@ -117,8 +126,6 @@ def _parquet_clips(p:Piece, batch_rows:int=16)->Iterator[Clip]:
                 k += 1
 
 # %% ../nbs/15_import.ipynb #0f70c754
-AUDIO_EXTS = {'flac', 'wav', 'mp3', 'ogg', 'opus', 'm4a', 'aac', 'webm', 'mkv', 'mp4', 'aiff', 'au', 'wma'}
-
 def _wds_key(name:str)->tuple:
     "WebDataset's split of a member name into (key, extension): the key ends at the first dot of the file name."
     d, _, base = name.rpartition('/')
@@ -130,7 +137,8 @@ def _tar_clip(key:str, audio:bytes, meta:bytes, path:str)->Clip:
     try: info = json.loads(meta) if meta else {}
     except ValueError: info = {}
     info = info if isinstance(info, dict) else {}
-    ytid = next((info[k] for k in ('video_id', 'ytid', 'youtube_id') if isinstance(info.get(k), str)), None) or ytid_of(key) or key
+    ytid = next((info[k] for k in ('video_id', 'ytid', 'youtube_id') if isinstance(info.get(k), str)),
+                None) or ytid_of(key) or key
     labels = next((info[k] for k in ('labels', 'mids', 'tag', 'tags', 'human_labels') if info.get(k)), None)
     return Clip(ytid, audio, labels, f'{path}:{key}')
 
@@ -138,7 +146,8 @@ def _tar_clip(key:str, audio:bytes, meta:bytes, path:str)->Clip:
 def _tar_clips(p:Piece)->Iterator[Clip]:
     key = audio = meta = None
     try:
-        with open_source(p.path) as f, tarfile.open(fileobj=f, mode='r|*') as tar:  # streaming: each member read once, in order
+        # streaming: each member read once, in order
+        with open_source(p.path) as f, tarfile.open(fileobj=f, mode='r|*') as tar:
             for m in tar:
                 if not m.isfile(): continue
                 k, ext = _wds_key(m.name)
@@ -146,8 +155,9 @@ def _tar_clips(p:Piece)->Iterator[Clip]:
                     if key is not None: yield _tar_clip(key, audio, meta, p.path)
                     key, audio, meta = k, None, None
                 if ext == 'json': meta = tar.extractfile(m).read()
-                elif ext.rsplit('.', 1)[-1] in AUDIO_EXTS: audio = tar.extractfile(m).read()
-    except tarfile.TarError as e: raise ValueError(f'{p.path} is not a readable tar shard ({e}); re-download it or leave it out.') from None
+                elif '.' + ext.rsplit('.', 1)[-1] in AUDIO_EXTS: audio = tar.extractfile(m).read()  # 'flac', 'x.flac'
+    except tarfile.TarError as e:
+        raise ValueError(f'{p.path} is not a readable tar shard ({e}); re-download it or leave it out.') from None
     if key is not None: yield _tar_clip(key, audio, meta, p.path)
 
 def _file_clips(p:Piece)->Iterator[Clip]:
@@ -170,7 +180,7 @@ def read_clips(pieces:list, # from `find_pieces`
 
 # %% ../nbs/15_import.ipynb #4e82c038
 def official_segments(cache_dir:Path=None)->dict:
-    "The official segment lists by subset: eval and balanced_train as shipped, unbalanced_train where it has been fetched."
+    "The official segment lists by subset: eval and balanced_train as shipped, unbalanced_train once fetched."
     d = {s: load_segments(s) for s in ('balanced_train', 'eval')}
     unb = Path(cache_dir or default_cache_dir())/'unbalanced_train_segments.csv'
     if unb.is_file(): d['unbalanced_train'] = read_segments(unb)
@@ -189,8 +199,11 @@ def clip_target(c:Clip, csv_path:str=None)->tuple:
     try: name = clip_name(str(c.ytid))
     except ValueError: return str(c.ytid)[:20], None, f'{c.where}: {str(c.ytid)[:40]!r} is not a YouTube id'
     given = c.labels.split(',') if isinstance(c.labels, str) else c.labels
-    ix = [labels.ix_of_mid.get(str(l).strip(), labels.ix_of_name.get(str(l).strip())) for l in given or known_labels(csv_path).get(c.ytid, ())]
-    if not any(i is not None for i in ix): return name, None, f'{c.where}: no AudioSet label for {c.ytid} in the source, the segment list or the official lists'
+    mids = given or known_labels(csv_path).get(c.ytid, ())
+    ix = [labels.ix_of_mid.get(str(l).strip(), labels.ix_of_name.get(str(l).strip())) for l in mids]
+    if not any(i is not None for i in ix):
+        return name, None, (f'{c.where}: no AudioSet label for {c.ytid} in the source, the segment list '
+                            'or the official lists')
     y = np.zeros(len(labels), bool)
     y[[i for i in ix if i is not None]] = True
     return name, y, None
@@ -201,33 +214,30 @@ def _import_job(args)->tuple:
     name, target, why, audio, where, sample_rate, clip_samples, codec = args
     if why is None and not audio: why = f'{where} holds no audio'
     if why: return name, target, None, why
-    with audio_source(audio) as p: row, why = _encode_job((p, sample_rate, clip_samples, codec))
+    with audio_source(audio) as p: row, why = encode_job((p, sample_rate, clip_samples, codec, 'importing'))
     return name, target, row, why and why.replace(str(p), where)
 
 # %% ../nbs/15_import.ipynb #a4013326
-def _fill(f:h5py.File, pieces:list, csv_path, sample_rate:int, clip_samples:int, codec, workers:int, chunk:int, progress:bool)->tuple:
-    "Append to `f` every clip of `pieces` after those it holds, committing every `chunk` clips; (rows, left out)."
-    done = _progress_of(f)['items_done']
-    skipped = [tuple(s.decode() for s in r) for r in f['skipped'][:]]
-    if done: logging.getLogger(__name__).info(f'{f.filename}: resuming after {done} clips.')
-    jobs = ((*clip_target(c, csv_path), c.audio, c.where, sample_rate, clip_samples, codec) for c in read_clips(pieces, done))
+def _fill(w:WaveformWriter, pieces:list, csv_path, sample_rate:int, clip_samples:int, codec, num_workers:int, chunk:int,
+          progress:bool):
+    "Write to `w` every clip of `pieces` after those it holds, committing every `chunk` clips."
+    done = w.items_done
+    if done: logging.getLogger(__name__).info(f'{w.path}: resuming after {done} clips.')
+    clips = read_clips(pieces, done)
+    jobs = ((*clip_target(c, csv_path), c.audio, c.where, sample_rate, clip_samples, codec) for c in clips)
     total = sum(p.rows for p in pieces) - done if all(p.rows >= 0 for p in pieces) else None
     names, rows, targets = [], [], []
-    def commit(): _commit(f, list(enumerate(rows)), names, np.array(targets, bool).reshape(-1, NUM_CLASSES), done, skipped)
-    for name, target, row, why in _progress(_imap(_import_job, jobs, workers, 4*workers), total, progress):
+    for name, target, row, why in progress_bar(ordered_map(_import_job, jobs, num_workers), total, progress):
         done += 1
-        if row is None:
-            skipped.append((name, why))
-            logging.getLogger(__name__).warning(f'{name} left out: {why}')
+        if row is None: w.skip(name, why)
         else:
             names.append(name)
             rows.append(row)
             targets.append(target)
         if done % chunk == 0:
-            commit()
+            w.commit(names, rows, targets, done)
             names, rows, targets = [], [], []
-    commit()
-    return _progress_of(f)['rows'], skipped
+    w.commit(names, rows, targets, done)
 
 # %% ../nbs/15_import.ipynb #a345d9cc
 def _settings(pieces, csv_path, part, sample_rate, clip_samples, codec)->dict:
@@ -243,28 +253,28 @@ def import_clips(sources:list,                 # parquet files, tar shards, fold
                  csv_path:Path=None,           # labels of clips whose source has none (default: the official lists)
                  sample_rate:int=SAMPLE_RATE,  # rate of the packed rows
                  clip_seconds:float=CLIP_SECONDS, # length of every row
-                 workers:int=None,             # decoding processes; default one per core
+                 num_workers:int=None,             # decoding processes; default one per core
                  codec:str=None,               # None: int16 rows (reference layout); 'flac' or 'mp3': compressed store
                  chunk:int=64,                 # rows written (and resumable) at a time
                  part:str=None,                # 'i/n': only the i-th (from 0) of n slices of the pieces
                  progress:bool=True)->PackResult:
-    "Decode every clip of `sources` into one waveform HDF5 as `audioset_pack` writes it, leaving out and reporting what cannot be used."
+    "Decode every clip of `sources` into one waveform HDF5 as `audioset_pack` writes it, reporting what is left out."
     if codec not in CODECS: raise ValueError(f'codec {codec!r} is not one of {CODECS}.')
     out, pieces = Path(waveforms_hdf5_path), find_pieces(sources)
     if part:
         n, pieces = len(pieces), list(take_part(pieces, part))
-        if not pieces: raise ValueError(f'--part {part} is empty: the sources hold only {n} pieces (row groups, shards, clip files); use fewer parts.')
+        if not pieces:
+            raise ValueError(f'--part {part} is empty: the sources hold only {n} pieces (row groups, shards, clip '
+                             f'files); use fewer parts.')
     clip_samples = int(round(sample_rate*clip_seconds))
     settings = _settings(pieces, csv_path, part, sample_rate, clip_samples, codec)
-    tmp = out.with_name(f'.{out.name}.partial')
-    with output_lock(out, 'imported file'):
-        f = _reopen(tmp, settings) or _create(tmp, settings, clip_samples, codec)
-        with f: rows, skipped = _fill(f, pieces, csv_path, sample_rate, clip_samples, codec, workers or default_pack_workers(), chunk, progress)
-        if rows == 0:
-            tmp.unlink()
-            raise ValueError(f'None of the {len(skipped)} clips in {", ".join(map(str, sources))} could be imported '
-                             f'(first: {skipped[0][1] if skipped else "none found"}); check the source.')
-        tmp.replace(out)
+    num_workers = num_workers or default_workers('decoding')
+    with output_lock(out, 'imported file'), WaveformWriter(out, settings, clip_samples, codec) as w:
+        _fill(w, pieces, csv_path, sample_rate, clip_samples, codec, num_workers, chunk, progress)
+        rows, skipped = w.finish(), w.skipped
+    if rows == 0:
+        raise ValueError(f'None of the {len(skipped)} clips in {", ".join(map(str, sources))} could be imported '
+                         f'(first: {skipped[0][1] if skipped else "none found"}); check the source.')
     return PackResult(out, rows, skipped)
 
 # %% ../nbs/15_import.ipynb #960b2b9e
@@ -290,7 +300,8 @@ def check_coverage(waveforms_hdf5_path:Path, # an imported (or packed) waveform 
     "Count what an imported file holds, lacks and labels otherwise than the official segment lists."
     official, mids = official or official_segments(), load_labels().mids
     where = {s.ytid: (sub, s.labels) for sub, segs in official.items() for s in segs}
-    summary = {sub: Counter(official=len(segs), imported=0, left_out=0, absent=0, differ=0) for sub, segs in official.items()}
+    summary = {sub: Counter(official=len(segs), imported=0, left_out=0, absent=0,
+                            differ=0) for sub, segs in official.items()}
     counts, problems, seen = {sub: np.zeros(NUM_CLASSES, int) for sub in [*official, 'unlisted']}, [], set()
     with h5py.File(waveforms_hdf5_path, 'r') as f:
         for lo in range(0, f['audio_name'].shape[0], block):
@@ -328,12 +339,16 @@ def format_coverage(cov:Coverage)->str:
     lines = []
     for sub, c in cov.summary.items():
         if not (c['imported'] or c['left_out']): continue
-        lines.append(f"{sub}: {c['imported']:,} of {c['official']:,} official clips imported ({100*c['imported']/max(c['official'], 1):.1f}%), "
-                     f"{c['left_out']:,} left out, {c['absent']:,} absent from the source, {c['differ']:,} with other labels")
+        share = 100*c['imported']/max(c['official'], 1)
+        lines.append(f"{sub}: {c['imported']:,} of {c['official']:,} official clips imported ({share:.1f}%), "
+                     f"{c['left_out']:,} left out, {c['absent']:,} absent from the source, "
+                     f"{c['differ']:,} with other labels")
         got, want = cov.class_counts[sub]
         listed = np.flatnonzero(want)  # a class with no official clip is neither covered nor missing
         worst = listed[np.argsort(got[listed]/want[listed], kind='stable')[:3]]
-        if len(worst): lines.append('  least covered classes: ' + ', '.join(f'{load_labels()[i]} {got[i]}/{want[i]}' for i in worst))
+        if len(worst):
+            least = ', '.join(f'{load_labels()[i]} {got[i]}/{want[i]}' for i in worst)
+            lines.append(f'  least covered classes: {least}')
     lines.append(f'not in any official list: {cov.unlisted:,} imported clips')
     if cov.unlisted and 'unbalanced_train' not in cov.summary:
         lines.append('  (the unbalanced_train list is not cached, so its clips count here; fetch it once with '
@@ -349,48 +364,53 @@ def write_coverage(cov:Coverage, path:Path)->Path:
     return Path(path)
 
 # %% ../nbs/15_import.ipynb #f1464958
-SUBSET_DIRS = {'eval': ('eval',), 'balanced_train': ('bal_train', 'balanced_train'), 'unbalanced_train': ('unbal_train', 'unbalanced_train')}
+SUBSET_DIRS = {'eval': ('eval',), 'balanced_train': ('bal_train', 'balanced_train'),
+               'unbalanced_train': ('unbal_train', 'unbalanced_train')}
 
 def copy_subsets(root:Path)->dict:
     "subset -> folder of a local copy of AudioSet laid out by subset (in `root`, `root/data` or `root/audios`)."
     root = Path(root)
-    if not root.is_dir(): raise FileNotFoundError(f'--source {root} is not a folder; give the folder of a local copy of AudioSet.')
+    if not root.is_dir():
+        raise FileNotFoundError(f'--source {root} is not a folder; give the folder of a local copy of AudioSet.')
     find_pieces([root])  # raises, in one sentence, when it holds none of the formats
     found = {s: next((root/b/n for n in names for b in ('.', 'data', 'audios') if (root/b/n).is_dir()), None)
              for s, names in SUBSET_DIRS.items()}
     if not found['eval'] or not (found['balanced_train'] or found['unbalanced_train']):
-        raise ValueError(f'{root} has no eval/ and bal_train/ or unbal_train/ folders (as data/ of the Hugging Face copy has); '
+        raise ValueError(f'{root} has no eval/ and bal_train/ or unbal_train/ folders '
+                         '(as data/ of the Hugging Face copy has); '
                          'put each subset in its own folder.')
     return {s: p for s, p in found.items() if p}
 
 # %% ../nbs/15_import.ipynb #5261439e
 @dataclass
 class ImportConfig:
-    "Import AudioSet from a copy (Hugging Face parquet files, WebDataset tar shards, a folder of clips) into a waveform HDF5, its index and a coverage report."
-    sources: list[str] = field(metadata={'positional': True})  # parquet files, tar shards, folders of clips, or globs of them (URLs where fsspec has a filesystem for them)
+    "Import an AudioSet copy (parquet, WebDataset shards, a clip folder) into a waveform HDF5, its index and coverage."
+    sources: list[str] = field(metadata={'positional': True})  # parquet files, tar shards, clip folders, globs, URLs
     waveforms_hdf5_path: str            # waveform HDF5 to write
     indexes_hdf5_path: str|None = None  # index HDF5 to write for it
-    csv_path: str|None = None           # segment CSV labelling clips whose source has no labels (default: the official lists)
+    csv_path: str|None = None           # segment CSV labelling clips that have no labels (default: the official lists)
     coverage_path: str|None = None      # coverage report CSV (default: <waveforms_hdf5_path without .h5>_coverage.csv)
     sample_rate: int = SAMPLE_RATE      # rate of the packed rows
     clip_seconds: float = CLIP_SECONDS  # length of every row
     codec: str|None = None              # a compressed store: 'flac' (lossless) or 'mp3' (lossy); default int16 rows
-    part: str|None = None               # i/n: import only the i-th (from 0) of n slices of the row groups, shards and clip files
-    workers: int|None = None            # decoding processes (default: one per core)
+    part: str|None = None               # i/n: import only the i-th (from 0) of n slices of the row groups, shards...
+    num_workers: int|None = None            # decoding processes (default: one per core)
     quiet: bool = False                 # no progress bar
 
     def __post_init__(self):
         if self.part: parse_part(self.part)
-        if self.codec not in CODECS: raise ValueError(f'--codec {self.codec!r} is not one of {CODECS[1:]} (or leave it out for int16).')
-        if (self.workers is not None and self.workers < 1) or self.sample_rate < 1 or self.clip_seconds <= 0:
-            raise ValueError('--workers, --sample_rate and --clip_seconds must be above 0.')
+        if self.codec not in CODECS:
+            raise ValueError(f'--codec {self.codec!r} is not one of {CODECS[1:]} (or leave it out for int16).')
+        if (self.num_workers is not None and self.num_workers < 1) or self.sample_rate < 1 or self.clip_seconds <= 0:
+            raise ValueError('--num_workers, --sample_rate and --clip_seconds must be above 0.')
         self.coverage_path = self.coverage_path or str(Path(self.waveforms_hdf5_path).with_suffix(''))+'_coverage.csv'
 
 # %% ../nbs/15_import.ipynb #392e6d15
 def import_and_report(cfg:ImportConfig):
     "Import as `cfg` says, write the index and coverage report, and print what was done."
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
-    r = import_clips(cfg.sources, cfg.waveforms_hdf5_path, cfg.csv_path, cfg.sample_rate, cfg.clip_seconds, cfg.workers,
+    r = import_clips(cfg.sources, cfg.waveforms_hdf5_path, cfg.csv_path, cfg.sample_rate, cfg.clip_seconds,
+                     cfg.num_workers,
                      cfg.codec, part=cfg.part, progress=not cfg.quiet)
     print(f'imported {r.rows} clips into {r.path}; {len(r.skipped)} left out')
     if cfg.indexes_hdf5_path: print(f'wrote index {write_index(r.path, cfg.indexes_hdf5_path)}')

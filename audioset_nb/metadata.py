@@ -36,7 +36,8 @@ class Labels:
     def __repr__(self): return f'Labels({len(self)} classes: {", ".join(self.names[:3])}, ...)'
     def mid(self, name:str)->str:
         "The mid of the class called `name`."
-        if name not in self.ix_of_name: raise KeyError(f'{name!r} is not an AudioSet class name; see `load_labels().names`.')
+        if name not in self.ix_of_name:
+            raise KeyError(f'{name!r} is not an AudioSet class name; see `load_labels().names`.')
         return self.mids[self.ix_of_name[name]]
     def index(self, key:str)->int:
         "Column index of a class given its mid or its display name."
@@ -49,7 +50,8 @@ def read_labels(path:Path)->Labels:
     "Read a `class_labels_indices.csv` (columns index, mid, display_name)."
     with open(path, newline='', encoding='utf-8') as f: rows = list(csv.DictReader(f))
     for i, r in enumerate(rows):
-        if int(r['index']) != i: raise ValueError(f'{path}: row {i+2} has index {r["index"]}, expected {i}; the file is out of order.')
+        if int(r['index']) != i:
+            raise ValueError(f'{path}: row {i+2} has index {r["index"]}, expected {i}; the file is out of order.')
     return Labels(tuple(r['mid'] for r in rows), tuple(r['display_name'] for r in rows))
 
 # %% ../nbs/02_metadata.ipynb #b1da41bb
@@ -147,7 +149,8 @@ def _parse_row(fields:list, labels:Labels)->Segment:
     except ValueError: raise ValueError(f'start/end {start!r}, {end!r} are not numbers') from None
     if not 0 <= start < end: raise ValueError(f'start {start} and end {end} do not make a segment')
     if end - start > CLIP_SECONDS + 1e-3:  # would be fetched, padded and packed as minutes of audio
-        raise ValueError(f'segment {start}-{end} is {end - start:g} s long, more than the {CLIP_SECONDS} s of an AudioSet segment')
+        raise ValueError(f'segment {start}-{end} is {end - start:g} s long, more than the {CLIP_SECONDS} s of an '
+                         f'AudioSet segment')
     mids = tuple(m.strip() for m in mids.split(',') if m.strip())
     if not mids: raise ValueError('no labels')
     unknown = [m for m in mids if m not in labels.ix_of_mid]
@@ -161,7 +164,8 @@ def read_segments(path:Path, # segment CSV, official (three `#` lines, `, ` sepa
     "Read an AudioSet segment list; rows that cannot be read are reported with their line numbers."
     path, labels = Path(path), labels or load_labels()
     if not path.is_file():
-        raise FileNotFoundError(f'Segment list {path} {"is a folder, not a file" if path.is_dir() else "does not exist"}; check --csv_path.')
+        what = 'is a folder, not a file' if path.is_dir() else 'does not exist'
+        raise FileNotFoundError(f'Segment list {path} {what}; check --csv_path.')
     rows, problems = [], []
     with open(path, newline='', encoding='utf-8') as f:
         reader = csv.reader(f, skipinitialspace=True)
@@ -173,7 +177,8 @@ def read_segments(path:Path, # segment CSV, official (three `#` lines, `, ` sepa
                     if strict: raise ValueError(f'{path}, line {i}: {e}.') from None
                     problems.append((i, str(e)))
         except UnicodeDecodeError as e:
-            raise ValueError(f'Segment list {path} is not UTF-8 text (byte {e.object[e.start:e.start+1]!r} after line {reader.line_num}); '
+            byte = e.object[e.start:e.start+1]
+            raise ValueError(f'Segment list {path} is not UTF-8 text (byte {byte!r} after line {reader.line_num}); '
                              'save it as UTF-8.') from None
     if problems:
         warnings.warn(f'{path}: {len(problems)} rows could not be read and were skipped '
@@ -187,7 +192,8 @@ def _shipped(subset): return read_segments(DATA_DIR/f'{subset}_segments.csv', st
 def load_segments(subset:str)->Segments:
     "The shipped segment list of `subset`: 'eval' or 'balanced_train'."
     if subset not in ('eval', 'balanced_train'):
-        raise ValueError(f'No shipped segment list {subset!r}: use "eval" or "balanced_train" (the unbalanced list is fetched with `fetch_unbalanced`).')
+        raise ValueError(f'No shipped segment list {subset!r}: use "eval" or "balanced_train" (the unbalanced list is '
+                         f'fetched with `fetch_unbalanced`).')
     return Segments(_shipped(subset), path=DATA_DIR/f'{subset}_segments.csv')
 
 # %% ../nbs/02_metadata.ipynb #76b18bc4
@@ -238,7 +244,8 @@ def fetch_unbalanced(cache_dir:Path=None,      # folder for the list; default `d
     def whole(part):
         announced, rows = _count_rows(part)
         if announced is None or rows != announced or (url == UNBALANCED_URL and rows != UNBALANCED_ROWS):
-            raise ValueError(f'{url} is not a whole segment list ({rows} rows, header says {announced}); it was deleted, run again.')
+            raise ValueError(f'{url} is not a whole segment list ({rows} rows, header says {announced}); it was '
+                             f'deleted, run again.')
     return fetch(url, Path(cache_dir or default_cache_dir())/'unbalanced_train_segments.csv', whole, timeout, tries)
 
 # %% ../nbs/02_metadata.ipynb #2636b0f8

@@ -9,20 +9,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
-from fastcore.script import call_parse, store_true
 import numpy as np
 from tqdm.auto import tqdm
-from .fileio import atomic_write
-from .audio import SAMPLE_RATE, ffmpeg_exe, ffmpeg_input
-from .metadata import (CLIP_SECONDS, Segment, check_ytid, load_labels, load_ontology, load_segments, read_segments,
-                                  write_segments)
+from .fileio import atomic_write, default_workers
+from .audio import SAMPLE_RATE, ffmpeg_cmd, ffmpeg_input, pcm_output
+from .config import config_cli
+from .metadata import (CLIP_SECONDS, Segment, check_ytid, load_labels, load_ontology, load_segments,
+                                  read_segments, write_segments)
 
 # %% auto #0
 __all__ = ['MINI_CLASSES', 'MINI_MIDS', 'LEVELS', 'FLOOR_DB', 'N_EVENTS', 'SUBSETS', 'SOURCE_FORMATS', 'SOURCE_MIME',
-           'AAC_PADDING_S', 'RIGHT_GAIN', 'MiniClass', 'class_table', 'SynthEvent', 'draw_events', 'render_event',
-           'synth_clip', 'make_ytids', 'deal_classes', 'SourceFormat', 'Source', 'plan_source', 'Clip', 'source_audio',
-           'write_source', 'similarity', 'probe_media', 'decode_audio', 'MiniAudioSet', 'plan_mini', 'load_mini',
-           'reference_segment', 'make_mini', 'write_sources', 'audioset_mini']
+           'AAC_PADDING_S', 'RIGHT_GAIN', 'audioset_mini', 'MiniClass', 'class_table', 'SynthEvent', 'draw_events',
+           'render_event', 'synth_clip', 'make_ytids', 'deal_classes', 'SourceFormat', 'Source', 'plan_source', 'Clip',
+           'source_audio', 'write_source', 'similarity', 'probe_media', 'decode_audio', 'MiniAudioSet', 'plan_mini',
+           'load_mini', 'reference_segment', 'make_mini', 'write_sources', 'MiniConfig']
 
 # %% ../nbs/90_mini.ipynb #180808b3
 def _fade(x:np.ndarray, sr:int, ms:float=5.)->np.ndarray:
@@ -42,7 +42,7 @@ def _tone(freqs, n:int, sr:int, amps=None)->np.ndarray:
 
 # %% ../nbs/90_mini.ipynb #e8a99991
 def _sweep(f, sr:int, harmonics=(1.,), n:int=None)->np.ndarray:
-    "A tone at instantaneous frequency `f` (Hz: one value per sample, or a constant for `n` samples) with `harmonics` amplitudes."
+    "A tone at instantaneous frequency `f` (Hz per sample, or a constant for `n` samples) with `harmonics` amplitudes."
     ph = 2*np.pi*np.cumsum(f)/sr if n is None else 2*np.pi*f*np.arange(n)/sr
     s0, s1, c = np.zeros_like(ph), np.sin(ph), 2*np.cos(ph)
     x = harmonics[0]*s1
@@ -168,7 +168,8 @@ class MiniClass(NamedTuple):
 _CLASSES = {
     'Tuning fork': MiniClass(_tuning_fork, (1.5, 6),
         'a pure tone at a standard fork pitch (256, 384, 440 or 512 Hz, ±0.2 %), struck: a 2-ms attack, '
-        'an exponential decay that ends the event 17–35 dB down, and the short "clang" partial at 6.27× the fundamental',
+        'an exponential decay that ends the event 17–35 dB down, and the short "clang" partial at 6.27× the '
+        'fundamental',
         'a fork emits a nearly pure, slowly decaying tone; the clang mode at ≈6.3 f is the physics of a clamped bar'),
     'Telephone dialing, DTMF': MiniClass(_dtmf, (0.6, 3),
         'random keys of the DTMF keypad: one row (697–941 Hz) plus one column (1209–1477 Hz) tone, '
@@ -261,7 +262,7 @@ def _spawn_rng(entropy:list, *key)->np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=key))
 
 # %% ../nbs/90_mini.ipynb #c7de5ab9
-def render_event(ev:SynthEvent, rng:np.random.Generator, sr:int=32000)->np.ndarray:
+def render_event(ev:SynthEvent, rng:np.random.Generator, sr:int=SAMPLE_RATE)->np.ndarray:
     "The waveform of `ev` alone, `ev.offset-ev.onset` seconds long, peaking at `ev.level` dBFS."
     if ev.name not in _CLASSES: raise ValueError(f'{ev.name!r} is not a mini AudioSet class; use one of MINI_CLASSES.')
     x = _CLASSES[ev.name].render(rng, int(round(ev.offset*sr)) - int(round(ev.onset*sr)), sr)
@@ -271,19 +272,21 @@ def render_event(ev:SynthEvent, rng:np.random.Generator, sr:int=32000)->np.ndarr
 # %% ../nbs/90_mini.ipynb #e68c31d5
 def synth_clip(seed_or_rng, # an int (or list of ints) seed, or a `np.random.Generator`
                events:list=None, # `SynthEvent`s (or (name, onset, offset, level) tuples); None: 1-3 random ones
-               sr:int=32000, # sample rate of the waveform
+               sr:int=SAMPLE_RATE, # sample rate of the waveform
                seconds:float=10.)->tuple:
     "A clip: (float32 waveform, events). The same seed and events always give the same waveform."
     ent = _entropy(seed_or_rng)
     if events is None:
         r = _spawn_rng(ent, 0)
-        events = draw_events(r, r.choice(MINI_CLASSES, r.integers(N_EVENTS[0], N_EVENTS[1]+1), replace=False).tolist(), seconds)
+        events = draw_events(r, r.choice(MINI_CLASSES, r.integers(N_EVENTS[0], N_EVENTS[1]+1), replace=False).tolist(),
+                             seconds)
     events = [SynthEvent(*e) for e in events]
     n, fr = int(round(seconds*sr)), _spawn_rng(ent, 1)
     x = fr.standard_normal(n) * 10**(fr.uniform(*FLOOR_DB)/20)
     for j, ev in enumerate(events):
         if not 0 <= ev.onset < ev.offset <= seconds:
-            raise ValueError(f'SynthEvent {ev} does not fit in a {seconds}-s clip; onset and offset must lie within it.')
+            raise ValueError(f'SynthEvent {ev} does not fit in a {seconds}-s clip; '
+                             'onset and offset must lie within it.')
         i = int(round(ev.onset*sr))
         y = render_event(ev, _spawn_rng(ent, 2+j), sr)
         x[i:i+len(y)] += y
@@ -310,7 +313,7 @@ def make_ytids(rng:np.random.Generator, n:int)->list:
 
 # %% ../nbs/90_mini.ipynb #3948179d
 def deal_classes(rng:np.random.Generator, n:int, classes=MINI_CLASSES)->list:
-    "Class names for `n` clips, 1-3 each, dealt from reshuffled decks so classes are balanced and all appear when n*3 >= len(classes)."
+    "Class names for `n` clips, 1-3 each, dealt from reshuffled decks: balanced; all appear when n*3 >= len(classes)."
     ks = rng.integers(N_EVENTS[0], N_EVENTS[1]+1, n)
     for i in range(n):
         if ks.sum() >= len(classes): break
@@ -340,12 +343,14 @@ class SourceFormat(NamedTuple):
 
 SOURCE_FORMATS = (
     SourceFormat('webm', 'webm', 'opus', ('-c:a', 'libopus', '-b:a', '160k'), (48000,), 'audio/webm'),
-    SourceFormat('m4a', 'ipod', 'aac', ('-c:a', 'aac', '-aac_coder', 'fast', '-b:a', '192k'), (44100, 48000), 'audio/mp4'),
+    SourceFormat('m4a', 'ipod', 'aac', ('-c:a', 'aac', '-aac_coder', 'fast', '-b:a', '192k'), (44100, 48000),
+                 'audio/mp4'),
     SourceFormat('mp3', 'mp3', 'mp3', ('-c:a', 'libmp3lame', '-b:a', '192k'), (44100, 48000, 32000), 'audio/mpeg'),
     SourceFormat('ogg', 'ogg', 'vorbis', ('-c:a', 'libvorbis', '-q:a', '6'), (44100, 48000), 'audio/ogg'),
     SourceFormat('wav', 'wav', 'pcm_s16le', ('-c:a', 'pcm_s16le'), (32000, 44100, 48000), 'audio/wav'),
     SourceFormat('flac', 'flac', 'flac', ('-c:a', 'flac'), (44100, 48000), 'audio/flac'),
-    SourceFormat('mp4', 'mp4', 'aac', ('-c:a', 'aac', '-aac_coder', 'fast', '-b:a', '192k'), (44100, 48000), 'video/mp4',
+    SourceFormat('mp4', 'mp4', 'aac', ('-c:a', 'aac', '-aac_coder', 'fast', '-b:a', '192k'), (44100, 48000),
+                 'video/mp4',
                  video='h264'),
 )
 _FORMATS = {f.ext: f for f in SOURCE_FORMATS}
@@ -405,8 +410,7 @@ def write_source(clip:Clip, folder:Path)->Path:
     folder.mkdir(parents=True, exist_ok=True)
     f, dest = s.format, folder/s.file
     tmp = folder/f'.{s.file}.tmp'
-    args = [ffmpeg_exe(), '-hide_banner', '-loglevel', 'error', '-y', '-threads', '1',
-            '-f', 'f32le', '-ar', str(SAMPLE_RATE), '-ac', str(s.channels), '-i', 'pipe:0']
+    args = ffmpeg_cmd('-y', '-threads', 1, '-f', 'f32le', '-ar', SAMPLE_RATE, '-ac', s.channels, '-i', 'pipe:0')
     if f.video:
         args += ['-f', 'lavfi', '-i', f'color=c=black:s=64x36:r=25:d={s.duration}', '-map', '1:v', '-map', '0:a',
                  '-c:v', 'libx264', '-preset', 'ultrafast', '-pix_fmt', 'yuv420p']
@@ -420,37 +424,40 @@ def write_source(clip:Clip, folder:Path)->Path:
     return dest
 
 # %% ../nbs/90_mini.ipynb #a0633544
-def similarity(a:np.ndarray, b:np.ndarray, # two waveforms at `sr`; the shorter one sets the length
-               sr:int=SAMPLE_RATE, fmax:float=None)->float: # compare only below `fmax` Hz (lossy codecs, resamplers)
+def similarity(a:np.ndarray, b:np.ndarray, # two waveforms at `sample_rate`; the shorter one sets the length
+               sample_rate:int=SAMPLE_RATE,
+               fmax:float=None)->float: # compare only below `fmax` Hz (lossy codecs, resamplers)
     "Cosine similarity of two waveforms, 1 when they have the same shape up to a gain."
     n = min(len(a), len(b))
     A, B = np.fft.rfft(np.asarray(a[:n], np.float64)), np.fft.rfft(np.asarray(b[:n], np.float64))
-    if fmax is not None: A, B = A[:int(fmax*n/sr)], B[:int(fmax*n/sr)]
+    if fmax is not None: A, B = A[:int(fmax*n/sample_rate)], B[:int(fmax*n/sample_rate)]
     return float(np.real(np.vdot(A, B)) / (np.linalg.norm(A)*np.linalg.norm(B) + 1e-30))
 
 # %% ../nbs/90_mini.ipynb #2e726b3c
 def probe_media(path:Path)->dict:
     "Container, codecs, sample rate, channels and duration of a media file, as `ffmpeg -i` reports them."
-    err = subprocess.run([ffmpeg_exe(), '-hide_banner', '-nostdin', *ffmpeg_input(path)], capture_output=True).stderr.decode(errors='replace')
+    r = subprocess.run(ffmpeg_cmd(*ffmpeg_input(path), loglevel='info'), capture_output=True)  # no output: it says why
+    err = r.stderr.decode(errors='replace')
     inp, dur = re.search(r'Input #0, ([^ ]+), from', err), re.search(r'Duration: (\d+):(\d+):([\d.]+)', err)
     aud = re.search(r'Stream #0:\d+\S*: Audio: (\w+).*?, (\d+) Hz, (mono|stereo|\d+ channels)', err)
     vid = re.search(r'Stream #0:\d+\S*: Video: (\w+)', err)
-    if not (inp and dur and aud): raise ValueError(f'{path} is not a media file with an audio track that ffmpeg can read.')
+    if not (inp and dur and aud):
+        raise ValueError(f'{path} is not a media file with an audio track that ffmpeg can read.')
     ch = {'mono': 1, 'stereo': 2}.get(aud[3]) or int(aud[3].split()[0])
     return dict(container=inp[1].rstrip(','), audio_codec=aud[1], sample_rate=int(aud[2]), channels=ch,
                 duration=int(dur[1])*3600 + int(dur[2])*60 + float(dur[3]), video_codec=vid[1] if vid else None)
 
 # %% ../nbs/90_mini.ipynb #a46d03fe
-def decode_audio(path:Path, sr:int=SAMPLE_RATE, start:float=None, end:float=None, mono:bool=True)->np.ndarray:
-    "Decode `path` with ffmpeg to float32 at `sr` (mono, or (samples, channels)), optionally only [start, end] s."
-    args = [ffmpeg_exe(), '-hide_banner', '-loglevel', 'error', '-nostdin', *ffmpeg_input(path), '-vn',
-            '-ar', str(sr), *(['-ac', '1'] if mono else []), '-f', 'f32le', 'pipe:1']
-    r = subprocess.run(args, capture_output=True)
-    if r.returncode: raise RuntimeError(f'ffmpeg could not decode {path}: {r.stderr.decode(errors="replace").strip()[-300:]}')
+def decode_audio(path:Path, sample_rate:int=SAMPLE_RATE, start:float=None, end:float=None, mono:bool=True)->np.ndarray:
+    "Decode `path` with ffmpeg to float32 at `sample_rate`, mono or (samples, channels); only [start, end] s if given."
+    r = subprocess.run(ffmpeg_cmd(*ffmpeg_input(path), *pcm_output(sample_rate, 1 if mono else None, 'f32le')),
+                       capture_output=True)
+    if r.returncode:
+        raise RuntimeError(f'ffmpeg could not decode {path}: {r.stderr.decode(errors="replace").strip()[-300:]}')
     x = np.frombuffer(r.stdout, '<f4')
     x = x if mono else x.reshape(-1, probe_media(path)['channels'])
     # cut by counting samples, not with -ss: builds disagree on where a seek lands in primed codecs (Opus, AAC)
-    return x[int(round((start or 0)*sr)):None if end is None else int(round(end*sr))]
+    return x[int(round((start or 0)*sample_rate)):None if end is None else int(round(end*sample_rate))]
 
 # %% ../nbs/90_mini.ipynb #68e6cbc6
 @dataclass
@@ -481,7 +488,8 @@ class MiniAudioSet:
         return synth_clip(c.seed, c.events)[0]
     def targets(self, subset:str)->np.ndarray:
         "Multi-hot targets of `subset` over `MINI_CLASSES`, bool (clips, classes)."
-        return np.array([[c in {e.name for e in self.clips[s.ytid].events} for c in self.classes] for s in self.segments[subset]])
+        names = lambda s: {e.name for e in self.clips[s.ytid].events}
+        return np.array([[c in names(s) for c in self.classes] for s in self.segments[subset]])
 
 # %% ../nbs/90_mini.ipynb #5c72295a
 def plan_mini(seed:int=0, n_train:int=600, n_eval:int=150)->list:
@@ -493,7 +501,8 @@ def plan_mini(seed:int=0, n_train:int=600, n_eval:int=150)->list:
         for i, names in enumerate(deal_classes(_spawn_rng([seed, k], 101), n[subset])):
             cs = [seed, k, i]
             ytid = next(ids)
-            clips.append(Clip(ytid, subset, cs, draw_events(_spawn_rng(cs, 0), names), plan_source(_spawn_rng(cs, 3), ytid, i)))
+            clips.append(Clip(ytid, subset, cs, draw_events(_spawn_rng(cs, 0), names),
+                              plan_source(_spawn_rng(cs, 3), ytid, i)))
     return clips
 
 def _segment(c:Clip)->Segment:
@@ -507,13 +516,15 @@ def _clip_to_json(c:Clip)->str:
 
 def _clip_from_json(line:str)->Clip:
     d = json.loads(line)
-    return Clip(check_ytid(d['ytid']), d['subset'], d['seed'], [SynthEvent(*e) for e in d['events']], Source(**d['source']))
+    return Clip(check_ytid(d['ytid']), d['subset'], d['seed'], [SynthEvent(*e) for e in d['events']],
+                Source(**d['source']))
 
 # %% ../nbs/90_mini.ipynb #639a6f6c
 def load_mini(root:Path)->MiniAudioSet:
     "Open the mini AudioSet that `make_mini` wrote in `root`."
     root = Path(root)
-    if not (root/'mini.json').is_file(): raise FileNotFoundError(f'{root} holds no mini AudioSet (no mini.json); make one with `make_mini`.')
+    if not (root/'mini.json').is_file():
+        raise FileNotFoundError(f'{root} holds no mini AudioSet (no mini.json); make one with `make_mini`.')
     seed = json.loads((root/'mini.json').read_text())['seed']
     clips = [_clip_from_json(l) for l in (root/'events.jsonl').read_text().splitlines() if l.strip()]
     segs = {s: read_segments(root/'metadata'/f'{s}_segments.csv', strict=True) for s in SUBSETS}
@@ -531,45 +542,51 @@ def make_mini(root:Path, # folder to write into (created; a rerun resumes)
               n_train:int=600, # clips in balanced_train
               n_eval:int=150, # clips in eval
               sources:bool=True, # also write one source file per clip in root/sources
-              workers:int=None, # parallel ffmpeg encoders (default: number of CPUs)
+              num_workers:int=None, # parallel ffmpeg encoders (default: one per core)
               progress:bool=False)->MiniAudioSet: # show a progress bar while sources are written
     "Write a mini AudioSet (segment CSVs, events.jsonl and source files) into `root`, deterministically from `seed`."
     root = Path(root)
-    if not (isinstance(seed, (int, np.integer)) and seed >= 0): raise ValueError(f'seed={seed!r} must be a non-negative integer.')
+    if not (isinstance(seed, (int, np.integer)) and seed >= 0):
+        raise ValueError(f'seed={seed!r} must be a non-negative integer.')
     if min(n_train, n_eval) < 1: raise ValueError(f'n_train={n_train} and n_eval={n_eval} must both be at least 1.')
     cfg = json.dumps(dict(seed=seed, n_train=n_train, n_eval=n_eval, classes=MINI_CLASSES), indent=1) + '\n'
     if (root/'mini.json').is_file() and (root/'mini.json').read_text() != cfg:
-        raise ValueError(f'{root} holds a mini AudioSet made with other settings ({root/"mini.json"}); use another folder or delete it.')
+        raise ValueError(f'{root} holds a mini AudioSet made with other settings ({root/"mini.json"}); use another '
+                         f'folder or delete it.')
     clips = plan_mini(seed, n_train, n_eval)
     for k, subset in enumerate(SUBSETS):
         write_segments(root/'metadata'/f'{subset}_segments.csv', [_segment(c) for c in clips if c.subset == subset],
                        f'Mini AudioSet {subset} segments, made by audioset_nb.mini with seed={seed}')
     atomic_write(root/'events.jsonl', ''.join(_clip_to_json(c) + '\n' for c in clips))
     atomic_write(root/'mini.json', cfg)
-    if sources: write_sources(clips, root/'sources', workers, progress)
+    if sources: write_sources(clips, root/'sources', num_workers, progress)
     return load_mini(root)
 
 # %% ../nbs/90_mini.ipynb #75e23b06
-def write_sources(clips:list, folder:Path, workers:int=None, progress:bool=False):
-    "Write the source files of `clips` that `folder` does not hold yet, `workers` at a time."
+def write_sources(clips:list, folder:Path, num_workers:int=None, progress:bool=False):
+    "Write the source files of `clips` that `folder` does not hold yet, `num_workers` at a time."
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for p in folder.glob('.*.tmp'): p.unlink()   # left by a killed run
     todo = [c for c in clips if not (folder/c.source.file).exists()]
-    with ThreadPoolExecutor(workers or os.cpu_count()) as ex:
+    with ThreadPoolExecutor(num_workers or default_workers('decoding')) as ex:
         for _ in tqdm(ex.map(lambda c: write_source(c, folder), todo), total=len(todo), unit='source',
                       desc='mini AudioSet sources', disable=not progress): pass
 
 # %% ../nbs/90_mini.ipynb #2d354782
-@call_parse
-def audioset_mini(root:str=None, # folder to write the mini AudioSet into (required)
-                  seed:int=0, # everything follows from it
-                  n_train:int=600, # clips in balanced_train
-                  n_eval:int=150, # clips in eval
-                  no_sources:store_true=False, # write only the CSVs and events.jsonl
-                  workers:int=None): # parallel ffmpeg encoders (default: number of CPUs)
+@dataclass
+class MiniConfig:
     "Write a mini AudioSet: segment CSVs, ground-truth events and source files."
-    if not root: sys.exit('audioset_mini: give the folder to write into with --root DIR.')
-    try: m = make_mini(Path(root), seed, n_train, n_eval, not no_sources, workers, progress=True)
-    except (ValueError, RuntimeError) as e: sys.exit(f'audioset_mini: {e}')
-    print(f'{m}: {m.csv_path("balanced_train")}, {m.csv_path("eval")}' + ('' if no_sources else f', {m.sources_dir}'))
+    root: str                     # folder to write the mini AudioSet into
+    seed: int = 0                 # everything follows from it
+    n_train: int = 600            # clips in balanced_train
+    n_eval: int = 150             # clips in eval
+    sources: bool = True          # also write one source file per clip (--no_sources: only the CSVs and events.jsonl)
+    num_workers: int|None = None  # parallel ffmpeg encoders (default: one per core)
+
+def _make_and_print(cfg:MiniConfig):
+    try: m = make_mini(Path(cfg.root), cfg.seed, cfg.n_train, cfg.n_eval, cfg.sources, cfg.num_workers, progress=True)
+    except RuntimeError as e: raise ValueError(str(e)) from None  # ffmpeg failed: said in its one sentence
+    print(f'{m}: {m.csv_path("balanced_train")}, {m.csv_path("eval")}' + (f', {m.sources_dir}' if cfg.sources else ''))
+
+audioset_mini = config_cli(MiniConfig, _make_and_print, 'audioset_mini')

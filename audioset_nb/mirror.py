@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
-from fastcore.script import call_parse
+from .config import config_cli
 from .fileio import atomic_write
 from .metadata import YTID_RE
 
 # %% auto #0
-__all__ = ['MEDIA_TYPES', 'FAULT_KINDS', 'Fault', 'Mirror', 'mirror_cli']
+__all__ = ['MEDIA_TYPES', 'FAULT_KINDS', 'mirror_cli', 'Fault', 'Mirror', 'MirrorConfig', 'serve']
 
 # %% ../nbs/91_mirror.ipynb #32440336
 MEDIA_TYPES = {'webm': 'audio/webm', 'weba': 'audio/webm', 'm4a': 'audio/mp4', 'mp4': 'video/mp4', 'mp3': 'audio/mpeg',
@@ -102,7 +102,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, code, reason, headers={}):
         body = f'{code} {reason}\n'.encode()
         self.send_response(code, reason)
-        for k, v in {**headers, 'Content-Type': 'text/plain', 'Content-Length': str(len(body))}.items(): self.send_header(k, v)
+        for k, v in {**headers, 'Content-Type': 'text/plain', 'Content-Length': str(len(body))}.items():
+            self.send_header(k, v)
         self.end_headers()
         try: self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError): pass
@@ -116,7 +117,8 @@ class Mirror:
                  delay:float=0.,         # seconds added to every request, like a distant server
                  stall_s:float=60.):     # how long a `stall` keeps the connection silent
         self.root, self.delay, self.stall_s = Path(root), delay, stall_s
-        if not self.root.is_dir(): raise FileNotFoundError(f'Mirror folder {self.root} does not exist; make the sources first.')
+        if not self.root.is_dir():
+            raise FileNotFoundError(f'Mirror folder {self.root} does not exist; make the sources first.')
         self.faults = {k: v if isinstance(v, Fault) else Fault(v) for k, v in (faults or {}).items()}
         self.requests, self._lock, self._closing, self.server = [], threading.Lock(), threading.Event(), None
 
@@ -152,7 +154,8 @@ class Mirror:
 
     @property
     def base_url(self)->str:
-        if self.server is None: raise RuntimeError('The mirror is not running; use it in a `with` block or call `.start()`.')
+        if self.server is None:
+            raise RuntimeError('The mirror is not running; use it in a `with` block or call `.start()`.')
         return f'http://127.0.0.1:{self.server.server_address[1]}'
     @property
     def url_template(self)->str: return self.base_url + '/watch?v={ytid}'
@@ -160,19 +163,23 @@ class Mirror:
     def file_url(self, name:str)->str: return f'{self.base_url}/f/{name}'
 
 # %% ../nbs/91_mirror.ipynb #b43fdade
-@call_parse
-def mirror_cli(root:str=None, # folder of source videos named `<ytid>.<ext>`
-               url_file:str=None, # write the URL template here once serving
-               delay:float=0.): # seconds added to every request
+@dataclass
+class MirrorConfig:
     "Serve a folder of source videos on 127.0.0.1 (a free port) until stopped; prints the URL template."
+    root: str                  # folder of source videos named `<ytid>.<ext>`
+    url_file: str|None = None  # write the URL template here once serving
+    delay: float = 0.          # seconds added to every request
+
+def serve(cfg:MirrorConfig):
+    "Serve `cfg.root` until SIGTERM or Ctrl-C, printing the URL template (and writing it to `cfg.url_file`)."
     import signal, sys
-    if not root: sys.exit('audioset_mirror: give the folder of source videos with --root DIR.')
-    try: m = Mirror(root, delay=delay).start()
-    except FileNotFoundError as e: sys.exit(f'audioset_mirror: {e}')
+    m = Mirror(cfg.root, delay=cfg.delay).start()  # a missing folder: `config_cli` says so in one sentence
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(m.url_template, flush=True)
-    if url_file: atomic_write(url_file, m.url_template + '\n')
+    if cfg.url_file: atomic_write(cfg.url_file, m.url_template + '\n')
     try:
         while True: time.sleep(3600)
     except KeyboardInterrupt: pass
     finally: m.stop()
+
+mirror_cli = config_cli(MirrorConfig, serve, 'audioset_mirror')

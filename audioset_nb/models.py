@@ -12,20 +12,21 @@ import torch.nn.functional as F
 from torchlibrosa.stft import Spectrogram, LogmelFilterBank
 from torchlibrosa.augmentation import SpecAugmentation
 # checkpoints were part of this module: their names still import from here
+from .audio import SAMPLE_RATE
 from .config import FrontEnd
 from .checkpoints import PUBLISHED, fetch_checkpoint, load_checkpoint, load_weights, save_checkpoint
 
 # %% auto #0
 __all__ = ['MODELS', 'init_layer', 'init_bn', 'do_mixup', 'stft_power', 'PannsModel', 'LogmelModel', 'LogmelFrontend',
-           'demo_signal', 'ConvBlock', 'ConvBlock5x5', 'AttBlock', 'Cnn14', 'Cnn14_no_specaug', 'Cnn14_no_dropout',
-           'Cnn14_emb512', 'Cnn14_emb128', 'Cnn14_emb32', 'Cnn14_mel32', 'Cnn14_mel128', 'Cnn10', 'Cnn6', 'Cnn14_16k',
-           'Cnn14_8k', 'upsample_frames', 'Cnn14_DecisionLevelMax', 'Cnn14_DecisionLevelAvg', 'Cnn14_DecisionLevelAtt',
-           'Cnn6_DecisionLevelMax', 'Cnn6_mini', 'Cnn6_mini_DecisionLevelMax', 'ConvPreWavBlock',
-           'Wavegram_Logmel_Cnn14', 'Wavegram_Logmel128_Cnn14', 'Wavegram_Cnn14', 'ResBasicBlock', 'ResBottleneck',
-           'res_layer', 'ResNetBody', 'ResNet38', 'ResNet22', 'ResNet54', 'conv_bn', 'conv_dw', 'MobileNetV1',
-           'InvertedResidual', 'MobileNetV2', 'LeeNetConvBlock', 'LeeNet11', 'LeeNet24', 'DaiNetResBlock', 'DaiNet19',
-           'ResBasicBlock1d', 'ResNetBody1d', 'Res1dNet31', 'Res1dNet51', 'build_model', 'output_shapes',
-           'count_params', 'count_flops']
+           'demo_signal', 'pool2d', 'ConvBlock', 'ConvBlock5x5', 'AttBlock', 'Cnn14', 'Cnn14_no_specaug',
+           'Cnn14_no_dropout', 'Cnn14_emb512', 'Cnn14_emb128', 'Cnn14_emb32', 'Cnn14_mel32', 'Cnn14_mel128', 'Cnn10',
+           'Cnn6', 'Cnn14_16k', 'Cnn14_8k', 'upsample_frames', 'Cnn14_DecisionLevelMax', 'Cnn14_DecisionLevelAvg',
+           'Cnn14_DecisionLevelAtt', 'Cnn6_DecisionLevelMax', 'Cnn6_mini', 'Cnn6_mini_DecisionLevelMax',
+           'ConvPreWavBlock', 'Wavegram_Logmel_Cnn14', 'Wavegram_Logmel128_Cnn14', 'Wavegram_Cnn14', 'ResBasicBlock',
+           'ResBottleneck', 'res_layer', 'ResNetBody', 'ResNet38', 'ResNet22', 'ResNet54', 'conv_bn', 'conv_dw',
+           'MobileNetV1', 'InvertedResidual', 'MobileNetV2', 'LeeNetConvBlock', 'LeeNet11', 'LeeNet24',
+           'DaiNetResBlock', 'DaiNet19', 'ResBasicBlock1d', 'ResNetBody1d', 'Res1dNet31', 'Res1dNet51', 'build_model',
+           'output_shapes', 'count_params', 'count_flops']
 
 # %% ../nbs/41_models.ipynb #ea481057
 def init_layer(layer:nn.Module):
@@ -52,7 +53,8 @@ def stft_power(spectrogram_extractor:Spectrogram, # torchlibrosa module holding 
     window = st.conv_real.weight[0, 0]  # the DFT's zero-frequency row is the window
     spec = torch.stft(x, st.n_fft, st.hop_length, window=window.to(x.dtype), center=st.center,
                       pad_mode=st.pad_mode, return_complex=True)
-    return spec.real.square().addcmul_(spec.imag, spec.imag).transpose(1, 2)[:, None]  # |X|², 10× faster than via view_as_real
+    # |X|², 10× faster than via view_as_real
+    return spec.real.square().addcmul_(spec.imag, spec.imag).transpose(1, 2)[:, None]
 
 # %% ../nbs/41_models.ipynb #5557cbc5
 class PannsModel(nn.Module):
@@ -89,8 +91,9 @@ class PannsModel(nn.Module):
 def _check_frames(x, spec_augmenter):
     width = spec_augmenter.time_dropper.drop_width
     if x.shape[2] <= width:
-        raise ValueError(f'SpecAugment drops time stripes up to {width} frames wide, so training needs clips longer than '
-                         f'{width} frames; got {x.shape[2]}: train on longer clips or use a model without SpecAugment.')
+        raise ValueError(f'SpecAugment drops time stripes up to {width} frames wide, '
+                         f'so training needs clips longer than {width} frames; got {x.shape[2]}: '
+                         'train on longer clips or use a model without SpecAugment.')
     return x
 
 class LogmelModel(PannsModel):
@@ -125,7 +128,7 @@ class LogmelFrontend(LogmelModel):
     def forward(self, x:torch.Tensor): return self.logmel(x)
 
 # %% ../nbs/41_models.ipynb #63e5fe5f
-def demo_signal(seconds:float=3., sr:int=32000, seed:int=0):
+def demo_signal(seconds:float=3., sr:int=SAMPLE_RATE, seed:int=0):
     "A test waveform: a gliding harmonic tone, noise bursts and a silent gap, float32 in [-1, 1]."
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds*sr))/sr
@@ -137,7 +140,9 @@ def demo_signal(seconds:float=3., sr:int=32000, seed:int=0):
     return (y/np.abs(y).max()*0.9).astype(np.float32)
 
 # %% ../nbs/41_models.ipynb #fccdc959
-def _pool2d(x, pool_size, pool_type):
+def pool2d(x, pool_size, # (time, frequency) of the pooling window
+           pool_type:str): # 'avg', 'max' or 'avg+max', as the reference's blocks pool
+    "The pooling that ends a PANNs conv block."
     if pool_type == 'avg': return F.avg_pool2d(x, kernel_size=pool_size)
     if pool_type == 'max': return F.max_pool2d(x, kernel_size=pool_size)
     if pool_type == 'avg+max': return F.avg_pool2d(x, kernel_size=pool_size) + F.max_pool2d(x, kernel_size=pool_size)
@@ -155,7 +160,7 @@ class ConvBlock(nn.Module):
 
     def forward(self, x, pool_size=(2, 2), pool_type='avg'):
         x = F.relu_(self.bn2(self.conv2(F.relu_(self.bn1(self.conv1(x))))))
-        return _pool2d(x, pool_size, pool_type)
+        return pool2d(x, pool_size, pool_type)
 
 class ConvBlock5x5(nn.Module):
     "One 5×5 convolution with BatchNorm and ReLU, then pooling."
@@ -167,7 +172,7 @@ class ConvBlock5x5(nn.Module):
         init_bn(self.bn1)
 
     def forward(self, x, pool_size=(2, 2), pool_type='avg'):
-        return _pool2d(F.relu_(self.bn1(self.conv1(x))), pool_size, pool_type)
+        return pool2d(F.relu_(self.bn1(self.conv1(x))), pool_size, pool_type)
 
 class AttBlock(nn.Module):
     "Attention pooling over time: clipwise = Σ_t softmax(att)_t · sigmoid(cla)_t."
@@ -189,7 +194,8 @@ class AttBlock(nn.Module):
 # %% ../nbs/41_models.ipynb #16b861be
 class Cnn14(LogmelModel):
     "Cnn14: six double-conv blocks over a 64-bin log-mel; the PANNs baseline (mAP 0.431)."
-    emb_dims, block_dropout, head_dropout, specaug, block, channels = 2048, 0.2, 0.5, True, ConvBlock, (64, 128, 256, 512, 1024, 2048)
+    emb_dims, block_dropout, head_dropout, specaug, block = 2048, 0.2, 0.5, True, ConvBlock
+    channels = (64, 128, 256, 512, 1024, 2048)
     def build(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num):
         self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax)
         for i, (cin, cout) in enumerate(zip((1,) + self.channels, self.channels), 1):
@@ -244,7 +250,9 @@ class _FixedRate(Cnn14):
     def build(self, **kw):
         trained = type(self).front.dict()
         wrong = {k: kw[k] for k in trained if kw[k] != trained[k]}
-        if wrong: raise ValueError(f"{type(self).__name__} was trained with {trained}; got {wrong}, leave them out or use Cnn14.")
+        if wrong:
+            raise ValueError(f"{type(self).__name__} was trained with {trained}; got {wrong}, leave them out or use "
+                             f"Cnn14.")
         super().build(**kw)
 
 class Cnn14_16k(_FixedRate):
@@ -336,7 +344,8 @@ class Wavegram_Logmel_Cnn14(Cnn14):
                           spectrogram=self.logmel_branch)
         cin = 128 if self.logmel_branch else 64
         self.conv_block1 = ConvBlock(1, 64)
-        for i, (a, b) in enumerate(zip((cin, 128, 256, 512, 1024), self.channels[1:]), 2): setattr(self, f'conv_block{i}', ConvBlock(a, b))
+        for i, (a, b) in enumerate(zip((cin, 128, 256, 512, 1024), self.channels[1:]), 2):
+            setattr(self, f'conv_block{i}', ConvBlock(a, b))
         self.add_head(2048, self.emb_dims, classes_num)
 
     def wavegram(self, x:torch.Tensor): # (B, samples)
@@ -365,7 +374,8 @@ class Wavegram_Cnn14(Wavegram_Logmel_Cnn14):
     logmel_branch = False
 
 # %% ../nbs/41_models.ipynb #66d37dfb
-def _conv_bn_pool(dim): return (nn.Conv2d, nn.BatchNorm2d, nn.AvgPool2d) if dim == 2 else (nn.Conv1d, nn.BatchNorm1d, nn.AvgPool1d)
+def _conv_bn_pool(dim):
+    return (nn.Conv2d, nn.BatchNorm2d, nn.AvgPool2d) if dim == 2 else (nn.Conv1d, nn.BatchNorm1d, nn.AvgPool1d)
 
 def _downsample(cin, cout, stride, dim=2):
     "Shortcut projection: (average pooling by `stride`,) 1×1 convolution, BatchNorm."
@@ -450,7 +460,8 @@ class ResNet38(LogmelModel):
         self.add_head(2048, 2048, classes_num)
 
     def forward(self, x:torch.Tensor, mixup_lambda:torch.Tensor=None):
-        x = F.dropout(self.conv_block1(self.spec_input(x, mixup_lambda), pool_size=(2, 2)), p=0.2, training=self.training)
+        x = F.dropout(self.conv_block1(self.spec_input(x, mixup_lambda), pool_size=(2, 2)), p=0.2,
+                      training=self.training)
         x = F.dropout(F.avg_pool2d(self.resnet(x), 2), p=0.2, training=self.training)
         x = F.dropout(self.conv_block_after1(x, pool_size=(1, 1)), p=0.2, training=self.training)
         return self.clip_head(x.mean(dim=3))
@@ -477,7 +488,8 @@ def conv_bn(inp, oup, stride, act=nn.ReLU):
 def conv_dw(inp, oup, stride):
     "Depthwise 3×3 conv, pooling, BN, ReLU, then pointwise 1×1 conv, BN, ReLU."
     return _seq(nn.Conv2d(inp, inp, 3, 1, 1, groups=inp, bias=False), nn.AvgPool2d(stride), nn.BatchNorm2d(inp),
-                nn.ReLU(inplace=True), nn.Conv2d(inp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup), nn.ReLU(inplace=True))
+                nn.ReLU(inplace=True), nn.Conv2d(inp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup),
+                nn.ReLU(inplace=True))
 
 class MobileNetV1(LogmelModel):
     "MobileNetV1 over the log-mel (mAP 0.389 at a tenth of Cnn14's cost)."
@@ -498,16 +510,19 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = round(inp*expand_ratio)
         self.use_res_connect = stride == 1 and inp == oup
-        dw = [nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.AvgPool2d(stride), nn.BatchNorm2d(hidden),
-              nn.ReLU6(inplace=True), nn.Conv2d(hidden, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup)]
-        expand = [] if expand_ratio == 1 else [nn.Conv2d(inp, hidden, 1, 1, 0, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        dw = [nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.AvgPool2d(stride),
+              nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True), nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),
+              nn.BatchNorm2d(oup)]
+        expand = [] if expand_ratio == 1 else [nn.Conv2d(inp, hidden, 1, 1, 0, bias=False), nn.BatchNorm2d(hidden),
+                                               nn.ReLU6(inplace=True)]
         self.conv = _seq(*expand, *dw)
 
     def forward(self, x): return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 class MobileNetV2(LogmelModel):
     "MobileNetV2 over the log-mel."
-    setting = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 2), (6, 160, 3, 1), (6, 320, 1, 1)]
+    setting = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 2), (6, 160, 3, 1),
+               (6, 320, 1, 1)]
     def build(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num):
         self.add_frontend(sample_rate, window_size, hop_size, mel_bins, fmin, fmax)
         layers, cin = [conv_bn(1, 32, 2, nn.ReLU6)], 32
@@ -671,7 +686,7 @@ MODELS.update(Cnn13=Cnn14, Cnn13_specaug=Cnn14)
 def build_model(model_type:str, # a name in `MODELS`, e.g. 'Cnn14'
                 front:FrontEnd=None, # open settings (None) take the model's defaults
                 classes_num:int=527, # outputs of the classifier
-                **kw) -> nn.Module: # `sample_rate=...` and the other front-end settings one by one, or model arguments such as `fast_stft=False`
+                **kw) -> nn.Module: # front-end settings one by one (`sample_rate=...`), or `fast_stft=False` etc.
     "Build the PANNs model called `model_type`."
     if model_type not in MODELS:
         raise ValueError(f"Unknown model_type {model_type!r}; choose one of: {', '.join(MODELS)}.")
@@ -682,8 +697,8 @@ def build_model(model_type:str, # a name in `MODELS`, e.g. 'Cnn14'
 # %% ../nbs/41_models.ipynb #9a8c4f54
 def output_shapes(model:nn.Module, seconds:float=1., batch:int=2):
     "Shapes of `model`'s outputs on `batch` random clips of `seconds` (eval mode, no gradients)."
-    sr = getattr(model, 'config', {}).get('sample_rate', 32000)
-    with torch.no_grad(): out = model.eval()(torch.randn(batch, int(seconds*sr))*0.1)
+    sample_rate = getattr(model, 'config', {}).get('sample_rate', SAMPLE_RATE)
+    with torch.no_grad(): out = model.eval()(torch.randn(batch, int(seconds*sample_rate))*0.1)
     return {k: tuple(v.shape) for k, v in out.items()}
 
 # %% ../nbs/41_models.ipynb #fb57a7f0
@@ -695,14 +710,14 @@ def _macs(m, inp, out):
     k = m.weight[0].numel() if not isinstance(m, nn.Linear) else m.in_features  # (cin/groups)·kernel, or fan-in
     return out.numel()*k
 
-def count_flops(model:nn.Module, seconds:float=10., sr:int=32000) -> int:
+def count_flops(model:nn.Module, seconds:float=10., sample_rate:int=SAMPLE_RATE) -> int:
     "Operations (multiply-add = 2) of convolutions and linear layers, STFT included, for one clip of `seconds`."
     macs, fast, training = [], getattr(model, 'fast_stft', None), model.training
     hooks = [m.register_forward_hook(lambda m, i, o: macs.append(_macs(m, i, o)))
              for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
     try:
         if fast is not None: model.fast_stft = False   # count the conv-STFT, as the paper does
-        with torch.no_grad(): model.eval()(torch.zeros(1, int(seconds*sr)))
+        with torch.no_grad(): model.eval()(torch.zeros(1, int(seconds*sample_rate)))
     finally:
         for h in hooks: h.remove()
         if fast is not None: model.fast_stft = fast

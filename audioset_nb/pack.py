@@ -10,14 +10,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 import h5py, numpy as np
-from .audio import SAMPLE_RATE, STORES, AudioError, die_with_parent, encode_row, load_audio, pad_or_truncate, to_int16
+from .audio import (SAMPLE_RATE, STORES, AudioError, die_with_parent, encode_row, finite_audio, load_audio,
+                               pad_or_truncate, to_int16)
 from .config import config_cli
-from .fileio import CannotWrite, atomic_path, cannot_write, output_lock, remove_stale_temps
-from .metadata import CLIP_SECONDS, NUM_CLASSES, clip_name, parse_part, read_segments, segments_to_targets, take_part
+from .fileio import CannotWrite, atomic_path, cannot_write, default_workers, output_lock, remove_stale_temps
+from .metadata import (CLIP_SECONDS, NUM_CLASSES, clip_name, parse_part, read_segments, segments_to_targets,
+                                  take_part)
 
 # %% auto #0
-__all__ = ['CODECS', 'pack_cli', 'encode_clip', 'PackResult', 'check_pack_settings', 'default_pack_workers', 'pack_waveforms',
-           'write_index', 'train_index_order', 'combine_indexes', 'PackConfig', 'pack']
+__all__ = ['CODECS', 'pack_cli', 'encode_clip', 'encode_job', 'ordered_map', 'WaveformWriter', 'PackResult', 'progress_bar',
+           'check_pack_settings', 'default_pack_workers', 'pack_waveforms', 'write_index', 'train_index_order',
+           'combine_indexes', 'PackConfig', 'pack']
 
 # %% ../nbs/20_pack.ipynb #a1ac8a1a
 CODECS = (None, *STORES)  # None: int16 rows; else a compressed store of `audio.STORES`
@@ -25,41 +28,51 @@ CODECS = (None, *STORES)  # None: int16 rows; else a compressed store of `audio.
 def encode_clip(path:Path,                     # clip file, any format ffmpeg reads
                 sample_rate:int=SAMPLE_RATE,   # rate of the packed rows
                 clip_samples:int=SAMPLE_RATE*CLIP_SECONDS, # samples per row
-                codec:str=None)->np.ndarray:   # None: int16 row; 'flac', 'mp3': the row as that store's bytes (uint8)
+                codec:str=None,                # None: int16 row; 'flac', 'mp3': the row as that store's bytes (uint8)
+                stage:str='packing',           # the key of `audio.NONFINITE` that says what NaN samples do
+               )->np.ndarray:
     "One clip file as one packed row."
-    x = pad_or_truncate(load_audio(path, sr=sample_rate), clip_samples)
-    if not np.isfinite(x).all():  # int16 would turn NaN into silence without a word
-        raise AudioError(f'{path} holds {np.count_nonzero(~np.isfinite(x))} NaN or infinite samples; re-download or fix it.')
+    x = finite_audio(pad_or_truncate(load_audio(path, sample_rate), clip_samples), str(path), stage)
     x = to_int16(x)
     return x if codec is None else encode_row(x, sample_rate, codec)
 
 # %% ../nbs/20_pack.ipynb #b0fc6ad9
-def _encode_job(args)->tuple:
-    "(row, None) or (None, why the clip was left out); runs in a worker process."
+def encode_job(args:tuple, # the arguments of `encode_clip`
+              )->tuple:
+    "(row, None) or (None, why the clip was left out): `encode_clip` for a worker process, which must not raise."
     try: return encode_clip(*args), None
     except AudioError as e: return None, str(e)
     except Exception as e: return None, f'could not be decoded ({e.__class__.__name__}: {e})'
 
 # %% ../nbs/20_pack.ipynb #b770dfc5
-def _imap(fn, items:list, workers:int, window:int):
-    "`fn` over `items` in `workers` processes, in order, with at most `window` results pending."
-    if workers <= 1:
+def ordered_map(fn, # a picklable function of one item
+                items, # an iterable, read only as results are taken
+                num_workers:int, # processes (1: run in this process)
+                window:int=None, # results pending at most (default 4 per worker)
+               ):
+    "`fn` over `items` in `num_workers` processes, yielded in order, with at most `window` results pending."
+    window = window or 4*num_workers
+    if num_workers <= 1:
         yield from map(fn, items)
         return
     # a worker dies with us: forked, it shares our output lock, which must not outlive a killed packer
-    with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as ex:
+    with ProcessPoolExecutor(num_workers, initializer=die_with_parent, initargs=(os.getpid(),)) as ex:
         pending = deque()
         for it in items:
             pending.append(ex.submit(fn, it))
             if len(pending) >= window: yield pending.popleft().result()
         while pending: yield pending.popleft().result()
 
+_imap = ordered_map  # the name 70_finetune still imports; to go once it uses `ordered_map`
+
 # %% ../nbs/20_pack.ipynb #c74d99d7
 def _create(path:Path, settings:dict, clip_samples:int, codec:str)->h5py.File:
     "A new, empty waveform file in the reference layout (or its compressed variant), resizable."
     f = h5py.File(path, 'w')
     f.create_dataset('audio_name', (0,), 'S20', maxshape=(None,), chunks=(1024,))
-    if codec is None: f.create_dataset('waveform', (0, clip_samples), np.int16, maxshape=(None, clip_samples), chunks=(1, clip_samples))
+    if codec is None:
+        f.create_dataset('waveform', (0, clip_samples), np.int16, maxshape=(None, clip_samples),
+                         chunks=(1, clip_samples))
     else: f.create_dataset(STORES[codec][0], (0,), h5py.vlen_dtype(np.uint8), maxshape=(None,), chunks=(64,))
     f.create_dataset('target', (0, NUM_CLASSES), bool, maxshape=(None, NUM_CLASSES), chunks=(1024, NUM_CLASSES))
     f.create_dataset('skipped', (0, 2), h5py.string_dtype(), maxshape=(None, 2), chunks=(256, 2))
@@ -94,7 +107,8 @@ def _commit(f, buf, names, targets, items_done, skipped):
         n = len(s)
         s.resize(len(skipped), axis=0)
         s[n:] = np.array(skipped[n:], dtype=object)
-    f.attrs['pack_progress'] = json.dumps(dict(rows=f['audio_name'].shape[0], items_done=items_done, skipped=len(skipped)))
+    f.attrs['pack_progress'] = json.dumps(dict(rows=f['audio_name'].shape[0], items_done=items_done,
+                                               skipped=len(skipped)))
     f.flush()
 
 # %% ../nbs/20_pack.ipynb #91ce8cee
@@ -113,8 +127,49 @@ def _reopen(path:Path, settings:dict)->h5py.File|None:
         return f
     except Exception as e:
         if f: f.close()
-        logging.getLogger(__name__).warning(f'{path} is an unreadable leftover of a killed run ({e.__class__.__name__}); packing again.')
+        logging.getLogger(__name__).warning(f'{path} is an unreadable leftover of a killed run '
+                                            f'({e.__class__.__name__}); packing again.')
         return None
+
+# %% ../nbs/20_pack.ipynb #9b42c184
+class WaveformWriter:
+    "A waveform HDF5 written through `.<name>.partial`: resumed where a killed run stopped, committed chunk by chunk."
+    def __init__(self, path:Path, # the waveform HDF5 to write
+                 settings:dict, # what a partial file must have been started with to be resumed (JSON)
+                 clip_samples:int, # samples per row
+                 codec:str=None): # None: int16 rows; else a store of `audio.STORES`
+        self.path = Path(path)
+        self.partial = self.path.with_name(f'.{self.path.name}.partial')
+        self.f = _reopen(self.partial, settings) or _create(self.partial, settings, clip_samples, codec)
+        self.skipped = [tuple(s.decode() for s in r) for r in self.f['skipped'][:]]  # (audio_name, why) left out
+
+    @property
+    def rows(self)->int: return _progress_of(self.f)['rows']  # rows committed
+    @property
+    def items_done(self)->int: return _progress_of(self.f)['items_done']  # items (rows and left out) committed
+
+    def skip(self, name:str, why:str):
+        "Record (and log) that clip `name` was left out and why; written with the next `commit`."
+        self.skipped.append((name, why))
+        logging.getLogger(__name__).warning(f'{name} left out: {why}')
+
+    def commit(self, names:list, rows:list, targets, # the new rows: names, int16 rows or store bytes, bool targets
+               items_done:int): # items done in all, rows and left out: where a rerun resumes
+        "Append the rows, record the clips left out and the resume point, and flush."
+        targets = np.asarray(targets, bool).reshape(-1, NUM_CLASSES)
+        _commit(self.f, list(enumerate(rows)), names, targets, items_done, self.skipped)
+
+    def finish(self)->int:
+        "Close the file and move it into place (a file with no rows is removed instead); the rows it holds."
+        rows = self.rows
+        self.close()
+        if rows: self.partial.replace(self.path)
+        else: self.partial.unlink(missing_ok=True)
+        return rows
+
+    def close(self): self.f.close()
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
 
 # %% ../nbs/20_pack.ipynb #ab0aa89a
 @dataclass
@@ -125,7 +180,11 @@ class PackResult:
     skipped: list = field(default_factory=list)  # (audio_name, why) of clips left out
     def __repr__(self): return f'PackResult({self.rows} clips in {self.path}, {len(self.skipped)} left out)'
 
-def _progress(it, total:int, show:bool):
+def progress_bar(it, # what to iterate over
+                 total:int, # its length, if known
+                 show:bool, # False: `it` itself, no bar
+                ):
+    "`it` with a tqdm bar counting clips, where `show`."
     if not show: return it
     from tqdm.auto import tqdm
     return tqdm(it, total=total, unit='clip')
@@ -135,7 +194,8 @@ def _need_space(out:Path, nbytes:int, rows:int=0):
     "Refuse to write `nbytes` more beside `out` where the disk lacks them: HDF5 cannot recover from a failed write."
     free = shutil.disk_usage(out.parent).free
     if free < nbytes:
-        kept = f'; the {rows} clips packed so far are kept in .{out.name}.partial and a rerun resumes from them' if rows else ''
+        kept = f'; the {rows} clips packed so far are kept in .{out.name}.partial and a rerun resumes from them'
+        kept = kept if rows else ''
         e = CannotWrite(f'Cannot write {out}: the disk is full ({free/1e6:.1f} MB free, {nbytes/1e6:.1f} MB needed); '
                         f'free some space there or choose another place{kept}.')
         e.errno = errno.ENOSPC
@@ -143,21 +203,22 @@ def _need_space(out:Path, nbytes:int, rows:int=0):
 
 def _check_folder(d:Path, what:str='Clip folder', flag:str='--audios_dir'):
     if d.is_dir(): return
-    raise FileNotFoundError(f'{what} {d} {"is a file, not a folder" if d.exists() else "does not exist"}; check {flag}.')
+    why = 'is a file, not a folder' if d.exists() else 'does not exist'
+    raise FileNotFoundError(f'{what} {d} {why}; check {flag}.')
 
-def check_pack_settings(sample_rate:int, clip_seconds:float, workers:int=None, codec:str=None, chunk:int=64):
+def check_pack_settings(sample_rate:int, clip_seconds:float, num_workers:int=None, codec:str=None, chunk:int=64):
     "Raise `ValueError` in one sentence for a setting packing cannot use."
     if codec not in CODECS: raise ValueError(f'--codec {codec!r} is not one of {CODECS}.')
     if isinstance(sample_rate, bool) or sample_rate != int(sample_rate) or not 1000 <= sample_rate <= 192000:
         raise ValueError(f'--sample_rate {sample_rate!r} must be a whole number of Hz from 1000 to 192000.')
     if not 0 < clip_seconds <= CLIP_SECONDS:
-        raise ValueError(f'--clip_seconds {clip_seconds!r} must be above 0 and at most {CLIP_SECONDS} (AudioSet segments are {CLIP_SECONDS} s).')
-    if workers is not None and not 1 <= workers <= 1024: raise ValueError(f'--workers {workers!r} must be from 1 to 1024.')
+        raise ValueError(f'--clip_seconds {clip_seconds!r} must be above 0 and at most {CLIP_SECONDS} (AudioSet '
+                         f'segments are {CLIP_SECONDS} s).')
+    if num_workers is not None and not 1 <= num_workers <= 1024:
+        raise ValueError(f'--num_workers {num_workers!r} must be from 1 to 1024.')
     if not chunk >= 1: raise ValueError(f'chunk {chunk!r} must be at least 1.')
 
-def default_pack_workers()->int:
-    "Decoding processes for packing: one per core."
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1))
+def default_pack_workers()->int: return default_workers('decoding')  # the name 70_finetune imports; to go
 
 # %% ../nbs/20_pack.ipynb #5bb2328b
 def pack_waveforms(csv_path:Path,               # segment CSV (AudioSet format) listing the clips
@@ -165,13 +226,13 @@ def pack_waveforms(csv_path:Path,               # segment CSV (AudioSet format) 
                    waveforms_hdf5_path:Path,    # the waveform HDF5 to write
                    sample_rate:int=SAMPLE_RATE, # rate of the packed rows
                    clip_seconds:float=CLIP_SECONDS, # length of every row
-                   workers:int=None,            # decoding processes; default one per core
-                   codec:str=None,              # None: int16 rows (reference layout); 'flac' or 'mp3': a compressed store
+                   num_workers:int=None,            # decoding processes; default one per core
+                   codec:str=None,              # None: int16 rows (reference layout); 'flac' or 'mp3': compressed
                    chunk:int=64,                # rows written (and resumable) at a time
                    part:str=None,               # 'i/n': pack only the i-th (from 0) of n slices of the list
                    progress:bool=True)->PackResult:
     "Pack the clips listed in `csv_path` into one HDF5 file, skipping and reporting clips that cannot be read."
-    check_pack_settings(sample_rate, clip_seconds, workers, codec, chunk)
+    check_pack_settings(sample_rate, clip_seconds, num_workers, codec, chunk)
     audios_dir, out = Path(audios_dir), Path(waveforms_hdf5_path)
     _check_folder(audios_dir)
     segs = read_segments(csv_path)
@@ -181,7 +242,9 @@ def pack_waveforms(csv_path:Path,               # segment CSV (AudioSet format) 
     settings = _settings(csv_path, audios_dir, names, sample_rate, clip_samples, codec)
     with output_lock(out, 'packed file'):
         remove_stale_temps(out)
-        try: return _pack_locked(out, settings, names, targets, audios_dir, csv_path, sample_rate, clip_samples, codec, workers, chunk, progress)
+        try:
+            return _pack_locked(out, settings, names, targets, audios_dir, csv_path, sample_rate, clip_samples, codec,
+                                num_workers, chunk, progress)
         except OSError as e:
             _drop_empty_partial(out)
             raise cannot_write(out, e) from None
@@ -194,42 +257,38 @@ def _drop_empty_partial(out:Path):
     except Exception: empty = tmp.exists() and tmp.stat().st_size < (1 << 20)
     if empty: tmp.unlink(missing_ok=True)
 
-def _pack_locked(out, settings, names, targets, audios_dir, csv_path, sample_rate, clip_samples, codec, workers, chunk, progress):
+def _pack_locked(out, settings, names, targets, audios_dir, csv_path, sample_rate, clip_samples, codec, num_workers,
+                 chunk, progress):
     "`pack_waveforms`, once it holds the output's lock."
-    tmp = out.with_name(f'.{out.name}.partial')
     _need_space(out, 1 << 20)
-    f = _reopen(tmp, settings) or _create(tmp, settings, clip_samples, codec)
-    with f:
-        start, skipped = _progress_of(f)['items_done'], [tuple(s.decode() for s in r) for r in f['skipped'][:]]
+    with WaveformWriter(out, settings, clip_samples, codec) as w:
+        start = w.items_done
         if start: logging.getLogger(__name__).info(f'{out}: resuming after {start} of {len(names)} listed clips.')
         jobs = [(audios_dir/n, sample_rate, clip_samples, codec) for n in names[start:]]
-        workers = workers or default_pack_workers()
+        results = ordered_map(encode_job, jobs, num_workers or default_workers('decoding'))
         buf = []
-        for i, (row, why) in enumerate(_progress(_imap(_encode_job, jobs, workers, 4*workers), len(jobs), progress), start):
-            if row is None:
-                skipped.append((names[i], why))
-                logging.getLogger(__name__).warning(f'{names[i]} left out: {why}')
+        for i, (row, why) in enumerate(progress_bar(results, len(jobs), progress), start):
+            if row is None: w.skip(names[i], why)
             else: buf.append((i, row))
             if (i + 1) % chunk == 0 or i + 1 == len(names):
-                _need_space(out, sum(r.nbytes for _, r in buf) + (1 << 20), _progress_of(f)['rows'])
-                _commit(f, buf, names, targets, i + 1, skipped)
+                _need_space(out, sum(r.nbytes for _, r in buf) + (1 << 20), w.rows)
+                w.commit([names[j] for j, _ in buf], [r for _, r in buf], targets[[j for j, _ in buf]], i + 1)
                 buf = []
-        rows = _progress_of(f)['rows']
+        rows = w.finish()
     if rows == 0:
-        tmp.unlink()
         raise ValueError(f'None of the {len(names)} clips listed in {csv_path} could be read from {audios_dir}; '
                          'check --audios_dir (files are named Y<ytid>.wav).')
-    tmp.replace(out)
-    return PackResult(out, rows, skipped)
+    return PackResult(out, rows, w.skipped)
 
 def _settings(csv_path, audios_dir, names, sample_rate, clip_samples, codec)->dict:
     "What a partial file must have been started with to be resumed."
     return dict(csv=str(Path(csv_path).resolve()), names=len(names), first=names[:1], last=names[-1:],
-                audios_dir=str(Path(audios_dir).resolve()), sample_rate=sample_rate, clip_samples=clip_samples, codec=codec)
+                audios_dir=str(Path(audios_dir).resolve()), sample_rate=sample_rate, clip_samples=clip_samples,
+                codec=codec)
 
 # %% ../nbs/20_pack.ipynb #b008d7ad
 def _write_h5(path:Path, fill, nbytes:int):
-    "Write an HDF5 file of about `nbytes` through a temporary name (one writer, disk checked first): `fill(f)` writes it."
+    "Write an HDF5 file of about `nbytes` through a temporary name (one writer, disk checked first) with `fill(f)`."
     path = Path(path)
     with output_lock(path, 'index file'):
         remove_stale_temps(path)
@@ -251,8 +310,10 @@ def write_index(waveforms_hdf5_path:Path, # a packed waveform HDF5
                 indexes_hdf5_path:Path)->Path:
     "Write the index file of one waveform HDF5."
     src = Path(waveforms_hdf5_path).resolve()
-    if not src.is_file(): raise FileNotFoundError(f'Waveform file {src} does not exist; pack it first (--waveforms_hdf5_path).')
-    if len(str(src)) > 200: raise ValueError(f'The path {src} is longer than the 200 bytes an index can hold; pack to a shorter path.')
+    if not src.is_file():
+        raise FileNotFoundError(f'Waveform file {src} does not exist; pack it first (--waveforms_hdf5_path).')
+    if len(str(src)) > 200:
+        raise ValueError(f'The path {src} is longer than the 200 bytes an index can hold; pack to a shorter path.')
     with h5py.File(src, 'r') as w: names, target = w['audio_name'][:], w['target'][:]
     def fill(f):
         _index_datasets(f, len(names))
@@ -274,8 +335,10 @@ def combine_indexes(indexes_hdf5s_dir:Path,      # folder of per-subset index fi
     "Join every `*train*` index of a folder into one full-train index, in `train_index_order`."
     d, out = Path(indexes_hdf5s_dir), Path(full_indexes_hdf5_path)
     if not d.is_dir(): _check_folder(d, 'Index folder', '--indexes_hdf5s_dir')
-    parts = [p for p in d.glob('*.h5') if 'train' in p.name and 'full_train' not in p.name and p.resolve() != out.resolve()]
-    if not parts: raise FileNotFoundError(f'No *train*.h5 index files in {d}; write them with --indexes_hdf5_path first.')
+    is_part = lambda p: 'train' in p.name and 'full_train' not in p.name and p.resolve() != out.resolve()
+    parts = [p for p in d.glob('*.h5') if is_part(p)]
+    if not parts:
+        raise FileNotFoundError(f'No *train*.h5 index files in {d}; write them with --indexes_hdf5_path first.')
     for p in parts: _check_index(p)
     def fill(f):
         _index_datasets(f, resizable=True)
@@ -295,7 +358,8 @@ def _check_index(path:Path):
         if not wp.is_file(): continue  # packed elsewhere, perhaps: the training data loader says so if it stays missing
         with h5py.File(wp, 'r') as wf: n = wf['audio_name'].shape[0]
         if last >= n or int(at[where == w].min(initial=0)) < 0:
-            raise ValueError(f'Index {path} points at row {last} of {wp}, which has {n} rows; write the index again from that file.')
+            raise ValueError(f'Index {path} points at row {last} of {wp}, which has {n} rows; write the index again '
+                             f'from that file.')
 
 # %% ../nbs/20_pack.ipynb #bc337de9
 @dataclass
@@ -309,7 +373,7 @@ class PackConfig:
     full_indexes_hdf5_path: str|None = None # combined full-train index to write
     sample_rate: int = SAMPLE_RATE          # rate of the packed rows, Hz
     clip_seconds: float = CLIP_SECONDS      # length of every row, seconds (at most 10, an AudioSet segment)
-    workers: int|None = None                # decoding processes (default: one per core)
+    num_workers: int|None = None                # decoding processes (default: one per core)
     codec: str|None = None                  # a compressed store: 'flac' (lossless) or 'mp3' (lossy)
     part: str|None = None                   # i/n: pack only the i-th (from 0) of n slices of the CSV
     quiet: bool = False                     # no progress bar
@@ -321,9 +385,10 @@ class PackConfig:
         if bool(self.indexes_hdf5s_dir) != bool(self.full_indexes_hdf5_path):
             raise ValueError('combining needs both --indexes_hdf5s_dir and --full_indexes_hdf5_path.')
         if not (pack or (self.waveforms_hdf5_path and self.indexes_hdf5_path) or self.indexes_hdf5s_dir):
-            raise ValueError('nothing to do: give --csv_path/--audios_dir/--waveforms_hdf5_path to pack, --waveforms_hdf5_path/'
-                             '--indexes_hdf5_path to index, or --indexes_hdf5s_dir/--full_indexes_hdf5_path to combine.')
-        check_pack_settings(self.sample_rate, self.clip_seconds, self.workers, self.codec)
+            raise ValueError('nothing to do: give --csv_path/--audios_dir/--waveforms_hdf5_path to pack, '
+                             '--waveforms_hdf5_path/--indexes_hdf5_path to index, '
+                             'or --indexes_hdf5s_dir/--full_indexes_hdf5_path to combine.')
+        check_pack_settings(self.sample_rate, self.clip_seconds, self.num_workers, self.codec)
         if self.part: parse_part(self.part)
 
 # %% ../nbs/20_pack.ipynb #de8a2791
@@ -331,10 +396,13 @@ def pack(cfg:PackConfig):
     "Do what `cfg` asks (pack, index, combine), printing a line for each file written."
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     if cfg.csv_path:
-        r = pack_waveforms(cfg.csv_path, cfg.audios_dir, cfg.waveforms_hdf5_path, cfg.sample_rate, cfg.clip_seconds, cfg.workers,
+        r = pack_waveforms(cfg.csv_path, cfg.audios_dir, cfg.waveforms_hdf5_path, cfg.sample_rate, cfg.clip_seconds,
+                           cfg.num_workers,
                            cfg.codec, part=cfg.part, progress=not cfg.quiet)
         print(f'packed {r.rows} clips into {r.path}; {len(r.skipped)} left out')
-    if cfg.waveforms_hdf5_path and cfg.indexes_hdf5_path: print(f'wrote index {write_index(cfg.waveforms_hdf5_path, cfg.indexes_hdf5_path)}')
-    if cfg.indexes_hdf5s_dir: print(f'wrote full index {combine_indexes(cfg.indexes_hdf5s_dir, cfg.full_indexes_hdf5_path)}')
+    if cfg.waveforms_hdf5_path and cfg.indexes_hdf5_path:
+        print(f'wrote index {write_index(cfg.waveforms_hdf5_path, cfg.indexes_hdf5_path)}')
+    if cfg.indexes_hdf5s_dir:
+        print(f'wrote full index {combine_indexes(cfg.indexes_hdf5s_dir, cfg.full_indexes_hdf5_path)}')
 
 pack_cli = config_cli(PackConfig, pack, 'audioset_pack')

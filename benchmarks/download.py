@@ -8,7 +8,8 @@ import argparse, datetime, json, os, platform, shutil, subprocess, sys, tempfile
 from pathlib import Path
 import numpy as np
 import yt_dlp
-from audioset_nb.download import Segment, download_clip, download_clips, ffmpeg_exe, summarize
+from audioset_nb.audio import ffmpeg_cmd, ffmpeg_exe
+from audioset_nb.download import Segment, download_clip, download_clips, summarize
 from audioset_nb.mirror import Mirror
 
 SOURCES = [('webm', ['-c:a', 'libopus'], 48000, 2), ('m4a', ['-c:a', 'aac'], 44100, 2),
@@ -20,8 +21,8 @@ def make_sources(root:Path, n:int):
     for k, (ext, args, sr, ch) in enumerate(SOURCES):
         t = np.arange(14*sr)/sr
         pcm = (np.tile(0.4*np.sin(2*np.pi*(200*t + 30*t**2))[:, None], (1, ch))*32767).astype('<i2')
-        subprocess.run([ffmpeg_exe(), '-nostdin', '-loglevel', 'error', '-y', '-f', 's16le', '-ar', str(sr), '-ac', str(ch),
-                        '-i', 'pipe:0', *args, str(root/f'base{k}.{ext}')], input=pcm.tobytes(), check=True)
+        cmd = ffmpeg_cmd('-y', '-f', 's16le', '-ar', sr, '-ac', ch, '-i', 'pipe:0', *args, root/f'base{k}.{ext}')
+        subprocess.run(cmd, input=pcm.tobytes(), check=True)
     for i in range(n):
         k = i % len(SOURCES)
         ytid = f'bench{i:06d}'
@@ -53,20 +54,23 @@ def main():
                 out = work/'baseline'
                 out.mkdir()
                 return [download_clip(s, out, **kw) for s in segs]
-            runs = [('baseline (plain loop)', baseline)] + [
-                (f'{w} workers', lambda w=w: download_clips(segs, work/f'w{w}', workers=w, progress=False, **kw)) for w in (1, 4, 8)]
+            def parallel(w): return lambda: download_clips(segs, work/f'w{w}', num_workers=w, progress=False, **kw)
+            runs = [('baseline (plain loop)', baseline)] + [(f'{w} workers', parallel(w)) for w in (1, 4, 8)]
             for name, fn in runs:
                 rows, secs, reqs = timed(m, fn)
-                results.append(dict(run=name, clips=len(rows), seconds=round(secs, 3), clips_per_s=round(len(rows)/secs, 3),
-                                    requests=reqs, statuses=summarize(rows)))
-                print(f'{name:22} {len(rows)/secs:6.2f} clips/s  ({secs:.1f} s, {reqs} requests, {summarize(rows)})', flush=True)
+                results.append(dict(run=name, clips=len(rows), seconds=round(secs, 3),
+                                    clips_per_s=round(len(rows)/secs, 3), requests=reqs, statuses=summarize(rows)))
+                print(f'{name:22} {len(rows)/secs:6.2f} clips/s  ({secs:.1f} s, {reqs} requests, {summarize(rows)})',
+                      flush=True)
         base = results[0]['clips_per_s']
         for r in results: r['speedup_vs_baseline'] = round(r['clips_per_s']/base, 2)
         ff = subprocess.run([ffmpeg_exe(), '-version'], capture_output=True, text=True).stdout.split('\n')[0]
-        report = dict(benchmark='download', date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-                      device=dict(kind='cpu', machine=platform.machine(), processor=platform.processor(), cpu_count=os.cpu_count(),
-                                  platform=platform.platform()),
-                      versions=dict(python=platform.python_version(), yt_dlp=yt_dlp.version.__version__, numpy=np.__version__, ffmpeg=ff),
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+        report = dict(benchmark='download', date=now,
+                      device=dict(kind='cpu', machine=platform.machine(), processor=platform.processor(),
+                                  cpu_count=os.cpu_count(), platform=platform.platform()),
+                      versions=dict(python=platform.python_version(), yt_dlp=yt_dlp.version.__version__,
+                                    numpy=np.__version__, ffmpeg=ff),
                       setup=dict(clips=a.clips, delay_per_request_s=a.delay, segment_s=10, source_s=14,
                                  containers=[s[0] for s in SOURCES], mirror='audioset_nb.mirror.Mirror on 127.0.0.1'),
                       results=results)

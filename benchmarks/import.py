@@ -34,11 +34,12 @@ def make_parquet(path:Path, n:int):
     labels = load_labels()
     with Pool(2) as pool: audio = pool.map(flac48, range(n), chunksize=8)
     ids = [f'bench{i:06d}' for i in range(n)]
-    schema = pa.schema([('video_id', pa.string()), ('audio', pa.struct([('bytes', pa.binary()), ('path', pa.string())])),
+    audio_type = pa.struct([('bytes', pa.binary()), ('path', pa.string())])
+    schema = pa.schema([('video_id', pa.string()), ('audio', audio_type),
                         ('labels', pa.list_(pa.string())), ('human_labels', pa.list_(pa.string()))])
-    pq.write_table(pa.table({'video_id': ids, 'audio': [{'bytes': a, 'path': f'audio/unbal_train/{y}.flac'} for y, a in zip(ids, audio)],
-                             'labels': [[labels.mids[i % 527]] for i in range(n)], 'human_labels': [[labels[i % 527]] for i in range(n)]},
-                            schema=schema), path, row_group_size=50)
+    cols = {'video_id': ids, 'audio': [{'bytes': a, 'path': f'audio/unbal_train/{y}.flac'} for y, a in zip(ids, audio)],
+            'labels': [[labels.mids[i % 527]] for i in range(n)], 'human_labels': [[labels[i % 527]] for i in range(n)]}
+    pq.write_table(pa.table(cols, schema=schema), path, row_group_size=50)
 
 def baseline(src:Path, out:Path):
     "Read the whole file, decode each clip in turn, write the rows."
@@ -66,7 +67,7 @@ def run_variant(variant:str, src:Path, out:Path):
     import pyarrow.parquet  # noqa: F401  (imports are not part of the time)
     t0 = time.perf_counter()
     if variant == 'baseline': baseline(src, out)
-    else: import_clips([src], out, workers=int(variant.split('-w')[1]), progress=False)
+    else: import_clips([src], out, num_workers=int(variant.split('-w')[1]), progress=False)
     dt = time.perf_counter() - t0
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps(dict(seconds=dt, cpu_seconds=me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
@@ -74,7 +75,8 @@ def run_variant(variant:str, src:Path, out:Path):
 
 def measure(variant:str, src:Path, out:Path, n:int)->dict:
     stop, peak = threading.Event(), []
-    proc = subprocess.Popen([sys.executable, __file__, '--variant', variant, '--src', str(src), '--out', str(out)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, __file__, '--variant', variant, '--src', str(src), '--out', str(out)],
+                            stdout=subprocess.PIPE, text=True)
     th = threading.Thread(target=tree_rss_peak, args=(proc, stop, peak))
     th.start()
     stdout, _ = proc.communicate()
@@ -82,8 +84,10 @@ def measure(variant:str, src:Path, out:Path, n:int)->dict:
     th.join()
     if proc.returncode: raise SystemExit(f'variant {variant} failed')
     r = json.loads(stdout.strip().splitlines()[-1])
-    r.update(variant=variant, clips=n, file_mb=src.stat().st_size/2**20, clips_per_s=n/r['seconds'], peak_tree_rss_mb=peak[0]/2**20)
-    print(f"N={n:5} ({r['file_mb']:5.0f} MB) {variant:9} {r['clips_per_s']:6.1f} clips/s  peak RSS (tree) {r['peak_tree_rss_mb']:6.0f} MB", flush=True)
+    r.update(variant=variant, clips=n, file_mb=src.stat().st_size/2**20, clips_per_s=n/r['seconds'],
+             peak_tree_rss_mb=peak[0]/2**20)
+    print(f"N={n:5} ({r['file_mb']:5.0f} MB) {variant:9} {r['clips_per_s']:6.1f} clips/s  "
+          f"peak RSS (tree) {r['peak_tree_rss_mb']:6.0f} MB", flush=True)
     return r
 
 def main(ns:list, out:Path):
@@ -99,12 +103,14 @@ def main(ns:list, out:Path):
             rs = [measure(v, src, d/f'{v}-{n}.h5', n) for v in ['baseline', 'ours-w1', 'ours-w2']]
             with h5py.File(d/f'baseline-{n}.h5', 'r') as a, h5py.File(d/f'ours-w2-{n}.h5', 'r') as b:
                 same = bool(np.array_equal(a['waveform'][:], b['waveform'][:]))
-            for r in rs: r.update(vs_baseline_clips_per_s=r['clips_per_s']/rs[0]['clips_per_s'], rows_identical_to_baseline=same)
+            for r in rs:
+                r.update(vs_baseline_clips_per_s=r['clips_per_s']/rs[0]['clips_per_s'], rows_identical_to_baseline=same)
             runs += rs
     res = dict(benchmark='import', device='cpu', cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-               versions=dict(python=platform.python_version(), audioset_nb=audioset_nb.__version__, numpy=np.__version__, h5py=h5py.__version__,
-                             pyarrow=pyarrow.__version__, soundfile=soundfile.__version__, soxr=soxr.__version__),
+               versions=dict(python=platform.python_version(), audioset_nb=audioset_nb.__version__,
+                             numpy=np.__version__, h5py=h5py.__version__, pyarrow=pyarrow.__version__,
+                             soundfile=soundfile.__version__, soxr=soxr.__version__),
                clip='10 s FLAC 48 kHz/24-bit in parquet (Hugging Face schema, row groups of 50), files in page cache',
                loadavg_at_end=os.getloadavg(), runs=runs)
     out.parent.mkdir(parents=True, exist_ok=True)

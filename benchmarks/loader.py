@@ -69,7 +69,8 @@ def main(n, batches):
         make_file(d/'f.h5', n, flac=True)
         ix = write_index(d/'w.h5', d/'i.h5')
         ixf = write_index(d/'f.h5', d/'if.h5')
-        for name, ds, workers in [('ours', AudioSetDataset(ix), 0), ('ours', AudioSetDataset(ix), 1), ('ours', AudioSetDataset(ix), 2),
+        for name, ds, workers in [('ours', AudioSetDataset(ix), 0), ('ours', AudioSetDataset(ix), 1),
+                                  ('ours', AudioSetDataset(ix), 2),
                                   ('reopen', ReopenDataset(ix), 0), ('reopen', ReopenDataset(ix), 2),
                                   ('ours-flac', AudioSetDataset(ixf), 0), ('ours-flac', AudioSetDataset(ixf), 2)]:
             r, ms = clips_per_s(ds, workers, batches)
@@ -79,10 +80,13 @@ def main(n, batches):
     for r in runs: r['ratio_vs_reopen_0_workers'] = r['clips_per_s']/base
     import audioset_nb
     res = dict(benchmark='loader', device='cpu', cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
-               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), loadavg_at_end=os.getloadavg(),
-               versions=dict(python=platform.python_version(), audioset_nb=audioset_nb.__version__, torch=torch.__version__,
-                             h5py=h5py.__version__, numpy=np.__version__, libsndfile=sf.__libsndfile_version__),
-               clips_in_file=n, batch_size=32, batches_timed=batches, clip='10 s int16 rows at 32 kHz; file in page cache',
+               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+               loadavg_at_end=os.getloadavg(),
+               versions=dict(python=platform.python_version(), audioset_nb=audioset_nb.__version__,
+                             torch=torch.__version__, h5py=h5py.__version__, numpy=np.__version__,
+                             libsndfile=sf.__libsndfile_version__),
+               clips_in_file=n, batch_size=32, batches_timed=batches,
+               clip='10 s int16 rows at 32 kHz; file in page cache',
                runs=runs)
     (HERE/'results').mkdir(exist_ok=True)
     (HERE/'results'/'loader-cpu.json').write_text(json.dumps(res, indent=1))

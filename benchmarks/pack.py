@@ -35,7 +35,8 @@ def make_clips(d:Path, n:int):
     from multiprocessing import Pool
     labels = load_labels()
     (d/'audios').mkdir(parents=True, exist_ok=True)
-    with Pool(2) as pool: pool.starmap(write_clip, [(d/'audios'/f'Ybench{i:06d}.wav', i) for i in range(n)], chunksize=16)
+    with Pool(2) as pool:
+        pool.starmap(write_clip, [(d/'audios'/f'Ybench{i:06d}.wav', i) for i in range(n)], chunksize=16)
     write_segments(d/'segs.csv', [Segment(f'bench{i:06d}', 0., 10., (labels.mids[i % 527],)) for i in range(n)])
 
 def write_clip(path, i):
@@ -74,7 +75,8 @@ def run_variant(variant, d):
     if variant == 'reference': reference_pack(d/'segs.csv', d/'audios', out)
     else:
         workers = int(variant.split('-w')[1])
-        pack_waveforms(d/'segs.csv', d/'audios', out, workers=workers, codec='flac' if 'flac' in variant else None, progress=False)
+        pack_waveforms(d/'segs.csv', d/'audios', out, num_workers=workers, codec='flac' if 'flac' in variant else None,
+                       progress=False)
     dt = time.perf_counter() - t0
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps(dict(seconds=dt, cpu_seconds=me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime - cpu0,
@@ -93,7 +95,8 @@ def tree_rss_peak(proc, stop, out):
 
 def measure(variant, d, n):
     stop, peak = threading.Event(), []
-    proc = subprocess.Popen([sys.executable, __file__, '--variant', variant, '--dir', str(d)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, __file__, '--variant', variant, '--dir', str(d)], stdout=subprocess.PIPE,
+                            text=True)
     th = None
     try:
         import psutil  # noqa: F401
@@ -138,15 +141,18 @@ def main(n):
         with h5py.File(d/'ours-w2.h5', 'r') as a, h5py.File(d/'reference.h5', 'r') as b:
             same = bool(np.array_equal(a['waveform'][:50], b['waveform'][:50]))
         dec = dict(int16=decode_speed(d/'ours-w2.h5', min(n, 500)), flac=decode_speed(d/'ours-flac-w2.h5', min(n, 500)))
-        print(f"read+decode, one process: int16 {dec['int16']['per_cpu_second']:.0f}, flac {dec['flac']['per_cpu_second']:.0f} "
-              f"clips per CPU second (wall: {dec['int16']['wall']:.0f}, {dec['flac']['wall']:.0f} clips/s)", flush=True)
+        print(f"read+decode, one process: int16 {dec['int16']['per_cpu_second']:.0f}, "
+              f"flac {dec['flac']['per_cpu_second']:.0f} clips per CPU second "
+              f"(wall: {dec['int16']['wall']:.0f}, {dec['flac']['wall']:.0f} clips/s)", flush=True)
     res = dict(benchmark='pack', device='cpu', cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-               versions=dict(python=platform.python_version(), audioset_nb=audioset_nb.__version__, numpy=np.__version__,
-                             h5py=h5py.__version__, soundfile=soundfile.__version__, libsndfile=soundfile.__libsndfile_version__,
-                             soxr=soxr.__version__, librosa=librosa.__version__, torch=torch.__version__),
+               versions=dict(python=platform.python_version(), audioset_nb=audioset_nb.__version__,
+                             numpy=np.__version__, h5py=h5py.__version__, soundfile=soundfile.__version__,
+                             libsndfile=soundfile.__libsndfile_version__, soxr=soxr.__version__,
+                             librosa=librosa.__version__, torch=torch.__version__),
                clips=n, clip='10 s, 32 kHz, mono, 16-bit wav (synthetic noise and tones), files in page cache',
-               generate_seconds=gen, loadavg_at_end=os.getloadavg(), first_50_rows_identical_to_reference=same, runs=runs,
+               generate_seconds=gen, loadavg_at_end=os.getloadavg(), first_50_rows_identical_to_reference=same,
+               runs=runs,
                read_decode_clips_per_s_one_core=dec,
                flac_bytes_ratio=runs[3]['bytes_per_clip']/runs[2]['bytes_per_clip'])
     (HERE/'results').mkdir(exist_ok=True)

@@ -1,9 +1,10 @@
-"Shared test helpers: run a console script of the package, check a one-sentence error, make and encode test audio."
-import configparser, os, subprocess, sys
+"""Shared test helpers (run a console script, check a one-sentence error, make and encode test audio, watch processes)
+and the fixtures built on them (`run_cli`, `tones`, `tmpfs`). Test modules import from here, never from each other."""
+import configparser, os, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pytest
 import audioset_nb
-from audioset_nb.audio import ffmpeg_exe
+from audioset_nb.audio import ffmpeg_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -47,13 +48,77 @@ def one_sentence(stderr, *words):
 
 def ffmpeg(*args, input=None):
     "Run ffmpeg quietly with `args` (overwriting outputs); `input` is bytes for `pipe:0`."
-    subprocess.run([ffmpeg_exe(), '-nostdin', '-v', 'error', '-y', *map(str, args)], input=input, check=True)
+    subprocess.run(ffmpeg_cmd('-y', *args), input=input, check=True)
 
 def tone(freq, seconds, sr, channels=1, amp=0.5):
     "A sine of `freq` Hz: shape (samples,) for mono, else (samples, channels) all alike."
     t = np.arange(int(round(seconds*sr)))/sr
     x = amp*np.sin(2*np.pi*freq*t)
     return x if channels == 1 else np.repeat(x[:, None], channels, 1)
+
+SINE_LABEL = ('/m/01v_m0',)  # AudioSet's "Sine wave"
+SOURCE_S = 14.               # seconds of a source video made by `make_source`
+
+def synth(t):
+    "The test signal at times `t` (s): two chirps, one amplitude-modulated, all below 1 kHz so every codec keeps them."
+    return (0.3*np.sin(2*np.pi*(150*t + 30*t**2))
+            + 0.2*np.sin(2*np.pi*(700*t - 20*t**2))*(1 + 0.5*np.sin(2*np.pi*0.7*t))/1.5)
+
+def make_source(path:Path, sr:int, channels:int, args:list, video=False):
+    "A `SOURCE_S`-second 'video' of `synth` at `sr` with `channels`, encoded by ffmpeg with `args` (and a picture)."
+    t = np.arange(int(SOURCE_S*sr))/sr
+    pcm = (np.tile(synth(t)[:, None], (1, channels))*32767).astype('<i2')
+    picture = ['-f', 'lavfi', '-i', f'color=c=blue:s=64x64:r=2:d={SOURCE_S}', '-c:v', 'mpeg4'] if video else []
+    ffmpeg('-f', 's16le', '-ar', sr, '-ac', channels, '-i', 'pipe:0', *picture, *args, path, input=pcm.tobytes())
+
+def children(pid):
+    "Pids of all living descendants of `pid`, from /proc."
+    kids = {}
+    for d in Path('/proc').iterdir():
+        if d.name.isdigit():
+            try: kids.setdefault(int((d/'stat').read_text().rsplit(')', 1)[1].split()[1]), []).append(int(d.name))
+            except (OSError, IndexError): pass
+    out, todo = [], [pid]
+    while todo:
+        todo += (k := kids.get(todo.pop(), []))
+        out += k
+    return out
+
+def alive(pid):
+    "Whether process `pid` exists and is not a zombie."
+    try: return (Path('/proc')/str(pid)/'stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError: return False
+
+def runs_ffmpeg(pid):
+    "Whether process `pid` is alive and is an ffmpeg (False once it has gone, even between the two checks)."
+    try: return alive(pid) and Path(f'/proc/{pid}/exe').resolve().name.startswith('ffmpeg')
+    except OSError: return False
+
+def wait_for(cond, timeout=60):
+    "Poll `cond()` until it is true; TimeoutError after `timeout` seconds."
+    t0 = time.time()
+    while not cond():
+        if time.time() - t0 > timeout: raise TimeoutError
+        time.sleep(0.05)
+
+@pytest.fixture
+def run_cli():
+    "`run_cli(name, *args, timeout=..., env=..., cwd=...)`: run a console script to the end (a CompletedProcess)."
+    return cli
+
+@pytest.fixture
+def tones(tmp_path):
+    "`tones({stem: freq}, seconds=1, sr=32000, fmt='wav', folder=None)`: mono tone files `<stem>.<fmt>`; {stem: path}."
+    def write(freqs:dict, seconds=1., sr=32000, fmt='wav', folder=None)->dict:
+        d = Path(folder or tmp_path/'tones')
+        d.mkdir(parents=True, exist_ok=True)
+        out = {}
+        for name, f in freqs.items():
+            pcm = (tone(f, seconds, sr)*32767).astype('<i2')
+            out[name] = d/f'{name}.{fmt}'
+            ffmpeg('-f', 's16le', '-ar', sr, '-ac', 1, '-i', 'pipe:0', out[name], input=pcm.tobytes())
+        return out
+    return write
 
 @pytest.fixture
 def tmpfs():

@@ -1,4 +1,4 @@
-"The benchmarks also run at tiny sizes here (the GPU throughput one on the CPU), so that they cannot rot; no timing is asserted."
+"The benchmarks run at tiny sizes here (the GPU one on the CPU), so that they cannot rot; no timing is asserted."
 import json, subprocess, sys
 from pathlib import Path
 
@@ -22,8 +22,9 @@ def test_train_throughput_runs_on_cpu(tmp_path):
 
 def test_models_inference_runs_and_checks_agreement(tmp_path):
     out = tmp_path/'mi.json'
-    r = subprocess.run([sys.executable, 'benchmarks/models_inference.py', '--models', 'Cnn6', '--batches', '1', '--reps', '1',
-                        '--no-compile', '--out', str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    args = ['--models', 'Cnn6', '--batches', '1', '--reps', '1', '--no-compile', '--out', str(out)]
+    cmd = [sys.executable, 'benchmarks/models_inference.py', *args]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     assert res['versions']['torch'] and res['date'] and res['device']
@@ -34,17 +35,21 @@ def test_models_inference_runs_and_checks_agreement(tmp_path):
 
 def test_import_benchmark_runs(tmp_path):
     out = tmp_path/'imp.json'
-    r = subprocess.run([sys.executable, 'benchmarks/import.py', '--ns', '4', '--out', str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, 'benchmarks/import.py', '--ns', '4', '--out', str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
-    assert res['date'] and res['versions']['pyarrow'] and [x['variant'] for x in res['runs']] == ['baseline', 'ours-w1', 'ours-w2']
+    assert res['date'] and res['versions']['pyarrow'] and [x['variant'] for x in res['runs']] == ['baseline', 'ours-w1',
+                                                                                                  'ours-w2']
     assert all(x['rows_identical_to_baseline'] and x['peak_tree_rss_mb'] > 0 for x in res['runs'])
 
 def test_stores_benchmark_runs(tmp_path):
     out = tmp_path/'stores.json'
-    r = subprocess.run([sys.executable, 'benchmarks/stores.py', '--n', '3', '--iterations', '0', '--out', str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
+    args = ['--n', '3', '--iterations', '0', '--out', str(out)]
+    cmd = [sys.executable, 'benchmarks/stores.py', *args]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
-    assert set(res['size_and_decode']) == {'int16', 'flac', 'mp3'} and res['size_and_decode']['int16']['bytes_per_clip'] == 640000
+    assert set(res['size_and_decode']) == {'int16', 'flac',
+                                           'mp3'} and res['size_and_decode']['int16']['bytes_per_clip'] == 640000
     assert res['size_and_decode']['mp3']['bytes_per_clip'] < res['size_and_decode']['flac']['bytes_per_clip'] < 640000

@@ -218,7 +218,8 @@ def test_state_of_another_sampler_is_refused():
     y, _ = skewed()
     a, b = RandomSampler(len(y), 4, seed=1), RandomSampler(len(y), 4, seed=2)
     with pytest.raises(ValueError, match='seed'): b.load_state_dict(a.state_dict())
-    with pytest.raises(ValueError, match='BalancedSampler'): BalancedSampler(y, 4, seed=1).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match='BalancedSampler'):
+        BalancedSampler(y, 4, seed=1).load_state_dict(a.state_dict())
     with pytest.raises(ValueError, match='No state kept'): a.state_dict(batches=5)
 
 @pytest.mark.parametrize('kind', range(4))
@@ -231,7 +232,8 @@ def test_distributed_shares_are_disjoint_and_cover_the_stream(kind):
     assert again == shares[2]                                              # deterministic given seed and rank
     for step in range(steps):
         assert sum((shares[r][step] for r in range(ws)), []) == whole[step]    # the ranks' slices make the global batch
-    if kind == 0:                                                          # random: within an epoch no clip on two ranks
+    # random: within an epoch no clip on two ranks
+    if kind == 0:
         n_epoch = len(y)//(b*ws)
         sets = [set(sum(shares[r][:n_epoch], [])) for r in range(ws)]
         assert all(not (sets[i] & sets[j]) for i in range(ws) for j in range(i + 1, ws))
@@ -263,7 +265,8 @@ def test_mixup_lambdas(tmp_path):
     np.testing.assert_allclose(lam[0::2] + lam[1::2], 1, atol=1e-6)
     assert abs(lam[0::2].mean() - 0.5) < 0.01 and abs(lam[0::2].var() - 1/12) < 0.005   # Beta(1, 1) is uniform
     lam2 = np.concatenate([Mixup(alpha=0.2, seed=0)(64) for _ in range(50)])
-    assert lam2[0::2].var() > 0.15                                                      # Beta(.2,.2) piles up near 0 and 1
+    # Beta(.2,.2) piles up near 0 and 1
+    assert lam2[0::2].var() > 0.15
     torch.save(m.state_dict(), tmp_path/'m.pth')
     nxt = m(8)
     m2 = Mixup(alpha=1.0, seed=99)

@@ -1,8 +1,10 @@
-"The documentation site: built without Quarto, every page opened in headless Chromium; figures render, no console errors, links resolve."
-import functools, http.server, importlib.util, re, sys, threading
+"""The documentation site: built without Quarto, every page opened in headless Chromium; figures render, no console
+errors, links resolve. Notebook outputs that a rerun does not change."""
+import functools, http.server, importlib.util, json, re, shutil, subprocess, sys, threading
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
 import pytest
+from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path('/usr/bin/chromium')
@@ -35,9 +37,11 @@ def test_pages_in_reading_order(site):
 
 def test_figures_committed():
     bad = {nb.name: notebooks.missing_figures(nb) for nb in notebooks.notebooks([])}
-    assert not {k: v for k, v in bad.items() if v}, 'cells draw figures but were committed without them: run tools/notebooks.py run'
+    bad = {k: v for k, v in bad.items() if v}
+    assert not bad, 'cells draw figures but were committed without them: run tools/notebooks.py run'
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason='Debian chromium is not installed (/usr/bin/chromium); apt-get install chromium')
+@pytest.mark.skipif(not CHROMIUM.exists(),
+                    reason='Debian chromium is not installed (/usr/bin/chromium); apt-get install chromium')
 @pytest.mark.timeout(600)
 def test_every_page_in_a_browser(site):
     sync_api = pytest.importorskip('playwright.sync_api', reason='playwright is not installed (pip install playwright)')
@@ -63,4 +67,24 @@ def test_every_page_in_a_browser(site):
                     assert page.locator(f'[id="{u.fragment}"]').count(), (f.name, href)
         browser.close()
     assert not errors, errors
-    assert figures == sum(notebooks.figures(nb) for nb in notebooks.notebooks([]))  # every committed figure is on a page
+    # every committed figure is on a page
+    assert figures == sum(notebooks.figures(nb) for nb in notebooks.notebooks([]))
+
+def saved_outputs(nb:Path)->list:
+    "The outputs a notebook file keeps, cell by cell."
+    return [c.get('outputs', []) for c in json.loads(nb.read_text())['cells']]
+
+@pytest.mark.parametrize('name', ['00_fileio', '91_mirror'])
+def test_a_rerun_leaves_the_outputs_unchanged(name, tmp_path):
+    "Examples print paths relative to their own folder and no ports or times, so a rerun changes no output."
+    nb = tmp_path/f'{name}.ipynb'
+    shutil.copy(ROOT/'nbs'/nb.name, nb)
+    runs = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, str(ROOT/'tools'/'notebooks.py'), 'run', str(nb)], env=cli_env(),
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs.append(saved_outputs(nb))
+    assert any(runs[0]), 'the notebook printed nothing'
+    changed = [i for i, (a, b) in enumerate(zip(*runs)) if a != b]
+    assert not changed, f'{name}: cells {changed} print something that changes between runs: {runs[1][changed[0]]}'

@@ -6,23 +6,9 @@ import pytest
 from audioset_nb.download import (Segment, download, download_clips, fetch_unbalanced, format_segments,
                                   is_finished, read_log, summarize, write_segments)
 from audioset_nb.mirror import Fault, Mirror
-from conftest import cli, cli_popen, ffmpeg, one_sentence
+from conftest import SINE_LABEL as LABEL, SOURCE_S, cli, cli_popen, make_source, one_sentence, synth
 
 SR = 32000
-SOURCE_S = 14.
-LABEL = ('/m/01v_m0',)  # Sine wave
-
-def synth(t):
-    "The test signal at times `t` (s): two chirps, one amplitude-modulated, all below 1 kHz so every codec keeps them."
-    return (0.3*np.sin(2*np.pi*(150*t + 30*t**2))
-            + 0.2*np.sin(2*np.pi*(700*t - 20*t**2))*(1 + 0.5*np.sin(2*np.pi*0.7*t))/1.5)
-
-def make_source(path:Path, sr:int, channels:int, args:list, video=False):
-    t = np.arange(int(SOURCE_S*sr))/sr
-    pcm = (np.tile(synth(t)[:, None], (1, channels))*32767).astype('<i2')
-    picture = ['-f', 'lavfi', '-i', f'color=c=blue:s=64x64:r=2:d={SOURCE_S}', '-c:v', 'mpeg4'] if video else []
-    ffmpeg('-f', 's16le', '-ar', sr, '-ac', channels, '-i', 'pipe:0', *picture, *args, path, input=pcm.tobytes())
-
 # ytid: (extension, rate, channels, codec args, segment start, segment end, with a video stream)
 SOURCES = {
     'opusStereo1': ('webm', 48000, 2, ['-c:a', 'libopus', '-b:a', '96k'], 2.0, 12.0, False),
@@ -40,7 +26,8 @@ def sources(tmp_path_factory):
     return root
 
 def segs_of(ytids, start=None, end=None):
-    return [Segment(y, SOURCES[y][4] if start is None else start, SOURCES[y][5] if end is None else end, LABEL) for y in ytids]
+    return [Segment(y, SOURCES[y][4] if start is None else start, SOURCES[y][5] if end is None else end,
+                    LABEL) for y in ytids]
 
 def read_wav(path):
     with wave.open(str(path)) as w:
@@ -64,7 +51,8 @@ def test_best_lag_sees_a_one_second_offset():
 def downloaded(sources, tmp_path_factory):
     out = tmp_path_factory.mktemp('audios')
     with Mirror(sources) as m:
-        rows = download_clips(segs_of(SOURCES), out, workers=4, progress=False, url_template=m.url_template, timeout=20, backoff=0.05)
+        rows = download_clips(segs_of(SOURCES), out, num_workers=4, progress=False, url_template=m.url_template,
+                              timeout=20, backoff=0.05)
         ranged = [r for r in m.requests if r['range']]
     return out, {r['ytid']: r for r in rows}, ranged
 
@@ -89,13 +77,14 @@ def test_only_the_section_is_fetched_with_ranges(downloaded):
 def test_rerun_skips_finished_clips(downloaded, sources):
     out, _, _ = downloaded
     with Mirror(sources) as m:
-        rows = download_clips(segs_of(SOURCES), out, workers=2, progress=False, url_template=m.url_template)
+        rows = download_clips(segs_of(SOURCES), out, num_workers=2, progress=False, url_template=m.url_template)
         assert m.requests == []
     assert {r['status'] for r in rows} == {'ok'} and {r['message'] for r in rows} == {'already downloaded'}
 
 def test_segment_past_the_end_is_padded_and_says_so(sources, tmp_path):
     with Mirror(sources) as m:
-        (row,) = download_clips(segs_of(['flacStereo8'], 6., 16.), tmp_path, progress=False, url_template=m.url_template)
+        (row,) = download_clips(segs_of(['flacStereo8'], 6., 16.), tmp_path, progress=False,
+                                url_template=m.url_template)
     _, x = read_wav(tmp_path/'YflacStereo8.wav')
     assert row['status'] == 'ok' and 'padded with 2.000 s' in row['message'] and row['samples'] == 8*SR
     assert len(x) == 10*SR and not x[8*SR:].any() and np.abs(x[:8*SR]).max() > 0.3
@@ -112,13 +101,16 @@ def test_404_and_private_are_final(sources, tmp_path):
     assert (rows['opusStereo1']['status'], rows['opusStereo1']['attempts']) == ('unavailable', 1)
     assert (rows['mp3Mono4410']['status'], rows['mp3Mono4410']['attempts']) == ('private', 1)
     assert '404' in rows['opusStereo1']['message'] and len(reqs) == 2
-    assert sorted(tmp_path.iterdir()) == [tmp_path/'.download_log.csv.lock', tmp_path/'download_log.csv']  # the lock file stays
+    # the lock file stays
+    assert sorted(tmp_path.iterdir()) == [tmp_path/'.download_log.csv.lock', tmp_path/'download_log.csv']
 
 def test_dropped_connection_is_retried_then_given_up(sources, tmp_path):
     # ffmpeg reads an mp3 from byte 0 through the segment, so a drop after a quarter of the file cuts the segment.
     # ffmpeg itself sometimes reconnects once after a drop, so two drops are needed to make a try fail for sure.
-    once, _, _ = run_faults(sources, tmp_path/'once', {'mp3Mono4410': Fault('drop', times=2)}, ['mp3Mono4410'], retries=3, backoff=0.01)
-    always, _, _ = run_faults(sources, tmp_path/'always', {'mp3Mono4410': 'drop'}, ['mp3Mono4410'], retries=2, backoff=0.01)
+    once, _, _ = run_faults(sources, tmp_path/'once', {'mp3Mono4410': Fault('drop', times=2)}, ['mp3Mono4410'],
+                            retries=3, backoff=0.01)
+    always, _, _ = run_faults(sources, tmp_path/'always', {'mp3Mono4410': 'drop'}, ['mp3Mono4410'], retries=2,
+                              backoff=0.01)
     assert once['mp3Mono4410']['status'] == 'ok' and once['mp3Mono4410']['attempts'] in (2, 3)
     assert (always['mp3Mono4410']['status'], always['mp3Mono4410']['attempts']) == ('other', 3)
     assert 'Input/output error' in always['mp3Mono4410']['message']
@@ -127,7 +119,8 @@ def test_dropped_connection_is_retried_then_given_up(sources, tmp_path):
     assert best_lag(x, synth(3.25 + np.arange(len(x))/SR))[1] > 0.9
 
 def test_stall_times_out(sources, tmp_path):
-    rows, took, _ = run_faults(sources, tmp_path, {'aacStereo44': 'stall'}, ['aacStereo44', 'mp3Mono4410'], timeout=2, retries=0)
+    rows, took, _ = run_faults(sources, tmp_path, {'aacStereo44': 'stall'}, ['aacStereo44', 'mp3Mono4410'], timeout=2,
+                               retries=0)
     assert rows['aacStereo44']['status'] == 'timeout' and rows['mp3Mono4410']['status'] == 'ok'
     assert took < 15 and not (tmp_path/'YaacStereo44.wav').exists()
 
@@ -140,7 +133,8 @@ def test_429_backs_off_then_succeeds(sources, tmp_path):
     assert sum(r['key'] == 'mp3Mono4410' for r in reqs) == 3
 
 def test_500_is_retried(sources, tmp_path):
-    rows, _, _ = run_faults(sources, tmp_path, {'opusStereo1': Fault('500', times=1)}, ['opusStereo1'], retries=1, backoff=0.01)
+    rows, _, _ = run_faults(sources, tmp_path, {'opusStereo1': Fault('500', times=1)}, ['opusStereo1'], retries=1,
+                            backoff=0.01)
     assert (rows['opusStereo1']['status'], rows['opusStereo1']['attempts']) == ('ok', 2)
 
 MALICIOUS = ['../../etc/x', '$(rm -rf ~)', 'abcdefghijkl', '../Yabcdefgh', 'a b c d e f']
@@ -174,8 +168,8 @@ def test_killed_run_leaves_no_partial_wav_and_rerun_completes(sources, tmp_path)
     audios = tmp_path/'audios'
     with Mirror(src, delay=0.15) as m:
         # a session of its own, so the kill below takes its ffmpeg children too
-        p = cli_popen('audioset_download', '--csv_path', tmp_path/'list.csv', '--audios_dir', audios, '--url_template', m.url_template,
-                      '--workers', 2, '--quiet', start_new_session=True)
+        args = ('--csv_path', tmp_path/'list.csv', '--audios_dir', audios, '--url_template', m.url_template, '--quiet')
+        p = cli_popen('audioset_download', *args, '--workers', 2, start_new_session=True)
         t0 = time.time()
         while time.time() - t0 < 30 and len(list(audios.glob('Y*.wav'))) < 2: time.sleep(0.02)
         os.killpg(p.pid, signal.SIGKILL)
@@ -183,13 +177,13 @@ def test_killed_run_leaves_no_partial_wav_and_rerun_completes(sources, tmp_path)
         done = list(audios.glob('Y*.wav'))
         assert 2 <= len(done) < len(ytids), 'the run was not killed mid-way'
         assert all(is_finished(w, 10*SR) for w in done)   # every Y*.wav there is whole
-        r = cli('audioset_download', '--csv_path', tmp_path/'list.csv', '--audios_dir', audios, '--url_template', m.url_template,
-                '--workers', 4, '--quiet', timeout=120)
+        r = cli('audioset_download', *args, '--workers', 4, timeout=120)
     assert r.returncode == 0, r.stderr
     assert f'{len(ytids)} clips: {len(ytids)} ok' in r.stdout
     assert sorted(w.name for w in audios.glob('Y*.wav')) == [f'Y{y}.wav' for y in ytids]
     assert all(is_finished(w, 10*SR) for w in audios.glob('Y*.wav'))
-    assert [p.name for p in audios.glob('.*')] == ['.download_log.csv.lock']  # temporary files of the killed run are gone
+    # temporary files of the killed run are gone
+    assert [p.name for p in audios.glob('.*')] == ['.download_log.csv.lock']
     latest = read_log(audios/'download_log.csv')
     assert len(latest) == len(ytids) and {r['status'] for r in latest} == {'ok'}
     assert sum(r['message'] == 'already downloaded' for r in latest) >= len(done)
@@ -200,7 +194,7 @@ def test_killed_run_leaves_no_partial_wav_and_rerun_completes(sources, tmp_path)
     (['--csv_path', 'eval', '--audios_dir', 'a', '--part', '4/4'], '--part'),
     (['--csv_path', 'eval', '--audios_dir', 'a', '--url_template', 'ftp://x/{ytid}'], '--url_template'),
     (['--csv_path', 'eval', '--audios_dir', 'a', '--url_template', 'https://x/watch'], '--url_template'),
-    (['--csv_path', 'eval', '--audios_dir', 'a', '--workers', '0'], '--workers'),
+    (['--csv_path', 'eval', '--audios_dir', 'a', '--workers', '0'], '--num_workers'),  # the older flag name works
 ])
 def test_cli_bad_input_is_one_sentence(tmp_path, args, says):
     r = cli('audioset_download', *args, cwd=tmp_path, timeout=60)
@@ -211,8 +205,8 @@ def test_cli_bad_input_is_one_sentence(tmp_path, args, says):
 def test_cli_part_and_log_name(sources, tmp_path):
     write_segments(tmp_path/'list.csv', segs_of(SOURCES))
     with Mirror(sources) as m:
-        r = cli('audioset_download', '--csv_path', tmp_path/'list.csv', '--audios_dir', tmp_path/'a', '--url_template', m.url_template,
-                '--part', '1/3', '--quiet', timeout=120)
+        r = cli('audioset_download', '--csv_path', tmp_path/'list.csv', '--audios_dir', tmp_path/'a',
+                '--url_template', m.url_template, '--part', '1/3', '--quiet', timeout=120)
     assert r.returncode == 0, r.stderr
     rows = read_log(tmp_path/'a'/'download_log_part1of3.csv')
     assert [r['ytid'] for r in sorted(rows, key=lambda r: list(SOURCES).index(r['ytid']))] == list(SOURCES)[2:4]
@@ -223,8 +217,10 @@ def test_fetch_unbalanced_rejects_a_short_list_and_reports_http_errors(tmp_path)
     text = format_segments(segs_of(SOURCES))
     (bucket/'cut.csv').write_text(text.rsplit('\n', 3)[0] + '\n')        # header says 6 rows, 4 are there
     with Mirror(bucket) as m:
-        with pytest.raises(ValueError, match='not a whole segment list'): fetch_unbalanced(tmp_path/'c1', url=m.file_url('cut.csv'))
-        with pytest.raises(ConnectionError, match='HTTP 404'): fetch_unbalanced(tmp_path/'c2', url=m.file_url('gone.csv'))
+        with pytest.raises(ValueError, match='not a whole segment list'):
+            fetch_unbalanced(tmp_path/'c1', url=m.file_url('cut.csv'))
+        with pytest.raises(ConnectionError, match='HTTP 404'):
+            fetch_unbalanced(tmp_path/'c2', url=m.file_url('gone.csv'))
     assert list((tmp_path/'c1').iterdir()) == []
 
 def test_fetch_unbalanced_resumes_a_part_file(tmp_path):
@@ -244,7 +240,8 @@ def test_short_section_of_a_long_video_is_a_cut_transfer(sources, tmp_path, monk
     "When yt-dlp knows the video outlasts the segment, a short section is retried, never padded into a clip."
     import audioset_nb.download as dl
     real = dl.media_url
-    monkeypatch.setattr(dl, 'media_url', lambda *a, **k: {**real(*a, **k), 'duration': 60})  # the file has 14 s, the page says 60
+    # the file has 14 s, the page says 60
+    monkeypatch.setattr(dl, 'media_url', lambda *a, **k: {**real(*a, **k), 'duration': 60})
     with Mirror(sources) as m:
         rows = download_clips(segs_of(['mp3Mono4410'], 6., 16.), tmp_path, progress=False, url_template=m.url_template,
                               retries=1, backoff=0.01)
@@ -256,13 +253,15 @@ def test_skip_unavailable_leaves_known_dead_clips_alone(sources, tmp_path):
     with Mirror(sources, faults={'opusStereo1': '404', 'mp3Mono4410': Fault('403', times=1)}) as m:
         first = download_clips(segs, tmp_path, progress=False, url_template=m.url_template)
         n = len(m.requests)
-        again = {r['ytid']: r for r in download_clips(segs, tmp_path, progress=False, url_template=m.url_template, skip_unavailable=True)}
+        again = {r['ytid']: r for r in download_clips(segs, tmp_path, progress=False, url_template=m.url_template,
+                                                      skip_unavailable=True)}
         assert len(m.requests) == n                      # neither was asked for again
         retried = {r['ytid']: r for r in download_clips(segs, tmp_path, progress=False, url_template=m.url_template)}
     assert summarize(first) == {'unavailable': 1, 'private': 1}
     assert again['opusStereo1']['status'] == 'unavailable' and again['opusStereo1']['message'].startswith('skipped')
     assert again['mp3Mono4410']['status'] == 'private'
-    assert (retried['opusStereo1']['status'], retried['mp3Mono4410']['status']) == ('unavailable', 'ok')  # without the flag: tried again
+    # without the flag: tried again
+    assert (retried['opusStereo1']['status'], retried['mp3Mono4410']['status']) == ('unavailable', 'ok')
 
 def test_mini_audioset_downloads_to_its_reference(tmp_path):
     "The mini AudioSet's sources (every container it makes) come back as its exact reference segments."
@@ -270,7 +269,7 @@ def test_mini_audioset_downloads_to_its_reference(tmp_path):
     ms = mini.make_mini(tmp_path/'mini', seed=3, n_train=1, n_eval=len(mini.SOURCE_FORMATS))
     with Mirror(tmp_path/'mini'/'sources') as m:
         rows = download(tmp_path/'mini'/'metadata'/'eval_segments.csv', tmp_path/'audios', url_template=m.url_template,
-                        workers=4, quiet=True)
+                        num_workers=4, quiet=True)
     assert summarize(rows) == {'ok': len(mini.SOURCE_FORMATS)}
     seen = set()
     for s in ms.segments['eval']:

@@ -1,12 +1,12 @@
-"Downloading under faults, through the real CLI: a second downloader, SIGKILL of the main pid, clips cut short, a full disk, a read-only folder."
+"""Downloading under faults, through the real CLI: a second downloader, SIGKILL of the main pid, clips cut short,
+a full disk, a read-only folder."""
 import contextlib, os, signal, subprocess, time
 from pathlib import Path
 import numpy as np, pytest
 from audioset_nb.download import Segment, is_finished, read_log, write_segments
 from audioset_nb.mirror import Fault, Mirror
-from conftest import cli, cli_popen, one_sentence
-from test_download import LABEL, make_source
-from test_faults_pack import alive, children, tmpfs, wait_for
+from conftest import (SINE_LABEL as LABEL, alive, children, cli, cli_popen, make_source, one_sentence, runs_ffmpeg,
+                      wait_for)
 
 SR = 32000
 
@@ -22,9 +22,10 @@ def src(tmp_path_factory):
     write_segments(d/'list.csv', [Segment(y, 2., 12., LABEL) for y in ytids])
     return d
 
-def dl(d, audios, m, *more): return ('--csv_path', d/'list.csv', '--audios_dir', audios, '--url_template', m.url_template, '--quiet', *more)
+def dl(d, audios, m, *more): return ('--csv_path', d/'list.csv', '--audios_dir', audios, '--url_template',
+                                     m.url_template, '--quiet', *more)
 
-def ffmpegs(pid): return [k for k in children(pid) if alive(k) and 'ffmpeg' in Path(f'/proc/{k}/exe').resolve().name]
+def ffmpegs(pid): return [k for k in children(pid) if runs_ffmpeg(k)]
 
 def test_second_downloader_into_the_same_folder_is_refused(src, tmp_path):
     audios = tmp_path/'a'
@@ -64,10 +65,12 @@ def test_a_clip_cut_short_is_downloaded_again(src, tmp_path):
     assert r.returncode == 0, r.stderr
     assert w.read_bytes() == good
     latest = {x['ytid']: x for x in read_log(audios/'download_log.csv')}
-    assert latest['vid00000003']['message'] != 'already downloaded' and latest['vid00000002']['message'] == 'already downloaded'
+    assert latest['vid00000003']['message'] != 'already downloaded'
+    assert latest['vid00000002']['message'] == 'already downloaded'
 
-def test_full_disk_is_one_sentence_and_keeps_whole_clips(src, tmp_path):
-    with tmpfs(tmp_path/'small', '2m') as disk, Mirror(src/'src') as m:   # room for 3 of the 8 640-kB clips
+def test_full_disk_is_one_sentence_and_keeps_whole_clips(src, tmp_path, tmpfs):
+    disk = tmpfs(tmp_path/'small', '2m')                                  # room for 3 of the 8 640-kB clips
+    with Mirror(src/'src') as m:
         r = cli('audioset_download', *dl(src, disk, m, '--workers', '1'), timeout=120)
         assert r.returncode == 1, r.stderr
         one_sentence(r.stderr, str(disk), 'disk is full')
@@ -75,8 +78,9 @@ def test_full_disk_is_one_sentence_and_keeps_whole_clips(src, tmp_path):
         assert done and all(is_finished(w, 10*SR) for w in done)
         assert [p.name for p in disk.glob('.*') if p.suffix != '.lock'] == []    # no temporary file left
 
-def test_read_only_folder_is_one_sentence(src, tmp_path):
-    with tmpfs(tmp_path/'ro') as d, Mirror(src/'src') as m:
+def test_read_only_folder_is_one_sentence(src, tmp_path, tmpfs):
+    d = tmpfs(tmp_path/'ro')
+    with Mirror(src/'src') as m:
         subprocess.run(['mount', '-o', 'remount,ro', str(d)], check=True)
         r = cli('audioset_download', *dl(src, d/'audios', m), timeout=60)
         assert r.returncode == 1
@@ -85,8 +89,8 @@ def test_read_only_folder_is_one_sentence(src, tmp_path):
 def test_a_row_longer_than_a_segment_is_logged_not_fetched(src, tmp_path):
     (tmp_path/'long.csv').write_text(f'vid00000000, 0, 1e9, "{LABEL[0]}"\nvid00000001, 2, 12, "{LABEL[0]}"\n')
     with Mirror(src/'src') as m:
-        r = cli('audioset_download', '--csv_path', tmp_path/'long.csv', '--audios_dir', tmp_path/'a', '--url_template', m.url_template,
-                '--quiet', timeout=120)
+        r = cli('audioset_download', '--csv_path', tmp_path/'long.csv', '--audios_dir', tmp_path/'a',
+                '--url_template', m.url_template, '--quiet', timeout=120)
     assert r.returncode == 0, r.stderr
     assert '2 clips: 1 ok, 1 other' in r.stdout
     rows = read_log(tmp_path/'a'/'download_log.csv')

@@ -1,37 +1,12 @@
-"Packing under faults, through the real CLI: a second packer, SIGKILL of the main pid, a full disk, a read-only folder, bad input."
+"""Packing under faults, through the real CLI: a second packer, SIGKILL of the main pid, a full disk, a read-only
+folder, bad input."""
 import contextlib, os, signal, subprocess, time
 from pathlib import Path
 import h5py, numpy as np, pytest, soundfile as sf
 from audioset_nb.metadata import Segment, clip_name, load_labels, write_segments
-from conftest import cli, cli_popen, ffmpeg, one_sentence, tone
+from conftest import alive, children, cli, cli_popen, ffmpeg, one_sentence, runs_ffmpeg, tone, wait_for
 
 SR = 32000
-
-def children(pid):
-    "Pids of all living descendants of `pid`, from /proc."
-    kids = {}
-    for d in Path('/proc').iterdir():
-        if d.name.isdigit():
-            try: kids.setdefault(int((d/'stat').read_text().rsplit(')', 1)[1].split()[1]), []).append(int(d.name))
-            except (OSError, IndexError): pass
-    out, todo = [], [pid]
-    while todo:
-        todo += (k := kids.get(todo.pop(), []))
-        out += k
-    return out
-
-def alive(pid):
-    try: return (Path('/proc')/str(pid)/'stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError: return False
-
-@contextlib.contextmanager
-def tmpfs(path, size='2m'):
-    "A small tmpfs at `path` (root only); skips the test where it cannot be mounted."
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)], capture_output=True, text=True)
-    if r.returncode: pytest.skip(f'cannot mount a tmpfs here ({r.stderr.strip() or "not root"})')
-    try: yield path
-    finally: subprocess.run(['umount', '-l', str(path)])
 
 @pytest.fixture(scope='module')
 def many(tmp_path_factory):
@@ -53,12 +28,6 @@ def many(tmp_path_factory):
 
 def pack_args(d, out, *more): return ('--csv_path', d/'s.csv', '--audios_dir', d/'audios', '--waveforms_hdf5_path', out,
                                       '--clip_seconds', '1', '--quiet', *more)
-
-def wait_for(cond, timeout=60):
-    t0 = time.time()
-    while not cond():
-        if time.time() - t0 > timeout: raise TimeoutError
-        time.sleep(0.05)
 
 def rows_of(path):
     with h5py.File(path, 'r') as f: return f['audio_name'][:], f['waveform'][:]
@@ -82,7 +51,7 @@ def test_sigkill_of_the_main_pid_leaves_no_worker_and_the_rerun_resumes(many, tm
     out, partial = tmp_path/'w.h5', tmp_path/'.w.h5.partial'
     p = cli_popen('audioset_pack', *pack_args(many, out, '--workers', '2'))
     wait_for(lambda: partial.exists() and partial.stat().st_size > 64*2*SR)   # a chunk of rows is on disk
-    wait_for(lambda: any(Path(f'/proc/{k}/exe').resolve().name.startswith('ffmpeg') for k in children(p.pid) if alive(k)))
+    wait_for(lambda: any(map(runs_ffmpeg, children(p.pid))))
     kids = children(p.pid)
     assert len(kids) >= 3                                                    # two workers and an ffmpeg at least
     os.kill(p.pid, signal.SIGKILL)
@@ -111,35 +80,37 @@ def six(tmp_path):
     write_segments(tmp_path/'s.csv', segs)
     return tmp_path
 
-def six_args(d, out): return ('--csv_path', d/'s.csv', '--audios_dir', d/'audios', '--waveforms_hdf5_path', out, '--workers', '1', '--quiet')
+def six_args(d, out): return ('--csv_path', d/'s.csv', '--audios_dir', d/'audios', '--waveforms_hdf5_path', out,
+                              '--workers', '1', '--quiet')
 
-def test_full_disk_is_one_sentence_not_a_crash(six):
-    with tmpfs(six/'small') as disk:
-        r = cli('audioset_pack', *six_args(six, disk/'w.h5'), timeout=120)
-        assert r.returncode == 1, (r.returncode, r.stderr)                   # was 139: h5py segfaulted writing into a full disk
-        one_sentence(r.stderr, str(disk/'w.h5'), 'disk is full')
-        assert [p.name for p in disk.iterdir() if p.suffix != '.lock'] == []  # no temporary file left behind
-        # an index into a full disk: the same sentence, and the waveform file written before stays valid
-        r = cli('audioset_pack', '--csv_path', six/'s.csv', '--audios_dir', six/'audios', '--waveforms_hdf5_path', disk/'w1.h5',
-                '--clip_seconds', '0.5', '--workers', '1', '--quiet')
-        assert r.returncode == 0, r.stderr
-        with open(disk/'filler', 'wb') as f:
-            with contextlib.suppress(OSError): f.write(b'\0'*(4 << 20))
-        r = cli('audioset_pack', '--waveforms_hdf5_path', disk/'w1.h5', '--indexes_hdf5_path', disk/'i.h5', timeout=60)
-        assert r.returncode == 1
-        one_sentence(r.stderr, str(disk/'i.h5'), 'disk is full')
-        assert rows_of(disk/'w1.h5')[1].shape == (6, SR//2)
+def test_full_disk_is_one_sentence_not_a_crash(six, tmpfs):
+    disk = tmpfs(six/'small')
+    r = cli('audioset_pack', *six_args(six, disk/'w.h5'), timeout=120)
+    # was 139: h5py segfaulted writing into a full disk
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    one_sentence(r.stderr, str(disk/'w.h5'), 'disk is full')
+    assert [p.name for p in disk.iterdir() if p.suffix != '.lock'] == []  # no temporary file left behind
+    # an index into a full disk: the same sentence, and the waveform file written before stays valid
+    r = cli('audioset_pack', '--csv_path', six/'s.csv', '--audios_dir', six/'audios',
+            '--waveforms_hdf5_path', disk/'w1.h5', '--clip_seconds', '0.5', '--workers', '1', '--quiet')
+    assert r.returncode == 0, r.stderr
+    with open(disk/'filler', 'wb') as f:
+        with contextlib.suppress(OSError): f.write(b'\0'*(4 << 20))
+    r = cli('audioset_pack', '--waveforms_hdf5_path', disk/'w1.h5', '--indexes_hdf5_path', disk/'i.h5', timeout=60)
+    assert r.returncode == 1
+    one_sentence(r.stderr, str(disk/'i.h5'), 'disk is full')
+    assert rows_of(disk/'w1.h5')[1].shape == (6, SR//2)
 
-def test_read_only_folder_is_one_sentence(six):
-    with tmpfs(six/'ro') as d:
-        subprocess.run(['mount', '-o', 'remount,ro', str(d)], check=True)
-        r = cli('audioset_pack', *six_args(six, d/'w.h5'), timeout=60)
-        assert r.returncode == 1
-        one_sentence(r.stderr, str(d/'w.h5'), 'read-only', 'choose a folder')
+def test_read_only_folder_is_one_sentence(six, tmpfs):
+    d = tmpfs(six/'ro')
+    subprocess.run(['mount', '-o', 'remount,ro', str(d)], check=True)
+    r = cli('audioset_pack', *six_args(six, d/'w.h5'), timeout=60)
+    assert r.returncode == 1
+    one_sentence(r.stderr, str(d/'w.h5'), 'read-only', 'choose a folder')
 
 @pytest.mark.parametrize('flags,words', [
     (['--sample_rate', '0'], ['--sample_rate']), (['--clip_seconds', '-1'], ['--clip_seconds']),
-    (['--clip_seconds', '1e7'], ['--clip_seconds']), (['--workers', '0'], ['--workers']),
+    (['--clip_seconds', '1e7'], ['--clip_seconds']), (['--workers', '0'], ['--num_workers']),
 ])
 def test_numeric_flags_are_checked(six, flags, words):
     r = cli('audioset_pack', *six_args(six, six/'w.h5'), *flags, timeout=60)
@@ -149,22 +120,25 @@ def test_numeric_flags_are_checked(six, flags, words):
 
 def test_bad_input_files_are_named(six):
     (six/'latin1.csv').write_bytes((six/'s.csv').read_bytes() + 'six00000000, 0, 10, "Caf\xe9"\n'.encode('latin-1'))
-    r = cli('audioset_pack', '--csv_path', six/'latin1.csv', '--audios_dir', six/'audios', '--waveforms_hdf5_path', six/'w.h5', timeout=60)
+    r = cli('audioset_pack', '--csv_path', six/'latin1.csv', '--audios_dir', six/'audios', '--waveforms_hdf5_path',
+            six/'w.h5', timeout=60)
     assert r.returncode == 1
     one_sentence(r.stderr, str(six/'latin1.csv'), 'not UTF-8')
-    r = cli('audioset_pack', '--csv_path', six/'s.csv', '--audios_dir', six/'s.csv', '--waveforms_hdf5_path', six/'w.h5', timeout=60)
+    r = cli('audioset_pack', '--csv_path', six/'s.csv', '--audios_dir', six/'s.csv', '--waveforms_hdf5_path',
+            six/'w.h5', timeout=60)
     assert r.returncode == 1
     one_sentence(r.stderr, str(six/'s.csv'), 'is a file, not a folder')
 
 def test_long_rows_and_nan_clips_are_left_out_by_name(six):
     sf.write(six/'audios'/clip_name('six00000002'), np.full(SR, np.nan, np.float32), SR, subtype='FLOAT')
     (six/'long.csv').write_text((six/'s.csv').read_text() + f'longrow0000, 0, 1e9, "{load_labels().mids[0]}"\n')
-    r = cli('audioset_pack', '--csv_path', six/'long.csv', '--audios_dir', six/'audios', '--waveforms_hdf5_path', six/'w.h5',
-            '--workers', '1', '--quiet', timeout=120)
+    r = cli('audioset_pack', '--csv_path', six/'long.csv', '--audios_dir', six/'audios',
+            '--waveforms_hdf5_path', six/'w.h5', '--workers', '1', '--quiet', timeout=120)
     assert r.returncode == 0, r.stderr
     assert 'packed 5 clips' in r.stdout and '1 left out' in r.stdout
     assert 'more than the 10 s' in r.stderr                                   # the 1e9-s row, logged, not allocated
-    assert 'Ysix00000002.wav' in r.stderr and 'NaN' in r.stderr               # the NaN clip named, not packed as silence
+    # the NaN clip named, not packed as silence
+    assert 'Ysix00000002.wav' in r.stderr and 'NaN' in r.stderr
     names, _ = rows_of(six/'w.h5')
     assert b'Ysix00000002.wav' not in list(names)
 
@@ -174,5 +148,5 @@ def test_packed_files_follow_the_umask_and_stale_temps_go(six):
     try: r = cli('audioset_pack', *six_args(six, six/'w.h5'), '--indexes_hdf5_path', six/'i.h5', timeout=120)
     finally: os.umask(old)
     assert r.returncode == 0, r.stderr
-    assert oct((six/'w.h5').stat().st_mode & 0o777) == oct(0o644) and oct((six/'i.h5').stat().st_mode & 0o777) == oct(0o644)
+    assert [oct(p.stat().st_mode & 0o777) for p in (six/'w.h5', six/'i.h5')] == [oct(0o644)]*2
     assert not (six/'.w.h5.abc123.tmp').exists()

@@ -1,11 +1,13 @@
-"Importing copies of AudioSet: Hugging Face parquet, WebDataset shards and folders equal the YouTube/pack path; coverage; kill and resume; the CLI."
+"""Importing copies of AudioSet: Hugging Face parquet, WebDataset shards and folders equal the YouTube/pack path;
+coverage; kill and resume; the CLI."""
 import csv, io, json, os, signal, subprocess, sys, tarfile, textwrap
 from functools import partial
 from pathlib import Path
 import h5py, numpy as np, pytest, soundfile as sf
 import pyarrow as pa, pyarrow.parquet as pq
 from audioset_nb.fileio import output_lock
-from audioset_nb.importer import check_coverage, import_clips
+from audioset_nb.audio import AUDIO_EXTS
+from audioset_nb.importer import check_coverage, find_pieces, import_clips
 from audioset_nb.metadata import Segment, load_labels, load_segments, write_segments
 from audioset_nb.pack import pack_waveforms
 from conftest import ROOT, cli, cli_popen, one_sentence, tone
@@ -35,7 +37,8 @@ def write_parquet(path, rows, row_group_size=2):
     pq.write_table(pa.table({'video_id': [r[0] for r in rows],
                              'audio': [{'bytes': r[1], 'path': f'audio/bal_train/{r[0]}.flac'} for r in rows],
                              'labels': [list(r[2]) for r in rows],
-                             'human_labels': [[LABELS[LABELS.index(m)] for m in r[2]] for r in rows]}, schema=HF_SCHEMA),
+                             'human_labels': [[LABELS[LABELS.index(m)] for m in r[2]] for r in rows]},
+                            schema=HF_SCHEMA),
                    path, row_group_size=row_group_size)
 
 def write_shard(path, rows):
@@ -48,7 +51,7 @@ def write_shard(path, rows):
 
 @pytest.fixture(scope='module')
 def copies(tmp_path_factory):
-    "The same clips as a Hugging Face parquet file, a WebDataset shard, a folder with its CSV, and as wav files a download leaves."
+    "The same clips as a Hugging Face parquet file, a WebDataset shard, a folder with its CSV, and downloaded wavs."
     d = tmp_path_factory.mktemp('copies')
     write_parquet(d/'bal_train00.parquet', ROWS)
     write_shard(d/'shard-000000.tar', ROWS)
@@ -60,7 +63,7 @@ def copies(tmp_path_factory):
             x, sr = sf.read(io.BytesIO(audio))
             sf.write(d/'audios'/f'Y{ytid}.wav', x, sr, subtype='FLOAT')
     write_segments(d/'segs.csv', [Segment(y, 0., 10., tuple(m)) for y, _, m in ROWS])
-    packed = pack_waveforms(d/'segs.csv', d/'audios', d/'packed.h5', workers=1, progress=False)
+    packed = pack_waveforms(d/'segs.csv', d/'audios', d/'packed.h5', num_workers=1, progress=False)
     return d, packed
 
 def rows_by_name(path):
@@ -68,11 +71,12 @@ def rows_by_name(path):
         names = [n.decode() for n in f['audio_name'][:]]
         return {n: (w, t) for n, w, t in zip(names, f['waveform'][:], f['target'][:])}
 
-@pytest.mark.parametrize('source,kw', [('bal_train00.parquet', {}), ('shard-000000.tar', {}), ('clips', {'csv_path': 'segs.csv'})])
+@pytest.mark.parametrize('source,kw', [('bal_train00.parquet', {}), ('shard-000000.tar', {}),
+                                       ('clips', {'csv_path': 'segs.csv'})])
 def test_each_copy_packs_to_the_rows_of_the_youtube_path(copies, tmp_path, source, kw):
     d, packed = copies
     kw = {k: d/v for k, v in kw.items()}
-    r = import_clips([d/source], tmp_path/'w.h5', workers=2, progress=False, **kw)
+    r = import_clips([d/source], tmp_path/'w.h5', num_workers=2, progress=False, **kw)
     got, want = rows_by_name(r.path), rows_by_name(packed.path)
     assert sorted(got) == sorted(want) == sorted(f'Y{y}.wav' for y, _, _ in GOOD)
     for n in want:
@@ -84,7 +88,7 @@ def test_each_copy_packs_to_the_rows_of_the_youtube_path(copies, tmp_path, sourc
 
 def test_coverage_counts_are_exact(copies, tmp_path):
     d, _ = copies
-    r = import_clips([d/'bal_train00.parquet'], tmp_path/'w.h5', workers=1, progress=False)
+    r = import_clips([d/'bal_train00.parquet'], tmp_path/'w.h5', num_workers=1, progress=False)
     cov = check_coverage(r.path)
     b = cov.summary['balanced_train']
     assert (b['official'], b['imported'], b['left_out'], b['differ'], b['absent']) == (len(BAL), 4, 1, 1, len(BAL) - 5)
@@ -111,19 +115,19 @@ KILLER = textwrap.dedent('''
             return out
         return f
     p._append = killing(p._append)
-    import_clips([sys.argv[1]], sys.argv[2], workers=1, chunk=2, progress=False)
+    import_clips([sys.argv[1]], sys.argv[2], num_workers=1, chunk=2, progress=False)
 ''')
 
 @pytest.mark.parametrize('source', ['bal_train00.parquet', 'shard-000000.tar'])
 def test_sigkill_mid_import_then_rerun_gives_the_clean_file(copies, tmp_path, source):
     d, _ = copies
-    clean = import_clips([d/source], tmp_path/'clean.h5', workers=1, chunk=2, progress=False)
+    clean = import_clips([d/source], tmp_path/'clean.h5', num_workers=1, chunk=2, progress=False)
     out = tmp_path/'out.h5'
     p = subprocess.run([sys.executable, '-c', KILLER, str(d/source), str(out)], cwd=ROOT)
     assert p.returncode == -signal.SIGKILL
     assert not out.exists() and (tmp_path/'.out.h5.partial').exists()
     with h5py.File(tmp_path/'.out.h5.partial', 'r') as f: assert 0 < f['audio_name'].shape[0] < clean.rows
-    r = import_clips([d/source], out, workers=2, chunk=2, progress=False)
+    r = import_clips([d/source], out, num_workers=2, chunk=2, progress=False)
     assert r.rows == clean.rows and r.skipped == clean.skipped and not (tmp_path/'.out.h5.partial').exists()
     with h5py.File(out, 'r') as a, h5py.File(clean.path, 'r') as b:
         for k in ('audio_name', 'waveform', 'target', 'skipped'): np.testing.assert_array_equal(a[k][:], b[k][:])
@@ -132,7 +136,7 @@ def test_sigkill_mid_import_then_rerun_gives_the_clean_file(copies, tmp_path, so
 def test_a_url_source_is_read_through_fsspec(copies, tmp_path):
     pytest.importorskip('fsspec')
     d, _ = copies
-    r = import_clips([f'file://{d}/*.parquet'], tmp_path/'w.h5', workers=1, progress=False)
+    r = import_clips([f'file://{d}/*.parquet'], tmp_path/'w.h5', num_workers=1, progress=False)
     assert sorted(rows_by_name(r.path)) == sorted(f'Y{y}.wav' for y, _, _ in GOOD)
 
 # ---- command line ----
@@ -144,7 +148,8 @@ def test_cli_parts_combine_to_the_whole(copies, tmp_path):
     w, ix = tmp_path/'hdf5s'/'waveforms', tmp_path/'hdf5s'/'indexes'
     for i in range(2):
         p = imp(str(d/'bal_train00.parquet'), '--part', f'{i}/2', '--workers', '2', '--quiet',
-                '--waveforms_hdf5_path', w/f'unbalanced_train_part{i:02d}.h5', '--indexes_hdf5_path', ix/f'unbalanced_train_part{i:02d}.h5')
+                '--waveforms_hdf5_path', w/f'unbalanced_train_part{i:02d}.h5',
+                '--indexes_hdf5_path', ix/f'unbalanced_train_part{i:02d}.h5')
         assert p.returncode == 0, p.stderr
         assert 'balanced_train:' in p.stdout and 'coverage report:' in p.stdout
     assert (w/'unbalanced_train_part00_coverage.csv').exists()
@@ -155,10 +160,12 @@ def test_cli_parts_combine_to_the_whole(copies, tmp_path):
 
 def test_cli_summary_and_report(copies, tmp_path):
     d, _ = copies
-    p = imp(str(d/'clips'), '--csv_path', d/'segs.csv', '--waveforms_hdf5_path', tmp_path/'w.h5', '--coverage_path', tmp_path/'c.csv', '--quiet', '--workers', '1')
+    p = imp(str(d/'clips'), '--csv_path', d/'segs.csv', '--waveforms_hdf5_path', tmp_path/'w.h5', '--coverage_path',
+            tmp_path/'c.csv', '--quiet', '--workers', '1')
     assert p.returncode == 0, p.stderr
     assert f'imported {len(GOOD)} clips' in p.stdout and '1 left out' in p.stdout
-    assert f'balanced_train: 4 of {len(BAL):,} official clips imported' in p.stdout and '1 with other labels' in p.stdout
+    assert f'balanced_train: 4 of {len(BAL):,} official clips imported' in p.stdout
+    assert '1 with other labels' in p.stdout
     assert 'not in any official list: 1 imported clips' in p.stdout
     with open(tmp_path/'c.csv') as f: report = list(csv.DictReader(f))
     assert sum(r['problem'] == 'absent' for r in report) == len(BAL) - 5
@@ -171,9 +178,12 @@ def test_bad_input_is_one_sentence(copies, tmp_path):
     (tmp_path/'bad.tar').write_bytes(os.urandom(3000))
     out = ['--waveforms_hdf5_path', tmp_path/'w.h5', '--quiet']
     cases = [((tmp_path/'empty', *out), 'holds no parquet files'), ((tmp_path/'missing', *out), 'does not exist'),
-             ((tmp_path/'other.parquet', *out), 'no audio or video_id column'), ((tmp_path/'bad.tar', *out), 'not a readable tar shard'),
-             ((d/'bal_train00.parquet', '--part', '2/2', *out), '--part'), ((d/'bal_train00.parquet', '--part', '0/6', *out), 'is empty'),
-             ((d/'bal_train00.parquet', '--codec', 'mp4', *out), '--codec'), ((d/'bal_train00.parquet',), '--waveforms_hdf5_path')]
+             ((tmp_path/'other.parquet', *out), 'no audio or video_id column'), ((tmp_path/'bad.tar', *out),
+                                                                                 'not a readable tar shard'),
+             ((d/'bal_train00.parquet', '--part', '2/2', *out), '--part'), ((d/'bal_train00.parquet', '--part', '0/6',
+                                                                             *out), 'is empty'),
+             ((d/'bal_train00.parquet', '--codec', 'mp4', *out), '--codec'),
+             ((d/'bal_train00.parquet',), '--waveforms_hdf5_path')]
     for args, words in cases:
         p = imp(*args)
         assert p.returncode != 0, args
@@ -189,8 +199,8 @@ def test_bad_input_is_one_sentence(copies, tmp_path):
 def test_compressed_stores_import_and_load_like_int16(copies, tmp_path, codec):
     from audioset_nb.data import AudioSetDataset
     d, _ = copies
-    ref = import_clips([d/'bal_train00.parquet'], tmp_path/'int16.h5', workers=1, progress=False)
-    r = import_clips([d/'bal_train00.parquet'], tmp_path/f'{codec}.h5', codec=codec, workers=2, progress=False)
+    ref = import_clips([d/'bal_train00.parquet'], tmp_path/'int16.h5', num_workers=1, progress=False)
+    r = import_clips([d/'bal_train00.parquet'], tmp_path/f'{codec}.h5', codec=codec, num_workers=2, progress=False)
     with h5py.File(r.path, 'r') as f: sizes = [len(b) for b in f[f'waveform_{codec}']]
     assert len(sizes) == ref.rows and max(sizes) < (320_000 if codec == 'flac' else 160_000)   # bytes per 10-s clip
     a, b = AudioSetDataset(ref.path), AudioSetDataset(r.path)
@@ -210,7 +220,31 @@ def test_a_changed_source_is_not_resumed_into(copies, tmp_path):
     assert p.returncode == -signal.SIGKILL and (tmp_path/'.out.h5.partial').exists()
     changed = [(y, flac(tone(300, 10, 48000), 48000), m) for y, _, m in ROWS]   # same ids and row groups, other audio
     write_parquet(src, changed)
-    r = import_clips([src], tmp_path/'out.h5', workers=1, chunk=2, progress=False)
-    clean = import_clips([src], tmp_path/'clean.h5', workers=1, chunk=2, progress=False)
+    r = import_clips([src], tmp_path/'out.h5', num_workers=1, chunk=2, progress=False)
+    clean = import_clips([src], tmp_path/'clean.h5', num_workers=1, chunk=2, progress=False)
     assert r.rows == clean.rows == len(ROWS)
-    with h5py.File(r.path, 'r') as a, h5py.File(clean.path, 'r') as b: np.testing.assert_array_equal(a['waveform'][:], b['waveform'][:])
+    with h5py.File(r.path, 'r') as a, h5py.File(clean.path, 'r') as b:
+        np.testing.assert_array_equal(a['waveform'][:], b['waveform'][:])
+
+def test_a_folder_holds_what_audio_exts_call_audio(tones, tmp_path):
+    "A shard's members are audio by `audio.AUDIO_EXTS` (the one list), not a list of the importer's: `.aif` is audio."
+    assert {'.aif', '.oga', '.mov'} <= AUDIO_EXTS
+    d = tmp_path/'clips'
+    tones({'YaifClip0001': 440}, fmt='aif', folder=d)
+    (d/'YtxtClip0001.txt').write_text('not a clip')
+    assert [(p.kind, Path(p.path).name) for p in find_pieces([d])] == [('file', 'YaifClip0001.aif')]
+    r = import_clips([d], tmp_path/'w.h5', csv_path=_one_label_csv(tmp_path, 'aifClip0001'), num_workers=1,
+                     progress=False)
+    assert r.rows == 1
+    with tarfile.open(tmp_path/'shard.tar', 'w') as tar:  # a WebDataset shard whose clip is an .aif member
+        tar.add(d/'YaifClip0001.aif', 'aifClip0001.aif')
+        meta = json.dumps(dict(video_id='aifClip0001', labels=[LABELS.mids[0]])).encode()
+        info = tarfile.TarInfo('aifClip0001.json')
+        info.size = len(meta)
+        tar.addfile(info, io.BytesIO(meta))
+    r = import_clips([tmp_path/'shard.tar'], tmp_path/'t.h5', num_workers=1, progress=False)
+    assert (r.rows, r.skipped) == (1, [])
+
+def _one_label_csv(d, ytid):
+    write_segments(d/'one.csv', [Segment(ytid, 0., 10., (LABELS.mids[0],))])
+    return d/'one.csv'

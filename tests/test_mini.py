@@ -2,7 +2,7 @@
 import os, re, stat
 from functools import partial
 import numpy as np, pytest
-from audioset_nb import mini as M
+from audioset_nb import audio, mini as M
 from audioset_nb.download import YTID_RE, SAMPLE_RATE, read_segments
 from conftest import cli, one_sentence
 
@@ -11,7 +11,7 @@ LOSSLESS = {'wav', 'flac'}
 @pytest.fixture(scope='module')
 def ds(tmp_path_factory):
     "Two clips of every source format in each subset."
-    return M.make_mini(tmp_path_factory.mktemp('mini')/'ds', seed=3, n_train=7, n_eval=7, workers=2)
+    return M.make_mini(tmp_path_factory.mktemp('mini')/'ds', seed=3, n_train=7, n_eval=7, num_workers=2)
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a = M.make_mini(tmp_path/'a', seed=5, n_train=12, n_eval=6, sources=False)
@@ -73,7 +73,8 @@ def test_one_source_per_ytid(ds):
     names = sorted(os.listdir(ds.sources_dir))
     assert names == sorted(f'{y}.{c.source.ext}' for y, c in ds.clips.items())
     assert {c.source.ext for c in ds.clips.values()} == {f.ext for f in M.SOURCE_FORMATS} == set(M.SOURCE_MIME)
-    assert M.SOURCE_MIME['mp4'] == 'video/mp4' and all(m.startswith('audio/') for e, m in M.SOURCE_MIME.items() if e != 'mp4')
+    assert M.SOURCE_MIME['mp4'] == 'video/mp4' and all(m.startswith('audio/') for e,
+                                                       m in M.SOURCE_MIME.items() if e != 'mp4')
 
 def test_sources_decode_as_declared(ds):
     for y, c in ds.clips.items():
@@ -103,7 +104,7 @@ def test_segment_cut_at_csv_times_is_the_reference(ds):
 
 def test_stereo_right_is_scaled_left(ds):
     y = next(y for y, c in ds.clips.items() if c.source.channels == 2 and c.source.ext in LOSSLESS)
-    x = M.decode_audio(ds.source_path(y), sr=ds.source(y).sample_rate, mono=False)
+    x = M.decode_audio(ds.source_path(y), sample_rate=ds.source(y).sample_rate, mono=False)
     assert x.shape[1] == 2 and np.abs(x[:, 1] - M.RIGHT_GAIN*x[:, 0]).max() < 1e-3
 
 def test_rerun_resumes_and_cleans_temp_files(ds):
@@ -112,7 +113,7 @@ def test_rerun_resumes_and_cleans_temp_files(ds):
     ref = M.decode_audio(gone)
     gone.unlink()
     (ds.sources_dir/f'.{gone.name}.tmp').write_bytes(b'half a file')
-    m = M.make_mini(ds.root, seed=3, n_train=7, n_eval=7, workers=2)
+    m = M.make_mini(ds.root, seed=3, n_train=7, n_eval=7, num_workers=2)
     assert sorted(m.sources_dir.iterdir()) == files                  # the missing one is back, the temp file gone
     assert {p: p.stat().st_mtime_ns for p in files[1:]} == before    # the others were not rewritten
     assert np.array_equal(M.decode_audio(gone), ref)
@@ -121,14 +122,15 @@ def test_failed_encoder_leaves_nothing(tmp_path, monkeypatch):
     fake = tmp_path/'ffmpeg'
     fake.write_text('#!/bin/sh\necho "encoder exploded" >&2\nexit 1\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setattr(M, 'ffmpeg_exe', lambda: str(fake))
+    monkeypatch.setattr(audio, 'ffmpeg_exe', lambda: str(fake))  # the one `ffmpeg_cmd` calls
     with pytest.raises(RuntimeError, match='ffmpeg could not write .*encoder exploded'):
-        M.make_mini(tmp_path/'m', n_train=2, n_eval=1, workers=1)
+        M.make_mini(tmp_path/'m', n_train=2, n_eval=1, num_workers=1)
     assert list((tmp_path/'m'/'sources').iterdir()) == []
 
 def test_user_errors_are_one_sentence(tmp_path):
     M.make_mini(tmp_path/'m', seed=0, n_train=3, n_eval=2, sources=False)
-    with pytest.raises(ValueError, match='made with other settings'): M.make_mini(tmp_path/'m', seed=1, n_train=3, n_eval=2)
+    with pytest.raises(ValueError, match='made with other settings'):
+        M.make_mini(tmp_path/'m', seed=1, n_train=3, n_eval=2)
     with pytest.raises(ValueError, match='at least 1'): M.make_mini(tmp_path/'z', n_train=0)
     with pytest.raises(ValueError, match='non-negative integer'): M.make_mini(tmp_path/'z', seed=-1)
     with pytest.raises(FileNotFoundError, match='no mini AudioSet'): M.load_mini(tmp_path)

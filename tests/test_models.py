@@ -1,4 +1,4 @@
-"The model zoo: every model builds and runs, state-dict names stay those of the published checkpoints, checkpoint I/O is safe."
+"The model zoo: every model builds and runs, state-dict names stay the published checkpoints', checkpoint I/O is safe."
 import functools, hashlib, http.server, io, json, os, threading, zipfile
 from pathlib import Path
 import numpy as np
@@ -11,7 +11,8 @@ from audioset_nb.fastpath import FusedConvBlock, for_inference
 
 SNAPSHOT = Path(__file__).parent/'snapshots'/'models_state_dict.json'
 PAPER = {'Cnn6': (4_837_455, 21.99e9), 'Cnn10': (5_219_279, 28.17e9), 'Cnn14': (80_753_615, 42.22e9),
-         'ResNet38': (73_783_247, 48.96e9), 'MobileNetV1': (4_796_303, 3.61e9), 'Wavegram_Logmel_Cnn14': (81_065_487, 53.51e9)}
+         'ResNet38': (73_783_247, 48.96e9), 'MobileNetV1': (4_796_303, 3.61e9),
+         'Wavegram_Logmel_Cnn14': (81_065_487, 53.51e9)}
 NAMES = [n for n in MODELS if n not in ('Cnn13', 'Cnn13_specaug')]
 
 def key_shapes(model): return {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -47,7 +48,8 @@ def _agree(out, ref):
         tol = 1e-4 if k.endswith('_output') else 1e-4*ref[k].abs().max().item()
         assert (out[k] - ref[k]).abs().max().item() < tol, k
 
-@pytest.mark.parametrize('name,batch,seconds', [('Cnn14', 5, 10.), ('Cnn14', 1, 10.), ('Cnn10', 2, 3.3), ('Cnn6', 2, 3.3),
+@pytest.mark.parametrize('name,batch,seconds', [('Cnn14', 5, 10.), ('Cnn14', 1, 10.), ('Cnn10', 2, 3.3),
+                                                ('Cnn6', 2, 3.3),
                                                 ('Cnn14_DecisionLevelAtt', 1, 2.1), ('Wavegram_Logmel_Cnn14', 2, 1.7),
                                                 ('Cnn14_16k', 1, 1.), ('Cnn6_mini_DecisionLevelMax', 3, 2.)])
 def test_for_inference_agrees_with_the_reference_path(name, batch, seconds):
@@ -125,7 +127,7 @@ def test_fast_path_follows_new_weights_and_steps_aside():
     assert not any(b.prepared for b in fast.modules() if isinstance(b, FusedConvBlock))
 
 def test_training_blocks_have_no_fast_path_state_and_names_stay():
-    "The fast path lives in its fused blocks: a ConvBlock has no trace of it, and `for_inference` keeps the published state dict."
+    "The fast path lives in its fused blocks: a ConvBlock has no trace of it; `for_inference` keeps the names."
     blocks = [ConvBlock(1, 8), ConvBlock5x5(1, 8)]
     fresh = [set(vars(b)) for b in blocks]
     for b in blocks:
@@ -151,7 +153,8 @@ def test_any_clip_length(name):
 
 def test_aliases_and_unknown_names():
     assert type(build_model('Cnn13')) is Cnn14 and type(build_model('Cnn13_specaug')) is Cnn14
-    with pytest.raises(ValueError, match=r"Unknown model_type 'cnn14'; choose one of: Cnn6, Cnn10, Cnn14,"): build_model('cnn14')
+    with pytest.raises(ValueError, match=r"Unknown model_type 'cnn14'; choose one of: Cnn6, Cnn10, Cnn14,"):
+        build_model('cnn14')
 
 def test_fixed_rate_models_refuse_other_front_ends():
     assert build_model('Cnn14_8k').config['sample_rate'] == 8000
@@ -209,7 +212,8 @@ def test_fast_and_conv_stft_models_agree(name):
         conv = m(x)
     for k in fast: torch.testing.assert_close(fast[k], conv[k], rtol=1e-4, atol=1e-5)
 
-@pytest.mark.parametrize('sr,win,hop,mels,fmax', [(32000, 1024, 320, 64, 14000), (16000, 512, 160, 64, 8000), (32000, 1024, 320, 128, 14000)])
+@pytest.mark.parametrize('sr,win,hop,mels,fmax', [(32000, 1024, 320, 64, 14000), (16000, 512, 160, 64, 8000),
+                                                  (32000, 1024, 320, 128, 14000)])
 def test_logmel_matches_librosa(sr, win, hop, mels, fmax):
     librosa = pytest.importorskip('librosa')
     y = demo_signal(3., sr=sr, seed=1)
@@ -265,7 +269,8 @@ def test_refuses_code_running_pickles(tmp_path):
 
 def test_unreadable_and_missing_checkpoints(tmp_path):
     (tmp_path/'junk.pth').write_bytes(b'not a checkpoint at all')
-    with pytest.raises(ValueError, match='junk.pth is not a readable PyTorch checkpoint'): load_checkpoint(tmp_path/'junk.pth')
+    with pytest.raises(ValueError, match='junk.pth is not a readable PyTorch checkpoint'):
+        load_checkpoint(tmp_path/'junk.pth')
     with pytest.raises(FileNotFoundError, match='No checkpoint at'): load_checkpoint(tmp_path/'nope.pth')
 
 def test_wrong_checkpoint_is_one_sentence(tmp_path):
@@ -275,9 +280,11 @@ def test_wrong_checkpoint_is_one_sentence(tmp_path):
     assert 'cnn14_16k.pth does not fit Cnn14(sample_rate=32000' in msg and '\n' not in msg
     assert 'spectrogram_extractor.stft.conv_real.weight is (257, 1, 512) in the checkpoint but (513, 1, 1024)' in msg
     p = save_checkpoint(tmp_path/'cnn6_10.pth', build_model('Cnn6', classes_num=10))
-    with pytest.raises(ValueError, match=r'fc_audioset.weight is \(10, 512\) in the checkpoint but \(527, 512\) in the model'):
+    with pytest.raises(ValueError,
+                       match=r'fc_audioset.weight is \(10, 512\) in the checkpoint but \(527, 512\) in the model'):
         load_weights(build_model('Cnn6'), p)
-    with pytest.raises(ValueError, match=r'does not fit Cnn10\(.*conv_block1.conv1.weight is \(64, 1, 5, 5\) in the checkpoint.*and 4 more'):
+    said = r'does not fit Cnn10\(.*conv_block1.conv1.weight is \(64, 1, 5, 5\) in the checkpoint.*and 4 more'
+    with pytest.raises(ValueError, match=said):
         load_weights(build_model('Cnn10'), {'model': build_model('Cnn6').state_dict()})
     with pytest.raises(ValueError, match=r'does not fit Cnn6\(.*: \d+ weights are missing from the checkpoint \(e.g. '):
         load_weights(build_model('Cnn6'), {})
@@ -356,7 +363,8 @@ def test_fetch_offline_and_bad_names(tmp_path, server):
     handler, base = server
     with pytest.raises(ConnectionError, match='Could not download .*/missing.pth: HTTP 404'):
         fetch_checkpoint('missing.pth', cache_dir=tmp_path, url=f'{base}/missing.pth', md5='0'*32)
-    with pytest.raises(ConnectionError, match='Could not reach http://127.0.0.1:9/x .*put the file at .*Cnn10_mAP=0.380.pth yourself'):
+    with pytest.raises(ConnectionError,
+                       match='Could not reach http://127.0.0.1:9/x .*put the file at .*Cnn10_mAP=0.380.pth yourself'):
         fetch_checkpoint('Cnn10_mAP=0.380.pth', cache_dir=tmp_path, url='http://127.0.0.1:9/x', timeout=5)
     for bad in ('../x.pth', '.hidden.pth', 'a/b.pth', 'x.exe'):
         with pytest.raises(ValueError, match='is not a checkpoint file name'): fetch_checkpoint(bad, cache_dir=tmp_path)
@@ -365,7 +373,8 @@ def test_fetch_default_url_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('AUDIOSET_NB_CACHE', str(tmp_path/'c'))
     assert default_cache_dir() == tmp_path/'c'
     seen = []
-    monkeypatch.setattr('audioset_nb.fileio._fetch_once', lambda url, part, timeout: seen.append(url) or part.write_bytes(b'x') or True)
+    monkeypatch.setattr('audioset_nb.fileio._fetch_once', lambda url, part,
+                        timeout: seen.append(url) or part.write_bytes(b'x') or True)
     with pytest.warns(UserWarning, match='No known MD5'): p = fetch_checkpoint('Cnn14_16k_mAP=0.438.pth')
     assert p == tmp_path/'c'/'Cnn14_16k_mAP=0.438.pth'
     assert seen == ['https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth?download=1']

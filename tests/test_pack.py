@@ -52,7 +52,8 @@ def clips(tmp_path_factory):
 
 def test_every_input_kind_becomes_a_row_and_bad_ones_are_left_out(clips, tmp_path, caplog):
     d, audios, segs = clips
-    with caplog.at_level(logging.WARNING): r = pack_waveforms(d/'segs.csv', audios, tmp_path/'w.h5', workers=2, progress=False)
+    with caplog.at_level(logging.WARNING):
+        r = pack_waveforms(d/'segs.csv', audios, tmp_path/'w.h5', num_workers=2, progress=False)
     assert r.rows == len(KINDS)
     assert sorted(n for n, _ in r.skipped) == sorted(clip_name(ytid(b)) for b in BAD)
     assert all(why for _, why in r.skipped)
@@ -75,13 +76,14 @@ def test_resampling_to_32k_is_anti_aliased(tmp_path):
     audios.mkdir()
     write_clip(audios/clip_name('alias______'), tone(20000, 10, 48000), 48000)   # above 32 kHz's Nyquist
     write_segments(tmp_path/'s.csv', [Segment('alias______', 0., 10., (load_labels().mids[0],))])
-    pack_waveforms(tmp_path/'s.csv', audios, tmp_path/'w.h5', workers=1, progress=False)
+    pack_waveforms(tmp_path/'s.csv', audios, tmp_path/'w.h5', num_workers=1, progress=False)
     with h5py.File(tmp_path/'w.h5', 'r') as f: row = f['waveform'][0]/32767
     assert np.sqrt(np.mean(row[SR:-SR]**2)) < 0.01        # gone, not folded down to 12 kHz
 
 def test_ours_reads_like_the_reference_layout(clips, tmp_path, monkeypatch):
     d, audios, segs = clips
-    r = pack_waveforms(d/'segs.csv', audios, tmp_path/'hdf5s'/'waveforms'/'balanced_train.h5', workers=1, progress=False)
+    r = pack_waveforms(d/'segs.csv', audios, tmp_path/'hdf5s'/'waveforms'/'balanced_train.h5', num_workers=1,
+                       progress=False)
     write_index(r.path, tmp_path/'hdf5s'/'indexes'/'balanced_train.h5')
     monkeypatch.chdir('/')                                  # the reference opens hdf5_path as written
     with h5py.File(tmp_path/'hdf5s'/'indexes'/'balanced_train.h5', 'r') as ix:
@@ -97,12 +99,13 @@ def test_ours_reads_like_the_reference_layout(clips, tmp_path, monkeypatch):
         target = hf['target'][i].astype(np.float32)
     assert audio_name == name_in_index == clip_name(ytid(KINDS[3][0]))
     assert abs(peak_hz(waveform) - KINDS[3][1]) <= 1 and target.sum() == 1
-    np.testing.assert_array_equal(AudioSetDataset(tmp_path/'hdf5s'/'indexes'/'balanced_train.h5')[3]['waveform'], waveform)
+    np.testing.assert_array_equal(AudioSetDataset(tmp_path/'hdf5s'/'indexes'/'balanced_train.h5')[3]['waveform'],
+                                  waveform)
 
 def test_compressed_store_is_lossless_and_smaller(clips, tmp_path):
     d, audios, _ = clips
-    a = pack_waveforms(d/'segs.csv', audios, tmp_path/'a.h5', workers=1, progress=False)
-    f = pack_waveforms(d/'segs.csv', audios, tmp_path/'f.h5', workers=2, codec='flac', progress=False)
+    a = pack_waveforms(d/'segs.csv', audios, tmp_path/'a.h5', num_workers=1, progress=False)
+    f = pack_waveforms(d/'segs.csv', audios, tmp_path/'f.h5', num_workers=2, codec='flac', progress=False)
     assert f.rows == a.rows and f.skipped == a.skipped
     da, df = AudioSetDataset(a.path), AudioSetDataset(f.path)
     for i in range(a.rows): np.testing.assert_array_equal(df[i]['waveform'], da[i]['waveform'])
@@ -113,7 +116,7 @@ def test_thousands_left_out_are_recorded(clips, tmp_path):
     d, audios, segs = clips
     many = segs[:1] + [Segment(f'gone{i:07d}', 0., 10., segs[0].labels) for i in range(1500)]
     write_segments(tmp_path/'s.csv', many)
-    r = pack_waveforms(tmp_path/'s.csv', audios, tmp_path/'w.h5', workers=1, progress=False)
+    r = pack_waveforms(tmp_path/'s.csv', audios, tmp_path/'w.h5', num_workers=1, progress=False)
     assert r.rows == 1 and len(r.skipped) == 1500
     with h5py.File(r.path, 'r') as f:
         assert f['skipped'].shape == (1500, 2) and f['skipped'][1499, 0].decode() == 'Ygone0001499.wav'
@@ -122,8 +125,9 @@ def test_nothing_readable_writes_nothing(tmp_path):
     (tmp_path/'a').mkdir()
     write_segments(tmp_path/'s.csv', [Segment('nothere____', 0., 10., (load_labels().mids[0],))])
     with pytest.raises(ValueError, match='None of the 1 clips'):
-        pack_waveforms(tmp_path/'s.csv', tmp_path/'a', tmp_path/'w.h5', workers=1, progress=False)
-    assert list(tmp_path.glob('*.h5')) == [] and list(tmp_path.glob('.*')) == [tmp_path/'.w.h5.lock']  # the lock file stays
+        pack_waveforms(tmp_path/'s.csv', tmp_path/'a', tmp_path/'w.h5', num_workers=1, progress=False)
+    # the lock file stays
+    assert list(tmp_path.glob('*.h5')) == [] and list(tmp_path.glob('.*')) == [tmp_path/'.w.h5.lock']
     with pytest.raises(FileNotFoundError, match='--audios_dir'):
         pack_waveforms(tmp_path/'s.csv', tmp_path/'nodir', tmp_path/'w.h5', progress=False)
 
@@ -143,20 +147,20 @@ KILLER = textwrap.dedent('''
             return out
         return f
     p._append = killing(p._append)     # 'after': killed between writing rows and recording them
-    p.pack_waveforms(sys.argv[3], sys.argv[4], sys.argv[5], workers=1, chunk=2, progress=False)
+    p.pack_waveforms(sys.argv[3], sys.argv[4], sys.argv[5], num_workers=1, chunk=2, progress=False)
 ''')
 
 @pytest.mark.parametrize('where', ['before', 'after'])
 def test_killed_run_resumes_to_the_same_file(clips, tmp_path, caplog, where):
     d, audios, _ = clips
-    good = pack_waveforms(d/'segs.csv', audios, tmp_path/'good.h5', workers=1, progress=False)
+    good = pack_waveforms(d/'segs.csv', audios, tmp_path/'good.h5', num_workers=1, progress=False)
     out = tmp_path/'out.h5'
     p = subprocess.run([sys.executable, '-c', KILLER, where, '2', str(d/'segs.csv'), str(audios), str(out)], cwd=ROOT)
     assert p.returncode == -signal.SIGKILL
     partial = tmp_path/'.out.h5.partial'
     assert not out.exists() and partial.exists()           # nothing where the good file is expected
     with caplog.at_level(logging.INFO, logger='audioset_nb.pack'):
-        r = pack_waveforms(d/'segs.csv', audios, out, workers=1, chunk=2, progress=False)
+        r = pack_waveforms(d/'segs.csv', audios, out, num_workers=1, chunk=2, progress=False)
     assert 'resuming' in caplog.text                        # picked up, not redone
     assert not partial.exists() and r.rows == good.rows and sorted(r.skipped) == sorted(good.skipped)
     with h5py.File(out, 'r') as a, h5py.File(good.path, 'r') as b:
@@ -164,14 +168,15 @@ def test_killed_run_resumes_to_the_same_file(clips, tmp_path, caplog, where):
 
 def test_unusable_leftovers_are_redone(clips, tmp_path, caplog):
     d, audios, _ = clips
-    good = pack_waveforms(d/'segs.csv', audios, tmp_path/'good.h5', workers=1, progress=False)
+    good = pack_waveforms(d/'segs.csv', audios, tmp_path/'good.h5', num_workers=1, progress=False)
     (tmp_path/'.out.h5.partial').write_bytes(b'\x89HDF\r\n' + os.urandom(3000))   # a leftover cut mid-write
-    with caplog.at_level(logging.WARNING): r = pack_waveforms(d/'segs.csv', audios, tmp_path/'out.h5', workers=1, progress=False)
+    with caplog.at_level(logging.WARNING):
+        r = pack_waveforms(d/'segs.csv', audios, tmp_path/'out.h5', num_workers=1, progress=False)
     assert 'unreadable leftover' in caplog.text and r.rows == good.rows
     # a leftover made with other settings is not mixed in
-    pack_waveforms(d/'segs.csv', audios, tmp_path/'o16.h5', sample_rate=16000, workers=1, progress=False)
+    pack_waveforms(d/'segs.csv', audios, tmp_path/'o16.h5', sample_rate=16000, num_workers=1, progress=False)
     (tmp_path/'o16.h5').rename(tmp_path/'.out2.h5.partial')
-    r2 = pack_waveforms(d/'segs.csv', audios, tmp_path/'out2.h5', workers=1, progress=False)
+    r2 = pack_waveforms(d/'segs.csv', audios, tmp_path/'out2.h5', num_workers=1, progress=False)
     with h5py.File(r2.path, 'r') as f: assert f['waveform'].shape == (good.rows, 320000)
 
 # ---- indexes ----
@@ -186,7 +191,8 @@ def fake_index(path, names, wave_path):
 def test_full_index_order_is_fixed(tmp_path):
     d = tmp_path/'indexes'
     d.mkdir()
-    parts = ['unbalanced_train_part10', 'eval', 'unbalanced_train_part2', 'balanced_train', 'unbalanced_train_part00', 'full_train']
+    parts = ['unbalanced_train_part10', 'eval', 'unbalanced_train_part2', 'balanced_train', 'unbalanced_train_part00',
+             'full_train']
     for p in parts: fake_index(d/f'{p}.h5', [f'Y{p[-6:]}{i}.wav' for i in range(3)], f'/w/{p}.h5')
     out = combine_indexes(d, d/'full_train.h5')
     with h5py.File(out, 'r') as f:
@@ -194,9 +200,11 @@ def test_full_index_order_is_fixed(tmp_path):
         assert f['index_in_hdf5'].dtype == np.int32 and len(f['audio_name']) == 12
     assert srcs == ['balanced_train', 'unbalanced_train_part00', 'unbalanced_train_part2', 'unbalanced_train_part10']
     assert train_index_order(['b/unb_part1.h5', 'a/balanced_train.h5']) == ['a/balanced_train.h5', 'b/unb_part1.h5']
-    with pytest.raises(FileNotFoundError, match='does not exist; check --indexes_hdf5s_dir'): combine_indexes(tmp_path/'none', tmp_path/'f.h5')
+    with pytest.raises(FileNotFoundError, match='does not exist; check --indexes_hdf5s_dir'):
+        combine_indexes(tmp_path/'none', tmp_path/'f.h5')
     (tmp_path/'empty').mkdir()
-    with pytest.raises(FileNotFoundError, match='--indexes_hdf5_path'): combine_indexes(tmp_path/'empty', tmp_path/'f.h5')
+    with pytest.raises(FileNotFoundError, match='--indexes_hdf5_path'):
+        combine_indexes(tmp_path/'empty', tmp_path/'f.h5')
 
 # ---- command line ----
 
@@ -220,7 +228,8 @@ def test_cli_part_packs_its_slice_of_the_list(clips, tmp_path):
     names = []
     for k in range(2):
         w = tmp_path/f'part{k}.h5'
-        p = pack('--csv_path', str(d/'segs.csv'), '--audios_dir', str(audios), '--waveforms_hdf5_path', str(w), '--part', f'{k}/2', '--quiet')
+        p = pack('--csv_path', str(d/'segs.csv'), '--audios_dir', str(audios), '--waveforms_hdf5_path', str(w),
+                 '--part', f'{k}/2', '--quiet')
         assert p.returncode == 0, p.stderr
         with h5py.File(w, 'r') as f:  # packed rows plus the clips left out: together, the slice
             names.append([n.decode() for n in f['audio_name'][:]] + [n.decode() for n in f['skipped'][:, 0]])
@@ -239,3 +248,18 @@ def test_cli_bad_input_is_one_sentence(args, msg):
     p = pack(*args)
     assert p.returncode == 1
     one_sentence(p.stderr, msg)
+
+def test_workers_is_an_alias_of_num_workers(run_cli, tones, tmp_path):
+    "`--workers`, the flag runme.sh and the README type, packs the same file as the field's own name `--num_workers`."
+    ytids = ['aliasclip01', 'aliasclip02', 'aliasclip03']
+    tones({clip_name(y)[:-4]: 300 + 200*i for i, y in enumerate(ytids)}, folder=tmp_path/'audios')
+    write_segments(tmp_path/'s.csv', [Segment(y, 0., 1., (load_labels().mids[0],)) for y in ytids])
+    rows = []
+    for flag in ('--workers', '--num_workers'):
+        out = tmp_path/f'{flag[2:]}.h5'
+        r = run_cli('audioset_pack', '--csv_path', tmp_path/'s.csv', '--audios_dir', tmp_path/'audios',
+                    '--waveforms_hdf5_path', out, '--clip_seconds', '1', flag, '2', '--quiet', timeout=120)
+        assert r.returncode == 0, r.stderr
+        with h5py.File(out, 'r') as f: rows.append(f['waveform'][:])
+    assert rows[0].shape == (3, SR) and np.array_equal(rows[0], rows[1])
+    assert [round(peak_hz(x)) for x in rows[0]] == [300, 500, 700]

@@ -24,19 +24,22 @@ def test_nbdev_flags():
 @pytest.fixture(scope='module')
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp('wheel')
-    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(out), str(ROOT)],
-                   check=True, cwd=ROOT)
+    pip = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q']
+    subprocess.run([*pip, '-w', str(out), str(ROOT)], check=True, cwd=ROOT)
     return next(out.glob('*.whl'))
 
 def test_wheel_ships_metadata_and_modules(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ['class_labels_indices.csv', 'eval_segments.csv', 'balanced_train_segments.csv', 'ontology.json', 'LICENSE.md']:
+    for f in ['class_labels_indices.csv', 'eval_segments.csv', 'balanced_train_segments.csv', 'ontology.json',
+              'LICENSE.md']:
         assert f'audioset_nb/data/{f}' in names
     mods = {p.stem for p in (ROOT/'audioset_nb').glob('*.py')}
     assert {f'audioset_nb/{m}.py' for m in mods} <= names
 
 def test_wheel_requirements_match_settings(wheel):
-    meta = zipfile.ZipFile(wheel).read(next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith('METADATA'))).decode()
-    reqs = [l.split(':', 1)[1].strip() for l in meta.splitlines() if l.startswith('Requires-Dist:') and 'extra ==' not in l]
+    z = zipfile.ZipFile(wheel)
+    meta = z.read(next(n for n in z.namelist() if n.endswith('METADATA'))).decode()
+    reqs = [l.split(':',
+                    1)[1].strip() for l in meta.splitlines() if l.startswith('Requires-Dist:') and 'extra ==' not in l]
     norm = lambda rs: sorted(str(Requirement(r)) for r in rs)
     assert norm(reqs) == norm(shlex.split(CFG['requirements']))
