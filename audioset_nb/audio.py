@@ -20,9 +20,9 @@ __all__ = ['SAMPLE_RATE', 'AUDIO_EXTS', 'FFMPEG_ENV', 'NONFINITE', 'STORES', 'ff
 SAMPLE_RATE = 32000   # the rate PANNs stores and trains at
 
 # %% ../nbs/01_audio.ipynb #1d5f633b
+# what counts as audio in a folder, in every stage
 AUDIO_EXTS = frozenset({'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.m4a', '.aac', '.wma', '.aif', '.aiff',
-                        '.au',
-                        '.webm', '.mp4', '.mkv', '.mov', '.avi'})  # what counts as audio in a folder, in every stage
+                        '.au', '.webm', '.mp4', '.mkv', '.mov', '.avi'})
 
 # %% ../nbs/01_audio.ipynb #2ba98372
 FFMPEG_ENV = 'AUDIOSET_NB_FFMPEG'  # names the ffmpeg to use: a path, a program on PATH, or `bundled`

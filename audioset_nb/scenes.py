@@ -8,7 +8,7 @@ import csv, io, subprocess
 from pathlib import Path
 import numpy as np, soxr
 from scipy.fft import next_fast_len
-from .audio import ffmpeg_exe, write_wav
+from .audio import ffmpeg_cmd, write_wav
 
 # %% auto #0
 __all__ = ['SCENE_SOUNDS', 'SCENE_FORMATS', 'TRAIN_CONDITIONS', 'TEST_CONDITIONS', 'NEW_SOUNDS', 'scene_clip', 'make_scene_set',
@@ -270,8 +270,7 @@ def make_scene_set(root:str|Path, # folder to write `root/<class>/<i>.<ext>` int
             wav = d/f'{i:03d}.{"wav" if ext == "wav" else "tmp.wav"}'
             write_wav(wav, x, sr)
             if ext != 'wav':  # the codecs' own encoders, through ffmpeg
-                subprocess.run([ffmpeg_exe(), '-nostdin', '-v', 'error', '-y', '-i', str(wav),
-                                str(d/f'{i:03d}.{ext}')], check=True)
+                subprocess.run(ffmpeg_cmd('-y', '-i', wav, d/f'{i:03d}.{ext}'), check=True)
                 wav.unlink()
     return root
 

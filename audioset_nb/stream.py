@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 import numpy as np
-from .audio import AudioError, ffmpeg_exe, finite_audio
+from .audio import AudioError, die_with_parent, ffmpeg_cmd, finite_audio, pcm_output
 from .config import config_cli
 from .tagging import TaggingConfig, run_tags
 from .runtime import OnnxRunner
@@ -53,11 +53,12 @@ def ffmpeg_blocks(source:str, sr:int, # the source and the rate to deliver it at
                   realtime:bool=False, # play a file in real time (`-re`)
                   input_format:str=None)->Iterator[np.ndarray]:
     "Mono float32 blocks of `source` at `sr`, decoded by ffmpeg as they arrive."
-    args = [ffmpeg_exe(), '-hide_banner', '-nostats', '-loglevel', 'error', *(['-re'] if realtime else []),
-            *LOW_DELAY, *stream_source_args(source, input_format), '-vn', '-ac', '1', '-ar', str(sr), '-f', 'f32le',
-            '-flush_packets', '1', 'pipe:1']
+    live = ['-re'] if realtime else []
+    args = ffmpeg_cmd('-nostats', *live, *LOW_DELAY, *stream_source_args(source, input_format),
+                      '-flush_packets', '1', *pcm_output(sr, 1, 'f32le'))
+    # no ffmpeg outlives the stream, even one killed with SIGKILL
     proc = subprocess.Popen(args, stdin=None if source == '-' else subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=die_with_parent)
     n = 0
     try:
         while data := proc.stdout.read(4*block):
