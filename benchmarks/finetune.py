@@ -17,7 +17,7 @@ import argparse, datetime, gc, json, os, platform, resource, shutil, subprocess,
 from pathlib import Path
 import numpy as np, soundfile as sf, torch
 import audioset_nb
-from audioset_nb.audio import ffmpeg_exe
+from audioset_nb.audio import ffmpeg_cmd
 from audioset_nb.config import FrontEnd
 from audioset_nb.finetune import FinetuneConfig, finetune, finetune_dir
 from audioset_nb.train import read_statistics
@@ -40,7 +40,7 @@ def long_files(root:Path, n:int, seconds=(60, 200), seed=0)->Path:
         if ext == 'wav':
             wav.rename(d/f'{i:03d}.wav')
             continue
-        subprocess.run([ffmpeg_exe(), '-nostdin', '-v', 'error', '-y', '-i', str(wav), str(d/f'{i:03d}.{ext}')],
+        subprocess.run(ffmpeg_cmd('-y', '-i', wav, d/f'{i:03d}.{ext}'),
                        check=True)
         wav.unlink()
     return root

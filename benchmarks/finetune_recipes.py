@@ -21,7 +21,7 @@ import argparse, datetime, json, os, platform, shutil, subprocess, tempfile, tim
 from pathlib import Path
 import numpy as np, soundfile as sf, torch
 import audioset_nb
-from audioset_nb.audio import ffmpeg_exe
+from audioset_nb.audio import ffmpeg_cmd
 from audioset_nb.config import FrontEnd
 from audioset_nb.finetune import FinetuneConfig, finetune, finetune_dir
 from audioset_nb.scenes import make_scene_set, TEST_CONDITIONS
@@ -112,7 +112,7 @@ def make_set(root:Path, per_class:int, seed:int, backgrounds:tuple)->Path:
             if ext == 'wav':
                 wav.rename(d/f'{i:03d}.wav')
                 continue
-            subprocess.run([ffmpeg_exe(), '-nostdin', '-v', 'error', '-y', '-i', str(wav), str(d/f'{i:03d}.{ext}')],
+            subprocess.run(ffmpeg_cmd('-y', '-i', wav, d/f'{i:03d}.{ext}'),
                            check=True)
             wav.unlink()
     return root

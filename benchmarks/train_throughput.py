@@ -12,7 +12,8 @@ import argparse, datetime, json, os, platform, tempfile
 from pathlib import Path
 import h5py, numpy as np, torch
 import audioset_nb
-from audioset_nb.data import AudioSetDataset, RandomSampler, make_loader, default_workers
+from audioset_nb.data import AudioSetDataset, RandomSampler, make_loader
+from audioset_nb.fileio import default_workers
 from audioset_nb.models import build_model
 from audioset_nb.train import Dist, clip_bce, fit
 
@@ -72,7 +73,7 @@ def main():
     # bf16 autocast and compile are GPU speed-ups: on CPU the bf16 switch does nothing and compiling takes minutes
     variants = a.variants or (['reference', *ABLATIONS] if gpu else ['reference', 'ours', 'conv_stft', 'nchw',
                                                                      'sync_every_step'])
-    workers = default_workers() if a.workers is None else a.workers
+    workers = default_workers('loading') if a.workers is None else a.workers
     if gpu: torch.backends.cudnn.benchmark = True
     sr = 32000
     out = dict(device=torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine(),
