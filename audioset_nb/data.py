@@ -4,19 +4,22 @@
 
 # %% ../nbs/30_data.ipynb #8bb219f4
 from __future__ import annotations
-import collections, os, sys
+import collections, json, logging, os, sys
 from dataclasses import dataclass
 from pathlib import Path
 import h5py, numpy as np, torch
 from torch.utils.data import DataLoader, Dataset
-from .audio import SAMPLE_RATE, STORES, AudioError, decode_row, finite_audio, resample, to_float32
+from .audio import (SAMPLE_RATE, STORES, AudioError, decode_row, finite_audio, load_audio, resample,
+                               to_float32, to_int16)
+from .pack import ordered_map
 from .config import USER_ERRORS
 from .fileio import default_workers
 
 # %% auto #0
-__all__ = ['WAVEFORM_KEYS', 'INDEX_KEYS', 'SAMPLERS', 'Index', 'read_index', 'AudioSetDataset', 'TrainSampler', 'RandomSampler',
-           'BalancedSampler', 'AlternateSampler', 'clip_weights', 'WeightedSampler', 'EvalSampler', 'make_sampler',
-           'Mixup', 'collate', 'Loader', 'make_loader']
+__all__ = ['WAVEFORM_KEYS', 'INDEX_KEYS', 'SAMPLERS', 'Index', 'read_index', 'AudioSetDataset', 'Decoded', 'decode_files',
+           'load_finite', 'crop_at', 'random_crop', 'CropDataset', 'TrainSampler', 'RandomSampler', 'BalancedSampler',
+           'AlternateSampler', 'clip_weights', 'WeightedSampler', 'EvalSampler', 'make_sampler', 'Mixup', 'collate',
+           'Loader', 'make_loader']
 
 # %% ../nbs/30_data.ipynb #4e9cc847
 @dataclass
@@ -132,6 +135,151 @@ class AudioSetDataset(Dataset):
         if isinstance(key, dict): return self.read(key['hdf5_path'], key['index_in_hdf5'])
         if isinstance(key, tuple): return self.read(*key)
         return self.read(self.files[self.file_of[key]], self.row[key])
+
+# %% ../nbs/30_data.ipynb #f5e80175
+class Decoded:
+    "Files decoded once: mono int16 samples end to end, in memory or in an HDF5 file, read back as float32."
+    def __init__(self, samples, # int16 array, or the path of an HDF5 file with a `samples` dataset
+                 starts:np.ndarray, ends:np.ndarray, # where each file's samples start and end
+                 sample_rate:int):
+        self.samples, self.sample_rate = samples, sample_rate
+        self.starts, self.ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+        self._h5 = self._pid = None
+    def __len__(self): return len(self.starts)
+    def __repr__(self):
+        where = ', on disk' if self.on_disk else ''
+        n = self.ends.sum() - self.starts.sum()
+        return f'Decoded({len(self)} files, {n} samples at {self.sample_rate} Hz{where})'
+    def __getstate__(self): return {**self.__dict__, '_h5': None, '_pid': None}  # each worker opens the file itself
+    @property
+    def on_disk(self)->bool: return isinstance(self.samples, (str, Path))
+    def _data(self):
+        if not self.on_disk: return self.samples
+        if self._pid != os.getpid(): self._h5, self._pid = h5py.File(self.samples, 'r'), os.getpid()
+        return self._h5['samples']
+    def length(self, i:int)->int: return int(self.ends[i] - self.starts[i])
+    def read(self, i:int, start:int=0, n:int=None)->np.ndarray:
+        "`n` samples of file `i` from `start` (all of it by default), float32."
+        s = self.starts[i] + start
+        return to_float32(self._data()[s:self.ends[i] if n is None else min(self.ends[i], s + n)])
+    def subset(self, rows)->Decoded:
+        "The files at `rows`."
+        return Decoded(self.samples, self.starts[rows], self.ends[rows], self.sample_rate)
+
+# %% ../nbs/30_data.ipynb #73b96de4
+_log = logging.getLogger(__name__)
+
+def _decode_job(args)->tuple:
+    "(int16 samples (empty unless `keep`) or None, a warning or None); runs in a worker process."
+    path, sample_rate, keep = args
+    try: x = load_audio(path, sample_rate)
+    except AudioError as e: return None, f'{e} It was left out.'
+    except Exception as e: return None, f'{path} could not be decoded ({type(e).__name__}: {e}); it was left out.'
+    x = finite_audio(x, str(path), 'finetuning')  # names the file in a warning, and silences those samples
+    return to_int16(x) if keep else np.zeros(0, np.int16), None
+
+# %% ../nbs/30_data.ipynb #56657958
+def _file_key(paths, sample_rate)->str:
+    "What a decoded file must have been made from to be reused: the files (path, size, time) and the rate."
+    return json.dumps([sample_rate] + [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths])
+
+def _spill(path:Path, parts:list, key:str)->h5py.File:
+    "A new HDF5 file holding `parts` end to end in a growable `samples` dataset."
+    f = h5py.File(path, 'w')
+    f.create_dataset('samples', (0,), np.int16, maxshape=(None,), chunks=(1 << 16,))
+    f.attrs['key'] = key
+    for x in parts: _append_samples(f, x)
+    return f
+
+def _append_samples(f, x):
+    d = f['samples']
+    n = len(d)
+    d.resize(n + len(x), axis=0)
+    d[n:] = x
+
+def _reuse(cache:Path, key:str):
+    "(starts, ends, rows) of a decoded file made from the same files, or None."
+    try:
+        with h5py.File(cache, 'r') as f:
+            if f.attrs['key'] == key: return f['starts'][:], f['ends'][:], f['rows'][:]
+    except Exception: return None
+
+def decode_files(paths:list, sample_rate:int, # the files, and the rate to decode them at
+                 cache:str|Path, # HDF5 file the samples go to if they outgrow `max_mb`
+                 max_mb:float=2048, # decoded audio kept in memory up to this many MB
+                 num_workers:int=None, # decoding processes (default: one per core)
+                 # keep the samples (False: only find the files that cannot be read; `Decoded` is None)
+                 keep:bool=True)->tuple:
+    "(`Decoded` of the files that could be read, their rows in `paths`); warnings name the files left out or mended."
+    cache, key = Path(cache), _file_key(paths, sample_rate)
+    if keep and cache.is_file() and (old := _reuse(cache, key)) is not None:
+        return Decoded(str(cache), *old[:2], sample_rate), old[2]
+    workers, parts, starts, ends, rows, n, f = num_workers or default_workers('decoding'), [], [], [], [], 0, None
+    tmp = cache.with_name(f'.{cache.name}.partial')  # a killed run's leftover is started afresh
+    jobs = [(p, sample_rate, keep) for p in paths]
+    for i, (x, note) in enumerate(ordered_map(_decode_job, jobs, workers, 4*workers)):
+        if note: _log.warning(note)
+        if x is None: continue
+        rows.append(i)
+        if not keep: continue
+        starts.append(n)
+        n += len(x)
+        ends.append(n)
+        if f is not None: _append_samples(f, x)
+        else: parts.append(x)
+        if f is None and 2*n > max_mb*2**20:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            f = _spill(tmp, parts, key)
+            parts = []
+    if not keep: return None, np.array(rows, int)
+    if f is None:
+        return Decoded(np.concatenate(parts or [np.zeros(0, np.int16)]), starts, ends, sample_rate), np.array(rows, int)
+    with f: f['starts'], f['ends'], f['rows'] = starts, ends, rows
+    tmp.replace(cache)
+    return Decoded(str(cache), starts, ends, sample_rate), np.array(rows, int)
+
+# %% ../nbs/30_data.ipynb #b13d7875
+def load_finite(path:str, sample_rate:int)->np.ndarray:
+    "`load_audio`, with NaN or infinite samples silenced (as `decode_clips` does; it has named such files already)."
+    x = load_audio(path, sample_rate)
+    return x if np.isfinite(x).all() else np.where(np.isfinite(x), x, 0).astype(x.dtype)
+
+def _draw(k:int, gen:torch.Generator=None)->int: return int(torch.randint(k + 1, (1,), generator=gen)) if k > 0 else 0
+
+def crop_at(length:int, n:int, gen:torch.Generator=None)->tuple:
+    "(start in the source, start in the output) of a random `n`-sample window of a `length`-sample source."
+    return (_draw(length - n, gen), 0) if length >= n else (0, _draw(n - length, gen))
+
+def random_crop(x:np.ndarray, n:int, gen:torch.Generator=None)->np.ndarray:
+    "A random `n`-sample window of `x`, or `x` zero-padded to `n` at a random place."
+    s, o = crop_at(len(x), n, gen)
+    return _place(x[s:s+n], n, o)
+
+def _place(x, n, o):
+    if len(x) == n: return x
+    out = np.zeros(n, x.dtype)
+    out[o:o+len(x)] = x
+    return out
+
+# %% ../nbs/30_data.ipynb #c814fb6c
+class CropDataset(Dataset):
+    "Random `clip_samples` crops of whole files and their targets, as dict(audio_name, waveform, target) for `collate`."
+    def __init__(self, paths:list, targets:np.ndarray, # the files, and their (files, classes) targets
+                 sample_rate:int, clip_samples:int,
+                 audio:Decoded=None): # the files decoded once (`decode_files`); None: decode the file at every draw
+        self.paths, self.targets, self.audio = list(paths), np.asarray(targets), audio
+        self.sample_rate, self.clip_samples = sample_rate, clip_samples
+    def __len__(self): return len(self.paths)
+    def load(self, i:int)->np.ndarray:
+        "The whole of file `i`, mono float32 at `sample_rate`."
+        return self.audio.read(i) if self.audio is not None else load_finite(self.paths[i], self.sample_rate)
+    def crop(self, i:int)->np.ndarray:
+        "A random window of file `i`; decoded files are read only where the window falls."
+        if self.audio is None: return random_crop(self.load(i), self.clip_samples)
+        s, o = crop_at(self.audio.length(i), self.clip_samples)
+        return _place(self.audio.read(i, s, self.clip_samples), self.clip_samples, o)
+    def __getitem__(self, i:int)->dict:
+        return dict(audio_name=self.paths[i], waveform=self.crop(i), target=self.targets[i].astype(np.float32))
 
 # %% ../nbs/30_data.ipynb #14ffc4d7
 def _rng(*key)->np.random.Generator: return np.random.default_rng([int(k) for k in key])

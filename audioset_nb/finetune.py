@@ -4,15 +4,13 @@
 
 # %% ../nbs/70_finetune.ipynb #3b02ece2
 from __future__ import annotations
-import csv, dataclasses, json, logging, os, sys
+import csv, dataclasses, json, os, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
-from torch.utils.data import Dataset
-import h5py
 import torch.distributed as dist
-from .audio import AUDIO_EXTS, AudioError, load_audio, pad_or_truncate, to_float32, to_int16
-from .data import SAMPLERS
+from .audio import AUDIO_EXTS, pad_or_truncate
+from .data import SAMPLERS, CropDataset, Decoded, decode_files, load_finite
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint
 from .models import MODELS, LogmelFrontend, build_model
 from .config import FrontEnd, config_cli, flat_config
@@ -23,11 +21,10 @@ from .train import (Dist, Hook, RecipeConfig, augmented, autocast, best_of, clas
                                seed_everything, setup_run, softmax_ce, statistics_logger)
 
 # %% auto #0
-__all__ = ['Clips', 'read_folder', 'read_csv', 'read_dataset', 'Decoded', 'decode_clips', 'load_finite', 'crop_at', 'random_crop',
-           'ClipDataset', 'is_head', 'Transfer', 'load_body', 'scale_specaug', 'predict_clips', 'evaluate_clips',
-           'logmel_stats', 'baseline_scores', 'Data', 'FinetuneConfig', 'front_end', 'Unfreeze', 'holdout', 'splits',
-           'checkpoint_extras', 'finetune_split', 'finetune_dir', 'load_data', 'finetune', 'load_finetuned',
-           'finetune_cli']
+__all__ = ['Clips', 'read_folder', 'read_csv', 'read_dataset', 'is_head', 'Transfer', 'load_body', 'scale_specaug',
+           'predict_clips', 'evaluate_clips', 'logmel_stats', 'baseline_scores', 'Data', 'FinetuneConfig', 'front_end',
+           'Unfreeze', 'holdout', 'splits', 'checkpoint_extras', 'finetune_split', 'finetune_dir', 'load_data',
+           'finetune', 'load_finetuned', 'finetune_cli']
 
 # %% ../nbs/70_finetune.ipynb #68f446f0
 @dataclass
@@ -119,153 +116,6 @@ def read_dataset(data:str|Path, audios_dir:str|Path=None)->Clips:
     if data.suffix.lower() in ('.csv', '.tsv', '.txt') or data.is_file(): return read_csv(data, audios_dir)
     raise FileNotFoundError(f'{data} does not exist; pass a folder with one sub-folder per class, '
                             'or a CSV of path,label rows.')
-
-# %% ../nbs/70_finetune.ipynb #f5e80175
-class Decoded:
-    "Files decoded once: mono int16 samples end to end, in memory or in an HDF5 file, read back as float32."
-    def __init__(self, samples, # int16 array, or the path of an HDF5 file with a `samples` dataset
-                 starts:np.ndarray, ends:np.ndarray, # where each file's samples start and end
-                 sample_rate:int):
-        self.samples, self.sample_rate = samples, sample_rate
-        self.starts, self.ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
-        self._h5 = self._pid = None
-    def __len__(self): return len(self.starts)
-    def __repr__(self):
-        where = ', on disk' if self.on_disk else ''
-        n = self.ends.sum() - self.starts.sum()
-        return f'Decoded({len(self)} files, {n} samples at {self.sample_rate} Hz{where})'
-    def __getstate__(self): return {**self.__dict__, '_h5': None, '_pid': None}  # each worker opens the file itself
-    @property
-    def on_disk(self)->bool: return isinstance(self.samples, (str, Path))
-    def _data(self):
-        if not self.on_disk: return self.samples
-        if self._pid != os.getpid(): self._h5, self._pid = h5py.File(self.samples, 'r'), os.getpid()
-        return self._h5['samples']
-    def length(self, i:int)->int: return int(self.ends[i] - self.starts[i])
-    def read(self, i:int, start:int=0, n:int=None)->np.ndarray:
-        "`n` samples of file `i` from `start` (all of it by default), float32."
-        s = self.starts[i] + start
-        return to_float32(self._data()[s:self.ends[i] if n is None else min(self.ends[i], s + n)])
-    def subset(self, rows)->Decoded:
-        "The files at `rows`."
-        return Decoded(self.samples, self.starts[rows], self.ends[rows], self.sample_rate)
-
-# %% ../nbs/70_finetune.ipynb #40029ed5
-_log = logging.getLogger(__name__)
-
-def _decode_job(args)->tuple:
-    "(int16 samples (empty unless `keep`) or None, a warning or None); runs in a worker process."
-    path, sr, keep = args
-    try: x = load_audio(path, sr)
-    except AudioError as e: return None, f'{e} It was left out.'
-    except Exception as e: return None, f'{path} could not be decoded ({type(e).__name__}: {e}); it was left out.'
-    bad = ~np.isfinite(x)
-    note = f'{path} holds {int(bad.sum())} NaN or infinite samples; they were replaced with silence.'
-    note = note if bad.any() else None
-    return to_int16(np.where(bad, 0, x)) if keep else np.zeros(0, np.int16), note
-
-# %% ../nbs/70_finetune.ipynb #5203e928
-def _file_key(paths, sr)->str:
-    "What a decoded file must have been made from to be reused: the files (path, size, time) and the rate."
-    return json.dumps([sr] + [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths])
-
-def _spill(path:Path, parts:list, key:str)->h5py.File:
-    "A new HDF5 file holding `parts` end to end in a growable `samples` dataset."
-    f = h5py.File(path, 'w')
-    f.create_dataset('samples', (0,), np.int16, maxshape=(None,), chunks=(1 << 16,))
-    f.attrs['key'] = key
-    for x in parts: _append_samples(f, x)
-    return f
-
-def _append_samples(f, x):
-    d = f['samples']
-    n = len(d)
-    d.resize(n + len(x), axis=0)
-    d[n:] = x
-
-def _reuse(cache:Path, key:str):
-    "(starts, ends, rows) of a decoded file made from the same files, or None."
-    try:
-        with h5py.File(cache, 'r') as f:
-            if f.attrs['key'] == key: return f['starts'][:], f['ends'][:], f['rows'][:]
-    except Exception: return None
-
-def decode_clips(clips:Clips, sample_rate:int,
-                 cache:str|Path, # HDF5 file the samples go to if they outgrow `max_mb`
-                 max_mb:float=2048, # decoded audio kept in memory up to this many MB
-                 workers:int=None, # decoding processes (default: one per core)
-                 # keep the samples (False: only find the files that cannot be read; `Decoded` is None)
-                 keep:bool=True)->tuple:
-    "(`Decoded` of the files that could be read, their rows in `clips`); warnings name the files left out or mended."
-    from audioset_nb.pack import _imap, default_pack_workers
-    cache, key = Path(cache), _file_key(clips.paths, sample_rate)
-    if keep and cache.is_file() and (old := _reuse(cache, key)) is not None:
-        return Decoded(str(cache), *old[:2], sample_rate), old[2]
-    workers, parts, starts, ends, rows, n, f = workers or default_pack_workers(), [], [], [], [], 0, None
-    tmp = cache.with_name(f'.{cache.name}.partial')  # a killed run's leftover is started afresh
-    for i, (x, note) in enumerate(_imap(_decode_job, [(p, sample_rate,
-                                                       keep) for p in clips.paths], workers, 4*workers)):
-        if note: _log.warning(note)
-        if x is None: continue
-        rows.append(i)
-        if not keep: continue
-        starts.append(n)
-        n += len(x)
-        ends.append(n)
-        if f is not None: _append_samples(f, x)
-        else: parts.append(x)
-        if f is None and 2*n > max_mb*2**20:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            f = _spill(tmp, parts, key)
-            parts = []
-    if not keep: return None, np.array(rows, int)
-    if f is None:
-        return Decoded(np.concatenate(parts or [np.zeros(0, np.int16)]), starts, ends, sample_rate), np.array(rows, int)
-    with f: f['starts'], f['ends'], f['rows'] = starts, ends, rows
-    tmp.replace(cache)
-    return Decoded(str(cache), starts, ends, sample_rate), np.array(rows, int)
-
-# %% ../nbs/70_finetune.ipynb #f7c6f351
-def load_finite(path:str, sample_rate:int)->np.ndarray:
-    "`load_audio`, with NaN or infinite samples silenced (as `decode_clips` does; it has named such files already)."
-    x = load_audio(path, sample_rate)
-    return x if np.isfinite(x).all() else np.where(np.isfinite(x), x, 0).astype(x.dtype)
-
-def _draw(k:int, gen:torch.Generator=None)->int: return int(torch.randint(k + 1, (1,), generator=gen)) if k > 0 else 0
-
-def crop_at(length:int, n:int, gen:torch.Generator=None)->tuple:
-    "(start in the source, start in the output) of a random `n`-sample window of a `length`-sample source."
-    return (_draw(length - n, gen), 0) if length >= n else (0, _draw(n - length, gen))
-
-def random_crop(x:np.ndarray, n:int, gen:torch.Generator=None)->np.ndarray:
-    "A random `n`-sample window of `x`, or `x` zero-padded to `n` at a random place."
-    s, o = crop_at(len(x), n, gen)
-    return _place(x[s:s+n], n, o)
-
-def _place(x, n, o):
-    if len(x) == n: return x
-    out = np.zeros(n, x.dtype)
-    out[o:o+len(x)] = x
-    return out
-
-# %% ../nbs/70_finetune.ipynb #4516d68d
-class ClipDataset(Dataset):
-    "Random `clip_samples` crops of labelled files, as dict(audio_name, waveform, target) for `collate`."
-    def __init__(self, clips:Clips, sample_rate:int, clip_samples:int,
-                 audio:Decoded=None): # the files decoded once (see below); None: decode the file at every draw
-        self.clips, self.sample_rate, self.clip_samples, self.audio = clips, sample_rate, clip_samples, audio
-    def __len__(self): return len(self.clips)
-    def load(self, i:int)->np.ndarray:
-        "The whole of file `i`, mono float32 at `sample_rate`."
-        return self.audio.read(i) if self.audio is not None else load_finite(self.clips.paths[i], self.sample_rate)
-    def crop(self, i:int)->np.ndarray:
-        "A random window of file `i`; decoded files are read only where the window falls."
-        if self.audio is None: return random_crop(self.load(i), self.clip_samples)
-        s, o = crop_at(self.audio.length(i), self.clip_samples)
-        return _place(self.audio.read(i, s, self.clip_samples), self.clip_samples, o)
-    def __getitem__(self, i:int)->dict:
-        return dict(audio_name=self.clips.paths[i], waveform=self.crop(i),
-                    target=self.clips.targets[i].astype(np.float32))
 
 # %% ../nbs/70_finetune.ipynb #d43434f7
 def is_head(name:str)->bool:
@@ -516,7 +366,8 @@ def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_di
     if ck is not None: load_body(model, ck, cfg.pretrained_checkpoint_path)
     tr, va = data.subset(train_rows), data.subset(valid_rows)
     latest, best = out_dir/'latest.pth', out_dir/'best.pth'
-    run = setup_run(model, ClipDataset(tr.clips, front.sample_rate, n_clip, tr.audio), _sampler(cfg, tr.clips, dst),
+    crops = CropDataset(tr.clips.paths, tr.clips.targets, front.sample_rate, n_clip, tr.audio)
+    run = setup_run(model, crops, _sampler(cfg, tr.clips, dst),
                     dst,
                     cfg.learning_rate, params=model.head_params + model.body_params, saved=model.base,
                     resume=latest if latest.is_file() else None, mixup=cfg.augmentation == 'mixup', seed=cfg.seed,
@@ -592,7 +443,8 @@ def load_data(cfg:FinetuneConfig, clips:Clips, front:FrontEnd, cache:Path, dst:D
     # without either, every file is still decoded once, to leave out those that cannot be
     keep = cfg.decode_once or cfg.baseline
     for turn in range(dst.world):  # rank 0 first: if the audio goes to disk, the other ranks reuse its file
-        if turn == dst.rank: audio, rows = decode_clips(clips, front.sample_rate, cache, cfg.max_memory_mb, keep=keep)
+        if turn == dst.rank:
+            audio, rows = decode_files(clips.paths, front.sample_rate, cache, cfg.max_memory_mb, keep=keep)
         dst.barrier()
     lost = [l for l, n in zip(clips.labels, clips.targets[rows].sum(0)) if n == 0]
     if lost:

@@ -66,16 +66,17 @@ def run(data:Path, ws:Path, epochs:int, batch:int, **kw)->dict:
 
 def loader_only(data:Path, n_old:int=16, n_new:int=2000)->dict:
     "Crops drawn per second by the dataset alone (no model): decoding at every draw against reading decoded samples."
-    from audioset_nb.finetune import ClipDataset, decode_clips, read_folder
+    from audioset_nb.finetune import read_folder
+    from audioset_nb.data import CropDataset, decode_files
     clips, n = read_folder(data), 5*8000
-    old = ClipDataset(clips, 8000, n)
+    old = CropDataset(clips.paths, clips.targets, 8000, n)
     t = time.perf_counter()
     [old[i % len(clips)] for i in range(n_old)]
     old_rate = n_old/(time.perf_counter() - t)
     t = time.perf_counter()
-    audio, _ = decode_clips(clips, 8000, data.parent/'bench_decoded.h5')
+    audio, _ = decode_files(clips.paths, 8000, data.parent/'bench_decoded.h5')
     decode_s = time.perf_counter() - t
-    new = ClipDataset(clips, 8000, n, audio)
+    new = CropDataset(clips.paths, clips.targets, 8000, n, audio)
     t = time.perf_counter()
     [new[i % len(clips)] for i in range(n_new)]
     new_rate = n_new/(time.perf_counter() - t)

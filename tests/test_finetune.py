@@ -8,7 +8,9 @@ from audioset_nb.finetune import (FinetuneConfig, Transfer, Unfreeze, finetune, 
 from audioset_nb.scenes import make_sound_folder, write_mini_csv
 from audioset_nb.config import FrontEnd
 from audioset_nb.models import build_model, load_checkpoint, load_weights
-from audioset_nb.finetune import ClipDataset, decode_clips, predict_clips
+from audioset_nb.finetune import predict_clips
+from audioset_nb.data import CropDataset, decode_files
+import audioset_nb.data as data_mod
 from audioset_nb.inference import load_tagger, tag
 from audioset_nb.train import read_statistics
 import audioset_nb.finetune as ft
@@ -164,23 +166,24 @@ def test_single_label_checkpoint_tags_with_softmax(tmp, folder):
 def test_training_reads_samples_not_codecs(tmp, folder, monkeypatch):
     "After the decode pass, drawing training crops decodes nothing."
     clips = read_folder(folder)
-    audio, rows = decode_clips(clips, 16000, tmp/'dec_once.h5', workers=1)
-    spilled, _ = decode_clips(clips, 16000, tmp/'dec_once2.h5', max_mb=0.05, workers=1)
+    audio, rows = decode_files(clips.paths, 16000, tmp/'dec_once.h5', num_workers=1)
+    spilled, _ = decode_files(clips.paths, 16000, tmp/'dec_once2.h5', max_mb=0.05, num_workers=1)
     assert spilled.on_disk and (tmp/'dec_once2.h5').is_file()
     assert np.array_equal(spilled.read(3), audio.read(3))
     calls = []
-    monkeypatch.setattr(ft, 'load_audio', lambda *a, **k: calls.append(a) or np.zeros(16000, np.float32))
-    ds = ClipDataset(clips, 16000, 16000, audio)
+    monkeypatch.setattr(data_mod, 'load_audio', lambda *a, **k: calls.append(a) or np.zeros(16000, np.float32))
+    ds = CropDataset(clips.paths, clips.targets, 16000, 16000, audio)
     for i in range(len(ds)): assert ds[i]['waveform'].shape == (16000,)
     assert calls == []
-    for i in range(len(ds)): assert ClipDataset(clips, 16000, 16000, spilled)[i]['waveform'].shape == (16000,)
+    spilled_ds = CropDataset(clips.paths, clips.targets, 16000, 16000, spilled)
+    for i in range(len(ds)): assert spilled_ds[i]['waveform'].shape == (16000,)
 
 def test_evaluation_streams_windows(folder, monkeypatch):
     "Windows go through the model a batch at a time: the first batch is scored before the third file is read."
     clips = read_folder(folder).subset(range(6))
     read, seen = [], []
-    real = ft.load_audio
-    monkeypatch.setattr(ft, 'load_audio', lambda p, sr: read.append(p) or real(p, sr)[:8000])  # one window each
+    real = data_mod.load_audio
+    monkeypatch.setattr(data_mod, 'load_audio', lambda p, sr: read.append(p) or real(p, sr)[:8000])  # one window each
     class Spy(torch.nn.Module):
         front = FrontEnd(**FRONT)
         def forward(self, x):
