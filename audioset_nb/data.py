@@ -166,7 +166,7 @@ class Decoded:
         "The files at `rows`."
         return Decoded(self.samples, self.starts[rows], self.ends[rows], self.sample_rate)
 
-# %% ../nbs/30_data.ipynb #73b96de4
+# %% ../nbs/30_data.ipynb #f9ddd333
 _log = logging.getLogger(__name__)
 
 def _decode_job(args)->tuple:
@@ -178,7 +178,7 @@ def _decode_job(args)->tuple:
     x = finite_audio(x, str(path), 'finetuning')  # names the file in a warning, and silences those samples
     return to_int16(x) if keep else np.zeros(0, np.int16), None
 
-# %% ../nbs/30_data.ipynb #56657958
+# %% ../nbs/30_data.ipynb #56aff248
 def _file_key(paths, sample_rate)->str:
     "What a decoded file must have been made from to be reused: the files (path, size, time) and the rate."
     return json.dumps([sample_rate] + [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths])
@@ -238,7 +238,7 @@ def decode_files(paths:list, sample_rate:int, # the files, and the rate to decod
     tmp.replace(cache)
     return Decoded(str(cache), starts, ends, sample_rate), np.array(rows, int)
 
-# %% ../nbs/30_data.ipynb #b13d7875
+# %% ../nbs/30_data.ipynb #33f595cd
 def load_finite(path:str, sample_rate:int)->np.ndarray:
     "`load_audio`, with NaN or infinite samples silenced (as `decode_clips` does; it has named such files already)."
     x = load_audio(path, sample_rate)
@@ -261,7 +261,7 @@ def _place(x, n, o):
     out[o:o+len(x)] = x
     return out
 
-# %% ../nbs/30_data.ipynb #c814fb6c
+# %% ../nbs/30_data.ipynb #4fbecb0b
 class CropDataset(Dataset):
     "Random `clip_samples` crops of whole files and their targets, as dict(audio_name, waveform, target) for `collate`."
     def __init__(self, paths:list, targets:np.ndarray, # the files, and their (files, classes) targets

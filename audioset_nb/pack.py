@@ -19,8 +19,8 @@ from .metadata import (CLIP_SECONDS, NUM_CLASSES, clip_name, parse_part, read_se
 
 # %% auto #0
 __all__ = ['CODECS', 'pack_cli', 'encode_clip', 'encode_job', 'ordered_map', 'WaveformWriter', 'PackResult', 'progress_bar',
-           'check_pack_settings', 'default_pack_workers', 'pack_waveforms', 'write_index', 'train_index_order',
-           'combine_indexes', 'PackConfig', 'pack']
+           'check_pack_settings', 'pack_waveforms', 'write_index', 'train_index_order', 'combine_indexes', 'PackConfig',
+           'pack']
 
 # %% ../nbs/20_pack.ipynb #a1ac8a1a
 CODECS = (None, *STORES)  # None: int16 rows; else a compressed store of `audio.STORES`
@@ -62,8 +62,6 @@ def ordered_map(fn, # a picklable function of one item
             pending.append(ex.submit(fn, it))
             if len(pending) >= window: yield pending.popleft().result()
         while pending: yield pending.popleft().result()
-
-_imap = ordered_map  # the name 70_finetune still imports; to go once it uses `ordered_map`
 
 # %% ../nbs/20_pack.ipynb #c74d99d7
 def _create(path:Path, settings:dict, clip_samples:int, codec:str)->h5py.File:
@@ -217,8 +215,6 @@ def check_pack_settings(sample_rate:int, clip_seconds:float, num_workers:int=Non
     if num_workers is not None and not 1 <= num_workers <= 1024:
         raise ValueError(f'--num_workers {num_workers!r} must be from 1 to 1024.')
     if not chunk >= 1: raise ValueError(f'chunk {chunk!r} must be at least 1.')
-
-def default_pack_workers()->int: return default_workers('decoding')  # the name 70_finetune imports; to go
 
 # %% ../nbs/20_pack.ipynb #5bb2328b
 def pack_waveforms(csv_path:Path,               # segment CSV (AudioSet format) listing the clips

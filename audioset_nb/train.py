@@ -232,8 +232,9 @@ class TrainConfig(RecipeConfig):
 def run_dir(cfg:TrainConfig)->Path:
     "The reference's per-run sub-directory: features, data type, model, loss, sampling, augmentation, batch size."
     c = cfg
-    return (Path(','.join(f'{k}={v}' for k, v in c.front.dict().items()))/f'data_type={c.data_type}'/c.model_type/
-            f'loss_type={c.loss_type}'/f'balanced={c.balanced}'/f'augmentation={c.augmentation}'/f'batch_size={c.batch_size}')
+    features = ','.join(f'{k}={v}' for k, v in c.front.dict().items())
+    return (Path(features)/f'data_type={c.data_type}'/c.model_type/f'loss_type={c.loss_type}'/
+            f'balanced={c.balanced}'/f'augmentation={c.augmentation}'/f'batch_size={c.batch_size}')
 
 def checkpoints_dir(cfg:TrainConfig)->Path: return Path(cfg.workspace)/'checkpoints'/'main'/run_dir(cfg)
 def statistics_path(cfg:TrainConfig)->Path:

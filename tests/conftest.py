@@ -2,8 +2,11 @@
 and the fixtures built on them (`run_cli`, `tones`, `tmpfs`). Test modules import from here, never from each other."""
 import configparser, os, subprocess, sys, time
 from pathlib import Path
-import numpy as np, pytest
+import h5py, numpy as np, pytest
 import audioset_nb
+from audioset_nb.config import FrontEnd, parse_config
+from audioset_nb.pack import write_index
+from audioset_nb.train import TrainConfig
 from audioset_nb.audio import ffmpeg_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,3 +136,47 @@ def tmpfs():
         return path
     yield mount
     for p in reversed(mounted): subprocess.run(['umount', '-l', str(p)], capture_output=True)
+
+# ---------------------------------------------------------------------------------------------------- training
+# Small enough for 2 shared cores: 1-s clips at 16 kHz, 32 mel bins (101 frames, the least SpecAugment's
+# 64-frame time stripes allow), Cnn6. Five tones in noise, one or two per clip.
+SR, FREQS = 16000, [300, 600, 1200, 2400, 4800]
+FLAGS = ['--sample_rate=16000', '--window_size=512', '--hop_size=160', '--mel_bins=32', '--fmin=50', '--fmax=8000',
+         '--model_type=Cnn6', '--no_progress']
+THREADS = {'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+FRONT = FrontEnd(16000, 512, 160, 32, 50, 8000)
+
+def _clips(n, seed, seconds=1.0):
+    rng, t = np.random.default_rng(seed), np.arange(int(SR*seconds))/SR
+    x, y = np.zeros((n, len(t)), np.int16), np.zeros((n, 527), bool)
+    for i in range(n):
+        w = 0.02*rng.standard_normal(len(t))
+        for k in rng.choice(len(FREQS), rng.integers(1, 3), replace=False):
+            w += rng.uniform(.1, .4)*np.sin(2*np.pi*FREQS[k]*rng.uniform(.97, 1.03)*t)
+            y[i, k] = True
+        x[i] = (np.clip(w, -1, 1)*32767).astype(np.int16)
+    return x, y
+
+def make_workspace(root:Path, n_train:int=64, n_eval:int=16)->Path:
+    "Waveform and index HDF5s in the reference layout: balanced_train, eval (and full_train = balanced_train)."
+    for sub, n, seed in [('balanced_train', n_train, 0), ('eval', n_eval, 1)]:
+        x, y = _clips(n, seed)
+        p = root/'hdf5s'/'waveforms'/f'{sub}.h5'
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(p, 'w') as f:
+            names = [f'Y{sub[:2]}{i:09d}.wav'.encode() for i in range(n)]
+            f.create_dataset('audio_name', data=np.array(names, dtype='S20'))
+            f.create_dataset('waveform', data=x)
+            f.create_dataset('target', data=y)
+            f.attrs['sample_rate'] = SR
+        write_index(p, root/'hdf5s'/'indexes'/f'{sub}.h5')
+    return root
+
+def cfg_for(ws, *flags)->TrainConfig:
+    "The TrainConfig a command line with FLAGS + `flags` gives (for its paths)."
+    return parse_config(TrainConfig, [*FLAGS, *flags])
+
+@pytest.fixture(scope='module')
+def train_workspace(tmp_path_factory):
+    "A small packed workspace (balanced_train 32 clips, eval 8) shared by a test module."
+    return make_workspace(tmp_path_factory.mktemp('ws'), n_train=32, n_eval=8)

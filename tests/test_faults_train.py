@@ -6,14 +6,13 @@ from pathlib import Path
 import h5py, numpy as np, pytest
 from audioset_nb.models import load_checkpoint
 from audioset_nb.train import checkpoint_path, checkpoints_dir, statistics_path, read_statistics
-from conftest import cli, cli_popen, one_sentence
-from test_train import FLAGS, THREADS, cfg_for, make_workspace
+from conftest import FLAGS, THREADS, cfg_for, cli, cli_popen, one_sentence, wait_for
 
 run = partial(cli, 'audioset_train', env=THREADS, timeout=600)
 SHORT = ['--batch_size=4', '--eval_every=1000', '--log_every=1', '--max_eval_clips=8', '--num_workers=0']
 
 @pytest.fixture(scope='module')
-def ws(tmp_path_factory): return make_workspace(tmp_path_factory.mktemp('ws'), n_train=32, n_eval=8)
+def ws(train_workspace): return train_workspace
 
 def _workspace(ws, d:Path)->Path:
     d.mkdir(parents=True, exist_ok=True)
@@ -23,11 +22,6 @@ def _workspace(ws, d:Path)->Path:
 def _run_folder(d:Path)->Path: return checkpoints_dir(cfg_for(d, f'--workspace={d}', '--batch_size=4'))
 def _temporaries(folder:Path)->list: return sorted(p.name for p in folder.rglob('.*.tmp'))
 
-def _wait_for(cond, timeout=300):
-    t0 = time.time()
-    while not cond():
-        if time.time() - t0 > timeout: raise TimeoutError
-        time.sleep(0.05)
 
 # ---------------------------------------------------------------------------------------------------- one writer
 def test_a_second_training_on_the_same_run_folder_refuses_at_once(ws, tmp_path):
@@ -38,7 +32,7 @@ def test_a_second_training_on_the_same_run_folder_refuses_at_once(ws, tmp_path):
                       '--seed=1',
                       env=THREADS)
     stats = statistics_path(cfg)
-    _wait_for(lambda: first.poll() is not None or (stats.exists() and '"loss"' in stats.read_text()))
+    wait_for(lambda: first.poll() is not None or (stats.exists() and '"loss"' in stats.read_text()), timeout=300)
     assert first.poll() is None, first.communicate()[1]
     second = run(f'--workspace={d}', *FLAGS, *SHORT, '--early_stop=24', '--save_every=8', '--seed=2', timeout=120)
     out, err = first.communicate(timeout=600)
@@ -126,7 +120,8 @@ def test_sigkill_with_workers_leaves_no_worker_and_the_rerun_resumes(ws, tmp_pat
     p = cli_popen('audioset_train', f'--workspace={d}', *flags, env=THREADS, stdout=subprocess.DEVNULL,
                   stderr=subprocess.DEVNULL)
     stats = statistics_path(cfg)
-    _wait_for(lambda: p.poll() is not None or (stats.exists() and stats.read_text().count('"loss"') >= 4))
+    wait_for(lambda: p.poll() is not None or (stats.exists() and stats.read_text().count('"loss"') >= 4),
+             timeout=300)
     workers = _children(p.pid)
     assert len(workers) >= 2, workers  # the two DataLoader workers
     p.send_signal(signal.SIGKILL)
@@ -139,7 +134,7 @@ def test_sigkill_with_workers_leaves_no_worker_and_the_rerun_resumes(ws, tmp_pat
     # at once, while the orphaned workers may still live: they do not hold the run folder's lock
     r = run(f'--workspace={d}', *flags, '--resume_latest')
     assert r.returncode == 0, r.stderr
-    _wait_for(lambda: not any(map(_alive, workers)), timeout=30)  # they watch their parent and exit
+    wait_for(lambda: not any(map(_alive, workers)), timeout=30)  # they watch their parent and exit
     assert [r['iteration'] for r in read_statistics(stats) if 'loss' in r] == list(range(1, 13))
     assert load_checkpoint(checkpoint_path(cfg, 'latest'))['iteration'] == 12 and k >= 3
     assert _temporaries(d/'checkpoints') == [] and _temporaries(d/'statistics') == []
