@@ -13,6 +13,7 @@ import argparse, datetime, json, os, platform, statistics, tempfile, time
 from pathlib import Path
 import numpy as np, torch, onnx, onnxruntime as ort
 import audioset_nb
+from audioset_nb.fileio import atomic_write
 from audioset_nb.models import build_model
 from audioset_nb.fastpath import for_inference
 from audioset_nb.export import export_onnx
@@ -75,9 +76,7 @@ def main():
             'timing': 'median of reps after one warm-up call; variants interleaved rep by rep', 'results': rows}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix('.tmp')
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(info, indent=1))
     print(f'wrote {out}')
 
 if __name__ == '__main__': main()

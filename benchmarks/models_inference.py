@@ -14,6 +14,7 @@ import argparse, copy, datetime, json, os, platform, statistics, time
 from pathlib import Path
 import numpy as np, torch
 import audioset_nb
+from audioset_nb.fileio import atomic_write
 from audioset_nb.models import build_model, demo_signal
 from audioset_nb.fastpath import FusedConvBlock, for_inference
 
@@ -106,9 +107,7 @@ def main():
             'results': rows}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix('.tmp')
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(info, indent=1))
     print(f'wrote {out}')
 
 if __name__ == '__main__': main()

@@ -14,6 +14,7 @@ import argparse, datetime, json, os, platform, struct, subprocess, sys, tempfile
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F, onnxruntime as ort
 import audioset_nb
+from audioset_nb.fileio import atomic_write
 from audioset_nb.models import build_model
 from audioset_nb.export import export_onnx
 from models_inference import calibrate_bn
@@ -118,9 +119,7 @@ def main():
             'stream_seconds': a.seconds, 'tones_s': tones, 'results': rows}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix('.tmp')
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(info, indent=1))
     print(f'wrote {out}')
 
 if __name__ == '__main__': main()
