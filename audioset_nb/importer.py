@@ -151,7 +151,8 @@ class _Header(tarfile.TarInfo):
     @classmethod
     def fromtarfile(cls, tar):
         try: return super().fromtarfile(tar)
-        except tarfile.InvalidHeaderError:
+        except tarfile.InvalidHeaderError as e:
+            if tar.offset == 0: raise tarfile.ReadError(str(e)) from None  # not a tar archive at all
             damaged = tar.__dict__.setdefault('damaged', [])
             if damaged and damaged[-1][1] == tar.offset: damaged[-1][1] += tarfile.BLOCKSIZE  # one run of bad blocks
             else: damaged.append([tar.offset, tar.offset + tarfile.BLOCKSIZE])
