@@ -363,14 +363,13 @@ def check_coverage(waveforms_hdf5_path:Path, # an imported (or packed) waveform 
                 if set(got) != set(want):
                     summary[sub]['differ'] += 1
                     problems.append((ytid, sub, 'labels differ', ' '.join(got), ' '.join(want)))
-        imported = set(seen)
         for name, why in (tuple(s.decode() for s in r) for r in f['skipped'][:]):
             ytid = _ytid_of_name(name)
-            seen.add(ytid)
             sub = where.get(ytid, ('unlisted',))[0]
-            if ytid in imported:  # a repeat of a clip imported once
+            if ytid in seen:  # a repeat of a clip imported, or left out, once already
                 problems.append((ytid, '' if sub == 'unlisted' else sub, 'repeated', '', why))
                 continue
+            seen.add(ytid)
             if sub != 'unlisted': summary[sub]['left_out'] += 1
             problems.append((ytid, '' if sub == 'unlisted' else sub, 'left out', '', why))
     for sub, segs in official.items():

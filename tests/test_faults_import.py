@@ -3,7 +3,7 @@ read-only disk, out-of-range flags."""
 import io, json, subprocess, sys, tarfile
 from pathlib import Path
 import h5py, pyarrow as pa, pyarrow.parquet as pq, pytest, soundfile as sf
-from audioset_nb.importer import import_clips
+from audioset_nb.importer import check_coverage, import_clips
 from audioset_nb.metadata import Segment, load_segments, write_segments
 from conftest import cli, cli_cmd, cli_env, ffmpeg, one_sentence, tone
 
@@ -61,6 +61,9 @@ def test_repeated_ids_are_imported_once(tmp_path, caplog):
         # was: Y<a>.wav twice
         assert names_of(r.path) == [f'Y{a.ytid}.wav', f'Y{b.ytid}.wav']
         assert [n for n, _ in r.skipped] == [f'Y{a.ytid}.wav'] and 'is repeated' in r.skipped[0][1]
+        cov = check_coverage(r.path)  # counted once, imported; the repeat reported as such
+        assert (cov.summary['balanced_train']['imported'], cov.summary['balanced_train']['left_out']) == (2, 0)
+        assert [p[:3] for p in cov.problems if p[0] == a.ytid] == [(a.ytid, 'balanced_train', 'repeated')]
     assert 'each id is imported once' in caplog.text
 
 def peak_rss_mb(*argv):
