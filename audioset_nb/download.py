@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_download.ipynb #29709706
 from __future__ import annotations
-import collections, concurrent.futures, csv, dataclasses, datetime, itertools, os, random
+import collections, concurrent.futures, contextlib, csv, dataclasses, datetime, hashlib, itertools, os, random
 import re, subprocess, threading, time, urllib.error, wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +12,7 @@ import numpy as np
 from .config import config_cli
 from tqdm.auto import tqdm
 from .audio import SAMPLE_RATE, die_with_parent, ffmpeg_cmd, pad_or_truncate, pcm_output, write_wav
-from .fileio import cannot_write, default_workers, output_lock
+from .fileio import OutputBusy, cannot_write, default_workers, output_lock
 from .metadata import *
 
 # %% auto #0
@@ -194,10 +194,22 @@ def _dedupe(segs):
     return keep, dups
 
 # %% ../nbs/10_download.ipynb #78bc5066
+@contextlib.contextmanager
+def _clips_lock(audios_dir:Path, segs:list):
+    "Hold the lock of these clips in `audios_dir`: one download of a clip at a time, whatever its log (or part)."
+    key = hashlib.sha1(' '.join(sorted(s.ytid for s in segs)).encode()).hexdigest()[:12]
+    try:
+        with output_lock(audios_dir/f'clips-{key}', 'clip folder'): yield
+    except OutputBusy as e:
+        pid = re.search(r'\(pid [^)]*\)', str(e))
+        pid = pid[0] if pid else ''
+        raise OutputBusy(f'The clip folder {audios_dir} is being filled with these clips by another download {pid}; '
+                         'wait for it to finish, or stop it, or give each a --part.') from None
+
 def _clean_temps(audios_dir, segs):
-    "Remove temporary files that a killed run left for these clips (`write_wav` names them `.Y<ytid>.*.wav.tmp`)."
+    "Remove temporary files that a killed run left for these clips (`write_wav` names them `.Y<ytid>.wav.*.tmp`)."
     names = {f'Y{s.ytid}' for s in segs if YTID_RE.fullmatch(s.ytid)}
-    for p in Path(audios_dir).glob('.Y*.wav.tmp'):
+    for p in Path(audios_dir).glob('.Y*.wav*.tmp'):
         if p.name[1:].split('.')[0] in names: p.unlink(missing_ok=True)
 
 # %% ../nbs/10_download.ipynb #3dfc60e0
@@ -250,8 +262,8 @@ def _download_locked(segs, audios_dir, log_path, num_workers, progress, skip_una
         rows += skipped
     rows = _problem_rows(getattr(segs, 'problems', ())) + rows
     if rows: append_log(log_path, rows)
-    _clean_temps(audios_dir, todo)
-    with tqdm(total=len(todo), desc='clips', unit='clip', disable=not progress) as bar:
+    with _clips_lock(audios_dir, todo), tqdm(total=len(todo), desc='clips', unit='clip', disable=not progress) as bar:
+        _clean_temps(audios_dir, todo)  # ours alone now: no other run is writing them
         for row in _as_completed(lambda s: download_clip(s, audios_dir, **kwargs), todo, max(1, num_workers)):
             rows.append(row)
             append_log(log_path, [row])

@@ -12,10 +12,12 @@ from typing import Iterator, NamedTuple
 import h5py, numpy as np
 from .audio import AUDIO_EXTS, SAMPLE_RATE, audio_source
 from .config import config_cli
-from .fileio import atomic_open, default_cache_dir, default_workers, output_lock
+from .fileio import atomic_open, cannot_write, default_cache_dir, default_workers, output_lock
 from .metadata import (CLIP_SECONDS, NUM_CLASSES, clip_name, load_labels, load_segments, parse_part,
                                   read_segments, take_part)
-from .pack import CODECS, PackResult, WaveformWriter, encode_job, ordered_map, progress_bar, write_index
+from .pack import (CODECS, PackResult, WaveformWriter, _need_space, check_pack_settings, encode_job,
+                              ordered_map, progress_bar, write_index)
+
 
 # %% auto #0
 __all__ = ['NOT_AUDIO', 'SUBSET_DIRS', 'import_cli', 'Piece', 'open_source', 'ytid_of', 'find_pieces', 'Clip', 'read_clips',
@@ -113,6 +115,7 @@ class Clip(NamedTuple):
     audio: object       # the audio file's bytes, or the path of a clip file
     labels: list|None   # class mids (or names) from the source; None or empty: the source gives none
     where: str          # where it was found, for messages
+    why: str|None = None  # why it cannot be used (a damaged tar header), or None
 
 def _parquet_clips(p:Piece, batch_rows:int=16)->Iterator[Clip]:
     import pyarrow.parquet as pq
@@ -143,12 +146,36 @@ def _tar_clip(key:str, audio:bytes, meta:bytes, path:str)->Clip:
     return Clip(ytid, audio, labels, f'{path}:{key}')
 
 # %% ../nbs/15_import.ipynb #eae64d12
+class _Header(tarfile.TarInfo):
+    "A tar header that records where it is damaged: tarfile would end the archive there without a word."
+    @classmethod
+    def fromtarfile(cls, tar):
+        try: return super().fromtarfile(tar)
+        except tarfile.InvalidHeaderError as e:
+            if tar.offset == 0: raise tarfile.ReadError(str(e)) from None  # not a tar archive at all
+            damaged = tar.__dict__.setdefault('damaged', [])
+            if damaged and damaged[-1][1] == tar.offset: damaged[-1][1] += tarfile.BLOCKSIZE  # one run of bad blocks
+            else: damaged.append([tar.offset, tar.offset + tarfile.BLOCKSIZE])
+            raise
+
+def _damage(tar, path:str, told:int)->Iterator[Clip]:
+    "A `Clip` left out by name for each damaged run of `tar` after the first `told`."
+    for start, _ in tar.__dict__.get('damaged', [])[told:]:
+        yield Clip(f'{Path(path).name}@{start}', None, None, path,
+                   f'{path}: the tar header at byte {start} is damaged, so the sample it begins is lost (the rest of '
+                   'the shard was read); re-download the shard')
+
 def _tar_clips(p:Piece)->Iterator[Clip]:
     key = audio = meta = None
+    told = 0
     try:
-        # streaming: each member read once, in order
-        with open_source(p.path) as f, tarfile.open(fileobj=f, mode='r|*') as tar:
+        # streaming: each member read once, in order; past a damaged header, on to the next good one
+        with (open_source(p.path) as f,
+              tarfile.open(fileobj=f, mode='r|*', tarinfo=_Header, ignore_zeros=True) as tar):
             for m in tar:
+                for c in _damage(tar, p.path, told):
+                    told += 1
+                    yield c
                 if not m.isfile(): continue
                 k, ext = _wds_key(m.name)
                 if k != key:
@@ -156,9 +183,10 @@ def _tar_clips(p:Piece)->Iterator[Clip]:
                     key, audio, meta = k, None, None
                 if ext == 'json': meta = tar.extractfile(m).read()
                 elif '.' + ext.rsplit('.', 1)[-1] in AUDIO_EXTS: audio = tar.extractfile(m).read()  # 'flac', 'x.flac'
+            if key is not None: yield _tar_clip(key, audio, meta, p.path)
+            yield from _damage(tar, p.path, told)
     except tarfile.TarError as e:
         raise ValueError(f'{p.path} is not a readable tar shard ({e}); re-download it or leave it out.') from None
-    if key is not None: yield _tar_clip(key, audio, meta, p.path)
 
 def _file_clips(p:Piece)->Iterator[Clip]:
     audio = p.path
@@ -196,6 +224,7 @@ def known_labels(csv_path:str=None)->dict:
 def clip_target(c:Clip, csv_path:str=None)->tuple:
     "(audio_name, target, why it is left out or None) of a clip, its labels from the source or else from `csv_path`."
     labels = load_labels()
+    if c.why: return str(c.ytid), None, c.why
     try: name = clip_name(str(c.ytid))
     except ValueError: return str(c.ytid)[:20], None, f'{c.where}: {str(c.ytid)[:40]!r} is not a YouTube id'
     given = c.labels.split(',') if isinstance(c.labels, str) else c.labels
@@ -218,13 +247,23 @@ def _import_job(args)->tuple:
     return name, target, row, why and why.replace(str(p), where)
 
 # %% ../nbs/15_import.ipynb #a4013326
+def _once(c:Clip, csv_path, seen:dict)->tuple:
+    "`clip_target` of `c`, left out where its id was met before (`seen`: audio_name -> where, or None)."
+    name, target, why = clip_target(c, csv_path)
+    if why is None and name in seen:
+        first = seen[name] or 'in the rows an earlier run wrote'
+        return name, None, f'{c.where}: {c.ytid} is repeated (first {first}); each id is imported once'
+    if why is None: seen[name] = c.where
+    return name, target, why
+
 def _fill(w:WaveformWriter, pieces:list, csv_path, sample_rate:int, clip_samples:int, codec, num_workers:int, chunk:int,
           progress:bool):
     "Write to `w` every clip of `pieces` after those it holds, committing every `chunk` clips."
     done = w.items_done
     if done: logging.getLogger(__name__).info(f'{w.path}: resuming after {done} clips.')
     clips = read_clips(pieces, done)
-    jobs = ((*clip_target(c, csv_path), c.audio, c.where, sample_rate, clip_samples, codec) for c in clips)
+    seen = {n.decode(): None for n in w.f['audio_name'][:]} | {n: None for n, _ in w.skipped}
+    jobs = ((*_once(c, csv_path, seen), c.audio, c.where, sample_rate, clip_samples, codec) for c in clips)
     total = sum(p.rows for p in pieces) - done if all(p.rows >= 0 for p in pieces) else None
     names, rows, targets = [], [], []
     for name, target, row, why in progress_bar(ordered_map(_import_job, jobs, num_workers), total, progress):
@@ -235,8 +274,10 @@ def _fill(w:WaveformWriter, pieces:list, csv_path, sample_rate:int, clip_samples
             rows.append(row)
             targets.append(target)
         if done % chunk == 0:
+            _need_space(w.path, sum(r.nbytes for r in rows) + (1 << 20), w.rows)
             w.commit(names, rows, targets, done)
             names, rows, targets = [], [], []
+    _need_space(w.path, sum(r.nbytes for r in rows) + (1 << 20), w.rows)
     w.commit(names, rows, targets, done)
 
 # %% ../nbs/15_import.ipynb #a345d9cc
@@ -259,7 +300,7 @@ def import_clips(sources:list,                 # parquet files, tar shards, fold
                  part:str=None,                # 'i/n': only the i-th (from 0) of n slices of the pieces
                  progress:bool=True)->PackResult:
     "Decode every clip of `sources` into one waveform HDF5 as `audioset_pack` writes it, reporting what is left out."
-    if codec not in CODECS: raise ValueError(f'codec {codec!r} is not one of {CODECS}.')
+    check_pack_settings(sample_rate, clip_seconds, num_workers, codec, chunk)
     out, pieces = Path(waveforms_hdf5_path), find_pieces(sources)
     if part:
         n, pieces = len(pieces), list(take_part(pieces, part))
@@ -269,9 +310,13 @@ def import_clips(sources:list,                 # parquet files, tar shards, fold
     clip_samples = int(round(sample_rate*clip_seconds))
     settings = _settings(pieces, csv_path, part, sample_rate, clip_samples, codec)
     num_workers = num_workers or default_workers('decoding')
-    with output_lock(out, 'imported file'), WaveformWriter(out, settings, clip_samples, codec) as w:
-        _fill(w, pieces, csv_path, sample_rate, clip_samples, codec, num_workers, chunk, progress)
-        rows, skipped = w.finish(), w.skipped
+    with output_lock(out, 'imported file'):
+        try:
+            _need_space(out, 1 << 20)
+            with WaveformWriter(out, settings, clip_samples, codec) as w:
+                _fill(w, pieces, csv_path, sample_rate, clip_samples, codec, num_workers, chunk, progress)
+                rows, skipped = w.finish(), w.skipped
+        except OSError as e: raise cannot_write(out, e) from None
     if rows == 0:
         raise ValueError(f'None of the {len(skipped)} clips in {", ".join(map(str, sources))} could be imported '
                          f'(first: {skipped[0][1] if skipped else "none found"}); check the source.')
@@ -320,8 +365,11 @@ def check_coverage(waveforms_hdf5_path:Path, # an imported (or packed) waveform 
                     problems.append((ytid, sub, 'labels differ', ' '.join(got), ' '.join(want)))
         for name, why in (tuple(s.decode() for s in r) for r in f['skipped'][:]):
             ytid = _ytid_of_name(name)
-            seen.add(ytid)
             sub = where.get(ytid, ('unlisted',))[0]
+            if ytid in seen:  # a repeat of a clip imported, or left out, once already
+                problems.append((ytid, '' if sub == 'unlisted' else sub, 'repeated', '', why))
+                continue
+            seen.add(ytid)
             if sub != 'unlisted': summary[sub]['left_out'] += 1
             problems.append((ytid, '' if sub == 'unlisted' else sub, 'left out', '', why))
     for sub, segs in official.items():
@@ -357,10 +405,12 @@ def format_coverage(cov:Coverage)->str:
 
 def write_coverage(cov:Coverage, path:Path)->Path:
     "The coverage report as CSV, one row per clip that is absent, left out, unlisted or labelled otherwise; atomically."
-    with atomic_open(path, 'w', newline='') as f:
-        w = csv.writer(f)
-        w.writerow(['ytid', 'subset', 'problem', 'source_labels', 'official_labels_or_reason'])
-        w.writerows(cov.problems)
+    try:
+        with atomic_open(path, 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['ytid', 'subset', 'problem', 'source_labels', 'official_labels_or_reason'])
+            w.writerows(cov.problems)
+    except OSError as e: raise cannot_write(path, e) from None
     return Path(path)
 
 # %% ../nbs/15_import.ipynb #f1464958
@@ -401,8 +451,7 @@ class ImportConfig:
         if self.part: parse_part(self.part)
         if self.codec not in CODECS:
             raise ValueError(f'--codec {self.codec!r} is not one of {CODECS[1:]} (or leave it out for int16).')
-        if (self.num_workers is not None and self.num_workers < 1) or self.sample_rate < 1 or self.clip_seconds <= 0:
-            raise ValueError('--num_workers, --sample_rate and --clip_seconds must be above 0.')
+        check_pack_settings(self.sample_rate, self.clip_seconds, self.num_workers, self.codec)
         self.coverage_path = self.coverage_path or str(Path(self.waveforms_hdf5_path).with_suffix(''))+'_coverage.csv'
 
 # %% ../nbs/15_import.ipynb #392e6d15

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
-from .fileio import atomic_write, default_workers
+from .fileio import atomic_write, cannot_write, default_workers
 from .audio import SAMPLE_RATE, ffmpeg_cmd, ffmpeg_input, pcm_output
 from .config import config_cli
 from .metadata import (CLIP_SECONDS, Segment, check_ytid, load_labels, load_ontology, load_segments,
@@ -587,6 +587,8 @@ class MiniConfig:
 def _make_and_print(cfg:MiniConfig):
     try: m = make_mini(Path(cfg.root), cfg.seed, cfg.n_train, cfg.n_eval, cfg.sources, cfg.num_workers, progress=True)
     except RuntimeError as e: raise ValueError(str(e)) from None  # ffmpeg failed: said in its one sentence
+    except (FileNotFoundError, ValueError): raise
+    except OSError as e: raise cannot_write(cfg.root, e) from None  # a read-only or full disk: --root named, with a fix
     print(f'{m}: {m.csv_path("balanced_train")}, {m.csv_path("eval")}' + (f', {m.sources_dir}' if cfg.sources else ''))
 
 audioset_mini = config_cli(MiniConfig, _make_and_print, 'audioset_mini')

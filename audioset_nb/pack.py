@@ -32,7 +32,10 @@ def encode_clip(path:Path,                     # clip file, any format ffmpeg re
                 stage:str='packing',           # the key of `audio.NONFINITE` that says what NaN samples do
                )->np.ndarray:
     "One clip file as one packed row."
-    x = finite_audio(pad_or_truncate(load_audio(path, sample_rate), clip_samples), str(path), stage)
+    # read no further than the row needs (and a second more, so the resampler's tail is that of the whole file):
+    # a long file costs no more memory than a clip
+    x = load_audio(path, sample_rate, duration=clip_samples/sample_rate + 1)
+    x = finite_audio(pad_or_truncate(x, clip_samples), str(path), stage)
     x = to_int16(x)
     return x if codec is None else encode_row(x, sample_rate, codec)
 

@@ -40,6 +40,35 @@ def test_second_downloader_into_the_same_folder_is_refused(src, tmp_path):
     assert first.returncode == 0, err
     assert '8 clips: 8 ok' in out and all(is_finished(w, 10*SR) for w in audios.glob('Y*.wav'))
 
+def test_a_second_downloader_of_the_same_clips_with_another_log_is_refused(src, tmp_path):
+    audios = tmp_path/'a'
+    audios.mkdir()
+    (audios/'.Yvid00000001.wav.k3j4h5.tmp').write_bytes(b'half a clip')  # left by a killed run
+    with Mirror(src/'src', delay=0.3) as m:
+        first = cli_popen('audioset_download', *dl(src, audios, m, '--workers', '1', '--log_path', audios/'one.csv'))
+        wait_for(lambda: list(audios.glob('.clips-*.lock')) and list(audios.glob('.clips-*.lock'))[0].read_text())
+        second = cli('audioset_download', *dl(src, audios, m, '--workers', '1', '--log_path', audios/'two.csv'),
+                     timeout=60)
+        # was: both ran, fetching the same clips into one folder
+        assert first.poll() is None
+        assert second.returncode != 0
+        one_sentence(second.stderr, f'The clip folder {audios} is being filled', 'another download')
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    # was: a temporary of a killed run stayed for ever
+    assert not list(audios.glob('*.tmp')) and not list(audios.glob('.*.tmp'))
+    assert '8 clips: 8 ok' in out and all(is_finished(w, 10*SR) for w in audios.glob('Y*.wav'))
+
+def test_downloads_of_two_parts_into_one_folder_run_side_by_side(src, tmp_path):
+    audios = tmp_path/'a'
+    with Mirror(src/'src', delay=0.3) as m:
+        first = cli_popen('audioset_download', *dl(src, audios, m, '--workers', '1', '--part', '0/2'))
+        wait_for(lambda: list(audios.glob('.clips-*.lock')))
+        second = cli('audioset_download', *dl(src, audios, m, '--workers', '1', '--part', '1/2'), timeout=120)
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, (err, second.stderr)
+    assert len([w for w in audios.glob('Y*.wav') if is_finished(w, 10*SR)]) == 8
+
 def test_sigkill_of_the_main_pid_leaves_no_ffmpeg(src, tmp_path):
     audios = tmp_path/'a'
     with Mirror(src/'src', delay=0.5) as m:
@@ -52,7 +81,7 @@ def test_sigkill_of_the_main_pid_leaves_no_ffmpeg(src, tmp_path):
         assert not [k for k in kids if alive(k)], 'ffmpeg outlived the killed downloader'
         r = cli('audioset_download', *dl(src, audios, m, '--workers', '4'), timeout=120)
     assert r.returncode == 0, r.stderr
-    assert '8 clips: 8 ok' in r.stdout and [p.name for p in audios.glob('.*')] == ['.download_log.csv.lock']
+    assert '8 clips: 8 ok' in r.stdout and [p.suffix for p in audios.glob('.*')] == ['.lock', '.lock']  # log, clips
 
 def test_a_clip_cut_short_is_downloaded_again(src, tmp_path):
     audios = tmp_path/'a'

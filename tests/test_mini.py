@@ -155,3 +155,12 @@ def test_cli_bad_input_is_one_sentence(tmp_path):
     r = mini()
     assert r.returncode != 0
     one_sentence(r.stderr, '--root')
+
+def test_cli_on_a_read_only_disk_is_one_sentence(tmp_path, tmpfs):
+    import subprocess
+    ro = tmpfs(tmp_path/'ro')
+    subprocess.run(['mount', '-o', 'remount,ro', str(ro)], check=True)
+    r = cli('audioset_mini', '--root', ro/'m', '--n_train', '2', '--n_eval', '1', timeout=120)
+    # was: "[Errno 30] Read-only file system: '.../m'" (or tracebacks), no fix named
+    assert r.returncode == 1
+    one_sentence(r.stderr, f'Cannot write {ro/"m"}', 'read-only', 'choose a folder')
