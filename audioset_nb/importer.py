@@ -15,7 +15,7 @@ from .config import config_cli
 from .fileio import atomic_open, cannot_write, default_cache_dir, default_workers, output_lock
 from .metadata import (CLIP_SECONDS, NUM_CLASSES, clip_name, load_labels, load_segments, parse_part,
                                   read_segments, take_part)
-from .pack import (CODECS, PackResult, WaveformWriter, _need_space, check_pack_settings, encode_job,
+from .pack import (CODECS, PackResult, WaveformWriter, need_space, check_pack_settings, encode_job,
                               ordered_map, progress_bar, write_index)
 
 
@@ -274,10 +274,10 @@ def _fill(w:WaveformWriter, pieces:list, csv_path, sample_rate:int, clip_samples
             rows.append(row)
             targets.append(target)
         if done % chunk == 0:
-            _need_space(w.path, sum(r.nbytes for r in rows) + (1 << 20), w.rows)
+            need_space(w.path, sum(r.nbytes for r in rows) + (1 << 20), w.rows)
             w.commit(names, rows, targets, done)
             names, rows, targets = [], [], []
-    _need_space(w.path, sum(r.nbytes for r in rows) + (1 << 20), w.rows)
+    need_space(w.path, sum(r.nbytes for r in rows) + (1 << 20), w.rows)
     w.commit(names, rows, targets, done)
 
 # %% ../nbs/15_import.ipynb #a345d9cc
@@ -312,7 +312,7 @@ def import_clips(sources:list,                 # parquet files, tar shards, fold
     num_workers = num_workers or default_workers('decoding')
     with output_lock(out, 'imported file'):
         try:
-            _need_space(out, 1 << 20)
+            need_space(out, 1 << 20)
             with WaveformWriter(out, settings, clip_samples, codec) as w:
                 _fill(w, pieces, csv_path, sample_rate, clip_samples, codec, num_workers, chunk, progress)
                 rows, skipped = w.finish(), w.skipped

@@ -19,8 +19,8 @@ from .metadata import (CLIP_SECONDS, NUM_CLASSES, clip_name, parse_part, read_se
 
 # %% auto #0
 __all__ = ['CODECS', 'pack_cli', 'encode_clip', 'encode_job', 'ordered_map', 'WaveformWriter', 'PackResult', 'progress_bar',
-           'check_pack_settings', 'pack_waveforms', 'write_index', 'train_index_order', 'combine_indexes', 'PackConfig',
-           'pack']
+           'need_space', 'check_pack_settings', 'pack_waveforms', 'write_index', 'train_index_order', 'combine_indexes',
+           'PackConfig', 'pack']
 
 # %% ../nbs/20_pack.ipynb #a1ac8a1a
 CODECS = (None, *STORES)  # None: int16 rows; else a compressed store of `audio.STORES`
@@ -191,7 +191,7 @@ def progress_bar(it, # what to iterate over
     return tqdm(it, total=total, unit='clip')
 
 # %% ../nbs/20_pack.ipynb #df1cf9a3
-def _need_space(out:Path, nbytes:int, rows:int=0):
+def need_space(out:Path, nbytes:int, rows:int=0):
     "Refuse to write `nbytes` more beside `out` where the disk lacks them: HDF5 cannot recover from a failed write."
     free = shutil.disk_usage(out.parent).free
     if free < nbytes:
@@ -259,7 +259,7 @@ def _drop_empty_partial(out:Path):
 def _pack_locked(out, settings, names, targets, audios_dir, csv_path, sample_rate, clip_samples, codec, num_workers,
                  chunk, progress):
     "`pack_waveforms`, once it holds the output's lock."
-    _need_space(out, 1 << 20)
+    need_space(out, 1 << 20)
     with WaveformWriter(out, settings, clip_samples, codec) as w:
         start = w.items_done
         if start: logging.getLogger(__name__).info(f'{out}: resuming after {start} of {len(names)} listed clips.')
@@ -270,7 +270,7 @@ def _pack_locked(out, settings, names, targets, audios_dir, csv_path, sample_rat
             if row is None: w.skip(names[i], why)
             else: buf.append((i, row))
             if (i + 1) % chunk == 0 or i + 1 == len(names):
-                _need_space(out, sum(r.nbytes for _, r in buf) + (1 << 20), w.rows)
+                need_space(out, sum(r.nbytes for _, r in buf) + (1 << 20), w.rows)
                 w.commit([names[j] for j, _ in buf], [r for _, r in buf], targets[[j for j, _ in buf]], i + 1)
                 buf = []
         rows = w.finish()
@@ -292,7 +292,7 @@ def _write_h5(path:Path, fill, nbytes:int):
     with output_lock(path, 'index file'):
         remove_stale_temps(path)
         try:
-            _need_space(path, nbytes + (1 << 20))
+            need_space(path, nbytes + (1 << 20))
             with atomic_path(path) as tmp, h5py.File(tmp, 'w') as f: fill(f)
         except OSError as e: raise cannot_write(path, e) from None
     return path
