@@ -13,8 +13,8 @@ from .fileio import atomic_open, atomic_path
 # %% auto #0
 __all__ = ['SAMPLE_RATE', 'AUDIO_EXTS', 'FFMPEG_ENV', 'NONFINITE', 'STORES', 'ffmpeg_exe', 'ffmpeg_cmd', 'pcm_output',
            'die_with_parent', 'AudioError', 'finite_audio', 'ffmpeg_input', 'resample', 'stream_audio', 'load_audio',
-           'audio_source', 'pad_or_truncate', 'to_int16', 'to_float32', 'sliding_windows', 'write_wav', 'encode_row',
-           'decode_row']
+           'audio_source', 'pad_or_truncate', 'to_int16', 'to_float32', 'sliding_windows', 'write_wav', 'write_audio',
+           'encode_row', 'decode_row']
 
 # %% ../nbs/01_audio.ipynb #34fd4d3f
 SAMPLE_RATE = 32000   # the rate PANNs stores and trains at
@@ -272,6 +272,17 @@ def write_wav(path:Path, x:np.ndarray, sample_rate:int=SAMPLE_RATE):
     sf.write(buf, np.asarray(x).T, sample_rate, subtype='PCM_16', format='WAV')
     # a full disk is an OSError here, not libsndfile's "System error"
     with atomic_open(path, 'wb') as f: f.write(buf.getvalue())
+
+# %% ../nbs/01_audio.ipynb #4ebcb6ce
+def write_audio(path:Path, x:np.ndarray, sample_rate:int=SAMPLE_RATE):
+    "Write float audio `x` ((n,) or (channels, n)) to `path` in the format its ending names, atomically."
+    path = Path(path)
+    if path.suffix.lower() == '.wav': return write_wav(path, x, sample_rate)
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(x).T, sample_rate, subtype='PCM_16', format='WAV')
+    with atomic_path(path, suffix=path.suffix) as tmp:  # ffmpeg picks the container and encoder by the ending
+        subprocess.run(ffmpeg_cmd('-y', '-f', 'wav', '-i', 'pipe:0', tmp), input=buf.getvalue(), check=True,
+                       capture_output=True)
 
 # %% ../nbs/01_audio.ipynb #309b33c2
 import io

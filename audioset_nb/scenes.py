@@ -4,11 +4,11 @@
 
 # %% ../nbs/92_scenes.ipynb #deacd57a
 from __future__ import annotations
-import csv, io, subprocess
+import csv, io
 from pathlib import Path
 import numpy as np, soxr
 from scipy.fft import next_fast_len
-from .audio import ffmpeg_cmd, write_wav
+from .audio import write_audio, write_wav
 
 # %% auto #0
 __all__ = ['SCENE_SOUNDS', 'SCENE_FORMATS', 'TRAIN_CONDITIONS', 'TEST_CONDITIONS', 'NEW_SOUNDS', 'scene_clip', 'make_scene_set',
@@ -266,12 +266,7 @@ def make_scene_set(root:str|Path, # folder to write `root/<class>/<i>.<ext>` int
             x = scene_clip(rng, c, min(sr, 16000), rng.uniform(*seconds), **cond)  # made at 16 kHz at most: quicker
             x = soxr.resample(x, min(sr, 16000), sr).astype(np.float32) if sr > 16000 else x.astype(np.float32)
             x = np.stack([x, x*rng.uniform(0.6, 1.0)]) if ch == 2 else x
-            d = root/c
-            wav = d/f'{i:03d}.{"wav" if ext == "wav" else "tmp.wav"}'
-            write_wav(wav, x, sr)
-            if ext != 'wav':  # the codecs' own encoders, through ffmpeg
-                subprocess.run(ffmpeg_cmd('-y', '-i', wav, d/f'{i:03d}.{ext}'), check=True)
-                wav.unlink()
+            write_audio(root/c/f'{i:03d}.{ext}', x, sr)  # the codecs' own encoders, through ffmpeg
     return root
 
 # %% ../nbs/92_scenes.ipynb #987bbc39

@@ -13,11 +13,11 @@ loader workers and decoding processes, over the whole run) is the steadier compa
 
     python benchmarks/finetune.py            # 24 files, 4 epochs of batch 8
 """
-import argparse, datetime, gc, json, os, platform, resource, shutil, subprocess, tempfile, time
+import argparse, datetime, gc, json, os, platform, resource, shutil, tempfile, time
 from pathlib import Path
-import numpy as np, soundfile as sf, torch
+import numpy as np, torch
 import audioset_nb
-from audioset_nb.audio import ffmpeg_cmd
+from audioset_nb.audio import write_audio
 from audioset_nb.config import FrontEnd
 from audioset_nb.finetune import FinetuneConfig, finetune, finetune_dir
 from audioset_nb.train import read_statistics
@@ -33,16 +33,7 @@ def long_files(root:Path, n:int, seconds=(60, 200), seed=0)->Path:
         x = [np.sin(2*np.pi*rng.uniform(200, 800)*t), np.sin(2*np.pi*(300 + 200*np.sin(2*np.pi*0.5*t))*t),
              rng.standard_normal(len(t))*(np.sin(2*np.pi*2*t) > 0), (np.arange(len(t)) % (sr//3) < 40)*1.0][c]
         x = (0.3*x + 0.05*rng.standard_normal(len(t))).astype(np.float32)
-        d = root/f'class{c}'
-        d.mkdir(parents=True, exist_ok=True)
-        wav = d/f'{i:03d}.tmp.wav'
-        sf.write(wav, np.stack([x]*ch, 1), sr)
-        if ext == 'wav':
-            wav.rename(d/f'{i:03d}.wav')
-            continue
-        subprocess.run(ffmpeg_cmd('-y', '-i', wav, d/f'{i:03d}.{ext}'),
-                       check=True)
-        wav.unlink()
+        write_audio(root/f'class{c}'/f'{i:03d}.{ext}', np.stack([x]*ch), sr)
     return root
 
 def cpu_seconds()->float:

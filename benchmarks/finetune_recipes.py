@@ -17,11 +17,11 @@ baseline on the same split.
     python benchmarks/finetune_recipes.py              # the scenes set (results written after each recipe)
     python benchmarks/finetune_recipes.py --set old    # the first set: results/finetune_recipes-cpu.json
 """
-import argparse, datetime, json, os, platform, shutil, subprocess, tempfile, time
+import argparse, datetime, json, os, platform, shutil, tempfile, time
 from pathlib import Path
-import numpy as np, soundfile as sf, torch
+import numpy as np, torch
 import audioset_nb
-from audioset_nb.audio import ffmpeg_cmd
+from audioset_nb.audio import write_audio
 from audioset_nb.config import FrontEnd
 from audioset_nb.finetune import FinetuneConfig, finetune, finetune_dir
 from audioset_nb.scenes import make_scene_set, TEST_CONDITIONS
@@ -105,16 +105,7 @@ def make_set(root:Path, per_class:int, seed:int, backgrounds:tuple)->Path:
             ev /= np.sqrt(np.mean(ev[s:s+m]**2) + 1e-12)
             x = ev*10**(rng.uniform(-5, 20)/20) + _background(rng, n, sr, backgrounds)
             x = (0.25*x/np.abs(x).max()).astype(np.float32)
-            d = root/c
-            d.mkdir(parents=True, exist_ok=True)
-            wav = d/f'{i:03d}.tmp.wav'
-            sf.write(wav, np.stack([x]*ch, 1), sr)
-            if ext == 'wav':
-                wav.rename(d/f'{i:03d}.wav')
-                continue
-            subprocess.run(ffmpeg_cmd('-y', '-i', wav, d/f'{i:03d}.{ext}'),
-                           check=True)
-            wav.unlink()
+            write_audio(root/c/f'{i:03d}.{ext}', np.stack([x]*ch), sr)
     return root
 
 OLD = dict(warmup_epochs=0, schedule='constant', keep='last', ema=0.0)
