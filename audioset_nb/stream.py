@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from .audio import AudioError, die_with_parent, ffmpeg_cmd, finite_audio, pcm_output
 from .config import config_cli
-from .tagging import TaggingConfig, run_tags
+from .tagging import TaggingConfig, quiet_pipe, run_tags
 from .runtime import OnnxRunner
 
 # %% auto #0
@@ -211,12 +211,9 @@ def _stream(runner, cfg:TagConfig):
                                cfg.labels, name=cfg.stream):
             print(json.dumps(e), flush=True)
     except KeyboardInterrupt: sys.exit(130)
-    except BrokenPipeError:  # the reader (e.g. `head`) has gone: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
 
 def _tag(cfg:TagConfig):
     runner = open_runner(cfg)
     return _stream(runner, cfg) if cfg.stream is not None else run_tags(runner, cfg)
 
-tag_cli = config_cli(TagConfig, _tag, 'audioset_tag')
+tag_cli = config_cli(TagConfig, quiet_pipe(_tag), 'audioset_tag')

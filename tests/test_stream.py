@@ -71,13 +71,24 @@ def test_stream_realtime_lines_as_they_happen(loud):
     assert t_start < t_end - 1.  # the start line came out while the file was still playing (it ends 2.3 s later)
 
 def test_stream_reader_gone(loud):
-    "`audioset_tag --stream ... | head -1`: when the reader goes, the stream stops quietly, exit 0."
+    "`audioset_tag --stream ... | head -1`: when the reader goes, the stream stops quietly, exit 141 (as SIGPIPE)."
     p = subprocess.Popen([sys.executable, '-c', TAG, '--stream', str(loud/'tone.wav'), '--realtime', '--onnx',
                           str(loud/'loud.onnx')],
                          env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert json.loads(p.stdout.readline())['event'] == 'start'
     p.stdout.close()  # the end line (1.5 s later) has nowhere to go
-    assert p.wait(timeout=60) == 0
+    assert p.wait(timeout=60) == 141
+    assert p.stderr.read() == ''
+
+def test_tag_files_reader_gone(loud, tmp_path):
+    "Before: `audioset_tag ... | head -1` decoded every other file and said 'Broken pipe'. Now: it stops, quiet, 141."
+    for i in range(12): (tmp_path/f'{i:02}.wav').write_bytes((loud/'tone.wav').read_bytes())
+    (tmp_path/'99.wav').write_text('not audio')  # reached only if the command went on after its reader left
+    p = subprocess.Popen([sys.executable, '-c', TAG, '--audio_path', str(tmp_path), '--onnx', str(loud/'loud.onnx')],
+                         env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().startswith(str(tmp_path/'00.wav'))
+    p.stdout.close()
+    assert p.wait(timeout=120) == 141
     assert p.stderr.read() == ''
 
 def test_stream_torch_checkpoint(tmp_path, loud):
