@@ -285,7 +285,7 @@ def run_tags(runner, cfg):
     print(f'Wrote {len(rows)} file(s) to {cfg.output}')
     report_failures(*failed)
 
-# %% ../nbs/55_tagging.ipynb #284cc5ea
+# %% ../nbs/55_tagging.ipynb #12ccaa56
 def quiet_pipe(run):
     "`run(cfg)` of a command that prints results, ending it at once, quietly, with status 141 when its reader goes."
     @functools.wraps(run)
