@@ -273,7 +273,7 @@ def write_wav(path:Path, x:np.ndarray, sample_rate:int=SAMPLE_RATE):
     # a full disk is an OSError here, not libsndfile's "System error"
     with atomic_open(path, 'wb') as f: f.write(buf.getvalue())
 
-# %% ../nbs/01_audio.ipynb #4ebcb6ce
+# %% ../nbs/01_audio.ipynb #ff413e8a
 def write_audio(path:Path, x:np.ndarray, sample_rate:int=SAMPLE_RATE):
     "Write float audio `x` ((n,) or (channels, n)) to `path` in the format its ending names, atomically."
     path = Path(path)

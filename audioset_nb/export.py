@@ -8,12 +8,13 @@ import io, json, sys, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
-from .fileio import atomic_path
+from .fileio import atomic_path, cannot_write
 from .config import FrontEnd, config_cli
 from .inference import load_tagger
+from .tagging import quiet_pipe
 
 # %% auto #0
-__all__ = ['export_cli', 'onnx_metadata', 'export_onnx', 'calibrated', 'ExportConfig', 'onnx_difference']
+__all__ = ['MAX_OPSET', 'export_cli', 'onnx_metadata', 'export_onnx', 'calibrated', 'ExportConfig', 'onnx_difference']
 
 # %% ../nbs/62_export.ipynb #db583c8e
 def onnx_metadata(labels, # class names, in output order
@@ -56,7 +57,9 @@ def export_onnx(model:nn.Module, # a zoo model (plain or prepared by `for_infere
         model.train(training)
     proto = onnx.load_from_string(buf.getvalue())
     onnx.helper.set_model_props(proto, onnx_metadata(labels, model_type, model.front))
-    with atomic_path(path, suffix='.onnx') as tmp: onnx.save(proto, str(tmp))
+    try:
+        with atomic_path(path, suffix='.onnx') as tmp: onnx.save(proto, str(tmp))
+    except OSError as e: raise cannot_write(path, e) from None
     return Path(path)
 
 # %% ../nbs/62_export.ipynb #dc9c66bb
@@ -72,6 +75,9 @@ def calibrated(model:nn.Module, # a zoo model
     return model.eval()
 
 # %% ../nbs/62_export.ipynb #59b0a100
+# the newest opset torch's TorchScript exporter (the one `export_onnx` uses) writes
+MAX_OPSET = getattr(torch.onnx._constants, 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET', 17)
+
 @dataclass
 class ExportConfig:
     "Export a PANNs checkpoint, log-mel front end included, to an ONNX file that ONNX Runtime runs without torch."
@@ -79,7 +85,7 @@ class ExportConfig:
     output: str = None                # the .onnx file to write
     model_type: str|None = None       # e.g. Cnn14 or Cnn14_DecisionLevelMax (default: from the checkpoint, else Cnn14)
     front: FrontEnd = field(default_factory=FrontEnd.unset)  # default: from the checkpoint, else the model's
-    opset: int = 17                   # ONNX opset to write (11 or newer)
+    opset: int = 17                   # ONNX opset to write (11 up to MAX_OPSET)
     check: bool = True                # run the file in ONNX Runtime and compare it with torch before keeping it
     tolerance: float = 1e-4           # largest difference from torch the check accepts
 
@@ -89,6 +95,8 @@ class ExportConfig:
             raise ValueError(f'--output must name a .onnx file, not {self.output!r}.')
         if self.opset < 11: raise ValueError(f'--opset {self.opset} is too old: reflect padding needs opset 11 or '
                                              f'newer.')
+        if self.opset > MAX_OPSET: raise ValueError(f'--opset {self.opset} is newer than this torch can write; use '
+                                                    f'11 to {MAX_OPSET}.')
 
 # %% ../nbs/62_export.ipynb #b66ea1c5
 def onnx_difference(model:nn.Module, # the torch model
@@ -107,12 +115,15 @@ def onnx_difference(model:nn.Module, # the torch model
 def _export(cfg:ExportConfig):
     tagger = load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front)
     out = Path(cfg.output)
-    with atomic_path(out, suffix='.onnx') as tmp:  # checked before it replaces anything at `output`
-        export_onnx(tagger.model, tmp, tagger.labels, tagger.model_type, cfg.opset)
-        if cfg.check and (d := onnx_difference(tagger.model, tmp)) > cfg.tolerance:
-            raise ValueError(f'ONNX Runtime differs from torch by {d:.1e} (more than --tolerance {cfg.tolerance}); '
-                             f'nothing was written; please report this with the model type {tagger.model_type}.')
+    try:
+        with atomic_path(out, suffix='.onnx') as tmp:  # checked before it replaces anything at `output`
+            export_onnx(tagger.model, tmp, tagger.labels, tagger.model_type, cfg.opset)
+            if cfg.check and (d := onnx_difference(tagger.model, tmp)) > cfg.tolerance:
+                raise ValueError(f'ONNX Runtime differs from torch by {d:.1e} (more than --tolerance '
+                                 f'{cfg.tolerance}); nothing was written; please report this with the model type '
+                                 f'{tagger.model_type}.')
+    except OSError as e: raise cannot_write(out, OSError(e.errno, e.strerror or str(e))) from None  # not the temp's
     check = f'; ONNX Runtime matches torch within {d:.1e}' if cfg.check else ''
     print(f'Wrote {out} ({tagger.model_type}, {out.stat().st_size/1e6:.1f} MB){check}')
 
-export_cli = config_cli(ExportConfig, _export, 'audioset_export')
+export_cli = config_cli(ExportConfig, quiet_pipe(_export), 'audioset_export')

@@ -17,7 +17,7 @@ from .config import FrontEnd, config_cli, flat_config
 from .inference import HEADS, SingleLabel, TorchRunner
 from .tagging import iter_tags
 from .train import (Dist, Hook, RecipeConfig, augmented, autocast, best_of, class_scores,
-                               clip_bce, fit, per_rank, process_group, recipe_hooks, run_folder, score,
+                               clip_bce, fit, json_line, per_rank, process_group, recipe_hooks, run_folder, score,
                                seed_everything, setup_run, softmax_ce, statistics_logger)
 
 # %% auto #0
@@ -422,6 +422,9 @@ def finetune_dir(cfg:FinetuneConfig)->Path:
 def _read_files(data:str, audios_dir:str=None)->Clips:
     clips = read_dataset(data, audios_dir)
     missing = next((p for p in clips.paths if not Path(p).is_file()), None)
+    if missing and Path(missing).is_dir():
+        raise IsADirectoryError(f'{missing}, listed in {data}, is a folder, not an audio file; list its files, or '
+                                f'pass the folder itself as --data (one subfolder per class).')
     if missing:
         raise FileNotFoundError(f'{missing}, listed in {data}, does not exist; fix the path or pass --audios_dir.')
     return clips
@@ -486,11 +489,11 @@ def load_finetuned(path:str|Path)->tuple:
 # %% ../nbs/70_finetune.ipynb #9692f1a6
 def _finetune_and_print(cfg:FinetuneConfig):
     res = finetune(cfg)
-    for r in res: print(json.dumps(_summary(r)))
+    for r in res: print(json_line(_summary(r)), end='')  # strict JSON: an undefined score is null
     if len(res) > 1:
         rows = [_summary(r) for r in res]
         mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ('split', 'checkpoint')}
-        print(json.dumps({'split': 'mean', **mean}))
+        print(json_line({'split': 'mean', **mean}), end='')
 
 _EARLIER_FLAGS = {'--no_balanced': '--balanced=none', '--mixup': '--augmentation=mixup'}
 _finetune_main = config_cli(FinetuneConfig, _finetune_and_print, 'audioset_finetune')

@@ -6,7 +6,7 @@
 from __future__ import annotations
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-from .audio import resample
+from .audio import finite_audio, resample
 from .inference import load_tagger
 from .panns_compat import default_checkpoint
 
@@ -39,6 +39,11 @@ def load_model(model_file_path:str='', # .pth checkpoint (default: the published
 # %% ../nbs/66_hear.ipynb #2d7166fc
 def _model_input(audio:torch.Tensor, model:HearModel)->tuple:
     "(audio at the model's rate, zero-padded to at least 1 s, on the model's device; samples before padding)."
+    if not isinstance(audio, torch.Tensor): raise TypeError(f'audio is a {type(audio).__name__}; pass a torch.Tensor.')
+    if audio.dim() != 2 or 0 in audio.shape:
+        raise ValueError(f'audio of shape {tuple(audio.shape)} is not a batch of sounds; pass (n_sounds, n_samples) '
+                         f'at {model.sample_rate} Hz.')
+    if not torch.isfinite(audio).all(): finite_audio(audio.detach().cpu().numpy(), 'audio', 'inference')
     x = audio.detach().float()
     if model.sample_rate != model.model_rate: x = torch.from_numpy(resample(x.cpu().numpy(), model.sample_rate,
                                                                             model.model_rate))

@@ -17,8 +17,8 @@ from .checkpoints import (CheckpointError, checkpoint_config, checkpoint_labels,
 from .config import FrontEnd, config_cli
 from .models import build_model
 from .fastpath import for_inference
-from .tagging import (Failed, Tags, TaggingConfig, audio_files, iter_tags, report_failures, run_files, tag,
-                                 tag_files, write_rows)
+from .tagging import (Failed, Tags, TaggingConfig, audio_files, iter_tags, quiet_pipe, report_failures,
+                                 run_files, tag, tag_files, write_rows)
 
 # %% auto #0
 __all__ = ['HEADS', 'sed_cli', 'example_clips', 'TorchRunner', 'SingleLabel', 'load_tagger', 'sed', 'Event', 'find_events',
@@ -226,6 +226,7 @@ def _sed(cfg:SedConfig):
         if not cfg.output:
             print(f'{t.path} ({t.duration:.2f} s): {len(evs)} event(s)')
             for e in evs: print(f'{e.label}: {e.onset:.2f}-{e.offset:.2f} s, peak {e.peak:.3f}')
+            sys.stdout.flush()  # a file at a time: a reader that has gone is noticed at once
         if cfg.figure_dir: _save_figure(t, Path(cfg.figure_dir), cfg.figure_seconds, tagger.window_size,
                                         tagger.hop_size)
     failed = run_files(tagger, cfg.audio_path, each, window_seconds=cfg.window_seconds, hop_seconds=cfg.hop_seconds,
@@ -235,7 +236,7 @@ def _sed(cfg:SedConfig):
         print(f'Wrote {n} event(s) to {cfg.output}')
     report_failures(*failed)
 
-sed_cli = config_cli(SedConfig, _sed, 'audioset_sed')
+sed_cli = config_cli(SedConfig, quiet_pipe(_sed), 'audioset_sed')
 
 # %% ../nbs/60_inference.ipynb #fd14c8d8
 def _save_figure(t:Tags, folder:Path, seconds:float, window_size:int, hop_size:int):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 from pathlib import Path
 import numpy as np, torch
+from .audio import finite_audio
 from .metadata import load_labels
 from .fileio import default_cache_dir
 from .checkpoints import fetch_checkpoint, load_weights, read_checkpoint
@@ -15,7 +16,7 @@ from .fastpath import for_inference
 
 # %% auto #0
 __all__ = ['labels', 'ids', 'classes_num', 'sample_rate', 'lb_to_ix', 'ix_to_lb', 'id_to_ix', 'ix_to_id', 'default_checkpoint',
-           'AudioTagging', 'SoundEventDetection']
+           'clips', 'AudioTagging', 'SoundEventDetection']
 
 # %% ../nbs/65_panns.ipynb #9b78dec3
 _LABELS = load_labels()
@@ -55,6 +56,24 @@ def _decision_level(t)->torch.nn.Module:
     return m
 
 # %% ../nbs/65_panns.ipynb #6d8a6c20
+def clips(audio, # (B, samples) or (samples,) float audio, numpy or torch
+          front)->torch.Tensor: # the model's front end (its rate and hop)
+    "`audio` as a (B, samples) float32 tensor, checked at the door: each fault is one sentence naming the fix."
+    x = audio if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    real = x.dtype.is_floating_point if isinstance(x, torch.Tensor) else np.issubdtype(x.dtype, np.floating)
+    if not real: raise TypeError(f'audio of dtype {x.dtype} is not float samples; pass floats in [-1, 1] (int16 audio: '
+                                 f'divide by 32768).')
+    if x.ndim not in (1, 2) or not x.shape[0]:
+        raise ValueError(f'audio of shape {tuple(x.shape)} is not a clip or a batch; pass (samples,) or (batch, '
+                         f'samples) at {front.sample_rate} Hz.')
+    # the zoo's deepest models halve the frames five times: fewer than 32 frames leave none
+    need = 32*front.hop_size
+    if x.shape[-1] < need: raise ValueError(f'audio of {x.shape[-1]} samples is too short for the model; pass at least '
+                                            f'{need} ({need/front.sample_rate:.2f} s), zero-padded if need be.')
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if not torch.isfinite(x).all(): finite_audio(x.cpu().numpy(), 'audio', 'inference')
+    return x if x.dim() == 2 else x[None]  # one clip
+
 class _Inference:
     "A PANNs model loaded as panns_inference loads it, run under `torch.inference_mode`."
     published, sed = 'Cnn14_mAP=0.431.pth', False
@@ -76,8 +95,7 @@ class _Inference:
 
     def _run(self, audio)->dict:
         "The model's outputs for `audio` (B, samples) as numpy arrays."
-        x = torch.as_tensor(audio if isinstance(audio, torch.Tensor) else np.asarray(audio), dtype=torch.float32)
-        if x.dim() == 1: x = x[None]  # one clip
+        x = clips(audio, self.model.front)
         with torch.inference_mode(): out = self.model(x.to(self.device))
         return {k: v.float().cpu().numpy() for k, v in out.items()}
 

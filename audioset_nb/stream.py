@@ -4,14 +4,14 @@
 
 # %% ../nbs/64_stream.ipynb #85566bc4
 from __future__ import annotations
-import json, os, re, subprocess, sys
+import json, os, re, select, subprocess, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 import numpy as np
 from .audio import AudioError, die_with_parent, ffmpeg_cmd, finite_audio, pcm_output
 from .config import config_cli
-from .tagging import TaggingConfig, run_tags
+from .tagging import TaggingConfig, quiet_pipe, run_tags
 from .runtime import OnnxRunner
 
 # %% auto #0
@@ -48,11 +48,27 @@ def stream_source_args(source:str, # '-' (stdin), a URL, a capture device (with 
 # ffmpeg's defaults probe up to 5 MB and 5 s of input before decoding, minutes of a live 16-bit stream
 LOW_DELAY = ['-probesize', '32768', '-analyzeduration', '500000']
 
+def _pieces(f, # a pipe's reading end
+            size:int, # bytes a piece
+            timeout:float, # seconds without a byte before the source counts as stalled (0: wait for ever)
+            stalled)->Iterator[bytes]: # `stalled()` is the exception to raise then
+    "`size`-byte pieces of `f` as they arrive (the last may be shorter)."
+    fd, buf = f.fileno(), b''
+    while True:
+        if not select.select([fd], [], [], timeout or None)[0]: raise stalled()
+        if not (data := os.read(fd, size - len(buf))): break
+        buf += data
+        if len(buf) == size:
+            yield buf
+            buf = b''
+    if buf: yield buf
+
 def ffmpeg_blocks(source:str, sr:int, # the source and the rate to deliver it at
                   block:int, # samples per block (the last may be shorter)
                   realtime:bool=False, # play a file in real time (`-re`)
-                  input_format:str=None)->Iterator[np.ndarray]:
-    "Mono float32 blocks of `source` at `sr`, decoded by ffmpeg as they arrive."
+                  input_format:str=None,
+                  timeout:float=30.)->Iterator[np.ndarray]: # seconds without audio: a stalled source (0: no limit)
+    "Mono float32 blocks of `source` at `sr`, decoded by ffmpeg as they come; `ConnectionError` if it stalls or drops."
     live = ['-re'] if realtime else []
     args = ffmpeg_cmd('-nostats', *live, *LOW_DELAY, *stream_source_args(source, input_format),
                       '-flush_packets', '1', *pcm_output(sr, 1, 'f32le'))
@@ -60,14 +76,17 @@ def ffmpeg_blocks(source:str, sr:int, # the source and the rate to deliver it at
     proc = subprocess.Popen(args, stdin=None if source == '-' else subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, preexec_fn=die_with_parent)
     n = 0
+    stalled = lambda: ConnectionError(f'The stream {source} sent no audio for {timeout:g} s (after {n/sr:.1f} s); '
+                                      f'check the source and the network, or raise --timeout.')
     try:
-        while data := proc.stdout.read(4*block):
+        for data in _pieces(proc.stdout, 4*block, timeout, stalled):
             n += len(data)//4
             yield np.frombuffer(data[:len(data)//4*4], np.float32)
         err = proc.stderr.read().decode(errors='replace').strip()
         why = err.splitlines()[-1] if err else 'no audio'
         if proc.wait() != 0 and not n: raise ValueError(f'ffmpeg could not read {source} ({why}); check the source.')
-        if proc.returncode != 0: print(f'The stream {source} broke off after {n/sr:.1f} s ({why}).', file=sys.stderr)
+        if proc.returncode != 0: raise ConnectionError(f'The stream {source} broke off after {n/sr:.1f} s ({why}); '
+                                                       f'check the source and the network.')
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -165,6 +184,7 @@ class TagConfig(TaggingConfig):
     # --stream: ffmpeg capture format of a device: alsa, pulse, avfoundation, dshow, ...
     input_format: str|None = None
     realtime: bool = False            # --stream: play a file at its own speed (ffmpeg -re), as a live source would come
+    timeout: float = 30.              # --stream: seconds without audio before the source counts as stalled (0: none)
     on_threshold: float = 0.5         # --stream: an event starts when its score reaches this
     off_threshold: float = 0.3        # --stream: and ends when its score falls below this
     labels: list[str] = field(default_factory=list)  # --stream: report only these classes (default: all)
@@ -190,6 +210,7 @@ class TagConfig(TaggingConfig):
         if not 0 < self.hop_seconds <= min(1., self.window_seconds):
             raise ValueError(f'--hop_seconds {self.hop_seconds} must be above 0 and at most 1 and --window_seconds.')
         Hysteresis([], self.on_threshold, self.off_threshold)  # checks the thresholds
+        if self.timeout < 0: raise ValueError(f'--timeout {self.timeout} must be 0 (no limit) or more seconds.')
         stream_source_args(self.stream, self.input_format)  # checks the source
 
 # %% ../nbs/64_stream.ipynb #461341b8
@@ -204,19 +225,21 @@ def _stream(runner, cfg:TagConfig):
     if unknown := [l for l in cfg.labels if l not in runner.labels]:
         raise ValueError(f'--labels {unknown[0]!r} is not a class of this model; use names such as '
                          f'{runner.labels[0]!r}.')
-    hop = max(1, int(cfg.hop_seconds*runner.sample_rate))
-    blocks = ffmpeg_blocks(cfg.stream, runner.sample_rate, hop, cfg.realtime, cfg.input_format)
+    hop, fault = max(1, int(cfg.hop_seconds*runner.sample_rate)), []
+    def until_fault(blocks):  # a stalled or dropped source ends the stream (open events are closed), then is reported
+        try: yield from blocks
+        except ConnectionError as e: fault.append(e)
+    blocks = until_fault(ffmpeg_blocks(cfg.stream, runner.sample_rate, hop, cfg.realtime, cfg.input_format,
+                                       cfg.timeout))
     try:
         for e in stream_events(runner, blocks, cfg.window_seconds, cfg.hop_seconds, cfg.on_threshold, cfg.off_threshold,
                                cfg.labels, name=cfg.stream):
             print(json.dumps(e), flush=True)
     except KeyboardInterrupt: sys.exit(130)
-    except BrokenPipeError:  # the reader (e.g. `head`) has gone: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+    if fault: raise fault[0]
 
 def _tag(cfg:TagConfig):
     runner = open_runner(cfg)
     return _stream(runner, cfg) if cfg.stream is not None else run_tags(runner, cfg)
 
-tag_cli = config_cli(TagConfig, _tag, 'audioset_tag')
+tag_cli = config_cli(TagConfig, quiet_pipe(_tag), 'audioset_tag')

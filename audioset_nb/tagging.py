@@ -4,20 +4,20 @@
 
 # %% ../nbs/55_tagging.ipynb #2816656a
 from __future__ import annotations
-import csv, glob, json, os, sys
+import csv, functools, glob, json, os, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 from .audio import AUDIO_EXTS, AudioError, finite_audio, sliding_windows, stream_audio
 from .config import USER_ERRORS, FrontEnd
-from .fileio import atomic_open
+from .fileio import atomic_open, cannot_write
 from .metadata import CLIP_SECONDS
 
 # %% auto #0
 __all__ = ['Tags', 'Failed', 'source_name', 'source_blocks', 'audio_files', 'window_settings', 'iter_tags', 'tag', 'tag_files',
            'is_jsonl', 'write_rows', 'tags_row', 'write_tags', 'print_tags', 'TaggingConfig', 'run_files',
-           'report_failures', 'run_tags']
+           'report_failures', 'run_tags', 'quiet_pipe']
 
 # %% ../nbs/55_tagging.ipynb #83f787d8
 @dataclass
@@ -202,9 +202,7 @@ def write_rows(path:Path, rows:Iterable[dict])->int:
                         w.writeheader()
                     w.writerow(r)
                 n += 1
-    except OSError as e:
-        from audioset_nb.checkpoints import write_error  # torch, only when the disk has failed
-        raise write_error(path, e, 'output file') from None
+    except OSError as e: raise cannot_write(path, e) from None
     return n
 
 # %% ../nbs/55_tagging.ipynb #7927d507
@@ -231,6 +229,7 @@ def print_tags(t:Tags, top_k:int=10, embedding:bool=False):
     print(f'{t.path} ({t.duration:.2f} s)')
     for l, p in t.top(top_k): print(f'{l}: {p:.3f}')
     if embedding: print(f'embedding: {None if t.embedding is None else t.embedding.shape}')
+    sys.stdout.flush()  # a file at a time: a reader that has gone (`| head`) is noticed at once
 
 # %% ../nbs/55_tagging.ipynb #ceb34a64
 @dataclass
@@ -260,6 +259,7 @@ def run_files(runner, audio_path, each, **kwargs)->tuple:
             failed.append(r)
             continue
         try: each(r)
+        except BrokenPipeError: raise  # the reader has gone: no file after this one can be printed
         except Exception as e:
             why = f'{r.path} could not be processed ({type(e).__name__}: {e}).'
             failed.append(Failed(r.path, str(e) if isinstance(e, USER_ERRORS) else why))
@@ -284,3 +284,15 @@ def run_tags(runner, cfg):
     write_rows(cfg.output, rows)
     print(f'Wrote {len(rows)} file(s) to {cfg.output}')
     report_failures(*failed)
+
+# %% ../nbs/55_tagging.ipynb #12ccaa56
+def quiet_pipe(run):
+    "`run(cfg)` of a command that prints results, ending it at once, quietly, with status 141 when its reader goes."
+    @functools.wraps(run)
+    def quiet(*args, **kwargs):
+        try: return run(*args, **kwargs)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
+    return quiet
+

@@ -116,6 +116,37 @@ def test_onnx_refuses_non_finite_audio_by_name(tmp_path):
     (row,) = map(json.loads, text.splitlines())
     assert row['audio_path'] == str(tmp_path/'ok.wav') and np.isfinite(row['clipwise']).all()
 
+def test_an_opset_torch_cannot_write_is_one_sentence(tmp_path):
+    "Before: `audioset_export --opset 9999` failed deep in torch.onnx with its own words."
+    save_checkpoint(tmp_path/'cnn6.pth', build_model('Cnn6'), model_type='Cnn6')
+    r = cli('audioset_export', '--checkpoint_path', tmp_path/'cnn6.pth', '--output', tmp_path/'m.onnx', '--opset', 9999)
+    assert r.returncode == 1 and not (tmp_path/'m.onnx').exists()
+    one_sentence(r.stderr, '--opset 9999 is newer than this torch can write', 'use 11 to')
+
+def test_read_only_or_full_disks_name_the_output_and_the_fix(tmp_path, tmpfs):
+    "Before: raw errno text naming a temporary file, and `audioset_tag --onnx --output` imported torch to say it."
+    m = _model('Cnn6')
+    save_checkpoint(tmp_path/'cnn6.pth', m, model_type='Cnn6')
+    export_onnx(m, tmp_path/'cnn6.onnx')
+    write_wav(tmp_path/'a.wav', demo_signal(1., seed=1), 32000)
+    full, ro = tmpfs(tmp_path/'full', '64k'), tmpfs(tmp_path/'ro', '1m')
+    (ro/'tags.csv').write_text('kept')
+    subprocess.run(['mount', '-o', 'remount,ro', str(ro)], check=True)
+    with open(full/'filler', 'wb') as f:  # a disk with no room left at all
+        with pytest.raises(OSError): f.write(b'0'*(1 << 20))
+    r = cli('audioset_export', '--checkpoint_path', tmp_path/'cnn6.pth', '--output', full/'m.onnx')
+    assert r.returncode == 1 and [p.name for p in full.iterdir()] == ['filler']
+    one_sentence(r.stderr, f'Cannot write {full/"m.onnx"}: the disk is full', 'free some space')
+    r = cli('audioset_export', '--checkpoint_path', tmp_path/'cnn6.pth', '--output', ro/'m.onnx')
+    assert r.returncode == 1
+    one_sentence(r.stderr, f'Cannot write {ro/"m.onnx"}: the file system is read-only', 'choose a folder')
+    for out in (ro/'tags.csv', full/'tags.jsonl'):
+        r = _onnx_tag('--onnx', tmp_path/'cnn6.onnx', '--audio_path', tmp_path/'a.wav', '--output', out,
+                      '--full_scores')
+        assert r.returncode == 1
+        one_sentence(r.stderr, f'Cannot write {out}: ')
+    assert (ro/'tags.csv').read_text() == 'kept' and [p.name for p in full.iterdir()] == ['filler']
+
 def test_torch_and_onnx_runners_tag_alike_through_the_core(tmp_path):
     "One core, two runners: the same windows, scores, embeddings and durations, within float tolerance."
     m = _model('Cnn6')

@@ -101,4 +101,4 @@ def test_an_output_that_cannot_be_written_is_one_sentence(d, tmp_path, tmpfs):
     subprocess.run(['mount', '-o', 'remount,ro', str(ro)], check=True)
     r = run('audioset_tag', '--checkpoint_path', d/'cnn6.pth', '--audio_path', d/'tone.wav', '--output', ro/'tags.csv')
     assert r.returncode != 0
-    one_sentence(r.stderr, f'Could not write the output file {ro/"tags.csv"}', 'read-only', 'choose a writable folder')
+    one_sentence(r.stderr, f'Cannot write {ro/"tags.csv"}: the file system is read-only', 'choose a folder')

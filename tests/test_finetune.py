@@ -367,3 +367,27 @@ def test_printed_accuracy_is_audioset_tags(tmp, folder):
     ours = predict_clips(model, clips, 16000, 16000, batch_size=5)
     theirs = {r['audio_path']: r['clipwise'] for r in rows}
     np.testing.assert_allclose(ours, [theirs[p] for p in clips.paths], atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------- issue 25
+def test_a_csv_row_naming_a_folder_says_it_is_a_folder(tmp_path):
+    "Before: a row naming a folder was called missing ('does not exist')."
+    for d in ('dogs', 'cats'): (tmp_path/d).mkdir()
+    (tmp_path/'data.csv').write_text(f'{tmp_path/"dogs"},dog\n{tmp_path/"cats"},cat\n')
+    msg = _exit_message(data=str(tmp_path/'data.csv'), workspace=str(tmp_path/'ws'))
+    assert f'{tmp_path/"dogs"}, listed in {tmp_path/"data.csv"}, is a folder, not an audio file' in msg
+    assert 'does not exist' not in msg
+
+def test_the_summary_lines_are_strict_json(monkeypatch, capsys, tmp_path):
+    "Before: an undefined score printed as NaN or Infinity, which JSON readers refuse."
+    class Scores:
+        def __init__(self, v): self.v = v
+        def summary(self): return {'mAP': self.v, 'accuracy': 0.5}
+    res = [dict(split=f'fold{i}', scores=Scores(v), checkpoint=tmp_path/f'{i}.pth')
+           for i, v in enumerate([float('inf'), float('nan')])]
+    monkeypatch.setattr(ft, 'finetune', lambda cfg: res)
+    finetune_cli(['--data', str(tmp_path), '--no_progress'])
+    rows = [json.loads(l, parse_constant=lambda c: pytest.fail(f'{c} is not JSON')) for l in
+            capsys.readouterr().out.splitlines()]
+    assert [(r['split'], r['mAP'], r['accuracy']) for r in rows] == [('fold0', None, 0.5), ('fold1', None, 0.5),
+                                                                      ('mean', None, 0.5)]

@@ -39,3 +39,18 @@ def test_hearvalidator_16k_model(tmp_path):
     r = _validate(tmp_path, tmp_path/'c16.pth')
     assert r.returncode == 0 and 'Looks good!' in r.stdout, r.stdout + r.stderr
     assert 'Model sample rate is: 16000' in r.stdout and 'torch.Size([8, 2048])' in r.stdout
+
+def test_bad_batches_are_refused_at_the_door(tmp_path):
+    "Before: an empty batch failed in torch.cat, a 1-D one with an IndexError, NaN gave NaN embeddings."
+    import pytest
+    from audioset_nb.hear import HearModel, get_scene_embeddings, get_timestamp_embeddings
+    model = HearModel(build_model('Cnn6'))
+    nan = torch.zeros(2, 4800)
+    nan[0, 7] = float('nan')
+    for f in (get_scene_embeddings, get_timestamp_embeddings):
+        for audio in (torch.zeros(0, 48000), torch.zeros(48000), torch.zeros(2, 0)):
+            with pytest.raises(ValueError, match=rf'audio of shape \({", ".join(map(str, audio.shape))},?\) is not '
+                                                 rf'a batch of sounds; pass \(n_sounds, n_samples\) at 48000 Hz'):
+                f(audio, model)
+        with pytest.raises(ValueError, match='audio holds 1 NaN or infinite samples; it was not used'):
+            f(nan, model)

@@ -74,3 +74,21 @@ def test_small_user_checkpoint_is_kept(tmp_path):
     clip, emb = at.inference(np.zeros((2, 32000), np.float32))
     assert (clip.shape, emb.shape, at.labels) == ((2, 3), (2, 512), ['a', 'b', 'c'])
     assert _digests(tmp_path) == before
+
+def test_bad_audio_is_refused_at_the_door(tmp_path):
+    "Before: a 3-D or 10-sample array failed inside a convolution, and NaN audio gave NaN scores without a word."
+    import pytest
+    from audioset_nb.panns_compat import AudioTagging, SoundEventDetection
+    save_checkpoint(tmp_path/'sed.pth', build_model('Cnn6_DecisionLevelMax', classes_num=2), labels=['a', 'b'],
+                    model_type='Cnn6_DecisionLevelMax')
+    at, sed = (cls(checkpoint_path=tmp_path/'sed.pth', device='cpu') for cls in (AudioTagging, SoundEventDetection))
+    x = np.zeros((2, 32000), np.float32)
+    nan = x.copy()
+    nan[1, 5:9] = np.nan
+    for model in (at, sed):
+        with pytest.raises(ValueError, match=r'audio of shape \(1, 2, 32000\) is not a clip or a batch; pass'):
+            model.inference(x[None])
+        with pytest.raises(ValueError, match='audio of 10 samples is too short for the model; pass at least 10240'):
+            model.inference(x[:, :10])
+        with pytest.raises(ValueError, match='audio holds 4 NaN or infinite samples; it was not used'):
+            model.inference(torch.from_numpy(nan))

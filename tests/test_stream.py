@@ -1,12 +1,13 @@
 "audioset_tag --stream end to end: a stream with a known tone gives one start and one end line, at the right times."
-import json, subprocess, sys, time
+import json, os, signal, subprocess, sys, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np, pytest, soundfile as sf, torch, torch.nn as nn, torch.nn.functional as F
 from audioset_nb.audio import write_wav
 from audioset_nb.config import FrontEnd
 from audioset_nb.export import export_onnx
 from audioset_nb.checkpoints import save_checkpoint
 from audioset_nb.models import build_model
-from conftest import cli_env, one_sentence
+from conftest import children, cli_env, cli_popen, one_sentence, runs_ffmpeg, wait_for
 
 class Loudness(nn.Module):
     "A model whose output we know: class 'Tone' scores each 10-ms frame by its energy (0.5 at -30 dBFS)."
@@ -71,14 +72,67 @@ def test_stream_realtime_lines_as_they_happen(loud):
     assert t_start < t_end - 1.  # the start line came out while the file was still playing (it ends 2.3 s later)
 
 def test_stream_reader_gone(loud):
-    "`audioset_tag --stream ... | head -1`: when the reader goes, the stream stops quietly, exit 0."
+    "`audioset_tag --stream ... | head -1`: when the reader goes, the stream stops quietly, exit 141 (as SIGPIPE)."
     p = subprocess.Popen([sys.executable, '-c', TAG, '--stream', str(loud/'tone.wav'), '--realtime', '--onnx',
                           str(loud/'loud.onnx')],
                          env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert json.loads(p.stdout.readline())['event'] == 'start'
     p.stdout.close()  # the end line (1.5 s later) has nowhere to go
-    assert p.wait(timeout=60) == 0
+    assert p.wait(timeout=60) == 141
     assert p.stderr.read() == ''
+
+def test_tag_files_reader_gone(loud, tmp_path):
+    "Before: `audioset_tag ... | head -1` decoded every other file and said 'Broken pipe'. Now: it stops, quiet, 141."
+    for i in range(12): (tmp_path/f'{i:02}.wav').write_bytes((loud/'tone.wav').read_bytes())
+    (tmp_path/'99.wav').write_text('not audio')  # reached only if the command went on after its reader left
+    p = subprocess.Popen([sys.executable, '-c', TAG, '--audio_path', str(tmp_path), '--onnx', str(loud/'loud.onnx')],
+                         env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().startswith(str(tmp_path/'00.wav'))
+    p.stdout.close()
+    assert p.wait(timeout=120) == 141
+    assert p.stderr.read() == ''
+
+@pytest.fixture
+def stalling(loud):
+    """A loopback URL that sends the first 3 s of tone.wav (the tone starts at 2.2 s), then nothing, the connection
+    open (at /mute.wav: nothing at all)."""
+    data, gone = (loud/'tone.wav').read_bytes(), threading.Event()
+    class Stall(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header('Content-Type', 'audio/wav')
+            self.end_headers()
+            self.wfile.write(b'' if self.path == '/mute.wav' else data[:44 + 3*44100*2])
+            self.wfile.flush()
+            gone.wait(60)
+        def log_message(self, *args): pass
+    server = ThreadingHTTPServer(('127.0.0.1', 0), Stall)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f'http://127.0.0.1:{server.server_port}/live.wav'
+    gone.set()
+    server.shutdown()
+    server.server_close()
+
+def test_a_stalled_stream_is_a_network_fault(loud, stalling):
+    "Before: a source that stopped sending, its connection open, blocked `audioset_tag --stream` for ever."
+    r = _tag('--stream', stalling, '--onnx', loud/'loud.onnx', '--timeout', 2)
+    assert r.returncode == 1
+    one_sentence(r.stderr.decode(), f'The stream {stalling} sent no audio for 2 s', 'check the source and the network')
+    events = _events(r.stdout)  # what was heard before the stall is printed, its open event closed
+    assert [(e['event'], e['label']) for e in events] == [('start', 'Tone'), ('end', 'Tone')], events
+    assert abs(events[0]['time'] - 2.2) < 0.05
+
+def test_killing_the_stream_leaves_no_ffmpeg(loud, stalling):
+    "SIGKILL gives the command no chance to stop its ffmpeg: the ffmpeg, waiting on the network, must die with it."
+    # a source that sends nothing: its ffmpeg writes nothing either, so no broken pipe would end it
+    p = cli_popen('audioset_tag', '--stream', stalling.replace('live', 'mute'), '--onnx', loud/'loud.onnx')
+    wait_for(lambda: any(runs_ffmpeg(c) for c in children(p.pid)))
+    ff = [c for c in children(p.pid) if runs_ffmpeg(c)]
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    wait_for(lambda: not any(runs_ffmpeg(c) for c in ff), timeout=10)
+    assert ff
 
 def test_stream_torch_checkpoint(tmp_path, loud):
     "A .pth checkpoint streams through torch; --labels limits the classes."
