@@ -262,17 +262,17 @@ def _spawn_rng(entropy:list, *key)->np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=key))
 
 # %% ../nbs/90_mini.ipynb #c7de5ab9
-def render_event(ev:SynthEvent, rng:np.random.Generator, sr:int=SAMPLE_RATE)->np.ndarray:
+def render_event(ev:SynthEvent, rng:np.random.Generator, sample_rate:int=SAMPLE_RATE)->np.ndarray:
     "The waveform of `ev` alone, `ev.offset-ev.onset` seconds long, peaking at `ev.level` dBFS."
     if ev.name not in _CLASSES: raise ValueError(f'{ev.name!r} is not a mini AudioSet class; use one of MINI_CLASSES.')
-    x = _CLASSES[ev.name].render(rng, int(round(ev.offset*sr)) - int(round(ev.onset*sr)), sr)
+    x = _CLASSES[ev.name].render(rng, int(round(ev.offset*sample_rate)) - int(round(ev.onset*sample_rate)), sample_rate)
     peak = np.abs(x).max() if len(x) else 0
     return x*(10**(ev.level/20)/peak) if peak > 0 else x
 
 # %% ../nbs/90_mini.ipynb #e68c31d5
 def synth_clip(seed_or_rng, # an int (or list of ints) seed, or a `np.random.Generator`
                events:list=None, # `SynthEvent`s (or (name, onset, offset, level) tuples); None: 1-3 random ones
-               sr:int=SAMPLE_RATE, # sample rate of the waveform
+               sample_rate:int=SAMPLE_RATE, # sample rate of the waveform
                seconds:float=10.)->tuple:
     "A clip: (float32 waveform, events). The same seed and events always give the same waveform."
     ent = _entropy(seed_or_rng)
@@ -281,14 +281,14 @@ def synth_clip(seed_or_rng, # an int (or list of ints) seed, or a `np.random.Gen
         events = draw_events(r, r.choice(MINI_CLASSES, r.integers(N_EVENTS[0], N_EVENTS[1]+1), replace=False).tolist(),
                              seconds)
     events = [SynthEvent(*e) for e in events]
-    n, fr = int(round(seconds*sr)), _spawn_rng(ent, 1)
+    n, fr = int(round(seconds*sample_rate)), _spawn_rng(ent, 1)
     x = fr.standard_normal(n) * 10**(fr.uniform(*FLOOR_DB)/20)
     for j, ev in enumerate(events):
         if not 0 <= ev.onset < ev.offset <= seconds:
             raise ValueError(f'SynthEvent {ev} does not fit in a {seconds}-s clip; '
                              'onset and offset must lie within it.')
-        i = int(round(ev.onset*sr))
-        y = render_event(ev, _spawn_rng(ent, 2+j), sr)
+        i = int(round(ev.onset*sample_rate))
+        y = render_event(ev, _spawn_rng(ent, 2+j), sample_rate)
         x[i:i+len(y)] += y
     return x.astype(np.float32), events
 

@@ -128,12 +128,12 @@ class LogmelFrontend(LogmelModel):
     def forward(self, x:torch.Tensor): return self.logmel(x)
 
 # %% ../nbs/41_models.ipynb #63e5fe5f
-def demo_signal(seconds:float=3., sr:int=SAMPLE_RATE, seed:int=0):
+def demo_signal(seconds:float=3., sample_rate:int=SAMPLE_RATE, seed:int=0):
     "A test waveform: a gliding harmonic tone, noise bursts and a silent gap, float32 in [-1, 1]."
     rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds*sr))/sr
+    t = np.arange(int(seconds*sample_rate))/sample_rate
     f0 = 220*2**(t/seconds)
-    phase = 2*np.pi*np.cumsum(f0)/sr
+    phase = 2*np.pi*np.cumsum(f0)/sample_rate
     y = sum(0.3/k*np.sin(k*phase) for k in range(1, 8))
     y += 0.2*rng.standard_normal(len(t))*(np.sin(2*np.pi*1.5*t) > 0.7)
     y[int(0.45*len(y)):int(0.55*len(y))] = 0

@@ -240,16 +240,16 @@ TRAIN_CONDITIONS = dict(backgrounds=('pink', 'hum', 'babble', 'wind'), channels=
 TEST_CONDITIONS = dict(backgrounds=('white', 'brown', 'rain', 'traffic'), channels=('phone', 'far', 'clip'))
 
 # %% ../nbs/92_scenes.ipynb #64f9e3d2
-def scene_clip(rng, cls:str, sr:int, seconds:float, backgrounds:tuple, channels:tuple)->np.ndarray:
+def scene_clip(rng, cls:str, sample_rate:int, seconds:float, backgrounds:tuple, channels:tuple)->np.ndarray:
     "One recording of class `cls`: its sound over part of it, a background at -5..20 dB SNR, a random channel, level."
-    n = int(seconds*sr)
+    n = int(seconds*sample_rate)
     m = int(n*rng.uniform(0.5, 1.0))
     s = rng.integers(0, n - m + 1)
     ev = np.zeros(n)
-    ev[s:s+m] = SCENE_SOUNDS[cls](rng, m, sr)
+    ev[s:s+m] = SCENE_SOUNDS[cls](rng, m, sample_rate)
     snr_db = rng.uniform(-5, 20)
-    x = _mix(ev, _background(rng, n, sr, rng.choice(backgrounds)), snr_db, slice(s, s + m))
-    x = _channel(rng, x, sr, rng.choice(channels))
+    x = _mix(ev, _background(rng, n, sample_rate, rng.choice(backgrounds)), snr_db, slice(s, s + m))
+    x = _channel(rng, x, sample_rate, rng.choice(channels))
     return x/np.abs(x).max()*10**(rng.uniform(-30, -1)/20)  # peak level from -30 to -1 dBFS
 
 # %% ../nbs/92_scenes.ipynb #d29b2dd8
@@ -315,14 +315,15 @@ def make_sound_folder(root:str|Path, # folder to write `root/<class>/<i>.<ext>` 
 
 # %% ../nbs/92_scenes.ipynb #5ca1ebd1
 def write_mini_csv(root:str|Path, # folder for the clips and `mini.csv`
-                   n:int=96, seconds:float=1.0, sr:int=16000, seed:int=0)->Path:
+                   n:int=96, seconds:float=1.0, sample_rate:int=16000, seed:int=0)->Path:
     "Write `n` clips of one or two mini AudioSet classes (`synth_clip`) and their multi-label `mini.csv`."
     from audioset_nb.mini import synth_clip, MINI_CLASSES
     root, rng, rows = Path(root), np.random.default_rng(seed), io.StringIO()
     for i in range(n):
         names = rng.choice(MINI_CLASSES, rng.integers(1, 3), replace=False).tolist()
-        x, _ = synth_clip([seed, i], [(c, 0.0, seconds, -12.0) for c in names], sr=sr, seconds=seconds)
-        write_wav(root/f'{i:03d}.wav', x, sr)
+        events = [(c, 0.0, seconds, -12.0) for c in names]
+        x, _ = synth_clip([seed, i], events, sample_rate=sample_rate, seconds=seconds)
+        write_wav(root/f'{i:03d}.wav', x, sample_rate)
         csv.writer(rows, lineterminator='\n').writerow([f'{i:03d}.wav', ';'.join(names)])  # class names hold commas
     (root/'mini.csv').write_text(rows.getvalue())
     return root/'mini.csv'

@@ -78,7 +78,7 @@ def test_onnx_tag_without_torch(tmp_path):
     export_onnx(m, tmp_path/'cnn6.onnx')
     write_wav(tmp_path/'a.wav', demo_signal(13., seed=5), 32000)
     # stereo at 44.1 kHz: resampled by the package's loader, as the torch path does
-    write_wav(tmp_path/'b.wav', np.stack([demo_signal(4., sr=44100, seed=6)]*2), 44100)
+    write_wav(tmp_path/'b.wav', np.stack([demo_signal(4., sample_rate=44100, seed=6)]*2), 44100)
     r = subprocess.run([sys.executable, '-c', TAG, '--onnx', tmp_path/'cnn6.onnx', '--audio_path', tmp_path/'a.wav',
                         tmp_path/'b.wav', '--top_k', '5', '--output', tmp_path/'tags.jsonl'],
                        env=cli_env(), capture_output=True, text=True)
@@ -152,7 +152,7 @@ def test_torch_and_onnx_runners_tag_alike_through_the_core(tmp_path):
     m = _model('Cnn6')
     save_checkpoint(tmp_path/'cnn6.pth', m, model_type='Cnn6')
     export_onnx(m, tmp_path/'cnn6.onnx')
-    write_wav(tmp_path/'a.wav', np.stack([demo_signal(4., sr=44100, seed=6)]*2), 44100)
+    write_wav(tmp_path/'a.wav', np.stack([demo_signal(4., sample_rate=44100, seed=6)]*2), 44100)
     srcs = [demo_signal(13., seed=3), tmp_path/'a.wav', tmp_path/'gone.wav']
     kw = dict(window_seconds=4., hop_seconds=2., batch_size=3, pooling='mean')
     by_torch = list(iter_tags(load_tagger(tmp_path/'cnn6.pth'), srcs, **kw))

@@ -65,9 +65,9 @@ def test_events_are_where_the_sound_is():
         assert np.abs(x[quiet]).max(initial=0) < 10**(-40/20)
 
 def test_synth_clip_rates_and_generators():
-    x, ev = M.synth_clip(np.random.default_rng(0), sr=16000, seconds=4)
+    x, ev = M.synth_clip(np.random.default_rng(0), sample_rate=16000, seconds=4)
     assert x.dtype == np.float32 and len(x) == 64000 and all(e.offset <= 4 for e in ev)
-    assert np.array_equal(M.synth_clip(np.random.default_rng(0), sr=16000, seconds=4)[0], x)
+    assert np.array_equal(M.synth_clip(np.random.default_rng(0), sample_rate=16000, seconds=4)[0], x)
 
 def test_one_source_per_ytid(ds):
     names = sorted(os.listdir(ds.sources_dir))

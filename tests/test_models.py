@@ -204,7 +204,7 @@ def test_specaugment_only_in_training():
 def test_fast_and_conv_stft_models_agree(name):
     torch.manual_seed(0)
     m = build_model(name).eval()
-    x = torch.from_numpy(demo_signal(2., sr=m.config['sample_rate']))[None]
+    x = torch.from_numpy(demo_signal(2., sample_rate=m.config['sample_rate']))[None]
     with torch.no_grad():
         m.fast_stft = True
         fast = m(x)
@@ -216,7 +216,7 @@ def test_fast_and_conv_stft_models_agree(name):
                                                   (32000, 1024, 320, 128, 14000)])
 def test_logmel_matches_librosa(sr, win, hop, mels, fmax):
     librosa = pytest.importorskip('librosa')
-    y = demo_signal(3., sr=sr, seed=1)
+    y = demo_signal(3., sample_rate=sr, seed=1)
     fe = LogmelFrontend(sample_rate=sr, window_size=win, hop_size=hop, mel_bins=mels, fmin=50, fmax=fmax).eval()
     ref = librosa.power_to_db(librosa.feature.melspectrogram(y=y.astype(np.float64), sr=sr, n_fft=win, hop_length=hop,
             window='hann', center=True, pad_mode='reflect', power=2.0, n_mels=mels, fmin=50, fmax=fmax, htk=False,

@@ -39,7 +39,7 @@ def test_readme_example(tmp_path):
     sed = build_model('Cnn14_DecisionLevelMax').eval()
     torch.save({'model': sed.state_dict()}, cache/'Cnn14_DecisionLevelMax_mAP=0.385.pth')
     # stereo 44.1 kHz, as YouTube audio
-    write_wav(work/'examples/R9_ZSCveAHg_7s.wav', np.stack([demo_signal(7., sr=44100)]*2), 44100)
+    write_wav(work/'examples/R9_ZSCveAHg_7s.wav', np.stack([demo_signal(7., sample_rate=44100)]*2), 44100)
     before = _digests(cache)
     env = cli_env({'AUDIOSET_NB_CACHE': str(cache), 'HOME': str(home), 'CUDA_VISIBLE_DEVICES': ''})
     r = subprocess.run([sys.executable, '-c', README + SAVE], cwd=work, env=env, capture_output=True, text=True,
