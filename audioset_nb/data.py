@@ -240,7 +240,7 @@ def decode_files(paths:list, sample_rate:int, # the files, and the rate to decod
 
 # %% ../nbs/30_data.ipynb #33f595cd
 def load_finite(path:str, sample_rate:int)->np.ndarray:
-    "`load_audio`, with NaN or infinite samples silenced (as `decode_clips` does; it has named such files already)."
+    "`load_audio`, with NaN or infinite samples silenced (as `decode_files` does; it has named such files already)."
     x = load_audio(path, sample_rate)
     return x if np.isfinite(x).all() else np.where(np.isfinite(x), x, 0).astype(x.dtype)
 
