@@ -6,6 +6,7 @@
 from __future__ import annotations
 import csv, functools, glob, hashlib, json, logging, re, tarfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -20,9 +21,10 @@ from .pack import (CODECS, PackResult, WaveformWriter, need_space, check_pack_se
 
 
 # %% auto #0
-__all__ = ['NOT_AUDIO', 'SUBSET_DIRS', 'import_cli', 'Piece', 'open_source', 'ytid_of', 'find_pieces', 'Clip', 'read_clips',
-           'official_segments', 'known_labels', 'clip_target', 'import_clips', 'Coverage', 'check_coverage',
-           'format_coverage', 'write_coverage', 'copy_subsets', 'ImportConfig', 'import_and_report']
+__all__ = ['URL_TIMEOUT', 'NOT_AUDIO', 'SUBSET_DIRS', 'import_cli', 'Piece', 'url_options', 'network_errors', 'NetworkFault',
+           'reading_url', 'open_source', 'ytid_of', 'find_pieces', 'Clip', 'read_clips', 'official_segments',
+           'known_labels', 'clip_target', 'import_clips', 'Coverage', 'check_coverage', 'format_coverage',
+           'write_coverage', 'copy_subsets', 'ImportConfig', 'import_and_report']
 
 # %% ../nbs/15_import.ipynb #75af9d4f
 class Piece(NamedTuple):
@@ -34,18 +36,52 @@ class Piece(NamedTuple):
 
 def _is_url(s)->bool: return '://' in str(s)
 
+URL_TIMEOUT = 60.  # seconds a URL read may wait for the network (connecting, each read) before it is a fault
+
 def _fsspec(url:str):
     try: import fsspec
     except ImportError:
         raise ValueError(f'{url} is a URL; reading URLs needs fsspec and a filesystem for it '
-                         '(pip install fsspec).') from None
+                         '(pip install fsspec aiohttp).') from None
     return fsspec
 
-def open_source(path:str):
+def url_options(url:str, timeout:float=URL_TIMEOUT)->dict:
+    "fsspec options that bound each network wait of an http(s) read to `timeout` s; other protocols keep their own."
+    if not url.lower().startswith(('http://', 'https://')): return {}
+    try: import aiohttp
+    except ImportError:
+        raise ValueError(f'{url} is an http(s) URL; reading it needs aiohttp (pip install aiohttp).') from None
+    # `total` stays unbounded: a large file may take long; what must not happen is a wait without a byte
+    return dict(client_kwargs={'timeout': aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)})
+
+def network_errors()->tuple:
+    "The exceptions that mean the network failed: a timeout, a refused, reset or dropped connection."
+    errs = (TimeoutError, ConnectionError)
+    try: import aiohttp
+    except ImportError: return errs
+    return (*errs, aiohttp.ClientError)
+
+class NetworkFault(ValueError):
+    "A URL read that failed on the network, not on what it read."
+
+@contextmanager
+def reading_url(path:str, timeout:float=URL_TIMEOUT):
+    "Turn a network fault while reading `path` (a URL) into one sentence that calls it one and says what to do."
+    try: yield
+    except network_errors() as e:
+        if not _is_url(path): raise
+        why = (f'no answer within {timeout:g} s' if isinstance(e, TimeoutError) else
+               f'the connection failed ({e.__class__.__name__}{f" {e.status}" if getattr(e, "status", None) else ""})')
+        raise NetworkFault(f'Reading {path} failed: a network fault, {why}; check the connection and run the same '
+                         f'command again (an import resumes; --timeout sets the wait).') from None
+
+def open_source(path:str, timeout:float=URL_TIMEOUT):
     "A local file or, where fsspec has a filesystem for it, a URL, opened for binary reading."
     if not _is_url(path): return open(path, 'rb')
-    try: return _fsspec(path).open(path, 'rb').open()
-    except (ImportError, ValueError) as e: raise ValueError(f'Cannot open {path}: {e}.') from None
+    try:
+        with reading_url(path, timeout): return _fsspec(path).open(path, 'rb', **url_options(path, timeout)).open()
+    except (ImportError, ValueError) as e: raise ValueError(f'Cannot open {path}: {e}') from None
+
 
 # %% ../nbs/15_import.ipynb #6bd06bc6
 NOT_AUDIO = {'.csv', '.json', '.txt', '.md', '.log', '.h5', '.hdf5', '.lock', '.part', '.partial', '.tmp', '.py', '.sh'}
@@ -65,12 +101,13 @@ def _kind(path:str)->str|None:
     if Path(name).suffix.lower() not in NOT_AUDIO and ytid_of(name): return 'file'
 
 # %% ../nbs/15_import.ipynb #58f87bec
-def _listing(src:str)->list:
+def _listing(src:str, timeout:float=URL_TIMEOUT)->list:
     "The files SOURCE names: itself, what a glob matches, or everything under a folder; sorted."
     if _is_url(src):
-        try: fs, _, paths = _fsspec(src).get_fs_token_paths(src)
+        try: fs, _, paths = _fsspec(src).get_fs_token_paths(src, storage_options=url_options(src, timeout))
         except (ImportError, ValueError) as e: raise ValueError(f'Cannot read {src}: {e}.') from None
-        return sorted(fs.unstrip_protocol(f) for p in paths for f in (fs.find(p) if fs.isdir(p) else [p]))
+        with reading_url(src, timeout):
+            return sorted(fs.unstrip_protocol(f) for p in paths for f in (fs.find(p) if fs.isdir(p) else [p]))
     hits = glob.glob(src, recursive=True) if glob.has_magic(src) else [src] if Path(src).exists() else []
     if not hits:
         raise FileNotFoundError(f'Source {src} does not exist; give a parquet file, a tar shard, a folder of clips or '
@@ -78,11 +115,13 @@ def _listing(src:str)->list:
     return sorted(str(f) for h in map(Path, hits) for f in (h.rglob('*') if h.is_dir() else [h]) if f.is_file())
 
 # %% ../nbs/15_import.ipynb #6c41ea27
-def _parquet_pieces(path:str)->list:
+def _parquet_pieces(path:str, timeout:float=URL_TIMEOUT)->list:
     "One piece per row group of an AudioSet parquet file, read from its footer."
     import pyarrow.parquet as pq
-    with open_source(path) as f:
-        try: pf = pq.ParquetFile(f)
+    with open_source(path, timeout) as f:
+        try:
+            with reading_url(path, timeout): pf = pq.ParquetFile(f)
+        except NetworkFault: raise
         except Exception as e:
             raise ValueError(f'{path} is not a readable parquet file ({e.__class__.__name__}); re-download it or '
                              f'leave it out.') from None
@@ -93,14 +132,14 @@ def _parquet_pieces(path:str)->list:
                                      '(Hugging Face agkphysics/AudioSet has video_id, audio and labels).')
         return [Piece('parquet', path, g, pf.metadata.row_group(g).num_rows) for g in range(pf.num_row_groups)]
 
-def find_pieces(sources:list)->list:
+def find_pieces(sources:list, timeout:float=URL_TIMEOUT)->list:
     "Every piece of work the SOURCEs hold, in a fixed order."
     pieces = []
     for src in map(str, sources):
         found = []
-        for f in _listing(src):
+        for f in _listing(src, timeout):
             k = _kind(f)
-            if k == 'parquet': found += _parquet_pieces(f)
+            if k == 'parquet': found += _parquet_pieces(f, timeout)
             elif k: found.append(Piece(k, f, 0, -1 if k == 'tar' else 1))
         if not found:
             raise ValueError(f'{src} holds no parquet files, tar shards or clips named Y<ytid>.* or <ytid>.*, '
@@ -117,9 +156,9 @@ class Clip(NamedTuple):
     where: str          # where it was found, for messages
     why: str|None = None  # why it cannot be used (a damaged tar header), or None
 
-def _parquet_clips(p:Piece, batch_rows:int=16)->Iterator[Clip]:
+def _parquet_clips(p:Piece, timeout:float=URL_TIMEOUT, batch_rows:int=16)->Iterator[Clip]:
     import pyarrow.parquet as pq
-    with open_source(p.path) as f:
+    with open_source(p.path, timeout) as f, reading_url(p.path, timeout):
         pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)  # column chunks read through a buffer, not whole
         cols = [c for c in ('video_id', 'audio', 'labels') if c in pf.schema_arrow.names]
         k = sum(pf.metadata.row_group(g).num_rows for g in range(p.group))
@@ -127,6 +166,7 @@ def _parquet_clips(p:Piece, batch_rows:int=16)->Iterator[Clip]:
             for r in b.to_pylist():
                 yield Clip(r['video_id'], (r['audio'] or {}).get('bytes'), r.get('labels'), f'{p.path} row {k}')
                 k += 1
+
 
 # %% ../nbs/15_import.ipynb #0f70c754
 def _wds_key(name:str)->tuple:
@@ -165,12 +205,12 @@ def _damage(tar, path:str, told:int)->Iterator[Clip]:
                    f'{path}: the tar header at byte {start} is damaged, so the sample it begins is lost (the rest of '
                    'the shard was read); re-download the shard')
 
-def _tar_clips(p:Piece)->Iterator[Clip]:
+def _tar_clips(p:Piece, timeout:float=URL_TIMEOUT)->Iterator[Clip]:
     key = audio = meta = None
     told = 0
     try:
         # streaming: each member read once, in order; past a damaged header, on to the next good one
-        with (open_source(p.path) as f,
+        with (open_source(p.path, timeout) as f, reading_url(p.path, timeout),
               tarfile.open(fileobj=f, mode='r|*', tarinfo=_Header, ignore_zeros=True) as tar):
             for m in tar:
                 for c in _damage(tar, p.path, told):
@@ -188,21 +228,22 @@ def _tar_clips(p:Piece)->Iterator[Clip]:
     except tarfile.TarError as e:
         raise ValueError(f'{p.path} is not a readable tar shard ({e}); re-download it or leave it out.') from None
 
-def _file_clips(p:Piece)->Iterator[Clip]:
+def _file_clips(p:Piece, timeout:float=URL_TIMEOUT)->Iterator[Clip]:
     audio = p.path
     if _is_url(p.path):
-        with open_source(p.path) as f: audio = f.read()
+        with open_source(p.path, timeout) as f, reading_url(p.path, timeout): audio = f.read()
     yield Clip(ytid_of(p.path), audio, None, p.path)
 
 # %% ../nbs/15_import.ipynb #32eb77b9
 def read_clips(pieces:list, # from `find_pieces`
-               skip:int=0)->Iterator[Clip]: # clips to pass over first (done by an earlier run)
+               skip:int=0, # clips to pass over first (done by an earlier run)
+               timeout:float=URL_TIMEOUT)->Iterator[Clip]: # seconds a URL read may wait for the network
     "The clips of `pieces` in order, after the first `skip`; whole pieces of known size are passed over unread."
     for p in pieces:
         if 0 <= p.rows <= skip:
             skip -= p.rows
             continue
-        for c in {'parquet': _parquet_clips, 'tar': _tar_clips, 'file': _file_clips}[p.kind](p):
+        for c in {'parquet': _parquet_clips, 'tar': _tar_clips, 'file': _file_clips}[p.kind](p, timeout):
             if skip: skip -= 1
             else: yield c
 
@@ -257,11 +298,11 @@ def _once(c:Clip, csv_path, seen:dict)->tuple:
     return name, target, why
 
 def _fill(w:WaveformWriter, pieces:list, csv_path, sample_rate:int, clip_samples:int, codec, num_workers:int, chunk:int,
-          progress:bool):
+          progress:bool, timeout:float):
     "Write to `w` every clip of `pieces` after those it holds, committing every `chunk` clips."
     done = w.items_done
     if done: logging.getLogger(__name__).info(f'{w.path}: resuming after {done} clips.')
-    clips = read_clips(pieces, done)
+    clips = read_clips(pieces, done, timeout)
     seen = {n.decode(): None for n in w.f['audio_name'][:]} | {n: None for n, _ in w.skipped}
     jobs = ((*_once(c, csv_path, seen), c.audio, c.where, sample_rate, clip_samples, codec) for c in clips)
     total = sum(p.rows for p in pieces) - done if all(p.rows >= 0 for p in pieces) else None
@@ -298,10 +339,11 @@ def import_clips(sources:list,                 # parquet files, tar shards, fold
                  codec:str=None,               # None: int16 rows (reference layout); 'flac' or 'mp3': compressed store
                  chunk:int=64,                 # rows written (and resumable) at a time
                  part:str=None,                # 'i/n': only the i-th (from 0) of n slices of the pieces
-                 progress:bool=True)->PackResult:
+                 progress:bool=True,           # show a progress bar
+                 timeout:float=URL_TIMEOUT)->PackResult: # seconds a URL read may wait for the network
     "Decode every clip of `sources` into one waveform HDF5 as `audioset_pack` writes it, reporting what is left out."
     check_pack_settings(sample_rate, clip_seconds, num_workers, codec, chunk)
-    out, pieces = Path(waveforms_hdf5_path), find_pieces(sources)
+    out, pieces = Path(waveforms_hdf5_path), find_pieces(sources, timeout)
     if part:
         n, pieces = len(pieces), list(take_part(pieces, part))
         if not pieces:
@@ -314,7 +356,7 @@ def import_clips(sources:list,                 # parquet files, tar shards, fold
         try:
             need_space(out, 1 << 20)
             with WaveformWriter(out, settings, clip_samples, codec) as w:
-                _fill(w, pieces, csv_path, sample_rate, clip_samples, codec, num_workers, chunk, progress)
+                _fill(w, pieces, csv_path, sample_rate, clip_samples, codec, num_workers, chunk, progress, timeout)
                 rows, skipped = w.finish(), w.skipped
         except OSError as e: raise cannot_write(out, e) from None
     if rows == 0:
@@ -446,11 +488,13 @@ class ImportConfig:
     part: str|None = None               # i/n: import only the i-th (from 0) of n slices of the row groups, shards...
     num_workers: int|None = None            # decoding processes (default: one per core)
     quiet: bool = False                 # no progress bar
+    timeout: float = URL_TIMEOUT        # seconds a URL read may wait for the network before it is a fault
 
     def __post_init__(self):
         if self.part: parse_part(self.part)
         if self.codec not in CODECS:
             raise ValueError(f'--codec {self.codec!r} is not one of {CODECS[1:]} (or leave it out for int16).')
+        if self.timeout <= 0: raise ValueError(f'--timeout {self.timeout:g} must be positive (seconds).')
         check_pack_settings(self.sample_rate, self.clip_seconds, self.num_workers, self.codec)
         self.coverage_path = self.coverage_path or str(Path(self.waveforms_hdf5_path).with_suffix(''))+'_coverage.csv'
 
@@ -460,7 +504,8 @@ def import_and_report(cfg:ImportConfig):
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     r = import_clips(cfg.sources, cfg.waveforms_hdf5_path, cfg.csv_path, cfg.sample_rate, cfg.clip_seconds,
                      cfg.num_workers,
-                     cfg.codec, part=cfg.part, progress=not cfg.quiet)
+                     cfg.codec, part=cfg.part, progress=not cfg.quiet,
+                     timeout=cfg.timeout)
     print(f'imported {r.rows} clips into {r.path}; {len(r.skipped)} left out')
     if cfg.indexes_hdf5_path: print(f'wrote index {write_index(r.path, cfg.indexes_hdf5_path)}')
     cov = check_coverage(r.path)

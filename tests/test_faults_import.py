@@ -1,8 +1,8 @@
 """Importing under faults, through the real CLI and API: a damaged tar header, repeated ids, a long file, a full or
 read-only disk, out-of-range flags."""
-import io, json, subprocess, sys, tarfile
+import io, json, socket, subprocess, sys, tarfile, time
 from pathlib import Path
-import h5py, pyarrow as pa, pyarrow.parquet as pq, pytest, soundfile as sf
+import h5py, numpy as np, pyarrow as pa, pyarrow.parquet as pq, pytest, soundfile as sf
 from audioset_nb.importer import check_coverage, import_clips
 from audioset_nb.metadata import Segment, load_segments, write_segments
 from conftest import cli, cli_cmd, cli_env, ffmpeg, one_sentence, tone
@@ -128,3 +128,74 @@ def test_clip_seconds_is_checked_as_packing_checks_it(tmp_path):
     assert p.returncode != 0
     one_sentence(p.stderr, '--clip_seconds', 'at most 10')
     assert not (tmp_path/'w.h5').exists()
+
+class RangeServer:
+    "Serves one file over loopback HTTP with range requests; `fault(start)` says what a request from `start` meets."
+    def __init__(self, data, fault):
+        import http.server, threading
+        outer = self
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a): pass
+            def do_HEAD(self): outer.answer(self, 0, len(data) - 1, head=True)
+            def do_GET(self):
+                rng = (self.headers.get('Range') or 'bytes=0-').split('=')[1].split('-')
+                outer.answer(self, int(rng[0]), int(rng[1]) if rng[1] else len(data) - 1)
+        self.data, self.fault = data, fault
+        self.srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)
+        self.srv.daemon_threads = True
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.url = f'http://127.0.0.1:{self.srv.server_port}/bal_train00.parquet'
+
+    def answer(self, h, s, e, head=False):
+        e = min(e, len(self.data) - 1)
+        h.send_response(206 if s or e < len(self.data) - 1 else 200)
+        h.send_header('Content-Length', str(e - s + 1))
+        h.send_header('Accept-Ranges', 'bytes')
+        h.send_header('Content-Range', f'bytes {s}-{e}/{len(self.data)}')
+        h.end_headers()
+        if head: return
+        body, what = self.data[s:e + 1], self.fault(s)
+        if what == 'stall':
+            time.sleep(20)
+            return
+        if what == 'drop':  # half the body, then the connection closes
+            h.wfile.write(body[:len(body)//2])
+            h.wfile.flush()
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        h.wfile.write(body)
+
+    def __enter__(self): return self
+    def __exit__(self, *a): self.srv.shutdown()
+
+def big_parquet(tmp_path):
+    "A parquet file of 8 MB of noise (FLAC cannot shrink it), beyond the 5-MB blocks fsspec reads: rows come in ranges."
+    def noise(k):
+        b = io.BytesIO()
+        sf.write(b, np.random.default_rng(k).uniform(-.5, .5, SR*30), SR, format='FLAC')
+        return b.getvalue()
+    write_parquet(tmp_path/'x.parquet', [(s.ytid, noise(k), s.labels) for k, s in enumerate(BAL[:8])])
+    return (tmp_path/'x.parquet').read_bytes()
+
+@pytest.mark.parametrize('when', ['footer', 'rows'])
+def test_a_stalled_url_is_a_network_fault_within_the_timeout(tmp_path, when):
+    pytest.importorskip('aiohttp')
+    data = big_parquet(tmp_path)
+    footer = len(data) - (1 << 20)  # fsspec reads the end of the file first, then the rows
+    with RangeServer(data, lambda s: 'stall' if (s >= footer) == (when == 'footer') else None) as srv:
+        t0 = time.time()
+        p = imp(srv.url, '--waveforms_hdf5_path', tmp_path/'w.h5', '--timeout', '2')
+    # was: the HTTP client's default wait (300 s) on a stall
+    assert time.time() - t0 < 15
+    assert p.returncode == 1
+    one_sentence(p.stderr, srv.url, 'a network fault, no answer within 2 s', '--timeout')
+
+def test_a_dropped_connection_is_a_network_fault_not_a_bad_file(tmp_path):
+    pytest.importorskip('aiohttp')
+    data = big_parquet(tmp_path)
+    with RangeServer(data, lambda s: 'drop') as srv:
+        p = imp(srv.url, '--waveforms_hdf5_path', tmp_path/'w.h5')
+    # was: "... is not a readable parquet file"
+    assert p.returncode == 1
+    line = one_sentence(p.stderr, srv.url, 'a network fault, the connection failed')
+    assert 'not a readable parquet' not in line
