@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 import h5py, numpy as np
 from .audio import AUDIO_EXTS, SAMPLE_RATE, audio_source
-from .config import config_cli
+from .config import config_cli, optional_import
 from .fileio import atomic_open, cannot_write, default_cache_dir, default_workers, output_lock
 from .metadata import (CLIP_SECONDS, NUM_CLASSES, clip_name, load_labels, load_segments, parse_part,
                                   read_segments, take_part)
@@ -35,16 +35,15 @@ class Piece(NamedTuple):
 def _is_url(s)->bool: return '://' in str(s)
 
 def _fsspec(url:str):
-    try: import fsspec
-    except ImportError:
-        raise ValueError(f'{url} is a URL; reading URLs needs fsspec and a filesystem for it '
-                         '(pip install fsspec).') from None
-    return fsspec
+    "fsspec, to read `url`; and aiohttp, which its http(s) filesystem reads with."
+    if url.split('://')[0] in ('http', 'https'): optional_import('aiohttp', 'import')
+    return optional_import('fsspec', 'import')
 
 def open_source(path:str):
     "A local file or, where fsspec has a filesystem for it, a URL, opened for binary reading."
     if not _is_url(path): return open(path, 'rb')
-    try: return _fsspec(path).open(path, 'rb').open()
+    fsspec = _fsspec(path)
+    try: return fsspec.open(path, 'rb').open()
     except (ImportError, ValueError) as e: raise ValueError(f'Cannot open {path}: {e}.') from None
 
 # %% ../nbs/15_import.ipynb #6bd06bc6
@@ -68,7 +67,8 @@ def _kind(path:str)->str|None:
 def _listing(src:str)->list:
     "The files SOURCE names: itself, what a glob matches, or everything under a folder; sorted."
     if _is_url(src):
-        try: fs, _, paths = _fsspec(src).get_fs_token_paths(src)
+        fsspec = _fsspec(src)
+        try: fs, _, paths = fsspec.get_fs_token_paths(src)
         except (ImportError, ValueError) as e: raise ValueError(f'Cannot read {src}: {e}.') from None
         return sorted(fs.unstrip_protocol(f) for p in paths for f in (fs.find(p) if fs.isdir(p) else [p]))
     hits = glob.glob(src, recursive=True) if glob.has_magic(src) else [src] if Path(src).exists() else []
@@ -80,7 +80,7 @@ def _listing(src:str)->list:
 # %% ../nbs/15_import.ipynb #6c41ea27
 def _parquet_pieces(path:str)->list:
     "One piece per row group of an AudioSet parquet file, read from its footer."
-    import pyarrow.parquet as pq
+    pq = optional_import('pyarrow.parquet', 'import')
     with open_source(path) as f:
         try: pf = pq.ParquetFile(f)
         except Exception as e:
@@ -118,7 +118,7 @@ class Clip(NamedTuple):
     why: str|None = None  # why it cannot be used (a damaged tar header), or None
 
 def _parquet_clips(p:Piece, batch_rows:int=16)->Iterator[Clip]:
-    import pyarrow.parquet as pq
+    pq = optional_import('pyarrow.parquet', 'import')
     with open_source(p.path) as f:
         pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)  # column chunks read through a buffer, not whole
         cols = [c for c in ('video_id', 'audio', 'labels') if c in pf.schema_arrow.names]
