@@ -143,7 +143,7 @@ def optional_import(module:str, # what to import: 'onnxruntime', 'pyarrow.parque
     try: return importlib.import_module(module)
     except ModuleNotFoundError as e:
         if e.name != module and not module.startswith(f'{e.name}.'): raise  # installed, but broken inside
-        raise MissingExtra(f"{e.name} is not installed; it comes with audioset_nb's '{extra}' extra: run "
+        raise MissingExtra(f"{module.split('.')[0]} is not installed; it comes with audioset_nb's '{extra}' extra: run "
                            f"pip install -e '.[{extra}]' in the audioset_nb clone.") from None
 
 # %% ../nbs/03_config.ipynb #1ed4b602
