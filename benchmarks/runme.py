@@ -5,7 +5,10 @@ For each ref: clone A runs runme.sh with an empty pip cache and is stopped when 
 first run on a machine); clone B, fresh, runs it to the end with the cache A filled (the warm set-up: CI on a machine
 that has run it before) and its step times are recorded. Writes benchmarks/results/runme-cpu.json.
 
-    python benchmarks/runme.py [--refs a7fd6fa HEAD] [--iterations 1600] [--no-cold]
+    python benchmarks/runme.py [--refs a7fd6fa HEAD] [--iterations 1600] [--no-cold] [--setup-only]
+
+--setup-only stops clone B at step 1 too: the comparison of what the install split changes (the six steps run the
+same code in both refs), in a quarter of the time, for a loaded machine.
 """
 import argparse, datetime, json, os, platform, re, shutil, signal, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -76,6 +79,7 @@ def main():
     ap.add_argument('--refs', nargs='+', default=['a7fd6fa', 'HEAD'])
     ap.add_argument('--iterations', type=int, default=1600, help="ITERATIONS for runme.sh (the recipe's 1,600)")
     ap.add_argument('--no-cold', action='store_true', help='skip the cold-cache set-up (clone A)')
+    ap.add_argument('--setup-only', action='store_true', help='stop clone B at step 1 as well')
     ap.add_argument('--out', default=str(ROOT/'benchmarks'/'results'/'runme-cpu.json'))
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix='runme-bench-'))
@@ -95,22 +99,26 @@ def main():
             repo = work/f'warm{len(runs)}'
             run['commit'] = clone(ref, repo)
             l0 = load()
-            run['warm_cache' if not a.no_cold else 'job'] = job = dict(run_job(repo, env), load_before=l0,
-                                                                        load_after=load())
+            job = run_job(repo, env, stop_at_step1=a.setup_only)
+            run['warm_cache' if not a.no_cold else 'job'] = job = dict(job, load_before=l0, load_after=load())
             run['venv'] = venv_facts(repo)
             print(ref, json.dumps(job), run['venv'], flush=True)
             shutil.rmtree(repo)
             runs.append(run)
+            write(a, runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print('wrote', a.out)
+
+def write(a, runs):
+    "The results so far (after each ref, so that an interrupted run keeps what it measured)."
     cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
     res = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                device=f'CPU: {cpu}, {os.cpu_count()} cores (shared with other jobs)', python=platform.python_version(),
-               iterations=a.iterations, loadavg_end=load(), runs=runs,
+               iterations=a.iterations, setup_only=a.setup_only, loadavg_end=load(), runs=runs,
                note='Wall seconds on a shared machine; load is the 1/5/15-min load average before and after each '
                     'job. A ratio taken at load > 3 is not a speed claim.')
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1) + '\n')
-    print('wrote', a.out)
 
 if __name__ == '__main__': main()
