@@ -23,7 +23,7 @@ if [ "$MODE" = full ]; then
   esac
   exec bash tools/full.sh
 fi
-source tools/env.sh
+source tools/env.sh ""  # the runtime requirements: no extra
 
 W=${WORKSPACE:-workspace/mini}         # everything the job writes
 CUDA=$(python -c 'import torch; print("--cuda" if torch.cuda.is_available() else "")')

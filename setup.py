@@ -10,8 +10,11 @@ cfg = cfg['DEFAULT']
 licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
 statuses = ['Planning', 'Pre-Alpha', 'Alpha', 'Beta', 'Production/Stable', 'Mature', 'Inactive']
 lic = licenses[cfg['license']]
-requirements = shlex.split(cfg.get('requirements', ''))
-dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+requirements = shlex.split(cfg.get('requirements', ''))  # what the main job (./runme.sh) imports
+# Each `<name>_requirements` line is the extra `<name>`: `import` (parquet and URLs), `onnx`, `demo` (the widget);
+# `dev` (./test.sh) is the test tools and every other extra.
+extras = {k[:-len('_requirements')]: shlex.split(v) for k, v in cfg.items() if k.endswith('_requirements')}
+extras['dev'] = [r for name in sorted(extras) for r in extras[name]]
 scripts = [s.replace(' ', '') for s in cfg.get('console_scripts', '').split() if s]
 
 setup(
@@ -26,6 +29,6 @@ setup(
                  'Topic :: Multimedia :: Sound/Audio :: Analysis'],
     packages=find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
     package_data={cfg['lib_name']: ['data/*']}, include_package_data=True, zip_safe=False,
-    install_requires=requirements, extras_require={'dev': dev_requirements},
+    install_requires=requirements, extras_require=extras,
     entry_points={'console_scripts': scripts, 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
 )

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Every test, from a fresh clone: ./test.sh
-# Makes .venv, installs the package with its dev extras, then checks that the notebooks and
-# the package agree (nbdev_export), runs the notebooks (nbdev_test), checks that they are
-# clean (nbdev_clean), and runs the pytest suite in tests/.
+# Makes .venv, installs the package with its dev extra (the test tools and every other extra), then checks
+# that the notebooks and the package agree (nbdev_export), runs the notebooks (nbdev_test), checks that they
+# are clean (nbdev_clean), and runs the pytest suite in tests/.
 set -euo pipefail
 cd "$(dirname "$0")"
-source tools/env.sh
+source tools/env.sh dev  # the test tools and every extra
 
 # The browser tests drive Debian's Chromium; install it where we may (they skip, saying why, where it is missing).
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -4,12 +4,13 @@
 
 # %% ../nbs/03_config.ipynb #7fd74cab
 from __future__ import annotations
-import argparse, dataclasses, inspect, linecache, re, sys, typing
+import argparse, dataclasses, importlib, inspect, linecache, re, sys, typing
 from dataclasses import MISSING, dataclass, fields
 from .audio import SAMPLE_RATE
 
 # %% auto #0
-__all__ = ['ALIASES', 'USER_ERRORS', 'FrontEnd', 'field_help', 'config_parser', 'parse_config', 'flat_config', 'config_cli']
+__all__ = ['ALIASES', 'USER_ERRORS', 'FrontEnd', 'field_help', 'config_parser', 'parse_config', 'flat_config', 'MissingExtra',
+           'optional_import', 'config_cli']
 
 # %% ../nbs/03_config.ipynb #cd052d08
 @dataclass(frozen=True)
@@ -132,9 +133,22 @@ def flat_config(cfg)->dict:
         d.update(v.dict() if isinstance(v, FrontEnd) else {f.name: v})
     return d
 
+# %% ../nbs/03_config.ipynb #23dbdf68
+class MissingExtra(ImportError):
+    "A module that one of audioset_nb's pip extras installs is not installed."
+
+def optional_import(module:str, # what to import: 'onnxruntime', 'pyarrow.parquet'
+                    extra:str): # the extra that installs it: settings.ini's `<extra>_requirements`
+    "`module`, imported; where it is missing, one sentence naming the extra and the pip command that installs it."
+    try: return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module and not module.startswith(f'{e.name}.'): raise  # installed, but broken inside
+        raise MissingExtra(f"{module.split('.')[0]} is not installed; it comes with audioset_nb's '{extra}' extra: run "
+                           f"pip install -e '.[{extra}]' in the audioset_nb clone.") from None
+
 # %% ../nbs/03_config.ipynb #1ed4b602
-# what a user can cause: a bad value, a missing or unwritable file, a diverged run
-USER_ERRORS = (ValueError, OSError, FloatingPointError)
+# what a user can cause: a bad value, a missing or unwritable file, a diverged run, a missing extra
+USER_ERRORS = (ValueError, OSError, FloatingPointError, MissingExtra)
 
 def config_cli(cls, # the config dataclass
                run, # `run(cfg)`: does the work and prints what the user should see

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
 from .fileio import atomic_path, cannot_write
-from .config import FrontEnd, config_cli
+from .config import FrontEnd, config_cli, optional_import
 from .inference import load_tagger
 from .tagging import quiet_pipe
 
@@ -35,7 +35,7 @@ def export_onnx(model:nn.Module, # a zoo model (plain or prepared by `for_infere
                 model_type:str=None, # default: the model's class name
                 opset:int=17)->Path:
     "Write `model`, front end included, to `path` as ONNX with dynamic batch and length and self-describing metadata."
-    import onnx
+    onnx = optional_import('onnx', 'onnx')
     model_type = model_type or type(model).__name__
     if labels is None:
         from audioset_nb.metadata import load_labels
@@ -103,7 +103,7 @@ def onnx_difference(model:nn.Module, # the torch model
                     path:Path, # its export
                     seconds:float=2.5)->float:
     "Largest ONNX Runtime - torch gap on a random batch of 3: probabilities absolute, embeddings relative (if over 1)."
-    import onnxruntime as ort
+    ort = optional_import('onnxruntime', 'onnx')
     x = 0.3*_example_input(model, seconds).repeat(2, 1)[:3]
     sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {'waveform': x.numpy()})))

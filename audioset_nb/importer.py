@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 import h5py, numpy as np
 from .audio import AUDIO_EXTS, SAMPLE_RATE, audio_source
-from .config import config_cli
+from .config import config_cli, optional_import
 from .fileio import atomic_open, cannot_write, default_cache_dir, default_workers, output_lock
 from .metadata import (CLIP_SECONDS, NUM_CLASSES, clip_name, load_labels, load_segments, parse_part,
                                   read_segments, take_part)
@@ -39,18 +39,14 @@ def _is_url(s)->bool: return '://' in str(s)
 URL_TIMEOUT = 60.  # seconds a URL read may wait for the network (connecting, each read) before it is a fault
 
 def _fsspec(url:str):
-    try: import fsspec
-    except ImportError:
-        raise ValueError(f'{url} is a URL; reading URLs needs fsspec and a filesystem for it '
-                         '(pip install fsspec aiohttp).') from None
-    return fsspec
+    "fsspec, to read `url`; and aiohttp, which its http(s) filesystem reads with."
+    if url.split('://')[0] in ('http', 'https'): optional_import('aiohttp', 'import')
+    return optional_import('fsspec', 'import')
 
 def url_options(url:str, timeout:float=URL_TIMEOUT)->dict:
     "fsspec options that bound each network wait of an http(s) read to `timeout` s; other protocols keep their own."
     if not url.lower().startswith(('http://', 'https://')): return {}
-    try: import aiohttp
-    except ImportError:
-        raise ValueError(f'{url} is an http(s) URL; reading it needs aiohttp (pip install aiohttp).') from None
+    aiohttp = optional_import('aiohttp', 'import')
     # `total` stays unbounded: a large file may take long; what must not happen is a wait without a byte
     return dict(client_kwargs={'timeout': aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)})
 
@@ -78,8 +74,9 @@ def reading_url(path:str, timeout:float=URL_TIMEOUT):
 def open_source(path:str, timeout:float=URL_TIMEOUT):
     "A local file or, where fsspec has a filesystem for it, a URL, opened for binary reading."
     if not _is_url(path): return open(path, 'rb')
+    fsspec, opts = _fsspec(path), url_options(path, timeout)  # a missing extra is its own sentence
     try:
-        with reading_url(path, timeout): return _fsspec(path).open(path, 'rb', **url_options(path, timeout)).open()
+        with reading_url(path, timeout): return fsspec.open(path, 'rb', **opts).open()
     except (ImportError, ValueError) as e: raise ValueError(f'Cannot open {path}: {e}') from None
 
 
@@ -104,7 +101,8 @@ def _kind(path:str)->str|None:
 def _listing(src:str, timeout:float=URL_TIMEOUT)->list:
     "The files SOURCE names: itself, what a glob matches, or everything under a folder; sorted."
     if _is_url(src):
-        try: fs, _, paths = _fsspec(src).get_fs_token_paths(src, storage_options=url_options(src, timeout))
+        fsspec, opts = _fsspec(src), url_options(src, timeout)  # a missing extra is its own sentence
+        try: fs, _, paths = fsspec.get_fs_token_paths(src, storage_options=opts)
         except (ImportError, ValueError) as e: raise ValueError(f'Cannot read {src}: {e}.') from None
         with reading_url(src, timeout):
             return sorted(fs.unstrip_protocol(f) for p in paths for f in (fs.find(p) if fs.isdir(p) else [p]))
@@ -117,7 +115,7 @@ def _listing(src:str, timeout:float=URL_TIMEOUT)->list:
 # %% ../nbs/15_import.ipynb #6c41ea27
 def _parquet_pieces(path:str, timeout:float=URL_TIMEOUT)->list:
     "One piece per row group of an AudioSet parquet file, read from its footer."
-    import pyarrow.parquet as pq
+    pq = optional_import('pyarrow.parquet', 'import')
     with open_source(path, timeout) as f:
         try:
             with reading_url(path, timeout): pf = pq.ParquetFile(f)
@@ -157,7 +155,7 @@ class Clip(NamedTuple):
     why: str|None = None  # why it cannot be used (a damaged tar header), or None
 
 def _parquet_clips(p:Piece, timeout:float=URL_TIMEOUT, batch_rows:int=16)->Iterator[Clip]:
-    import pyarrow.parquet as pq
+    pq = optional_import('pyarrow.parquet', 'import')
     with open_source(p.path, timeout) as f, reading_url(p.path, timeout):
         pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)  # column chunks read through a buffer, not whole
         cols = [c for c in ('video_id', 'audio', 'labels') if c in pf.schema_arrow.names]

@@ -14,7 +14,7 @@ from .metadata import CLIP_SECONDS
 from .audio import SAMPLE_RATE, load_audio, write_wav
 from .checkpoints import (CheckpointError, checkpoint_config, checkpoint_labels, load_weights,
                                      read_checkpoint, write_error)
-from .config import FrontEnd, config_cli
+from .config import FrontEnd, config_cli, optional_import
 from .models import build_model
 from .fastpath import for_inference
 from .tagging import (Failed, Tags, TaggingConfig, audio_files, iter_tags, quiet_pipe, report_failures,
@@ -290,7 +290,7 @@ def demo(checkpoints=None, # .pth files: a folder or paths (default: $AUDIOSET_N
                             'Wavegram_Logmel_Cnn14'),
         ):
     "The tagging app: clip or upload, checkpoint, Tag button; shows a player, the top-10 chart and the SED figure."
-    import ipywidgets as W
+    W = optional_import('ipywidgets', 'demo')
     from html import escape
     from IPython.display import display
     clips = dict(examples if examples is not None else example_clips())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 import numpy as np
+from .config import optional_import
 
 # %% auto #0
 __all__ = ['ONNX_META', 'onnx_settings', 'OnnxRunner']
@@ -37,7 +38,7 @@ class OnnxRunner:
     "An exported model in an ONNX Runtime session, with the labels and audio settings its file records."
     def __init__(self, path:Path, # .onnx file written by `audioset_export`
                  threads:int=0): # intra-op threads (0: ONNX Runtime's default, one per core)
-        import onnxruntime as ort
+        ort = optional_import('onnxruntime', 'onnx')
         self.path = Path(path)
         if not self.path.is_file(): raise ValueError(f'ONNX model {path} does not exist; check --onnx.')
         opts = ort.SessionOptions()

@@ -179,7 +179,6 @@ def big_parquet(tmp_path):
 
 @pytest.mark.parametrize('when', ['footer', 'rows'])
 def test_a_stalled_url_is_a_network_fault_within_the_timeout(tmp_path, when):
-    pytest.importorskip('aiohttp')
     data = big_parquet(tmp_path)
     footer = len(data) - (1 << 20)  # fsspec reads the end of the file first, then the rows
     with RangeServer(data, lambda s: 'stall' if (s >= footer) == (when == 'footer') else None) as srv:
@@ -191,7 +190,6 @@ def test_a_stalled_url_is_a_network_fault_within_the_timeout(tmp_path, when):
     one_sentence(p.stderr, srv.url, 'a network fault, no answer within 2 s', '--timeout')
 
 def test_a_dropped_connection_is_a_network_fault_not_a_bad_file(tmp_path):
-    pytest.importorskip('aiohttp')
     data = big_parquet(tmp_path)
     with RangeServer(data, lambda s: 'drop') as srv:
         p = imp(srv.url, '--waveforms_hdf5_path', tmp_path/'w.h5')

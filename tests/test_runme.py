@@ -43,3 +43,53 @@ def test_full_refuses_a_source_without_a_copy(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith(f'runme.sh --full: {tmp_path/"src"} holds no parquet files, tar shards or clips')
     assert 'YouTube' not in r.stderr
+
+# ---- tools/env.sh: what each command installs, and when pip runs at all (a stand-in python records pip's calls) ----
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+echo "$*" >> "$(dirname "$0")/../calls"
+[ -z "${FAIL_PIP:-}" ] || [ "$1" != -m ] || { echo "pip: no matching distribution" >&2; exit 1; }
+"""
+
+def env_sh(proj:Path, extras:str, **env):
+    "Source tools/env.sh in `proj` asking for `extras`; returns the result and the pip installs it ran."
+    calls = proj/'.venv'/'calls'
+    before = calls.read_text().splitlines() if calls.exists() else []
+    r = subprocess.run(['bash', '-c', f'source tools/env.sh "{extras}"'], cwd=proj, capture_output=True, text=True,
+                       env={**os.environ, **env}, timeout=60)
+    new = calls.read_text().splitlines()[len(before):] if calls.exists() else []
+    return r, [c.split(' -q ', 1)[1] for c in new if c.startswith('-m pip install') and 'upgrade pip' not in c]
+
+def fake_project(root:Path)->Path:
+    for f in ('tools/env.sh', 'settings.ini', 'setup.py'):
+        (root/f).parent.mkdir(parents=True, exist_ok=True)
+        (root/f).write_bytes((ROOT/f).read_bytes())
+    (root/'.venv'/'bin').mkdir(parents=True)
+    (root/'.venv'/'bin'/'python').write_text(FAKE_PYTHON)
+    (root/'.venv'/'bin'/'python').chmod(0o755)
+    (root/'.venv'/'bin'/'activate').write_text(f'PATH="{root}/.venv/bin:$PATH"\n')
+    return root
+
+def test_env_installs_what_each_command_needs_and_never_downgrades(tmp_path):
+    p = fake_project(tmp_path)
+    r, pip = env_sh(p, '')  # ./runme.sh: the runtime requirements only
+    assert r.returncode == 0 and pip == ['-e .'], r.stderr
+    assert 'Installing audioset_nb and its dependencies' in r.stdout
+    assert env_sh(p, '')[1] == []                     # again: nothing to do
+    r, pip = env_sh(p, 'dev')  # ./test.sh after ./runme.sh: upgraded to dev, hearvalidator with it
+    assert pip == ['-e .[dev]', "--no-deps hearvalidator==2021.0.2"], r.stdout + r.stderr
+    assert env_sh(p, '')[1] == [] and env_sh(p, 'import')[1] == []  # ./runme.sh after ./test.sh: dev holds it all
+    with open(p/'settings.ini', 'a') as f: f.write('# changed\n')
+    assert env_sh(p, '')[1] == ['-e .[dev]', "--no-deps hearvalidator==2021.0.2"]  # new settings: dev kept
+    assert env_sh(p, 'dev')[1] == []
+
+def test_env_adds_extras_and_reports_a_failed_install(tmp_path):
+    p = fake_project(tmp_path)
+    assert env_sh(p, 'import')[1] == ['-e .[import]']
+    assert env_sh(p, 'onnx')[1] == ['-e .[import,onnx]']  # what was there stays
+    assert env_sh(p, 'import')[1] == []
+    with open(p/'setup.py', 'a') as f: f.write('# changed\n')
+    r, _ = env_sh(p, '', FAIL_PIP='1')
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == ('Installing failed; the whole log is in '
+                                                                      '.venv/install.log.')
+    assert env_sh(p, '')[1] == ['-e .[import,onnx]']  # the failed install left no stamp: it is tried again

@@ -9,7 +9,7 @@
 # Every step resumes: run it again after an interruption.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source tools/env.sh
+source tools/env.sh "${SOURCE:+import}"  # a local copy is read with the import extra (pyarrow, fsspec)
 W=${WORKSPACE:-workspace/audioset}
 NEED_GB=${NEED_GB:-$([ -n "${SOURCE:-}" ] && echo 1400 || echo 2500)}
 mkdir -p "$W"
