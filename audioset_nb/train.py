@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel
 from .fileio import OutputBusy, atomic_path, atomic_write, output_lock
-from .metadata import load_labels
+from .metadata import black_list_note, black_listed, load_labels, read_black_list
 from .data import AudioSetDataset, EvalSampler, Mixup, make_loader, make_sampler, read_index
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint, unwrap, write_error
 from .config import FrontEnd, config_cli, config_parser, flat_config, parse_config
@@ -30,7 +30,7 @@ __all__ = ['LOSSES', 'train_cli', 'Scores', 'score', 'clip_bce', 'get_loss_func'
            'lr_factor', 'Schedule', 'ema_avg', 'EMA', 'KeepBest', 'selection_key', 'best_of', 'check_finite', 'fit',
            'predict', 'evaluate', 'json_line', 'writing', 'read_statistics', 'statistics_logger', 'plot_statistics',
            'ap_table', 'plot_ap', 'top_confusions', 'make_optimizer', 'Run', 'setup_run', 'recipe_hooks', 'run_folder',
-           'setup_audioset', 'train', 'write_report']
+           'training_rows', 'setup_audioset', 'train', 'write_report']
 
 # %% ../nbs/50_train.ipynb #f80ce663
 @dataclass
@@ -218,6 +218,7 @@ class TrainConfig(RecipeConfig):
     max_eval_clips: int = 0             # evaluate on the first N clips of each set (0: all)
     eval_batch_size: int = 0            # 0: --batch_size
     record_names: str = ''              # append each rank's audio names to `<this>.<rank>` (checks DDP)
+    black_list: str = ''                # CSV of YouTube ids (first column) left out of training, not of evaluation
 
     def __post_init__(self):
         super().__post_init__()
@@ -786,13 +787,25 @@ def _eval_loaders(cfg:TrainConfig, data:dict, dst:Dist)->dict:
     return evals
 
 # %% ../nbs/50_train.ipynb #48466f4b
+def training_rows(path:Path, # the training index
+                  black_list:str='', # `--black_list`: a CSV of YouTube ids to leave out ('': none)
+                  say:bool=True)->tuple: # print what was left out
+    "(the training `Index` without the black list's clips, their rows in the index file; None: all rows)."
+    ix = read_index(path)
+    if not black_list: return ix, None
+    out, absent = black_listed(ix.audio_name, read_black_list(black_list))
+    if say: print(black_list_note(int(out.sum()), absent))
+    if out.all(): raise ValueError(f'--black_list {black_list} leaves out every clip of {path}; nothing to train on.')
+    return ix.subset(~out), np.flatnonzero(~out)
+
 def setup_audioset(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->tuple:
     "(`Run`, evaluation loaders) for `cfg` on this rank."
     paths = _index_paths(cfg)
     mix = cfg.augmentation == 'mixup'
-    data = {k: AudioSetDataset(p, cfg.front.sample_rate, 'training' if k == 'train' else 'evaluation')
-            for k, p in paths.items()}
-    sampler = make_sampler(cfg.balanced, read_index(paths['train']), per_rank(cfg.batch_size, dst)*(2 if mix else 1),
+    ix, keep = training_rows(paths['train'], cfg.black_list, dst.main)
+    data = {k: AudioSetDataset(p, cfg.front.sample_rate, 'evaluation') for k, p in paths.items() if k != 'train'}
+    data['train'] = AudioSetDataset(paths['train'], cfg.front.sample_rate, 'training', rows=keep)
+    sampler = make_sampler(cfg.balanced, ix, per_rank(cfg.batch_size, dst)*(2 if mix else 1),
                            seed=cfg.seed,
                            rank=dst.rank, world_size=dst.world)
     run = setup_run(model if model is not None else build_model(cfg.model_type, cfg.front, classes_num=527),
