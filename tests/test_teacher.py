@@ -106,3 +106,49 @@ def test_bad_input_is_one_sentence(ws, tmp_path):
     assert r.returncode != 0
     one_sentence(r.stderr, '--part')
     assert not list(tmp_path.glob('*t.h5*'))
+
+# ---------------------------------------------------------------------------------------------------- training
+def opposite_teacher(ws, path):
+    "A teacher file that says the opposite of the labels on the five tone classes (and agrees elsewhere)."
+    from audioset_nb.teacher import TeacherWriter
+    from audioset_nb.metadata import load_labels
+    ix = ws/'hdf5s'/'indexes'/'balanced_train.h5'
+    with h5py.File(ix, 'r') as f: y = f['target'][:]
+    z = np.where(y, 8., -8.).astype(np.float32)
+    z[:, :5] = -z[:, :5]
+    with TeacherWriter(path, names(ix), load_labels().names, 0, dict(checkpoints=[])) as w:
+        w.commit(z)
+        w.finish()
+    return path
+
+TRAIN = ['--batch_size=8', '--early_stop=60', '--eval_every=60', '--save_every=60', '--num_workers=0']
+
+def test_label_free_training_learns_the_teacher(ws, tmp_path):
+    from conftest import FLAGS
+    (tmp_path/'hdf5s').symlink_to(ws/'hdf5s')
+    t = opposite_teacher(ws, tmp_path/'opposite.h5')
+    run = lambda *a: cli('audioset_train', f'--workspace={tmp_path}', *FLAGS, *TRAIN, *a, env=THREADS, timeout=900)
+    labels, taught = run(), run('--teacher', t, '--kd_weight=1')
+    assert labels.returncode == 0 and taught.returncode == 0, (labels.stderr[-2000:], taught.stderr[-2000:])
+    assert 'training clips have an entry (100.0%)' in taught.stdout
+    mAP = [json.loads(r.stdout.strip().splitlines()[-1])['test']['mAP'] for r in (labels, taught)]
+    print(mAP)
+    assert mAP[0] > 0.7 and mAP[1] < 0.5, mAP
+
+def test_training_refuses_a_teacher_of_other_clips(ws, tmp_path):
+    from conftest import FLAGS
+    from audioset_nb.teacher import TeacherWriter
+    from audioset_nb.metadata import load_labels
+    (tmp_path/'hdf5s').symlink_to(ws/'hdf5s')
+    other = names(ws/'hdf5s'/'waveforms'/'eval.h5')   # the eval clips' names: none is a training clip
+    with TeacherWriter(tmp_path/'other.h5', other, load_labels().names, 0, dict(checkpoints=[])) as w:
+        w.commit(np.zeros((len(other), 527), np.float32))
+        w.finish()
+    r = cli('audioset_train', f'--workspace={tmp_path}', *FLAGS, '--early_stop=1', '--teacher', tmp_path/'other.h5',
+            env=THREADS, timeout=600)
+    assert r.returncode != 0
+    one_sentence(r.stderr, 'other.h5', 'entries for 0 of the 96 training clips', 'fewer than half')
+    r = cli('audioset_train', f'--workspace={tmp_path}', *FLAGS, '--early_stop=1', '--teacher',
+            ws/'hdf5s'/'waveforms'/'eval.h5', env=THREADS, timeout=600)
+    assert r.returncode != 0
+    one_sentence(r.stderr, 'eval.h5', 'is not a teacher file')
