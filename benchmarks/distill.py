@@ -14,6 +14,8 @@ gains over the label-only one. Everything runs on the CPU, one thread.
 
     python benchmarks/distill.py                 # drop 0.5, 2 teachers x 300 steps, students 150 steps, 3 seeds
     python benchmarks/distill.py --root DIR      # keep (or reuse) the packed mini AudioSet in DIR
+    python benchmarks/distill.py --root DIR --teacher_file DIR/teacher.h5 --recipes labels_teacher --kd_temperature 0.5
+                                                 # one recipe again, with the teacher file of an earlier run
 """
 import argparse, datetime, json, platform, shutil, tempfile, time
 from pathlib import Path
@@ -64,33 +66,40 @@ def main():
     p.add_argument('--teacher_steps', type=int, default=300)
     p.add_argument('--student_steps', type=int, default=150)
     p.add_argument('--seeds', type=int, default=3)
+    p.add_argument('--kd_temperature', type=float, default=1.0)
+    p.add_argument('--teacher_file', help='use this teacher file instead of training teachers')
+    p.add_argument('--recipes', nargs='+', default=['labels', 'labels_teacher', 'teacher_only'])
     p.add_argument('--root', help='folder for the data and the runs (default: a new temporary one)')
     p.add_argument('--out', default=str(Path(__file__).parent/'results'/'distill-cpu.json'))
     a = p.parse_args()
     torch.set_num_threads(1)
     root = Path(a.root) if a.root else Path(tempfile.mkdtemp(prefix='distill_'))
-    if (root/'runs').exists(): shutil.rmtree(root/'runs')  # runs start afresh; the packed data is kept
+    if (root/'runs').exists() and not a.teacher_file: shutil.rmtree(root/'runs')  # afresh; the packed data is kept
     t0 = time.time()
     ws = workspace(root, a.drop)
-    teachers = [run(ws, f'teacher{k}', 'Cnn6_mini', a.teacher_steps, 101 + k) for k in range(a.teachers)]
-    tfile = write_teacher([c for _, _, c in teachers], ws/'hdf5s'/'waveforms'/'balanced_train.h5', root/'teacher.h5',
-                          progress=False).path
-    recipes = dict(labels={}, labels_teacher=dict(teacher=str(tfile), kd_weight=0.9),
-                   teacher_only=dict(teacher=str(tfile), kd_weight=1.0))
+    if a.teacher_file: teachers, tfile = [], Path(a.teacher_file)
+    else:
+        teachers = [run(ws, f'teacher{k}', 'Cnn6_mini', a.teacher_steps, 101 + k) for k in range(a.teachers)]
+        tfile = write_teacher([c for _, _, c in teachers], ws/'hdf5s'/'waveforms'/'balanced_train.h5',
+                              root/'teacher.h5', progress=False).path
+    kd = dict(teacher=str(tfile), kd_temperature=a.kd_temperature)
+    recipes = dict(labels={}, labels_teacher=dict(kd, kd_weight=0.9), teacher_only=dict(kd, kd_weight=1.0))
+    recipes = {r: recipes[r] for r in a.recipes}
     students = {r: [run(ws, f'{r}_{s}', 'Cnn6_mini_DecisionLevelMax', a.student_steps, s, **kw)[0]
                     for s in range(1, a.seeds + 1)] for r, kw in recipes.items()}
     out = dict(benchmark='distill', date=datetime.date.today().isoformat(), device=platform.machine(), threads=1,
                audioset_nb=audioset_nb.__version__, torch=torch.__version__, drop_labels=a.drop,
+               kd_temperature=a.kd_temperature, teacher_file=bool(a.teacher_file),
                teacher=dict(model_type='Cnn6_mini', members=a.teachers, steps=a.teacher_steps,
                             eval_mAP=[m for m, _, _ in teachers], averaged='logits'),
                student=dict(model_type='Cnn6_mini_DecisionLevelMax', steps=a.student_steps, batch_size=16,
                             augmentation='mixup', seeds=a.seeds),
                eval_mAP={r: stats(v) for r, v in students.items()}, minutes=round((time.time() - t0)/60, 1))
-    base = out['eval_mAP']['labels']
+    base = out['eval_mAP'].get('labels')
     out['gain_over_labels'] = {r: dict(gain=round(s['mean'] - base['mean'], 4),
                                        twice_spread=round(2*max(s['sd'], base['sd']), 4),
                                        goal_met=bool(s['mean'] - base['mean'] >= max(0.02, 2*max(s['sd'], base['sd']))))
-                               for r, s in out['eval_mAP'].items() if r != 'labels'}
+                               for r, s in out['eval_mAP'].items() if r != 'labels' and base}
     print(json.dumps({k: out[k] for k in ('eval_mAP', 'gain_over_labels', 'minutes')}, indent=1))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1) + '\n')
