@@ -34,6 +34,10 @@ class Index:
     def __repr__(self): return f'Index({len(self)} clips in {len(self.files)} waveform files)'
     @property
     def hdf5_path(self)->np.ndarray: return np.array(self.files, dtype=object)[self.file_of]
+    def subset(self, rows)->Index:
+        "The index of `rows` only (row numbers, or a bool mask), e.g. without a black list's clips."
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, np.int64)
+        return Index(self.audio_name[rows], self.files, self.file_of[rows], self.index_in_hdf5[rows], self.target[rows])
 
 # %% ../nbs/30_data.ipynb #2f0b4428
 WAVEFORM_KEYS = ('waveform', *(s[0] for s in STORES.values()))  # int16 rows (reference), or a compressed store's bytes
@@ -99,9 +103,11 @@ class AudioSetDataset(Dataset):
     "Clips by row of an index (or waveform) HDF5, as dict(audio_name, waveform float32, target float32)."
     def __init__(self, path:Path,                 # index HDF5, or a waveform HDF5
                  sample_rate:int=SAMPLE_RATE,     # rate the model wants; other than the stored one -> resampled
-                 use:str='training'):             # what the clips are for: a key of `NONFINITE`
+                 use:str='training',              # what the clips are for: a key of `NONFINITE`
+                 rows=None):                      # the index rows to serve, as for `Index.subset` (None: all)
         self.path, self.sample_rate, self.use = Path(path), sample_rate, use
         ix = read_index(path)
+        if rows is not None: ix = ix.subset(rows)
         # 12 bytes a clip go to each worker
         self.files, self.file_of, self.row = ix.files, ix.file_of, ix.index_in_hdf5
         self._stores, self._pid = {}, None
@@ -467,10 +473,9 @@ class Mixup:
 
 # %% ../nbs/30_data.ipynb #b479c52c
 def collate(items:list)->dict:
-    "Dataset items as a batch: audio_name list, waveform (B, T) and target (B, classes) float32 tensors."
+    "Dataset items as a batch: audio_name list, waveform (B, T), target (B, classes) and any other arrays, stacked."
     return dict(audio_name=[d['audio_name'] for d in items],
-                waveform=torch.from_numpy(np.stack([d['waveform'] for d in items])),
-                target=torch.from_numpy(np.stack([d['target'] for d in items])))
+                **{k: torch.from_numpy(np.stack([d[k] for d in items])) for k in items[0] if k != 'audio_name'})
 
 # %% ../nbs/30_data.ipynb #8f3e8cc2
 def _worker_sentence(e:BaseException)->BaseException:

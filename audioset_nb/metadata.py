@@ -12,10 +12,11 @@ import numpy as np
 from .fileio import atomic_write, default_cache_dir, fetch
 
 # %% auto #0
-__all__ = ['DATA_DIR', 'CLIP_SECONDS', 'NUM_CLASSES', 'YTID_RE', 'UNBALANCED_URL', 'UNBALANCED_ROWS', 'Labels', 'read_labels',
-           'load_labels', 'Ontology', 'load_ontology', 'show_tree', 'check_ytid', 'clip_name', 'Segment', 'Segments',
-           'read_segments', 'load_segments', 'format_segments', 'write_segments', 'segments_to_targets',
-           'fetch_unbalanced', 'split_parts', 'write_parts', 'parse_part', 'take_part']
+__all__ = ['DATA_DIR', 'CLIP_SECONDS', 'NUM_CLASSES', 'YTID_RE', 'BLACK_ID_RE', 'UNBALANCED_URL', 'UNBALANCED_ROWS', 'Labels',
+           'read_labels', 'load_labels', 'Ontology', 'load_ontology', 'show_tree', 'check_ytid', 'clip_name', 'Segment',
+           'Segments', 'read_segments', 'load_segments', 'format_segments', 'write_segments', 'read_black_list',
+           'black_listed', 'black_list_note', 'segments_to_targets', 'fetch_unbalanced', 'split_parts', 'write_parts',
+           'parse_part', 'take_part']
 
 # %% ../nbs/02_metadata.ipynb #5313bc2e
 DATA_DIR = Path(str(importlib.resources.files('audioset_nb')))/'data'  # the metadata shipped in the package
@@ -211,6 +212,39 @@ def format_segments(segs:list, comment:str='Segments csv created by audioset_nb'
 def write_segments(path:Path, segs:list, comment:str='Segments csv created by audioset_nb'):
     "Write `segs` to `path` in the official AudioSet format, atomically."
     atomic_write(path, format_segments(segs, comment))
+
+# %% ../nbs/02_metadata.ipynb #1cf08581
+BLACK_ID_RE = re.compile(r'Y?([A-Za-z0-9_-]{11})(?:_\d+(?:\.\d*)?_\d+(?:\.\d*)?)?(?:\.wav)?')
+
+def read_black_list(path:Path)->set:
+    "The YouTube ids named by the first column of black list `path` (a CSV; `#` lines and blank lines skipped)."
+    path = Path(path)
+    if not path.is_file():
+        what = 'is a folder, not a file' if path.is_dir() else 'does not exist'
+        raise FileNotFoundError(f'Black list {path} {what}; check --black_list.')
+    try: lines = path.read_text(encoding='utf-8').splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f'Black list {path} is not UTF-8 text; give a CSV with YouTube ids in its first '
+                         'column.') from None
+    ids = set()
+    for i, line in enumerate(lines, 1):
+        first = re.split(r'[,\t ]', line.strip(), maxsplit=1)[0]
+        if not first or first.startswith('#') or first in ('YTID', 'youtube_id', 'filename'): continue
+        m = BLACK_ID_RE.fullmatch(first)
+        if not m: raise ValueError(f'Black list {path}, line {i}: {first!r} is not a YouTube id (11 characters from '
+                                   'A-Z a-z 0-9 _ -); fix or remove that row.')
+        ids.add(m[1])
+    return ids
+
+# %% ../nbs/02_metadata.ipynb #520d4788
+def black_listed(names, # audio names, `Y<ytid>.wav`
+                 ids:set)->tuple: # YouTube ids, from `read_black_list`
+    "(bool mask of the `names` whose id is in `ids`, how many of `ids` no name has)."
+    ytids = [n[1:12] for n in names]
+    return np.array([y in ids for y in ytids], bool).reshape(-1), len(set(ids) - set(ytids))
+
+def black_list_note(left_out:int, absent:int)->str:
+    return f'left out {left_out} clips on the black list ({absent} ids not in this set)'
 
 # %% ../nbs/02_metadata.ipynb #8d802e0d
 def segments_to_targets(segs:list, labels:Labels=None)->np.ndarray:

@@ -22,7 +22,7 @@ __all__ = ['MINI_CLASSES', 'MINI_MIDS', 'LEVELS', 'FLOOR_DB', 'N_EVENTS', 'SUBSE
            'AAC_PADDING_S', 'RIGHT_GAIN', 'audioset_mini', 'MiniClass', 'class_table', 'SynthEvent', 'draw_events',
            'render_event', 'synth_clip', 'make_ytids', 'deal_classes', 'SourceFormat', 'Source', 'plan_source', 'Clip',
            'source_audio', 'write_source', 'similarity', 'probe_media', 'decode_audio', 'MiniAudioSet', 'plan_mini',
-           'load_mini', 'reference_segment', 'make_mini', 'write_sources', 'MiniConfig']
+           'load_mini', 'reference_segment', 'drop_positives', 'make_mini', 'write_sources', 'MiniConfig']
 
 # %% ../nbs/90_mini.ipynb #180808b3
 def _fade(x:np.ndarray, sr:int, ms:float=5.)->np.ndarray:
@@ -537,25 +537,36 @@ def reference_segment(root_or_mini, # a `MiniAudioSet` or the folder `make_mini`
     return mini.reference_segment(ytid)
 
 # %% ../nbs/90_mini.ipynb #f6499b9a
+def drop_positives(segs:list, share:float, seed:int=0)->list:
+    "`segs` with each label left out with probability `share`, each clip keeping at least one, from `seed`."
+    rng = _spawn_rng([seed], 102)
+    keep = lambda ls: tuple(m for m in ls if rng.random() >= share) or (ls[rng.integers(len(ls))],)
+    return [s._replace(labels=keep(s.labels)) for s in segs]
+
 def make_mini(root:Path, # folder to write into (created; a rerun resumes)
               seed:int=0, # everything follows from it
               n_train:int=600, # clips in balanced_train
               n_eval:int=150, # clips in eval
               sources:bool=True, # also write one source file per clip in root/sources
               num_workers:int=None, # parallel ffmpeg encoders (default: one per core)
-              progress:bool=False)->MiniAudioSet: # show a progress bar while sources are written
+              progress:bool=False, # show a progress bar while sources are written
+              drop_labels:float=0.0)->MiniAudioSet: # share of balanced_train's true labels left out of its list
     "Write a mini AudioSet (segment CSVs, events.jsonl and source files) into `root`, deterministically from `seed`."
     root = Path(root)
     if not (isinstance(seed, (int, np.integer)) and seed >= 0):
         raise ValueError(f'seed={seed!r} must be a non-negative integer.')
     if min(n_train, n_eval) < 1: raise ValueError(f'n_train={n_train} and n_eval={n_eval} must both be at least 1.')
-    cfg = json.dumps(dict(seed=seed, n_train=n_train, n_eval=n_eval, classes=MINI_CLASSES), indent=1) + '\n'
+    if not 0 <= drop_labels < 1: raise ValueError(f'--drop_labels {drop_labels} must be at least 0 and below 1.')
+    dropped = dict(drop_labels=drop_labels) if drop_labels else {}  # minis made before the option keep their mini.json
+    cfg = json.dumps(dict(seed=seed, n_train=n_train, n_eval=n_eval, classes=MINI_CLASSES, **dropped), indent=1) + '\n'
     if (root/'mini.json').is_file() and (root/'mini.json').read_text() != cfg:
         raise ValueError(f'{root} holds a mini AudioSet made with other settings ({root/"mini.json"}); use another '
                          f'folder or delete it.')
     clips = plan_mini(seed, n_train, n_eval)
     for k, subset in enumerate(SUBSETS):
-        write_segments(root/'metadata'/f'{subset}_segments.csv', [_segment(c) for c in clips if c.subset == subset],
+        segs = [_segment(c) for c in clips if c.subset == subset]
+        if subset == 'balanced_train' and drop_labels: segs = drop_positives(segs, drop_labels, seed)
+        write_segments(root/'metadata'/f'{subset}_segments.csv', segs,
                        f'Mini AudioSet {subset} segments, made by audioset_nb.mini with seed={seed}')
     atomic_write(root/'events.jsonl', ''.join(_clip_to_json(c) + '\n' for c in clips))
     atomic_write(root/'mini.json', cfg)
@@ -583,9 +594,11 @@ class MiniConfig:
     n_eval: int = 150             # clips in eval
     sources: bool = True          # also write one source file per clip (--no_sources: only the CSVs and events.jsonl)
     num_workers: int|None = None  # parallel ffmpeg encoders (default: one per core)
+    drop_labels: float = 0.0      # share of balanced_train's true labels left out of its list; eval keeps all
 
 def _make_and_print(cfg:MiniConfig):
-    try: m = make_mini(Path(cfg.root), cfg.seed, cfg.n_train, cfg.n_eval, cfg.sources, cfg.num_workers, progress=True)
+    try: m = make_mini(Path(cfg.root), cfg.seed, cfg.n_train, cfg.n_eval, cfg.sources, cfg.num_workers, progress=True,
+                       drop_labels=cfg.drop_labels)
     except RuntimeError as e: raise ValueError(str(e)) from None  # ffmpeg failed: said in its one sentence
     except (FileNotFoundError, ValueError): raise
     except OSError as e: raise cannot_write(cfg.root, e) from None  # a read-only or full disk: --root named, with a fix

@@ -14,8 +14,8 @@ from .audio import (SAMPLE_RATE, STORES, AudioError, die_with_parent, encode_row
                                pad_or_truncate, to_int16)
 from .config import config_cli
 from .fileio import CannotWrite, atomic_path, cannot_write, default_workers, output_lock, remove_stale_temps
-from .metadata import (CLIP_SECONDS, NUM_CLASSES, clip_name, parse_part, read_segments, segments_to_targets,
-                                  take_part)
+from .metadata import (CLIP_SECONDS, NUM_CLASSES, black_list_note, black_listed, clip_name, parse_part,
+                                  read_black_list, read_segments, segments_to_targets, take_part)
 
 # %% auto #0
 __all__ = ['CODECS', 'pack_cli', 'encode_clip', 'encode_job', 'ordered_map', 'WaveformWriter', 'PackResult', 'progress_bar',
@@ -305,20 +305,25 @@ def _index_datasets(f:h5py.File, n:int=0, resizable:bool=False):
     f.create_dataset('hdf5_path', (n,), 'S200', **mx)
     f.create_dataset('index_in_hdf5', (n,), np.int32, **mx)
 
+def _decode_names(a)->list: return [n.decode() for n in a]
+
 def write_index(waveforms_hdf5_path:Path, # a packed waveform HDF5
-                indexes_hdf5_path:Path)->Path:
-    "Write the index file of one waveform HDF5."
+                indexes_hdf5_path:Path,
+                leave_out:set=None)->Path: # YouTube ids whose clips the index leaves out (a black list)
+    "Write the index file of one waveform HDF5, without the clips of `leave_out`."
     src = Path(waveforms_hdf5_path).resolve()
     if not src.is_file():
         raise FileNotFoundError(f'Waveform file {src} does not exist; pack it first (--waveforms_hdf5_path).')
     if len(str(src)) > 200:
         raise ValueError(f'The path {src} is longer than the 200 bytes an index can hold; pack to a shorter path.')
     with h5py.File(src, 'r') as w: names, target = w['audio_name'][:], w['target'][:]
+    rows = np.flatnonzero(~black_listed(_decode_names(names), leave_out or set())[0])
+    names, target = names[rows], target[rows]
     def fill(f):
         _index_datasets(f, len(names))
         f['audio_name'][:], f['target'][:] = names, target
         f['hdf5_path'][:] = np.array([str(src).encode()]*len(names), dtype='S200')
-        f['index_in_hdf5'][:] = np.arange(len(names), dtype=np.int32)
+        f['index_in_hdf5'][:] = rows.astype(np.int32)
     return _write_h5(indexes_hdf5_path, fill, len(names)*(20 + NUM_CLASSES + 200 + 4))
 
 # %% ../nbs/20_pack.ipynb #acb2d676
@@ -375,6 +380,7 @@ class PackConfig:
     num_workers: int|None = None                # decoding processes (default: one per core)
     codec: str|None = None                  # a compressed store: 'flac' (lossless) or 'mp3' (lossy)
     part: str|None = None                   # i/n: pack only the i-th (from 0) of n slices of the CSV
+    black_list: str|None = None             # CSV of YouTube ids (first column) that the index leaves out
     quiet: bool = False                     # no progress bar
 
     def __post_init__(self):
@@ -389,18 +395,26 @@ class PackConfig:
                              'or --indexes_hdf5s_dir/--full_indexes_hdf5_path to combine.')
         check_pack_settings(self.sample_rate, self.clip_seconds, self.num_workers, self.codec)
         if self.part: parse_part(self.part)
+        if self.black_list and not (self.waveforms_hdf5_path and self.indexes_hdf5_path):
+            raise ValueError('--black_list leaves clips out of an index: give --indexes_hdf5_path too.')
 
 # %% ../nbs/20_pack.ipynb #de8a2791
+def _black_list_counts(waveforms_hdf5_path:Path, ids:set)->str:
+    with h5py.File(waveforms_hdf5_path, 'r') as f: mask, absent = black_listed(_decode_names(f['audio_name'][:]), ids)
+    return black_list_note(int(mask.sum()), absent)
+
 def pack(cfg:PackConfig):
     "Do what `cfg` asks (pack, index, combine), printing a line for each file written."
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    black = read_black_list(cfg.black_list) if cfg.black_list else None  # a bad list fails before hours of packing
     if cfg.csv_path:
         r = pack_waveforms(cfg.csv_path, cfg.audios_dir, cfg.waveforms_hdf5_path, cfg.sample_rate, cfg.clip_seconds,
                            cfg.num_workers,
                            cfg.codec, part=cfg.part, progress=not cfg.quiet)
         print(f'packed {r.rows} clips into {r.path}; {len(r.skipped)} left out')
     if cfg.waveforms_hdf5_path and cfg.indexes_hdf5_path:
-        print(f'wrote index {write_index(cfg.waveforms_hdf5_path, cfg.indexes_hdf5_path)}')
+        print(f'wrote index {write_index(cfg.waveforms_hdf5_path, cfg.indexes_hdf5_path, black)}')
+        if black is not None: print(_black_list_counts(cfg.waveforms_hdf5_path, black))
     if cfg.indexes_hdf5s_dir:
         print(f'wrote full index {combine_indexes(cfg.indexes_hdf5s_dir, cfg.full_indexes_hdf5_path)}')
 

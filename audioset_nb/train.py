@@ -16,21 +16,22 @@ from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel
 from .fileio import OutputBusy, atomic_path, atomic_write, output_lock
-from .metadata import load_labels
+from .metadata import black_list_note, black_listed, load_labels, read_black_list
 from .data import AudioSetDataset, EvalSampler, Mixup, make_loader, make_sampler, read_index
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint, unwrap, write_error
 from .config import FrontEnd, config_cli, config_parser, flat_config, parse_config
 from .models import MODELS, build_model, do_mixup
+from .teacher import Teacher, WithTeacher, coverage
 
 # %% auto #0
-__all__ = ['LOSSES', 'train_cli', 'Scores', 'score', 'clip_bce', 'get_loss_func', 'softmax_ce', 'ClassScores', 'class_scores',
-           'plot_confusion', 'random_gain_eq', 'augmented', 'RecipeConfig', 'TrainConfig', 'run_dir', 'checkpoints_dir',
-           'statistics_path', 'checkpoint_path', 'Dist', 'setup_dist', 'per_rank', 'process_group', 'autocast',
-           'fp32_frontend', 'seed_everything', 'rng_state', 'set_rng_state', 'gather', 'load_state', 'Hook', 'Hooks',
-           'lr_factor', 'Schedule', 'ema_avg', 'EMA', 'KeepBest', 'selection_key', 'best_of', 'check_finite', 'fit',
-           'predict', 'evaluate', 'json_line', 'writing', 'read_statistics', 'statistics_logger', 'plot_statistics',
-           'ap_table', 'plot_ap', 'top_confusions', 'make_optimizer', 'Run', 'setup_run', 'recipe_hooks', 'run_folder',
-           'setup_audioset', 'train', 'write_report']
+__all__ = ['LOSSES', 'train_cli', 'Scores', 'score', 'clip_bce', 'get_loss_func', 'kd_bce', 'softmax_ce', 'ClassScores',
+           'class_scores', 'plot_confusion', 'random_gain_eq', 'augmented', 'RecipeConfig', 'TrainConfig', 'run_dir',
+           'checkpoints_dir', 'statistics_path', 'checkpoint_path', 'Dist', 'setup_dist', 'per_rank', 'process_group',
+           'autocast', 'fp32_frontend', 'seed_everything', 'rng_state', 'set_rng_state', 'gather', 'load_state', 'Hook',
+           'Hooks', 'lr_factor', 'Schedule', 'ema_avg', 'EMA', 'KeepBest', 'selection_key', 'best_of', 'check_finite',
+           'fit', 'predict', 'evaluate', 'json_line', 'writing', 'read_statistics', 'statistics_logger',
+           'plot_statistics', 'ap_table', 'plot_ap', 'top_confusions', 'make_optimizer', 'Run', 'setup_run',
+           'recipe_hooks', 'run_folder', 'training_rows', 'teacher_for', 'setup_audioset', 'train', 'write_report']
 
 # %% ../nbs/50_train.ipynb #f80ce663
 @dataclass
@@ -90,6 +91,18 @@ def get_loss_func(loss_type:str)->callable:
     if loss_type not in LOSSES:
         raise ValueError(f'Unknown --loss_type {loss_type!r}; choose one of {", ".join(LOSSES)}.')
     return LOSSES[loss_type]
+
+# %% ../nbs/50_train.ipynb #14aead5a
+def kd_bce(kd_weight:float=0.9)->callable: # share of the teacher term (1: labels unused)
+    "EfficientAT's distillation loss on rows [labels, teacher targets, has entry]; the teacher term 0 without one."
+    def loss(output:dict, # model output with `clipwise_output` (batch, classes)
+             target:torch.Tensor)->torch.Tensor: # (batch, 2 classes + 1)
+        c = (target.shape[1] - 1)//2
+        p, target = torch.nan_to_num(output['clipwise_output'].float()), target.float()
+        has = (target[:, 2*c] > 0.999).float()  # mixed: both clips have an entry
+        kd = F.binary_cross_entropy(p, target[:, c:2*c], reduction='none').mean(1)
+        return (1 - kd_weight)*F.binary_cross_entropy(p, target[:, :c]) + kd_weight*(kd*has).mean() + 0*p.sum()
+    return loss
 
 # %% ../nbs/50_train.ipynb #f2430629
 def softmax_ce(output:dict, # model output with `logits` (batch, classes)
@@ -218,6 +231,10 @@ class TrainConfig(RecipeConfig):
     max_eval_clips: int = 0             # evaluate on the first N clips of each set (0: all)
     eval_batch_size: int = 0            # 0: --batch_size
     record_names: str = ''              # append each rank's audio names to `<this>.<rank>` (checks DDP)
+    black_list: str = ''                # CSV of YouTube ids (first column) left out of training, not of evaluation
+    teacher: str = ''                   # teacher file (or folder of parts) from audioset_teacher: distil from it
+    kd_weight: float = 0.9              # with --teacher: share of the teacher term in the loss (1: labels unused)
+    kd_temperature: float = 1.0         # with --teacher: the teacher's targets are σ(logits / this)
 
     def __post_init__(self):
         super().__post_init__()
@@ -227,13 +244,17 @@ class TrainConfig(RecipeConfig):
         if min(self.eval_every, self.save_every, self.log_every) < 1:
             raise ValueError('--eval_every, --save_every and --log_every must be positive.')
         if self.warmup_iterations < 0: raise ValueError('--warmup_iterations must be 0 or more.')
+        if not 0 <= self.kd_weight <= 1 or self.kd_temperature <= 0:
+            raise ValueError(f'--kd_weight {self.kd_weight} must be from 0 to 1 and --kd_temperature '
+                             f'{self.kd_temperature} above 0.')
 
 # %% ../nbs/50_train.ipynb #25bcd287
 def run_dir(cfg:TrainConfig)->Path:
-    "The reference's per-run sub-directory: features, data type, model, loss, sampling, augmentation, batch size."
+    "The reference's per-run sub-directory: features, data type, model, loss (teacher), sampling, mixup, batch size."
     c = cfg
     features = ','.join(f'{k}={v}' for k, v in c.front.dict().items())
-    return (Path(features)/f'data_type={c.data_type}'/c.model_type/f'loss_type={c.loss_type}'/
+    kd = f',teacher,kd_weight={c.kd_weight},kd_temperature={c.kd_temperature}' if c.teacher else ''
+    return (Path(features)/f'data_type={c.data_type}'/c.model_type/f'loss_type={c.loss_type}{kd}'/
             f'balanced={c.balanced}'/f'augmentation={c.augmentation}'/f'batch_size={c.batch_size}')
 
 def checkpoints_dir(cfg:TrainConfig)->Path: return Path(cfg.workspace)/'checkpoints'/'main'/run_dir(cfg)
@@ -473,7 +494,7 @@ def _agree(flag:bool, dst:Dist)->bool:
 
 def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in DDP or torch.compile
         opt:torch.optim.Optimizer,
-        batches, # endless iterable of dict(waveform (B, n), target (B, classes))
+        batches, # endless iterable of dict(waveform (B, n), target (B, classes)[, teacher (B, classes + 1)])
         loss_fn:callable, # (model output, target) -> scalar loss
         evaluate:callable, # model -> {name: Scores}; called on rank 0
         save:callable, # (iteration, keep:bool) -> None; called on every rank
@@ -531,6 +552,7 @@ def fit(model:nn.Module, # returns dict(clipwise_output=...); may be wrapped in 
         batch = next(stream)
         wait += time.perf_counter() - t
         x, y, lam = _to(batch['waveform'], dev), _to(batch['target'], dev).float(), None
+        if 'teacher' in batch: y = torch.cat([y, _to(batch['teacher'], dev).float()], 1)  # see `kd_bce`
         # mixup: pairs of clips are mixed inside the model (after the front end), their targets here
         if mixup is not None:
             lam = _to(mixup(len(x)), dev)
@@ -786,13 +808,45 @@ def _eval_loaders(cfg:TrainConfig, data:dict, dst:Dist)->dict:
     return evals
 
 # %% ../nbs/50_train.ipynb #48466f4b
+def training_rows(path:Path, # the training index
+                  black_list:str='', # `--black_list`: a CSV of YouTube ids to leave out ('': none)
+                  say:bool=True)->tuple: # print what was left out
+    "(the training `Index` without the black list's clips, their rows in the index file; None: all rows)."
+    ix = read_index(path)
+    if not black_list: return ix, None
+    out, absent = black_listed(ix.audio_name, read_black_list(black_list))
+    if say: print(black_list_note(int(out.sum()), absent))
+    if out.all(): raise ValueError(f'--black_list {black_list} leaves out every clip of {path}; nothing to train on.')
+    return ix.subset(~out), np.flatnonzero(~out)
+
+def teacher_for(path:str, # `--teacher`: a teacher file, or a folder of them
+                names, # the training clips' audio names
+                temperature:float=1.0, say:bool=True)->Teacher:
+    "The teacher at `path`, refused unless it scores AudioSet's classes and has entries for half the clips or more."
+    t = Teacher(path, temperature)
+    if len(t.labels) != len(load_labels()):
+        raise ValueError(f'Teacher file {path} scores {len(t.labels)} classes, not the {len(load_labels())} of '
+                         'AudioSet.')
+    n, share = coverage(t, names), 100*coverage(t, names)/max(len(names), 1)
+    if say: print(f'teacher {path}: {n} of {len(names)} training clips have an entry ({share:.1f}%); the others '
+                  'train on labels alone')
+    if n < len(names)/2:
+        raise ValueError(f'Teacher file {path} has entries for {n} of the {len(names)} training clips, fewer than '
+                         "half; was it written from this workspace's waveforms (audioset_teacher "
+                         '--waveforms_hdf5_path)?')
+    return t
+
 def setup_audioset(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->tuple:
     "(`Run`, evaluation loaders) for `cfg` on this rank."
     paths = _index_paths(cfg)
     mix = cfg.augmentation == 'mixup'
-    data = {k: AudioSetDataset(p, cfg.front.sample_rate, 'training' if k == 'train' else 'evaluation')
-            for k, p in paths.items()}
-    sampler = make_sampler(cfg.balanced, read_index(paths['train']), per_rank(cfg.batch_size, dst)*(2 if mix else 1),
+    ix, keep = training_rows(paths['train'], cfg.black_list, dst.main)
+    data = {k: AudioSetDataset(p, cfg.front.sample_rate, 'evaluation') for k, p in paths.items() if k != 'train'}
+    data['train'] = AudioSetDataset(paths['train'], cfg.front.sample_rate, 'training', rows=keep)
+    if cfg.teacher:
+        t = teacher_for(cfg.teacher, ix.audio_name, cfg.kd_temperature, dst.main)
+        data['train'] = WithTeacher(data['train'], t)
+    sampler = make_sampler(cfg.balanced, ix, per_rank(cfg.batch_size, dst)*(2 if mix else 1),
                            seed=cfg.seed,
                            rank=dst.rank, world_size=dst.world)
     run = setup_run(model if model is not None else build_model(cfg.model_type, cfg.front, classes_num=527),
@@ -820,7 +874,8 @@ def _train(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->dict:
                                      config=flat_config(cfg))
     log = statistics_logger(statistics_path(cfg), run.start) if dst.main else None
     batches = _recorded(run.loader, Path(f'{cfg.record_names}.{dst.rank}')) if cfg.record_names else run.loader
-    scores = fit(run.model, run.opt, batches, get_loss_func(cfg.loss_type),
+    loss = kd_bce(cfg.kd_weight) if cfg.teacher else get_loss_func(cfg.loss_type)
+    scores = fit(run.model, run.opt, batches, loss,
                  lambda m: {k: evaluate(m, dl, dst.device, cfg.amp) for k, dl in evals.items()}, save, log,
                  iterations=cfg.early_stop, start=run.start, eval_every=cfg.eval_every, save_every=cfg.save_every,
                  log_every=cfg.log_every, mixup=run.mixup, dst=dst, amp=cfg.amp, progress=cfg.progress, hooks=hooks)
