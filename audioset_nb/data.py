@@ -69,13 +69,14 @@ def read_index(path:Path)->Index:
         target = f['target'][:] if 'target' in f else None
         if any(k in f for k in WAVEFORM_KEYS) and names is not None:
             return Index(names, [str(path.resolve())], np.zeros(len(names), np.int32), np.arange(len(names)),
-                         target.astype(bool))
+                         target.astype(bool, copy=False))
         if not all(k in f for k in INDEX_KEYS):
             raise ValueError(f'{path} is neither an index HDF5 ({", ".join(INDEX_KEYS)}) nor a waveform HDF5; '
                              'make one with `audioset_pack`.')
         files, file_of = _factorize(f['hdf5_path'][:].tolist())
         files = [_resolve(p.decode(), path.parent) for p in files]
-        return Index(names, files, file_of, f['index_in_hdf5'][:].astype(np.int64), target.astype(bool))
+        return Index(names, files, file_of, f['index_in_hdf5'][:].astype(np.int64),
+                     target.astype(bool, copy=False))  # 1 GB at AudioSet's size: not twice
 
 # %% ../nbs/30_data.ipynb #c0bb33eb
 class _Store:
@@ -356,8 +357,10 @@ class BalancedSampler(TrainSampler):
     def __init__(self, targets:np.ndarray, # bool (N, classes) multi-hot targets of the index
                  batch_size:int, seed:int=1234, rank:int=0, world_size:int=1, **kw):
         targets = np.asarray(targets, dtype=bool)
-        rows, cols = np.nonzero(targets.T)
-        self.members = np.split(cols, np.cumsum(np.bincount(rows, minlength=targets.shape[1]))[:-1])
+        # each class's clips in row order; nonzero of the transpose would stride through 1 GB (minutes at 2 M clips)
+        rows, cols = np.nonzero(targets)
+        by_class = rows[np.argsort(cols, kind='stable')]
+        self.members = np.split(by_class, np.cumsum(np.bincount(cols, minlength=targets.shape[1]))[:-1])
         self.classes = np.array([k for k, m in enumerate(self.members) if len(m)])
         if not len(self.classes): raise ValueError('No clip has a label; balanced sampling needs labelled clips.')
         self.round, self.pos, self.epochs, self.pointers = 0, 0, [0]*targets.shape[1], [0]*targets.shape[1]
