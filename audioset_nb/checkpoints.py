@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from .fileio import atomic_open, default_cache_dir, fetch, md5sum
+from .fileio import atomic_open, cannot_write, default_cache_dir, fetch, md5sum
 
 # %% auto #0
-__all__ = ['ZENODO_RECORD', 'PUBLISHED', 'load_checkpoint', 'unwrap', 'load_weights', 'write_error', 'save_checkpoint',
-           'CheckpointError', 'read_checkpoint', 'checkpoint_labels', 'checkpoint_config', 'fetch_checkpoint']
+__all__ = ['ZENODO_RECORD', 'PUBLISHED', 'load_checkpoint', 'unwrap', 'load_weights', 'save_checkpoint', 'CheckpointError',
+           'read_checkpoint', 'checkpoint_labels', 'checkpoint_config', 'fetch_checkpoint']
 
 # %% ../nbs/40_checkpoints.ipynb #73c281ad
 def _numpy_globals():
@@ -95,24 +95,6 @@ def load_weights(model:nn.Module, # the model to fill
     target.load_state_dict(sd, strict=True)
     return model
 
-# %% ../nbs/40_checkpoints.ipynb #7ebb63f0
-_FIXES = {errno.ENOSPC: 'the disk is full; free some space or choose another folder',
-          errno.EDQUOT: 'your disk quota is used up; free some space or choose another folder',
-          errno.EROFS: 'its folder is on a read-only file system; choose a writable folder',
-          errno.EACCES: 'you may not write to its folder; change its permissions or choose another folder',
-          errno.EPERM: 'you may not write to its folder; change its permissions or choose another folder'}
-
-def write_error(path:str|Path, # the file that was being written
-                e:BaseException, # what writing it raised (an `OSError`, or torch's `RuntimeError` around one)
-                what:str='file')->OSError:
-    "An `OSError` that says in one sentence which file could not be written, why, and what to do."
-    while not isinstance(e, OSError) and (e.__cause__ or e.__context__): e = e.__cause__ or e.__context__
-    code = getattr(e, 'errno', None)
-    why = _FIXES.get(code) or f'{getattr(e, "strerror", None) or e}; check the disk and the folder'
-    err = OSError(f'Could not write the {what} {path}: {why}.')
-    err.errno = code  # kept for callers that test it; not in the message, which stays one sentence
-    return err
-
 # %% ../nbs/40_checkpoints.ipynb #8821fa4a
 def save_checkpoint(path:str|Path, # where to write
                     model:nn.Module, # its state dict goes under 'model'
@@ -120,7 +102,7 @@ def save_checkpoint(path:str|Path, # where to write
     "Atomically save `{'model': state_dict, **extra}` to `path`."
     try:
         with atomic_open(path, 'wb') as f: torch.save({'model': unwrap(model).state_dict(), **extra}, f)
-    except (OSError, RuntimeError) as e: raise write_error(path, e, 'checkpoint') from None
+    except (OSError, RuntimeError) as e: raise cannot_write(path, e, 'the checkpoint') from None  # torch wraps OSError
     return path
 
 # %% ../nbs/40_checkpoints.ipynb #43812481

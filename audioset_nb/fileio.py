@@ -96,14 +96,19 @@ _WHY = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is used 
         errno.EROFS: 'the file system is read-only',
         errno.EACCES: 'permission denied', errno.EPERM: 'permission denied'}
 
-def cannot_write(path:str|Path, e:OSError)->CannotWrite:
-    "The one-sentence `CannotWrite` for an `OSError` `e` met while writing `path`."
+def cannot_write(path:str|Path, # the output that could not be written
+                 e:BaseException, # what writing it raised: an `OSError`, or an error around one (torch's zip writer)
+                 what:str='')->CannotWrite: # what the output is, for the sentence ('the checkpoint')
+    "The one-sentence `CannotWrite` for what was raised while writing `path`, keeping the disk's error number."
     if isinstance(e, CannotWrite): return e
-    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-    fix = ('free some space there or choose another place' if full else
-           'choose a folder you may write to, or fix its permissions')
-    err = CannotWrite(f'Cannot write {path}: {_WHY.get(e.errno, e.strerror or str(e))}; {fix}.')
-    err.errno = e.errno
+    while not isinstance(e, OSError) and (e.__cause__ or e.__context__): e = e.__cause__ or e.__context__
+    code = getattr(e, 'errno', None)
+    fix = ('free some space there or choose another place' if code in (errno.ENOSPC, errno.EDQUOT) else
+           'choose a folder you may write to, or fix its permissions' if isinstance(e, OSError) else
+           'check the disk and the folder')
+    why = _WHY.get(code) or getattr(e, 'strerror', None) or str(e)
+    err = CannotWrite(f'Cannot write {what + " " if what else ""}{path}: {why}; {fix}.')
+    err.errno = code
     return err
 
 # %% ../nbs/00_fileio.ipynb #1dd3b87e

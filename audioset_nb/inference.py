@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, NamedTuple
 import numpy as np, torch
-from .fileio import atomic_path
+from .fileio import atomic_path, cannot_write
 from .metadata import CLIP_SECONDS
 from .audio import SAMPLE_RATE, load_audio, write_wav
 from .checkpoints import (CheckpointError, checkpoint_config, checkpoint_labels, load_weights,
-                                     read_checkpoint, write_error)
+                                     read_checkpoint)
 from .config import FrontEnd, config_cli, optional_import
 from .models import build_model
 from .fastpath import for_inference
@@ -247,7 +247,7 @@ def _save_figure(t:Tags, folder:Path, seconds:float, window_size:int, hop_size:i
     png = folder/f'{Path(t.path).stem}.png'
     try:
         with atomic_path(png, suffix='.png') as tmp: fig.savefig(tmp)
-    except OSError as e: raise write_error(png, e, 'SED figure') from None
+    except OSError as e: raise cannot_write(png, e, 'the SED figure') from None
     finally: plt.close(fig)
 
 # %% ../nbs/60_inference.ipynb #1c514391

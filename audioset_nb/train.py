@@ -15,10 +15,10 @@ from sklearn import metrics
 from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel
-from .fileio import OutputBusy, atomic_path, atomic_write, output_lock
+from .fileio import OutputBusy, atomic_path, atomic_write, cannot_write, output_lock
 from .metadata import black_list_note, black_listed, load_labels, read_black_list
 from .data import AudioSetDataset, EvalSampler, Mixup, make_loader, make_sampler, read_index
-from .checkpoints import load_checkpoint, load_weights, save_checkpoint, unwrap, write_error
+from .checkpoints import load_checkpoint, load_weights, save_checkpoint, unwrap
 from .config import FrontEnd, config_cli, config_parser, flat_config, parse_config
 from .models import MODELS, build_model, do_mixup
 from .teacher import Teacher, WithTeacher, coverage
@@ -604,12 +604,12 @@ def json_line(rec:dict)->str:
 
 # %% ../nbs/50_train.ipynb #83f8c015
 @contextlib.contextmanager
-def writing(path:Path, what:str='file'):
+def writing(path:Path, what:str='the file'):
     "Turn a failure to write `path` inside the block (full disk, read-only, permission) into one sentence."
     try: yield
     except OSError as e:
         if isinstance(e, OutputBusy): raise
-        raise write_error(path, e, what) from None
+        raise cannot_write(path, e, what) from None
 
 # %% ../nbs/50_train.ipynb #eaecba87
 def read_statistics(path:Path)->list:
@@ -622,11 +622,11 @@ def statistics_logger(path:Path, # statistics JSON lines
     "A function appending one record per call to `path`, flushed at once."
     path = Path(path)
     old = [r for r in read_statistics(path) if r['iteration'] <= start] if start and path.exists() else []
-    with writing(path, 'statistics file'):
+    with writing(path, 'the statistics file'):
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, ''.join(json_line(r) for r in old))
     def log(rec:dict):
-        with writing(path, 'statistics file'), open(path, 'a') as f: f.write(json_line(rec))
+        with writing(path, 'the statistics file'), open(path, 'a') as f: f.write(json_line(rec))
     return log
 
 # %% ../nbs/50_train.ipynb #0ef7c96f
@@ -791,7 +791,7 @@ def run_folder(path:Path, # the folder a run writes its checkpoints to
         yield path
         return
     with contextlib.ExitStack() as held:
-        with writing(path, 'training run folder'):
+        with writing(path, 'the training run folder'):
             path.mkdir(parents=True, exist_ok=True)
             held.enter_context(output_lock(path, 'training run folder'))
             for d in (path, *map(Path, also)):
@@ -892,11 +892,11 @@ def write_report(cfg:TrainConfig, scores:dict):
     d = statistics_path(cfg).parent
     ax = plot_statistics(read_statistics(statistics_path(cfg)), Figure(figsize=(6, 4)).subplots())
     ax.set_title(cfg.model_type)
-    with writing(d/'curve.png', 'training curve'), atomic_path(d/'curve.png', suffix='.png') as tmp:
+    with writing(d/'curve.png', 'the training curve'), atomic_path(d/'curve.png', suffix='.png') as tmp:
         ax.figure.savefig(tmp, dpi=100, bbox_inches='tight')
     rows = ap_table(scores['test'])
     table = 'class\tAP\tAUC\n' + ''.join(f'{n}\t{a:.4f}\t{u:.4f}\n' for n, a, u in rows)
-    with writing(d/'per_class_ap.tsv', 'per-class AP table'): atomic_write(d/'per_class_ap.tsv', table)
+    with writing(d/'per_class_ap.tsv', 'the per-class AP table'): atomic_write(d/'per_class_ap.tsv', table)
 
 # %% ../nbs/50_train.ipynb #a0e15058
 def _train_and_print(cfg:TrainConfig):

@@ -90,7 +90,7 @@ def test_a_figure_that_cannot_be_written_costs_only_its_own_file(d, tmp_path):
             '--output', out, '--figure_dir', figs)
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
     err = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(err) == 2 and err[0].startswith(f'failed: Could not write the SED figure {figs/"a.png"}'), err
+    assert len(err) == 2 and err[0].startswith(f'failed: Cannot write the SED figure {figs/"a.png"}'), err
     assert sorted(p.name for p in figs.iterdir() if p.is_file()) == ['b.png',
                                                                      'c.png'] and list(figs.glob('.*.tmp')) == []
     assert {json.loads(l)['audio_path'] for l in open(out)} >= {str(folder/'b.wav'), str(folder/'c.wav')}

@@ -78,7 +78,7 @@ def test_a_full_disk_stops_training_in_one_sentence_and_keeps_the_last_checkpoin
     shutil.copy(done/'latest.pth', folder/'latest.pth')
     r = run(f'--workspace={d}', *FLAGS, *SHORT, '--early_stop=4', '--save_every=2', '--resume_latest')
     assert r.returncode != 0
-    one_sentence(r.stderr, 'Could not write', str(folder/'latest.pth'), 'disk is full', 'free some space')
+    one_sentence(r.stderr, 'Cannot write', str(folder/'latest.pth'), 'disk is full', 'free some space')
     assert load_checkpoint(folder/'latest.pth')['iteration'] == 2  # the earlier checkpoint is whole
     assert _temporaries(d/'checkpoints') == []
 
@@ -93,7 +93,7 @@ def test_a_read_only_run_folder_is_one_sentence(ws, tmp_path, tmpfs):
     subprocess.run(['mount', '-o', 'remount,ro', str(d/'checkpoints')], check=True)
     r = run(f'--workspace={d}', *FLAGS, *SHORT, '--early_stop=4', '--save_every=2', '--resume_latest')
     assert r.returncode != 0
-    line = one_sentence(r.stderr, 'Could not write', 'read-only', 'choose a writable folder')
+    line = one_sentence(r.stderr, 'Cannot write', 'read-only', 'choose a folder')
     assert str(folder) in line
     assert load_checkpoint(folder/'latest.pth')['iteration'] == 2
 
