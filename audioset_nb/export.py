@@ -77,7 +77,7 @@ def calibrated(model:nn.Module, # a zoo model
     return model.eval()
 
 # %% ../nbs/62_export.ipynb #ccfccc88
-def _packed_clips(path:Path, sample_rate:int, clips:int)->list:
+def _packed_clips(path:Path, sample_rate:int, clips:int)->list:  # rows are whole clips already
     import h5py
     try: f = h5py.File(path, 'r')
     except OSError: raise ValueError(f'Calibration file {path} is not a packed waveform HDF5; pass audio files, a '
@@ -94,12 +94,15 @@ def _packed_clips(path:Path, sample_rate:int, clips:int)->list:
 def calibration_audio(spec, # audio files, folders or globs (decoded as tagging decodes them), or one packed .h5
                       sample_rate:int, # the model's rate
                       clips:int=32, # use at most this many clips
-                      seconds:float=10.)->list: # and at most this much of each file
+                      seconds:float=10.)->list: # each file's first `seconds`, zero-padded to it as tagging pads
     "Up to `clips` float32 clips to calibrate int8 activations on; an empty set is one sentence."
     specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec or [])
     if len(specs) == 1 and str(specs[0]).endswith(('.h5', '.hdf5')):
         out = _packed_clips(Path(specs[0]), sample_rate, clips)
-    else: out = [load_audio(p, sample_rate, duration=seconds) for p in audio_files(specs)[:clips]]
+    else:
+        n = int(round(seconds*sample_rate))
+        out = [np.pad(x, (0, n - len(x))) for x in (load_audio(p, sample_rate, duration=seconds)
+                                                    for p in audio_files(specs)[:clips])]
     if not out: raise ValueError(f'The calibration set {" ".join(map(str, specs)) or "(none given)"} holds no audio; '
                                  f'pass --calibration with audio files, a folder, a glob or a packed waveform .h5.')
     return out

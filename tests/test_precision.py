@@ -15,9 +15,13 @@ TINY = ['--sample_rate', SR, '--window_size', 512, '--hop_size', 160, '--mel_bin
 LABELS = [f'class{i}' for i in range(12)]
 
 def _clip(seconds, seed):
-    # a -60 dB noise floor, as recordings have
+    "Four kinds of sound (a glide with bursts, a tone, noise, a chirp) that the model scores apart; -60 dB noise floor."
     rng = np.random.default_rng(seed)
-    return (0.5*demo_signal(seconds, SR, seed=seed) + 1e-3*rng.standard_normal(int(seconds*SR))).astype(np.float32)
+    n = int(seconds*SR)
+    t = np.arange(n)/SR
+    x = [0.5*demo_signal(seconds, SR, seed=seed), 0.3*np.sin(2*np.pi*(200 + 300*(seed % 7))*t),
+         0.2*rng.standard_normal(n), 0.5*np.sin(2*np.pi*(100*t + 800*t**2))][seed % 4]
+    return (x + 1e-3*rng.standard_normal(n)).astype(np.float32)
 
 @pytest.fixture(scope='module')
 def mini(tmp_path_factory):
@@ -27,7 +31,8 @@ def mini(tmp_path_factory):
     m = build_model('Cnn6_mini', sample_rate=SR, window_size=512, hop_size=160, mel_bins=32, fmin=50, fmax=8000,
                     classes_num=len(LABELS))
     calibrated(m, torch.from_numpy(np.stack([_clip(2., 100 + i) for i in range(8)])))
-    save_checkpoint(d/'mini.pth', m, model_type='Cnn6_mini', labels=LABELS)
+    front = dict(sample_rate=SR, window_size=512, hop_size=160, mel_bins=32, fmin=50, fmax=8000)
+    save_checkpoint(d/'mini.pth', m, model_type='Cnn6_mini', labels=LABELS, config=front)
     for i in range(6): write_wav(d/'calibration'/f'c{i}.wav', _clip(2., 200 + i), SR)
     for i in range(5): write_wav(d/'audio'/f'a{i}.wav', _clip(3., 300 + i), SR)
     return d
@@ -54,15 +59,16 @@ def test_int8_export_close_to_fp32(mini):
     p8, meta8 = _scores(mini/'int8.onnx', x)
     assert (meta8['precision'], meta8['calibration_clips'], meta8['model_type']) == ('int8', '6', 'Cnn6_mini')
     assert 'precision' not in meta32
-    assert np.abs(p8 - p32).max() < 0.02  # found: ~0.005 on these clips
-    assert np.abs(p32 - p32.mean(0)).max() > 0.02  # the clips score differently: closeness is not trivial
+    assert np.abs(p8 - p32).max() < 0.05  # found: 0.032 on such clips
+    assert np.abs(p32 - p32.mean(0)).max() > 0.1  # the clips score apart (0.29): the closeness is not trivial
     assert (p8.argmax(1) == p32.argmax(1)).all()
     ops = [n.op_type for n in onnx.load(str(mini/'int8.onnx')).graph.node]
     assert ops.count('QLinearConv') == 3 and ops.count('Conv') == 3  # the STFT's two and the first conv stay fp32
     # audioset_tag runs it, says it is int8, and tags like the fp32 file
-    t8, r = _tag_json(mini, '--onnx', mini/'int8.onnx', '--precision', 'int8', '--top_k', 1)
+    # windows of the files' length: zero padding saturates this random model (all scores near 1, ties)
+    t8, r = _tag_json(mini, '--onnx', mini/'int8.onnx', '--precision', 'int8', '--top_k', 1, '--window_seconds', 3)
     assert 'int8' in r.stderr
-    t32, r = _tag_json(mini, '--onnx', mini/'fp32.onnx', '--top_k', 1)
+    t32, r = _tag_json(mini, '--onnx', mini/'fp32.onnx', '--top_k', 1, '--window_seconds', 3)
     assert r.stderr == ''
     assert [t['top'][0][0] for t in t8] == [t['top'][0][0] for t in t32]
 
@@ -107,10 +113,11 @@ def test_bf16_tags_like_fp32(mini):
     a, b = fp32.forward(x)['clipwise_output'], bf16.forward(x)['clipwise_output']
     assert 0 < np.abs(a - b).max() < 0.05  # bf16 did run (not the same numbers), and it is close
     assert (a.argmax(1) == b.argmax(1)).all()
-    for i in range(2):
-        assert tag(bf16, x[i]).top(1)[0][0] == tag(fp32, x[i]).top(1)[0][0]
+    for i in range(2):  # windows of the clips' length: no zero padding, whose near-ties a random model flips
+        assert tag(bf16, x[i], window_seconds=3.).top(1)[0][0] == tag(fp32, x[i], window_seconds=3.).top(1)[0][0]
     # the CLI: the same top label for every file
-    t32, _ = _tag_json(mini, '--checkpoint_path', mini/'mini.pth', '--top_k', 1)
-    t16, _ = _tag_json(mini, '--checkpoint_path', mini/'mini.pth', '--top_k', 1, '--precision', 'bf16')
+    ckpt = ['--checkpoint_path', mini/'mini.pth', '--top_k', 1, '--window_seconds', 3]
+    t32, _ = _tag_json(mini, *ckpt)
+    t16, _ = _tag_json(mini, *ckpt, '--precision', 'bf16')
     assert len(t16) == 5 and t16 != t32  # the scores differ a little ...
     assert [t['top'][0][0] for t in t16] == [t['top'][0][0] for t in t32]  # ... the top labels do not
