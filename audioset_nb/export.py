@@ -4,17 +4,19 @@
 
 # %% ../nbs/62_export.ipynb #091cfb51
 from __future__ import annotations
-import io, json, sys, warnings
+import io, json, logging, os, sys, tempfile, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
 from .fileio import atomic_path, cannot_write
 from .config import FrontEnd, config_cli, optional_import
 from .inference import load_tagger
-from .tagging import quiet_pipe
+from .tagging import audio_files, quiet_pipe
+from .audio import load_audio
 
 # %% auto #0
-__all__ = ['MAX_OPSET', 'export_cli', 'onnx_metadata', 'export_onnx', 'calibrated', 'ExportConfig', 'onnx_difference']
+__all__ = ['MAX_OPSET', 'export_cli', 'onnx_metadata', 'export_onnx', 'calibrated', 'calibration_audio', 'quantize_int8',
+           'ExportConfig', 'onnx_difference', 'int8_agreement']
 
 # %% ../nbs/62_export.ipynb #db583c8e
 def onnx_metadata(labels, # class names, in output order
@@ -74,6 +76,73 @@ def calibrated(model:nn.Module, # a zoo model
     for m in bns: m.momentum = 0.1
     return model.eval()
 
+# %% ../nbs/62_export.ipynb #ccfccc88
+def _packed_clips(path:Path, sample_rate:int, clips:int)->list:  # rows are whole clips already
+    import h5py
+    try: f = h5py.File(path, 'r')
+    except OSError: raise ValueError(f'Calibration file {path} is not a packed waveform HDF5; pass audio files, a '
+                                     f'folder, a glob, or a file written by audioset_pack.') from None
+    with f:
+        if 'waveform' not in f: raise ValueError(f'{path} holds no int16 waveform rows; pass an uncompressed pack or '
+                                                 f'audio files.')
+        if (sr := int(f.attrs.get('sample_rate', sample_rate))) != sample_rate:
+            raise ValueError(f'{path} is packed at {sr} Hz but the model runs at {sample_rate} Hz; pass audio files '
+                             f'or a pack at {sample_rate} Hz.')
+        rows = np.unique(np.linspace(0, len(f['waveform']) - 1, min(clips, len(f['waveform']))).round().astype(int))
+        return [f['waveform'][i].astype(np.float32)/32767. for i in rows]
+
+def calibration_audio(spec, # audio files, folders or globs (decoded as tagging decodes them), or one packed .h5
+                      sample_rate:int, # the model's rate
+                      clips:int=32, # use at most this many clips
+                      seconds:float=10.)->list: # each file's first `seconds`, zero-padded to it as tagging pads
+    "Up to `clips` float32 clips to calibrate int8 activations on; an empty set is one sentence."
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec or [])
+    if len(specs) == 1 and str(specs[0]).endswith(('.h5', '.hdf5')):
+        out = _packed_clips(Path(specs[0]), sample_rate, clips)
+    else:
+        n = int(round(seconds*sample_rate))
+        out = [np.pad(x, (0, n - len(x))) for x in (load_audio(p, sample_rate, duration=seconds)
+                                                    for p in audio_files(specs)[:clips])]
+    if not out: raise ValueError(f'The calibration set {" ".join(map(str, specs)) or "(none given)"} holds no audio; '
+                                 f'pass --calibration with audio files, a folder, a glob or a packed waveform .h5.')
+    return out
+
+# %% ../nbs/62_export.ipynb #142ad035
+def _fp32_nodes(proto)->list:
+    "Names of the nodes kept in fp32: the front end, and convolutions with one input channel."
+    shapes = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    front = ('/spectrogram_extractor/', '/logmel_extractor/', '/bn0/')
+    one_channel = lambda n: n.op_type == 'Conv' and shapes.get(n.input[1], (0, 0))[1:2] == (1,)
+    return [n.name for n in proto.graph.node if n.name.startswith(front) or one_channel(n)]
+
+def quantize_int8(src:Path, # an fp32 export (from `export_onnx`)
+                  dst:Path, # the int8 model to write (may be `src`)
+                  clips:list)->Path: # float32 waveforms at the model's rate: the activation ranges come from them
+    "Write `src` statically quantized (uint8 activations, per-channel int8 weights, QOperator) to `dst`."
+    # every op ONNX Runtime can quantize: ReLUs fold into the convolutions' output ranges, pooling runs on uint8
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    class Clips(CalibrationDataReader):  # one clip at a time: its ranges are merged before the next one runs
+        def __len__(self): return len(clips)
+        def set_range(self, start_index:int, end_index:int): self.it = iter(clips[start_index:end_index])
+        def get_next(self): return next(({'waveform': np.asarray(c, np.float32)[None]} for c in self.it), None)
+    proto, level = onnx.load(str(src)), logging.getLogger().level
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            logging.getLogger().setLevel(logging.ERROR)  # its advice to run pre-processing: not for the user
+            quantize_static(str(src), f'{d}/int8.onnx', Clips(), quant_format=QuantFormat.QOperator, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=_fp32_nodes(proto),
+                            extra_options={'CalibStridedMinMax': 1})  # memory: one clip's activations, not all
+        finally: logging.getLogger().setLevel(level)
+        q = onnx.load(f'{d}/int8.onnx')
+    meta = {p.key: p.value for p in proto.metadata_props}
+    onnx.helper.set_model_props(q, {**meta, 'precision': 'int8', 'calibration_clips': str(len(clips))})
+    try:
+        with atomic_path(dst, suffix='.onnx') as tmp: onnx.save(q, str(tmp))
+    except OSError as e: raise cannot_write(dst, e) from None
+    return Path(dst)
+
 # %% ../nbs/62_export.ipynb #59b0a100
 # the newest opset torch's TorchScript exporter (the one `export_onnx` uses) writes
 MAX_OPSET = getattr(torch.onnx._constants, 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET', 17)
@@ -88,6 +157,9 @@ class ExportConfig:
     opset: int = 17                   # ONNX opset to write (11 up to MAX_OPSET)
     check: bool = True                # run the file in ONNX Runtime and compare it with torch before keeping it
     tolerance: float = 1e-4           # largest difference from torch the check accepts
+    precision: str = 'fp32'           # fp32, or int8: statically quantized (VNNI) after calibration on --calibration
+    calibration: list[str] = field(default_factory=list)  # int8: audio files, folders, globs, or a packed waveform .h5
+    calibration_clips: int = 32       # int8: calibrate on at most this many clips (the first 10 s of each file)
 
     def __post_init__(self):
         if not self.checkpoint_path: raise ValueError('--checkpoint_path is required: pass a .pth file.')
@@ -97,6 +169,20 @@ class ExportConfig:
                                              f'newer.')
         if self.opset > MAX_OPSET: raise ValueError(f'--opset {self.opset} is newer than this torch can write; use '
                                                     f'11 to {MAX_OPSET}.')
+        self._check_precision()
+
+    def _check_precision(self):
+        if self.precision == 'bf16': raise ValueError('--precision bf16 is for torch: tag the checkpoint with '
+                                                      '`audioset_tag --precision bf16`; an export is fp32 or int8.')
+        if self.precision not in ('fp32', 'int8'):
+            raise ValueError(f'--precision {self.precision!r} is not fp32 or int8; pass one of those.')
+        if self.precision == 'int8' and not self.calibration:
+            raise ValueError('--precision int8 needs --calibration: audio files, a folder, a glob or a packed waveform '
+                             '.h5 like the audio the model will tag.')
+        if self.calibration and self.precision != 'int8':
+            raise ValueError('--calibration is for --precision int8; drop it or add --precision int8.')
+        if self.calibration_clips < 1: raise ValueError(f'--calibration_clips {self.calibration_clips} must be 1 or '
+                                                        f'more.')
 
 # %% ../nbs/62_export.ipynb #b66ea1c5
 def onnx_difference(model:nn.Module, # the torch model
@@ -112,9 +198,20 @@ def onnx_difference(model:nn.Module, # the torch model
     return max(float(np.abs(got[k] - want[k]).max())/scale(k) for k in got)
 
 # %% ../nbs/62_export.ipynb #b7fa7834
+def int8_agreement(fp32:Path, int8:Path, # the two exports
+                   clips:list)->dict: # float32 waveforms at the model's rate
+    "How close the int8 file's clipwise output is to the fp32 file's on `clips`: largest difference, top-1 agreement."
+    import onnxruntime as ort
+    run = lambda p, c: ort.InferenceSession(str(p), providers=['CPUExecutionProvider']).run(
+        ['clipwise_output'], {'waveform': np.asarray(c, np.float32)[None]})[0][0]
+    a, b = (np.stack([run(p, c) for c in clips]) for p in (fp32, int8))
+    return dict(max_difference=float(np.abs(a - b).max()), top1=float((a.argmax(1) == b.argmax(1)).mean()))
+
 def _export(cfg:ExportConfig):
     tagger = load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front)
-    out = Path(cfg.output)
+    clips = (calibration_audio(cfg.calibration, tagger.sample_rate, cfg.calibration_clips)  # before any work
+             if cfg.precision == 'int8' else None)
+    out, note = Path(cfg.output), ''
     try:
         with atomic_path(out, suffix='.onnx') as tmp:  # checked before it replaces anything at `output`
             export_onnx(tagger.model, tmp, tagger.labels, tagger.model_type, cfg.opset)
@@ -122,8 +219,20 @@ def _export(cfg:ExportConfig):
                 raise ValueError(f'ONNX Runtime differs from torch by {d:.1e} (more than --tolerance '
                                  f'{cfg.tolerance}); nothing was written; please report this with the model type '
                                  f'{tagger.model_type}.')
+            if clips: note = _int8_in_place(tmp, clips)
     except OSError as e: raise cannot_write(out, OSError(e.errno, e.strerror or str(e))) from None  # not the temp's
     check = f'; ONNX Runtime matches torch within {d:.1e}' if cfg.check else ''
-    print(f'Wrote {out} ({tagger.model_type}, {out.stat().st_size/1e6:.1f} MB){check}')
+    print(f'Wrote {out} ({tagger.model_type}, {out.stat().st_size/1e6:.1f} MB){check}{note}')
+
+def _int8_in_place(path:Path, clips:list)->str:
+    "Quantize the fp32 export at `path` in place; what the int8 file gives against it on the calibration clips."
+    fp32 = path.with_name(path.name + '.fp32.onnx')
+    os.replace(path, fp32)
+    try:
+        quantize_int8(fp32, path, clips)
+        a = int8_agreement(fp32, path, clips)
+    finally: fp32.unlink(missing_ok=True)
+    return (f'; int8, calibrated on {len(clips)} clip(s), where it differs from fp32 by at most '
+            f'{a["max_difference"]:.3f} and agrees on top-1 for {a["top1"]:.0%}')
 
 export_cli = config_cli(ExportConfig, quiet_pipe(_export), 'audioset_export')

@@ -11,7 +11,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from .models import ConvBlock, ConvBlock5x5, pool2d
 
 # %% auto #0
-__all__ = ['winograd_weight', 'winograd_conv3x3', 'im2col_conv', 'conv_algorithm', 'FusedConvBlock', 'for_inference']
+__all__ = ['winograd_weight', 'winograd_conv3x3', 'im2col_conv', 'conv_algorithm', 'FusedConvBlock', 'for_inference',
+           'fp32_front']
 
 # %% ../nbs/42_fastpath.ipynb #77d671f0
 _WINOGRAD_G = torch.tensor([[1., 0., 0.], [.5, .5, .5], [.5, -.5, .5], [0., 0., 1.]])
@@ -159,3 +160,14 @@ def for_inference(model:nn.Module, compile:bool=False) -> nn.Module:
     model.fast_stft = True
     model = _fuse_blocks(model.eval().to(memory_format=torch.channels_last))
     return torch.compile(model, options={'freezing': True}) if compile else model
+
+# %% ../nbs/42_fastpath.ipynb #0a20f5ea
+def fp32_front(model:nn.Module)->nn.Module:
+    "`model` (in place) with its log-mel front end computed in fp32 under autocast; the rest follows autocast."
+    if not hasattr(model, 'logmel') or getattr(model.logmel, 'fp32', False): return model
+    logmel = model.logmel
+    def fp32(x):
+        with torch.autocast(x.device.type, enabled=False): return logmel(x.float())
+    fp32.fp32 = True
+    model.logmel = fp32  # an instance attribute: the state dict and the class are unchanged
+    return model

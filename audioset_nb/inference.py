@@ -16,7 +16,8 @@ from .checkpoints import (CheckpointError, checkpoint_config, checkpoint_labels,
                                      read_checkpoint)
 from .config import FrontEnd, config_cli, optional_import
 from .models import build_model
-from .fastpath import for_inference
+from .fastpath import for_inference, fp32_front
+from .runtime import check_precision
 from .tagging import (Failed, Tags, TaggingConfig, audio_files, iter_tags, quiet_pipe, report_failures,
                                  run_files, tag, tag_files, write_rows)
 
@@ -51,14 +52,15 @@ class TorchRunner:
     labels: tuple           # class display names, in output order
     front: FrontEnd = None  # the model's audio settings (default: `model.front`)
     device: str = 'cpu'
-    amp: bool = None        # bf16 autocast (default: on a GPU)
+    amp: bool = None        # bf16 autocast (default: on a GPU, or when `precision` is bf16)
     model_type: str = ''
     window_seconds: float = CLIP_SECONDS  # files are cut into windows of this length unless told otherwise
     pooling: str = 'max'                  # and their scores pooled so
+    precision: str = 'fp32'               # or bf16: CPU autocast (with `fastpath.fp32_front`)
     def __post_init__(self):
         self.labels, self.device = tuple(self.labels), str(self.device)
         if self.front is None: self.front = self.model.front
-        if self.amp is None: self.amp = self.device.startswith('cuda')
+        if self.amp is None: self.amp = self.device.startswith('cuda') or self.precision == 'bf16'
     @property
     def sample_rate(self)->int: return self.front.sample_rate
     @property
@@ -104,9 +106,11 @@ def load_tagger(checkpoint_path:Path, # a .pth file saved by audioset_nb or PANN
                 model_type:str=None, # e.g. 'Cnn14', 'Cnn14_DecisionLevelMax' (None: from the checkpoint, else Cnn14)
                 front:FrontEnd=None, # open settings: from the checkpoint, else the model's defaults
                 cuda:bool=False, # use the GPU when there is one
+                precision:str='fp32', # or 'bf16': the body under bf16 autocast, the front end in fp32
                 **settings, # or the front end's settings one by one: `sample_rate=16000, ...`
                )->TorchRunner:
     "A `TorchRunner` for the checkpoint at `checkpoint_path`."
+    check_precision(precision)
     ckpt = read_checkpoint(checkpoint_path)
     labels, cfg = checkpoint_labels(ckpt, checkpoint_path), checkpoint_config(ckpt)
     model_type = model_type or cfg.get('model_type') or 'Cnn14'
@@ -120,8 +124,10 @@ def load_tagger(checkpoint_path:Path, # a .pth file saved by audioset_nb or PANN
     device = 'cuda' if cuda and torch.cuda.is_available() else 'cpu'
     # eval mode; on the CPU, BatchNorm folded and per-layer fastest convolutions
     model = for_inference(model.to(device))
+    if precision == 'bf16': model = fp32_front(model)
     if ckpt.get('task') == 'single': model = SingleLabel(model)  # fine-tuned on one class per clip: softmax scores
-    return TorchRunner(model, labels, model.front, device, model_type=model_type, **_scoring(ckpt, cfg))
+    return TorchRunner(model, labels, model.front, device, model_type=model_type, precision=precision,
+                       **_scoring(ckpt, cfg))
 
 # %% ../nbs/60_inference.ipynb #e763c6a7
 def sed(tagger:TorchRunner, src, **kwargs)->Tags:
@@ -216,7 +222,7 @@ class SedConfig(TaggingConfig):
 
 # %% ../nbs/60_inference.ipynb #602e7fe0
 def _sed(cfg:SedConfig):
-    tagger, events = load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda), []
+    tagger, events = load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda, cfg.precision), []
     def each(t):
         if t.framewise is None:
             sys.exit(f'{tagger.model_type} gives no framewise output; '

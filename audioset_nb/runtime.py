@@ -10,7 +10,7 @@ import numpy as np
 from .config import optional_import
 
 # %% auto #0
-__all__ = ['ONNX_META', 'onnx_settings', 'OnnxRunner']
+__all__ = ['ONNX_META', 'PRECISIONS', 'onnx_settings', 'OnnxRunner', 'check_precision']
 
 # %% ../nbs/63_runtime.ipynb #c71b89ab
 ONNX_META = ('labels', 'model_type', 'sample_rate', 'window_size', 'hop_size')  # what audioset_export records
@@ -49,15 +49,37 @@ class OnnxRunner:
         self.outputs = [o.name for o in self.session.get_outputs()]
         shape = dict(zip(self.outputs, (o.shape for o in self.session.get_outputs()))).get('clipwise_output') or [None]
         classes = shape[-1] if isinstance(shape[-1], int) else None
-        s = onnx_settings(self.session.get_modelmeta().custom_metadata_map, self.path, classes)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        s = onnx_settings(meta, self.path, classes)
         self.labels, self.model_type = s['labels'], s['model_type']
         self.sample_rate, self.window_size, self.hop_size = s['sample_rate'], s['window_size'], s['hop_size']
+        self.precision = meta.get('precision', 'fp32')  # int8 when `audioset_export --precision int8` wrote it
 
     @property
     def fps(self)->float: return self.sample_rate/self.hop_size
     def __repr__(self):
-        return f'OnnxRunner({self.path.name}: {self.model_type}, {len(self.labels)} classes, {self.sample_rate} Hz)'
+        p = '' if self.precision == 'fp32' else f', {self.precision}'
+        return f'OnnxRunner({self.path.name}: {self.model_type}{p}, {len(self.labels)} classes, {self.sample_rate} Hz)'
 
     def forward(self, batch:np.ndarray)->dict: # (B, samples) float32 audio at `sample_rate`
         "The model's outputs for `batch`, by name, as float32 arrays."
         return dict(zip(self.outputs, self.session.run(None, {'waveform': np.ascontiguousarray(batch, np.float32)})))
+
+# %% ../nbs/63_runtime.ipynb #70d4c9cc
+PRECISIONS = ('fp32', 'bf16', 'int8')  # what `--precision` takes
+
+def check_precision(precision:str, # what --precision asks for
+                    onnx=None, # the ONNX file that will run (None: a torch checkpoint)
+                    recorded:str=None)->str: # the precision that file records, once it is open
+    "`precision`, if what runs the model can give it (bf16: torch; int8: an int8 export); else one sentence."
+    if precision not in PRECISIONS:
+        raise ValueError(f'--precision {precision!r} is not one of {", ".join(PRECISIONS)}; pass one of those.')
+    if precision == 'int8' and onnx is None:
+        raise ValueError('--precision int8 runs an int8 ONNX export: write one with `audioset_export --precision int8 '
+                         '--calibration AUDIO` and tag with `audioset_tag --onnx`.')
+    if precision == 'bf16' and onnx is not None:
+        raise ValueError('--precision bf16 runs a checkpoint in torch: pass --checkpoint_path; an ONNX file runs at '
+                         'the precision it was exported with.')
+    if precision == 'int8' and recorded not in (None, 'int8'):
+        raise ValueError(f'{onnx} is a {recorded} export, not int8; export it with `audioset_export --precision int8`.')
+    return precision

@@ -12,7 +12,7 @@ import numpy as np
 from .audio import AudioError, die_with_parent, ffmpeg_cmd, finite_audio, pcm_output
 from .config import config_cli
 from .tagging import TaggingConfig, quiet_pipe, run_tags
-from .runtime import OnnxRunner
+from .runtime import OnnxRunner, check_precision
 
 # %% auto #0
 __all__ = ['URL_SCHEMES', 'CAPTURE_FORMATS', 'LOW_DELAY', 'tag_cli', 'stream_source_args', 'ffmpeg_blocks', 'Hysteresis',
@@ -218,9 +218,14 @@ class TagConfig(TaggingConfig):
 # %% ../nbs/64_stream.ipynb #461341b8
 def open_runner(cfg:TagConfig):
     "The runner of the model `cfg` names: an `OnnxRunner`, or a torch `TorchRunner` (importing torch only then)."
-    if cfg.onnx: return OnnxRunner(cfg.onnx, cfg.threads)
+    check_precision(cfg.precision, cfg.onnx)
+    if cfg.onnx:
+        runner = OnnxRunner(cfg.onnx, cfg.threads)
+        check_precision(cfg.precision, cfg.onnx, runner.precision)
+        if runner.precision != 'fp32': print(f'Running {runner!r}', file=sys.stderr)  # int8: said, not silently
+        return runner
     from audioset_nb.inference import load_tagger
-    return load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda)
+    return load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda, cfg.precision)
 
 # %% ../nbs/64_stream.ipynb #ae8fdfdc
 def _stream(runner, cfg:TagConfig):

@@ -244,6 +244,7 @@ class TaggingConfig:
     batch_size: int = 8               # windows per forward pass
     window_seconds: float|None = None # windows of this length (default: 10 s, a fine-tuned checkpoint's clip length)
     hop_seconds: float|None = None    # step between windows (default: window_seconds)
+    precision: str = 'fp32'           # fp32, bf16 (a checkpoint under CPU bf16 autocast) or int8 (an int8 --onnx file)
 
     def __post_init__(self):
         if self.output: is_jsonl(self.output)
