@@ -19,10 +19,12 @@ __all__ = ['MAX_OPSET', 'export_cli', 'onnx_metadata', 'export_onnx', 'calibrate
 # %% ../nbs/62_export.ipynb #db583c8e
 def onnx_metadata(labels, # class names, in output order
                   model_type:str, # its name in `models.MODELS`
-                  front:FrontEnd)->dict: # the model's front end
-    "The metadata an exported model carries: labels (JSON list), model type, front-end settings."
+                  front:FrontEnd, # the model's front end
+                  thresholds=None)->dict: # per-class thresholds (`audioset_thresholds`), if the checkpoint has them
+    "The metadata an exported model carries: labels (JSON list), model type, front-end settings, thresholds."
+    th = {} if thresholds is None else {'thresholds': json.dumps([float(v) for v in thresholds])}
     return {'producer': 'audioset_nb', 'model_type': model_type, 'labels': json.dumps(list(labels)),
-            **{k: str(v) for k, v in front.dict().items()}}
+            **{k: str(v) for k, v in front.dict().items()}, **th}
 
 # %% ../nbs/62_export.ipynb #a345720e
 def _example_input(model:nn.Module, seconds:float=1.)->torch.Tensor:
