@@ -35,7 +35,8 @@ def export_onnx(model:nn.Module, # a zoo model (plain or prepared by `for_infere
                 path:Path, # the .onnx file to write
                 labels=None, # class names in output order (default: AudioSet's, when the model has 527 outputs)
                 model_type:str=None, # default: the model's class name
-                opset:int=17)->Path:
+                opset:int=17,
+                thresholds=None)->Path: # per-class thresholds to record (`load_tagger`'s, from audioset_thresholds)
     "Write `model`, front end included, to `path` as ONNX with dynamic batch and length and self-describing metadata."
     import onnx
     model_type = model_type or type(model).__name__
@@ -58,7 +59,7 @@ def export_onnx(model:nn.Module, # a zoo model (plain or prepared by `for_infere
         model.fast_stft = fast
         model.train(training)
     proto = onnx.load_from_string(buf.getvalue())
-    onnx.helper.set_model_props(proto, onnx_metadata(labels, model_type, model.front))
+    onnx.helper.set_model_props(proto, onnx_metadata(labels, model_type, model.front, thresholds))
     try:
         with atomic_path(path, suffix='.onnx') as tmp: onnx.save(proto, str(tmp))
     except OSError as e: raise cannot_write(path, e) from None
@@ -119,7 +120,7 @@ def _export(cfg:ExportConfig):
     out = Path(cfg.output)
     try:
         with atomic_path(out, suffix='.onnx') as tmp:  # checked before it replaces anything at `output`
-            export_onnx(tagger.model, tmp, tagger.labels, tagger.model_type, cfg.opset)
+            export_onnx(tagger.model, tmp, tagger.labels, tagger.model_type, cfg.opset, tagger.thresholds)
             if cfg.check and (d := onnx_difference(tagger.model, tmp)) > cfg.tolerance:
                 raise ValueError(f'ONNX Runtime differs from torch by {d:.1e} (more than --tolerance '
                                  f'{cfg.tolerance}); nothing was written; please report this with the model type '
