@@ -19,7 +19,7 @@ from .models import build_model
 from .fastpath import for_inference
 from .tagging import (Failed, Tags, TaggingConfig, audio_files, iter_tags, quiet_pipe, report_failures,
                                  run_files, tag, tag_files, write_rows)
-from .thresholds import check_thresholds, chosen_thresholds
+from .tagging import check_thresholds, chosen_thresholds
 
 # %% auto #0
 __all__ = ['HEADS', 'sed_cli', 'example_clips', 'TorchRunner', 'SingleLabel', 'load_tagger', 'sed', 'Event', 'find_events',

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 import numpy as np
-from .thresholds import check_thresholds
+from .tagging import check_thresholds
 
 # %% auto #0
 __all__ = ['ONNX_META', 'onnx_settings', 'OnnxRunner']

@@ -11,8 +11,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from .audio import AudioError, die_with_parent, ffmpeg_cmd, finite_audio, pcm_output
 from .config import config_cli
-from .tagging import TaggingConfig, quiet_pipe, run_tags
-from .thresholds import GLOBAL, chosen_thresholds
+from .tagging import GLOBAL, TaggingConfig, chosen_thresholds, quiet_pipe, run_tags
 from .runtime import OnnxRunner
 
 # %% auto #0

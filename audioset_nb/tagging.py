@@ -13,11 +13,11 @@ from .audio import AUDIO_EXTS, AudioError, finite_audio, sliding_windows, stream
 from .config import USER_ERRORS, FrontEnd
 from .fileio import atomic_open, cannot_write
 from .metadata import CLIP_SECONDS
-from .thresholds import GLOBAL, chosen_thresholds, parse_thresholds
 
 # %% auto #0
-__all__ = ['Tags', 'Failed', 'source_name', 'source_blocks', 'audio_files', 'window_settings', 'iter_tags', 'tag', 'tag_files',
-           'is_jsonl', 'write_rows', 'tags_row', 'write_tags', 'print_tags', 'TaggingConfig', 'run_files',
+__all__ = ['GLOBAL', 'Tags', 'Failed', 'source_name', 'source_blocks', 'audio_files', 'window_settings', 'iter_tags', 'tag',
+           'tag_files', 'is_jsonl', 'write_rows', 'tags_row', 'write_tags', 'print_tags', 'check_thresholds',
+           'parse_thresholds', 'stored_thresholds', 'chosen_thresholds', 'TaggingConfig', 'run_files',
            'report_failures', 'run_tags', 'quiet_pipe']
 
 # %% ../nbs/55_tagging.ipynb #83f787d8
@@ -37,7 +37,7 @@ class Tags:
         "The `k` best (label, score) pairs."
         ix = np.argsort(-self.clipwise, kind='stable')[:k]
         return [(self.labels[i], float(self.clipwise[i])) for i in ix]
-    def present(self, thresholds=GLOBAL)->list:
+    def present(self, thresholds=0.5)->list:
         "(label, score) of the classes at or above their threshold (one number, or one per class), best first."
         on = self.clipwise >= np.asarray(thresholds)
         return [(self.labels[i], float(self.clipwise[i])) for i in np.argsort(-self.clipwise, kind='stable') if on[i]]
@@ -242,6 +242,44 @@ def print_tags(t:Tags, top_k:int=10, embedding:bool=False, thresholds=None):
     if thresholds is not None: print(f"present: {'; '.join(l for l, _ in t.present(thresholds)) or 'none'}")
     if embedding: print(f'embedding: {None if t.embedding is None else t.embedding.shape}')
     sys.stdout.flush()  # a file at a time: a reader that has gone (`| head`) is noticed at once
+
+# %% ../nbs/55_tagging.ipynb #46470d56
+GLOBAL = 0.5  # the one threshold of a model without its own, and of `--thresholds 0.5`
+
+def check_thresholds(values, # the stored thresholds
+                     classes:int, # the model's number of classes
+                     where)->np.ndarray: # the file they came from, for the message
+    "`values` as (classes,) float thresholds in [0, 1]; else a `ValueError` naming `where` and the fix."
+    try: th = np.asarray(values, np.float64)
+    except (TypeError, ValueError): th = np.zeros(0)
+    if th.shape != (classes,) or not ((th >= 0) & (th <= 1)).all():
+        raise ValueError(f'{where} holds thresholds that are not {classes} numbers in [0, 1], one per class; '
+                         'compute them again with audioset_thresholds.')
+    return th
+
+def parse_thresholds(choice)->float|None:
+    "None for 'checkpoint' (the model's own thresholds), else the one threshold `choice` gives every class."
+    if str(choice) == 'checkpoint': return None
+    try: g = float(choice)
+    except (TypeError, ValueError): g = -1.
+    if not 0 <= g <= 1: raise ValueError(f"--thresholds {choice!r} must be 'checkpoint' or a number in [0, 1].")
+    return g
+
+# %% ../nbs/55_tagging.ipynb #f3dcb668
+def stored_thresholds(runner)->np.ndarray|None:
+    "The per-class thresholds `runner`'s model carries (a checkpoint's, an ONNX file's metadata), or None."
+    th = getattr(runner, 'thresholds', None)
+    if th is None and hasattr(runner, 'session'):  # an OnnxRunner: its file's metadata
+        from audioset_nb.runtime import onnx_settings
+        th = onnx_settings(runner.session.get_modelmeta().custom_metadata_map, runner.path).get('thresholds')
+    return th
+
+def chosen_thresholds(runner, # has `labels`, and perhaps its model's `thresholds`
+                      choice='checkpoint')->np.ndarray: # `--thresholds`: 'checkpoint' or one number
+    "(classes,) thresholds: `choice` for every class, or the model's own (0.5 for every class where it has none)."
+    g = parse_thresholds(choice)
+    th = stored_thresholds(runner) if g is None else None
+    return np.full(len(runner.labels), GLOBAL if g is None else g) if th is None else np.asarray(th, np.float64)
 
 # %% ../nbs/55_tagging.ipynb #ceb34a64
 @dataclass

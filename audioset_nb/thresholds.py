@@ -4,20 +4,20 @@
 
 # %% ../nbs/56_thresholds.ipynb #b7838846
 from __future__ import annotations
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-import numpy as np
+import numpy as np, torch
+from .checkpoints import read_checkpoint, write_error
 from .config import config_cli
+from .data import AudioSetDataset, read_index
 from .fileio import atomic_open
+from .inference import load_tagger
+from .tagging import GLOBAL, Failed, iter_tags
 
 # %% auto #0
-__all__ = ['GLOBAL', 'thresholds_cli', 'best_thresholds', 'class_f1', 'macro_f1', 'check_thresholds', 'parse_thresholds',
-           'stored_thresholds', 'chosen_thresholds', 'clip_scores', 'ThresholdsConfig', 'add_thresholds']
+__all__ = ['thresholds_cli', 'best_thresholds', 'class_f1', 'macro_f1', 'clip_scores', 'ThresholdsConfig', 'add_thresholds']
 
 # %% ../nbs/56_thresholds.ipynb #dfa2557d
-GLOBAL = 0.5  # the one threshold of a model without its own, and of `--thresholds 0.5`
-
 def _best(t:np.ndarray, s:np.ndarray)->float:
     "The F1-optimal threshold of one class: midway between the lowest score it calls present and the next one below."
     o = np.argsort(-s, kind='stable')
@@ -50,57 +50,21 @@ def macro_f1(target:np.ndarray, output:np.ndarray, thresholds=GLOBAL)->float:
     f1 = class_f1(target, output, thresholds)
     return float(np.nanmean(f1)) if np.isfinite(f1).any() else float('nan')
 
-# %% ../nbs/56_thresholds.ipynb #46470d56
-def check_thresholds(values, # the stored thresholds
-                     classes:int, # the model's number of classes
-                     where)->np.ndarray: # the file they came from, for the message
-    "`values` as (classes,) float thresholds in [0, 1]; else a `ValueError` naming `where` and the fix."
-    try: th = np.asarray(values, np.float64)
-    except (TypeError, ValueError): th = np.zeros(0)
-    if th.shape != (classes,) or not ((th >= 0) & (th <= 1)).all():
-        raise ValueError(f'{where} holds thresholds that are not {classes} numbers in [0, 1], one per class; '
-                         'compute them again with audioset_thresholds.')
-    return th
-
-def parse_thresholds(choice)->float|None:
-    "None for 'checkpoint' (the model's own thresholds), else the one threshold `choice` gives every class."
-    if str(choice) == 'checkpoint': return None
-    try: g = float(choice)
-    except (TypeError, ValueError): g = -1.
-    if not 0 <= g <= 1: raise ValueError(f"--thresholds {choice!r} must be 'checkpoint' or a number in [0, 1].")
-    return g
-
-# %% ../nbs/56_thresholds.ipynb #f3dcb668
-def stored_thresholds(runner)->np.ndarray|None:
-    "The per-class thresholds `runner`'s model carries (a checkpoint's, an ONNX file's metadata), or None."
-    th = getattr(runner, 'thresholds', None)
-    if th is None and hasattr(runner, 'session'):  # an OnnxRunner: its file's metadata
-        from audioset_nb.runtime import onnx_settings
-        th = onnx_settings(runner.session.get_modelmeta().custom_metadata_map, runner.path).get('thresholds')
-    return th
-
-def chosen_thresholds(runner, # has `labels`, and perhaps its model's `thresholds`
-                      choice='checkpoint')->np.ndarray: # `--thresholds`: 'checkpoint' or one number
-    "(classes,) thresholds: `choice` for every class, or the model's own (0.5 for every class where it has none)."
-    g = parse_thresholds(choice)
-    th = stored_thresholds(runner) if g is None else None
-    return np.full(len(runner.labels), GLOBAL if g is None else g) if th is None else np.asarray(th, np.float64)
-
 # %% ../nbs/56_thresholds.ipynb #4054c606
 def clip_scores(runner, # a tagger: `load_tagger`'s, or an `OnnxRunner`
                 hdf5_path, # labelled clips: a waveform or index HDF5 written by `audioset_pack`
                 rows=None, # only these rows (default: all)
-                batch_size:int=8)->tuple:
+                batch_size:int=8, # windows per forward pass
+                window_seconds:float=None)->tuple: # as `audioset_tag --window_seconds` (default: the runner's)
     "(scores, targets), each (clips, classes), of the clips in `hdf5_path`."
-    from audioset_nb.data import AudioSetDataset, read_index
-    from audioset_nb.tagging import Failed, iter_tags
     target = read_index(hdf5_path).target
     if target.shape[1] != len(runner.labels):
         raise ValueError(f'{hdf5_path} labels its clips with {target.shape[1]} classes, the model has '
                          f'{len(runner.labels)}; pass held-out clips labelled with the classes of this checkpoint.')
     rows = np.arange(len(target)) if rows is None else np.asarray(rows)
     ds = AudioSetDataset(hdf5_path, runner.sample_rate, 'evaluation')
-    tags = list(iter_tags(runner, (ds[int(i)]['waveform'] for i in rows), batch_size=batch_size))
+    clips = (ds[int(i)]['waveform'] for i in rows)
+    tags = list(iter_tags(runner, clips, window_seconds=window_seconds, batch_size=batch_size))
     if bad := next((t for t in tags if isinstance(t, Failed)), None): raise ValueError(bad.error)
     return np.stack([t.clipwise for t in tags]), target[rows].astype(np.float32)
 
@@ -113,7 +77,8 @@ class ThresholdsConfig:
     output: str|None = None           # the .pth checkpoint to write: the input, and its thresholds
     min_positives: int = 3            # a class with fewer positive clips keeps --fallback
     fallback: float = GLOBAL          # the threshold of those classes
-    batch_size: int = 8               # clips per forward pass
+    batch_size: int = 8               # windows per forward pass
+    window_seconds: float|None = None # score clips in windows of this length, as audioset_tag will (default: its)
     cuda: bool = False                # use the GPU when there is one
     overwrite: bool = False           # let --output be --checkpoint_path (replaced atomically)
 
@@ -128,12 +93,9 @@ class ThresholdsConfig:
 # %% ../nbs/56_thresholds.ipynb #1f55a0ae
 def add_thresholds(cfg:ThresholdsConfig)->tuple:
     "Write `cfg.output`: `cfg.checkpoint_path` with the thresholds of `cfg.hdf5_path`; (thresholds, classes own)."
-    import torch
-    from audioset_nb.checkpoints import read_checkpoint, write_error
-    from audioset_nb.inference import load_tagger
     ckpt = read_checkpoint(cfg.checkpoint_path)
     runner = load_tagger(cfg.checkpoint_path, cuda=cfg.cuda)
-    scores, target = clip_scores(runner, cfg.hdf5_path, batch_size=cfg.batch_size)
+    scores, target = clip_scores(runner, cfg.hdf5_path, batch_size=cfg.batch_size, window_seconds=cfg.window_seconds)
     th = best_thresholds(target, scores, cfg.min_positives, cfg.fallback)
     out = ckpt if 'model' in ckpt else {'model': ckpt}
     try:
