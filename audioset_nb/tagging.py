@@ -236,10 +236,10 @@ def write_tags(results:Iterable[Tags], path:Path, top_k:int=10, full:bool=False,
     return write_rows(path, (tags_row(t, top_k, full, embedding, jsonl, thresholds) for t in results))
 
 def print_tags(t:Tags, top_k:int=10, embedding:bool=False, thresholds=None):
-    "Print `t`'s path, duration, top-k labels and (with `thresholds`) the labels present, as `audioset_tag` does."
-    print(f'{t.path} ({t.duration:.2f} s)')
+    "Print `t`'s path, duration, (with `thresholds`) the labels present, and top-k labels, as `audioset_tag` does."
+    present = '' if thresholds is None else f", present: {'; '.join(l for l, _ in t.present(thresholds)) or 'none'}"
+    print(f'{t.path} ({t.duration:.2f} s){present}')
     for l, p in t.top(top_k): print(f'{l}: {p:.3f}')
-    if thresholds is not None: print(f"present: {'; '.join(l for l, _ in t.present(thresholds)) or 'none'}")
     if embedding: print(f'embedding: {None if t.embedding is None else t.embedding.shape}')
     sys.stdout.flush()  # a file at a time: a reader that has gone (`| head`) is noticed at once
 

@@ -14,7 +14,7 @@ Thresholds are never chosen and scored on the same clips:
 
 Scores come from `clip_scores`, the tagging core `audioset_tag` runs, so the thresholds fit what the command compares.
 
-    python benchmarks/thresholds.py            # 640 train, 400 eval clips, 800 iterations of batch 16
+    python benchmarks/thresholds.py            # 640 train, 400 eval clips, 300 iterations of batch 16
 """
 import argparse, datetime, json, os, platform, time, tempfile
 from pathlib import Path
@@ -60,7 +60,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--train', type=int, default=640)
     p.add_argument('--eval', type=int, default=400)
-    p.add_argument('--iterations', type=int, default=800)
+    p.add_argument('--iterations', type=int, default=300)
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--min_positives', type=int, default=3)
     p.add_argument('--seed', type=int, default=0)
