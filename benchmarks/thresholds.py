@@ -1,6 +1,6 @@
 """Per-class thresholds against one global 0.5: macro F1 on held-out clips of the mini AudioSet's classes.
 
-Clips are synthesised with the mini AudioSet's `synth_clip` (1-3 events of its 20 real AudioSet classes over a noise
+Clips are synthesised with the mini AudioSet's `synth_clip` (1-3 events of its 14 real AudioSet classes over a noise
 floor; here 4 s at 8 kHz, 32 mel bins at 50 frames/s, so that training fits two shared CPU cores), packed in the
 reference layout (balanced_train, eval), and a `Cnn6_mini` is trained on balanced_train by `audioset_train`'s own
 `train`. The eval clips are never trained on and are the held-out set.
