@@ -21,10 +21,12 @@ __all__ = ['MAX_OPSET', 'export_cli', 'onnx_metadata', 'export_onnx', 'calibrate
 # %% ../nbs/62_export.ipynb #db583c8e
 def onnx_metadata(labels, # class names, in output order
                   model_type:str, # its name in `models.MODELS`
-                  front:FrontEnd)->dict: # the model's front end
-    "The metadata an exported model carries: labels (JSON list), model type, front-end settings."
+                  front:FrontEnd, # the model's front end
+                  thresholds=None)->dict: # per-class thresholds (`audioset_thresholds`), if the checkpoint has them
+    "The metadata an exported model carries: labels (JSON list), model type, front-end settings, thresholds."
+    th = {} if thresholds is None else {'thresholds': json.dumps([float(v) for v in thresholds])}
     return {'producer': 'audioset_nb', 'model_type': model_type, 'labels': json.dumps(list(labels)),
-            **{k: str(v) for k, v in front.dict().items()}}
+            **{k: str(v) for k, v in front.dict().items()}, **th}
 
 # %% ../nbs/62_export.ipynb #a345720e
 def _example_input(model:nn.Module, seconds:float=1.)->torch.Tensor:
@@ -35,7 +37,8 @@ def export_onnx(model:nn.Module, # a zoo model (plain or prepared by `for_infere
                 path:Path, # the .onnx file to write
                 labels=None, # class names in output order (default: AudioSet's, when the model has 527 outputs)
                 model_type:str=None, # default: the model's class name
-                opset:int=17)->Path:
+                opset:int=17,
+                thresholds=None)->Path: # per-class thresholds to record (`load_tagger`'s, from audioset_thresholds)
     "Write `model`, front end included, to `path` as ONNX with dynamic batch and length and self-describing metadata."
     onnx = optional_import('onnx', 'onnx')
     model_type = model_type or type(model).__name__
@@ -58,7 +61,7 @@ def export_onnx(model:nn.Module, # a zoo model (plain or prepared by `for_infere
         model.fast_stft = fast
         model.train(training)
     proto = onnx.load_from_string(buf.getvalue())
-    onnx.helper.set_model_props(proto, onnx_metadata(labels, model_type, model.front))
+    onnx.helper.set_model_props(proto, onnx_metadata(labels, model_type, model.front, thresholds))
     try:
         with atomic_path(path, suffix='.onnx') as tmp: onnx.save(proto, str(tmp))
     except OSError as e: raise cannot_write(path, e) from None
@@ -214,7 +217,7 @@ def _export(cfg:ExportConfig):
     out, note = Path(cfg.output), ''
     try:
         with atomic_path(out, suffix='.onnx') as tmp:  # checked before it replaces anything at `output`
-            export_onnx(tagger.model, tmp, tagger.labels, tagger.model_type, cfg.opset)
+            export_onnx(tagger.model, tmp, tagger.labels, tagger.model_type, cfg.opset, tagger.thresholds)
             if cfg.check and (d := onnx_difference(tagger.model, tmp)) > cfg.tolerance:
                 raise ValueError(f'ONNX Runtime differs from torch by {d:.1e} (more than --tolerance '
                                  f'{cfg.tolerance}); nothing was written; please report this with the model type '

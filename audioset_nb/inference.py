@@ -20,6 +20,7 @@ from .fastpath import for_inference, fp32_front
 from .runtime import check_precision
 from .tagging import (Failed, Tags, TaggingConfig, audio_files, iter_tags, quiet_pipe, report_failures,
                                  run_files, tag, tag_files, write_rows)
+from .tagging import check_thresholds, chosen_thresholds
 
 # %% auto #0
 __all__ = ['HEADS', 'sed_cli', 'example_clips', 'TorchRunner', 'SingleLabel', 'load_tagger', 'sed', 'Event', 'find_events',
@@ -113,6 +114,9 @@ def load_tagger(checkpoint_path:Path, # a .pth file saved by audioset_nb or PANN
     check_precision(precision)
     ckpt = read_checkpoint(checkpoint_path)
     labels, cfg = checkpoint_labels(ckpt, checkpoint_path), checkpoint_config(ckpt)
+    try: thresholds = None if ckpt.get('thresholds') is None else check_thresholds(ckpt['thresholds'], len(labels),
+                                                                                    checkpoint_path)
+    except ValueError as e: raise CheckpointError(str(e)) from None
     model_type = model_type or cfg.get('model_type') or 'Cnn14'
     front = dataclasses.replace(front or FrontEnd.unset(), **{k: v for k, v in settings.items() if v is not None})
     try: model = build_model(model_type, front.fill(FrontEnd.of(cfg)), classes_num=len(labels))
@@ -126,8 +130,10 @@ def load_tagger(checkpoint_path:Path, # a .pth file saved by audioset_nb or PANN
     model = for_inference(model.to(device))
     if precision == 'bf16': model = fp32_front(model)
     if ckpt.get('task') == 'single': model = SingleLabel(model)  # fine-tuned on one class per clip: softmax scores
-    return TorchRunner(model, labels, model.front, device, model_type=model_type, precision=precision,
-                       **_scoring(ckpt, cfg))
+    runner = TorchRunner(model, labels, model.front, device, model_type=model_type, precision=precision,
+                         **_scoring(ckpt, cfg))
+    runner.thresholds = thresholds  # per class, from audioset_thresholds (None: 0.5 for every class)
+    return runner
 
 # %% ../nbs/60_inference.ipynb #e763c6a7
 def sed(tagger:TorchRunner, src, **kwargs)->Tags:
@@ -147,7 +153,7 @@ class Event(NamedTuple):
     peak: float    # highest framewise score in the run
 
 def find_events(t:Tags, # framewise tags from `sed`
-                threshold:float=0.5, # a frame belongs to an event when its score is at least this
+                threshold=0.5, # a frame is in an event when its score is at least this (a number, or one per class)
                 min_duration:float=0., # drop events shorter than this, seconds
                )->list:
     "Events in `t`, sorted by onset then label."
@@ -211,7 +217,7 @@ def plot_sed(t:Tags, # framewise tags from `sed`
 @dataclass
 class SedConfig(TaggingConfig):
     "Detect sound events with a decision-level PANNs checkpoint: events to CSV/JSON lines, figures to PNG."
-    threshold: float = 0.5            # framewise score at which a class counts as sounding
+    threshold: float|None = None      # framewise score at which every class counts as sounding (default: --thresholds)
     min_duration: float = 0.          # drop events shorter than this, seconds
     figure_dir: str|None = None       # write the SED figure of each file here as <name>.png
     figure_seconds: float = 600.      # draw at most this many seconds of a file
@@ -223,11 +229,12 @@ class SedConfig(TaggingConfig):
 # %% ../nbs/60_inference.ipynb #602e7fe0
 def _sed(cfg:SedConfig):
     tagger, events = load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda, cfg.precision), []
+    th = chosen_thresholds(tagger, cfg.thresholds) if cfg.threshold is None else cfg.threshold
     def each(t):
         if t.framewise is None:
             sys.exit(f'{tagger.model_type} gives no framewise output; '
                      'use a decision-level model such as Cnn14_DecisionLevelMax.')
-        evs = find_events(t, cfg.threshold, cfg.min_duration)
+        evs = find_events(t, th, cfg.min_duration)
         events.extend((t.path, e) for e in evs)
         if not cfg.output:
             print(f'{t.path} ({t.duration:.2f} s): {len(evs)} event(s)')

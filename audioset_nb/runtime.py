@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 import numpy as np
 from .config import optional_import
+from .tagging import check_thresholds
 
 # %% auto #0
 __all__ = ['ONNX_META', 'PRECISIONS', 'onnx_settings', 'OnnxRunner', 'check_precision']
@@ -19,7 +20,7 @@ _FIX = 'export it again with audioset_export'
 def onnx_settings(meta:dict, # the file's custom metadata
                   path, # the file, for the messages
                   classes:int=None)->dict: # the model's number of outputs, when known
-    "The labels, model type and audio settings an exported model records, checked."
+    "The labels, model type, audio settings and per-class thresholds (None: 0.5) an exported model records, checked."
     if meta.get('producer') != 'audioset_nb':
         raise ValueError(f'{path} has no audioset_nb metadata (labels, sample rate); export it with audioset_export.')
     if missing := [k for k in ONNX_META if not meta.get(k)]:
@@ -31,7 +32,10 @@ def onnx_settings(meta:dict, # the file's custom metadata
                          f'{_FIX}.')
     if classes and len(labels) != classes:
         raise ValueError(f'{path} records {len(labels)} labels for {classes} outputs; {_FIX}.')
-    return dict(labels=tuple(labels), model_type=meta['model_type'], **rates)
+    try: th = json.loads(meta['thresholds']) if meta.get('thresholds') else None
+    except ValueError: th = 'unreadable'
+    th = None if th is None else check_thresholds(th, len(labels), path)  # optional: a file without them means 0.5
+    return dict(labels=tuple(labels), model_type=meta['model_type'], **rates, thresholds=th)
 
 # %% ../nbs/63_runtime.ipynb #7856602d
 class OnnxRunner:

@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from .audio import AudioError, die_with_parent, ffmpeg_cmd, finite_audio, pcm_output
 from .config import config_cli
-from .tagging import TaggingConfig, quiet_pipe, run_tags
+from .tagging import GLOBAL, TaggingConfig, chosen_thresholds, quiet_pipe, run_tags
 from .runtime import OnnxRunner, check_precision
 
 # %% auto #0
@@ -98,8 +98,10 @@ def ffmpeg_blocks(source:str, sample_rate:int, # the source and the rate to deli
 class Hysteresis:
     "Per-class sound events: a class starts when its score reaches `on` and ends when it falls below `off`."
     def __init__(self, labels, # class names
-                 on:float=0.5, off:float=0.3): # thresholds, off <= on
-        if not 0 <= off <= on <= 1: raise ValueError(f'Thresholds must satisfy 0 <= off ({off}) <= on ({on}) <= 1.')
+                 on=0.5, off=0.3): # thresholds, off <= on: one number, or one per class
+        on, off = np.asarray(on, np.float64), np.asarray(off, np.float64)
+        if not ((0 <= off) & (off <= on) & (on <= 1)).all():
+            raise ValueError(f'Thresholds must satisfy 0 <= off ({off}) <= on ({on}) <= 1.')
         self.labels, self.on, self.off = list(labels), on, off
         self.onset, self.peak = np.full(len(self.labels), np.nan), np.zeros(len(self.labels))
 
@@ -150,12 +152,13 @@ def _scored(tagger, h:Hysteresis, buf:np.ndarray, t:int, k:int, cols, name:str)-
 def stream_events(tagger, # a runner: has `labels`, `sample_rate`, `hop_size`, `forward`
                   blocks:Iterable[np.ndarray], # mono float32 audio at `tagger.sample_rate`, as it arrives
                   window_seconds:float=2., hop_seconds:float=0.5, # the model sees `window_seconds` every `hop_seconds`
-                  on:float=0.5, off:float=0.3, # hysteresis thresholds
+                  on=0.5, off=0.3, # hysteresis thresholds: one number, or one per class of `tagger`
                   labels:list=None, # report only these classes (default: all)
                   name:str='the stream')->Iterator[dict]: # what messages call the source
     "Yield a dict when a sound event starts and when it ends."
     cols = [list(tagger.labels).index(l) for l in labels] if labels else list(range(len(tagger.labels)))
-    h = Hysteresis([tagger.labels[c] for c in cols], on, off)
+    pick = lambda v: np.asarray(v, np.float64)[cols] if np.ndim(v) else v
+    h = Hysteresis([tagger.labels[c] for c in cols], pick(on), pick(off))
     fr = tagger.hop_size
     win = max(1, round(window_seconds*tagger.sample_rate/fr))*fr
     hop = max(1, round(hop_seconds*tagger.sample_rate/fr))*fr
@@ -233,14 +236,16 @@ def _stream(runner, cfg:TagConfig):
         raise ValueError(f'--labels {unknown[0]!r} is not a class of this model; use names such as '
                          f'{runner.labels[0]!r}.')
     hop, fault = max(1, int(cfg.hop_seconds*runner.sample_rate)), []
+    scale = chosen_thresholds(runner, cfg.thresholds)/GLOBAL  # a class's levels move with its own threshold
+    on, off = np.clip(cfg.on_threshold*scale, 0, 1), np.clip(cfg.off_threshold*scale, 0, 1)
     def until_fault(blocks):  # a stalled or dropped source ends the stream (open events are closed), then is reported
         try: yield from blocks
         except ConnectionError as e: fault.append(e)
     blocks = until_fault(ffmpeg_blocks(cfg.stream, runner.sample_rate, hop, cfg.realtime, cfg.input_format,
                                        cfg.timeout))
     try:
-        for e in stream_events(runner, blocks, cfg.window_seconds, cfg.hop_seconds, cfg.on_threshold, cfg.off_threshold,
-                               cfg.labels, name=cfg.stream):
+        for e in stream_events(runner, blocks, cfg.window_seconds, cfg.hop_seconds, on, off, cfg.labels,
+                               name=cfg.stream):
             print(json.dumps(e), flush=True)
     except KeyboardInterrupt: sys.exit(130)
     if fault: raise fault[0]

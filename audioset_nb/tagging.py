@@ -15,8 +15,9 @@ from .fileio import atomic_open, cannot_write
 from .metadata import CLIP_SECONDS
 
 # %% auto #0
-__all__ = ['Tags', 'Failed', 'source_name', 'source_blocks', 'audio_files', 'window_settings', 'iter_tags', 'tag', 'tag_files',
-           'is_jsonl', 'write_rows', 'tags_row', 'write_tags', 'print_tags', 'TaggingConfig', 'run_files',
+__all__ = ['GLOBAL', 'Tags', 'Failed', 'source_name', 'source_blocks', 'audio_files', 'window_settings', 'iter_tags', 'tag',
+           'tag_files', 'is_jsonl', 'write_rows', 'tags_row', 'write_tags', 'print_tags', 'check_thresholds',
+           'parse_thresholds', 'stored_thresholds', 'chosen_thresholds', 'TaggingConfig', 'run_files',
            'report_failures', 'run_tags', 'quiet_pipe']
 
 # %% ../nbs/55_tagging.ipynb #83f787d8
@@ -36,6 +37,10 @@ class Tags:
         "The `k` best (label, score) pairs."
         ix = np.argsort(-self.clipwise, kind='stable')[:k]
         return [(self.labels[i], float(self.clipwise[i])) for i in ix]
+    def present(self, thresholds=0.5)->list:
+        "(label, score) of the classes at or above their threshold (one number, or one per class), best first."
+        on = self.clipwise >= np.asarray(thresholds)
+        return [(self.labels[i], float(self.clipwise[i])) for i in np.argsort(-self.clipwise, kind='stable') if on[i]]
     def __repr__(self):
         return f'Tags({self.path}, {self.duration:.2f} s, {len(self.starts)} windows, top: {self.top(3)})'
 
@@ -206,8 +211,10 @@ def write_rows(path:Path, rows:Iterable[dict])->int:
     return n
 
 # %% ../nbs/55_tagging.ipynb #7927d507
-def tags_row(t:Tags, top_k:int=10, full:bool=False, embedding:bool=False, jsonl:bool=False)->dict:
-    "One output row for `t`: top-k labels and scores, and optionally all scores, window scores and embedding."
+def tags_row(t:Tags, top_k:int=10, full:bool=False, embedding:bool=False, jsonl:bool=False,
+             thresholds=None, # one number or one per class: the labels present, in a last column (None: none)
+            )->dict:
+    "One output row for `t`: top-k labels and scores, optionally all scores, window scores, embedding, labels present."
     r = {'audio_path': t.path, 'duration': round(t.duration, 3)}
     if jsonl: r['top'] = [[l, round(p, 6)] for l, p in t.top(top_k)]
     else:
@@ -217,19 +224,62 @@ def tags_row(t:Tags, top_k:int=10, full:bool=False, embedding:bool=False, jsonl:
     elif full: r.update({l: round(float(p), 6) for l, p in zip(t.labels, t.clipwise)})
     if embedding and t.embedding is not None:
         r['embedding'] = t.embedding.round(6).tolist() if jsonl else ' '.join(f'{v:.6g}' for v in t.embedding)
+    if thresholds is not None:
+        present = [l for l, _ in t.present(thresholds)]
+        r['present'] = present if jsonl else ';'.join(present)
     return r
 
-def write_tags(results:Iterable[Tags], path:Path, top_k:int=10, full:bool=False, embedding:bool=False)->int:
+def write_tags(results:Iterable[Tags], path:Path, top_k:int=10, full:bool=False, embedding:bool=False,
+               thresholds=None)->int:
     "Write `results` to `path` (.csv or .jsonl) atomically; returns the number of files written."
     jsonl = is_jsonl(path)
-    return write_rows(path, (tags_row(t, top_k, full, embedding, jsonl) for t in results))
+    return write_rows(path, (tags_row(t, top_k, full, embedding, jsonl, thresholds) for t in results))
 
-def print_tags(t:Tags, top_k:int=10, embedding:bool=False):
-    "Print `t`'s path, duration and top-k labels, as `audioset_tag` does."
-    print(f'{t.path} ({t.duration:.2f} s)')
+def print_tags(t:Tags, top_k:int=10, embedding:bool=False, thresholds=None):
+    "Print `t`'s path, duration, (with `thresholds`) the labels present, and top-k labels, as `audioset_tag` does."
+    present = '' if thresholds is None else f", present: {'; '.join(l for l, _ in t.present(thresholds)) or 'none'}"
+    print(f'{t.path} ({t.duration:.2f} s){present}')
     for l, p in t.top(top_k): print(f'{l}: {p:.3f}')
     if embedding: print(f'embedding: {None if t.embedding is None else t.embedding.shape}')
     sys.stdout.flush()  # a file at a time: a reader that has gone (`| head`) is noticed at once
+
+# %% ../nbs/55_tagging.ipynb #46470d56
+GLOBAL = 0.5  # the one threshold of a model without its own, and of `--thresholds 0.5`
+
+def check_thresholds(values, # the stored thresholds
+                     classes:int, # the model's number of classes
+                     where)->np.ndarray: # the file they came from, for the message
+    "`values` as (classes,) float thresholds in [0, 1]; else a `ValueError` naming `where` and the fix."
+    try: th = np.asarray(values, np.float64)
+    except (TypeError, ValueError): th = np.zeros(0)
+    if th.shape != (classes,) or not ((th >= 0) & (th <= 1)).all():
+        raise ValueError(f'{where} holds thresholds that are not {classes} numbers in [0, 1], one per class; '
+                         'compute them again with audioset_thresholds.')
+    return th
+
+def parse_thresholds(choice)->float|None:
+    "None for 'checkpoint' (the model's own thresholds), else the one threshold `choice` gives every class."
+    if str(choice) == 'checkpoint': return None
+    try: g = float(choice)
+    except (TypeError, ValueError): g = -1.
+    if not 0 <= g <= 1: raise ValueError(f"--thresholds {choice!r} must be 'checkpoint' or a number in [0, 1].")
+    return g
+
+# %% ../nbs/55_tagging.ipynb #f3dcb668
+def stored_thresholds(runner)->np.ndarray|None:
+    "The per-class thresholds `runner`'s model carries (a checkpoint's, an ONNX file's metadata), or None."
+    th = getattr(runner, 'thresholds', None)
+    if th is None and hasattr(runner, 'session'):  # an OnnxRunner: its file's metadata
+        from audioset_nb.runtime import onnx_settings
+        th = onnx_settings(runner.session.get_modelmeta().custom_metadata_map, runner.path).get('thresholds')
+    return th
+
+def chosen_thresholds(runner, # has `labels`, and perhaps its model's `thresholds`
+                      choice='checkpoint')->np.ndarray: # `--thresholds`: 'checkpoint' or one number
+    "(classes,) thresholds: `choice` for every class, or the model's own (0.5 for every class where it has none)."
+    g = parse_thresholds(choice)
+    th = stored_thresholds(runner) if g is None else None
+    return np.full(len(runner.labels), GLOBAL if g is None else g) if th is None else np.asarray(th, np.float64)
 
 # %% ../nbs/55_tagging.ipynb #ceb34a64
 @dataclass
@@ -245,9 +295,11 @@ class TaggingConfig:
     window_seconds: float|None = None # windows of this length (default: 10 s, a fine-tuned checkpoint's clip length)
     hop_seconds: float|None = None    # step between windows (default: window_seconds)
     precision: str = 'fp32'           # fp32, bf16 (a checkpoint under CPU bf16 autocast) or int8 (an int8 --onnx file)
+    thresholds: str = 'checkpoint'    # a label is present at: the model's own thresholds (0.5 if none), or this number
 
     def __post_init__(self):
         if self.output: is_jsonl(self.output)
+        parse_thresholds(self.thresholds)
 
 # %% ../nbs/55_tagging.ipynb #286f78ee
 def run_files(runner, audio_path, each, **kwargs)->tuple:
@@ -277,10 +329,11 @@ def run_tags(runner, cfg):
     "Tag the files `cfg` names (`TaggingConfig` fields and top_k, pooling, full_scores, embedding) with `runner`."
     kw = dict(window_seconds=cfg.window_seconds, hop_seconds=cfg.hop_seconds, batch_size=cfg.batch_size,
               pooling=cfg.pooling)
+    th = chosen_thresholds(runner, cfg.thresholds)
     if not cfg.output: return report_failures(*run_files(runner, cfg.audio_path,
-                                                         lambda t: print_tags(t, cfg.top_k, cfg.embedding), **kw))
+                                                         lambda t: print_tags(t, cfg.top_k, cfg.embedding, th), **kw))
     rows, jsonl = [], is_jsonl(cfg.output)
-    keep = lambda t: rows.append(tags_row(t, cfg.top_k, cfg.full_scores, cfg.embedding, jsonl))
+    keep = lambda t: rows.append(tags_row(t, cfg.top_k, cfg.full_scores, cfg.embedding, jsonl, th))
     failed = run_files(runner, cfg.audio_path, keep, **kw)
     write_rows(cfg.output, rows)
     print(f'Wrote {len(rows)} file(s) to {cfg.output}')
