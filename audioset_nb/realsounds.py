@@ -67,7 +67,7 @@ def pypi_dir(root:Path, package:str)->Path: return Path(root)/'pypi'/package
 def install_sources(packages:list, # names from `read_packages`
                     root:str|Path, # PyPI packages go to <root>/pypi/<name>
                     table:dict=None)->dict: # `read_packages()` if None
-    "Install `packages`; {name: None if installed, else the sentence saying why it is skipped}, with a warning each."
+    "Install `packages`: {name: None if it is installed now, else the sentence saying why not}."
     table = table or read_packages()
     unknown = [p for p in packages if p not in table]
     if unknown: raise ValueError(f'{unknown[0]} is not a package of the benchmark; choose from {", ".join(table)}.')
@@ -75,8 +75,6 @@ def install_sources(packages:list, # names from `read_packages`
     why = install_debian(debs) if debs else None
     out = {p: (why if table[p]['source'] == 'debian' and not deb_installed(p) else None) for p in debs}
     out.update({p: install_pypi(p, pypi_dir(root, p)) for p in packages if table[p]['source'] == 'pypi'})
-    for p, w in out.items():
-        if w: warnings.warn(f'Skipping {p}: {w}.', stacklevel=2)
     return {p: out[p] for p in packages}
 
 # %% ../nbs/93_realsounds.ipynb #00000000
@@ -222,10 +220,12 @@ def realsounds(cfg:RealSoundsConfig)->list:
     "Install, find, label; write <root>/manifest.csv, train.csv and test.csv; print the counts. The rows."
     root = Path(cfg.root)
     root.mkdir(parents=True, exist_ok=True)
-    if cfg.install: install_sources(cfg.packages, root)
+    why = install_sources(cfg.packages, root) if cfg.install else {}
+    for p, w in why.items():
+        if w: print(f'Skipping {p}: {w}.', file=sys.stderr)
     rows, unmapped = manifest(cfg.packages, root, cfg.per_class)
-    if unmapped: warnings.warn(f'{len(unmapped)} files match no rule of the mapping (e.g. {unmapped[0]}); '
-                               'they are left out.', stacklevel=2)
+    if unmapped: print(f'{len(unmapped)} files match no rule of the mapping (e.g. {unmapped[0]}); they are left out.',
+                       file=sys.stderr)
     if not rows: raise ValueError(f'None of {", ".join(cfg.packages)} is installed with mapped audio files; '
                                   'install them (as root) or choose others with --packages.')
     write_manifest(rows, root/'manifest.csv')
