@@ -10,6 +10,7 @@ Writes results/realsounds-cpu.json after each recipe (device, load, versions, da
 
     python benchmarks/realsounds.py                                 # the default recipe, seeds 1 2 3
     python benchmarks/realsounds.py --recipes default 'gain 10 dB, EQ 6 dB' 'crops 3 s'
+    python benchmarks/realsounds.py --from_log LOG   # the JSON of a stopped run, from the run lines it printed
 """
 import argparse, csv, datetime, json, os, platform, shutil, tempfile, time
 from pathlib import Path
@@ -65,6 +66,18 @@ def run(train:Path, test:Path, ws:Path, seed:int, decoded:Path, **recipe)->dict:
                 baseline_valid=r['baseline'].accuracy, baseline_test=r['baseline_test'].accuracy,
                 best_iteration=r['best_iteration'], seconds=time.perf_counter() - t)
 
+def from_log(log:Path, a):
+    "The JSON of a stopped run, from the per-run lines it printed (`<recipe> {run dict}`) and its counts."
+    import ast
+    rows, files = {}, {}
+    for line in log.read_text().splitlines():
+        name = next((n for n in RECIPES if line.startswith(n + ' {')), None)
+        if name: rows.setdefault(name, []).append(ast.literal_eval(line[len(name) + 1:]))
+        elif (split := line.split(' {')[0]) in ('train', 'valid', 'test'):
+            files[split] = ast.literal_eval(line[len(split) + 1:])
+    write(Path(a.out), {k: summarise(v) for k, v in rows.items()}, a, files=files, from_log=True,
+          note='stopped before every seed had run: the seeds of each recipe are in its runs')
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--root', default=str(default_cache_dir()/'realsounds'), help='where audioset_realsounds writes')
@@ -72,7 +85,9 @@ def main():
     p.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3])
     p.add_argument('--recipes', nargs='+', default=['default'], choices=list(RECIPES))
     p.add_argument('--out', default=str(Path(__file__).parent/'results'/'realsounds-cpu.json'))
+    p.add_argument('--from_log', help="write the JSON from a log of this script's per-run lines (a stopped run)")
     a = p.parse_args()
+    if a.from_log: return from_log(Path(a.from_log), a)
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     rows = realsounds(RealSoundsConfig(a.root, install=not a.no_install))
     extra = dict(files=counts(rows), manifest=manifest_check(rows))
@@ -86,8 +101,8 @@ def main():
                         **RECIPES[name])
                 runs.append(r)
                 print(name, r, flush=True)
-            out[name] = summarise(runs)
-            write(Path(a.out), out, a, **extra)  # after each recipe: an interrupted run keeps what it measured
+                out[name] = summarise(runs)
+                write(Path(a.out), out, a, **extra)  # after each run: an interrupted run keeps what it measured
         for k, v in out.items():
             print(f"{k}: test {v['test_mean']:.3f} ± {v['test_std']:.3f} (valid {v['valid_mean']:.3f} ± "
                   f"{v['valid_std']:.3f}), baseline test {v['baseline_test']:.3f} ± {v['baseline_test_std']:.3f}")
