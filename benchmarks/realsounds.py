@@ -16,12 +16,14 @@ import argparse, csv, datetime, json, os, platform, shutil, tempfile, time
 from pathlib import Path
 import numpy as np, torch
 import audioset_nb
+from audioset_nb.config import FrontEnd
 from audioset_nb.finetune import FinetuneConfig, finetune, finetune_dir
 from audioset_nb.fileio import atomic_write, default_cache_dir
 from audioset_nb.metadata import DATA_DIR
 from audioset_nb.realsounds import RealSoundsConfig, counts, realsounds
 
 RECIPES = {'default': {},
+           '8-kHz front end': dict(front=FrontEnd(8000, 256, 80, 64, 50, 4000)),  # the scene set's
            'gain 10 dB, EQ 6 dB': dict(gain_db=10.0, eq_db=6.0),
            'crops 3 s': dict(clip_seconds=3.0),
            'crops 10 s': dict(clip_seconds=10.0),
