@@ -66,7 +66,9 @@ def run(train:Path, test:Path, ws:Path, seed:int, decoded:Path, **recipe)->dict:
     shutil.rmtree(ws)
     return dict(seed=seed, valid=r['scores'].accuracy, test=r['test'].accuracy,
                 baseline_valid=r['baseline'].accuracy, baseline_test=r['baseline_test'].accuracy,
-                best_iteration=r['best_iteration'], seconds=time.perf_counter() - t)
+                best_iteration=r['best_iteration'], seconds=time.perf_counter() - t, labels=list(r['test'].labels),
+                test_confusion=r['test'].confusion.tolist(),  # rows: true class, columns: predicted
+                baseline_test_confusion=r['baseline_test'].confusion.tolist())
 
 def from_log(log:Path, a):
     "The JSON of a stopped run, from the per-run lines it printed (`<recipe> {run dict}`) and its counts."
