@@ -15,7 +15,7 @@ from .checkpoints import load_checkpoint, load_weights, save_checkpoint
 from .models import MODELS, LogmelFrontend, build_model
 from .config import FrontEnd, config_cli, flat_config
 from .inference import HEADS, SingleLabel, TorchRunner
-from .tagging import iter_tags
+from .tagging import iter_tags, quiet_pipe
 from .train import (Dist, Hook, RecipeConfig, augmented, autocast, best_of, class_scores,
                                clip_bce, fit, json_line, per_rank, process_group, recipe_hooks, run_folder, score,
                                seed_everything, setup_run, softmax_ce, statistics_logger)
@@ -496,7 +496,7 @@ def _finetune_and_print(cfg:FinetuneConfig):
         print(json_line({'split': 'mean', **mean}), end='')
 
 _EARLIER_FLAGS = {'--no_balanced': '--balanced=none', '--mixup': '--augmentation=mixup'}
-_finetune_main = config_cli(FinetuneConfig, _finetune_and_print, 'audioset_finetune')
+_finetune_main = config_cli(FinetuneConfig, quiet_pipe(_finetune_and_print), 'audioset_finetune')
 
 def finetune_cli(argv:list=None):
     "`audioset_finetune`; the earlier spellings `--no_balanced` and `--mixup` still work."

@@ -1,5 +1,5 @@
 "Fine-tuning end to end: a body pretrained on the mini AudioSet, transferred to a new folder of generated sounds."
-import json, os, shutil
+import json, os, shutil, subprocess
 from pathlib import Path
 import numpy as np, pytest, torch
 from audioset_nb.audio import write_wav
@@ -15,7 +15,7 @@ from audioset_nb.inference import load_tagger, tag
 from audioset_nb.train import read_statistics
 import audioset_nb.finetune as ft
 import soundfile as sf
-from conftest import cli, one_sentence
+from conftest import cli, cli_cmd, cli_env, one_sentence
 
 torch.set_num_threads(1)
 # the smallest CNN of the zoo; MobileNetV1's BatchNorm statistics lag after so short a pretraining
@@ -391,3 +391,20 @@ def test_the_summary_lines_are_strict_json(monkeypatch, capsys, tmp_path):
             capsys.readouterr().out.splitlines()]
     assert [(r['split'], r['mAP'], r['accuracy']) for r in rows] == [('fold0', None, 0.5), ('fold1', None, 0.5),
                                                                       ('mean', None, 0.5)]
+
+def test_a_reader_that_goes_ends_finetuning_quietly(tmp, folder):
+    "`audioset_finetune ... | head -1`: the second summary line meets a closed pipe; no traceback, status 141."
+    clips = read_folder(folder)
+    rows = [f'{Path(p).relative_to(folder)},{clips.labels[t.argmax()]},{i % 2 + 1}'
+            for i, (p, t) in enumerate(zip(clips.paths, clips.targets))]
+    (tmp/'pipe.csv').write_text('path,label,fold\n' + '\n'.join(rows) + '\n')
+    argv = cli_cmd('audioset_finetune', '--data', tmp/'pipe.csv', '--audios_dir', folder, '--workspace', tmp/'ws_pipe',
+                   '--model_type', MODEL,
+                   *[a for k, v in FRONT.items() for a in (f'--{k}', v)], '--clip_seconds', 1, '--folds', 'all',
+                   '--epochs', 1, '--batch_size', 12, '--no_progress')
+    r = subprocess.run(['bash', '-c', '"$@" | head -1; echo "status ${PIPESTATUS[0]}" >&2', 'pipe', *argv],
+                       capture_output=True, text=True, env=cli_env(), timeout=600)
+    # was: "BrokenPipeError" traceback and status 1
+    assert r.stdout and json.loads(r.stdout)['split'] == 'fold=1', r.stderr
+    assert 'Traceback' not in r.stderr and 'Broken pipe' not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == 'status 141', r.stderr
