@@ -9,7 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['WORKERS', 'atomic_path', 'atomic_open', 'atomic_write', 'OutputBusy', 'output_lock', 'CannotWrite', 'cannot_write',
-           'remove_stale_temps', 'default_cache_dir', 'md5sum', 'fetch', 'usable_cores', 'default_workers']
+           'remove_stale_temps', 'default_cache_dir', 'file_digest', 'md5sum', 'fetch', 'usable_cores',
+           'default_workers']
 
 # %% ../nbs/00_fileio.ipynb #fc41948e
 def _umask()->int:
@@ -124,12 +125,14 @@ def default_cache_dir()->Path:
     "Where downloaded files are kept: `$AUDIOSET_NB_CACHE`, else `~/.cache/audioset_nb`."
     return Path(os.environ.get('AUDIOSET_NB_CACHE') or Path.home()/'.cache'/'audioset_nb')
 
-def md5sum(path:Path, chunk:int=1<<20)->str:
-    "MD5 hex digest of a file."
-    h = hashlib.md5()
+def file_digest(path:Path, algo:str='md5', chunk:int=1<<20)->str:
+    "Hex digest of a file with `hashlib`'s `algo` ('md5', 'sha256', ...), read `chunk` bytes at a time."
+    h = hashlib.new(algo)
     with open(path, 'rb') as f:
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
+
+def md5sum(path:Path, chunk:int=1<<20)->str: return file_digest(path, 'md5', chunk)  # published checksums
 
 # %% ../nbs/00_fileio.ipynb #71ca19bc
 def _fetch_once(url, part, timeout)->bool:

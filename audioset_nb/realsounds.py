@@ -4,20 +4,20 @@
 
 # %% ../nbs/93_realsounds.ipynb #38c5b4fb
 from __future__ import annotations
-import csv, fnmatch, functools, hashlib, io, os, shutil, subprocess, sys, warnings
+import csv, fnmatch, functools, io, os, shutil, subprocess, sys, warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 import soundfile as sf
 from .audio import AUDIO_EXTS
 from .config import config_cli
-from .fileio import atomic_open, atomic_write, default_cache_dir
+from .fileio import atomic_open, atomic_write, default_cache_dir, file_digest
 from .metadata import DATA_DIR, load_ontology
 
 # %% auto #0
 __all__ = ['COARSE', 'FIELDS', 'FOLDS', 'realsounds_cli', 'read_packages', 'read_map', 'deb_installed', 'install_debian',
            'install_pypi', 'pypi_dir', 'install_sources', 'unzip_audio', 'find_sounds', 'label', 'class_ids',
-           'coarse_class', 'sha256sum', 'describe', 'package_rows', 'manifest', 'write_manifest', 'write_splits',
-           'counts', 'RealSoundsConfig', 'realsounds']
+           'coarse_class', 'describe', 'package_rows', 'manifest', 'write_manifest', 'write_splits', 'counts',
+           'RealSoundsConfig', 'realsounds']
 
 # %% ../nbs/93_realsounds.ipynb #24fbea2d
 def _rows(path:Path)->list: return list(csv.DictReader(io.StringIO(Path(path).read_text(encoding='utf-8'))))
@@ -132,19 +132,12 @@ def coarse_class(names:tuple)->str:
 # %% ../nbs/93_realsounds.ipynb #7e7a9a01
 FIELDS = ('path', 'package', 'split', 'sha256', 'duration', 'sample_rate', 'channels', 'labels', 'coarse', 'rendered')
 
-def sha256sum(path:Path, chunk:int=1<<20)->str:
-    "SHA-256 hex digest of a file."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while b := f.read(chunk): h.update(b)
-    return h.hexdigest()
-
 def describe(path:Path)->dict|None:
     "sha256, duration (s), sample rate and channels of an audio file; None if libsndfile cannot read it."
     try: i = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError): return None
     if not i.frames: return None
-    return dict(sha256=sha256sum(path), duration=round(i.frames/i.samplerate, 3), sample_rate=i.samplerate,
+    return dict(sha256=file_digest(path, 'sha256'), duration=round(i.frames/i.samplerate, 3), sample_rate=i.samplerate,
                 channels=i.channels)
 
 # %% ../nbs/93_realsounds.ipynb #06ab80f5

@@ -104,12 +104,17 @@ def test_transfer_any_head():
                   {'model': {f'module.{k}': v for k, v in published_like.items()}})
     assert torch.equal(m.base.conv_block1.conv1.weight, published_like['conv_block1.conv1.weight'])
 
+def folds_csv(folder, path, extra=lambda i: '')->object:
+    "Write a CSV of `folder`'s clips in two alternating folds (a label of `extra(i)` added to row i); the clips."
+    clips = read_folder(folder)
+    rows = [f'{Path(p).relative_to(folder)},{clips.labels[t.argmax()]}{extra(i)},{i % 2 + 1}'
+            for i, (p, t) in enumerate(zip(clips.paths, clips.targets))]
+    Path(path).write_text('path,label,fold\n' + '\n'.join(rows) + '\n')
+    return clips
+
 def test_csv_folds_cli(tmp, folder):
     "A multi-label CSV with a fold column, cross-validated by the console script over both folds."
-    clips = read_folder(folder)
-    rows = [f'{Path(p).relative_to(folder)},{clips.labels[t.argmax()]}{";hiss" if i % 5 == 0 else ""},{i % 2 + 1}'
-            for i, (p, t) in enumerate(zip(clips.paths, clips.targets))]
-    (tmp/'folds.csv').write_text('path,label,fold\n' + '\n'.join(rows) + '\n')
+    clips = folds_csv(folder, tmp/'folds.csv', extra=lambda i: ';hiss' if i % 5 == 0 else '')
     p = cli('audioset_finetune', '--data', tmp/'folds.csv', '--audios_dir', folder, '--workspace', tmp/'ws_cli',
             '--model_type', MODEL, *[a for k, v in FRONT.items() for a in (f'--{k}', v)], '--clip_seconds', 1,
             '--folds', 'all', '--epochs', 1, '--batch_size', 12, '--no_progress', timeout=300)
@@ -394,10 +399,7 @@ def test_the_summary_lines_are_strict_json(monkeypatch, capsys, tmp_path):
 
 def test_a_reader_that_goes_ends_finetuning_quietly(tmp, folder):
     "`audioset_finetune ... | head -1`: the second summary line meets a closed pipe; no traceback, status 141."
-    clips = read_folder(folder)
-    rows = [f'{Path(p).relative_to(folder)},{clips.labels[t.argmax()]},{i % 2 + 1}'
-            for i, (p, t) in enumerate(zip(clips.paths, clips.targets))]
-    (tmp/'pipe.csv').write_text('path,label,fold\n' + '\n'.join(rows) + '\n')
+    folds_csv(folder, tmp/'pipe.csv')
     argv = cli_cmd('audioset_finetune', '--data', tmp/'pipe.csv', '--audios_dir', folder, '--workspace', tmp/'ws_pipe',
                    '--model_type', MODEL,
                    *[a for k, v in FRONT.items() for a in (f'--{k}', v)], '--clip_seconds', 1, '--folds', 'all',
