@@ -58,6 +58,7 @@ class TorchRunner:
     window_seconds: float = CLIP_SECONDS  # files are cut into windows of this length unless told otherwise
     pooling: str = 'max'                  # and their scores pooled so
     precision: str = 'fp32'               # or bf16: CPU autocast (with `fastpath.fp32_front`)
+    thresholds: object = None             # (classes,) per-class thresholds (`audioset_thresholds`); None: 0.5 each
     def __post_init__(self):
         self.labels, self.device = tuple(self.labels), str(self.device)
         if self.front is None: self.front = self.model.front
@@ -130,10 +131,8 @@ def load_tagger(checkpoint_path:Path, # a .pth file saved by audioset_nb or PANN
     model = for_inference(model.to(device))
     if precision == 'bf16': model = fp32_front(model)
     if ckpt.get('task') == 'single': model = SingleLabel(model)  # fine-tuned on one class per clip: softmax scores
-    runner = TorchRunner(model, labels, model.front, device, model_type=model_type, precision=precision,
-                         **_scoring(ckpt, cfg))
-    runner.thresholds = thresholds  # per class, from audioset_thresholds (None: 0.5 for every class)
-    return runner
+    return TorchRunner(model, labels, model.front, device, model_type=model_type, precision=precision,
+                       thresholds=thresholds, **_scoring(ckpt, cfg))
 
 # %% ../nbs/60_inference.ipynb #e763c6a7
 def sed(tagger:TorchRunner, src, **kwargs)->Tags:

@@ -58,6 +58,7 @@ class OnnxRunner:
         self.labels, self.model_type = s['labels'], s['model_type']
         self.sample_rate, self.window_size, self.hop_size = s['sample_rate'], s['window_size'], s['hop_size']
         self.precision = meta.get('precision', 'fp32')  # int8 when `audioset_export --precision int8` wrote it
+        self.thresholds = s['thresholds']  # per class, from audioset_thresholds (None: 0.5 for every class)
 
     @property
     def fps(self)->float: return self.sample_rate/self.hop_size

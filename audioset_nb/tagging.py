@@ -268,11 +268,7 @@ def parse_thresholds(choice)->float|None:
 # %% ../nbs/55_tagging.ipynb #f3dcb668
 def stored_thresholds(runner)->np.ndarray|None:
     "The per-class thresholds `runner`'s model carries (a checkpoint's, an ONNX file's metadata), or None."
-    th = getattr(runner, 'thresholds', None)
-    if th is None and hasattr(runner, 'session'):  # an OnnxRunner: its file's metadata
-        from audioset_nb.runtime import onnx_settings
-        th = onnx_settings(runner.session.get_modelmeta().custom_metadata_map, runner.path).get('thresholds')
-    return th
+    return getattr(runner, 'thresholds', None)  # a runner without the attribute: a model without thresholds
 
 def chosen_thresholds(runner, # has `labels`, and perhaps its model's `thresholds`
                       choice='checkpoint')->np.ndarray: # `--thresholds`: 'checkpoint' or one number
