@@ -22,6 +22,12 @@ if ! command -v ffmpeg >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/
     echo "Could not install ffmpeg; the decoding tests run with imageio-ffmpeg's only." >&2
 fi
 
+# Notebooks and tests write their scratch folders under one temporary folder, removed when this script ends: a run
+# leaves nothing behind in /tmp (the examples of 60_inference alone write ~700 MB).
+TMPDIR=$(mktemp -d -t audioset_nb-test.XXXXXX)
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
+
 must_be_clean() {
   local dirty; dirty=$(git diff --name-only -- nbs audioset_nb settings.ini; git ls-files --others --exclude-standard -- nbs audioset_nb)
   if [ -n "$dirty" ]; then

@@ -5,7 +5,7 @@
   python tools/notebooks.py check [NB ...]    fail if a cell that draws a figure was committed without it
 Cells flagged `#| slow`, `#| gpu` or `#| eval: false` are not run by `run` (`--slow` runs the slow ones too): they keep
 the outputs of their last real run."""
-import json, os, re, sys
+import json, os, re, sys, tempfile
 from pathlib import Path
 
 NBS = Path(__file__).resolve().parents[1]/'nbs'
@@ -55,10 +55,19 @@ def run(nb, slow=False):
     os.environ['IN_TEST'] = '1'
     cwd = os.getcwd()
     os.chdir(nb.parent)
-    try:
-        shell = CaptureShell(path=nb.parent, mpl_format='png')
-        ok = shell.run_all(book, exc_stop=True, preproc=lambda c: c.cell_type == 'code' and bool(skip.search(c.source)))
-    finally: os.chdir(cwd)
+    # The examples' scratch folders go under one temporary folder, removed after the run, so none is left in /tmp.
+    with tempfile.TemporaryDirectory(prefix=f'{nb.stem}-') as scratch:
+        old_tmp, old_env = tempfile.tempdir, os.environ.get('TMPDIR')
+        tempfile.tempdir = os.environ['TMPDIR'] = scratch  # TMPDIR for the subprocesses the examples start
+        try:
+            shell = CaptureShell(path=nb.parent, mpl_format='png')
+            ok = shell.run_all(book, exc_stop=True,
+                               preproc=lambda c: c.cell_type == 'code' and bool(skip.search(c.source)))
+        finally:
+            os.chdir(cwd)
+            tempfile.tempdir = old_tmp
+            if old_env is None: os.environ.pop('TMPDIR')
+            else: os.environ['TMPDIR'] = old_env
     for c in book.cells:
         c.pop('execution_count', None)
         if c.cell_type == 'code': c['execution_count'] = None
