@@ -155,11 +155,13 @@ def config_cli(cls, # the config dataclass
                prog:str, # the program name
                subcommand:str=None): # an optional first word the command accepts
     "A console-script entry point that parses the command line into `cls` and calls `run` with it."
-    def main(argv:list=None):
+    def main(argv:list=None)->int|None:
         try:
             cfg = parse_config(cls, argv, prog, subcommand)
-            return run(cfg)
+            status = run(cfg)
         except USER_ERRORS as e: sys.exit(f'{prog}: {e}')
+        # console scripts end with `sys.exit(main())`, which prints anything but an int and exits 1: pass a status only
+        return status if isinstance(status, int) and not isinstance(status, bool) else None
     main.__doc__ = inspect.getdoc(cls)
     mod = inspect.getmodule(inspect.currentframe().f_back)
     if getattr(mod, '__name__', '') == '__main__': main()  # `python -m audioset_nb.<module>`
