@@ -13,21 +13,26 @@ The stages are the ones whose cost depends on the number of clips and not on the
   - read_index:      reading the full-train index, as training starts
   - sampler:         the balanced sampler's start-up, 100 batches of 32, and the size of its saved state
   - score:           mAP, AUC and d' over clips x 527 classes, as every evaluation computes them
+  - checkpoint:      a resumable training checkpoint (Cnn14's weights and Adam state, the balanced sampler's state at
+                     this many clips) written, read back and the sampler restored, as every save and resume does
+  - statistics:      resuming the statistics file of a run of n iterations (a loss record every 100 iterations and an
+                     evaluation every 2,000, as the trainer writes them); its AudioSet size is the paper's 600,000
 The per-clip costs of audio (download, pack and import per core, the loader) are constants measured by pack.py,
 import.py and loader.py; this script does not repeat them.
 Writes benchmarks/results/scale-cpu.json; BENCHMARKS.md quotes it.
 
     python benchmarks/scale.py                 # all sizes (about 10 minutes and 6 GB of temporary disk)
     python benchmarks/scale.py --sizes 2000 20000 200000   # a quick look
+    python benchmarks/scale.py --stages checkpoint statistics --out benchmarks/results/scale_checkpoints-cpu.json
 """
 import argparse, datetime, json, os, platform, resource, subprocess, sys, tempfile, time
 from pathlib import Path
 import h5py, numpy as np
 
 HERE = Path(__file__).resolve().parent
-AUDIOSET = dict(train=2_041_789 + 22_160, eval=20_371)
+AUDIOSET = dict(train=2_041_789 + 22_160, eval=20_371, iterations=600_000)
 STAGES = ('read_segments', 'plan_parts', 'download_log', 'write_index', 'combine_indexes', 'read_index', 'sampler',
-          'score')
+          'score', 'checkpoint', 'statistics')
 PARTS = 41
 
 def _ytid(k:int)->str:
@@ -124,6 +129,41 @@ def run_stage(stage:str, n:int, d:Path)->dict:
         t0 = time.perf_counter()
         s = score(target, out)
         return dict(clips=len(target), mAP=round(float(s.mAP), 4), own_seconds=time.perf_counter() - t0)
+    if stage == 'checkpoint':
+        import torch
+        from audioset_nb.checkpoints import read_checkpoint, save_checkpoint
+        from audioset_nb.data import BalancedSampler, read_index
+        from audioset_nb.models import build_model
+        ix = read_index(d/'full_train.h5')
+        s = BalancedSampler(ix.target, 32, seed=0)
+        it = iter(s)
+        for _ in range(10): next(it)
+        model = build_model('Cnn14')
+        opt = torch.optim.Adam(model.parameters())
+        model(torch.zeros(2, 32000)).get('clipwise_output').sum().backward()
+        opt.step()  # Adam's two moments exist only after a step: a real checkpoint holds them
+        t0 = time.perf_counter()
+        save_checkpoint(d/'run.pth', model, optimizer=opt.state_dict(), iteration=10,
+                        ranks=[dict(sampler=s.state_dict(batches=10))])
+        ckpt = read_checkpoint(d/'run.pth')
+        again = BalancedSampler(ix.target, 32, seed=0)
+        again.load_state_dict(ckpt['ranks'][0]['sampler'])
+        same = next(iter(again)) == next(it)
+        return dict(bytes=(d/'run.pth').stat().st_size, resumes_same_batch=bool(same),
+                    own_seconds=time.perf_counter() - t0)
+    if stage == 'statistics':
+        from audioset_nb.train import read_statistics, statistics_logger
+        path = d/'statistics.jsonl'
+        log = statistics_logger(path)
+        for it in range(100, n + 1, 100):  # the records the trainer writes: losses, and scores at each evaluation
+            rec = dict(iteration=it, loss=0.01, lr=1e-3, examples_per_s=900., data_wait=0.01)
+            if it % 2000 == 0: rec.update(bal_mAP=0.3, bal_AUC=0.9, bal_d_prime=2., test_mAP=0.3, test_AUC=0.9,
+                                          test_d_prime=2.)
+            log(rec)
+        t0 = time.perf_counter()
+        statistics_logger(path, start=n//2)  # a resume half-way: reads every record, keeps and rewrites the first half
+        return dict(records=len(read_statistics(path)), bytes=path.stat().st_size,
+                    own_seconds=time.perf_counter() - t0)
     raise ValueError(f'no stage {stage!r}; one of {", ".join(STAGES)}')
 
 def _rss_mb()->float:
@@ -181,12 +221,13 @@ def main():
     for stage in a.stages:
         rs = [r for r in rows if r['stage'] == stage]
         ns = [r['n'] for r in rs]
-        at = AUDIOSET['eval' if stage == 'score' else 'train']
+        at = AUDIOSET[dict(score='eval', statistics='iterations').get(stage, 'train')]
         t, m = fit(ns, [r['seconds'] for r in rs]), fit(ns, [max(r['peak_mb'], 1.) for r in rs])
         laws[stage] = dict(time_exponent=t['exponent'], memory_exponent=m['exponent'], audioset_clips=at,
                            audioset_seconds=round(t['c']*at**t['exponent'], 2),
                            audioset_peak_mb=round(m['c']*at**m['exponent'], 1))
-        print(f'{stage:16s} time ~ n^{t["exponent"]:.2f}, memory ~ n^{m["exponent"]:.2f}; at {at:,} clips: '
+        unit = 'iterations' if stage == 'statistics' else 'clips'
+        print(f'{stage:16s} time ~ n^{t["exponent"]:.2f}, memory ~ n^{m["exponent"]:.2f}; at {at:,} {unit}: '
               f'{laws[stage]["audioset_seconds"]:.1f} s, {laws[stage]["audioset_peak_mb"]:.0f} MB')
     res = dict(date=datetime.date.today().isoformat(), device=platform.processor() or platform.machine(),
                cores=os.cpu_count(), load=[round(x, 2) for x in load], end_load=[round(x, 2) for x in os.getloadavg()],
