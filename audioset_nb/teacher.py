@@ -292,7 +292,7 @@ def _check_classes(n:int, what:str):
 def efficientat_source(logits_path:Path, # EfficientAT's ensemble logits: .npy, clips × 527
                        mapping_path:Path)->TeacherSource: # its name-to-row pickle (fname_to_index.pkl)
     "EfficientAT's stored teacher logits, rows named by its mapping."
-    what = f'EfficientAT logits {logits_path}'
+    what = f'EfficientAT logits {logits_path} named by {mapping_path}'
     if not Path(logits_path).is_file(): raise FileNotFoundError(f'{logits_path} does not exist; give the .npy logits.')
     try: z = np.load(logits_path, mmap_mode='r', allow_pickle=False)
     except Exception as e:
