@@ -338,7 +338,8 @@ def _read_ced_file(path:Path, pq)->tuple:
 
 def ced_source(paths:list)->TeacherSource: # CED top-k files (logits_ep<epoch>_<rank>.h5) of one epoch
     "CED's stored top-k teacher outputs (probabilities), their rows named by the parquet index beside each file."
-    pq, what = optional_import('pyarrow.parquet', 'import'), f'CED top-k {", ".join(map(str, paths))}'
+    more = f' and {len(paths) - 1} more' if len(paths) > 1 else ''
+    pq, what = optional_import('pyarrow.parquet', 'import'), f'CED top-k {paths[0] if paths else ""}{more}'
     names, v, i = map(list, zip(*[_read_ced_file(p, pq) for p in paths])) if paths else ([], [], [])
     names, v, i = sum(names, []), np.concatenate(v), np.concatenate(i).astype(np.int64)
     if len(i) and (i.min() < 0 or i.max() >= NUM_CLASSES): _check_classes(int(i.max()) + 1, what)
@@ -409,7 +410,8 @@ def convert_teacher(src:TeacherSource, # published outputs: `efficientat_source`
                     chunk:int=4096)->ConvertResult:
     "Write the clips' entries of `src` as a teacher file, matched by name; refuse a source that does not fit them."
     top_k, ix, out = top_k or src.top_k, read_index(waveforms_hdf5_path), Path(output)
-    if top_k < 0 or top_k > (src.top_k or NUM_CLASSES):
+    if top_k < 0: raise ValueError(f'--top_k {top_k} must be 0 (all, or a top-k source\'s k) or more.')
+    if top_k > (src.top_k or NUM_CLASSES):
         raise ValueError(f'--top_k {top_k} is more than the {src.top_k or NUM_CLASSES} classes {src.what} keeps.')
     clips, rows = match_names(ix.audio_name, src.names, src.what)
     agreement = _check_teacher(src, clips, rows, ix, waveforms_hdf5_path, min_coverage, min_label_margin)
