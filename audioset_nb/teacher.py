@@ -4,22 +4,23 @@
 
 # %% ../nbs/52_teacher.ipynb #bd44e949
 from __future__ import annotations
-import json, logging, os
+import json, logging, os, pickle, re
 from dataclasses import dataclass, field
 from pathlib import Path
 import h5py, numpy as np
 from torch.utils.data import Dataset
-from .config import config_cli
+from .config import config_cli, optional_import
 from .data import AudioSetDataset, read_index
 from .fileio import cannot_write, md5sum, output_lock, remove_stale_temps
 from .inference import load_tagger
-from .metadata import parse_part
+from .metadata import NUM_CLASSES, load_labels, parse_part
 from .pack import need_space
 
 # %% auto #0
-__all__ = ['teacher_cli', 'load_teachers', 'to_logits', 'ensemble_logits', 'top_k', 'from_top_k', 'TeacherWriter',
-           'TeacherResult', 'part_rows', 'write_teacher', 'Teacher', 'WithTeacher', 'coverage', 'TeacherConfig',
-           'teacher']
+__all__ = ['CLIP_NAME_RE', 'teacher_cli', 'load_teachers', 'to_logits', 'ensemble_logits', 'top_k', 'from_top_k', 'TeacherWriter',
+           'TeacherResult', 'part_rows', 'write_teacher', 'Teacher', 'WithTeacher', 'coverage', 'SafeUnpickler',
+           'read_name_map', 'clip_key', 'match_names', 'TeacherSource', 'efficientat_source', 'ced_source',
+           'label_agreement', 'agreement_check', 'ConvertResult', 'convert_teacher', 'TeacherConfig', 'teacher']
 
 # %% ../nbs/52_teacher.ipynb #f7897f89
 def load_teachers(checkpoint_paths:list, # .pth files: one teacher, or the members of an ensemble
@@ -222,27 +223,252 @@ def coverage(teacher:Teacher, names)->int:
     "How many of `names` the teacher has an entry for."
     return sum(n in teacher for n in names)
 
+# %% ../nbs/52_teacher.ipynb #bbbf38a2
+class _Refused(pickle.UnpicklingError): "A pickle asked for a global: code that unpickling would run."
+
+class SafeUnpickler(pickle.Unpickler):
+    "An unpickler that builds only what pickle's own opcodes build (dicts, lists, tuples, strings, numbers): no global."
+    def find_class(self, module, name): raise _Refused(f'{module}.{name}')
+    def persistent_load(self, pid): raise _Refused('a persistent id')
+
+def _check_map(m, path)->dict:
+    "`m` as {str: int} if it is a dict of names to rows, else a `ValueError` saying what it holds."
+    if not isinstance(m, dict): raise ValueError(f'{path} holds a {type(m).__name__}, not a dict of names to rows.')
+    for k, v in m.items():
+        if not isinstance(k, (str, bytes)) or not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f'{path} maps {k!r} to {v!r}; a name-to-row mapping maps names (str) to rows (int ≥ 0).')
+    return {(k.decode('utf-8', 'replace') if isinstance(k, bytes) else k): v for k, v in m.items()}
+
+def read_name_map(path:Path)->dict:
+    "EfficientAT's name-to-row pickle as {name: row}, read with `SafeUnpickler`: it never runs code."
+    try:
+        with open(path, 'rb') as f: m = SafeUnpickler(f).load()
+    except FileNotFoundError: raise FileNotFoundError(f'{path} does not exist; give the name-to-row pickle.') from None
+    except _Refused as e:
+        raise ValueError(f'{path} asks to run {e} while unpickling; refused: a name-to-row mapping is a dict of '
+                         'strings to ints, nothing that runs code (re-save it as one where you trust it).') from None
+    except Exception as e:
+        raise ValueError(f'{path} is not a readable pickle ({e.__class__.__name__}); give EfficientAT\'s '
+                         'fname_to_index.pkl.') from None
+    return _check_map(m, path)
+
+# %% ../nbs/52_teacher.ipynb #395360bf
+CLIP_NAME_RE = re.compile(r'Y?([A-Za-z0-9_-]{11})(?:_\d+(?:\.\d+)?_\d+(?:\.\d+)?)?(?:\.\w+)?')
+
+def clip_key(name)->str:
+    "The YouTube id in a clip's name (`Y<id>.wav`, `<id>`, `<id>_<start>_<end>.wav`, bytes, a path), else the name."
+    if isinstance(name, bytes): name = name.decode('utf-8', 'replace')
+    name = str(name).rsplit('/', 1)[-1]
+    m = CLIP_NAME_RE.fullmatch(name)
+    return m[1] if m else name
+
+def match_names(clip_names, # the clips to teach: the names of a packed waveform file or index
+                source_names, # the source's names, one a row
+                what:str)->tuple: # the source, for messages
+    "(the clips' rows the source has, their rows in the source) by `clip_key`; a key the source names twice refused."
+    where = {}
+    for j, n in enumerate(source_names):
+        if where.setdefault(k := clip_key(n), j) != j:
+            raise ValueError(f'{what} names clip {k} twice (rows {where[k]} and {j}: {source_names[where[k]]!r}, '
+                             f'{n!r}); give the entries of one run (one epoch), each clip once.')
+    pairs = [(i, where[k]) for i, n in enumerate(clip_names) if (k := clip_key(n)) in where]
+    return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
+
+# %% ../nbs/52_teacher.ipynb #173877d1
+@dataclass
+class TeacherSource:
+    "Published teacher outputs: a name for each row, and the rows as float32 logits (−∞ outside a top-k)."
+    what: str           # what it is, for messages: 'EfficientAT logits x.npy'
+    names: list         # the name of each row
+    read: object        # rows (int array) -> float32 (len(rows), 527) logits
+    files: list         # the files it was read from
+    top_k: int = 0      # k of a top-k source; 0: dense
+
+def _check_classes(n:int, what:str):
+    if n != NUM_CLASSES:
+        raise ValueError(f'{what} scores {n} classes, not AudioSet\'s {NUM_CLASSES}; give outputs of a model with '
+                         f'the {NUM_CLASSES} AudioSet classes.')
+
+def efficientat_source(logits_path:Path, # EfficientAT's ensemble logits: .npy, clips × 527
+                       mapping_path:Path)->TeacherSource: # its name-to-row pickle (fname_to_index.pkl)
+    "EfficientAT's stored teacher logits, rows named by its mapping."
+    what = f'EfficientAT logits {logits_path} named by {mapping_path}'
+    if not Path(logits_path).is_file(): raise FileNotFoundError(f'{logits_path} does not exist; give the .npy logits.')
+    try: z = np.load(logits_path, mmap_mode='r', allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f'{logits_path} is not a numeric .npy array ({e.__class__.__name__}); give EfficientAT\'s '
+                         'ensemble logits (clips × 527).') from None
+    if z.ndim != 2 or z.dtype.kind != 'f':
+        raise ValueError(f'{logits_path} holds a {z.dtype} array of shape {z.shape}; teacher logits are floats, '
+                         'clips × 527.')
+    _check_classes(z.shape[1], what)
+    m = read_name_map(mapping_path)
+    if m and max(m.values()) >= len(z):
+        k = max(m, key=m.get)
+        raise ValueError(f'{mapping_path} maps {k!r} to row {m[k]}, past the {len(z)} rows of {logits_path}; give '
+                         'the mapping published with these logits.')
+    names = list(m)
+    rows = np.array([m[n] for n in names], np.int64)
+    def read(r):
+        a = np.asarray(z[rows[r]], np.float32)
+        if not np.isfinite(a).all():
+            raise ValueError(f'{logits_path} holds non-finite logits in row {rows[r][~np.isfinite(a).all(1)][0]}; '
+                             'give finite teacher logits.')
+        return a
+    return TeacherSource(what, names, read, [logits_path, mapping_path])
+
+# %% ../nbs/52_teacher.ipynb #305246d2
+def _read_ced_file(path:Path, pq)->tuple:
+    "(names, values, indices) of one CED top-k file and the parquet index beside it."
+    index = Path(path).with_suffix('.parquet')
+    if not Path(path).is_file(): raise FileNotFoundError(f'{path} does not exist; give CED\'s logits_ep*_*.h5 files.')
+    if not index.is_file():
+        raise FileNotFoundError(f'{path} has no index {index.name} beside it; CED writes each logits_ep*_*.h5 with a '
+                                '.parquet of the same name that names its rows: put it there.')
+    try:
+        with h5py.File(path, 'r') as f: v, i = f['topk_values'][:], f['topk_indexes'][:]
+        names = pq.read_table(index, columns=['filename']).column('filename').to_pylist()
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f'{path} or {index.name} is not a CED top-k file and its index ({e.__class__.__name__}); '
+                         'give logits_ep*_*.h5 files from CED\'s save_logits.py.') from None
+    if len(names) != len(v) or v.shape != i.shape:
+        raise ValueError(f'{index.name} names {len(names)} rows but {path} holds {len(v)}; give the index written '
+                         'with that file.')
+    return names, v, i
+
+def ced_source(paths:list)->TeacherSource: # CED top-k files (logits_ep<epoch>_<rank>.h5) of one epoch
+    "CED's stored top-k teacher outputs (probabilities), their rows named by the parquet index beside each file."
+    more = f' and {len(paths) - 1} more' if len(paths) > 1 else ''
+    pq, what = optional_import('pyarrow.parquet', 'import'), f'CED top-k {paths[0] if paths else ""}{more}'
+    names, v, i = map(list, zip(*[_read_ced_file(p, pq) for p in paths])) if paths else ([], [], [])
+    names, v, i = sum(names, []), np.concatenate(v), np.concatenate(i).astype(np.int64)
+    if len(i) and (i.min() < 0 or i.max() >= NUM_CLASSES): _check_classes(int(i.max()) + 1, what)
+    if len(v) and not (np.isfinite(v).all() and v.min() >= 0 and v.max() <= 1):
+        raise ValueError(f'{what} holds values outside 0 to 1; CED stores probabilities (its top-k of sigmoid '
+                         'outputs): give files from its save_logits.py.')
+    return TeacherSource(what, names, lambda r: from_top_k(to_logits(v[r]), i[r], NUM_CLASSES), list(paths), v.shape[1])
+
+# %% ../nbs/52_teacher.ipynb #673a19f4
+def label_agreement(z:np.ndarray, # float32 (clips, classes) teacher logits
+                    y:np.ndarray)->float: # bool (clips, classes) labels
+    "R-precision: the share of each labelled clip's L labels among the teacher's L top classes, averaged."
+    keep = y.sum(1) > 0
+    z, y = z[keep], y[keep]
+    if not len(z): return float('nan')
+    rank = np.empty(z.shape, np.int64)
+    np.put_along_axis(rank, np.argsort(-z, 1, kind='stable'), np.arange(z.shape[1])[None], 1)
+    n = y.sum(1)
+    return float(np.mean(((rank < n[:, None]) & y).sum(1)/n))
+
+def agreement_check(z:np.ndarray, y:np.ndarray, seed:int=0)->tuple:
+    "(agreement of `z` with the labels `y`, agreement with the labels of other clips: `z`'s rows shuffled)."
+    return label_agreement(z, y), label_agreement(z[np.random.default_rng(seed).permutation(len(z))], y)
+
+# %% ../nbs/52_teacher.ipynb #3e10f229
+@dataclass
+class ConvertResult:
+    "What `convert_teacher` wrote."
+    path: Path        # the teacher file
+    matched: int      # its rows: the clips of the waveform file the source has an entry for
+    total: int        # clips in the waveform file
+    unused: int       # source entries that name no clip of the waveform file
+    entries: int      # source entries
+    agreement: tuple  # (with the labels, by chance): R-precision on up to 10,000 labelled clips
+    def summary(self)->str:
+        a = ('' if np.isnan(self.agreement[0]) else
+             f'; agrees with their labels {self.agreement[0]:.2f} (by chance: {self.agreement[1]:.2f})')
+        return (f'wrote teacher file {self.path}: entries for {self.matched} of the {self.total} clips of the '
+                f'waveform file ({100*self.matched/max(self.total, 1):.1f}%); {self.unused} of the source\'s '
+                f'{self.entries} entries name no clip of it{a}')
+
+def _few(names)->str: return ', '.join(repr(n if isinstance(n, bytes) else str(n)) for n in names[:2])
+
+def _sample(n:int, most:int=10_000)->np.ndarray: return np.unique(np.linspace(0, n - 1, min(n, most)).astype(np.int64))
+
+def _check_teacher(src, clips, rows, ix, path, min_coverage, min_label_margin)->tuple:
+    "Refuse a source that covers too few clips or agrees with their labels no better than chance; the agreement."
+    if len(clips) < min_coverage*len(ix):
+        raise ValueError(f'{src.what} has entries for {len(clips)} of the {len(ix)} clips of {path} '
+                         f'({100*len(clips)/max(len(ix), 1):.1f}%, under --min_coverage {min_coverage}): its names '
+                         f'({_few(src.names)}, ...) are not those clips\' ({_few(ix.audio_name)}, ...); give the '
+                         'outputs for these clips.')
+    s = _sample(len(clips))
+    got, chance = agreement_check(src.read(rows[s]), ix.target[clips[s]])
+    if (ix.target[clips[s]].sum(1) > 0).sum() >= 20 and got < chance + min_label_margin:
+        raise ValueError(f'{src.what} agrees with the labels of {path} no better than with other clips\' '
+                         f'({got:.2f}, by chance {chance:.2f}, under --min_label_margin {min_label_margin}): its '
+                         'rows do not belong to the names it gives them; give the mapping published with '
+                         'these outputs.')
+    return got, chance
+
+def convert_teacher(src:TeacherSource, # published outputs: `efficientat_source`, `ced_source`
+                    waveforms_hdf5_path:Path, # a packed waveform file, or an index: the clips to teach
+                    output:Path, # the teacher file to write
+                    top_k:int=0, # keep each clip's k largest logits (0: all; a top-k source: its k)
+                    min_coverage:float=0.5, # refuse when fewer of the clips have an entry
+                    min_label_margin:float=0.1, # refuse when agreeing with the labels no better than chance + this
+                    chunk:int=4096)->ConvertResult:
+    "Write the clips' entries of `src` as a teacher file, matched by name; refuse a source that does not fit them."
+    top_k, ix, out = top_k or src.top_k, read_index(waveforms_hdf5_path), Path(output)
+    if top_k < 0: raise ValueError(f'--top_k {top_k} must be 0 (all, or a top-k source\'s k) or more.')
+    if top_k > (src.top_k or NUM_CLASSES):
+        raise ValueError(f'--top_k {top_k} is more than the {src.top_k or NUM_CLASSES} classes {src.what} keeps.')
+    clips, rows = match_names(ix.audio_name, src.names, src.what)
+    agreement = _check_teacher(src, clips, rows, ix, waveforms_hdf5_path, min_coverage, min_label_margin)
+    settings = dict(waveforms=str(Path(waveforms_hdf5_path).resolve()), rows=len(ix), part='', top_k=top_k,
+                    checkpoints=[dict(name=Path(p).name, md5=md5sum(p)) for p in src.files])
+    with output_lock(out, 'teacher file'):
+        remove_stale_temps(out)
+        try:
+            need_space(out, len(clips)*(4*top_k if top_k else 2*NUM_CLASSES) + (1 << 20))
+            with TeacherWriter(out, list(ix.audio_name[clips]), load_labels().names, top_k, settings) as w:
+                for lo in range(w.rows, len(clips), chunk): w.commit(src.read(rows[lo:lo + chunk]))
+                w.finish()
+        except OSError as e: raise cannot_write(out, e) from None
+    return ConvertResult(out, len(clips), len(ix), len(src.names) - len(np.unique(rows)), len(src.names), agreement)
+
 # %% ../nbs/52_teacher.ipynb #07b34349
 @dataclass
 class TeacherConfig:
-    "Score a packed waveform file with one checkpoint or an ensemble; write their mean logits as a teacher file."
+    "Score a packed waveform file with one checkpoint or an ensemble, or convert published outputs, to a teacher file."
     checkpoint_path: list[str] = field(default_factory=list)  # teacher checkpoints (.pth): one, or an ensemble
-    waveforms_hdf5_path: str = ''   # the packed waveform file to score (training's clips)
+    waveforms_hdf5_path: str = ''   # the packed waveform file (or index) to teach: training's clips
     output: str = ''                # the teacher file to write (parts: one file each, in one folder)
-    top_k: int = 0                  # keep each clip's k largest logits (0: all classes, dense)
+    top_k: int = 0                  # keep each clip's k largest logits (0: all classes, dense; --ced: its k)
     part: str|None = None           # i/n: score only the i-th (from 0) of n slices of the rows
     batch_size: int = 32            # clips scored at a time (and committed: a rerun continues from there)
     cuda: bool = False              # score on the GPU
     quiet: bool = False             # no progress bar
+    efficientat: list[str] = field(default_factory=list)  # or convert EfficientAT's LOGITS.npy and MAPPING.pkl
+    ced: list[str] = field(default_factory=list)  # or convert CED's top-k files of one epoch (logits_ep1_*.h5)
+    min_coverage: float = 0.5       # converting: refuse when fewer of the clips have an entry
+    min_label_margin: float = 0.1   # converting: refuse when it agrees with the labels no better than chance + this
     def __post_init__(self):
-        if not (self.checkpoint_path and self.waveforms_hdf5_path and self.output):
-            raise ValueError('give --checkpoint_path (one or more), --waveforms_hdf5_path and --output.')
+        if sum(map(bool, (self.checkpoint_path, self.efficientat, self.ced))) != 1:
+            raise ValueError('give one of --checkpoint_path (one or more), --efficientat LOGITS.npy MAPPING.pkl or '
+                             '--ced FILE.h5 [...], with --waveforms_hdf5_path and --output.')
+        if not (self.waveforms_hdf5_path and self.output):
+            raise ValueError('give --waveforms_hdf5_path (the clips to teach) and --output (the teacher file).')
+        if self.efficientat and sorted(Path(p).suffix for p in self.efficientat) != ['.npy', '.pkl']:
+            raise ValueError(f'--efficientat takes two files, the logits (.npy) and the name-to-row mapping (.pkl); '
+                             f'got {" ".join(self.efficientat)}.')
+        if not 0 <= self.min_coverage <= 1:
+            raise ValueError(f'--min_coverage {self.min_coverage} is not within 0 to 1.')
         if self.part: parse_part(self.part)
+        if self.part and not self.checkpoint_path: raise ValueError('--part splits scoring; a conversion is whole.')
+
+def _source(cfg:TeacherConfig)->TeacherSource:
+    if cfg.ced: return ced_source(cfg.ced)
+    npy, pkl = sorted(cfg.efficientat, key=lambda p: Path(p).suffix)
+    return efficientat_source(npy, pkl)
 
 def teacher(cfg:TeacherConfig):
     "Write the teacher file `cfg` asks for and print its coverage."
-    r = write_teacher(cfg.checkpoint_path, cfg.waveforms_hdf5_path, cfg.output, cfg.top_k, cfg.part, cfg.batch_size,
-                      cfg.cuda, not cfg.quiet)
+    if not cfg.checkpoint_path:
+        r = convert_teacher(_source(cfg), cfg.waveforms_hdf5_path, cfg.output, cfg.top_k, cfg.min_coverage,
+                            cfg.min_label_margin)
+    else: r = write_teacher(cfg.checkpoint_path, cfg.waveforms_hdf5_path, cfg.output, cfg.top_k, cfg.part,
+                            cfg.batch_size, cfg.cuda, not cfg.quiet)
     print(r.summary())
 
 teacher_cli = config_cli(TeacherConfig, teacher, 'audioset_teacher')

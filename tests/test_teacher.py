@@ -1,5 +1,6 @@
-"Teacher files (issue 27, item 1): the CLI end to end, dense and top-k, kill and resume, parts, bad input."
-import json, random, signal, time
+"""Teacher files (issue 27, items 1 and 2): the CLI end to end, dense and top-k, kill and resume, parts, bad input;
+converting EfficientAT's and CED's published outputs, matched by name."""
+import io, json, os, pickle, random, signal, time
 from pathlib import Path
 import h5py, numpy as np, pytest, torch
 from audioset_nb.checkpoints import save_checkpoint
@@ -152,3 +153,127 @@ def test_training_refuses_a_teacher_of_other_clips(ws, tmp_path):
             ws/'hdf5s'/'waveforms'/'eval.h5', env=THREADS, timeout=600)
     assert r.returncode != 0
     one_sentence(r.stderr, 'eval.h5', 'is not a teacher file')
+
+# ---------------------------------------------------------------------------------------------------- published outputs
+def stand_in(ws, seed=0):
+    "Logits that agree with the labels of the waveform file's clips: a stand-in for a published ensemble's."
+    with h5py.File(wav(ws), 'r') as f: y = f['target'][:]
+    rng = np.random.default_rng(seed)
+    return np.where(y, 4., -4.).astype(np.float32) + rng.normal(0, 1, y.shape).astype(np.float32)
+
+def efficientat(ws, d, keep=90, foreign=4, shuffle_map=False):
+    "EfficientAT's two files for the first `keep` clips and `foreign` others: rows shuffled, names in three spellings."
+    z, rng, ids = stand_in(ws), np.random.default_rng(1), [n[1:12] for n in names(wav(ws))]
+    ids, stored = ids[:keep] + [f'zz{i:09d}' for i in range(foreign)], np.concatenate([z[:keep], z[-foreign:]])
+    order = rng.permutation(len(ids))            # row j of the .npy holds entry order[j]
+    np.save(d/'logits.npy', stored[order])
+    rows = np.argsort(order).tolist()
+    if shuffle_map: rows = rng.permutation(rows).tolist()
+    spell = [lambda k: k, lambda k: f'Y{k}.wav', lambda k: f'Y{k}.wav'.encode()]
+    (d/'map.pkl').write_bytes(pickle.dumps({spell[i % 3](k): r for i, (k, r) in enumerate(zip(ids, rows))}))
+    return z, d/'logits.npy', d/'map.pkl'
+
+def test_efficientat_values_land_on_their_names(ws, tmp_path):
+    z, npy, pkl = efficientat(ws, tmp_path)
+    r = teacher('--efficientat', pkl, npy, '--waveforms_hdf5_path', wav(ws), '--output', tmp_path/'t.h5')
+    assert r.returncode == 0, r.stderr
+    assert "entries for 90 of the 96 clips of the waveform file (93.8%); 4 of the source's 94 entries" in r.stdout
+    t, clip = Teacher(tmp_path/'t.h5'), names(wav(ws))
+    assert len(t) == 90 and not any(n in t for n in clip[90:])
+    np.testing.assert_allclose(np.stack([t.logits(n) for n in clip[:90]]), z[:90], atol=0.02)
+    index = ws/'hdf5s'/'indexes'/'balanced_train.h5'   # an index names the same clips; top-k kept as asked
+    r = teacher('--efficientat', npy, pkl, '--waveforms_hdf5_path', index, '--output', tmp_path/'k.h5', '--top_k', '3')
+    assert r.returncode == 0, r.stderr
+    got = Teacher(tmp_path/'k.h5').logits(clip[7])
+    top = np.argsort(-z[7])[:3]
+    assert set(np.flatnonzero(np.isfinite(got))) == set(top)
+    np.testing.assert_allclose(got[top], z[7][top], atol=0.02)
+
+def test_a_mapping_that_pairs_rows_with_other_names_is_refused(ws, tmp_path):
+    _, npy, pkl = efficientat(ws, tmp_path, shuffle_map=True)
+    r = teacher('--efficientat', npy, pkl, '--waveforms_hdf5_path', wav(ws), '--output', tmp_path/'t.h5')
+    assert r.returncode != 0
+    one_sentence(r.stderr, 'map.pkl', 'no better than with other clips', '--min_label_margin')
+    assert not list(tmp_path.glob('*t.h5*'))
+
+class Payload:
+    def __init__(self, path): self.path = path
+    def __reduce__(self): return (os.system, (f'touch {self.path}',))
+
+def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(ws, tmp_path):
+    from audioset_nb.teacher import SafeUnpickler
+    _, npy, _ = efficientat(ws, tmp_path)
+    ran = tmp_path/'ran'
+    (tmp_path/'evil.pkl').write_bytes(pickle.dumps({'Yba000000000.wav': 0, 'x': Payload(ran)}))
+    r = teacher('--efficientat', npy, tmp_path/'evil.pkl', '--waveforms_hdf5_path', wav(ws),
+                '--output', tmp_path/'t.h5')
+    assert r.returncode != 0
+    one_sentence(r.stderr, 'evil.pkl', 'asks to run posix.system', 'refused')
+    assert not ran.exists() and not list(tmp_path.glob('*t.h5*'))
+    for raw in [f"cos\nsystem\n(S'touch {ran}'\ntR.".encode(), b'(i__builtin__\nexec\n.', b'P0\n.']:
+        with pytest.raises(pickle.UnpicklingError): SafeUnpickler(io.BytesIO(raw)).load()
+    assert not ran.exists()
+
+def ced(ws, d, k=10, epoch=1, values=None):
+    "CED's files for the waveform file's clips: two ranks, rows in reverse, `<id>.wav` and `<id>_0.000_10.000.wav`."
+    import pyarrow as pa, pyarrow.parquet as pq
+    p = 1/(1 + np.exp(-stand_in(ws).astype(np.float64)))
+    ids, files = [n[1:12] for n in names(wav(ws))], []
+    for rank, (rows, fmt) in enumerate([(range(47, -1, -1), '{}.wav'), (range(95, 47, -1), '{}_0.000_10.000.wav')]):
+        rows = list(rows)
+        idx = np.argsort(-p[rows], 1)[:, :k]
+        files.append(d/f'logits_ep{epoch}_{rank}.h5')
+        with h5py.File(files[-1], 'w') as f:
+            f['topk_values'] = np.take_along_axis(p[rows], idx, 1).astype(np.float16) if values is None else values
+            f['topk_indexes'] = idx.astype(np.int16)
+            f['seeds'] = np.arange(len(rows), dtype=np.int32)
+        pq.write_table(pa.table({'filename': [fmt.format(ids[i]) for i in rows],
+                                 'start': np.zeros(len(rows), np.float32), 'end': np.full(len(rows), 10, np.float32)}),
+                       files[-1].with_suffix('.parquet'))
+    return p, files
+
+def test_ced_values_land_on_their_names(ws, tmp_path):
+    p, files = ced(ws, tmp_path)
+    r = teacher('--ced', *files, '--waveforms_hdf5_path', wav(ws), '--output', tmp_path/'t.h5')
+    assert r.returncode == 0, r.stderr
+    assert "entries for 96 of the 96 clips of the waveform file (100.0%); 0 of the source's 96 entries" in r.stdout
+    with h5py.File(tmp_path/'t.h5', 'r') as f: assert f['values'].shape == (96, 10)   # the source's k
+    t = Teacher(tmp_path/'t.h5')
+    for i in (0, 30, 60, 95):
+        got, top = t.logits(names(wav(ws))[i]), np.argsort(-p[i])[:10]
+        assert set(np.flatnonzero(np.isfinite(got))) == set(top)
+        np.testing.assert_allclose(got[top], to_logits(p[i][top].astype(np.float16)), atol=0.02)
+
+def test_conversion_bad_input_is_one_sentence(ws, tmp_path):
+    _, npy, pkl = efficientat(ws, tmp_path)
+    run = lambda *a: teacher(*a, '--waveforms_hdf5_path', wav(ws), '--output', tmp_path/'t.h5')
+    np.save(tmp_path/'ten.npy', np.zeros((94, 10), np.float32))
+    nan = np.load(npy)
+    nan[:, 5] = np.nan
+    np.save(tmp_path/'nan.npy', nan)
+    (tmp_path/'list.pkl').write_bytes(pickle.dumps(['Yba000000000.wav']))
+    (tmp_path/'past.pkl').write_bytes(pickle.dumps({'ba000000000': 94}))
+    others = {n[1:12]: i for i, n in enumerate(names(ws/'hdf5s'/'waveforms'/'eval.h5'))}
+    (tmp_path/'others.pkl').write_bytes(pickle.dumps(others))
+    (tmp_path/'ep2').mkdir()
+    _, ep2 = ced(ws, tmp_path/'ep2', epoch=2)
+    (tmp_path/'ep1').mkdir()
+    _, ep1 = ced(ws, tmp_path/'ep1')
+    (tmp_path/'raw').mkdir()
+    _, raw = ced(ws, tmp_path/'raw', values=np.full((48, 10), 3., np.float16))
+    ep1[1].with_suffix('.parquet').rename(tmp_path/'moved.parquet')
+    cases = [(('--efficientat', tmp_path/'ten.npy', pkl), ['ten.npy', "not AudioSet's 527"]),
+             (('--efficientat', tmp_path/'nan.npy', pkl), ['nan.npy', 'non-finite']),
+             (('--efficientat', npy, tmp_path/'list.pkl'), ['list.pkl', 'not a dict']),
+             (('--efficientat', npy, tmp_path/'past.pkl'), ['past.pkl', 'past the 94 rows']),
+             (('--efficientat', npy, tmp_path/'others.pkl'), ['entries for 0 of the 96', '--min_coverage']),
+             (('--efficientat', npy), ['--efficientat takes two files']),
+             (('--efficientat', npy, pkl, '--checkpoint_path', ws/'t0.pth'), ['give one of']),
+             (('--ced', *ep1), ['logits_ep1_1.h5', 'has no index']),
+             (('--ced', ep1[0], *ep2), ['twice', 'one epoch']),
+             (('--ced', *raw), ['outside 0 to 1', 'probabilities'])]
+    for args, words in cases:
+        r = run(*args)
+        assert r.returncode != 0, args
+        one_sentence(r.stderr, *words)
+    assert not list(tmp_path.glob('*t.h5*'))
