@@ -4,6 +4,7 @@ processes), against a mini AudioSet served by the loopback mirror; training is `
 import json, os, subprocess, sys
 from pathlib import Path
 import h5py, pytest
+from audioset_nb.download import read_log
 from audioset_nb.metadata import read_segments
 from audioset_nb.mini import make_mini
 from audioset_nb.mirror import Mirror
@@ -57,39 +58,51 @@ def lists(tmp_path_factory):
                 unbal=meta/'unbal.csv')
 
 def test_submit_runs_the_multi_part_path(lists, tmp_path):
-    "submit.sh: lists, 5 array tasks (eval, balanced_train, 3 parts) at once, combine, torchrun of 2; every count."
+    """submit.sh: lists, 5 array tasks (eval, balanced_train, 3 parts) at once, combine, torchrun of 2; every count.
+    A clip YouTube refuses keeps its part unpacked and the later jobs unsubmitted; the next submission finishes it."""
     fake = tmp_path/'bin'
     fake.mkdir()
     (fake/'sbatch').write_text(SBATCH)
     (fake/'sbatch').chmod(0o755)
     (tmp_path/'out').mkdir()
     ws, rec = tmp_path/'ws', tmp_path/'seen'
-    with Mirror(lists['sources']) as m:
+    audios, wf, ix = ws/'audios'/'unbalanced_train', ws/'hdf5s'/'waveforms', ws/'hdf5s'/'indexes'
+    unbal = [s.ytid for s in read_segments(lists['unbal'])]
+    refused = unbal[N_UNBAL//PARTS]  # the first clip of part 1/3
+    with Mirror(lists['sources'], faults={refused: '429'}) as m:
         env = cli_env({'PATH': os.pathsep.join([str(fake), str(BIN), os.environ['PATH']]),
                        'SBATCH_LOG': str(tmp_path/'sbatch.log'), 'SLURM_OUT': str(tmp_path/'out'),
                        'WORKSPACE': str(ws), 'PARTS': str(PARTS), 'URL_TEMPLATE': m.url_template, 'DL_WORKERS': '2',
+                       'DOWNLOAD_ARGS': '--retries 0',
                        'LISTS_ARGS': f"--eval_csv {lists['eval']} --balanced_csv {lists['bal']} "
                                      f"--unbalanced_csv {lists['unbal']}",
                        'TRAIN_ARGS': ' '.join([*TRAIN_ARGS, f'--record_names={rec}']), 'NPROC': '2',
                        'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'})
-        r = subprocess.run(['bash', 'tools/slurm/submit.sh'], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=900)
+        submit = lambda: subprocess.run(['bash', 'tools/slurm/submit.sh'], cwd=ROOT, env=env, capture_output=True,
+                                        text=True, timeout=900)
+        r = submit()
+        assert r.returncode != 0, r.stdout
+        assert f'data.sbatch: 1 clips of part 1/{PARTS} are not downloaded yet (1 rate-limited' in r.stderr, r.stderr
+        assert len((tmp_path/'sbatch.log').read_text().splitlines()) == 1  # no combine, no training
+        assert not (wf/'unbalanced_train_part01.h5').exists() and not (ix/'full_train.h5').exists()
+        done = {p: p.stat().st_mtime_ns for p in [*wf.glob('*.h5'), *audios.glob('Y*.wav')]}
+        assert len(done) == 4 + N_UNBAL - 1  # eval, balanced_train, parts 0 and 2; every clip but the refused one
+        m.faults.clear()
+        r = submit()
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert r.stdout.splitlines()[-1] == 'submitted: data array 1 (5 tasks), combine 2, train 3'
+    assert r.stdout.splitlines()[-1] == 'submitted: data array 2 (5 tasks), combine 3, train 4'
     calls = [json.loads(l) for l in (tmp_path/'sbatch.log').read_text().splitlines()]
-    assert calls[0][:2] == ['--parsable', '--array=0-4%41'] and calls[1][1] == '--dependency=afterok:1'
-    assert calls[2][1] == '--dependency=afterok:2'
+    assert calls[1][:2] == ['--parsable', '--array=0-4%41'] and calls[2][1] == '--dependency=afterok:2'
+    assert calls[3][1] == '--dependency=afterok:3'
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # what the first submission finished stays
 
     # every clip of the unbalanced list is in exactly one part: downloaded by one task, packed into one file
-    unbal = [s.ytid for s in read_segments(lists['unbal'])]
-    audios, wf, ix = ws/'audios'/'unbalanced_train', ws/'hdf5s'/'waveforms', ws/'hdf5s'/'indexes'
-    logged = [[l.split(',')[0] for l in (audios/f'download_log_part{i}of{PARTS}.csv').read_text().splitlines()[1:]]
-              for i in range(PARTS)]
+    logged = [read_log(audios/f'download_log_part{i}of{PARTS}.csv') for i in range(PARTS)]
     packed = [names_in(wf/f'unbalanced_train_part{i:02d}.h5') for i in range(PARTS)]
-    assert sorted(sum(logged, [])) == sorted(unbal) and [len(p) for p in logged] == [N_UNBAL//PARTS]*PARTS
+    assert sorted(r['ytid'] for rows in logged for r in rows) == sorted(unbal)
+    assert [len(rows) for rows in logged] == [N_UNBAL//PARTS]*PARTS
+    assert {r['status'] for rows in logged for r in rows} == {'ok'}
     assert sorted(sum(packed, [])) == sorted(f'Y{y}.wav' for y in unbal)
-    assert all(',ok,' in l for i in range(PARTS) for l in
-               (audios/f'download_log_part{i}of{PARTS}.csv').read_text().splitlines()[1:])
 
     # one index per part; the combined index holds their rows (and balanced_train's), not eval's
     parts = [ix/f'unbalanced_train_part{i:02d}.h5' for i in range(PARTS)] + [ix/'balanced_train.h5']

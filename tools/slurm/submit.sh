@@ -7,7 +7,8 @@
 #   3. combine.sbatch once every task succeeded: the full-train index
 #   4. train.sbatch once that succeeded: torchrun on NODES machines of GPUS_PER_NODE GPUs
 # Settings (environment, passed on to every job): WORKSPACE, PARTS (41), MAX_TASKS (array tasks at once, 41),
-# NODES (1), GPUS_PER_NODE (1), URL_TEMPLATE, DL_WORKERS, CODEC, TRAIN_ARGS; LISTS_ARGS for the lists step.
+# NODES (1), GPUS_PER_NODE (1), URL_TEMPLATE, DL_WORKERS, DOWNLOAD_ARGS (more
+# audioset_download flags), CODEC, TRAIN_ARGS; LISTS_ARGS for the lists step.
 # Every step resumes: submit again after a failure or a cancelled job and only the unfinished work runs.
 set -euo pipefail
 export WORKSPACE=${WORKSPACE:-workspace/audioset} PARTS=${PARTS:-41}
