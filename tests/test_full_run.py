@@ -132,3 +132,16 @@ def test_lists_refuse_another_split(lists, tmp_path):
     assert r.returncode != 0
     one_sentence(r.stderr, 'splits the unbalanced list in 3 parts, not 4', 'give --parts 3')
     assert (tmp_path/'ws'/'metadata'/'tasks.tsv').read_bytes() == before
+
+def test_data_task_outside_the_table(lists, tmp_path):
+    "A task beyond the table (an array sized by hand) fails with one sentence and writes nothing."
+    ws = tmp_path/'ws'
+    r = subprocess.run([sys.executable, '-m', 'audioset_nb.plan', '--workspace', str(ws), '--parts', '3',
+                        '--eval_csv', str(lists['eval']), '--balanced_csv', str(lists['bal']),
+                        '--unbalanced_csv', str(lists['unbal'])], env=cli_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(['bash', 'tools/slurm/data.sbatch'], cwd=ROOT, capture_output=True, text=True,
+                       env=cli_env({'WORKSPACE': str(ws), 'SLURM_ARRAY_TASK_ID': '5'}))
+    assert r.returncode == 1
+    one_sentence(r.stderr, f'data.sbatch: {ws}/metadata/tasks.tsv has no task 5.')
+    assert sorted(p.name for p in ws.iterdir()) == ['metadata']
