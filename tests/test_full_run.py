@@ -4,6 +4,7 @@ processes), against a mini AudioSet served by the loopback mirror; training is `
 import json, os, subprocess, sys
 from pathlib import Path
 import h5py, pytest
+import soundfile as sf
 from audioset_nb.download import read_log
 from audioset_nb.metadata import read_segments
 from audioset_nb.mini import make_mini
@@ -55,7 +56,7 @@ def lists(tmp_path_factory):
     meta = tmp/'mini'/'metadata'
     split_list(mini.csv_path('balanced_train'), N_BAL, meta/'bal.csv', meta/'unbal.csv')
     return dict(tmp=tmp, sources=tmp/'mini'/'sources', eval=mini.csv_path('eval'), bal=meta/'bal.csv',
-                unbal=meta/'unbal.csv')
+                unbal=meta/'unbal.csv', mini=mini)
 
 def test_submit_runs_the_multi_part_path(lists, tmp_path):
     """submit.sh: lists, 5 array tasks (eval, balanced_train, 3 parts) at once, combine, torchrun of 2; every count.
@@ -145,3 +146,32 @@ def test_data_task_outside_the_table(lists, tmp_path):
     assert r.returncode == 1
     one_sentence(r.stderr, f'data.sbatch: {ws}/metadata/tasks.tsv has no task 5.')
     assert sorted(p.name for p in ws.iterdir()) == ['metadata']
+
+def test_the_array_imports_a_local_copy(lists, tmp_path):
+    "SOURCE=DIR: the same tasks import a copy (folders of clips by subset) in parts instead; combine joins them all."
+    copy, ws = tmp_path/'copy', tmp_path/'ws'
+    labels = tmp_path/'all.csv'
+    for folder, key in [('eval', 'eval'), ('bal_train', 'bal'), ('unbal_train', 'unbal')]:
+        (copy/folder).mkdir(parents=True)
+        for s in read_segments(lists[key]):
+            sf.write(copy/folder/f'Y{s.ytid}.wav', lists['mini'].reference_segment(s.ytid), 32000, subtype='PCM_16')
+    rows = [l for k in ('eval', 'bal', 'unbal') for l in lists[k].read_text().splitlines(keepends=True)]
+    labels.write_text(''.join(l for l in rows if not l.startswith('#')))
+    r = subprocess.run([sys.executable, '-m', 'audioset_nb.plan', '--workspace', str(ws), '--parts', str(PARTS),
+                        '--source', str(copy)], env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith('5 array tasks'), r.stderr
+    env = cli_env({'WORKSPACE': str(ws), 'IMPORT_ARGS': f'--csv_path {labels} --workers 1', 'OMP_NUM_THREADS': '1'})
+    tasks = [subprocess.Popen(['bash', 'tools/slurm/data.sbatch'], cwd=ROOT, env={**env, 'SLURM_ARRAY_TASK_ID': str(i)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(5)]
+    outs = [t.communicate(timeout=600)[0] for t in tasks]
+    assert [t.returncode for t in tasks] == [0]*5, outs
+    r = subprocess.run(['bash', 'tools/slurm/combine.sbatch'], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not (ws/'audios').exists()  # nothing downloaded
+    wf, ix = ws/'hdf5s'/'waveforms', ws/'hdf5s'/'indexes'
+    unbal = sorted(f'Y{s.ytid}.wav' for s in read_segments(lists['unbal']))
+    packed = [names_in(wf/f'unbalanced_train_part{i:02d}.h5') for i in range(PARTS)]
+    assert all(packed) and sorted(sum(packed, [])) == unbal  # each clip in exactly one part
+    full = names_in(ix/'full_train.h5')
+    assert len(full) == N_BAL + N_UNBAL and sorted(full) == sorted(names_in(ix/'balanced_train.h5') + unbal)
+    assert len(names_in(ix/'eval.h5')) == N_EVAL

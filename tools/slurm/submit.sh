@@ -7,14 +7,14 @@
 #   3. combine.sbatch once every task succeeded: the full-train index
 #   4. train.sbatch once that succeeded: torchrun on NODES machines of GPUS_PER_NODE GPUs
 # Settings (environment, passed on to every job): WORKSPACE, PARTS (41), MAX_TASKS (array tasks at once, 41),
-# NODES (1), GPUS_PER_NODE (1), URL_TEMPLATE, DL_WORKERS, DOWNLOAD_ARGS (more
-# audioset_download flags), CODEC, TRAIN_ARGS; LISTS_ARGS for the lists step.
+# NODES (1), GPUS_PER_NODE (1), URL_TEMPLATE, DL_WORKERS, DOWNLOAD_ARGS (more audioset_download flags), SOURCE
+# (a local copy to import instead), IMPORT_ARGS, CODEC, TRAIN_ARGS; LISTS_ARGS for the lists step.
 # Every step resumes: submit again after a failure or a cancelled job and only the unfinished work runs.
 set -euo pipefail
 export WORKSPACE=${WORKSPACE:-workspace/audioset} PARTS=${PARTS:-41}
 S=$(dirname "$0")
 # shellcheck disable=SC2086
-python -m audioset_nb.plan --workspace "$WORKSPACE" --parts "$PARTS" ${LISTS_ARGS:-}
+python -m audioset_nb.plan --workspace "$WORKSPACE" --parts "$PARTS" ${SOURCE:+--source "$SOURCE"} ${LISTS_ARGS:-}
 T=$(wc -l < "$WORKSPACE/metadata/tasks.tsv")
 A=$(sbatch --parsable --array="0-$((T - 1))%${MAX_TASKS:-41}" "$S/data.sbatch")
 C=$(sbatch --parsable --dependency="afterok:$A" "$S/combine.sbatch")
