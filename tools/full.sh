@@ -65,8 +65,9 @@ pack() {  # subset-name csv
     --waveforms_hdf5_path "$W/hdf5s/waveforms/$s.h5" ${CODEC:+--codec "$CODEC"}
   audioset_pack --waveforms_hdf5_path "$W/hdf5s/waveforms/$s.h5" --indexes_hdf5_path "$W/hdf5s/indexes/$s.h5"
 }
-pack eval eval
-pack balanced_train balanced_train
+SHIPPED=$(python -c 'from audioset_nb.metadata import DATA_DIR; print(DATA_DIR)')  # audioset_pack reads files
+pack eval "$SHIPPED/eval_segments.csv"
+pack balanced_train "$SHIPPED/balanced_train_segments.csv"
 for csv in "$W"/metadata/unbalanced_train_segments_part*.csv; do
   p=$(basename "$csv" .csv); pack "unbalanced_train_${p##*_}" "$csv"
 done
