@@ -226,9 +226,31 @@ def coverage(teacher:Teacher, names)->int:
 # %% ../nbs/52_teacher.ipynb #bbbf38a2
 class _Refused(pickle.UnpicklingError): "A pickle asked for a global: code that unpickling would run."
 
+def _int_scalar(dtype, data):
+    "numpy's pickled scalar, for integer types only: the int it holds."
+    if not isinstance(dtype, np.dtype) or dtype.kind not in 'iu' or not isinstance(data, bytes):
+        raise _Refused(f'numpy scalar of {dtype}')
+    return int(np.frombuffer(data, dtype, count=1)[0])
+
+def _dtype(spec, align=False, copy=False):
+    "numpy's pickled dtype, from its type string only."
+    if not isinstance(spec, str): raise _Refused(f'numpy.dtype of {type(spec).__name__}')
+    return np.dtype(spec, align, copy)
+
+def _latin1(text, encoding):
+    "`_codecs.encode` as protocol 2 uses it: latin-1 text to bytes."
+    if not isinstance(text, str) or encoding != 'latin1': raise _Refused(f'_codecs.encode to {encoding}')
+    return text.encode('latin1')
+
+# the only globals let through: numpy integers as a mapping built from arrays pickles them
+_STAND_INS = {('numpy._core.multiarray', 'scalar'): _int_scalar, ('numpy.core.multiarray', 'scalar'): _int_scalar,
+              ('numpy', 'dtype'): _dtype, ('_codecs', 'encode'): _latin1}
+
 class SafeUnpickler(pickle.Unpickler):
-    "An unpickler that builds only what pickle's own opcodes build (dicts, lists, tuples, strings, numbers): no global."
-    def find_class(self, module, name): raise _Refused(f'{module}.{name}')
+    "An unpickler that builds only dicts, lists, tuples, strings, bytes and numbers (numpy integers as ints)."
+    def find_class(self, module, name):
+        if (module, name) in _STAND_INS: return _STAND_INS[module, name]
+        raise _Refused(f'{module}.{name}')
     def persistent_load(self, pid): raise _Refused('a persistent id')
 
 def _check_map(m, path)->dict:
