@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_pack.ipynb #ba562113
 from __future__ import annotations
-import errno, json, logging, mmap, multiprocessing, os, re, shutil, sys
+import errno, itertools, json, logging, mmap, multiprocessing, os, re, shutil, sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -76,32 +76,43 @@ class _Slot:
     "Stands for the row a worker left in slot `i` of `_ROWS`."
     i: int
 
-def _slotted(job:tuple)->tuple:
-    "`fn(item)` in a worker, with the int16 row of its result (if one) left in slot `slot` of `_ROWS`."
-    fn, slot, item = job
-    out = fn(item)
+def _slotted(job:tuple)->list:
+    "`fn` over a batch of items in a worker, the int16 row of each result (if one) left in its slot of `_ROWS`."
+    fn, first, items = job
     is_row = lambda r: isinstance(r, np.ndarray) and r.dtype == np.int16 and r.shape == _ROWS.shape[1:]
-    if _ROWS is None or not any(map(is_row, out)): return out
-    _ROWS[slot] = next(r for r in out if is_row(r))
-    return tuple(_Slot(slot) if is_row(r) else r for r in out)
+    outs = []
+    for slot, item in enumerate(items, first):
+        out = fn(item)
+        if _ROWS is not None and any(map(is_row, out)):
+            _ROWS[slot] = next(r for r in out if is_row(r))
+            out = tuple(_Slot(slot) if is_row(r) else r for r in out)
+        outs.append(out)
+    return outs
+
+def _batches(items, n:int):
+    "Lists of `n` consecutive items (the last one shorter), read as they are needed."
+    it = iter(items)
+    while b := list(itertools.islice(it, n)): yield b
 
 def row_map(fn, # a picklable function of one item, returning a tuple that may hold one int16 row
             items, # an iterable, read only as results are taken
             num_workers:int, # processes (1: run in this process)
             row_samples:int, # samples of the rows (other arrays are pickled as usual)
+            batch:int=4, # items a worker takes at a time
            ):
     "`ordered_map(fn, items, num_workers)`, with int16 rows of `row_samples` coming back through shared memory."
     global _ROWS
     if num_workers <= 1:
         yield from map(fn, items)
         return
-    window = 4*num_workers
-    _ROWS = np.frombuffer(mmap.mmap(-1, (window + 1)*row_samples*2), np.int16).reshape(window + 1, row_samples)
+    window = 2*num_workers  # batches pending
+    slots = (window + 1)*batch
+    _ROWS = np.frombuffer(mmap.mmap(-1, slots*row_samples*2), np.int16).reshape(slots, row_samples)
     rows = _ROWS
     try:
-        jobs = ((fn, i % (window + 1), it) for i, it in enumerate(items))
-        for out in ordered_map(_slotted, jobs, num_workers, window):
-            yield tuple(rows[r.i].copy() if isinstance(r, _Slot) else r for r in out)
+        jobs = ((fn, i*batch % slots, b) for i, b in enumerate(_batches(items, batch)))
+        for outs in ordered_map(_slotted, jobs, num_workers, window):
+            yield from (tuple(rows[r.i].copy() if isinstance(r, _Slot) else r for r in out) for out in outs)
     finally: _ROWS = None
 
 
