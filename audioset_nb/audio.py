@@ -13,8 +13,8 @@ from .fileio import atomic_open, atomic_path
 # %% auto #0
 __all__ = ['SAMPLE_RATE', 'AUDIO_EXTS', 'FFMPEG_ENV', 'NONFINITE', 'STORES', 'ffmpeg_exe', 'ffmpeg_cmd', 'pcm_output',
            'die_with_parent', 'AudioError', 'finite_audio', 'ffmpeg_input', 'resample', 'stream_audio', 'load_audio',
-           'audio_source', 'pad_or_truncate', 'to_int16', 'to_float32', 'sliding_windows', 'write_wav', 'write_audio',
-           'encode_row', 'decode_row']
+           'audio_source', 'pad_or_truncate', 'to_int16', 'to_float32', 'pcm16_row', 'sliding_windows', 'write_wav',
+           'write_audio', 'encode_row', 'decode_row']
 
 # %% ../nbs/01_audio.ipynb #34fd4d3f
 SAMPLE_RATE = 32000   # the rate PANNs stores and trains at
@@ -153,8 +153,10 @@ def ffmpeg_input(path:Path)->list:
 
 # %% ../nbs/01_audio.ipynb #d7abbbab
 def _ffmpeg_blocks(path, offset, duration, block_frames):
+    # ffmpeg stops a second after the slice (we cut it exactly): a long file costs no more than its slice
+    stop = [] if duration is None else ['-t', f'{offset + duration + 1:.6f}']
     cmd = ffmpeg_cmd(*ffmpeg_input(path), '-vn', '-map', '0:a:0', '-map_metadata', '-1', '-fflags', '+bitexact',
-                     '-f', 'wav', '-acodec', 'pcm_f32le', '-')
+                     *stop, '-f', 'wav', '-acodec', 'pcm_f32le', '-')
     popen = dict(stdout=subprocess.PIPE, preexec_fn=die_with_parent)
     with tempfile.TemporaryFile() as err, subprocess.Popen(cmd, stderr=err, **popen) as p:
         try:
@@ -251,6 +253,36 @@ def to_int16(x:np.ndarray)->np.ndarray:
 def to_float32(x:np.ndarray)->np.ndarray:
     "int16 audio back to float32 in [-1, 1]."
     return (np.asarray(x)/32767.).astype(np.float32)
+
+# %% ../nbs/01_audio.ipynb #ca97aaeb
+# the containers whose 16-bit samples libsndfile reads as s/32768
+_ROW_FORMATS = frozenset({'WAV', 'WAVEX', 'FLAC', 'AIFF'})
+
+@functools.lru_cache(None)
+def _int16_rows(channels:int)->np.ndarray:
+    "The row sample that mixing (`stream_audio`) and `to_int16` make of each sum of `channels` int16 samples."
+    s = np.arange(-32768*channels, 32767*channels + 1)
+    x = np.zeros((len(s), channels), np.float32)
+    x[:, 0] = s/32768  # a sum of int16/32768 is exact in float32: one column holding it mixes as the real ones do
+    return to_int16(x.mean(1))
+
+def pcm16_row(path:Path, # a clip file
+              sample_rate:int, # the rate of the row; a file at another rate needs resampling: None
+              n:int, # samples in the row
+             )->np.ndarray|None:
+    "`to_int16(pad_or_truncate(load_audio(path, sample_rate), n))` for a 16-bit PCM file, reading `n` frames as int16."
+    path = _check_file(path)
+    try: f = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError): return None
+    with f:
+        usable = f.samplerate == sample_rate and f.subtype == 'PCM_16' and f.format in _ROW_FORMATS
+        if not usable or f.channels > 8: return None
+        x = f.read(n, dtype='int16', always_2d=True)
+    if not len(x): return None  # `load_audio` says what is wrong with it
+    ch = x.shape[1]
+    if ch == 1: return pad_or_truncate(x[:, 0] - np.sign(x[:, 0]), n)  # `_int16_rows(1)`, without the look-up
+    return pad_or_truncate(np.take(_int16_rows(ch), x.sum(1, dtype=np.int32) + 32768*ch), n)
+
 
 # %% ../nbs/01_audio.ipynb #5442874d
 def sliding_windows(blocks, # consecutive mono blocks

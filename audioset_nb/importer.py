@@ -17,7 +17,7 @@ from .fileio import atomic_open, cannot_write, default_cache_dir, default_worker
 from .metadata import (CLIP_SECONDS, NUM_CLASSES, clip_name, load_labels, load_segments, parse_part,
                                   read_segments, take_part)
 from .pack import (CODECS, PackResult, WaveformWriter, need_space, check_pack_settings, encode_job,
-                              ordered_map, progress_bar, write_index)
+                              progress_bar, row_map, write_index)
 
 
 # %% auto #0
@@ -305,7 +305,7 @@ def _fill(w:WaveformWriter, pieces:list, csv_path, sample_rate:int, clip_samples
     jobs = ((*_once(c, csv_path, seen), c.audio, c.where, sample_rate, clip_samples, codec) for c in clips)
     total = sum(p.rows for p in pieces) - done if all(p.rows >= 0 for p in pieces) else None
     names, rows, targets = [], [], []
-    for name, target, row, why in progress_bar(ordered_map(_import_job, jobs, num_workers), total, progress):
+    for name, target, row, why in progress_bar(row_map(_import_job, jobs, num_workers, clip_samples), total, progress):
         done += 1
         if row is None: w.skip(name, why)
         else:

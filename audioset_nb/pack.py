@@ -4,23 +4,23 @@
 
 # %% ../nbs/20_pack.ipynb #ba562113
 from __future__ import annotations
-import errno, json, logging, os, re, shutil, sys
+import errno, itertools, json, logging, mmap, multiprocessing, os, re, shutil, sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 import h5py, numpy as np
 from .audio import (SAMPLE_RATE, STORES, AudioError, die_with_parent, encode_row, finite_audio, load_audio,
-                               pad_or_truncate, to_int16)
+                               pad_or_truncate, pcm16_row, to_int16)
 from .config import config_cli
 from .fileio import CannotWrite, atomic_path, cannot_write, default_workers, output_lock, remove_stale_temps
 from .metadata import (CLIP_SECONDS, NUM_CLASSES, black_list_note, black_listed, clip_name, parse_part,
                                   read_black_list, read_segments, segments_to_targets, take_part)
 
 # %% auto #0
-__all__ = ['CODECS', 'pack_cli', 'encode_clip', 'encode_job', 'ordered_map', 'WaveformWriter', 'PackResult', 'progress_bar',
-           'need_space', 'check_pack_settings', 'pack_waveforms', 'write_index', 'train_index_order', 'combine_indexes',
-           'PackConfig', 'pack']
+__all__ = ['CODECS', 'pack_cli', 'encode_clip', 'encode_job', 'ordered_map', 'row_map', 'WaveformWriter', 'PackResult',
+           'progress_bar', 'need_space', 'check_pack_settings', 'pack_waveforms', 'write_index', 'train_index_order',
+           'combine_indexes', 'PackConfig', 'pack']
 
 # %% ../nbs/20_pack.ipynb #a1ac8a1a
 CODECS = (None, *STORES)  # None: int16 rows; else a compressed store of `audio.STORES`
@@ -32,11 +32,12 @@ def encode_clip(path:Path,                     # clip file, any format ffmpeg re
                 stage:str='packing',           # the key of `audio.NONFINITE` that says what NaN samples do
                )->np.ndarray:
     "One clip file as one packed row."
-    # read no further than the row needs (and a second more, so the resampler's tail is that of the whole file):
-    # a long file costs no more memory than a clip
-    x = load_audio(path, sample_rate, duration=clip_samples/sample_rate + 1)
-    x = finite_audio(pad_or_truncate(x, clip_samples), str(path), stage)
-    x = to_int16(x)
+    x = pcm16_row(path, sample_rate, clip_samples)  # 16-bit PCM at the packing rate: the same row, read as int16
+    if x is None:
+        # read no further than the row needs (and a second more, so the resampler's tail is that of the whole file):
+        # a long file costs no more memory than a clip
+        x = load_audio(path, sample_rate, duration=clip_samples/sample_rate + 1)
+        x = to_int16(finite_audio(pad_or_truncate(x, clip_samples), str(path), stage))
     return x if codec is None else encode_row(x, sample_rate, codec)
 
 # %% ../nbs/20_pack.ipynb #b0fc6ad9
@@ -59,12 +60,61 @@ def ordered_map(fn, # a picklable function of one item
         yield from map(fn, items)
         return
     # a worker dies with us: forked, it shares our output lock, which must not outlive a killed packer
-    with ProcessPoolExecutor(num_workers, initializer=die_with_parent, initargs=(os.getpid(),)) as ex:
+    fork = multiprocessing.get_context('fork')  # a worker inherits `row_map`'s shared rows too
+    with ProcessPoolExecutor(num_workers, fork, initializer=die_with_parent, initargs=(os.getpid(),)) as ex:
         pending = deque()
         for it in items:
             pending.append(ex.submit(fn, it))
             if len(pending) >= window: yield pending.popleft().result()
         while pending: yield pending.popleft().result()
+
+# %% ../nbs/20_pack.ipynb #711f7b0b
+_ROWS = None  # the slots shared with forked workers: (slots, row samples) int16 over an anonymous shared mmap
+
+@dataclass(frozen=True)
+class _Slot:
+    "Stands for the row a worker left in slot `i` of `_ROWS`."
+    i: int
+
+def _slotted(job:tuple)->list:
+    "`fn` over a batch of items in a worker, the int16 row of each result (if one) left in its slot of `_ROWS`."
+    fn, first, items = job
+    is_row = lambda r: isinstance(r, np.ndarray) and r.dtype == np.int16 and r.shape == _ROWS.shape[1:]
+    outs = []
+    for slot, item in enumerate(items, first):
+        out = fn(item)
+        if _ROWS is not None and any(map(is_row, out)):
+            _ROWS[slot] = next(r for r in out if is_row(r))
+            out = tuple(_Slot(slot) if is_row(r) else r for r in out)
+        outs.append(out)
+    return outs
+
+def _batches(items, n:int):
+    "Lists of `n` consecutive items (the last one shorter), read as they are needed."
+    it = iter(items)
+    while b := list(itertools.islice(it, n)): yield b
+
+def row_map(fn, # a picklable function of one item, returning a tuple that may hold one int16 row
+            items, # an iterable, read only as results are taken
+            num_workers:int, # processes (1: run in this process)
+            row_samples:int, # samples of the rows (other arrays are pickled as usual)
+            batch:int=4, # items a worker takes at a time
+           ):
+    "`ordered_map(fn, items, num_workers)`, with int16 rows of `row_samples` coming back through shared memory."
+    global _ROWS
+    if num_workers <= 1:
+        yield from map(fn, items)
+        return
+    window = 2*num_workers  # batches pending
+    slots = (window + 1)*batch
+    _ROWS = np.frombuffer(mmap.mmap(-1, slots*row_samples*2), np.int16).reshape(slots, row_samples)
+    rows = _ROWS
+    try:
+        jobs = ((fn, i*batch % slots, b) for i, b in enumerate(_batches(items, batch)))
+        for outs in ordered_map(_slotted, jobs, num_workers, window):
+            yield from (tuple(rows[r.i].copy() if isinstance(r, _Slot) else r for r in out) for out in outs)
+    finally: _ROWS = None
+
 
 # %% ../nbs/20_pack.ipynb #c74d99d7
 def _create(path:Path, settings:dict, clip_samples:int, codec:str)->h5py.File:
@@ -89,13 +139,20 @@ def _progress_of(f:h5py.File)->dict:
 def _row_keys(f:h5py.File)->list: return [k for k in f if k != 'skipped']
 
 # %% ../nbs/20_pack.ipynb #e5819072
+def _raw_rows(wave:h5py.Dataset)->bool:
+    "Whether each int16 row of `wave` is one chunk stored as it is (no compression or other filter)."
+    plain = wave.id.get_create_plist().get_nfilters() == 0
+    return wave.dtype == np.int16 and wave.chunks == (1, wave.shape[1]) and plain
+
 def _append(f:h5py.File, names:list, rows:list, targets:np.ndarray):
     "Append rows to every dataset of `f`."
     n, m = f['audio_name'].shape[0], len(names)
     for k in _row_keys(f): f[k].resize(n + m, axis=0)
     f['audio_name'][n:] = np.array(names, dtype='S20')
     wave = f[next(k for k in f if k.startswith('waveform'))]
-    if wave.dtype == np.int16: wave[n:] = np.stack(rows)
+    if _raw_rows(wave):  # a row is one unfiltered chunk: its bytes go to the file as they are, with no copy
+        for j, r in enumerate(rows): wave.id.write_direct_chunk((n + j, 0), np.ascontiguousarray(r, '<i2'))
+    elif wave.dtype == np.int16: wave[n:] = np.stack(rows)
     else:
         for j, r in enumerate(rows): wave[n + j] = r
     f['target'][n:] = targets
@@ -264,7 +321,7 @@ def _pack_locked(out, settings, names, targets, audios_dir, csv_path, sample_rat
         start = w.items_done
         if start: logging.getLogger(__name__).info(f'{out}: resuming after {start} of {len(names)} listed clips.')
         jobs = [(audios_dir/n, sample_rate, clip_samples, codec) for n in names[start:]]
-        results = ordered_map(encode_job, jobs, num_workers or default_workers('decoding'))
+        results = row_map(encode_job, jobs, num_workers or default_workers('decoding'), clip_samples)
         buf = []
         for i, (row, why) in enumerate(progress_bar(results, len(jobs), progress), start):
             if row is None: w.skip(names[i], why)

@@ -1,5 +1,5 @@
 "Packing: every kind of input, format compatibility with the reference, kill-and-resume, indexes, the CLI."
-import logging, os, signal, subprocess, sys, textwrap
+import io, logging, os, signal, subprocess, sys, textwrap
 from functools import partial
 from pathlib import Path
 import h5py, numpy as np, pytest, soundfile as sf
@@ -263,3 +263,61 @@ def test_workers_is_an_alias_of_num_workers(run_cli, tones, tmp_path):
         with h5py.File(out, 'r') as f: rows.append(f['waveform'][:])
     assert rows[0].shape == (3, SR) and np.array_equal(rows[0], rows[1])
     assert [round(peak_hz(x)) for x in rows[0]] == [300, 500, 700]
+
+# name, rate, channels, format, subtype: the fast path (16-bit PCM at 32 kHz) and every kind beside it
+EXACT = [('w32m', 32000, 1, 'WAV', 'PCM_16'), ('w32s', 32000, 2, 'WAV', 'PCM_16'),
+         ('w32c3', 32000, 3, 'WAV', 'PCM_16'), ('f32m', 32000, 1, 'FLAC', 'PCM_16'),
+         ('f32s', 32000, 2, 'FLAC', 'PCM_16'), ('a32s', 32000, 2, 'AIFF', 'PCM_16'),
+         ('w44s', 44100, 2, 'WAV', 'PCM_16'), ('w32m24', 32000, 1, 'WAV', 'PCM_24'), ('w32f', 32000, 2, 'WAV', 'FLOAT'),
+         ('mp3s', 44100, 2, 'mp3', None), ('m4as', 44100, 2, 'm4a', None), ('short', 32000, 2, 'WAV', 'PCM_16')]
+
+def float_path_row(path, n=320000):
+    "A row as packing made it before the int16 fast path and the shared rows: decode to float, mix, cut, scale."
+    from audioset_nb.audio import load_audio, pad_or_truncate, to_int16
+    return to_int16(pad_or_truncate(load_audio(path, SR, duration=n/SR + 1), n))
+
+def test_rows_are_bit_identical_to_the_float_path(tmp_path):
+    "Full-scale noise (both ends of int16 included) in every format, rate and channel count packs to the same rows."
+    audios = tmp_path/'audios'
+    audios.mkdir()
+    g, labels = np.random.default_rng(0), load_labels()
+    for name, sr, ch, fmt, subtype in EXACT:
+        pcm = g.integers(-32768, 32768, (int(sr*(3 if name == 'short' else 11)), ch)).astype(np.int16)
+        pcm[:2] = [[-32768]*ch, [32767]*ch]
+        path = audios/clip_name(ytid(name))
+        if fmt in ('mp3', 'm4a'):
+            ffmpeg('-f', 's16le', '-ar', sr, '-ac', ch, '-i', 'pipe:0', '-f', 'mp3' if fmt == 'mp3' else 'ipod', path,
+                   input=(pcm//2).tobytes())
+        else: sf.write(path, pcm, sr, format=fmt, subtype=subtype)
+    write_segments(tmp_path/'segs.csv', [Segment(ytid(e[0]), 0., 10., (labels.mids[0],)) for e in EXACT])
+    want = np.stack([float_path_row(audios/clip_name(ytid(e[0]))) for e in EXACT])
+    for workers in (1, 2):
+        out = tmp_path/f'w{workers}.h5'
+        assert pack_waveforms(tmp_path/'segs.csv', audios, out, num_workers=workers, progress=False).rows == len(EXACT)
+        with h5py.File(out, 'r') as f: got = f['waveform'][:]
+        for e, a, b in zip(EXACT, got, want): assert np.array_equal(a, b), (e, workers)
+    pack_waveforms(tmp_path/'segs.csv', audios, tmp_path/'flac.h5', num_workers=2, codec='flac', progress=False)
+    with h5py.File(tmp_path/'flac.h5', 'r') as f:
+        flac = np.stack([sf.read(io.BytesIO(r.tobytes()), dtype='int16')[0] for r in f['waveform_flac']])
+    assert np.array_equal(flac, want)
+
+@pytest.mark.parametrize('ext', ['flac', 'mkv'])
+def test_a_long_file_costs_what_a_clip_costs(tmp_path, ext):
+    "10 min and 100 min of audio (soundfile's path and ffmpeg's) take the same memory and ffmpeg time to pack a row."
+    import resource, tracemalloc
+    from audioset_nb.pack import encode_clip
+    cost = {}
+    for minutes in (10, 100):
+        path = tmp_path/f'{minutes}.{ext}'
+        pcm = ['-c:a', 'pcm_s16le'] if ext == 'mkv' else []
+        ffmpeg('-f', 'lavfi', '-i', f'sine=f=440:r=8000:d={60*minutes}', *pcm, path)
+        k0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        tracemalloc.start()
+        row = encode_clip(path)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        k1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cost[minutes] = peak, k1.ru_utime + k1.ru_stime - k0.ru_utime - k0.ru_stime
+        assert abs(peak_hz(row) - 440) <= 1
+    assert cost[100][0] < 1.2*cost[10][0], cost            # Python memory: flat in the file's length
+    assert cost[100][1] < 2*cost[10][1] + 0.3, cost        # ffmpeg stops after the clip (-t), wherever the file ends
