@@ -50,7 +50,8 @@ import contextlib, io
 out, keys = {}, {}
 g = torch.Generator().manual_seed(0)
 t = torch.arange(32000)/32000
-x = torch.stack([0.1*torch.randn(32000, generator=g), 0.3*torch.sin(2*np.pi*440*t) + 0.01*torch.randn(32000, generator=g)])
+noise = 0.1*torch.randn(32000, generator=g)
+x = torch.stack([noise, 0.3*torch.sin(2*np.pi*440*t) + 0.01*torch.randn(32000, generator=g)])
 x = x[:, :31000]  # not a whole number of hops
 mel = AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=320, freqm=0, timem=0).eval()
 with torch.no_grad(): spec = mel(x)
