@@ -148,3 +148,15 @@ def test_finetune(tmp_path):
     assert not torch.equal(w, w0) and (w - w0).abs().max() < 0.1*w0.abs().max()  # trained, from the checkpoint
     t = tag(load_tagger(line['checkpoint']), next(folder.rglob('*.wav')))
     assert t.clipwise.shape == (len(ck['labels']),) and abs(t.clipwise.sum() - 1) < 1e-4  # single-label: softmax
+
+def test_benchmark_runs_tiny(tmp_path):
+    out = tmp_path/'mn.json'
+    r = subprocess.run([sys.executable, 'benchmarks/mobilenet.py', '--models', 'mn04', 'Cnn6', '--batch', '1',
+                        '--seconds', '1', '--reps', '1', '--out', out], cwd=Path(__file__).parents[1],
+                       env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res['versions']['torch'] and res['date'] and res['device']
+    rows = {x['model']: x for x in res['results']}
+    assert rows['mn04']['params'] == 983_599 and rows['Cnn6']['cpu_ratio_vs_last'] == 1.0
+    assert rows['mn04']['cpu_s_per_clip'] > 0
