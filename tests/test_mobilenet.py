@@ -129,6 +129,23 @@ def test_hear(d):
     assert scene.shape == (2, 384) and emb.shape == (2, 41, 384) and ts.shape == (2, 41)  # 0, 50, ..., 2000 ms
     assert torch.allclose(scene[0], scene[1]) and emb[0].std(0).mean() > 1e-4  # the steps differ over time
 
+def test_hearvalidator(tmp_path):
+    "hearvalidator's own checks on an mn04 checkpoint (TensorFlow stood in for, as tests/test_hear.py explains)."
+    from audioset_nb.checkpoints import save_checkpoint
+    (tmp_path/'tf'/'tensorflow').mkdir(parents=True)
+    (tmp_path/'tf'/'tensorflow'/'__init__.py').write_text(
+        'class Module: "Nothing is a TensorFlow module here."\n'
+        'def device(name): raise RuntimeError("TensorFlow is not installed")\n')
+    save_checkpoint(tmp_path/'mn04.pth', load_weights(build_model('mn04'), seeded_weights(KEYS['mn04'], 1)),
+                    model_type='mn04')
+    env = cli_env()
+    env['PYTHONPATH'] += f':{tmp_path/"tf"}'
+    r = subprocess.run([sys.executable, '-m', 'hearvalidator.validate', 'audioset_nb.hear', '--model',
+                        str(tmp_path/'mn04.pth'), '--device', 'cpu'], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0 and 'Looks good!' in r.stdout, r.stdout + r.stderr
+    assert 'Received embedding of shape: torch.Size([16, 41, 384])' in r.stdout  # 16 sounds of 2 s, every 50 ms
+
 def test_finetune(tmp_path):
     "EfficientAT's body under a new classifier (its whole MLP head): trained from the checkpoint, then tagging with it."
     from audioset_nb.scenes import make_sound_folder
