@@ -13,7 +13,7 @@ from .models import MODELS, PannsModel, do_mixup, upsample_frames
 
 # %% auto #0
 __all__ = ['MN_BLOCKS', 'MN_WIDTHS', 'make_divisible', 'kaldi_mel', 'kaldi_mel_banks', 'EfficientMel', 'ConvBNAct',
-           'SqueezeExcite', 'ChannelSE', 'MNBlock', 'MobileNetV3', 'mobilenet_class']
+           'SqueezeExcite', 'ChannelSE', 'MNBlock', 'MobileNetV3', 'mobilenet_class', 'efficientat_type']
 
 # %% ../nbs/43_mobilenet.ipynb #2a978ad2
 def make_divisible(v:float, divisor:int=8)->int:
@@ -170,3 +170,11 @@ def mobilenet_class(name:str, # e.g. 'mn10' or 'mn10_DecisionLevel'
 
 MODELS.update({n: mobilenet_class(n, w, fw) for k, w in MN_WIDTHS.items()
                for n, fw in ((k, False), (f'{k}_DecisionLevel', True))})
+
+# %% ../nbs/43_mobilenet.ipynb #c449527b
+def efficientat_type(sd:dict)->str|None: # a state dict, bare or under 'model'
+    "The `MODELS` name of an EfficientAT MobileNetV3 state dict, from its last convolution's width; None if not one."
+    sd = sd.get('model', sd) if isinstance(sd, dict) else None
+    w = sd.get('features.16.0.weight') if isinstance(sd, dict) and 'classifier.5.weight' in sd else None
+    if not torch.is_tensor(w): return None
+    return next((n for n, k in MN_WIDTHS.items() if 6*make_divisible(160*k) == w.shape[0]), None)

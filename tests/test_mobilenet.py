@@ -80,6 +80,13 @@ def test_tag_cli(d):
     assert [l.rsplit(': ', 1)[0] for l in lines] == [labels[i] for i in top]
     assert np.allclose([float(l.rsplit(': ', 1)[1]) for l in lines], want[top], atol=1e-3), (lines, want[top])
 
+def test_efficientat_file_needs_no_model_type(d):
+    "Before: without --model_type an EfficientAT file was read as Cnn14 ('does not fit model_type Cnn14'), exit 1."
+    args = ('--checkpoint_path', d/'mn04_as.pt', '--audio_path', d/'clip.wav', '--top_k', 3)
+    r, want = cli('audioset_tag', *args, timeout=300), cli('audioset_tag', '--model_type', 'mn04', *args, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == want.stdout and len(r.stdout.splitlines()) == 4
+
 def test_sed(d, tmp_path):
     from audioset_nb.inference import load_tagger, sed
     t = sed(load_tagger(d/'mn04_as.pt', 'mn04_DecisionLevel'), d/'clip.wav')
