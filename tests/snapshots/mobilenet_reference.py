@@ -1,4 +1,9 @@
-"Reference outputs of EfficientAT's own mn04/mn10 (commit a425fdc), run in /tmp/mn-venv with stub imports."
+"""Reference outputs of EfficientAT's own mn04/mn10 (commit a425fdc) for tests/test_mobilenet.py.
+
+To rerun: `git archive a425fdc models helpers metadata | tar -x -C /tmp/mn/efficientat` in a clone of
+fschmid56/EfficientAT; `python -m venv /tmp/mn-venv && /tmp/mn-venv/bin/pip install torch==2.13.0 numpy` and, with
+--no-deps, torchvision==0.28.0 and torchaudio==2.11.1 (only their pure-Python files are loaded); then, from
+/tmp/mn/efficientat, `/tmp/mn-venv/bin/python <this file>` and copy /tmp/mn/mobilenet_* here."""
 import importlib.util, json, sys, types
 import numpy as np, torch
 ROOT = '/tmp/mn/efficientat'
