@@ -136,7 +136,10 @@ def checkpoint_labels(ckpt:dict, path)->tuple:
 
 def checkpoint_config(ckpt:dict)->dict:
     "The settings a checkpoint records about itself: `config`, overridden by top-level `model_type`."
+    # EfficientAT's files record no model type: its MobileNetV3 width is read from the weights (43_mobilenet)
     cfg = ckpt.get('config') if isinstance(ckpt.get('config'), dict) else {}
+    from audioset_nb.mobilenet import efficientat_type
+    if 'model_type' not in cfg and (t := efficientat_type(ckpt)): cfg = {**cfg, 'model_type': t}
     return {**cfg, **({'model_type': ckpt['model_type']} if isinstance(ckpt.get('model_type'), str) else {})}
 
 # %% ../nbs/40_checkpoints.ipynb #bec91979

@@ -22,12 +22,13 @@ class HearModel(nn.Module):
     def __init__(self, model:nn.Module, # a Cnn6/Cnn10/Cnn14-family model (has `cnn` and `fc1`)
                  ):
         super().__init__()
-        if not (hasattr(model, 'cnn') and hasattr(model, 'fc1')):
+        if not (hasattr(model, 'step_embeddings') or hasattr(model, 'cnn') and hasattr(model, 'fc1')):
             raise ValueError(f'{type(model).__name__} has no per-step features for timestamp embeddings; use a Cnn6, '
-                             f'Cnn10 or Cnn14-family checkpoint.')
+                             f'Cnn10 or Cnn14-family checkpoint (or an EfficientAT mn04, mn10, ...).')
         self.model, self.model_rate = model.eval(), model.front.sample_rate
         self.sample_rate = self.model_rate if self.model_rate in HEAR_RATES else 48000
-        self.scene_embedding_size = self.timestamp_embedding_size = model.fc1.out_features
+        size = model.embedding_size if hasattr(model, 'step_embeddings') else model.fc1.out_features
+        self.scene_embedding_size = self.timestamp_embedding_size = size
 
 # %% ../nbs/66_hear.ipynb #16ae486a
 def load_model(model_file_path:str='', # .pth checkpoint (default: the published Cnn14, from the package's cache)
@@ -65,6 +66,7 @@ def get_scene_embeddings(audio:torch.Tensor, # (n_sounds, n_samples) at `model.s
 def _step_embeddings(model:HearModel, x:torch.Tensor)->torch.Tensor:
     "(B, steps, D): `fc1` on each time step of the last feature map, smoothed as decision-level models do."
     m = model.model
+    if hasattr(m, 'step_embeddings'): return m.step_embeddings(x)  # a model with its own (EfficientAT's MobileNetV3)
     h = m.cnn(m.spec_input(x))
     h = F.max_pool1d(h, 3, stride=1, padding=1) + F.avg_pool1d(h, 3, stride=1, padding=1)
     return F.relu(m.fc1(h.transpose(1, 2)))

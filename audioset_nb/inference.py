@@ -79,7 +79,7 @@ class TorchRunner:
         return {k: out[k].float().cpu().numpy() for k in _KEYS if k in out}
 
 # %% ../nbs/60_inference.ipynb #9fb21302
-HEADS = ('fc_audioset', 'att_block')  # the zoo's classifier layers
+HEADS = ('fc_audioset', 'att_block', 'classifier')  # the zoo's classifier layers (classifier: EfficientAT's)
 
 class SingleLabel(torch.nn.Module):
     "A zoo model whose clipwise output is the softmax of its classifier's logits (also returned, as `logits`)."

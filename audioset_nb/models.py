@@ -682,6 +682,7 @@ MODELS = {c.__name__: c for c in [Cnn6, Cnn10, Cnn14, Cnn14_16k, Cnn14_8k, Cnn14
     Wavegram_Logmel128_Cnn14, Cnn14_DecisionLevelMax, Cnn14_DecisionLevelAvg, Cnn14_DecisionLevelAtt,
     Cnn6_DecisionLevelMax, Cnn6_mini, Cnn6_mini_DecisionLevelMax]}
 MODELS.update(Cnn13=Cnn14, Cnn13_specaug=Cnn14)
+from . import mobilenet  # noqa: E402,F401  (EfficientAT's MobileNetV3 family adds itself to MODELS)
 
 def build_model(model_type:str, # a name in `MODELS`, e.g. 'Cnn14'
                 front:FrontEnd=None, # open settings (None) take the model's defaults
