@@ -30,8 +30,9 @@ def onnx_metadata(labels, # class names, in output order
 
 # %% ../nbs/62_export.ipynb #a345720e
 def _example_input(model:nn.Module, seconds:float=1.)->torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    return 0.1*torch.randn(2, int(seconds*model.front.sample_rate), generator=g)
+    "Noise of `seconds`, or of 64 frames if longer: a coarse front end (8 kHz, hop 1024) pools 1 s down to nothing."
+    g, f = torch.Generator().manual_seed(0), model.front
+    return 0.1*torch.randn(2, max(int(seconds*f.sample_rate), 64*f.hop_size), generator=g)
 
 def export_onnx(model:nn.Module, # a zoo model (plain or prepared by `for_inference`), its weights loaded
                 path:Path, # the .onnx file to write
