@@ -147,7 +147,7 @@ def compare(out, base='fp32'):
     res['fp32_top1_margin_min'] = float((margin[:, -1] - margin[:, -2]).min())
     return res
 
-INT8 = {'ort_int8': {}}  # the int8 variants measured for agreement: `quantize_int8`'s keyword arguments
+INT8 = {'ort_int8': {}, 'ort_int8_quantized_head': {'head': False}}  # `quantize_int8`'s keyword arguments
 
 def trained(a):
     "Agreement and eval mAP of each precision for a trained checkpoint (`--agreement`), calibrated on a packed set."

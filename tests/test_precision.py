@@ -131,3 +131,13 @@ def test_export_coarse_front_end(tmp_path):
     assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr
     p, meta = _scores(tmp_path/'coarse.onnx', 0.1*np.random.default_rng(0).standard_normal((2, 80000), np.float32))
     assert p.shape == (2, len(LABELS)) and meta['hop_size'] == '1024'
+
+def test_int8_keeps_output_layer_fp32(mini):
+    "Quantized, the sigmoid gave 256 levels of probability: a trained model's confident classes tied at the top."
+    r = _export(mini, 'head8.onnx', '--precision', 'int8', '--calibration', mini/'calibration')
+    assert r.returncode == 0, r.stderr
+    nodes = {n.name: n.op_type for n in onnx.load(str(mini/'head8.onnx')).graph.node}
+    assert 'QLinearSigmoid' not in nodes.values() and 'Sigmoid' in nodes.values()
+    assert nodes['/fc_audioset/Gemm'] == 'Gemm' and 'QLinearConv' in nodes.values()  # the body is still int8
+    p, _ = _scores(mini/'head8.onnx', np.stack([_clip(3., 300 + i) for i in range(5)]))
+    assert len(np.unique(p)) == p.size  # no ties: not 256 levels
