@@ -159,7 +159,7 @@ def trained(a):
     ws = Path(a.workspace)/'hdf5s'/'waveforms'
     t0 = time.process_time()
     cal = list(packed(ws/'balanced_train.h5', sr, a.calibration_clips)[0])  # calibration: never the eval set
-    ev, target = packed(ws/'eval.h5', sr)
+    ev, target = packed(ws/'eval.h5', sr, a.mini_eval_clips)
     real = recordings(a.recordings, a.real_clips, sr=sr)
     print(f'{len(cal)} calibration clips, {len(ev)} eval clips, {len(real)} recordings at {sr} Hz', flush=True)
     def torch_run(m, bf16=False):
@@ -203,6 +203,7 @@ def main():
     p.add_argument('--agreement', help='a trained checkpoint: measure agreement and eval mAP only, not speed')
     p.add_argument('--workspace', help='with --agreement: its hdf5s/waveforms/{balanced_train,eval}.h5')
     p.add_argument('--real_clips', type=int, default=200, help='with --agreement: recordings to compare on')
+    p.add_argument('--mini_eval_clips', type=int, default=0, help='with --agreement: eval clips (0: all)')
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count())
     if a.agreement: return agreement_json(a, trained(a))
