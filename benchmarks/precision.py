@@ -15,6 +15,9 @@ shorter), top-1 agreement, top-5 overlap and the largest probability difference.
 classes' scores lie closer together than a trained model's: the agreement is a pessimistic measure of the rounding.
 Writes raw numbers to benchmarks/results/precision-cpu.json.
 Run: python benchmarks/precision.py [--reps 5] [--recordings /work/cache-real/root] [--eval_clips 64]
+--agreement CKPT --workspace W: no speed; a trained checkpoint's fp32 fast path against bf16, ORT fp32 and the int8
+variants in INT8 (calibrated on W's packed balanced_train), on W's packed eval clips (top-1, top-5, eval mAP) and on
+real recordings at the checkpoint's rate; writes --out.
 """
 import argparse, copy, datetime, json, os, platform, statistics, subprocess, tempfile, time
 from pathlib import Path
