@@ -30,8 +30,9 @@ def onnx_metadata(labels, # class names, in output order
 
 # %% ../nbs/62_export.ipynb #a345720e
 def _example_input(model:nn.Module, seconds:float=1.)->torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    return 0.1*torch.randn(2, int(seconds*model.front.sample_rate), generator=g)
+    "Noise of `seconds`, or of 64 frames if longer: a coarse front end (8 kHz, hop 1024) pools 1 s down to nothing."
+    g, f = torch.Generator().manual_seed(0), model.front
+    return 0.1*torch.randn(2, max(int(seconds*f.sample_rate), 64*f.hop_size), generator=g)
 
 def export_onnx(model:nn.Module, # a zoo model (plain or prepared by `for_inference`), its weights loaded
                 path:Path, # the .onnx file to write
@@ -111,16 +112,19 @@ def calibration_audio(spec, # audio files, folders or globs (decoded as tagging 
     return out
 
 # %% ../nbs/62_export.ipynb #142ad035
-def _fp32_nodes(proto)->list:
-    "Names of the nodes kept in fp32: the front end, and convolutions with one input channel."
+def _fp32_nodes(proto, head:bool=True)->list:
+    "Names of the nodes kept in fp32: the front end, convolutions with one input channel, the output layer (`head`)."
     shapes = {t.name: tuple(t.dims) for t in proto.graph.initializer}
-    front = ('/spectrogram_extractor/', '/logmel_extractor/', '/bn0/')
+    keep = ('/spectrogram_extractor/', '/logmel_extractor/', '/bn0/') + (
+        ('/fc_audioset/', '/att_block/', '/fc_transfer/') if head else ())
     one_channel = lambda n: n.op_type == 'Conv' and shapes.get(n.input[1], (0, 0))[1:2] == (1,)
-    return [n.name for n in proto.graph.node if n.name.startswith(front) or one_channel(n)]
+    out = lambda n: head and n.op_type in ('Sigmoid', 'Softmax')
+    return [n.name for n in proto.graph.node if n.name.startswith(keep) or one_channel(n) or out(n)]
 
 def quantize_int8(src:Path, # an fp32 export (from `export_onnx`)
                   dst:Path, # the int8 model to write (may be `src`)
-                  clips:list)->Path: # float32 waveforms at the model's rate: the activation ranges come from them
+                  clips:list, # float32 waveforms at the model's rate: the activation ranges come from them
+                  head:bool=True)->Path: # keep the output layer and its sigmoid in fp32 (False: quantize them too)
     "Write `src` statically quantized (uint8 activations, per-channel int8 weights, QOperator) to `dst`."
     # every op ONNX Runtime can quantize: ReLUs fold into the convolutions' output ranges, pooling runs on uint8
     import onnx
@@ -135,7 +139,7 @@ def quantize_int8(src:Path, # an fp32 export (from `export_onnx`)
             logging.getLogger().setLevel(logging.ERROR)  # its advice to run pre-processing: not for the user
             quantize_static(str(src), f'{d}/int8.onnx', Clips(), quant_format=QuantFormat.QOperator, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=_fp32_nodes(proto),
+                            nodes_to_exclude=_fp32_nodes(proto, head),
                             extra_options={'CalibStridedMinMax': 1})  # memory: one clip's activations, not all
         finally: logging.getLogger().setLevel(level)
         q = onnx.load(f'{d}/int8.onnx')

@@ -15,13 +15,16 @@ shorter), top-1 agreement, top-5 overlap and the largest probability difference.
 classes' scores lie closer together than a trained model's: the agreement is a pessimistic measure of the rounding.
 Writes raw numbers to benchmarks/results/precision-cpu.json.
 Run: python benchmarks/precision.py [--reps 5] [--recordings /work/cache-real/root] [--eval_clips 64]
+--agreement CKPT --workspace W: no speed; a trained checkpoint's fp32 fast path against bf16, ORT fp32 and the int8
+variants in INT8 (calibrated on W's packed balanced_train), on W's packed eval clips (top-1, top-5, eval mAP) and on
+real recordings at the checkpoint's rate; writes --out.
 """
 import argparse, copy, datetime, json, os, platform, statistics, subprocess, tempfile, time
 from pathlib import Path
 import numpy as np, torch
 import onnxruntime as ort
 import audioset_nb
-from audioset_nb.audio import load_audio
+from audioset_nb.audio import load_audio, resample
 from audioset_nb.export import calibrated, export_onnx, quantize_int8
 from audioset_nb.fastpath import for_inference, fp32_front
 from audioset_nb.fileio import atomic_write
@@ -30,7 +33,7 @@ from audioset_nb.tagging import audio_files
 
 SR, N = 32000, 320000
 
-def recordings(root, n, skip=0):
+def recordings(root, n, skip=0, sr=SR):
     "`n` real recordings under `root` (a manifest's test split if it has one), each its first 10 s, repeated if short."
     root = Path(root)
     if (root/'manifest.csv').is_file():
@@ -41,10 +44,10 @@ def recordings(root, n, skip=0):
     else: paths = audio_files(root)
     out = []
     for p in paths[skip:]:
-        try: x = load_audio(p, SR, duration=10.)
+        try: x = load_audio(p, sr, duration=10.)
         except ValueError: continue
-        if len(x) < SR//2 or np.abs(x).max() < 1e-3: continue  # under half a second, or silent
-        out.append(np.resize(x, N).astype(np.float32))
+        if len(x) < sr//2 or np.abs(x).max() < 1e-3: continue  # under half a second, or silent
+        out.append(np.resize(x, 10*sr).astype(np.float32))
         if len(out) == n: break
     return np.stack(out)
 
@@ -123,6 +126,75 @@ def speed(run, x, batch, reps, flops):
                 gflops={k: flops/v/1e9 for k, v in per_clip.items()},
                 speed_claim=max(loads) <= 3)
 
+def packed(path, sr, n=0):
+    "Rows of a packed waveform .h5 (all, or `n` spread evenly) resampled to `sr`, and their targets."
+    import h5py
+    with h5py.File(path, 'r') as f:
+        rows = np.arange(len(f['waveform'])) if not n else np.unique(
+            np.linspace(0, len(f['waveform']) - 1, n).round().astype(int))
+        src = int(f.attrs['sample_rate'])
+        x = np.stack([resample(f['waveform'][i].astype(np.float32)/32767., src, sr) for i in rows])
+        return x, f['target'][:][rows]
+
+def compare(out, base='fp32'):
+    "Each variant's clipwise scores `out[k]` (clips, classes) against `out[base]`: top-1, top-5, largest difference."
+    top5 = lambda p: np.argsort(-p, 1)[:, :5]
+    res = {}
+    for k, p in out.items():
+        overlap = [len(set(a) & set(b))/5 for a, b in zip(top5(p), top5(out[base]))]
+        res[k] = dict(top1_agreement=float((p.argmax(1) == out[base].argmax(1)).mean()),
+                      top1_disagreements=int((p.argmax(1) != out[base].argmax(1)).sum()),
+                      top5_overlap=float(np.mean(overlap)), max_prob_difference=float(np.abs(p - out[base]).max()))
+    margin = np.sort(out[base], 1)
+    res['fp32_top1_margin_median'] = float(np.median(margin[:, -1] - margin[:, -2]))
+    res['fp32_top1_margin_min'] = float((margin[:, -1] - margin[:, -2]).min())
+    return res
+
+INT8 = {'ort_int8': {}, 'ort_int8_quantized_head': {'head': False}}  # `quantize_int8`'s keyword arguments
+
+def trained(a):
+    "Agreement and eval mAP of each precision for a trained checkpoint (`--agreement`), calibrated on a packed set."
+    from audioset_nb.inference import load_tagger
+    from audioset_nb.train import score
+    fp32 = load_tagger(a.agreement)
+    sr = fp32.sample_rate
+    bf = load_tagger(a.agreement, precision='bf16').model
+    ws = Path(a.workspace)/'hdf5s'/'waveforms'
+    t0 = time.process_time()
+    cal = list(packed(ws/'balanced_train.h5', sr, a.calibration_clips)[0])  # calibration: never the eval set
+    ev, target = packed(ws/'eval.h5', sr, a.mini_eval_clips)
+    real = recordings(a.recordings, a.real_clips, sr=sr)
+    print(f'{len(cal)} calibration clips, {len(ev)} eval clips, {len(real)} recordings at {sr} Hz', flush=True)
+    def torch_run(m, bf16=False):
+        def run(x):
+            with torch.inference_mode(), torch.autocast('cpu', torch.bfloat16, enabled=bf16):
+                return m(torch.from_numpy(x))['clipwise_output'].float().numpy()
+        return run
+    run = {'fp32': torch_run(fp32.model), 'bf16': torch_run(bf, bf16=True)}
+    with tempfile.TemporaryDirectory() as d:
+        export_onnx(fp32.model, Path(d)/'fp32.onnx', list(fp32.labels), fp32.model_type)
+        paths, quantize_s = {'ort_fp32': Path(d)/'fp32.onnx'}, {}
+        for k, kw in INT8.items():
+            t = time.perf_counter()
+            paths[k] = quantize_int8(Path(d)/'fp32.onnx', Path(d)/f'{k}.onnx', cal, **kw)
+            quantize_s[k] = time.perf_counter() - t
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = os.cpu_count()
+        for k, p in paths.items():
+            s = ort.InferenceSession(str(p), opts, providers=['CPUExecutionProvider'])
+            run[k] = lambda x, s=s: s.run(['clipwise_output'], {'waveform': x})[0]
+        outs = {}
+        for name, x in (('eval', ev), ('recordings', real)):
+            outs[name] = {k: np.concatenate([f(x[i:i + 8]) for i in range(0, len(x), 8)]) for k, f in run.items()}
+    res = {name: compare(o) for name, o in outs.items()}
+    used = target.any(0)  # the mini AudioSet's classes: the others have no positives
+    res['eval_mAP'] = {k: score(target[:, used], p[:, used]).mAP for k, p in outs['eval'].items()}
+    res['eval_mAP_minus_fp32'] = {k: v - res['eval_mAP']['fp32'] for k, v in res['eval_mAP'].items()}
+    for k in ('eval', 'recordings', 'eval_mAP_minus_fp32'): print(k, json.dumps(res[k]), flush=True)
+    return dict(res, calibration_clips=len(cal), eval_clips=len(ev), recording_clips=len(real), sample_rate=sr,
+                int8_variants=INT8, int8_quantize_s=quantize_s, cpu_s=time.process_time() - t0,
+                load_average_at_end=os.getloadavg()[0])
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--recordings', default='/work/cache-real/root', help='real recordings: folder or manifest root')
@@ -131,8 +203,13 @@ def main():
     p.add_argument('--batches', nargs='+', type=int, default=[1, 8])
     p.add_argument('--reps', type=int, default=5)
     p.add_argument('--out', default=str(Path(__file__).parent/'results'/'precision-cpu.json'))
+    p.add_argument('--agreement', help='a trained checkpoint: measure agreement and eval mAP only, not speed')
+    p.add_argument('--workspace', help='with --agreement: its hdf5s/waveforms/{balanced_train,eval}.h5')
+    p.add_argument('--real_clips', type=int, default=200, help='with --agreement: recordings to compare on')
+    p.add_argument('--mini_eval_clips', type=int, default=0, help='with --agreement: eval clips (0: all)')
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count())
+    if a.agreement: return agreement_json(a, trained(a))
     real = Path(a.recordings).exists()
     x = recordings(a.recordings, a.eval_clips + a.calibration_clips) if real else synthetic(a.eval_clips + 16)
     held, cal = x[:a.eval_clips], x[a.eval_clips:]
@@ -162,6 +239,16 @@ def main():
               'eval_clips': len(held), 'calibration_clips': len(cal), 'int8_quantize_s': v.quantize_s,
               'agreement_with_fp32': agree, 'speed': rows, 'reps': a.reps,
               'timing': 'median per clip of reps after one warm-up call; variants interleaved rep by rep'}
+    atomic_write(Path(a.out), json.dumps(result, indent=1))
+    print(f'wrote {a.out}')
+
+def agreement_json(a, res):
+    info = cpu_info()
+    result = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+              'device': f"CPU: {info['name']}, {info['cores']} cores", 'checkpoint': str(a.agreement),
+              'versions': {'torch': torch.__version__, 'onnxruntime': ort.__version__, 'numpy': np.__version__,
+                           'audioset_nb': audioset_nb.__version__, 'python': platform.python_version()},
+              'recordings': str(a.recordings), **res}
     atomic_write(Path(a.out), json.dumps(result, indent=1))
     print(f'wrote {a.out}')
 

@@ -121,3 +121,23 @@ def test_bf16_tags_like_fp32(mini):
     t16, _ = _tag_json(mini, *ckpt, '--precision', 'bf16')
     assert len(t16) == 5 and t16 != t32  # the scores differ a little ...
     assert [t['top'][0][0] for t in t16] == [t['top'][0][0] for t in t32]  # ... the top labels do not
+
+def test_export_coarse_front_end(tmp_path):
+    "A front end so coarse (8 kHz, hop 1024) that 1 s is 8 frames: the export's trace used to pool them to nothing."
+    front = dict(sample_rate=8000, window_size=2048, hop_size=1024, mel_bins=32, fmin=50, fmax=4000)
+    m = build_model('Cnn6_mini', **front, classes_num=len(LABELS))
+    save_checkpoint(tmp_path/'coarse.pth', m, model_type='Cnn6_mini', labels=LABELS, config=front)
+    r = cli('audioset_export', '--checkpoint_path', tmp_path/'coarse.pth', '--output', tmp_path/'coarse.onnx')
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr
+    p, meta = _scores(tmp_path/'coarse.onnx', 0.1*np.random.default_rng(0).standard_normal((2, 80000), np.float32))
+    assert p.shape == (2, len(LABELS)) and meta['hop_size'] == '1024'
+
+def test_int8_keeps_output_layer_fp32(mini):
+    "Quantized, the sigmoid gave 256 levels of probability: a trained model's confident classes tied at the top."
+    r = _export(mini, 'head8.onnx', '--precision', 'int8', '--calibration', mini/'calibration')
+    assert r.returncode == 0, r.stderr
+    nodes = {n.name: n.op_type for n in onnx.load(str(mini/'head8.onnx')).graph.node}
+    assert 'QLinearSigmoid' not in nodes.values() and 'Sigmoid' in nodes.values()
+    assert nodes['/fc_audioset/Gemm'] == 'Gemm' and 'QLinearConv' in nodes.values()  # the body is still int8
+    p, _ = _scores(mini/'head8.onnx', np.stack([_clip(3., 300 + i) for i in range(5)]))
+    assert len(np.unique(p)) == p.size  # no ties: not 256 levels
