@@ -4,13 +4,13 @@
 
 # %% ../nbs/60_inference.ipynb #88878c2b
 from __future__ import annotations
-import dataclasses, io, os, sys, tempfile
+import dataclasses, io, os, struct, sys, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterable, Iterator, NamedTuple
 import numpy as np, torch
-from .fileio import atomic_path, cannot_write
+from .fileio import atomic_path, atomic_write, cannot_write
 from .metadata import CLIP_SECONDS
 from .audio import SAMPLE_RATE, load_audio, stream_audio, write_wav
 from .checkpoints import (CheckpointError, checkpoint_config, checkpoint_labels, load_weights,
@@ -221,7 +221,7 @@ def plot_sed(t:Tags, # framewise tags from `sed`
     fw = t.framewise[f0:f0 + len(x)//hop_size + 1]
     return sed_figure(log_spectrogram(x, window_size, hop_size), fw, t.labels, t.fps, start, top, truth)
 
-# %% ../nbs/60_inference.ipynb #06c53b1c
+# %% ../nbs/60_inference.ipynb #d7c0e4ae
 class FrameStream:
     "Window framewise scores stitched as `sed` stitches them, each frame handed on once no later window can change it."
     def __init__(self, *consumers): # each has `frames(f0, chunk)` and `end(n)`
@@ -252,7 +252,7 @@ class FrameStream:
         self.frames, self.sum, self.cnt = n, None, np.zeros(0, np.float32)
         for c in self.consumers: c.end(n)
 
-# %% ../nbs/60_inference.ipynb #ce557941
+# %% ../nbs/60_inference.ipynb #fde74f54
 class EventFinder:
     "`find_events` on frames that arrive in chunks: the same events, holding only the runs still open."
     def __init__(self, labels, fps:float, threshold=0.5, min_duration:float=0.):
@@ -285,34 +285,37 @@ class EventFinder:
                for c, a, b, p in self.runs]
         return sorted(evs, key=lambda e: (e.onset, e.label))
 
-# %% ../nbs/60_inference.ipynb #4a424ca4
+# %% ../nbs/60_inference.ipynb #1b456f30
+def _npy_header(shape:tuple, size:int=128)->bytes:
+    "A .npy (version 1.0) header for float32 `shape`, padded to `size` bytes so it can be rewritten in place."
+    d = "{'descr': '<f4', 'fortran_order': False, 'shape': %r, }" % (tuple(shape),)
+    return b'\x93NUMPY\x01\x00' + struct.pack('<H', size - 10) + (d.ljust(size - 11) + '\n').encode('latin1')
+
 class FramewiseFile:
-    "Frames appended to an HDF5 file (`framewise`: frames x classes, float32) as they come, then moved into place."
-    def __init__(self, path:Path, labels, fps:float, audio_path:str):
-        self.path, self.labels, self.fps, self.audio_path = Path(path), tuple(labels), fps, str(audio_path)
-        self.f = self.error = None
-    def _open(self):
-        import h5py
-        self._tmp = atomic_path(self.path, suffix='.h5')
-        self.f = h5py.File(self._tmp.__enter__(), 'w')
-        c = len(self.labels)
-        self.d = self.f.create_dataset('framewise', (0, c), np.float32, maxshape=(None, c), chunks=(256, c))
-        self.f.attrs.update(labels=list(self.labels), fps=self.fps, audio_path=self.audio_path)
+    "Frames appended to a .npy file (frames x classes, float32) as they come, then moved into place."
+    def __init__(self, path:Path, classes:int):
+        self.path, self.classes, self.f, self.n, self.error = Path(path), classes, None, 0, None
     def frames(self, f0:int, chunk:np.ndarray):
         if self.error is not None: return
         try:
-            if self.f is None: self._open()
-            self.d.resize(f0 + len(chunk), 0)
-            self.d[f0:] = chunk
+            if self.f is None:
+                self._tmp = atomic_path(self.path, suffix='.npy')
+                self.f = open(self._tmp.__enter__(), 'wb')
+                self.f.write(_npy_header((0, self.classes)))
+            self.f.write(np.ascontiguousarray(chunk, '<f4').tobytes())
+            self.n = f0 + len(chunk)
         except OSError as e:  # kept until the file is done: a full disk fails this file, not the run
             self.error = cannot_write(self.path, e, 'the framewise scores')
             self.abort()
     def end(self, n:int): pass
-    def close(self, duration:float):
-        "Finish the file (its `duration` in seconds in the attributes) and move it onto `path`; raise what went wrong."
+    def close(self):
+        "Write the final shape into the header and move the file onto `path`; raise what went wrong."
         if self.error is not None: raise self.error
         try:
-            self.f.attrs['duration'] = duration
+            self.f.seek(0)
+            self.f.write(_npy_header((self.n, self.classes)))
+            self.f.flush()
+            os.fsync(self.f.fileno())
             self.f.close()
             self.f = None
             self._tmp.__exit__(None, None, None)
@@ -323,11 +326,11 @@ class FramewiseFile:
         "Remove the unfinished file."
         if self.f is None: return
         try: self.f.close()
-        except Exception: pass
+        except OSError: pass
         self.f = None
         self._tmp.__exit__(OSError, OSError('aborted'), None)
 
-# %% ../nbs/60_inference.ipynb #8ea28bd3
+# %% ../nbs/60_inference.ipynb #af1cfa4c
 class MaxPool:
     "Rows (frames) max-pooled in time into at most `2*cols` columns; the pool size doubles as a stream gets longer."
     def __init__(self, cols:int=1024, limit:int=None): # limit: frames after this one are not kept
@@ -395,18 +398,22 @@ class SedConfig(TaggingConfig):
     min_duration: float = 0.          # drop events shorter than this, seconds
     figure_dir: str|None = None       # write the SED figure of each file here as <name>.png
     figure_seconds: float = 600.      # draw at most this many seconds of a file (pooled: any length costs the same)
-    framewise_dir: str|None = None    # write each file's framewise scores here as <name>.h5 (HDF5, as it streams)
+    framewise_dir: str|None = None    # write each file's framewise scores here as <name>.npy (as it streams)
 
     def __post_init__(self):
         if not self.checkpoint_path: raise ValueError('--checkpoint_path is required: pass a .pth file.')
         super().__post_init__()
 
 # %% ../nbs/60_inference.ipynb #602e7fe0
+def _write_labels(path:Path, labels:tuple):
+    "The class names, one a line, in the order of the framewise files' columns."
+    try: atomic_write(path, ''.join(f'{l}\n' for l in labels))
+    except OSError as e: raise cannot_write(path, e, 'the class names') from None
+
 def _sed_file(name:str, tagger, cfg:SedConfig, th)->SimpleNamespace:
     "What `audioset_sed` makes of a file as it streams: events, and if asked framewise HDF5 and a figure summary."
     o = SimpleNamespace(events=EventFinder(tagger.labels, tagger.fps, th, cfg.min_duration), writer=None, pool=None)
-    if cfg.framewise_dir:
-        o.writer = FramewiseFile(Path(cfg.framewise_dir)/f'{Path(name).stem}.h5', tagger.labels, tagger.fps, name)
+    if cfg.framewise_dir: o.writer = FramewiseFile(Path(cfg.framewise_dir)/f'{Path(name).stem}.npy', len(tagger.labels))
     if cfg.figure_dir: o.pool = MaxPool(limit=int(round(cfg.figure_seconds*tagger.sample_rate))//tagger.hop_size + 1)
     o.stream = FrameStream(*[c for c in (o.events, o.writer, o.pool) if c is not None])
     return o
@@ -414,6 +421,7 @@ def _sed_file(name:str, tagger, cfg:SedConfig, th)->SimpleNamespace:
 def _sed(cfg:SedConfig):
     tagger, events, files = load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda, cfg.precision), [], {}
     th = chosen_thresholds(tagger, cfg.thresholds) if cfg.threshold is None else cfg.threshold
+    if cfg.framewise_dir: _write_labels(Path(cfg.framewise_dir)/'labels.txt', tagger.labels)
     def stream(name):
         files[name] = _sed_file(name, tagger, cfg, th)
         return files[name].stream
@@ -429,7 +437,7 @@ def _sed(cfg:SedConfig):
                 print(f'{t.path} ({t.duration:.2f} s): {len(evs)} event(s)')
                 for e in evs: print(f'{e.label}: {e.onset:.2f}-{e.offset:.2f} s, peak {e.peak:.3f}')
                 sys.stdout.flush()  # a file at a time: a reader that has gone is noticed at once
-            if o.writer is not None: o.writer.close(t.duration)
+            if o.writer is not None: o.writer.close()
             if o.pool is not None:
                 _save_figure(summary_figure(t.path, o.pool, tagger.labels, tagger.fps, tagger.sample_rate,
                                             tagger.window_size, tagger.hop_size, min(cfg.figure_seconds, t.duration)),

@@ -30,9 +30,9 @@ def write_long(path:Path, seconds:int, sr:int=16000):
             x = 0.05*rng.standard_normal(len(t)) + 0.3*np.sin(2*np.pi*(200 + 10*(i//60 % 50))*t)
             f.write(x.astype(np.float32))
 
-def run(package:Path, ckpt:Path, audio:Path, d:Path, framewise:bool)->dict:
-    args = ['--checkpoint_path', ckpt, '--audio_path', audio, '--output', d/'events.csv', '--figure_dir', d/'figs',
-            '--threshold', 0.5]
+def run(package:Path, ckpt:Path, audio:Path, d:Path, framewise:bool, figure:bool)->dict:
+    args = ['--checkpoint_path', ckpt, '--audio_path', audio, '--output', d/'events.csv', '--threshold', 0.5]
+    if figure: args += ['--figure_dir', d/'figs']
     if framewise: args += ['--framewise_dir', d/'framewise']
     env = dict(os.environ, PYTHONPATH=str(package))
     r = subprocess.run([sys.executable, '-c', RUN, *map(str, args)], capture_output=True, text=True, env=env, cwd=d)
@@ -47,6 +47,7 @@ def main():
     ap.add_argument('--minutes', default='0.1667,10,60,120', help='file lengths, comma-separated')
     ap.add_argument('--model_type', default='Cnn6_DecisionLevelMax')
     ap.add_argument('--framewise', action='store_true', help='also write framewise scores (--framewise_dir)')
+    ap.add_argument('--no_figure', action='store_true', help='events only, no --figure_dir')
     ap.add_argument('--out', default=str(ROOT/'benchmarks'/'results'/'sed_memory-cpu.json'))
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -61,9 +62,9 @@ def main():
         for m in map(float, a.minutes.split(',')):
             audio = d/'long.wav'
             write_long(audio, round(m*60))
-            key = f'{a.label}{"_framewise" if a.framewise else ""}_{m:g}min'
+            key = f'{a.label}{"_framewise" if a.framewise else ""}{"_nofigure" if a.no_figure else ""}_{m:g}min'
             runs[key] = dict(minutes=m, load=os.getloadavg()[0], **run(Path(a.package), d/'sed.pth', audio, d,
-                                                                       a.framewise))
+                                                                       a.framewise, not a.no_figure))
             print(key, runs[key], flush=True)
     import h5py
     res.update(benchmark='sed_memory', date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
@@ -72,7 +73,8 @@ def main():
                              soundfile=sf.__version__, h5py=h5py.__version__),
                setup=dict(model=f'{a.model_type} (random weights), batch 8, 10-s windows, threshold 0.5',
                           audio='16 kHz mono 16-bit WAV (tones in noise), resampled to 32 kHz',
-                          outputs='events CSV and a figure (the first 600 s); _framewise runs also write HDF5'))
+                          outputs=('events CSV and a figure (the first 600 s); _nofigure runs: no figure; '
+                                   '_framewise runs also write HDF5')))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix('.tmp')
     tmp.write_text(json.dumps(res, indent=1) + '\n')
