@@ -4,14 +4,15 @@
 
 # %% ../nbs/60_inference.ipynb #88878c2b
 from __future__ import annotations
-import dataclasses, io, os, sys, tempfile
+import dataclasses, io, os, struct, sys, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from types import SimpleNamespace
+from typing import Iterable, Iterator, NamedTuple
 import numpy as np, torch
-from .fileio import atomic_path, cannot_write
+from .fileio import atomic_path, atomic_write, cannot_write
 from .metadata import CLIP_SECONDS
-from .audio import SAMPLE_RATE, load_audio, write_wav
+from .audio import SAMPLE_RATE, load_audio, stream_audio, write_wav
 from .checkpoints import (CheckpointError, checkpoint_config, checkpoint_labels, load_weights,
                                      read_checkpoint)
 from .config import FrontEnd, config_cli, optional_import
@@ -24,7 +25,8 @@ from .tagging import check_thresholds, chosen_thresholds
 
 # %% auto #0
 __all__ = ['HEADS', 'sed_cli', 'example_clips', 'TorchRunner', 'SingleLabel', 'load_tagger', 'sed', 'Event', 'find_events',
-           'write_events', 'log_spectrogram', 'plot_sed', 'SedConfig', 'demo']
+           'write_events', 'log_spectrogram', 'sed_figure', 'plot_sed', 'FrameStream', 'EventFinder', 'FramewiseFile',
+           'MaxPool', 'log_spectrogram_blocks', 'summary_figure', 'SedConfig', 'demo']
 
 # %% ../nbs/60_inference.ipynb #38218e6c
 def _examples(sr:int=SAMPLE_RATE)->dict:
@@ -181,36 +183,212 @@ def log_spectrogram(x:np.ndarray, window_size:int=1024, hop_size:int=320)->np.nd
     return np.log(s.T.numpy() + 1e-8)
 
 # %% ../nbs/60_inference.ipynb #2c22e915
+def sed_figure(spec:np.ndarray, # (columns, bins) log spectrogram
+               fw:np.ndarray, # (columns, classes) framewise scores on the same columns
+               labels:tuple, rate:float, # columns per second
+               start:float=0., top:int=10, truth:list=None, pooled:int=1): # pooled: frames per column
+    "The SED figure from its two matrices: log spectrogram above the framewise scores of the `top` classes."
+    import matplotlib.pyplot as plt
+    true = list(dict.fromkeys(labels.index(e[0]) for e in truth or ()))
+    ix = list(dict.fromkeys([*true, *np.argsort(-fw.max(0), kind='stable')]))[:max(top, len(true))]
+    fig, (a0, a1) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    a0.imshow(spec.T, origin='lower', aspect='auto', cmap='jet')
+    a0.set_ylabel('Frequency bin')
+    a0.set_title('Log spectrogram' + (f' (max of {pooled} frames a column)' if pooled > 1 else ''))
+    a1.imshow(fw[:, ix].T, aspect='auto', cmap='jet', vmin=0, vmax=1, interpolation='nearest')
+    a1.set_yticks(range(len(ix)), [labels[i] for i in ix])
+    a1.set_title(f'Framewise scores, top {len(ix)} classes' + (f' (max of {pooled} frames)' if pooled > 1 else ''))
+    for lab, on, off, *_ in truth or ():
+        a1.add_patch(plt.Rectangle(((on - start)*rate - .5, ix.index(labels.index(lab)) - .5), (off - on)*rate, 1,
+                                   fill=False, ec='w', lw=2))
+    for l in a1.get_yticklabels()[:len(true)]: l.set_fontweight('bold')
+    secs = np.arange(0, len(fw)/rate, max(1, round(len(fw)/rate/10)))  # about ten ticks, on whole seconds
+    a1.set_xticks(secs*rate, [f'{start + s:g}' for s in secs])
+    a1.set_xlabel('Seconds')
+    fig.tight_layout()
+    return fig
+
 def plot_sed(t:Tags, # framewise tags from `sed`
              x:np.ndarray=None, # its waveform at the model rate (None: read from `t.path`)
              top:int=10, start:float=0., duration:float=None, window_size:int=1024, hop_size:int=320,
              truth:list=None, # true events (label, onset, offset, ...): their classes first, outlined where they sound
             ):
-    "The SED figure: log spectrogram above the framewise scores of the `top` classes."
-    import matplotlib.pyplot as plt
+    "The SED figure of `t`: log spectrogram above the framewise scores of the `top` classes."
     sr = round(t.fps*hop_size)
     if x is None: x = load_audio(t.path, sr, offset=start, duration=duration)
     else: x = x[int(start*sr):None if duration is None else int((start + duration)*sr)]
     f0 = int(round(start*t.fps))
     fw = t.framewise[f0:f0 + len(x)//hop_size + 1]
-    true = list(dict.fromkeys(t.labels.index(e[0]) for e in truth or ()))
-    ix = list(dict.fromkeys([*true, *np.argsort(-fw.max(0), kind='stable')]))[:max(top, len(true))]
-    fig, (a0, a1) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
-    a0.imshow(log_spectrogram(x, window_size, hop_size).T, origin='lower', aspect='auto', cmap='jet')
-    a0.set_ylabel('Frequency bin')
-    a0.set_title('Log spectrogram')
-    a1.imshow(fw[:, ix].T, aspect='auto', cmap='jet', vmin=0, vmax=1, interpolation='nearest')
-    a1.set_yticks(range(len(ix)), [t.labels[i] for i in ix])
-    a1.set_title(f'Framewise scores, top {len(ix)} classes')
-    for lab, on, off, *_ in truth or ():
-        a1.add_patch(plt.Rectangle(((on - start)*t.fps - .5, ix.index(t.labels.index(lab)) - .5), (off - on)*t.fps, 1,
-                                   fill=False, ec='w', lw=2))
-    for l in a1.get_yticklabels()[:len(true)]: l.set_fontweight('bold')
-    secs = np.arange(0, len(fw)/t.fps, max(1, round(len(fw)/t.fps/10)))  # about ten ticks, on whole seconds
-    a1.set_xticks(secs*t.fps, [f'{start + s:g}' for s in secs])
-    a1.set_xlabel('Seconds')
-    fig.tight_layout()
-    return fig
+    return sed_figure(log_spectrogram(x, window_size, hop_size), fw, t.labels, t.fps, start, top, truth)
+
+# %% ../nbs/60_inference.ipynb #d7c0e4ae
+class FrameStream:
+    "Window framewise scores stitched as `sed` stitches them, each frame handed on once no later window can change it."
+    def __init__(self, *consumers): # each has `frames(f0, chunk)` and `end(n)`
+        self.consumers, self.done, self.frames, self.sum, self.cnt = consumers, 0, None, None, np.zeros(0, np.float32)
+    def _grow(self, end:int, classes:int):
+        if self.sum is None: self.sum = np.zeros((0, classes), np.float32)
+        n = end - self.done - len(self.cnt)
+        if n > 0:
+            self.sum = np.concatenate([self.sum, np.zeros((n, classes), np.float32)])
+            self.cnt = np.concatenate([self.cnt, np.zeros(n, np.float32)])
+    def _emit(self, upto:int):
+        k = upto - self.done
+        if k <= 0: return
+        chunk = self.sum[:k]/np.maximum(self.cnt[:k], 1)[:, None]
+        for c in self.consumers: c.frames(self.done, chunk)
+        self.sum, self.cnt, self.done = self.sum[k:].copy(), self.cnt[k:].copy(), upto
+    def add(self, f0:int, fw:np.ndarray):
+        "Add a window's (frames, classes) scores at frame `f0`; windows come in order, so earlier frames are final."
+        self._grow(f0 + len(fw), fw.shape[1])
+        self._emit(f0)
+        self.sum[f0 - self.done:f0 - self.done + len(fw)] += fw
+        self.cnt[f0 - self.done:f0 - self.done + len(fw)] += 1
+    def result(self, n:int)->None:
+        "Hand on the frames up to `n` and end the stream; the whole matrix is never held, so there is none to return."
+        if self.sum is None: return None
+        self._grow(n, self.sum.shape[1])
+        self._emit(n)
+        self.frames, self.sum, self.cnt = n, None, np.zeros(0, np.float32)
+        for c in self.consumers: c.end(n)
+
+# %% ../nbs/60_inference.ipynb #fde74f54
+class EventFinder:
+    "`find_events` on frames that arrive in chunks: the same events, holding only the runs still open."
+    def __init__(self, labels, fps:float, threshold=0.5, min_duration:float=0.):
+        self.labels, self.fps, self.threshold, self.min_duration = tuple(labels), fps, threshold, min_duration
+        self.open, self.onset = np.zeros(len(labels), bool), np.zeros(len(labels), np.int64)
+        self.peak, self.runs = [None]*len(labels), []  # peaks keep the scores' own dtype
+    def _close(self, c:int, a:int, b:int, peak):
+        if (b - a)/self.fps >= self.min_duration: self.runs.append((c, a, b, peak))
+    def frames(self, f0:int, chunk:np.ndarray):
+        on = chunk >= self.threshold
+        edges = np.diff(np.concatenate([self.open[None], on]).astype(np.int8), axis=0)
+        for c in np.flatnonzero(on.any(0) | self.open).tolist():
+            ups, downs = np.flatnonzero(edges[:, c] == 1).tolist(), np.flatnonzero(edges[:, c] == -1).tolist()
+            starts = [None]*bool(self.open[c]) + ups  # None: the run open since an earlier chunk
+            for a, b in zip(starts, downs):
+                p = chunk[a or 0:b, c].max(initial=-np.inf)
+                if a is None: p = max(self.peak[c], p) if b else self.peak[c]
+                self._close(c, int(self.onset[c]) if a is None else f0 + a, f0 + b, p)
+            self.open[c] = len(starts) > len(downs)
+            if not self.open[c]: continue
+            a = starts[-1]
+            if a is not None: self.onset[c], self.peak[c] = f0 + a, chunk[a:, c].max()
+            else: self.peak[c] = max(self.peak[c], chunk[:, c].max())
+    def end(self, n:int):
+        for c in np.flatnonzero(self.open).tolist(): self._close(c, int(self.onset[c]), n, self.peak[c])
+        self.open[:] = False
+    def events(self, duration:float)->list:
+        "The events found, sorted by onset then label, as `find_events` gives them for a file of `duration` seconds."
+        evs = [Event(self.labels[c], round(a/self.fps, 3), round(min(b/self.fps, duration), 3), float(p))
+               for c, a, b, p in self.runs]
+        return sorted(evs, key=lambda e: (e.onset, e.label))
+
+# %% ../nbs/60_inference.ipynb #1b456f30
+def _npy_header(shape:tuple, size:int=128)->bytes:
+    "A .npy (version 1.0) header for float32 `shape`, padded to `size` bytes so it can be rewritten in place."
+    d = "{'descr': '<f4', 'fortran_order': False, 'shape': %r, }" % (tuple(shape),)
+    return b'\x93NUMPY\x01\x00' + struct.pack('<H', size - 10) + (d.ljust(size - 11) + '\n').encode('latin1')
+
+class FramewiseFile:
+    "Frames appended to a .npy file (frames x classes, float32) as they come, then moved into place."
+    def __init__(self, path:Path, classes:int):
+        self.path, self.classes, self.f, self.n, self.error = Path(path), classes, None, 0, None
+    def frames(self, f0:int, chunk:np.ndarray):
+        if self.error is not None: return
+        try:
+            if self.f is None:
+                self._tmp = atomic_path(self.path, suffix='.npy')
+                self.f = open(self._tmp.__enter__(), 'wb')
+                self.f.write(_npy_header((0, self.classes)))
+            self.f.write(np.ascontiguousarray(chunk, '<f4').tobytes())
+            self.n = f0 + len(chunk)
+        except OSError as e:  # kept until the file is done: a full disk fails this file, not the run
+            self.error = cannot_write(self.path, e, 'the framewise scores')
+            self.abort()
+    def end(self, n:int): pass
+    def close(self):
+        "Write the final shape into the header and move the file onto `path`; raise what went wrong."
+        if self.error is not None: raise self.error
+        try:
+            self.f.seek(0)
+            self.f.write(_npy_header((self.n, self.classes)))
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+            self.f = None
+            self._tmp.__exit__(None, None, None)
+        except OSError as e:
+            self.abort()
+            raise cannot_write(self.path, e, 'the framewise scores') from None
+    def abort(self):
+        "Remove the unfinished file."
+        if self.f is None: return
+        try: self.f.close()
+        except OSError: pass
+        self.f = None
+        self._tmp.__exit__(OSError, OSError('aborted'), None)
+
+# %% ../nbs/60_inference.ipynb #af1cfa4c
+class MaxPool:
+    "Rows (frames) max-pooled in time into at most `2*cols` columns; the pool size doubles as a stream gets longer."
+    def __init__(self, cols:int=1024, limit:int=None): # limit: frames after this one are not kept
+        self.max, self.limit, self.size, self.cols, self.part, self.k = cols, limit, 1, [], None, 0
+    def frames(self, f0:int, chunk:np.ndarray):
+        if self.limit is not None: chunk = chunk[:max(0, self.limit - f0)]
+        while len(chunk):
+            take = min(self.size - self.k, len(chunk))
+            m = chunk[:take].max(0)
+            self.part, self.k, chunk = m if self.k == 0 else np.maximum(self.part, m), self.k + take, chunk[take:]
+            if self.k == self.size: self._push()
+    def _push(self):
+        self.cols.append(self.part)
+        self.part, self.k = None, 0
+        if len(self.cols) == 2*self.max:
+            self.cols, self.size = [np.maximum(a, b) for a, b in zip(self.cols[::2], self.cols[1::2])], 2*self.size
+    def end(self, n:int=None): pass
+    def result(self)->np.ndarray:
+        "(columns, features): each column the max of `size` frames (the last perhaps of fewer)."
+        return np.stack(self.cols + ([] if self.part is None else [self.part]))
+
+def log_spectrogram_blocks(blocks:Iterable, window_size:int=1024, hop_size:int=320, frames:int=1000)->Iterator:
+    "`log_spectrogram` of the audio in `blocks`, `frames` rows at a time, holding a block and a few windows at most."
+    half, buf, done, n = window_size//2, np.zeros(window_size//2, np.float32), 0, 0
+    def rows(x, k):  # frames done .. done+k-1 of the zero-padded signal, whose first sample is buf's
+        for i in range(0, k, frames):
+            j = min(k, i + frames)
+            seg = torch.from_numpy(x[i*hop_size:(j - 1)*hop_size + window_size])
+            s = torch.stft(seg, window_size, hop_size, window=torch.hann_window(window_size), center=False,
+                           return_complex=True).abs()
+            yield np.log(s.T.numpy() + 1e-8)
+    for b in blocks:
+        n += len(b)
+        buf = np.concatenate([buf, np.asarray(b, np.float32)])
+        k = max(0, (len(buf) - window_size)//hop_size + 1)
+        yield from rows(buf, k)
+        buf, done = buf[k*hop_size:], done + k
+    buf = np.concatenate([buf, np.zeros(half, np.float32)])
+    yield from rows(buf, n//hop_size + 1 - done)
+
+def _coarser(x:np.ndarray, k:int)->np.ndarray:
+    "Rows of `x` max-pooled `k` at a time (the last group perhaps of fewer)."
+    return np.stack([x[i:i + k].max(0) for i in range(0, len(x), k)]) if k > 1 else x
+
+def summary_figure(path, # the audio file whose framewise scores `pool` holds
+                   pool:MaxPool, labels:tuple, fps:float, sample_rate:int, window_size:int=1024, hop_size:int=320,
+                   seconds:float=None, # the stretch drawn, from the start (None: all)
+                   top:int=10):
+    "The SED figure of `path` from `pool` and the file's log spectrogram pooled the same way, as the file streams."
+    spec = MaxPool(pool.max, pool.limit)
+    f0 = 0
+    for rows in log_spectrogram_blocks(stream_audio(path, sample_rate, duration=seconds), window_size, hop_size):
+        spec.frames(f0, rows)
+        f0 += len(rows)
+    s, fw, size = spec.result(), pool.result(), max(spec.size, pool.size)
+    s, fw = _coarser(s, size//spec.size), _coarser(fw, size//pool.size)
+    k = min(len(s), len(fw))  # the two reads of the file may differ by a frame at the end
+    return sed_figure(s[:k], fw[:k], labels, fps/size, top=top, pooled=size)
 
 # %% ../nbs/60_inference.ipynb #e66b1c2f
 @dataclass
@@ -219,30 +397,58 @@ class SedConfig(TaggingConfig):
     threshold: float|None = None      # framewise score at which every class counts as sounding (default: --thresholds)
     min_duration: float = 0.          # drop events shorter than this, seconds
     figure_dir: str|None = None       # write the SED figure of each file here as <name>.png
-    figure_seconds: float = 600.      # draw at most this many seconds of a file
+    figure_seconds: float = 600.      # draw at most this many seconds of a file (pooled: any length costs the same)
+    framewise_dir: str|None = None    # write each file's framewise scores here as <name>.npy (as it streams)
 
     def __post_init__(self):
         if not self.checkpoint_path: raise ValueError('--checkpoint_path is required: pass a .pth file.')
         super().__post_init__()
 
 # %% ../nbs/60_inference.ipynb #602e7fe0
+def _write_labels(path:Path, labels:tuple):
+    "The class names, one a line, in the order of the framewise files' columns."
+    try: atomic_write(path, ''.join(f'{l}\n' for l in labels))
+    except OSError as e: raise cannot_write(path, e, 'the class names') from None
+
+def _sed_file(name:str, tagger, cfg:SedConfig, th)->SimpleNamespace:
+    "What `audioset_sed` makes of a file as it streams: events, and if asked framewise HDF5 and a figure summary."
+    o = SimpleNamespace(events=EventFinder(tagger.labels, tagger.fps, th, cfg.min_duration), writer=None, pool=None)
+    if cfg.framewise_dir: o.writer = FramewiseFile(Path(cfg.framewise_dir)/f'{Path(name).stem}.npy', len(tagger.labels))
+    if cfg.figure_dir: o.pool = MaxPool(limit=int(round(cfg.figure_seconds*tagger.sample_rate))//tagger.hop_size + 1)
+    o.stream = FrameStream(*[c for c in (o.events, o.writer, o.pool) if c is not None])
+    return o
+
 def _sed(cfg:SedConfig):
-    tagger, events = load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda, cfg.precision), []
+    tagger, events, files = load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda, cfg.precision), [], {}
     th = chosen_thresholds(tagger, cfg.thresholds) if cfg.threshold is None else cfg.threshold
+    if cfg.framewise_dir: _write_labels(Path(cfg.framewise_dir)/'labels.txt', tagger.labels)
+    def stream(name):
+        files[name] = _sed_file(name, tagger, cfg, th)
+        return files[name].stream
     def each(t):
-        if t.framewise is None:
-            sys.exit(f'{tagger.model_type} gives no framewise output; '
-                     'use a decision-level model such as Cnn14_DecisionLevelMax.')
-        evs = find_events(t, th, cfg.min_duration)
-        events.extend((t.path, e) for e in evs)
-        if not cfg.output:
-            print(f'{t.path} ({t.duration:.2f} s): {len(evs)} event(s)')
-            for e in evs: print(f'{e.label}: {e.onset:.2f}-{e.offset:.2f} s, peak {e.peak:.3f}')
-            sys.stdout.flush()  # a file at a time: a reader that has gone is noticed at once
-        if cfg.figure_dir: _save_figure(t, Path(cfg.figure_dir), cfg.figure_seconds, tagger.window_size,
-                                        tagger.hop_size)
-    failed = run_files(tagger, cfg.audio_path, each, window_seconds=cfg.window_seconds, hop_seconds=cfg.hop_seconds,
-                       batch_size=cfg.batch_size, framewise=True)
+        o = files.pop(t.path)
+        try:
+            if o.stream.frames is None:
+                sys.exit(f'{tagger.model_type} gives no framewise output; '
+                         'use a decision-level model such as Cnn14_DecisionLevelMax.')
+            evs = o.events.events(t.duration)
+            events.extend((t.path, e) for e in evs)
+            if not cfg.output:
+                print(f'{t.path} ({t.duration:.2f} s): {len(evs)} event(s)')
+                for e in evs: print(f'{e.label}: {e.onset:.2f}-{e.offset:.2f} s, peak {e.peak:.3f}')
+                sys.stdout.flush()  # a file at a time: a reader that has gone is noticed at once
+            if o.writer is not None: o.writer.close()
+            if o.pool is not None:
+                _save_figure(summary_figure(t.path, o.pool, tagger.labels, tagger.fps, tagger.sample_rate,
+                                            tagger.window_size, tagger.hop_size, min(cfg.figure_seconds, t.duration)),
+                             Path(cfg.figure_dir)/f'{Path(t.path).stem}.png')
+        finally:
+            if o.writer is not None: o.writer.abort()  # nothing once it is in place
+    try: failed = run_files(tagger, cfg.audio_path, each, window_seconds=cfg.window_seconds,
+                            hop_seconds=cfg.hop_seconds, batch_size=cfg.batch_size, framewise=stream)
+    finally:
+        for o in files.values():  # files that failed while streaming: no half-written framewise file is left
+            if o.writer is not None: o.writer.abort()
     if cfg.output:
         n = write_events(events, cfg.output)
         print(f'Wrote {n} event(s) to {cfg.output}')
@@ -251,12 +457,9 @@ def _sed(cfg:SedConfig):
 sed_cli = config_cli(SedConfig, quiet_pipe(_sed), 'audioset_sed')
 
 # %% ../nbs/60_inference.ipynb #fd14c8d8
-def _save_figure(t:Tags, folder:Path, seconds:float, window_size:int, hop_size:int):
-    import matplotlib
-    matplotlib.use('Agg')
+def _save_figure(fig, png:Path):
+    "Save `fig` to `png` atomically, and close it."
     import matplotlib.pyplot as plt
-    fig = plot_sed(t, duration=min(seconds, t.duration), window_size=window_size, hop_size=hop_size)
-    png = folder/f'{Path(t.path).stem}.png'
     try:
         with atomic_path(png, suffix='.png') as tmp: fig.savefig(tmp)
     except OSError as e: raise cannot_write(png, e, 'the SED figure') from None

@@ -86,7 +86,8 @@ class _Stitch:
             self.cnt = np.concatenate([self.cnt, np.zeros(n - len(self.cnt), np.float32)])
         self.sum[f0:end] += fw
         self.cnt[f0:end] += 1
-    def result(self, n:int)->np.ndarray:
+    def result(self, n:int)->np.ndarray|None:
+        if self.sum is None: return None
         return self.sum[:n]/np.maximum(self.cnt[:n], 1)[:, None]
 
 # %% ../nbs/55_tagging.ipynb #de51fce5
@@ -94,7 +95,7 @@ class _File:
     "Window outputs of one source (`src`: its name) as they come back from the runner."
     def __init__(self, src, framewise:bool):
         self.src, self.rows, self.embs, self.starts, self.n = src, [], [], [], 0
-        self.fw = _Stitch() if framewise else None
+        self.fw = framewise(src) if callable(framewise) else _Stitch() if framewise else None
     def add(self, runner, start, n_real, out):
         self.rows.append(out['clipwise_output'])
         if 'embedding' in out: self.embs.append(out['embedding'])
@@ -104,7 +105,7 @@ class _File:
                                                                           out['framewise_output'])
     def tags(self, runner, pooling)->Tags:
         rows, sr = np.stack(self.rows), runner.sample_rate
-        fw = self.fw.result(self.n//runner.hop_size + 1) if self.fw is not None and self.fw.sum is not None else None
+        fw = self.fw.result(self.n//runner.hop_size + 1) if self.fw is not None else None
         emb = np.stack(self.embs).mean(0) if self.embs else None
         return Tags(self.src, tuple(runner.labels), rows.max(0) if pooling == 'max' else rows.mean(0),
                     rows,
@@ -142,7 +143,8 @@ def iter_tags(runner, # has `labels`, `sample_rate`, `hop_size`, `forward(batch)
               hop_seconds:float=None, # step between windows (None: `window_seconds`, no overlap)
               batch_size:int=8, # windows per forward pass
               pooling:str=None, # how window scores become file scores: 'max' or 'mean' (None: the runner's, else max)
-              framewise:bool=False, # keep stitched framewise scores (decision-level models)
+              framewise=False, # keep stitched framewise scores (decision-level models); or `make(name)` giving
+                               # each source's own stitcher, with `add(f0, fw)` and `result(frames)`
              )->Iterator:
     "Yield `Tags` (or `Failed`) for each of `srcs`, in order."
     if batch_size < 1: raise ValueError(f'batch_size must be at least 1, not {batch_size}.')

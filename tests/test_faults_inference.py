@@ -102,3 +102,20 @@ def test_an_output_that_cannot_be_written_is_one_sentence(d, tmp_path, tmpfs):
     r = run('audioset_tag', '--checkpoint_path', d/'cnn6.pth', '--audio_path', d/'tone.wav', '--output', ro/'tags.csv')
     assert r.returncode != 0
     one_sentence(r.stderr, f'Cannot write {ro/"tags.csv"}: the file system is read-only', 'choose a folder')
+
+def test_a_full_disk_for_framewise_scores_fails_that_file_only(d, tmp_path, tmpfs):
+    "Before: no --framewise_dir. A 5-MB framewise file on a 1-MB disk: one sentence, no temporary file, others fine."
+    folder, out = tmp_path/'clips', tmp_path/'events.csv'
+    folder.mkdir()
+    sf.write(folder/'a_long.wav', tone(440, 25, SR), SR)
+    sf.write(folder/'b_short.wav', tone(440, 1, SR), SR)
+    fw = tmpfs(tmp_path/'fw', '1m')
+    r = run('audioset_sed', '--checkpoint_path', d/'sed.pth', '--audio_path', folder, '--threshold', 0.3,
+            '--output', out, '--framewise_dir', fw)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    err = [l for l in r.stderr.splitlines() if l.strip()]
+    assert err[0] == (f'failed: Cannot write the framewise scores {fw/"a_long.npy"}: the disk is full; '
+                      'free some space there or choose another place.'), err
+    assert sorted(p.name for p in fw.iterdir()) == ['b_short.npy', 'labels.txt']
+    rows = list(csv.DictReader(open(out)))
+    assert {r['audio_path'] for r in rows} == {str(folder/'a_long.wav'), str(folder/'b_short.wav')}

@@ -221,3 +221,54 @@ def test_a_fine_tuned_checkpoint_is_tagged_as_fine_tuning_scores_it(d):
     np.testing.assert_allclose(np.mean(j['windows'], 0), j['clipwise'], atol=1e-5)
     j = rows('--window_seconds', 5, '--pooling', 'max')
     assert j['window_starts'] == [0.] and j['clipwise'] == j['windows'][0]
+
+def _sed_cli_in_process(*args):
+    from audioset_nb.inference import sed_cli
+    try: sed_cli([str(a) for a in args])
+    except SystemExit as e: assert not e.code, e.code
+
+@pytest.mark.parametrize('hop', [[], ['--hop_seconds', 4]])
+def test_sed_cli_streams_the_events_and_framewise_scores_of_sed(d, tmp_path, hop):
+    "Before: no --framewise_dir; the CLI held the whole framewise matrix. Now streamed, with the same numbers."
+    rng = np.random.default_rng(3)
+    x = np.concatenate([tone(440, 13, SR), 0.2*rng.standard_normal(12*SR)]).astype(np.float32)
+    sf.write(tmp_path/'mix.wav', x, SR, subtype='FLOAT')
+    t = sed(load_tagger(d/'sed.pth'), tmp_path/'mix.wav', hop_seconds=hop[1] if hop else None)
+    near = t.framewise[995:1006]  # frames around the first window edge (10 s)
+    c = int(near.min(0).argmax())
+    th = float(near[:, c].min())  # class c sounds across the edge at this threshold
+    want = find_events(t, th)
+    assert any(e.label == t.labels[c] and e.onset < 10 < e.offset for e in want)
+    out, fw = tmp_path/'events.csv', tmp_path/'fw'
+    r = run('audioset_sed', '--checkpoint_path', d/'sed.pth', '--audio_path', tmp_path/'mix.wav', '--threshold', th,
+            '--output', out, '--framewise_dir', fw, *hop)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert [(r['label'], float(r['onset']), float(r['offset']), float(r['peak'])) for r in rows] == [
+        (e.label, e.onset, e.offset, e.peak) for e in want]
+    np.testing.assert_array_equal(np.load(fw/'mix.npy'), t.framewise)  # bit for bit
+    assert (fw/'labels.txt').read_text().splitlines() == list(t.labels)
+    assert sorted(p.name for p in fw.iterdir()) == ['labels.txt', 'mix.npy']
+
+def _sed_peak(tmp_path, minutes:int, ckpt:Path)->int:
+    p = tmp_path/f'long{minutes}.wav'
+    rng = np.random.default_rng(minutes)
+    with sf.SoundFile(p, 'w', SR, 1, 'PCM_16') as f:
+        for i in range(minutes*2): f.write((0.1*rng.standard_normal(30*SR)*(i % 3 == 0)).astype(np.float32))
+    tracemalloc.start()
+    _sed_cli_in_process('--checkpoint_path', ckpt, '--audio_path', p, '--output', tmp_path/f'ev{minutes}.csv',
+                        '--threshold', 0.5, '--framewise_dir', tmp_path/'fw', '--figure_dir', tmp_path/'figs',
+                        '--figure_seconds', 100000, '--batch_size', 4)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    p.unlink()
+    return peak
+
+def test_sed_cli_memory_does_not_grow_with_the_file(tmp_path):
+    "Before: 20 minutes held 250 MB more than 2 minutes (the framewise matrix, the figure's spectrogram)."
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path/'mini.pth', build_model('Cnn6_mini_DecisionLevelMax'),
+                           model_type='Cnn6_mini_DecisionLevelMax')
+    short, long = _sed_peak(tmp_path, 2, ckpt), _sed_peak(tmp_path, 20, ckpt)
+    assert np.load(tmp_path/'fw'/'long20.npy', mmap_mode='r').shape == (20*60*100 + 1, 527)
+    assert long < short + 4e6, (short, long)  # the per-window scores (2 KB a window) and a little slack
