@@ -11,13 +11,22 @@ Writes results/realsounds-cpu.json after each recipe (device, load, versions, da
     python benchmarks/realsounds.py                                 # the default recipe, seeds 1 2 3
     python benchmarks/realsounds.py --recipes default 'gain 10 dB, EQ 6 dB' 'crops 3 s'
     python benchmarks/realsounds.py --from_log LOG   # the JSON of a stopped run, from the run lines it printed
+    # seeds in parallel processes (a loaded machine shares its cores per process), then one JSON of them all:
+    python benchmarks/realsounds.py --seeds 2 --no_baseline --out /tmp/s2.json & ...
+    python benchmarks/realsounds.py --merge /tmp/s1.json /tmp/s2.json /tmp/s3.json
+
+What a run costs, and what is spent once (measured in 93_realsounds' profile, BENCHMARKS.md): the audio is decoded
+once into `--decoded` (kept between invocations, shared by every recipe and seed at the same sample rate); the
+baseline does not depend on the seed, so `--no_baseline` runs skip its features and take its scores from a run of
+the same front end; what remains is training and the validation pass of each epoch.
 """
-import argparse, csv, datetime, json, os, platform, shutil, tempfile, time
+import argparse, csv, datetime, json, os, platform, resource, shutil, tempfile, time
 from pathlib import Path
 import numpy as np, torch
 import audioset_nb
 from audioset_nb.config import FrontEnd
-from audioset_nb.finetune import FinetuneConfig, finetune, finetune_dir
+from audioset_nb.data import decode_files
+from audioset_nb.finetune import FinetuneConfig, _read_files, finetune, finetune_dir
 from audioset_nb.fileio import atomic_write, default_cache_dir
 from audioset_nb.metadata import DATA_DIR
 from audioset_nb.realsounds import RealSoundsConfig, counts, realsounds
@@ -39,7 +48,10 @@ def manifest_check(rows:list)->dict:
     return dict(same=len(here & committed), only_here=len(here - committed), only_committed=len(committed - here))
 
 def summarise(runs:list)->dict:
-    m = lambda k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs])))
+    "Mean and sample standard deviation (n - 1; 0 for one run) over the runs; the baseline over those that have it."
+    def m(k):
+        x = [r[k] for r in runs if k in r] or [float('nan')]
+        return float(np.mean(x)), float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
     (t, ts), (v, vs), (b, bs) = m('test'), m('valid'), m('baseline_test')
     return dict(runs=runs, test_mean=t, test_std=ts, valid_mean=v, valid_std=vs, baseline_test=b, baseline_test_std=bs,
                 margin=t - b)
@@ -52,11 +64,23 @@ def write(out:Path, rows:dict, a, **extra):
                model_type='Cnn6_mini', seeds=a.seeds, recipes=rows, **extra)
     atomic_write(out, json.dumps(res, indent=1) + '\n')
 
-def run(train:Path, test:Path, ws:Path, seed:int, decoded:Path, **recipe)->dict:
+def cpu_seconds()->float:
+    "CPU seconds of this process and its finished children (decoding workers), user and system."
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+def front_rate(recipe:dict)->int: return recipe.get('front', FrontEnd(32000)).sample_rate
+
+def decode(train:Path, test:Path, decoded:Path, rate:int):
+    "The training and test files decoded once at `rate` into `decoded`, as `finetune` names and reuses them."
+    for csv_path, name in ((train, 'decoded'), (test, 'test_decoded')):
+        decode_files(_read_files(str(csv_path)).paths, rate, decoded/f'{name}_{rate}.h5', 0)
+
+def run(train:Path, test:Path, ws:Path, seed:int, decoded:Path, baseline:bool=True, **recipe)->dict:
     "One `finetune` call, its scores; its decoded audio is linked from, or kept in, `decoded` (the same for all runs)."
-    t = time.perf_counter()
+    t, c = time.perf_counter(), cpu_seconds()
     cfg = FinetuneConfig(str(train), workspace=str(ws), model_type='Cnn6_mini', folds='2', test_data=str(test),
-                         seed=seed, progress=False, max_memory_mb=0, **recipe)
+                         seed=seed, progress=False, max_memory_mb=0, baseline=baseline, **recipe)
     d = finetune_dir(cfg)
     d.mkdir(parents=True, exist_ok=True)
     for f in decoded.glob('*decoded_*.h5'): os.link(f, d/f.name)
@@ -64,11 +88,35 @@ def run(train:Path, test:Path, ws:Path, seed:int, decoded:Path, **recipe)->dict:
     for f in d.glob('*decoded_*.h5'):
         if not (decoded/f.name).exists(): os.link(f, decoded/f.name)
     shutil.rmtree(ws)
-    return dict(seed=seed, valid=r['scores'].accuracy, test=r['test'].accuracy,
-                baseline_valid=r['baseline'].accuracy, baseline_test=r['baseline_test'].accuracy,
-                best_iteration=r['best_iteration'], seconds=time.perf_counter() - t, labels=list(r['test'].labels),
-                test_confusion=r['test'].confusion.tolist(),  # rows: true class, columns: predicted
-                baseline_test_confusion=r['baseline_test'].confusion.tolist())
+    out = dict(seed=seed, valid=r['scores'].accuracy, test=r['test'].accuracy, best_iteration=r['best_iteration'],
+               seconds=time.perf_counter() - t, cpu_seconds=cpu_seconds() - c, labels=list(r['test'].labels),
+               test_confusion=r['test'].confusion.tolist())  # rows: true class, columns: predicted
+    if baseline:
+        out.update(baseline_valid=r['baseline'].accuracy, baseline_test=r['baseline_test'].accuracy,
+                   baseline_test_confusion=r['baseline_test'].confusion.tolist())
+    return out
+
+def merge(paths:list, a):
+    "One JSON of several (seeds run in parallel): each recipe's runs together; a run without the baseline takes it"
+    " from a run of a recipe with the same front end (the baseline does not depend on the seed or the training)."
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    runs = {}
+    for d in docs:
+        for k, v in d['recipes'].items(): runs.setdefault(k, []).extend(v['runs'])
+    base = {}
+    for k, rs in runs.items():
+        for r in rs:
+            if 'baseline_test' in r: base.setdefault(front_rate(RECIPES[k]), r)
+    keys = ('baseline_valid', 'baseline_test', 'baseline_test_confusion')
+    for k, rs in runs.items():
+        for r in rs:
+            b = base[front_rate(RECIPES[k])]
+            if 'baseline_test' not in r: r.update({m: b[m] for m in keys if m in b})
+        rs.sort(key=lambda r: r['seed'])
+    a.seeds = sorted({r['seed'] for rs in runs.values() for r in rs})
+    write(Path(a.out), {k: summarise(v) for k, v in runs.items()}, a, files=docs[0]['files'],
+          manifest=docs[0].get('manifest'), merged=[Path(p).name for p in paths],
+          load_avg_of_parts=[d['load_avg'] for d in docs])
 
 def from_log(log:Path, a):
     "The JSON of a stopped run, from the per-run lines it printed (`<recipe> {run dict}`) and its counts."
@@ -90,19 +138,30 @@ def main():
     p.add_argument('--recipes', nargs='+', default=['default'], choices=list(RECIPES))
     p.add_argument('--out', default=str(Path(__file__).parent/'results'/'realsounds-cpu.json'))
     p.add_argument('--from_log', help="write the JSON from a log of this script's per-run lines (a stopped run)")
+    p.add_argument('--decoded', help='where the decoded audio is kept between invocations (default: <root>/../decoded)')
+    p.add_argument('--threads', type=int, default=0, help='torch threads (0: one per core)')
+    p.add_argument('--no_baseline', action='store_true', help='skip the baseline (--merge takes it from another run)')
+    p.add_argument('--reuse', action='store_true', help="use <root>'s manifest.csv, train.csv and test.csv as they are")
+    p.add_argument('--merge', nargs='+', help='write one JSON of these result JSONs (seeds run in parallel)')
     a = p.parse_args()
     if a.from_log: return from_log(Path(a.from_log), a)
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-    rows = realsounds(RealSoundsConfig(a.root, install=not a.no_install))
+    if a.merge: return merge(a.merge, a)
+    torch.set_num_threads(a.threads or max(1, len(os.sched_getaffinity(0))))
+    if a.reuse:  # the manifest and splits an earlier invocation wrote (parallel seeds: one writer, once)
+        with open(Path(a.root)/'manifest.csv', newline='') as f: rows = list(csv.DictReader(f))
+    else: rows = realsounds(RealSoundsConfig(a.root, install=not a.no_install))
     extra = dict(files=counts(rows), manifest=manifest_check(rows))
     root, tmp, out = Path(a.root), Path(tempfile.mkdtemp(prefix='bench_realsounds_')), {}
-    (tmp/'decoded').mkdir()
+    decoded = Path(a.decoded or root.parent/'decoded')
+    decoded.mkdir(parents=True, exist_ok=True)
     try:
+        for rate in sorted({front_rate(RECIPES[n]) for n in a.recipes}):
+            decode(root/'train.csv', root/'test.csv', decoded, rate)
         for name in a.recipes:
             runs = []
             for seed in a.seeds:
-                r = run(root/'train.csv', root/'test.csv', tmp/f'ws_{len(out)}_{seed}', seed, tmp/'decoded',
-                        **RECIPES[name])
+                r = run(root/'train.csv', root/'test.csv', tmp/f'ws_{len(out)}_{seed}', seed, decoded,
+                        not a.no_baseline, **RECIPES[name])
                 runs.append(r)
                 print(name, r, flush=True)
                 out[name] = summarise(runs)

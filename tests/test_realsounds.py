@@ -90,3 +90,25 @@ def test_install_says_why_not(monkeypatch):
     assert rs.install_debian(['sl']) == 'installing needs root: run `sudo apt-get install sl` first'
     monkeypatch.setattr(rs.shutil, 'which', lambda name: None)
     assert rs.install_debian(['sl']).startswith('there is no apt-get here')
+
+def test_benchmark_merges_seeds_run_in_parallel(tmp_path):
+    "Seeds run as separate invocations become one table: the baseline (seed-free) filled in, the sd over n - 1."
+    import json, subprocess, sys
+    from conftest import cli_env
+    run = lambda seed, test, **b: dict(seed=seed, valid=test - 0.1, test=test, best_iteration=17, **b)
+    part = lambda runs: dict(load_avg=[1, 1, 1], files={'train': {}}, manifest=None,
+                             recipes={'8-kHz front end': dict(runs=runs)})
+    parts = [part([run(1, 0.6, baseline_valid=0.63, baseline_test=0.55)]), part([run(2, 0.7)]), part([run(3, 0.8)])]
+    paths = [tmp_path/f's{i}.json' for i in range(3)]
+    for p, d in zip(paths, parts): p.write_text(json.dumps(d))
+    out = tmp_path/'all.json'
+    argv = [sys.executable, 'benchmarks/realsounds.py', '--merge', *map(str, paths[::-1]), '--out', str(out)]
+    r = subprocess.run(argv, cwd=Path(__file__).resolve().parents[1], env=cli_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    row = res['recipes']['8-kHz front end']
+    assert res['seeds'] == [1, 2, 3] and [x['seed'] for x in row['runs']] == [1, 2, 3]
+    assert all(x['baseline_test'] == 0.55 for x in row['runs']) and row['baseline_test_std'] == 0
+    assert row['test_mean'] == pytest.approx(0.7) and row['test_std'] == pytest.approx(0.1)  # n - 1
+    assert row['margin'] == pytest.approx(0.15)
