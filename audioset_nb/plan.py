@@ -28,7 +28,8 @@ def measured(results:Path=RESULTS)->dict:
     "The constants the plan takes from this project's benchmarks, each read from its raw JSON in `results`."
     pack, stores, loader = (_result(n, results) for n in ('pack', 'stores', 'loader'))
     imp, dl, scale = (_result(n, results) for n in ('import', 'download', 'scale'))
-    runs = {r['variant']: r for r in pack['runs']}
+    # pack.py measures several formats: the plan packs the downloader's output, 32-kHz mono wav
+    runs = {r['variant']: r for r in pack['runs'] if r.get('format', 'wav-32k-mono') == 'wav-32k-mono'}
     fastest = max(dl['results'], key=lambda r: r['clips_per_s'])
     return dict(
         bytes_per_clip={k: v['bytes_per_clip'] for k, v in stores['size_and_decode'].items()},
