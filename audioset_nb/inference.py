@@ -24,8 +24,8 @@ from .tagging import (Failed, Tags, TaggingConfig, audio_files, iter_tags, quiet
 from .tagging import check_thresholds, chosen_thresholds
 
 # %% auto #0
-__all__ = ['HEADS', 'sed_cli', 'example_clips', 'TorchRunner', 'SingleLabel', 'load_tagger', 'sed', 'Event', 'find_events',
-           'write_events', 'log_spectrogram', 'sed_figure', 'plot_sed', 'FrameStream', 'EventFinder', 'FramewiseFile',
+__all__ = ['HEADS', 'sed_cli', 'example_clips', 'TorchRunner', 'SingleLabel', 'load_tagger', 'sed', 'Event', 'EventFinder',
+           'find_events', 'write_events', 'log_spectrogram', 'sed_figure', 'plot_sed', 'FrameStream', 'FramewiseFile',
            'MaxPool', 'log_spectrogram_blocks', 'summary_figure', 'SedConfig', 'demo']
 
 # %% ../nbs/60_inference.ipynb #38218e6c
@@ -153,20 +153,47 @@ class Event(NamedTuple):
     offset: float  # seconds
     peak: float    # highest framewise score in the run
 
+class EventFinder:
+    "`find_events` on frames that arrive in chunks: the same events, holding only the runs still open."
+    def __init__(self, labels, fps:float, threshold=0.5, min_duration:float=0.):
+        self.labels, self.fps, self.threshold, self.min_duration = tuple(labels), fps, threshold, min_duration
+        self.open, self.onset = np.zeros(len(labels), bool), np.zeros(len(labels), np.int64)
+        self.peak, self.runs = [None]*len(labels), []  # peaks keep the scores' own dtype
+    def _close(self, c:int, a:int, b:int, peak):
+        if (b - a)/self.fps >= self.min_duration: self.runs.append((c, a, b, peak))
+    def frames(self, f0:int, chunk:np.ndarray):
+        on = chunk >= self.threshold
+        edges = np.diff(np.concatenate([self.open[None], on]).astype(np.int8), axis=0)
+        for c in np.flatnonzero(on.any(0) | self.open).tolist():
+            ups, downs = np.flatnonzero(edges[:, c] == 1).tolist(), np.flatnonzero(edges[:, c] == -1).tolist()
+            starts = [None]*bool(self.open[c]) + ups  # None: the run open since an earlier chunk
+            for a, b in zip(starts, downs):
+                p = chunk[a or 0:b, c].max(initial=-np.inf)
+                if a is None: p = max(self.peak[c], p) if b else self.peak[c]
+                self._close(c, int(self.onset[c]) if a is None else f0 + a, f0 + b, p)
+            self.open[c] = len(starts) > len(downs)
+            if not self.open[c]: continue
+            a = starts[-1]
+            if a is not None: self.onset[c], self.peak[c] = f0 + a, chunk[a:, c].max()
+            else: self.peak[c] = max(self.peak[c], chunk[:, c].max())
+    def end(self, n:int):
+        for c in np.flatnonzero(self.open).tolist(): self._close(c, int(self.onset[c]), n, self.peak[c])
+        self.open[:] = False
+    def events(self, duration:float)->list:
+        "The events found, sorted by onset then label, as `find_events` gives them for a file of `duration` seconds."
+        evs = [Event(self.labels[c], round(a/self.fps, 3), round(min(b/self.fps, duration), 3), float(p))
+               for c, a, b, p in self.runs]
+        return sorted(evs, key=lambda e: (e.onset, e.label))
+
 def find_events(t:Tags, # framewise tags from `sed`
                 threshold=0.5, # a frame is in an event when its score is at least this (a number, or one per class)
                 min_duration:float=0., # drop events shorter than this, seconds
                )->list:
-    "Events in `t`, sorted by onset then label."
-    on = t.framewise >= threshold
-    edges = np.diff(np.pad(on, ((1, 1), (0, 0))).astype(np.int8), axis=0)
-    evs = []
-    for c in np.flatnonzero(on.any(0)):
-        for a, b in zip(np.flatnonzero(edges[:, c] == 1).tolist(), np.flatnonzero(edges[:, c] == -1).tolist()):
-            if (b - a)/t.fps >= min_duration:
-                evs.append(Event(t.labels[c], round(a/t.fps, 3), round(min(b/t.fps, t.duration), 3),
-                                 float(t.framewise[a:b, c].max())))
-    return sorted(evs, key=lambda e: (e.onset, e.label))
+    "Events in `t`, sorted by onset then label: `EventFinder` over the whole matrix at once."
+    f = EventFinder(t.labels, t.fps, threshold, min_duration)
+    f.frames(0, t.framewise)
+    f.end(len(t.framewise))
+    return f.events(t.duration)
 
 # %% ../nbs/60_inference.ipynb #d2aece09
 def write_events(events:Iterable, path:Path)->int:
@@ -251,39 +278,6 @@ class FrameStream:
         self._emit(n)
         self.frames, self.sum, self.cnt = n, None, np.zeros(0, np.float32)
         for c in self.consumers: c.end(n)
-
-# %% ../nbs/60_inference.ipynb #fde74f54
-class EventFinder:
-    "`find_events` on frames that arrive in chunks: the same events, holding only the runs still open."
-    def __init__(self, labels, fps:float, threshold=0.5, min_duration:float=0.):
-        self.labels, self.fps, self.threshold, self.min_duration = tuple(labels), fps, threshold, min_duration
-        self.open, self.onset = np.zeros(len(labels), bool), np.zeros(len(labels), np.int64)
-        self.peak, self.runs = [None]*len(labels), []  # peaks keep the scores' own dtype
-    def _close(self, c:int, a:int, b:int, peak):
-        if (b - a)/self.fps >= self.min_duration: self.runs.append((c, a, b, peak))
-    def frames(self, f0:int, chunk:np.ndarray):
-        on = chunk >= self.threshold
-        edges = np.diff(np.concatenate([self.open[None], on]).astype(np.int8), axis=0)
-        for c in np.flatnonzero(on.any(0) | self.open).tolist():
-            ups, downs = np.flatnonzero(edges[:, c] == 1).tolist(), np.flatnonzero(edges[:, c] == -1).tolist()
-            starts = [None]*bool(self.open[c]) + ups  # None: the run open since an earlier chunk
-            for a, b in zip(starts, downs):
-                p = chunk[a or 0:b, c].max(initial=-np.inf)
-                if a is None: p = max(self.peak[c], p) if b else self.peak[c]
-                self._close(c, int(self.onset[c]) if a is None else f0 + a, f0 + b, p)
-            self.open[c] = len(starts) > len(downs)
-            if not self.open[c]: continue
-            a = starts[-1]
-            if a is not None: self.onset[c], self.peak[c] = f0 + a, chunk[a:, c].max()
-            else: self.peak[c] = max(self.peak[c], chunk[:, c].max())
-    def end(self, n:int):
-        for c in np.flatnonzero(self.open).tolist(): self._close(c, int(self.onset[c]), n, self.peak[c])
-        self.open[:] = False
-    def events(self, duration:float)->list:
-        "The events found, sorted by onset then label, as `find_events` gives them for a file of `duration` seconds."
-        evs = [Event(self.labels[c], round(a/self.fps, 3), round(min(b/self.fps, duration), 3), float(p))
-               for c, a, b, p in self.runs]
-        return sorted(evs, key=lambda e: (e.onset, e.label))
 
 # %% ../nbs/60_inference.ipynb #1b456f30
 def _npy_header(shape:tuple, size:int=128)->bytes:
@@ -411,7 +405,7 @@ def _write_labels(path:Path, labels:tuple):
     except OSError as e: raise cannot_write(path, e, 'the class names') from None
 
 def _sed_file(name:str, tagger, cfg:SedConfig, th)->SimpleNamespace:
-    "What `audioset_sed` makes of a file as it streams: events, and if asked framewise HDF5 and a figure summary."
+    "What `audioset_sed` makes of a file as it streams: events, and if asked the framewise .npy and a figure summary."
     o = SimpleNamespace(events=EventFinder(tagger.labels, tagger.fps, th, cfg.min_duration), writer=None, pool=None)
     if cfg.framewise_dir: o.writer = FramewiseFile(Path(cfg.framewise_dir)/f'{Path(name).stem}.npy', len(tagger.labels))
     if cfg.figure_dir: o.pool = MaxPool(limit=int(round(cfg.figure_seconds*tagger.sample_rate))//tagger.hop_size + 1)

@@ -12,6 +12,7 @@ import numpy as np, soundfile as sf, torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from audioset_nb.fileio import atomic_write
 from audioset_nb.inference import load_tagger
 from audioset_nb.tagging import tag_files
 from audioset_nb.models import build_model, save_checkpoint
@@ -135,9 +136,7 @@ def main():
                speed=sp, memory=mem)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix('.tmp')
-    tmp.write_text(json.dumps(res, indent=1) + '\n')
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(res, indent=1) + '\n')
     print(f'wrote {out}')
 
 if __name__ == '__main__': main()

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np, soundfile as sf, torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from audioset_nb.fileio import atomic_write
 
 RUN = textwrap.dedent('''
     import json, resource, sys
@@ -50,7 +52,6 @@ def main():
     ap.add_argument('--no_figure', action='store_true', help='events only, no --figure_dir')
     ap.add_argument('--out', default=str(ROOT/'benchmarks'/'results'/'sed_memory-cpu.json'))
     a = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
     from audioset_nb.models import build_model, save_checkpoint
     out = Path(a.out)
     res = json.loads(out.read_text()) if out.exists() else {}
@@ -74,11 +75,9 @@ def main():
                setup=dict(model=f'{a.model_type} (random weights), batch 8, 10-s windows, threshold 0.5',
                           audio='16 kHz mono 16-bit WAV (tones in noise), resampled to 32 kHz',
                           outputs=('events CSV and a figure (the first 600 s); _nofigure runs: no figure; '
-                                   '_framewise runs also write HDF5')))
+                                   '_framewise runs also write the framewise .npy (--framewise_dir)')))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix('.tmp')
-    tmp.write_text(json.dumps(res, indent=1) + '\n')
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(res, indent=1) + '\n')
     print(f'wrote {out}')
 
 if __name__ == '__main__': main()

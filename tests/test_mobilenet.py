@@ -8,24 +8,12 @@ import numpy as np, pytest, soundfile as sf, torch
 from audioset_nb.models import build_model
 from audioset_nb.checkpoints import load_weights
 from conftest import cli, cli_env, one_sentence, tone
+from snapshots.mobilenet_weights import seeded_weights
 
 SNAP = Path(__file__).parent/'snapshots'
 REF = np.load(SNAP/'mobilenet_reference.npz')
 KEYS = json.loads((SNAP/'mobilenet_keys.json').read_text())
 SR = 32000
-
-def seeded_weights(shapes, seed):
-    "A state dict for `shapes` (name -> shape, in order) drawn from `seed`: non-trivial BatchNorm statistics too."
-    g, sd = torch.Generator().manual_seed(seed), {}
-    for k, s in shapes.items():
-        r = lambda: torch.randn(s, generator=g)
-        if k.endswith('num_batches_tracked'): sd[k] = torch.tensor(0)
-        elif k.endswith('running_var'): sd[k] = torch.rand(s, generator=g) + 0.5
-        elif k.endswith('running_mean'): sd[k] = r()*0.1
-        elif k.endswith('bias'): sd[k] = r()*0.1
-        elif len(s) == 1: sd[k] = torch.rand(s, generator=g)*0.5 + 0.5  # BatchNorm scale
-        else: sd[k] = r()/np.prod(s[1:])**0.5
-    return sd
 
 @pytest.mark.parametrize('name', ['mn04', 'mn10'])
 def test_state_dict_is_efficientats(name):

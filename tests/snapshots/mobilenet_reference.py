@@ -4,7 +4,7 @@ To rerun: `git archive a425fdc models helpers metadata | tar -x -C /tmp/mn/effic
 fschmid56/EfficientAT; `python -m venv /tmp/mn-venv && /tmp/mn-venv/bin/pip install torch==2.13.0 numpy` and, with
 --no-deps, torchvision==0.28.0 and torchaudio==2.11.1 (only their pure-Python files are loaded); then, from
 /tmp/mn/efficientat, `/tmp/mn-venv/bin/python <this file>` and copy /tmp/mn/mobilenet_* here."""
-import importlib.util, json, sys, types
+import importlib.util, json, os, sys, types
 import numpy as np, torch
 ROOT = '/tmp/mn/efficientat'
 SITE = '/tmp/mn-venv/lib/python3.11/site-packages'
@@ -38,18 +38,8 @@ from models.mn.model import get_model
 from models.preprocess import AugmentMelSTFT
 from helpers.utils import NAME_TO_WIDTH
 
-def seeded_weights(shapes, seed):
-    "A state dict for `shapes` (name -> shape, in order) drawn from `seed`: non-trivial BatchNorm statistics too."
-    g, sd = torch.Generator().manual_seed(seed), {}
-    for k, s in shapes.items():
-        r = lambda: torch.randn(s, generator=g)
-        if k.endswith('num_batches_tracked'): sd[k] = torch.tensor(0)
-        elif k.endswith('running_var'): sd[k] = torch.rand(s, generator=g) + 0.5
-        elif k.endswith('running_mean'): sd[k] = r()*0.1
-        elif k.endswith('bias'): sd[k] = r()*0.1
-        elif len(s) == 1: sd[k] = torch.rand(s, generator=g)*0.5 + 0.5  # BatchNorm scale
-        else: sd[k] = r()/np.prod(s[1:])**0.5
-    return sd
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mobilenet_weights import seeded_weights  # noqa: E402  (the test draws the same weights)
 
 import contextlib, io
 out, keys = {}, {}
