@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np, torch, torch.nn as nn
 from .fileio import atomic_path, cannot_write
 from .config import FrontEnd, config_cli, optional_import
-from .inference import load_tagger
+from .inference import HEADS, load_tagger
 from .tagging import audio_files, quiet_pipe
 from .audio import load_audio
 
@@ -115,8 +115,7 @@ def calibration_audio(spec, # audio files, folders or globs (decoded as tagging 
 def _fp32_nodes(proto, head:bool=True)->list:
     "Names of the nodes kept in fp32: the front end, convolutions with one input channel, the output layer (`head`)."
     shapes = {t.name: tuple(t.dims) for t in proto.graph.initializer}
-    keep = ('/spectrogram_extractor/', '/logmel_extractor/', '/bn0/') + (
-        ('/fc_audioset/', '/att_block/', '/fc_transfer/') if head else ())
+    keep = ('/spectrogram_extractor/', '/logmel_extractor/', '/bn0/') + (tuple(f'/{h}/' for h in HEADS) if head else ())
     one_channel = lambda n: n.op_type == 'Conv' and shapes.get(n.input[1], (0, 0))[1:2] == (1,)
     out = lambda n: head and n.op_type in ('Sigmoid', 'Softmax')
     return [n.name for n in proto.graph.node if n.name.startswith(keep) or one_channel(n) or out(n)]
