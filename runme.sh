@@ -32,11 +32,14 @@ W=${WORKSPACE:-workspace/mini}         # everything the job writes
 export AUDIOSET_NB_FFMPEG=${AUDIOSET_NB_FFMPEG:-bundled}
 CUDA=$(python -c 'import torch; print("--cuda" if torch.cuda.is_available() else "")')
 # The mini recipe: a quarter-width decision-level Cnn6 on a coarse 8-kHz front end, sized to train in minutes on
-# 2 CPU cores (eval mAP 0.94 after 1,600 iterations; see nbs/50_train.ipynb).
+# 2 CPU cores (eval mAP 0.93 after 1,200 iterations, 0.94 after 1,600; see nbs/50_train.ipynb). The clips are read in
+# the training process (--num_workers=0): a loader process would take a core from torch's two threads for 12 ms of
+# reading a batch, and the steps ran 15% slower with one (BENCHMARKS.md, "The main job's own cost").
 MODEL=${MODEL:-Cnn6_mini_DecisionLevelMax}
 RATE=8000  # the clips are packed at the model's rate, so that no training step resamples the clip it draws
 FRONT=(--sample_rate=$RATE --window_size=1024 --hop_size=512 --mel_bins=32 --fmin=50 --fmax=4000)
-TRAIN=(--balanced=balanced --augmentation=none --batch_size=16 --learning_rate=1e-3 --early_stop=${ITERATIONS:-1600} --eval_every=400)
+TRAIN=(--balanced=balanced --augmentation=none --batch_size=16 --learning_rate=1e-3 --early_stop=${ITERATIONS:-1200} --eval_every=400
+       --num_workers=0)
 t0=$SECONDS
 step() { printf '\n== %s (%ds)\n' "$1" $((SECONDS - t0)); }
 
