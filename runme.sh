@@ -26,12 +26,20 @@ fi
 source tools/env.sh ""  # the runtime requirements: no extra
 
 W=${WORKSPACE:-workspace/mini}         # everything the job writes
+# The job starts ffmpeg about 1,500 times (one encoder per source, one cut per clip): imageio-ffmpeg's static build
+# starts in about 11 ms of CPU where a distribution's dynamically linked one takes 65 ms (Debian 12). Set
+# AUDIOSET_NB_FFMPEG=ffmpeg to use the one on PATH instead (./test.sh checks decoding with both).
+export AUDIOSET_NB_FFMPEG=${AUDIOSET_NB_FFMPEG:-bundled}
 CUDA=$(python -c 'import torch; print("--cuda" if torch.cuda.is_available() else "")')
 # The mini recipe: a quarter-width decision-level Cnn6 on a coarse 8-kHz front end, sized to train in minutes on
-# 2 CPU cores (eval mAP 0.94 after 1,600 iterations; see nbs/50_train.ipynb).
+# 2 CPU cores (eval mAP 0.93 after 1,200 iterations, 0.94 after 1,600; see nbs/50_train.ipynb). The clips are read in
+# the training process (--num_workers=0): a loader process would take a core from torch's two threads for 12 ms of
+# reading a batch, and the steps ran 15% slower with one (BENCHMARKS.md, "The main job's own cost").
 MODEL=${MODEL:-Cnn6_mini_DecisionLevelMax}
-FRONT=(--sample_rate=8000 --window_size=1024 --hop_size=512 --mel_bins=32 --fmin=50 --fmax=4000)
-TRAIN=(--balanced=balanced --augmentation=none --batch_size=16 --learning_rate=1e-3 --early_stop=${ITERATIONS:-1600} --eval_every=400)
+RATE=8000  # the clips are packed at the model's rate, so that no training step resamples the clip it draws
+FRONT=(--sample_rate=$RATE --window_size=1024 --hop_size=512 --mel_bins=32 --fmin=50 --fmax=4000)
+TRAIN=(--balanced=balanced --augmentation=none --batch_size=16 --learning_rate=1e-3 --early_stop=${ITERATIONS:-1200} --eval_every=400
+       --num_workers=0)
 t0=$SECONDS
 step() { printf '\n== %s (%ds)\n' "$1" $((SECONDS - t0)); }
 
@@ -51,11 +59,11 @@ for s in balanced_train eval; do
 done
 kill $MIRROR 2>/dev/null || true
 
-step "3/6 pack the clips into HDF5"
+step "3/6 pack the clips into HDF5, at the model's rate"
 for s in balanced_train eval; do
   [ -f "$W/hdf5s/waveforms/$s.h5" ] ||
     audioset_pack --csv_path "$W/mini/metadata/${s}_segments.csv" --audios_dir "$W/audios/$s" \
-      --waveforms_hdf5_path "$W/hdf5s/waveforms/$s.h5"
+      --waveforms_hdf5_path "$W/hdf5s/waveforms/$s.h5" --sample_rate $RATE
   audioset_pack --waveforms_hdf5_path "$W/hdf5s/waveforms/$s.h5" --indexes_hdf5_path "$W/hdf5s/indexes/$s.h5"
 done
 

@@ -5,7 +5,7 @@ For each ref: clone A runs runme.sh with an empty pip cache and is stopped when 
 first run on a machine); clone B, fresh, runs it to the end with the cache A filled (the warm set-up: CI on a machine
 that has run it before) and its step times are recorded. Writes benchmarks/results/runme-cpu.json.
 
-    python benchmarks/runme.py [--refs a7fd6fa HEAD] [--iterations 1600] [--no-cold] [--setup-only]
+    python benchmarks/runme.py [--refs a7fd6fa HEAD] [--iterations N] [--no-cold] [--setup-only]
 
 --setup-only stops clone B at step 1 too: the comparison of what the install split changes (the six steps run the
 same code in both refs), in a quarter of the time, for a loaded machine.
@@ -77,7 +77,7 @@ def load()->list: return [round(x, 2) for x in os.getloadavg()]
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--refs', nargs='+', default=['a7fd6fa', 'HEAD'])
-    ap.add_argument('--iterations', type=int, default=1600, help="ITERATIONS for runme.sh (the recipe's 1,600)")
+    ap.add_argument('--iterations', type=int, help="ITERATIONS for runme.sh (default: each ref's own recipe)")
     ap.add_argument('--no-cold', action='store_true', help='skip the cold-cache set-up (clone A)')
     ap.add_argument('--setup-only', action='store_true', help='stop clone B at step 1 as well')
     ap.add_argument('--out', default=str(ROOT/'benchmarks'/'results'/'runme-cpu.json'))
@@ -87,7 +87,7 @@ def main():
     try:
         for ref in a.refs:
             cache = work/f'pip-cache-{len(runs)}'  # empty: nothing from an earlier ref or from this machine
-            env = clean_env(PIP_CACHE_DIR=str(cache), ITERATIONS=str(a.iterations))
+            env = clean_env(PIP_CACHE_DIR=str(cache), **({'ITERATIONS': str(a.iterations)} if a.iterations else {}))
             run = dict(ref=ref)
             if not a.no_cold:
                 run['commit'] = clone(ref, work/f'cold{len(runs)}')
