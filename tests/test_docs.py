@@ -88,3 +88,17 @@ def test_a_rerun_leaves_the_outputs_unchanged(name, tmp_path):
     assert any(runs[0]), 'the notebook printed nothing'
     changed = [i for i, (a, b) in enumerate(zip(*runs)) if a != b]
     assert not changed, f'{name}: cells {changed} print something that changes between runs: {runs[1][changed[0]]}'
+
+def test_a_widget_leaves_no_model_id(tmp_path):
+    "A widget's saved view names a model id that is new each run (and whose state is not saved): its text stays."
+    nb = tmp_path/'w.ipynb'
+    cell = dict(cell_type='code', execution_count=None, id='c0', metadata={}, outputs=[],
+                source='import ipywidgets\nipywidgets.IntSlider(value=3, description="n")')
+    nb.write_text(json.dumps(dict(cells=[cell], metadata={}, nbformat=4, nbformat_minor=5)))
+    runs = []
+    for _ in range(2):
+        notebooks.run(nb)
+        runs.append(saved_outputs(nb))
+    data = runs[0][0][0]['data']
+    assert notebooks.WIDGET_VIEW not in data and 'IntSlider(value=3' in ''.join(data['text/plain'])
+    assert runs[0] == runs[1]
