@@ -22,7 +22,13 @@ __all__ = ['RESULTS', 'AUDIOSET', 'INDEX_ROW_BYTES', 'SUBSETS', 'RETRY', 'lists_
 RESULTS = Path(str(importlib.resources.files('audioset_nb'))).parent/'benchmarks'/'results'  # the benchmarks' JSON
 AUDIOSET = dict(eval=20_371, balanced_train=22_160, unbalanced_train=2_041_789)  # segments in Google's lists
 
-def _result(name, results): return json.loads((Path(results)/f'{name}-cpu.json').read_text())
+def _result(name, results):
+    path = Path(results)/f'{name}-cpu.json'
+    if not path.is_file():  # e.g. a wheel install: the benchmarks' results live in the project's clone, not the package
+        raise FileNotFoundError(f'The plan reads the measured costs in {path}, which is missing; run it from a clone '
+                                'of audioset_nb (benchmarks/results/ is not installed with the package) or pass '
+                                '`results`.')
+    return json.loads(path.read_text())
 
 def measured(results:Path=RESULTS)->dict:
     "The constants the plan takes from this project's benchmarks, each read from its raw JSON in `results`."
