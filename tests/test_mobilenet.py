@@ -183,3 +183,19 @@ def test_panns_sound_event_detection(d):
     assert got.shape == (1, 301, 527)  # 3 s at 100 frames a second, plus one
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
     assert np.abs(got[0, :50] - got[0, -50:]).max() > 1e-3  # noise and tone score differently
+
+def test_finetune_specaugment_reaches_mn():
+    "Before: fine-tuning's SpecAugment (sized by `scale_specaug`) found no `spec_augmenter` on an mn model: no masks."
+    from audioset_nb.finetune import Transfer, scale_specaug
+    torch.manual_seed(0)
+    model = scale_specaug(Transfer('mn04', 3), SR)  # as fine-tuning builds it for 1-s crops
+    x = 0.1*torch.randn(4, SR)
+    spec = model.base.logmel(x)  # (B, 1, mel, T), unmasked
+    seen = []
+    model.base.features.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    model.train()(x)
+    masked = (seen[0] == 0) & (spec != 0)
+    assert masked.any() and torch.equal(seen[0][~masked], spec[~masked])  # only stripes changed, to zeros
+    assert masked[:, 0].all(1).any() and masked[:, 0].all(2).any()  # whole time steps and whole mel bins: stripes
+    model.eval()(x)
+    assert torch.equal(seen[1], spec)  # no masks at evaluation
