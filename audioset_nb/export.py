@@ -120,6 +120,16 @@ def _fp32_nodes(proto, head:bool=True)->list:
     out = lambda n: head and n.op_type in ('Sigmoid', 'Softmax')
     return [n.name for n in proto.graph.node if n.name.startswith(keep) or one_channel(n) or out(n)]
 
+def _unshared(proto):
+    "`proto` with each Identity of a weight (torch's sharing of equal tensors, e.g. zero biases) its own copy of it."
+    from onnx import numpy_helper
+    weights, outs = {t.name: t for t in proto.graph.initializer}, {o.name for o in proto.graph.output}
+    shared = [n for n in proto.graph.node if n.op_type == 'Identity' and n.input[0] in weights]
+    for n in [n for n in shared if n.output[0] not in outs]:
+        proto.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(weights[n.input[0]]), n.output[0]))
+        proto.graph.node.remove(n)
+    return proto
+
 def quantize_int8(src:Path, # an fp32 export (from `export_onnx`)
                   dst:Path, # the int8 model to write (may be `src`)
                   clips:list, # float32 waveforms at the model's rate: the activation ranges come from them
@@ -133,16 +143,21 @@ def quantize_int8(src:Path, # an fp32 export (from `export_onnx`)
         def set_range(self, start_index:int, end_index:int): self.it = iter(clips[start_index:end_index])
         def get_next(self): return next(({'waveform': np.asarray(c, np.float32)[None]} for c in self.it), None)
     proto, level = onnx.load(str(src)), logging.getLogger().level
+    meta = {p.key: p.value for p in proto.metadata_props}
     with tempfile.TemporaryDirectory() as d:
         try:
             logging.getLogger().setLevel(logging.ERROR)  # its advice to run pre-processing: not for the user
-            quantize_static(str(src), f'{d}/int8.onnx', Clips(), quant_format=QuantFormat.QOperator, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            quantize_static(_unshared(proto), f'{d}/int8.onnx', Clips(), quant_format=QuantFormat.QOperator,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=_fp32_nodes(proto, head),
                             extra_options={'CalibStridedMinMax': 1})  # memory: one clip's activations, not all
+        except OSError: raise
+        except Exception as e:  # the quantizer's own failure, deep inside it: one sentence, nothing written
+            what = meta.get('model_type', 'model')
+            raise ValueError(f'ONNX Runtime could not quantize this {what} to int8 ({type(e).__name__}: {e}); '
+                             'export it at --precision fp32, and please report this.') from None
         finally: logging.getLogger().setLevel(level)
         q = onnx.load(f'{d}/int8.onnx')
-    meta = {p.key: p.value for p in proto.metadata_props}
     onnx.helper.set_model_props(q, {**meta, 'precision': 'int8', 'calibration_clips': str(len(clips))})
     try:
         with atomic_path(dst, suffix='.onnx') as tmp: onnx.save(q, str(tmp))

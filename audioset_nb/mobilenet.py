@@ -8,8 +8,9 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchlibrosa.augmentation import SpecAugmentation
 from .config import FrontEnd
-from .models import MODELS, PannsModel, do_mixup, upsample_frames
+from .models import MODELS, PannsModel, _check_frames, do_mixup, upsample_frames
 
 # %% auto #0
 __all__ = ['MN_BLOCKS', 'MN_WIDTHS', 'make_divisible', 'kaldi_mel', 'kaldi_mel_banks', 'EfficientMel', 'ConvBNAct',
@@ -118,8 +119,11 @@ class MobileNetV3(PannsModel):
     width = 1.0
     framewise = False  # also give `framewise_output`: the head on each time step
     time_stride = 32   # STFT frames per step of the last feature map
+    specaug = True     # SpecAugment's stripes on the log-mel in training, as PANNs' Cnn14
     def build(self, classes_num, **_):
         self.mel = EfficientMel(self.front)
+        self.spec_augmenter = SpecAugmentation(time_drop_width=64, time_stripes_num=2,
+                                               freq_drop_width=self.front.freq_drop_width, freq_stripes_num=2)
         ch = lambda c: make_divisible(c*self.width)
         layers = [ConvBNAct(1, ch(16), 3, 2, act=nn.Hardswish)]
         layers += [MNBlock(ch(i), k, ch(e), ch(o), se, hs, s) for i, k, e, o, se, hs, s in MN_BLOCKS]
@@ -141,11 +145,16 @@ class MobileNetV3(PannsModel):
 
     def logmel(self, x:torch.Tensor): return self.mel(x, self.fast_stft)
 
+    def spec_input(self, x:torch.Tensor, mixup_lambda:torch.Tensor=None)->torch.Tensor:
+        "The network's input (B, 1, mel, T): the log-mel, SpecAugmented (stripes set to 0) and mixed up in training."
+        spec = self.logmel(x)
+        if self.training and self.specaug:  # PANNs' augmenter takes (B, 1, T, mel)
+            spec = self.spec_augmenter(_check_frames(spec.transpose(2, 3), self.spec_augmenter)).transpose(2, 3)
+        return do_mixup(spec, mixup_lambda) if self.training and mixup_lambda is not None else spec
+
     def forward(self, x:torch.Tensor, # (B, samples) waveforms
                 mixup_lambda:torch.Tensor=None): # (B,) in training: mix pairs of log-mels
-        spec = self.logmel(x)
-        if self.training and mixup_lambda is not None: spec = do_mixup(spec, mixup_lambda)
-        fmap = self.features(spec)
+        fmap = self.features(self.spec_input(x, mixup_lambda))
         out = {'clipwise_output': torch.sigmoid(self.classifier(fmap)), 'embedding': fmap.mean((2, 3))}
         if self.framewise: out['framewise_output'] = self.frame_scores(fmap, x.shape[1]//self.front.hop_size + 1)
         return out

@@ -46,12 +46,14 @@ def _device(device)->str:
 
 # %% ../nbs/65_panns.ipynb #4cfbbbc1
 def _decision_level(t)->torch.nn.Module:
-    "`t`'s model with framewise output: itself, or its `_DecisionLevelMax` variant with the same weights."
+    "`t`'s model with framewise output: itself, or its decision-level twin (PANNs' `_DecisionLevelMax`, mn's "
+    "`_DecisionLevel`) with the same weights."
     if t.model_type in MODELS and 'DecisionLevel' in t.model_type: return t.model
-    if f'{t.model_type}_DecisionLevelMax' not in MODELS:
+    twin = next((n for n in (f'{t.model_type}_DecisionLevelMax', f'{t.model_type}_DecisionLevel') if n in MODELS), None)
+    if twin is None:
         raise ValueError(f'The checkpoint holds a {t.model_type}, which gives no framewise output; '
-                         f'pass a decision-level checkpoint such as Cnn14_DecisionLevelMax.')
-    m = build_model(f'{t.model_type}_DecisionLevelMax', t.front, classes_num=len(t.labels))
+                         f'pass a decision-level checkpoint such as Cnn14_DecisionLevelMax, or an EfficientAT mn one.')
+    m = build_model(twin, t.front, classes_num=len(t.labels))
     m.load_state_dict(t.model.state_dict())
     return m
 

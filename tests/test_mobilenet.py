@@ -172,3 +172,30 @@ def test_benchmark_runs_tiny(tmp_path):
     rows = {x['model']: x for x in res['results']}
     assert rows['mn04']['params'] == 983_599 and rows['Cnn6']['cpu_ratio_vs_last'] == 1.0
     assert rows['mn04']['cpu_s_per_clip'] > 0
+
+def test_panns_sound_event_detection(d):
+    "Before: panns_inference's SoundEventDetection refused an EfficientAT mn checkpoint (it has no framewise output)."
+    from audioset_nb.panns_compat import SoundEventDetection
+    x = sf.read(d/'clip.wav', dtype='float32')[0]
+    sed = SoundEventDetection(checkpoint_path=d/'mn04_as.pt', device='cpu')
+    got = sed.inference(x[None])
+    with torch.no_grad(): want = _model(d, 'mn04_DecisionLevel')(torch.from_numpy(x)[None])['framewise_output']
+    assert got.shape == (1, 301, 527)  # 3 s at 100 frames a second, plus one
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+    assert np.abs(got[0, :50] - got[0, -50:]).max() > 1e-3  # noise and tone score differently
+
+def test_finetune_specaugment_reaches_mn():
+    "Before: fine-tuning's SpecAugment (sized by `scale_specaug`) found no `spec_augmenter` on an mn model: no masks."
+    from audioset_nb.finetune import Transfer, scale_specaug
+    torch.manual_seed(0)
+    model = scale_specaug(Transfer('mn04', 3), SR)  # as fine-tuning builds it for 1-s crops
+    x = 0.1*torch.randn(4, SR)
+    spec = model.base.logmel(x)  # (B, 1, mel, T), unmasked
+    seen = []
+    model.base.features.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    model.train()(x)
+    masked = (seen[0] == 0) & (spec != 0)
+    assert masked.any() and torch.equal(seen[0][~masked], spec[~masked])  # only stripes changed, to zeros
+    assert masked[:, 0].all(1).any() and masked[:, 0].all(2).any()  # whole time steps and whole mel bins: stripes
+    model.eval()(x)
+    assert torch.equal(seen[1], spec)  # no masks at evaluation

@@ -141,3 +141,17 @@ def test_int8_keeps_output_layer_fp32(mini):
     assert nodes['/fc_audioset/Gemm'] == 'Gemm' and 'QLinearConv' in nodes.values()  # the body is still int8
     p, _ = _scores(mini/'head8.onnx', np.stack([_clip(3., 300 + i) for i in range(5)]))
     assert len(np.unique(p)) == p.size  # no ties: not 256 levels
+
+def test_int8_fresh_model(mini, tmp_path):
+    "Before: a just-initialised model (all biases zero, which the exporter shares) crashed ONNX Runtime's quantizer."
+    torch.manual_seed(1)
+    m = build_model('Cnn6_mini', sample_rate=SR, window_size=512, hop_size=160, mel_bins=32, fmin=50, fmax=8000,
+                    classes_num=len(LABELS))
+    front = dict(sample_rate=SR, window_size=512, hop_size=160, mel_bins=32, fmin=50, fmax=8000)
+    save_checkpoint(tmp_path/'fresh.pth', m, model_type='Cnn6_mini', labels=LABELS, config=front)
+    r = cli('audioset_export', '--checkpoint_path', tmp_path/'fresh.pth', '--output', tmp_path/'fresh.onnx', *TINY,
+            '--precision', 'int8', '--calibration', mini/'calibration')
+    assert r.returncode == 0, r.stderr
+    assert 'int8, calibrated on 6 clip(s)' in r.stdout
+    ops = [n.op_type for n in onnx.load(str(tmp_path/'fresh.onnx')).graph.node]
+    assert ops.count('QLinearConv') == 3 and 'Identity' not in ops
