@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchlibrosa.augmentation import SpecAugmentation
 from .config import FrontEnd
-from .models import MODELS, PannsModel, _check_frames, do_mixup, upsample_frames
+from .models import MODELS, PannsModel, check_frames, do_mixup, upsample_frames
 
 # %% auto #0
 __all__ = ['MN_BLOCKS', 'MN_WIDTHS', 'make_divisible', 'kaldi_mel', 'kaldi_mel_banks', 'EfficientMel', 'ConvBNAct',
@@ -149,7 +149,7 @@ class MobileNetV3(PannsModel):
         "The network's input (B, 1, mel, T): the log-mel, SpecAugmented (stripes set to 0) and mixed up in training."
         spec = self.logmel(x)
         if self.training and self.specaug:  # PANNs' augmenter takes (B, 1, T, mel)
-            spec = self.spec_augmenter(_check_frames(spec.transpose(2, 3), self.spec_augmenter)).transpose(2, 3)
+            spec = self.spec_augmenter(check_frames(spec.transpose(2, 3), self.spec_augmenter)).transpose(2, 3)
         return do_mixup(spec, mixup_lambda) if self.training and mixup_lambda is not None else spec
 
     def forward(self, x:torch.Tensor, # (B, samples) waveforms

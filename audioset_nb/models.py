@@ -17,16 +17,16 @@ from .config import FrontEnd
 from .checkpoints import PUBLISHED, fetch_checkpoint, load_checkpoint, load_weights, save_checkpoint
 
 # %% auto #0
-__all__ = ['MODELS', 'init_layer', 'init_bn', 'do_mixup', 'stft_power', 'PannsModel', 'LogmelModel', 'LogmelFrontend',
-           'demo_signal', 'pool2d', 'ConvBlock', 'ConvBlock5x5', 'AttBlock', 'Cnn14', 'Cnn14_no_specaug',
-           'Cnn14_no_dropout', 'Cnn14_emb512', 'Cnn14_emb128', 'Cnn14_emb32', 'Cnn14_mel32', 'Cnn14_mel128', 'Cnn10',
-           'Cnn6', 'Cnn14_16k', 'Cnn14_8k', 'upsample_frames', 'Cnn14_DecisionLevelMax', 'Cnn14_DecisionLevelAvg',
-           'Cnn14_DecisionLevelAtt', 'Cnn6_DecisionLevelMax', 'Cnn6_mini', 'Cnn6_mini_DecisionLevelMax',
-           'ConvPreWavBlock', 'Wavegram_Logmel_Cnn14', 'Wavegram_Logmel128_Cnn14', 'Wavegram_Cnn14', 'ResBasicBlock',
-           'ResBottleneck', 'res_layer', 'ResNetBody', 'ResNet38', 'ResNet22', 'ResNet54', 'conv_bn', 'conv_dw',
-           'MobileNetV1', 'InvertedResidual', 'MobileNetV2', 'LeeNetConvBlock', 'LeeNet11', 'LeeNet24',
-           'DaiNetResBlock', 'DaiNet19', 'ResBasicBlock1d', 'ResNetBody1d', 'Res1dNet31', 'Res1dNet51', 'build_model',
-           'output_shapes', 'count_params', 'count_flops']
+__all__ = ['MODELS', 'init_layer', 'init_bn', 'do_mixup', 'stft_power', 'PannsModel', 'check_frames', 'LogmelModel',
+           'LogmelFrontend', 'demo_signal', 'pool2d', 'ConvBlock', 'ConvBlock5x5', 'AttBlock', 'Cnn14',
+           'Cnn14_no_specaug', 'Cnn14_no_dropout', 'Cnn14_emb512', 'Cnn14_emb128', 'Cnn14_emb32', 'Cnn14_mel32',
+           'Cnn14_mel128', 'Cnn10', 'Cnn6', 'Cnn14_16k', 'Cnn14_8k', 'upsample_frames', 'Cnn14_DecisionLevelMax',
+           'Cnn14_DecisionLevelAvg', 'Cnn14_DecisionLevelAtt', 'Cnn6_DecisionLevelMax', 'Cnn6_mini',
+           'Cnn6_mini_DecisionLevelMax', 'ConvPreWavBlock', 'Wavegram_Logmel_Cnn14', 'Wavegram_Logmel128_Cnn14',
+           'Wavegram_Cnn14', 'ResBasicBlock', 'ResBottleneck', 'res_layer', 'ResNetBody', 'ResNet38', 'ResNet22',
+           'ResNet54', 'conv_bn', 'conv_dw', 'MobileNetV1', 'InvertedResidual', 'MobileNetV2', 'LeeNetConvBlock',
+           'LeeNet11', 'LeeNet24', 'DaiNetResBlock', 'DaiNet19', 'ResBasicBlock1d', 'ResNetBody1d', 'Res1dNet31',
+           'Res1dNet51', 'build_model', 'output_shapes', 'count_params', 'count_flops']
 
 # %% ../nbs/41_models.ipynb #ea481057
 def init_layer(layer:nn.Module):
@@ -88,7 +88,8 @@ class PannsModel(nn.Module):
                 'embedding': F.dropout(x, p=0.5, training=self.training)}
 
 # %% ../nbs/41_models.ipynb #052515bf
-def _check_frames(x, spec_augmenter):
+def check_frames(x, spec_augmenter):
+    "`x` (B, 1, frames, mel) as it is, refused in one sentence if SpecAugment's widest time stripe would cover it."
     width = spec_augmenter.time_dropper.drop_width
     if x.shape[2] <= width:
         raise ValueError(f'SpecAugment drops time stripes up to {width} frames wide, '
@@ -117,7 +118,7 @@ class LogmelModel(PannsModel):
     def spec_input(self, x:torch.Tensor, mixup_lambda=None, specaug=True):
         "The CNN's input: log-mel normalised by `bn0`, SpecAugmented and mixed up in training."
         x = self.bn0(self.logmel(x).transpose(1, 3)).transpose(1, 3)
-        if self.training and specaug: x = self.spec_augmenter(_check_frames(x, self.spec_augmenter))
+        if self.training and specaug: x = self.spec_augmenter(check_frames(x, self.spec_augmenter))
         if self.training and mixup_lambda is not None: x = do_mixup(x, mixup_lambda)
         return x
 
