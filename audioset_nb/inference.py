@@ -142,7 +142,7 @@ def sed(tagger:TorchRunner, src, **kwargs)->Tags:
     t = tag(tagger, src, framewise=True, **kwargs)
     if t.framewise is None:
         raise ValueError(f'{tagger.model_type} gives no framewise output; '
-                         'use a decision-level model such as Cnn14_DecisionLevelMax for SED.')
+                         'use a decision-level model for SED, such as Cnn14_DecisionLevelMax or mn10_DecisionLevel.')
     return t
 
 # %% ../nbs/60_inference.ipynb #fd27b941
@@ -424,7 +424,7 @@ def _sed(cfg:SedConfig):
         try:
             if o.stream.frames is None:
                 sys.exit(f'{tagger.model_type} gives no framewise output; '
-                         'use a decision-level model such as Cnn14_DecisionLevelMax.')
+                         'use a decision-level model such as Cnn14_DecisionLevelMax or mn10_DecisionLevel.')
             evs = o.events.events(t.duration)
             events.extend((t.path, e) for e in evs)
             if not cfg.output:
