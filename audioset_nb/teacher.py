@@ -612,6 +612,17 @@ class TeacherConfig:
     ced: list[str] = field(default_factory=list)  # or convert CED's top-k files of one epoch (logits_ep1_*.h5)
     min_coverage: float = 0.5       # converting: refuse when fewer of the clips have an entry
     min_label_margin: float = 0.1   # converting: refuse when it agrees with the labels no better than chance + this
+    epochs: int = Augment.epochs    # consistent teaching: score this many augmentation epochs of each clip (0: plain)
+    augment_seed: int = Augment.seed            # with --epochs: seeds each clip's draw with its epoch and row
+    mixup_alpha: float = Augment.mixup_alpha    # with --epochs: λ ~ Beta(α, α) of a mix with a partner (0: no mixup)
+    gain_db: float = Augment.gain_db            # with --epochs: random level within ± this
+    shift: bool = Augment.shift                 # with --epochs: roll each clip by a random share of its length
+    time_masks: int = Augment.time_masks        # with --epochs: time stripes silenced
+    mask_s: float = Augment.mask_s              # with --epochs: each up to this many seconds wide
+    @property
+    def augment(self)->Augment:
+        return Augment(self.epochs, self.augment_seed, self.mixup_alpha, self.gain_db, self.shift, self.time_masks,
+                       self.mask_s)
     def __post_init__(self):
         if sum(map(bool, (self.checkpoint_path, self.efficientat, self.ced))) != 1:
             raise ValueError('give one of --checkpoint_path (one or more), --efficientat LOGITS.npy MAPPING.pkl or '
@@ -625,6 +636,10 @@ class TeacherConfig:
             raise ValueError(f'--min_coverage {self.min_coverage} is not within 0 to 1.')
         if self.part: parse_part(self.part)
         if self.part and not self.checkpoint_path: raise ValueError('--part splits scoring; a conversion is whole.')
+        if self.epochs and not self.checkpoint_path:
+            raise ValueError('--epochs scores augmented clips with --checkpoint_path; published outputs are of plain '
+                             'clips: convert them without --epochs.')
+        self.augment  # refuses negative settings
 
 def _source(cfg:TeacherConfig)->TeacherSource:
     if cfg.ced: return ced_source(cfg.ced)
@@ -637,7 +652,7 @@ def teacher(cfg:TeacherConfig):
         r = convert_teacher(_source(cfg), cfg.waveforms_hdf5_path, cfg.output, cfg.top_k, cfg.min_coverage,
                             cfg.min_label_margin)
     else: r = write_teacher(cfg.checkpoint_path, cfg.waveforms_hdf5_path, cfg.output, cfg.top_k, cfg.part,
-                            cfg.batch_size, cfg.cuda, not cfg.quiet)
+                            cfg.batch_size, cfg.cuda, not cfg.quiet, cfg.augment)
     print(r.summary())
 
 teacher_cli = config_cli(TeacherConfig, teacher, 'audioset_teacher')
