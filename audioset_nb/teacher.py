@@ -270,7 +270,7 @@ class Teacher:
         if self.epochs is not None and (self.epochs, self.augment) != (epochs, aug and Augment(**aug)):
             raise ValueError(f'{path} holds other augmentation epochs than {self.files[0]}; give the parts of one run.')
         self.labels, self.epochs, self.augment, self.sample_rates = labels, epochs, aug and Augment(**aug), rates
-        names = names[:done//epochs] if epochs and done < epochs*len(names) else names[:done]  # in every epoch
+        names = names[:max(done - (epochs - 1)*len(names), 0) if epochs else done]  # the rows done in every epoch
         self.where.update((n.decode(), (k, j)) for j, n in enumerate(names))
     def __len__(self): return len(self.where)
     def __contains__(self, name:str): return name in self.where
