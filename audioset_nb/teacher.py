@@ -5,8 +5,9 @@
 # %% ../nbs/52_teacher.ipynb #bd44e949
 from __future__ import annotations
 import json, logging, os, pickle, re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 import h5py, numpy as np
 from torch.utils.data import Dataset
 from .config import config_cli, optional_import
@@ -17,8 +18,9 @@ from .metadata import NUM_CLASSES, load_labels, parse_part
 from .pack import need_space
 
 # %% auto #0
-__all__ = ['CLIP_NAME_RE', 'teacher_cli', 'load_teachers', 'to_logits', 'ensemble_logits', 'top_k', 'from_top_k', 'TeacherWriter',
-           'TeacherResult', 'part_rows', 'write_teacher', 'Teacher', 'WithTeacher', 'coverage', 'SafeUnpickler',
+__all__ = ['CLIP_NAME_RE', 'teacher_cli', 'load_teachers', 'to_logits', 'ensemble_logits', 'top_k', 'from_top_k', 'Augment',
+           'Draw', 'draw', 'replay', 'teacher_input', 'epoch_plan', 'TeacherWriter', 'TeacherResult', 'part_rows',
+           'write_teacher', 'Teacher', 'WithTeacher', 'coverage', 'EpochDraws', 'check_replay', 'SafeUnpickler',
            'read_name_map', 'clip_key', 'match_names', 'TeacherSource', 'efficientat_source', 'ced_source',
            'label_agreement', 'agreement_check', 'ConvertResult', 'convert_teacher', 'TeacherConfig', 'teacher']
 
@@ -56,18 +58,82 @@ def from_top_k(values:np.ndarray, indices:np.ndarray, classes:int)->np.ndarray:
     np.put_along_axis(z, indices.astype(np.int64), values.astype(np.float32), 1)
     return z
 
+# %% ../nbs/52_teacher.ipynb #1e8a1dff
+@dataclass
+class Augment:
+    "What each consistent-teaching epoch draws for a clip: the augmentation the teacher heard and the student replays."
+    epochs: int = 0            # augmentation epochs (0: one pass over the plain clips)
+    seed: int = 1234           # with the epoch and the clip's row, seeds each clip's draw
+    mixup_alpha: float = 1.0   # the clip's share λ ~ Beta(α, α) of a mix with a partner clip (0: no mixup)
+    gain_db: float = 6.0       # level within ± this many dB
+    shift: bool = True         # rolled by a random share of its length (the crop of a fixed-length clip)
+    time_masks: int = 2        # time stripes silenced
+    mask_s: float = 0.2        # each up to this many seconds wide
+    def __post_init__(self):
+        if min(self.epochs, self.mixup_alpha, self.gain_db, self.time_masks, self.mask_s) < 0:
+            raise ValueError('--epochs, --mixup_alpha, --gain_db, --time_masks and --mask_s must be 0 or more.')
+
+class Draw(NamedTuple):
+    "A training row and the epoch it is drawn in: what a consistent-teaching loader asks its dataset for."
+    row: int
+    epoch: int
+
+def draw(aug:Augment, epoch:int, i:int, n:int)->tuple:
+    "(seed, partner row or −1, λ) of row `i` of a waveform file of `n` rows in `epoch`."
+    g = np.random.default_rng([aug.seed, epoch, i])
+    seed = int(g.integers(2**63))
+    if not aug.mixup_alpha or n < 2: return seed, -1, 1.0
+    p = int(g.integers(n - 1))
+    return seed, p + (p >= i), float(np.float32(g.beta(aug.mixup_alpha, aug.mixup_alpha)))
+
+def replay(x:np.ndarray, # the clip, float32 samples
+           partner:np.ndarray|None, # the clip it is mixed with (None: no mixup)
+           seed:int, lam:float, aug:Augment, sample_rate:int)->np.ndarray:
+    "`x` as draw `seed` makes it: mixed with `partner` (`lam` of `x`), rolled, at a random gain, stripes silenced."
+    u = np.random.default_rng(seed).random(2 + 2*aug.time_masks)  # shift, gain, (start, width) of each stripe
+    x = np.asarray(x, np.float32)
+    if partner is not None: x = np.float32(lam)*x + np.float32(1 - lam)*np.asarray(partner, np.float32)
+    if aug.shift: x = np.roll(x, int(u[0]*len(x)))
+    x = x*np.float32(10**((2*u[1] - 1)*aug.gain_db/20))
+    for a, w in u[2:].reshape(-1, 2):
+        w = min(int(w*aug.mask_s*sample_rate), len(x))
+        s = int(a*(len(x) - w + 1))
+        x[s:s + w] = 0
+    return x
+
+def teacher_input(d:AudioSetDataset, i:int, epoch:int, aug:Augment)->np.ndarray:
+    "Row `i` of `d` as `epoch` augments it; the plain clip without epochs."
+    if not aug.epochs: return d[i]['waveform']
+    seed, p, lam = draw(aug, epoch, i, len(d))
+    return replay(d[i]['waveform'], d[p]['waveform'] if p >= 0 else None, seed, lam, aug, d.sample_rate)
+
+def epoch_plan(aug:Augment, names, a:int, b:int)->dict:
+    "Each epoch's draws for rows `a` to `b` of a waveform file with `names`: seed, partner's name ('' none), λ."
+    d = np.array([[draw(aug, e, i, len(names)) for i in range(a, b)] for e in range(aug.epochs)], object)
+    d = d.reshape(aug.epochs, b - a, 3)
+    partner = [[names[p] if p >= 0 else '' for p in row] for row in d[..., 1]]
+    return dict(seed=d[..., 0].astype(np.int64), partner=np.array(partner, 'S20').reshape(aug.epochs, b - a),
+                lam=d[..., 2].astype(np.float32))
+
+
 # %% ../nbs/52_teacher.ipynb #c676eca9
-def _create(path:Path, names:list, labels:tuple, top_k:int, settings:dict)->h5py.File:
-    "A new teacher file: every name, room for every row, nothing done."
+def _create(path:Path, names:list, labels:tuple, top_k:int, settings:dict, plan:dict=None)->h5py.File:
+    "A new teacher file: every name, room for every row (of every epoch of `plan`), nothing done."
     f = h5py.File(path, 'w')
     n, c = len(names), len(labels)
     f.create_dataset('audio_name', data=np.array(names, dtype='S20'))
+    lead, pre = ((len(plan['seed']),), 'epoch_') if plan else ((), '')
+    shape = lambda w, rows: dict(shape=(*lead, n, w), chunks=(*[1]*len(lead), min(max(n, 1), rows), w))
     if top_k:
-        f.create_dataset('values', (n, top_k), np.float16, chunks=(min(max(n, 1), 4096), top_k))
-        f.create_dataset('indices', (n, top_k), np.int16, chunks=(min(max(n, 1), 4096), top_k))
-    else: f.create_dataset('logits', (n, c), np.float16, chunks=(min(max(n, 1), 256), c))
+        f.create_dataset(pre + 'values', dtype=np.float16, **shape(top_k, 4096))
+        f.create_dataset(pre + 'indices', dtype=np.int16, **shape(top_k, 4096))
+    else: f.create_dataset(pre + 'logits', dtype=np.float16, **shape(c, 256))
     f.attrs.update(labels=json.dumps(list(labels)), settings=json.dumps(settings), rows_done=0,
                    checkpoints=json.dumps(settings['checkpoints']), averaged='logits')
+    if plan:
+        for k, v in plan.items(): f.create_dataset(k, data=v)
+        f.attrs.update(epochs=len(plan['seed']), augment=json.dumps(settings['augment']),
+                       sample_rates=json.dumps(settings['sample_rates']))
     return f
 
 def _reopen(path:Path, settings:dict)->h5py.File|None:
@@ -86,20 +152,23 @@ def _reopen(path:Path, settings:dict)->h5py.File|None:
 
 class TeacherWriter:
     "A teacher file written through `.<name>.partial`: continued where a killed run stopped, committed chunk by chunk."
-    def __init__(self, path:Path, names:list, labels:tuple, top_k:int, settings:dict):
+    def __init__(self, path:Path, names:list, labels:tuple, top_k:int, settings:dict,
+                 plan:dict=None): # `epoch_plan`'s draws: a file of consistent-teaching epochs
         self.path, self.top_k = Path(path), top_k
         self.partial = self.path.with_name(f'.{self.path.name}.partial')
-        self.f = _reopen(self.partial, settings) or _create(self.partial, names, labels, top_k, settings)
-        self.n = len(self.f['audio_name'])
+        self.f = _reopen(self.partial, settings) or _create(self.partial, names, labels, top_k, settings, plan)
+        self.n, self.epochs = len(self.f['audio_name']), int(self.f.attrs.get('epochs', 0))
     @property
-    def rows(self)->int: return int(self.f.attrs['rows_done'])  # rows committed, from the first
+    def rows(self)->int: return int(self.f.attrs['rows_done'])  # rows committed, from the first (epoch by epoch)
     def commit(self, z:np.ndarray):
-        "Write the next rows' logits (float32 (rows, classes)), then the count of rows done, and flush."
-        a, b = self.rows, self.rows + len(z)
-        if self.top_k: self.f['values'][a:b], self.f['indices'][a:b] = top_k(z, self.top_k)
-        else: self.f['logits'][a:b] = z.astype(np.float16)
+        "Write the next rows' logits (float32 (rows, classes); within one epoch), then the count done, and flush."
+        done = self.rows
+        e, a = divmod(done, self.n) if self.epochs else (0, done)
+        at, pre = ((e, slice(a, a + len(z))), 'epoch_') if self.epochs else (slice(a, a + len(z)), '')
+        if self.top_k: self.f[pre + 'values'][at], self.f[pre + 'indices'][at] = top_k(z, self.top_k)
+        else: self.f[pre + 'logits'][at] = z.astype(np.float16)
         self.f.flush()
-        self.f.attrs['rows_done'] = b
+        self.f.attrs['rows_done'] = done + len(z)
         self.f.flush()
     def finish(self):
         "Close the file and move it into place."
@@ -118,9 +187,11 @@ class TeacherResult:
     scored: int     # rows this call scored (fewer when it continued a killed run)
     total: int      # clips in the waveform file
     first: int = 0  # the part's first row in the waveform file
+    epochs: int = 0 # consistent-teaching epochs (0: plain clips)
     def summary(self)->str:
+        each = f' in each of {self.epochs} augmentation epochs' if self.epochs else ''
         return (f'wrote teacher file {self.path}: {self.rows} of the {self.total} clips of the waveform file '
-                f'({100*self.rows/max(self.total, 1):.1f}%, rows {self.first} to {self.first + self.rows}); '
+                f'({100*self.rows/max(self.total, 1):.1f}%, rows {self.first} to {self.first + self.rows}){each}; '
                 f'scored {self.scored} now')
 
 def part_rows(n:int, part:str=None)->tuple:
@@ -134,9 +205,11 @@ def write_teacher(checkpoint_paths:list, # one teacher, or an ensemble whose log
                   output:Path, # the teacher file to write
                   top_k:int=0, # keep each clip's k largest logits (0: all, dense)
                   part:str=None, # 'i/n': only the i-th of n slices of the rows
-                  batch_size:int=32, cuda:bool=False, progress:bool=True)->TeacherResult:
+                  batch_size:int=32, cuda:bool=False, progress:bool=True,
+                  augment:Augment=None)->TeacherResult: # with `epochs`: score each epoch's augmented clips
     "Score every clip of `waveforms_hdf5_path` (of its part) with the checkpoints; write their mean logits to `output`."
     if batch_size < 1 or top_k < 0: raise ValueError('--batch_size must be at least 1 and --top_k 0 or more.')
+    aug = augment or Augment()
     out, runners = Path(output), load_teachers(checkpoint_paths, cuda)
     if top_k > len(runners[0].labels):
         raise ValueError(f'--top_k {top_k} is more than the {len(runners[0].labels)} classes the teachers score.')
@@ -145,24 +218,29 @@ def write_teacher(checkpoint_paths:list, # one teacher, or an ensemble whose log
     data = {sr: AudioSetDataset(waveforms_hdf5_path, sr, 'evaluation') for sr in {r.sample_rate for r in runners}}
     settings = dict(waveforms=str(Path(waveforms_hdf5_path).resolve()), rows=len(ix), part=part or '', top_k=top_k,
                     checkpoints=[dict(name=Path(p).name, md5=md5sum(p)) for p in checkpoint_paths])
+    if aug.epochs: settings.update(augment=asdict(aug), sample_rates=sorted(data))
+    epochs = max(aug.epochs, 1)
     with output_lock(out, 'teacher file'):
         remove_stale_temps(out)
         try:
-            need_space(out, (b - a)*(4*top_k if top_k else 2*len(runners[0].labels)) + (1 << 20))
-            with TeacherWriter(out, list(ix.audio_name[a:b]), runners[0].labels, top_k, settings) as w:
+            need_space(out, epochs*(b - a)*(4*top_k if top_k else 2*len(runners[0].labels) + 32) + (1 << 20))
+            plan = epoch_plan(aug, ix.audio_name, a, b) if aug.epochs else None
+            with TeacherWriter(out, list(ix.audio_name[a:b]), runners[0].labels, top_k, settings, plan) as w:
                 start = w.rows
-                _score_rows(runners, data, w, a, b, batch_size, progress)
+                _score_rows(runners, data, w, a, b, batch_size, progress, aug)
                 w.finish()
         except OSError as e: raise cannot_write(out, e) from None
-    return TeacherResult(out, b - a, b - a - start, len(ix), a)
+    return TeacherResult(out, b - a, (epochs*(b - a) - start)//epochs, len(ix), a, aug.epochs)
 
-def _score_rows(runners, data, w:TeacherWriter, a:int, b:int, batch_size:int, progress:bool):
-    "Score rows `a + w.rows` to `b`, committing each batch, with a progress bar counting clips."
+def _score_rows(runners, data, w:TeacherWriter, a:int, b:int, batch_size:int, progress:bool, aug:Augment):
+    "Score rows `a` to `b` of each epoch from where `w` stands, committing each batch; a progress bar counts clips."
     from tqdm.auto import tqdm
-    with tqdm(total=b - a, initial=w.rows, unit='clip', disable=not progress) as bar:
-        for lo in range(a + w.rows, b, batch_size):
-            rows = range(lo, min(lo + batch_size, b))
-            waves = {sr: np.stack([d[i]['waveform'] for i in rows]) for sr, d in data.items()}
+    n, epochs = b - a, max(aug.epochs, 1)
+    with tqdm(total=epochs*n, initial=w.rows, unit='clip', disable=not progress) as bar:
+        while w.rows < epochs*n:
+            e, j = divmod(w.rows, n)
+            rows = range(a + j, min(a + j + batch_size, b))
+            waves = {sr: np.stack([teacher_input(d, i, e, aug) for i in rows]) for sr, d in data.items()}
             w.commit(ensemble_logits(runners, waves))
             bar.update(len(rows))
 
@@ -177,17 +255,22 @@ class Teacher:
         if not p.exists() or not self.files:
             raise FileNotFoundError(f'Teacher file {p} {"holds no *.h5 file" if p.is_dir() else "does not exist"}; '
                                     'write one with audioset_teacher.')
-        self.where, self.labels = {}, None
+        self.where, self.labels, self.epochs, self.augment, self.sample_rates = {}, None, None, None, None
         for k, f in enumerate(self.files): self._add(k, f)
         self._h, self._pid = {}, None
     def _add(self, k:int, path:str):
         try:
             with h5py.File(path, 'r') as f:
-                labels, names = tuple(json.loads(f.attrs['labels'])), f['audio_name'][:int(f.attrs['rows_done'])]
+                labels, names = tuple(json.loads(f.attrs['labels'])), f['audio_name'][:]
+                epochs, done = int(f.attrs.get('epochs', 0)), int(f.attrs['rows_done'])
+                aug, rates = json.loads(f.attrs.get('augment', 'null')), json.loads(f.attrs.get('sample_rates', '[]'))
         except (OSError, KeyError, ValueError):
             raise ValueError(f'{path} is not a teacher file; write one with audioset_teacher.') from None
         if self.labels not in (None, labels): raise ValueError(f'{path} scores other classes than {self.files[0]}.')
-        self.labels = labels
+        if self.epochs is not None and (self.epochs, self.augment) != (epochs, aug and Augment(**aug)):
+            raise ValueError(f'{path} holds other augmentation epochs than {self.files[0]}; give the parts of one run.')
+        self.labels, self.epochs, self.augment, self.sample_rates = labels, epochs, aug and Augment(**aug), rates
+        names = names[:max(done - (epochs - 1)*len(names), 0) if epochs else done]  # the rows done in every epoch
         self.where.update((n.decode(), (k, j)) for j, n in enumerate(names))
     def __len__(self): return len(self.where)
     def __contains__(self, name:str): return name in self.where
@@ -197,31 +280,95 @@ class Teacher:
         if self._pid != os.getpid(): self._h, self._pid = {}, os.getpid()
         if k not in self._h: self._h[k] = h5py.File(self.files[k], 'r')
         return self._h[k]
-    def logits(self, name:str)->np.ndarray|None:
-        "Clip `name`'s float32 (classes,) logits, −∞ outside a top-k file's k; None if it has no entry."
+    def logits(self, name:str, epoch:int=None)->np.ndarray|None:
+        "Clip `name`'s float32 (classes,) logits (of `epoch` mod E), −∞ outside a top-k file's k; None: no entry."
         if name not in self.where: return None
+        if self.epochs and epoch is None:
+            raise ValueError(f'Teacher file {self.files[0]} holds the targets of augmented clips ({self.epochs} '
+                             'consistent-teaching epochs); train with audioset_train, which replays them, or write a '
+                             'file of plain clips (no --epochs).')
         k, j = self.where[name]
-        f = self._file(k)
-        if 'logits' in f: return f['logits'][j].astype(np.float32)
-        return from_top_k(f['values'][j:j+1], f['indices'][j:j+1], len(self.labels))[0]
-    def targets(self, name:str)->np.ndarray:
+        f, at, pre = self._file(k), ((epoch % self.epochs, j) if self.epochs else j), 'epoch_' if self.epochs else ''
+        if pre + 'logits' in f: return f[pre + 'logits'][at].astype(np.float32)
+        return from_top_k(f[pre + 'values'][at][None], f[pre + 'indices'][at][None], len(self.labels))[0]
+    def draw(self, name:str, epoch:int)->tuple:
+        "(seed, partner's name or '', λ) that clip `name` was augmented with in `epoch` (mod E)."
+        k, j = self.where[name]
+        f, e = self._file(k), epoch % self.epochs
+        return int(f['seed'][e, j]), f['partner'][e, j].decode(), float(f['lam'][e, j])
+    def targets(self, name:str, epoch:int=None)->np.ndarray:
         "float32 (classes + 1,): σ(logits / T), then 1; zeros, then 0, for a clip without an entry."
-        z = self.logits(name)
+        z = self.logits(name, epoch)
         if z is None: return np.zeros(len(self.labels) + 1, np.float32)
         return np.append(1/(1 + np.exp(-z.astype(np.float64)/self.temperature)), 1.).astype(np.float32)
 
 # %% ../nbs/52_teacher.ipynb #8c324692
 class WithTeacher(Dataset):
     "`dataset`'s items with `teacher` targets (`Teacher.targets`) looked up by audio name."
-    def __init__(self, dataset:Dataset, teacher:Teacher): self.dataset, self.teacher = dataset, teacher
+    def __init__(self, dataset:Dataset, teacher:Teacher):
+        self.dataset, self.teacher, self._by_name = dataset, teacher, None
     def __len__(self): return len(self.dataset)
     def __getitem__(self, key)->dict:
+        if isinstance(key, Draw) and self.teacher.epochs: return self.replayed(key)
         d = self.dataset[key]
         return {**d, 'teacher': self.teacher.targets(d['audio_name'])}
+    def replayed(self, key:Draw)->dict:
+        "Row `key.row` as the teacher heard it in epoch `key.epoch`: replayed draw, mixed labels, that epoch's targets."
+        d = self.dataset[key.row]
+        name = d['audio_name']
+        if name not in self.teacher: return {**d, 'teacher': self.teacher.targets(name)}
+        seed, partner, lam = self.teacher.draw(name, key.epoch)
+        p = self._partner(name, partner) if partner else None
+        x = replay(d['waveform'], None if p is None else p['waveform'], seed, lam, self.teacher.augment,
+                   self.dataset.sample_rate)
+        y = d['target'] if p is None else np.float32(lam)*d['target'] + np.float32(1 - lam)*p['target']
+        return {**d, 'waveform': x, 'target': y, 'teacher': self.teacher.targets(name, key.epoch)}
+    def _partner(self, name:str, partner:str)->dict:
+        if self._by_name is None:
+            ix = read_index(self.dataset.path)
+            self._by_name = {n: (ix.files[f], int(r)) for n, f, r in zip(ix.audio_name, ix.file_of, ix.index_in_hdf5)}
+        if partner not in self._by_name:
+            raise ValueError(f'Teacher file {self.teacher.files[0]} mixes {name} with {partner}, which '
+                             f'{self.dataset.path} does not hold; write the teacher file from the training waveforms.')
+        return self.dataset[self._by_name[partner]]
 
 def coverage(teacher:Teacher, names)->int:
     "How many of `names` the teacher has an entry for."
     return sum(n in teacher for n in names)
+
+
+# %% ../nbs/52_teacher.ipynb #2461925e
+class EpochDraws:
+    "A training sampler's batches as `Draw`s; the epoch (mod the file's E) counts clips drawn, the index's size each."
+    def __init__(self, sampler, # a `TrainSampler`: its state, saved and resumed, is this one's
+                 n:int, epochs:int): # clips in the training index; the teacher file's epochs
+        self.sampler, self.n, self.epochs = sampler, n, epochs
+    def __getattr__(self, k):
+        if k == 'sampler': raise AttributeError(k)
+        return getattr(self.sampler, k)
+    def __iter__(self):
+        per = self.sampler.batch_size*self.sampler.world_size
+        for rows in self.sampler:
+            e = (self.sampler.batches - 1)*per//self.n % self.epochs
+            yield [Draw(r, e) for r in rows]
+
+def check_replay(t:Teacher, mixup:bool, # the teacher, and whether training asks for mixup
+                 sample_rate:int)->bool: # the rate training reads clips at
+    "Refuse settings under which `t`'s epochs are not replayed as the teacher heard them; False: the model mixes none."
+    where, mixes = t.files[0], bool(t.augment.mixup_alpha)
+    if sample_rate not in t.sample_rates:
+        raise ValueError(f'Teacher file {where} drew its epochs at {t.sample_rates} Hz but training reads clips at '
+                         f'{sample_rate} Hz; write the teacher file with a member at {sample_rate} Hz or train at '
+                         f'--sample_rate {t.sample_rates[0]}.')
+    if mixes and not mixup:
+        raise ValueError(f'Teacher file {where} mixes clips in its epochs (--mixup_alpha {t.augment.mixup_alpha}) but '
+                         'training has --augmentation none; train with --augmentation mixup (the partners then come '
+                         'from the file) or write the file with --mixup_alpha 0.')
+    if mixup and not mixes:
+        raise ValueError(f'Teacher file {where} does not mix clips in its epochs (--mixup_alpha 0) but training has '
+                         '--augmentation mixup; train with --augmentation none or write the file with --mixup_alpha 1.')
+    return False
+
 
 # %% ../nbs/52_teacher.ipynb #bbbf38a2
 class _Refused(pickle.UnpicklingError): "A pickle asked for a global: code that unpickling would run."
@@ -465,6 +612,17 @@ class TeacherConfig:
     ced: list[str] = field(default_factory=list)  # or convert CED's top-k files of one epoch (logits_ep1_*.h5)
     min_coverage: float = 0.5       # converting: refuse when fewer of the clips have an entry
     min_label_margin: float = 0.1   # converting: refuse when it agrees with the labels no better than chance + this
+    epochs: int = Augment.epochs    # consistent teaching: score this many augmentation epochs of each clip (0: plain)
+    augment_seed: int = Augment.seed            # with --epochs: seeds each clip's draw with its epoch and row
+    mixup_alpha: float = Augment.mixup_alpha    # with --epochs: λ ~ Beta(α, α) of a mix with a partner (0: no mixup)
+    gain_db: float = Augment.gain_db            # with --epochs: random level within ± this
+    shift: bool = Augment.shift                 # with --epochs: roll each clip by a random share of its length
+    time_masks: int = Augment.time_masks        # with --epochs: time stripes silenced
+    mask_s: float = Augment.mask_s              # with --epochs: each up to this many seconds wide
+    @property
+    def augment(self)->Augment:
+        return Augment(self.epochs, self.augment_seed, self.mixup_alpha, self.gain_db, self.shift, self.time_masks,
+                       self.mask_s)
     def __post_init__(self):
         if sum(map(bool, (self.checkpoint_path, self.efficientat, self.ced))) != 1:
             raise ValueError('give one of --checkpoint_path (one or more), --efficientat LOGITS.npy MAPPING.pkl or '
@@ -478,6 +636,10 @@ class TeacherConfig:
             raise ValueError(f'--min_coverage {self.min_coverage} is not within 0 to 1.')
         if self.part: parse_part(self.part)
         if self.part and not self.checkpoint_path: raise ValueError('--part splits scoring; a conversion is whole.')
+        if self.epochs and not self.checkpoint_path:
+            raise ValueError('--epochs scores augmented clips with --checkpoint_path; published outputs are of plain '
+                             'clips: convert them without --epochs.')
+        self.augment  # refuses negative settings
 
 def _source(cfg:TeacherConfig)->TeacherSource:
     if cfg.ced: return ced_source(cfg.ced)
@@ -490,7 +652,7 @@ def teacher(cfg:TeacherConfig):
         r = convert_teacher(_source(cfg), cfg.waveforms_hdf5_path, cfg.output, cfg.top_k, cfg.min_coverage,
                             cfg.min_label_margin)
     else: r = write_teacher(cfg.checkpoint_path, cfg.waveforms_hdf5_path, cfg.output, cfg.top_k, cfg.part,
-                            cfg.batch_size, cfg.cuda, not cfg.quiet)
+                            cfg.batch_size, cfg.cuda, not cfg.quiet, cfg.augment)
     print(r.summary())
 
 teacher_cli = config_cli(TeacherConfig, teacher, 'audioset_teacher')

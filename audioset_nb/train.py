@@ -21,7 +21,7 @@ from .data import AudioSetDataset, EvalSampler, Mixup, make_loader, make_sampler
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint, unwrap
 from .config import FrontEnd, config_cli, config_parser, flat_config, parse_config
 from .models import MODELS, build_model, do_mixup
-from .teacher import Teacher, WithTeacher, coverage
+from .teacher import EpochDraws, Teacher, WithTeacher, check_replay, coverage
 
 # %% auto #0
 __all__ = ['LOSSES', 'train_cli', 'Scores', 'score', 'clip_bce', 'get_loss_func', 'kd_bce', 'softmax_ce', 'ClassScores',
@@ -843,12 +843,13 @@ def setup_audioset(cfg:TrainConfig, dst:Dist, model:nn.Module=None)->tuple:
     ix, keep = training_rows(paths['train'], cfg.black_list, dst.main)
     data = {k: AudioSetDataset(p, cfg.front.sample_rate, 'evaluation') for k, p in paths.items() if k != 'train'}
     data['train'] = AudioSetDataset(paths['train'], cfg.front.sample_rate, 'training', rows=keep)
-    if cfg.teacher:
-        t = teacher_for(cfg.teacher, ix.audio_name, cfg.kd_temperature, dst.main)
-        data['train'] = WithTeacher(data['train'], t)
+    t = teacher_for(cfg.teacher, ix.audio_name, cfg.kd_temperature, dst.main) if cfg.teacher else None
+    if t: data['train'] = WithTeacher(data['train'], t)
+    if t and t.epochs: mix = check_replay(t, mix, cfg.front.sample_rate)  # the file's epochs mix; the model does not
     sampler = make_sampler(cfg.balanced, ix, per_rank(cfg.batch_size, dst)*(2 if mix else 1),
                            seed=cfg.seed,
                            rank=dst.rank, world_size=dst.world)
+    if t and t.epochs: sampler = EpochDraws(sampler, len(ix), t.epochs)  # consistent teaching: each clip's epoch draw
     run = setup_run(model if model is not None else build_model(cfg.model_type, cfg.front, classes_num=527),
                     data['train'],
                     sampler, dst, cfg.learning_rate, resume=_resume_path(cfg), mixup=mix, seed=cfg.seed,

@@ -154,6 +154,76 @@ def test_training_refuses_a_teacher_of_other_clips(ws, tmp_path):
     assert r.returncode != 0
     one_sentence(r.stderr, 'eval.h5', 'is not a teacher file')
 
+# ------------------------------------------------------------------------------------------------ consistent teaching
+@pytest.fixture(scope='module')
+def heard(ws, tmp_path_factory):
+    "An --epochs 2 teacher file written by the CLI in this process, and what its ensemble heard: {(epoch, name): wave}."
+    import audioset_nb.teacher as T
+    out, seen, plain = tmp_path_factory.mktemp('epochs')/'t.h5', [], T.ensemble_logits
+    def spy(runners, waves):
+        seen.extend(waves[16000])
+        return plain(runners, waves)
+    T.ensemble_logits = spy
+    try: T.teacher_cli(['--checkpoint_path', str(ws/'t0.pth'), str(ws/'t1.pth'), '--waveforms_hdf5_path', str(wav(ws)),
+                        '--output', str(out), '--epochs', '2', '--top_k', '10', '--batch_size', '16', '--quiet'])
+    finally: T.ensemble_logits = plain
+    n = names(wav(ws))
+    assert len(seen) == 2*len(n)
+    return out, {(k//len(n), n[k % len(n)]): x for k, x in enumerate(seen)}
+
+def test_the_student_replays_what_the_teacher_heard(ws, heard):
+    from audioset_nb.teacher import Draw, WithTeacher, ensemble_logits, load_teachers
+    path, seen = heard
+    t = Teacher(path)
+    data = WithTeacher(AudioSetDataset(ws/'hdf5s'/'indexes'/'balanced_train.h5', 16000), t)
+    runners, mixed = load_teachers([ws/'t0.pth', ws/'t1.pth']), 0
+    for e, row in [(0, 5), (1, 5), (1, 70), (3, 70)]:
+        item = data[Draw(row, e)]
+        name, x = item['audio_name'], item['waveform']
+        np.testing.assert_array_equal(x, seen[e % 2, name])               # bit for bit what the teacher scored
+        assert not np.array_equal(x, data.dataset[row]['waveform'])       # and not the plain clip
+        z = ensemble_logits(runners, {16000: x[None]})[0]                  # epoch e's target is the teacher's on x
+        got = t.logits(name, e)
+        np.testing.assert_allclose(np.sort(got[np.isfinite(got)]), np.sort(z)[-10:], atol=0.02)
+        np.testing.assert_allclose(item['teacher'][:-1], 1/(1 + np.exp(-got.astype(np.float64))), atol=1e-6)
+        seed, partner, lam = t.draw(name, e)
+        mixed += bool(partner)
+        p = data.dataset[names(wav(ws)).index(partner)]                   # the partner and λ come from the file
+        np.testing.assert_allclose(item['target'], lam*data.dataset[row]['target'] + (1 - lam)*p['target'], atol=1e-6)
+    assert mixed == 4
+    assert not np.array_equal(t.logits(names(wav(ws))[5], 0), t.logits(names(wav(ws))[5], 1))
+
+def test_training_loader_replays_the_epoch_it_is_in(ws, heard, tmp_path):
+    from conftest import cfg_for
+    from audioset_nb.train import Dist, setup_audioset
+    (tmp_path/'hdf5s').symlink_to(ws/'hdf5s')
+    cfg = cfg_for(ws, f'--workspace={tmp_path}', '--teacher', str(heard[0]), '--batch_size=8', '--num_workers=0',
+                  '--balanced=none')
+    run, _ = setup_audioset(cfg, Dist())
+    assert run.mixup is None                                              # the file mixes; the model does not
+    for b, batch in enumerate(run.loader):                                 # 96 clips: epoch 1 from batch 12 on
+        assert len(batch['audio_name']) == 8
+        for name, x in zip(batch['audio_name'], batch['waveform'].numpy()):
+            np.testing.assert_array_equal(x, heard[1][b*8//96 % 2, name])
+        if b == 13: break
+
+def test_training_refuses_epochs_that_it_would_not_replay(ws, heard, tmp_path):
+    from conftest import FLAGS
+    (tmp_path/'hdf5s').symlink_to(ws/'hdf5s')
+    r = cli('audioset_train', f'--workspace={tmp_path}', *FLAGS, '--early_stop=1', '--augmentation=none',
+            '--teacher', heard[0], env=THREADS, timeout=600)
+    assert r.returncode != 0
+    one_sentence(r.stderr, 't.h5', 'mixes clips in its epochs', '--augmentation mixup')
+    flags = [f if not f.startswith('--sample_rate') else '--sample_rate=32000' for f in FLAGS]
+    r = cli('audioset_train', f'--workspace={tmp_path}', *flags, '--early_stop=1', '--teacher', heard[0], env=THREADS,
+            timeout=600)
+    assert r.returncode != 0
+    one_sentence(r.stderr, 't.h5', 'training reads clips at 32000 Hz')
+    r = teacher('--efficientat', 'a.npy', 'b.pkl', '--waveforms_hdf5_path', wav(ws), '--output', tmp_path/'x.h5',
+                '--epochs', '2')
+    assert r.returncode != 0
+    one_sentence(r.stderr, '--epochs')
+
 # ---------------------------------------------------------------------------------------------------- published outputs
 def stand_in(ws, seed=0):
     "Logits that agree with the labels of the waveform file's clips: a stand-in for a published ensemble's."
