@@ -38,9 +38,9 @@ echo "== ruff";         ruff check .
 echo "== nbdev_export"; nbdev_export; must_be_clean nbdev_export
 echo "== nbdev_test";   nbdev_test ${NBDEV_TEST_FLAGS:+--flags "$NBDEV_TEST_FLAGS"}
 echo "== nbdev_clean";  nbdev_clean; must_be_clean nbdev_clean
-echo "== pytest";       python -m pytest tests/ -q -p no:cacheprovider "$@"
+echo "== pytest";       python -m pytest tests/ -q -p no:cacheprovider --durations=30 "$@"
 if command -v ffmpeg >/dev/null; then
   echo "== decoding again with imageio-ffmpeg's ffmpeg (the above used $(command -v ffmpeg))"
   for nb in nbs/01_audio.ipynb nbs/90_mini.ipynb; do AUDIOSET_NB_FFMPEG=bundled nbdev_test --path "$nb"; done
-  AUDIOSET_NB_FFMPEG=bundled python -m pytest tests/test_mini.py tests/test_download.py -q -p no:cacheprovider
+  AUDIOSET_NB_FFMPEG=bundled python -m pytest tests/test_mini.py tests/test_download.py -q -p no:cacheprovider --durations=30
 fi

@@ -48,7 +48,7 @@ def d(tmp_path_factory):
     (d/'tmp').mkdir()
     torch.manual_seed(0)
     save_checkpoint(d/'ckpts'/'cnn6.pth', build_model('Cnn6'), model_type='Cnn6')
-    save_checkpoint(d/'sed.pth', build_model('Cnn14_DecisionLevelMax'), model_type='Cnn14_DecisionLevelMax')
+    save_checkpoint(d/'sed.pth', build_model('Cnn6_DecisionLevelMax'), model_type='Cnn6_DecisionLevelMax')
     return d
 
 def serve(d, name, cmd):
@@ -122,7 +122,7 @@ def test_voila_pick_a_clip_press_tag_see_the_top_label(d, voila_url):
             button.click()
             page.wait_for_function(LOADED, arg='.audioset-sed', timeout=180_000)
             page.screenshot(path=str(ARTIFACTS/'demo-sed.png'), full_page=True)
-            assert 'model Cnn14_DecisionLevelMax' in page.inner_text('body')
+            assert 'model Cnn6_DecisionLevelMax' in page.inner_text('body')
             want_sed = tag(load_tagger(d/'sed.pth'), clips['chirp.wav']).top(1)[0][0]
             assert top.first.inner_text() == want_sed
         finally: b.close()

@@ -26,7 +26,7 @@ def _ort(path, x):
     s = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     return dict(zip([o.name for o in s.get_outputs()], s.run(None, {'waveform': x.numpy()})))
 
-@pytest.mark.parametrize('name', ['Cnn6', 'MobileNetV1', 'Cnn14', 'Cnn14_DecisionLevelMax'])
+@pytest.mark.parametrize('name', ['Cnn6', 'MobileNetV1', 'Cnn14', 'Cnn6_DecisionLevelMax'])
 def test_onnx_matches_torch(tmp_path, name):
     m = _model(name)
     export_onnx(m, tmp_path/'m.onnx')

@@ -19,7 +19,7 @@ def d(tmp_path_factory):
     d = tmp_path_factory.mktemp('inf')
     torch.manual_seed(0)
     save_checkpoint(d/'cnn6.pth', build_model('Cnn6'))  # no model_type stored: --model_type must say it
-    save_checkpoint(d/'sed.pth', build_model('Cnn14_DecisionLevelMax'), model_type='Cnn14_DecisionLevelMax')
+    save_checkpoint(d/'sed.pth', build_model('Cnn6_DecisionLevelMax'), model_type='Cnn6_DecisionLevelMax')
     save_checkpoint(d/'dogs.pth', build_model('Cnn6', classes_num=3), model_type='Cnn6', labels=['bark', 'howl',
                                                                                                  'quiet'])
     rng = np.random.default_rng(0)
