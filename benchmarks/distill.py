@@ -20,6 +20,7 @@ one thread; the JSON is rewritten after each run, so a stopped run keeps what it
     python benchmarks/distill.py --root DIR      # keep (or reuse) the packed mini AudioSet in DIR
     python benchmarks/distill.py --root DIR --teacher_file DIR/teacher.h5 --recipes labels_teacher --kd_temperature 0.5
                                                  # one recipe again, with the teacher file of an earlier run
+    python benchmarks/distill.py --root DIR --reuse --teachers 1   # go on: runs that finished are read back
 """
 import argparse, datetime, json, platform, shutil, tempfile, time
 from pathlib import Path
@@ -49,7 +50,8 @@ def workspace(root:Path, drop:float, seed:int=0)->Path:
         write_index(packed.path, ws/'hdf5s'/'indexes'/f'{s}.h5')
     return ws
 
-def run(ws:Path, name:str, model_type:str, steps:int, seed:int, augmentation:str, evals:int=1, **kw)->tuple:
+def run(ws:Path, name:str, model_type:str, steps:int, seed:int, augmentation:str, evals:int=1, reuse:bool=False,
+        **kw)->tuple:
     "(eval mAP, CPU seconds, checkpoint, eval mAP curve) of one training run in its own folder (the data linked)."
     d = ws.parent/'runs'/name
     d.mkdir(parents=True, exist_ok=True)
@@ -57,11 +59,15 @@ def run(ws:Path, name:str, model_type:str, steps:int, seed:int, augmentation:str
     cfg = TrainConfig(workspace=str(d), front=FRONT, model_type=model_type, batch_size=16, augmentation=augmentation,
                       early_stop=steps, eval_every=steps//evals, save_every=steps, max_eval_clips=150, num_workers=0,
                       seed=seed, progress=False, **kw)
-    t = time.process_time()
-    scores = train(cfg)
-    mAP, dt = float(scores['test'].mAP), time.process_time() - t
+    done = read_statistics(statistics_path(cfg)) if statistics_path(cfg).is_file() else []
+    if reuse and checkpoint_path(cfg, 'latest').is_file() and any(r['iteration'] == steps for r in done):
+        mAP, dt = done[-1]['test_mAP'], None   # finished by an earlier run (--reuse)
+    else:
+        t = time.process_time()
+        scores = train(cfg)
+        mAP, dt = float(scores['test'].mAP), time.process_time() - t
     curve = {r['iteration']: round(r['test_mAP'], 4) for r in read_statistics(statistics_path(cfg)) if 'test_mAP' in r}
-    print(f'{name}: eval mAP {mAP:.4f} ({dt:.0f} CPU s; curve {curve})', flush=True)
+    print(f'{name}: eval mAP {mAP:.4f} ({dt or 0:.0f} CPU s; curve {curve})', flush=True)
     return mAP, dt, checkpoint_path(cfg, 'latest'), curve
 
 def macs(model_type:str)->dict:
@@ -101,12 +107,14 @@ def main():
     p.add_argument('--top_k', type=int, default=0, help="teacher file keeps each clip's k largest logits (0: all)")
     p.add_argument('--teacher_file', help='use this teacher file instead of training teachers')
     p.add_argument('--recipes', nargs='+', default=['labels', 'labels_teacher', 'teacher_only'])
+    p.add_argument('--reuse', action='store_true', help='keep the runs in --root that finished; train the rest')
     p.add_argument('--root', help='folder for the data and the runs (default: a new temporary one)')
     p.add_argument('--out', default=str(Path(__file__).parent/'results'/'distill_cnn6-cpu.json'))
     a = p.parse_args()
     torch.set_num_threads(1)
     root = Path(a.root) if a.root else Path(tempfile.mkdtemp(prefix='distill_'))
-    if (root/'runs').exists() and not a.teacher_file: shutil.rmtree(root/'runs')  # afresh; the packed data is kept
+    if (root/'runs').exists() and not (a.teacher_file or a.reuse):
+        shutil.rmtree(root/'runs')  # afresh; the packed data is kept
     t0 = time.time()
     ws = workspace(root, a.drop)
     student = 'Cnn6_mini_DecisionLevelMax'
@@ -126,10 +134,11 @@ def main():
     else:
         teachers = []
         for k in range(a.teachers):
-            teachers.append(run(ws, f'teacher{k}', a.teacher_model, a.teacher_steps, 101 + k, a.augmentation, 2))
+            teachers.append(run(ws, f'teacher{k}', a.teacher_model, a.teacher_steps, 101 + k, a.augmentation, 2,
+                                reuse=a.reuse))
             out['teacher'] = dict(model_type=a.teacher_model, members=a.teachers, steps=a.teacher_steps,
                                   augmentation=a.augmentation, eval_mAP=[r[0] for r in teachers],
-                                  curves=[r[3] for r in teachers], cpu_s=[round(r[1]) for r in teachers],
+                                  curves=[r[3] for r in teachers], cpu_s=[r[1] and round(r[1]) for r in teachers],
                                   averaged='logits')
             save()
         tfile = write_teacher([r[2] for r in teachers], ws/'hdf5s'/'waveforms'/'balanced_train.h5',
@@ -144,7 +153,8 @@ def main():
     for r in a.recipes:
         runs = []
         for s in range(1, a.seeds + 1):
-            runs.append(run(ws, f'{r}_{s}', student, a.student_steps, s, a.augmentation, 2, **recipes[r]))
+            runs.append(run(ws, f'{r}_{s}', student, a.student_steps, s, a.augmentation, 2,
+                            reuse=a.reuse, **recipes[r]))
             out['eval_mAP'][r], out['curves'][r] = stats([x[0] for x in runs]), [x[3] for x in runs]
             save()
     if 'teacher' in out:
