@@ -8,7 +8,8 @@ import csv, dataclasses, json, os, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
-import torch.distributed as dist
+import torch.distributed as dist, torch.nn.functional as F
+from torch.utils.data import ConcatDataset
 from .audio import AUDIO_EXTS, pad_or_truncate
 from .data import SAMPLERS, CropDataset, Decoded, decode_files, load_finite
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint
@@ -24,7 +25,8 @@ from .train import (Dist, Hook, RecipeConfig, augmented, autocast, best_of, clas
 __all__ = ['Clips', 'read_folder', 'read_csv', 'read_dataset', 'is_head', 'Transfer', 'load_body', 'scale_specaug',
            'predict_clips', 'evaluate_clips', 'logmel_stats', 'baseline_scores', 'Data', 'FinetuneConfig', 'front_end',
            'Unfreeze', 'holdout', 'splits', 'checkpoint_extras', 'finetune_split', 'finetune_dir', 'load_data',
-           'finetune', 'load_finetuned', 'finetune_cli']
+           'read_teachers', 'teacher_logits', 'soft_targets', 'kd_loss', 'load_unlabelled', 'taught', 'finetune',
+           'load_finetuned', 'finetune_cli']
 
 # %% ../nbs/70_finetune.ipynb #68f446f0
 @dataclass
@@ -241,11 +243,12 @@ class Data:
     clips: Clips
     audio: Decoded = None
     feats: np.ndarray = None
+    soft: np.ndarray = None  # (clips, classes) teacher logits, or None
     def __len__(self): return len(self.clips)
     def subset(self, rows)->Data:
         rows = np.asarray(rows, dtype=int)
         return Data(self.clips.subset(rows), None if self.audio is None else self.audio.subset(rows),
-                    None if self.feats is None else self.feats[rows])
+                    None if self.feats is None else self.feats[rows], None if self.soft is None else self.soft[rows])
 
 # %% ../nbs/70_finetune.ipynb #d2fc9b54
 @dataclass(kw_only=True)
@@ -274,6 +277,10 @@ class FinetuneConfig(RecipeConfig):
     class_weights: bool = False     # weight the single-label loss by inverse class frequency
     baseline: bool = True           # also fit log-mel statistics + logistic regression on the same split
     test_data: str|None = None      # class folder or CSV scored once with the final weights (never used for choosing)
+    teacher: list[str] = field(default_factory=list)  # fine-tuned checkpoints of the same classes to distil
+    kd_weight: float = 0.9          # with --teacher: the teacher term's share of the loss (1: labels unused)
+    kd_temperature: float = 1.0     # with --teacher: soft targets are sigmoid (softmax) of teacher logits / T
+    unlabelled: str|None = None     # with --teacher: folder of recordings without labels, taught by the teacher
 
     def __post_init__(self):
         if isinstance(self.balanced, bool): self.balanced = 'balanced' if self.balanced else 'none'  # the earlier type
@@ -285,6 +292,10 @@ class FinetuneConfig(RecipeConfig):
             raise ValueError('--unfreeze_after needs --freeze_base (the body is trained from the start otherwise).')
         if min(self.warmup_epochs, self.max_memory_mb, self.gain_db, self.eq_db) < 0:
             raise ValueError('--warmup_epochs, --max_memory_mb, --gain_db and --eq_db must be 0 or more.')
+        if self.unlabelled and not self.teacher:
+            raise ValueError('--unlabelled needs --teacher: recordings without labels learn only from a teacher.')
+        if not 0 <= self.kd_weight <= 1 or self.kd_temperature <= 0:
+            raise ValueError('--kd_weight must be between 0 and 1, and --kd_temperature above 0.')
 
 # %% ../nbs/70_finetune.ipynb #6a0d81ec
 def front_end(cfg:FinetuneConfig, pretrained:dict=None)->FrontEnd:
@@ -339,7 +350,8 @@ def _scores(r:dict, prefix:str='')->dict:
         if k in r: out.update({f'{k}_{m}': v for m, v in r[k].summary().items()})
     return out
 
-def _summary(r:dict)->dict: return {'split': r['split'], **_scores(r), 'checkpoint': str(r['checkpoint'])}
+def _summary(r:dict)->dict:
+    return {'split': r['split'], **_scores(r), **r.get('unlabelled', {}), 'checkpoint': str(r['checkpoint'])}
 
 def _weights(targets:np.ndarray)->torch.Tensor:
     "Inverse class frequency, scaled so that the mean weight of a training example is 1."
@@ -348,14 +360,15 @@ def _weights(targets:np.ndarray)->torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 # %% ../nbs/70_finetune.ipynb #57dff667
-def _sampler(cfg:FinetuneConfig, clips:Clips, dst:Dist):
-    "The sampler of `--balanced` over `clips`; each rank draws its own share of every batch."
+def _sampler(cfg:FinetuneConfig, targets:np.ndarray, dst:Dist):
+    "The sampler of `--balanced` over clips of bool `targets`; each rank draws its own share of every batch."
     per = per_rank(cfg.batch_size, dst)*(2 if cfg.augmentation == 'mixup' else 1)
-    data = len(clips) if cfg.balanced == 'none' else clips.targets
+    data = len(targets) if cfg.balanced == 'none' else targets
     return SAMPLERS[cfg.balanced](data, per, seed=cfg.seed, rank=dst.rank, world_size=dst.world)
 
 def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_dir:Path, multi_label:bool,
-                   dst:Dist=None, test:Data=None): # test: scored once with the final weights
+                   dst:Dist=None, test:Data=None, # test: scored once with the final weights
+                   unlabelled:Data=None): # with a teacher: recordings trained on its targets only
     "Fine-tune on `train_rows`, validating on `valid_rows`; checkpoints and statistics go to `out_dir`."
     dst = dst or Dist()
     seed_everything(cfg.seed)
@@ -366,13 +379,16 @@ def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_di
     if ck is not None: load_body(model, ck, cfg.pretrained_checkpoint_path)
     tr, va = data.subset(train_rows), data.subset(valid_rows)
     latest, best = out_dir/'latest.pth', out_dir/'best.pth'
-    crops = CropDataset(tr.clips.paths, tr.clips.targets, front.sample_rate, n_clip, tr.audio)
-    run = setup_run(model, crops, _sampler(cfg, tr.clips, dst),
+    parts = [tr] if unlabelled is None else [tr, unlabelled]
+    crops = ConcatDataset([CropDataset(d.clips.paths, _train_targets(cfg, d, multi_label, d is tr), front.sample_rate,
+                                       n_clip, d.audio) for d in parts])
+    drawn = np.concatenate([tr.clips.targets] + [_taught(d.soft, multi_label) for d in parts[1:]])
+    run = setup_run(model, crops, _sampler(cfg, drawn, dst),
                     dst,
                     cfg.learning_rate, params=model.head_params + model.body_params, saved=model.base,
                     resume=latest if latest.is_file() else None, mixup=cfg.augmentation == 'mixup', seed=cfg.seed,
                     num_workers=cfg.num_workers, amp=cfg.amp)
-    extras, epoch = checkpoint_extras(cfg, data.clips.labels, front, multi_label), -(-len(tr)//cfg.batch_size)
+    extras, epoch = checkpoint_extras(cfg, data.clips.labels, front, multi_label), -(-len(crops)//cfg.batch_size)
     hooks = recipe_hooks(cfg, run, cfg.epochs*epoch, round(cfg.warmup_epochs*epoch), best_of('valid'),
                          lambda it: save_checkpoint(best, model.base, iteration=it, **extras),
                          unfreeze=Unfreeze(model, cfg.unfreeze_after) if cfg.unfreeze_after else None)
@@ -382,6 +398,7 @@ def finetune_split(cfg:FinetuneConfig, data:Data, train_rows, valid_rows, out_di
     if cfg.gain_db or cfg.eq_db: batches = augmented(batches, cfg.gain_db, cfg.eq_db, cfg.seed, run.start, dst.rank)
     w = _weights(tr.clips.targets) if cfg.class_weights and not multi_label else None
     loss = clip_bce if multi_label else (lambda out, y: softmax_ce(out, y, w))
+    if cfg.teacher: loss = kd_loss(multi_label, cfg.kd_weight, w)
     log = statistics_logger(out_dir/'statistics.jsonl', run.start) if dst.main else (lambda rec: None)
     fit(run.model, run.opt, batches, loss, lambda m: {'valid': scored(va)}, lambda it,
         keep: run.save(it, latest, **extras),
@@ -457,6 +474,99 @@ def load_data(cfg:FinetuneConfig, clips:Clips, front:FrontEnd, cache:Path, dst:D
     # --no_decode_once: decoded at every draw
     return Data(clips.subset(rows), audio if cfg.decode_once else None, feats)
 
+# %% ../nbs/70_finetune.ipynb #kd000002
+def read_teachers(paths:list, # fine-tuned checkpoints (`--teacher`)
+                  labels:list, front:FrontEnd, multi_label:bool)->list:
+    "[(model, columns in `labels` order)] of each teacher, checked to fit the data and its decoded audio."
+    out = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f'--teacher {p} does not exist; pass a checkpoint written by audioset_finetune.')
+        m, ls = load_finetuned(p)
+        if sorted(ls) != sorted(labels):
+            odd = sorted(set(ls) ^ set(labels))
+            raise ValueError(f'--teacher {p} was fine-tuned on other classes than the data ({", ".join(odd[:3])} '
+                             'differ); pass a teacher fine-tuned on the same classes.')
+        if m.multi_label != multi_label:
+            raise ValueError(f'--teacher {p} was fine-tuned as a {"multi" if m.multi_label else "single"}-label task; '
+                             'pass a teacher of the same task (or --task to match it).')
+        if m.front.sample_rate != front.sample_rate:
+            raise ValueError(f'--teacher {p} reads {m.front.sample_rate}-Hz audio and the clips are decoded at '
+                             f'{front.sample_rate} Hz; pass --sample_rate {m.front.sample_rate} or another teacher.')
+        out.append((m, [ls.index(l) for l in labels]))
+    return out
+
+def teacher_logits(teachers:list, data:Data, clip_samples:int, multi_label:bool, **kw)->np.ndarray:
+    "(clips, classes) mean logits of `teachers` on `data`'s files, each file's windows scored as tagging does."
+    zs = []
+    for m, cols in teachers:
+        p = predict_clips(m, data.clips, m.front.sample_rate, clip_samples, audio=data.audio, **kw)[:, cols]
+        p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+        zs.append(np.log(p/(1 - p)) if multi_label else np.log(p))  # softmax logits, up to a constant per clip
+    return np.mean(zs, 0).astype(np.float32)
+
+def soft_targets(z:np.ndarray, temperature:float, multi_label:bool)->np.ndarray:
+    "σ(z/T) of teacher logits, or softmax(z/T) over the classes of a single-label task."
+    z = z.astype(np.float64)/temperature
+    if multi_label: return 1/(1 + np.exp(-z))
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e/e.sum(1, keepdims=True)
+
+# %% ../nbs/70_finetune.ipynb #kd000003
+def _taught(z:np.ndarray, multi_label:bool)->np.ndarray:
+    "Bool classes the teacher gives: what `--balanced` draws unlabelled files by."
+    return z > 0 if multi_label else np.eye(z.shape[1], dtype=bool)[z.argmax(1)]
+
+def _train_targets(cfg:FinetuneConfig, d:Data, multi_label:bool, labelled:bool=True)->np.ndarray:
+    "The labels, or with a teacher rows [labels, soft targets, labelled] for `kd_loss`."
+    y = d.clips.targets.astype(np.float32)
+    if d.soft is None: return y
+    soft = soft_targets(d.soft, cfg.kd_temperature, multi_label).astype(np.float32)
+    return np.concatenate([y*labelled, soft, np.full((len(y), 1), float(labelled), np.float32)], 1)
+
+def kd_loss(multi_label:bool, kd_weight:float=0.9, # share of the teacher term (1: labels unused)
+            weight:torch.Tensor=None)->callable: # single-label class weights of the label term (None: all 1)
+    "(1 - kd_weight)·label loss on labelled rows + kd_weight·the loss against the teacher's soft targets."
+    def rows(out:dict, t:torch.Tensor, w=None)->torch.Tensor:
+        if multi_label:
+            p = torch.nan_to_num(out['clipwise_output'].float())
+            return F.binary_cross_entropy(p, t, reduction='none').mean(1)
+        return -((t if w is None else t*w.to(t.device))*F.log_softmax(out['logits'].float(), -1)).sum(-1)
+    def loss(out:dict, target:torch.Tensor)->torch.Tensor: # (batch, 2 classes + 1): labels, soft targets, labelled
+        c, target = (target.shape[1] - 1)//2, target.float()
+        has = target[:, 2*c]  # mixed with an unlabelled file: the label term's weight is the labelled share
+        labels = (rows(out, target[:, :c], weight)*has).sum()/has.sum().clamp(min=1e-6)
+        return (1 - kd_weight)*labels + kd_weight*rows(out, target[:, c:2*c]).mean()
+    return loss
+
+def load_unlabelled(cfg:FinetuneConfig, labels:list, front:FrontEnd, cache:Path, dst:Dist=None)->tuple:
+    "(`Data` of the readable files of `cfg.unlabelled`, all-False targets; how many files were found)."
+    dst, root = dst or Dist(), Path(cfg.unlabelled)
+    if not root.is_dir():
+        raise FileNotFoundError(f'--unlabelled {root} is not a folder; pass a folder of recordings.')
+    paths = [str(p) for p in sorted(root.rglob('*')) if p.suffix.lower() in AUDIO_EXTS and p.is_file()]
+    if not paths:
+        raise ValueError(f'--unlabelled {root} holds no audio files ({", ".join(sorted(AUDIO_EXTS))}); add some.')
+    for turn in range(dst.world):
+        if turn == dst.rank: audio, rows = decode_files(paths, front.sample_rate, cache, cfg.max_memory_mb)
+        dst.barrier()
+    clips = Clips([paths[i] for i in rows], list(labels), np.zeros((len(rows), len(labels)), bool))
+    return Data(clips, audio if cfg.decode_once else None), len(paths)
+
+def taught(cfg:FinetuneConfig, data:Data, front:FrontEnd, multi_label:bool, run_dir:Path, dst:Dist=None)->tuple:
+    "(`data` and the unlabelled `Data` with the teachers' logits, the unlabelled files' counts)."
+    dst = dst or Dist()
+    teachers = read_teachers(cfg.teacher, data.clips.labels, front, multi_label)
+    kw = dict(clip_samples=front.samples(cfg.clip_seconds), multi_label=multi_label, batch_size=cfg.batch_size,
+              device=dst.device, amp=cfg.amp)
+    data = dataclasses.replace(data, soft=teacher_logits(teachers, data, **kw))
+    if not cfg.unlabelled: return data, None, {}
+    unl, n = load_unlabelled(cfg, data.clips.labels, front, run_dir/f'unlabelled_decoded_{front.sample_rate}.h5', dst)
+    if not len(unl): raise ValueError(f'No file of --unlabelled {cfg.unlabelled} could be read (see the warnings '
+                                      'above); fix them or leave --unlabelled out.')
+    unl.soft = teacher_logits(teachers, unl, **kw)
+    return data, unl, dict(unlabelled_files=n, unlabelled_unreadable=n - len(unl))
+
 # %% ../nbs/70_finetune.ipynb #0db826a2
 def finetune(cfg:FinetuneConfig)->list:
     "Fine-tune `cfg.model_type` on `cfg.data`; one dict(split, scores, checkpoint, model, ...) per split (on rank 0)."
@@ -471,9 +581,11 @@ def finetune(cfg:FinetuneConfig)->list:
         with run_folder(d, dst.main):  # one writer: a second fine-tuning into the same folder is refused at once
             data = load_data(cfg, clips, front, d/f'decoded_{front.sample_rate}.h5', dst)
             if test is not None: test = load_data(cfg, test, front, d/f'test_decoded_{front.sample_rate}.h5', dst)
-            res = [finetune_split(cfg, data, tr, va, d/name, multi, dst, test) for name, tr, va in splits(data.clips,
-                                                                                                          cfg)]
-        return [r for r in res if r is not None]
+            unl, report = None, {}
+            if cfg.teacher: data, unl, report = taught(cfg, data, front, multi, d, dst)
+            res = [finetune_split(cfg, data, tr, va, d/name, multi, dst, test, unl)
+                   for name, tr, va in splits(data.clips, cfg)]
+        return [{**r, 'unlabelled': report} if report else r for r in res if r is not None]
 
 def load_finetuned(path:str|Path)->tuple:
     "(model in eval mode, label names) of a fine-tuned checkpoint."
