@@ -26,7 +26,7 @@ from .tagging import check_thresholds, chosen_thresholds
 # %% auto #0
 __all__ = ['HEADS', 'sed_cli', 'example_clips', 'TorchRunner', 'SingleLabel', 'load_tagger', 'sed', 'Event', 'EventFinder',
            'find_events', 'write_events', 'log_spectrogram', 'sed_figure', 'plot_sed', 'FrameStream', 'FramewiseFile',
-           'MaxPool', 'log_spectrogram_blocks', 'summary_figure', 'SedConfig', 'demo']
+           'MaxPool', 'log_spectrogram_blocks', 'summary_figure', 'SedConfig', 'steady_heap', 'trim_heap', 'demo']
 
 # %% ../nbs/60_inference.ipynb #38218e6c
 def _examples(sr:int=SAMPLE_RATE)->dict:
@@ -406,6 +406,24 @@ class SedConfig(TaggingConfig):
         if not self.checkpoint_path: raise ValueError('--checkpoint_path is required: pass a .pth file.')
         super().__post_init__()
 
+# %% ../nbs/60_inference.ipynb #6e447db5
+def _glibc():
+    "glibc's malloc controls, or None where the C library is another."
+    import ctypes
+    try: libc = ctypes.CDLL('libc.so.6')
+    except OSError: return None
+    return libc if hasattr(libc, 'mallopt') and hasattr(libc, 'malloc_trim') else None
+
+def steady_heap(threshold:int=1 << 20): # blocks of at least this many bytes get their own pages, returned on free
+    "Fix glibc's mmap threshold (it otherwise rises to 32 MB), so the heap does not fragment as a long file streams."
+    libc = _glibc()
+    if libc is not None: libc.mallopt(-3, threshold)  # -3: M_MMAP_THRESHOLD; fixing it also fixes the trim threshold
+
+def trim_heap():
+    "Give the pages the C heap holds free back to the system (between files)."
+    libc = _glibc()
+    if libc is not None: libc.malloc_trim(0)
+
 # %% ../nbs/60_inference.ipynb #602e7fe0
 def _write_labels(path:Path, labels:tuple):
     "The class names, one a line, in the order of the framewise files' columns."
@@ -421,6 +439,7 @@ def _sed_file(name:str, tagger, cfg:SedConfig, th)->SimpleNamespace:
     return o
 
 def _sed(cfg:SedConfig):
+    steady_heap()
     tagger, events, files = load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda, cfg.precision), [], {}
     th = chosen_thresholds(tagger, cfg.thresholds) if cfg.threshold is None else cfg.threshold
     if cfg.framewise_dir: _write_labels(Path(cfg.framewise_dir)/'labels.txt', tagger.labels)
@@ -446,6 +465,7 @@ def _sed(cfg:SedConfig):
                              Path(cfg.figure_dir)/f'{Path(t.path).stem}.png')
         finally:
             if o.writer is not None: o.writer.abort()  # nothing once it is in place
+            trim_heap()
     try: failed = run_files(tagger, cfg.audio_path, each, window_seconds=cfg.window_seconds,
                             hop_seconds=cfg.hop_seconds, batch_size=cfg.batch_size, framewise=stream)
     finally:
