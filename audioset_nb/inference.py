@@ -26,7 +26,7 @@ from .tagging import check_thresholds, chosen_thresholds
 # %% auto #0
 __all__ = ['HEADS', 'sed_cli', 'example_clips', 'TorchRunner', 'SingleLabel', 'load_tagger', 'sed', 'Event', 'EventFinder',
            'find_events', 'write_events', 'log_spectrogram', 'sed_figure', 'plot_sed', 'FrameStream', 'FramewiseFile',
-           'MaxPool', 'log_spectrogram_blocks', 'summary_figure', 'SedConfig', 'demo']
+           'MaxPool', 'log_spectrogram_blocks', 'summary_figure', 'SedConfig', 'steady_heap', 'trim_heap', 'demo']
 
 # %% ../nbs/60_inference.ipynb #38218e6c
 def _examples(sr:int=SAMPLE_RATE)->dict:
@@ -252,31 +252,39 @@ def plot_sed(t:Tags, # framewise tags from `sed`
 class FrameStream:
     "Window framewise scores stitched as `sed` stitches them, each frame handed on once no later window can change it."
     def __init__(self, *consumers): # each has `frames(f0, chunk)` and `end(n)`
-        self.consumers, self.done, self.frames, self.sum, self.cnt = consumers, 0, None, None, np.zeros(0, np.float32)
-    def _grow(self, end:int, classes:int):
-        if self.sum is None: self.sum = np.zeros((0, classes), np.float32)
-        n = end - self.done - len(self.cnt)
-        if n > 0:
-            self.sum = np.concatenate([self.sum, np.zeros((n, classes), np.float32)])
-            self.cnt = np.concatenate([self.cnt, np.zeros(n, np.float32)])
+        self.consumers, self.done, self.frames, self.sum, self.cnt, self.held = consumers, 0, None, None, None, 0
+        self.buffers = 0  # buffer pairs made: one a stream while windows keep their length
+    def _room(self, end:int, classes:int):
+        "Buffers for frames `done`..`end`, made once at twice the need (a window and a hop) and reused per window."
+        need = end - self.done
+        if self.sum is None or need > len(self.cnt):
+            s, c = np.zeros((2*need, classes), np.float32), np.zeros(2*need, np.float32)
+            if self.sum is not None: s[:self.held], c[:self.held] = self.sum[:self.held], self.cnt[:self.held]
+            self.sum, self.cnt, self.buffers = s, c, self.buffers + 1
+        self.held = max(self.held, need)
     def _emit(self, upto:int):
         k = upto - self.done
         if k <= 0: return
         chunk = self.sum[:k]/np.maximum(self.cnt[:k], 1)[:, None]
         for c in self.consumers: c.frames(self.done, chunk)
-        self.sum, self.cnt, self.done = self.sum[k:].copy(), self.cnt[k:].copy(), upto
+        r = self.held - k
+        for i in range(0, r, k):  # the held frames moved to the front k rows at a time: no overlap, no temporary
+            j = min(r, i + k)
+            self.sum[i:j], self.cnt[i:j] = self.sum[k + i:k + j], self.cnt[k + i:k + j]
+        self.sum[r:self.held], self.cnt[r:self.held] = 0, 0
+        self.held, self.done = r, upto
     def add(self, f0:int, fw:np.ndarray):
         "Add a window's (frames, classes) scores at frame `f0`; windows come in order, so earlier frames are final."
-        self._grow(f0 + len(fw), fw.shape[1])
+        self._room(f0 + len(fw), fw.shape[1])
         self._emit(f0)
         self.sum[f0 - self.done:f0 - self.done + len(fw)] += fw
         self.cnt[f0 - self.done:f0 - self.done + len(fw)] += 1
     def result(self, n:int)->None:
         "Hand on the frames up to `n` and end the stream; the whole matrix is never held, so there is none to return."
         if self.sum is None: return None
-        self._grow(n, self.sum.shape[1])
+        self._room(n, self.sum.shape[1])
         self._emit(n)
-        self.frames, self.sum, self.cnt = n, None, np.zeros(0, np.float32)
+        self.frames, self.sum, self.cnt, self.held = n, None, None, 0
         for c in self.consumers: c.end(n)
 
 # %% ../nbs/60_inference.ipynb #1b456f30
@@ -398,6 +406,24 @@ class SedConfig(TaggingConfig):
         if not self.checkpoint_path: raise ValueError('--checkpoint_path is required: pass a .pth file.')
         super().__post_init__()
 
+# %% ../nbs/60_inference.ipynb #6e447db5
+def _glibc():
+    "glibc's malloc controls, or None where the C library is another."
+    import ctypes
+    try: libc = ctypes.CDLL('libc.so.6')
+    except OSError: return None
+    return libc if hasattr(libc, 'mallopt') and hasattr(libc, 'malloc_trim') else None
+
+def steady_heap(threshold:int=1 << 20): # blocks of at least this many bytes get their own pages, returned on free
+    "Fix glibc's mmap threshold (it otherwise rises to 32 MB), so the heap does not fragment as a long file streams."
+    libc = _glibc()
+    if libc is not None: libc.mallopt(-3, threshold)  # -3: M_MMAP_THRESHOLD; fixing it also fixes the trim threshold
+
+def trim_heap():
+    "Give the pages the C heap holds free back to the system (between files)."
+    libc = _glibc()
+    if libc is not None: libc.malloc_trim(0)
+
 # %% ../nbs/60_inference.ipynb #602e7fe0
 def _write_labels(path:Path, labels:tuple):
     "The class names, one a line, in the order of the framewise files' columns."
@@ -413,6 +439,7 @@ def _sed_file(name:str, tagger, cfg:SedConfig, th)->SimpleNamespace:
     return o
 
 def _sed(cfg:SedConfig):
+    steady_heap()
     tagger, events, files = load_tagger(cfg.checkpoint_path, cfg.model_type, cfg.front, cfg.cuda, cfg.precision), [], {}
     th = chosen_thresholds(tagger, cfg.thresholds) if cfg.threshold is None else cfg.threshold
     if cfg.framewise_dir: _write_labels(Path(cfg.framewise_dir)/'labels.txt', tagger.labels)
@@ -438,6 +465,7 @@ def _sed(cfg:SedConfig):
                              Path(cfg.figure_dir)/f'{Path(t.path).stem}.png')
         finally:
             if o.writer is not None: o.writer.abort()  # nothing once it is in place
+            trim_heap()
     try: failed = run_files(tagger, cfg.audio_path, each, window_seconds=cfg.window_seconds,
                             hop_seconds=cfg.hop_seconds, batch_size=cfg.batch_size, framewise=stream)
     finally:
