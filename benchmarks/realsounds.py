@@ -39,6 +39,9 @@ RECIPES = {'default': {},
            '20 epochs': dict(epochs=20),
            'mixup': dict(augmentation='mixup'),
            'no class balancing': dict(balanced='none')}
+EIGHT = RECIPES['8-kHz front end']  # the 8-kHz front end with each other change of the table
+RECIPES.update({f'8 kHz, {k}': {**EIGHT, **v} for k, v in list(RECIPES.items())
+                if k not in ('default', '8-kHz front end')})
 
 def manifest_check(rows:list)->dict:
     "How the manifest of this run compares with the committed one (same files, by path and SHA-256)."
