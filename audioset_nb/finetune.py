@@ -457,15 +457,19 @@ def _align(clips:Clips, labels:list, where:str)->Clips:
     return Clips(clips.paths, list(labels), t, clips.folds)
 
 # %% ../nbs/70_finetune.ipynb #22e264d2
+def _decode_in_turn(paths:list, front:FrontEnd, cache:Path, cfg:FinetuneConfig, dst:Dist, keep:bool=True)->tuple:
+    "`decode_files` on each rank in turn, rank 0 first: if the audio goes to disk, the other ranks reuse its file."
+    for turn in range(dst.world):
+        if turn == dst.rank: audio, rows = decode_files(paths, front.sample_rate, cache, cfg.max_memory_mb, keep=keep)
+        dst.barrier()
+    return audio, rows
+
 def load_data(cfg:FinetuneConfig, clips:Clips, front:FrontEnd, cache:Path, dst:Dist=None)->Data:
     "`clips` decoded once (files that cannot be read left out, with a warning) and their baseline features."
     dst = dst or Dist()
     # without either, every file is still decoded once, to leave out those that cannot be
     keep = cfg.decode_once or cfg.baseline
-    for turn in range(dst.world):  # rank 0 first: if the audio goes to disk, the other ranks reuse its file
-        if turn == dst.rank:
-            audio, rows = decode_files(clips.paths, front.sample_rate, cache, cfg.max_memory_mb, keep=keep)
-        dst.barrier()
+    audio, rows = _decode_in_turn(clips.paths, front, cache, cfg, dst, keep=keep)
     lost = [l for l, n in zip(clips.labels, clips.targets[rows].sum(0)) if n == 0]
     if lost:
         raise ValueError(f'No file of class {lost[0]!r} in {cache.parent.name} could be read (see the warnings '
@@ -547,9 +551,7 @@ def load_unlabelled(cfg:FinetuneConfig, labels:list, front:FrontEnd, cache:Path,
     paths = [str(p) for p in sorted(root.rglob('*')) if p.suffix.lower() in AUDIO_EXTS and p.is_file()]
     if not paths:
         raise ValueError(f'--unlabelled {root} holds no audio files ({", ".join(sorted(AUDIO_EXTS))}); add some.')
-    for turn in range(dst.world):
-        if turn == dst.rank: audio, rows = decode_files(paths, front.sample_rate, cache, cfg.max_memory_mb)
-        dst.barrier()
+    audio, rows = _decode_in_turn(paths, front, cache, cfg, dst)
     clips = Clips([paths[i] for i in rows], list(labels), np.zeros((len(rows), len(labels)), bool))
     return Data(clips, audio if cfg.decode_once else None), len(paths)
 
